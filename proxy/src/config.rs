@@ -1,0 +1,75 @@
+//! The proxy's configuration, independent of where it came from: `main` builds it from
+//! flags and `WEFT_` environment variables, in-process tests build it directly.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Everything a running proxy needs to know.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyConfig {
+    /// This proxy's own service: `source_service` of outbound traffic and
+    /// `destination_service` of inbound traffic.
+    pub service: String,
+    /// Where outbound-captured connections arrive (loopback only: REDIRECT in OUTPUT
+    /// and the eBPF connect rewrite both target loopback, and binding wider would make
+    /// the proxy an open relay for other pods).
+    pub outbound_listen: Vec<SocketAddr>,
+    /// Where inbound-captured connections arrive (all addresses: PREROUTING REDIRECT
+    /// targets the receiving interface's address).
+    pub inbound_listen: Vec<SocketAddr>,
+    /// Admin endpoint (`/connections`, `/config`); local only.
+    pub admin_listen: SocketAddr,
+    /// Metrics and health endpoint (`/metrics`, `/ready`, `/live`).
+    pub metrics_listen: SocketAddr,
+    /// Upper bound on establishing an upstream connection.
+    #[serde(with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    /// How long open connections may keep going after SIGTERM.
+    #[serde(with = "humantime_serde_compat")]
+    pub drain_grace: Duration,
+    /// Connections served at once; more are reset and counted as `overload`.
+    pub max_connections: u32,
+    /// How many closed connections `/connections` remembers.
+    pub closed_history: usize,
+}
+
+impl ProxyConfig {
+    /// The defaults of DESIGN.md §3: outbound 15001 on loopback, inbound 15006 on all
+    /// addresses, admin 127.0.0.1:15000, metrics 0.0.0.0:15020.
+    pub fn with_ports(outbound_port: u16, inbound_port: u16) -> Self {
+        ProxyConfig {
+            service: "unknown".to_string(),
+            outbound_listen: vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), outbound_port),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), outbound_port),
+            ],
+            inbound_listen: vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), inbound_port),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), inbound_port),
+            ],
+            admin_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000),
+            metrics_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15020),
+            connect_timeout: Duration::from_secs(5),
+            drain_grace: Duration::from_secs(10),
+            max_connections: 100_000,
+            closed_history: 100,
+        }
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig::with_ports(15001, 15006)
+    }
+}
+
+/// Serializes durations as humantime strings ("5s") in `/config`.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}

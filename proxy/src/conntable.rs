@@ -1,0 +1,245 @@
+//! The table behind `/connections`: every live connection, plus a bounded history of
+//! recently closed ones. Per-connection detail lives here rather than in metric labels,
+//! where addresses and ids would explode the series count.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::addr::{ClientAddr, Direction, EndpointAddr, OrigDstAddr};
+
+/// Byte counters of one connection, updated by the relay as data moves.
+#[derive(Debug, Default)]
+pub struct ByteCounters {
+    /// Bytes read from the application side (the accepted connection).
+    pub from_client: AtomicU64,
+    /// Bytes written to the application side.
+    pub to_client: AtomicU64,
+}
+
+/// What is known about a connection when it is accepted and routed.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub direction: Direction,
+    pub client: ClientAddr,
+    pub orig_dst: OrigDstAddr,
+    pub service: String,
+    pub endpoint: Option<EndpointAddr>,
+    pub protocol: &'static str,
+}
+
+#[derive(Debug)]
+struct LiveConn {
+    info: ConnInfo,
+    started_wall: SystemTime,
+    started: Instant,
+    bytes: Arc<ByteCounters>,
+}
+
+/// One row of `/connections`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnSnapshot {
+    pub id: u64,
+    pub state: &'static str,
+    pub direction: Direction,
+    pub source: ClientAddr,
+    pub original_destination: OrigDstAddr,
+    pub service: String,
+    pub endpoint: Option<EndpointAddr>,
+    pub protocol: &'static str,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+    pub requests: u64,
+    /// Milliseconds since the Unix epoch.
+    pub start_unix_ms: u64,
+    /// Live: time since accept. Closed: the connection's whole lifetime.
+    pub age_ms: u64,
+    /// How a closed connection ended (`eof`, `reset_by_client`, ...); absent while live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    live: HashMap<u64, LiveConn>,
+    closed: VecDeque<ConnSnapshot>,
+}
+
+/// Live and recently closed connections of one proxy.
+#[derive(Debug)]
+pub struct ConnTable {
+    next_id: AtomicU64,
+    closed_capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+impl ConnTable {
+    /// A table keeping at most `closed_capacity` closed connections.
+    pub fn new(closed_capacity: usize) -> Self {
+        ConnTable {
+            next_id: AtomicU64::new(1),
+            closed_capacity,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps inconsistent (every
+        // critical section is a single insert/remove), so a poisoned lock is usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a new live connection; the returned guard moves it to the closed
+    /// history when dropped (or explicitly via [`ConnGuard::close`]).
+    pub fn open(self: &Arc<Self>, info: ConnInfo) -> ConnGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = Arc::new(ByteCounters::default());
+        let live = LiveConn {
+            info,
+            started_wall: SystemTime::now(),
+            started: Instant::now(),
+            bytes: bytes.clone(),
+        };
+        self.lock().live.insert(id, live);
+        ConnGuard {
+            table: self.clone(),
+            id,
+            bytes,
+            end: None,
+        }
+    }
+
+    /// Number of live connections.
+    pub fn live_count(&self) -> usize {
+        self.lock().live.len()
+    }
+
+    /// Live connections (oldest first) followed by the closed history (newest first).
+    pub fn snapshot(&self) -> Vec<ConnSnapshot> {
+        let inner = self.lock();
+        let mut live: Vec<ConnSnapshot> = inner
+            .live
+            .iter()
+            .map(|(id, conn)| snapshot_of(*id, conn, "open", conn.started.elapsed(), None))
+            .collect();
+        live.sort_by_key(|s| s.id);
+        live.extend(inner.closed.iter().rev().cloned());
+        live
+    }
+
+    fn close(&self, id: u64, end: String) {
+        let mut inner = self.lock();
+        if let Some(conn) = inner.live.remove(&id) {
+            let snap = snapshot_of(id, &conn, "closed", conn.started.elapsed(), Some(end));
+            if self.closed_capacity > 0 {
+                if inner.closed.len() == self.closed_capacity {
+                    inner.closed.pop_front();
+                }
+                inner.closed.push_back(snap);
+            }
+        }
+    }
+}
+
+fn snapshot_of(
+    id: u64,
+    conn: &LiveConn,
+    state: &'static str,
+    age: Duration,
+    end: Option<String>,
+) -> ConnSnapshot {
+    let start_unix_ms = conn
+        .started_wall
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    ConnSnapshot {
+        id,
+        state,
+        direction: conn.info.direction,
+        source: conn.info.client,
+        original_destination: conn.info.orig_dst,
+        service: conn.info.service.clone(),
+        endpoint: conn.info.endpoint,
+        protocol: conn.info.protocol,
+        bytes_from_client: conn.bytes.from_client.load(Ordering::Relaxed),
+        bytes_to_client: conn.bytes.to_client.load(Ordering::Relaxed),
+        requests: 0,
+        start_unix_ms,
+        age_ms: age.as_millis() as u64,
+        end,
+    }
+}
+
+/// Keeps a connection listed as live; on drop it moves to the closed history.
+#[derive(Debug)]
+pub struct ConnGuard {
+    table: Arc<ConnTable>,
+    id: u64,
+    bytes: Arc<ByteCounters>,
+    end: Option<String>,
+}
+
+impl ConnGuard {
+    /// This connection's id in `/connections`.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The live byte counters the relay updates.
+    pub fn bytes(&self) -> &Arc<ByteCounters> {
+        &self.bytes
+    }
+
+    /// Records how the connection ended; the guard's drop files it.
+    pub fn set_end(&mut self, end: impl Into<String>) {
+        self.end = Some(end.into());
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let end = self.end.take().unwrap_or_else(|| "aborted".to_string());
+        self.table.close(self.id, end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ConnInfo {
+        let a = "10.0.0.1:1234".parse().expect("addr");
+        let b = "10.0.0.2:80".parse().expect("addr");
+        ConnInfo {
+            direction: Direction::Outbound,
+            client: ClientAddr(a),
+            orig_dst: OrigDstAddr(b),
+            service: "passthrough".into(),
+            endpoint: Some(EndpointAddr(b)),
+            protocol: "tcp",
+        }
+    }
+
+    #[test]
+    fn closed_history_is_bounded_and_newest_first() {
+        let table = Arc::new(ConnTable::new(2));
+        for i in 0..3 {
+            let mut g = table.open(info());
+            g.bytes().from_client.store(i, Ordering::Relaxed);
+            g.set_end("eof");
+        }
+        let live = table.open(info());
+        let snap = table.snapshot();
+        assert_eq!(snap.len(), 3);
+        assert_eq!(snap[0].id, live.id());
+        assert_eq!(snap[0].state, "open");
+        assert_eq!(snap[1].bytes_from_client, 2);
+        assert_eq!(snap[2].bytes_from_client, 1);
+        assert_eq!(snap[1].end.as_deref(), Some("eof"));
+        assert_eq!(table.live_count(), 1);
+    }
+}

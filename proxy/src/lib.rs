@@ -1,0 +1,32 @@
+//! weft-proxy: the transparent sidecar's data path.
+//!
+//! Connections captured in a pod (iptables REDIRECT today, eBPF later) arrive on the
+//! outbound listener (15001, the app dialled out) or the inbound listener (15006, a
+//! peer dialled the app). For each, the proxy recovers the original destination,
+//! connects upstream (as the proxy uid, which capture excludes, so no loop), and relays
+//! bytes with TCP semantics intact. Admin (`/connections`, `/config`) listens on
+//! 127.0.0.1:15000, metrics and health (`/metrics`, `/ready`, `/live`) on :15020.
+//!
+//! Layout:
+//! - [`addr`]: address newtypes and [`addr::Direction`].
+//! - [`orig_dst`]: original-destination recovery behind a trait (kernel or fixed).
+//! - [`relay`]: the bidirectional byte copy (half-close, reset propagation).
+//! - [`conntable`]: live and recently closed connections for `/connections`.
+//! - [`metrics`]: OpenTelemetry instruments and the Prometheus exposition.
+//! - [`prom_text`]: reading samples back from a `/metrics` page.
+//! - [`http_endpoint`]: the small HTTP server behind admin and metrics.
+//! - [`server`]: listeners, per-connection handling and drain.
+//! - [`config`]: the configuration a proxy runs with.
+
+pub mod addr;
+pub mod config;
+pub mod conntable;
+pub mod http_endpoint;
+pub mod metrics;
+pub mod orig_dst;
+pub mod prom_text;
+pub mod relay;
+pub mod server;
+
+pub use config::ProxyConfig;
+pub use server::{BoundProxy, DrainOutcome, StartError};

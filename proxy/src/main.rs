@@ -1,0 +1,137 @@
+//! The `weft-proxy` binary: flags and environment to [`ProxyConfig`], runtime set-up,
+//! signal handling. Everything else lives in the library.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use weft_proxy::orig_dst::KernelOrigDst;
+use weft_proxy::{BoundProxy, ProxyConfig};
+
+/// weft's transparent sidecar proxy. Run it as the proxy uid (1337) that weft-init
+/// excludes from capture; it needs no privilege.
+#[derive(Debug, Parser)]
+#[command(name = "weft-proxy", version)]
+struct Args {
+    /// This pod's service name: the source of its outbound traffic and the destination
+    /// of its inbound traffic in metrics.
+    #[arg(long, env = "WEFT_SERVICE", default_value = "unknown")]
+    service: String,
+    /// Port of the outbound capture listener (bound on 127.0.0.1 and ::1).
+    #[arg(long, env = "WEFT_OUTBOUND_PORT", default_value_t = 15001)]
+    outbound_port: u16,
+    /// Port of the inbound capture listener (bound on 0.0.0.0 and ::).
+    #[arg(long, env = "WEFT_INBOUND_PORT", default_value_t = 15006)]
+    inbound_port: u16,
+    /// Admin endpoint: /connections, /config.
+    #[arg(long, env = "WEFT_ADMIN_LISTEN", default_value = "127.0.0.1:15000")]
+    admin_listen: SocketAddr,
+    /// Metrics and health endpoint: /metrics, /ready, /live.
+    #[arg(long, env = "WEFT_METRICS_LISTEN", default_value = "0.0.0.0:15020")]
+    metrics_listen: SocketAddr,
+    /// Upper bound on connecting to an upstream (e.g. 500ms, 5s).
+    #[arg(long, env = "WEFT_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+    /// After SIGTERM, how long open connections may keep going before the proxy exits.
+    #[arg(long, env = "WEFT_DRAIN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    drain_grace: Duration,
+    /// Connections served at once; further ones are reset and counted as overload.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = 100_000)]
+    max_connections: u32,
+    /// Closed connections remembered by /connections.
+    #[arg(long, env = "WEFT_CLOSED_HISTORY", default_value_t = 100)]
+    closed_history: usize,
+    /// Worker threads of the data-path runtime.
+    #[arg(long, env = "WEFT_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: u16,
+    /// Log filter (tracing's EnvFilter syntax), e.g. info or weft_proxy=debug.
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    log: String,
+}
+
+impl Args {
+    fn into_config(self) -> ProxyConfig {
+        let mut config = ProxyConfig::with_ports(self.outbound_port, self.inbound_port);
+        config.service = self.service;
+        config.admin_listen = self.admin_listen;
+        config.metrics_listen = self.metrics_listen;
+        config.connect_timeout = self.connect_timeout;
+        config.drain_grace = self.drain_grace;
+        config.max_connections = self.max_connections;
+        config.closed_history = self.closed_history;
+        config
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log)
+                .with_context(|| format!("bad --log filter {:?}", args.log))?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers.into())
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    let config = args.into_config();
+    runtime.block_on(async move {
+        let proxy = BoundProxy::bind(config, Arc::new(KernelOrigDst)).await?;
+        tracing::info!(
+            uid = nix::unistd::getuid().as_raw(),
+            outbound = ?proxy.outbound_addrs(),
+            inbound = ?proxy.inbound_addrs(),
+            admin = %proxy.admin_addr()?,
+            metrics = %proxy.metrics_addr()?,
+            "weft-proxy serving"
+        );
+        let outcome = proxy.run(shutdown_signal()).await;
+        if outcome.abandoned > 0 {
+            tracing::warn!(abandoned = outcome.abandoned, "grace period over; closing remaining connections");
+        } else {
+            tracing::info!("drained; exiting");
+        }
+        anyhow::Ok(())
+    })?;
+    // Abandoned connections are cut when the runtime drops.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; shutdown only by kill");
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+/// Each proxied connection holds two descriptors; the default soft limit of 1024
+/// would cap a sidecar at ~500 connections, so take the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}

@@ -1,0 +1,148 @@
+//! Byte relay between a captured connection and its upstream, preserving TCP
+//! semantics: each direction is copied on its own, an end-of-stream in one direction
+//! becomes a write shutdown (half-close) of the other, and an error on either side
+//! resets both, so a peer's reset reaches the other peer as a reset instead of a
+//! hang. Memory per connection is bounded: one buffer per direction, allocated only
+//! once that direction has carried data; a slow reader stalls the writer (backpressure).
+
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::TcpStream;
+
+/// Size of each direction's copy buffer.
+const BUF_SIZE: usize = 16 * 1024;
+
+/// Which side of the relay failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The accepted (application) side.
+    Client,
+    /// The side the proxy dialled.
+    Upstream,
+}
+
+/// How a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// Both directions reached end-of-stream.
+    Eof,
+    /// One side failed (typically a reset); both were reset.
+    Failed { side: Side, error: io::Error },
+}
+
+impl RelayEnd {
+    /// A short, stable description for `/connections`.
+    pub fn describe(&self) -> String {
+        match self {
+            RelayEnd::Eof => "eof".to_string(),
+            RelayEnd::Failed { side, error } => {
+                let who = match side {
+                    Side::Client => "client",
+                    Side::Upstream => "upstream",
+                };
+                match error.kind() {
+                    io::ErrorKind::ConnectionReset => format!("reset_by_{who}"),
+                    io::ErrorKind::BrokenPipe => format!("broken_pipe_{who}"),
+                    _ => format!("error_{who}: {error}"),
+                }
+            }
+        }
+    }
+}
+
+/// Observes bytes as they are relayed (live counters, metrics).
+pub trait RelayObserver: Sync {
+    /// `n` bytes were read from the client and written upstream.
+    fn from_client(&self, n: u64);
+    /// `n` bytes were read from upstream and written to the client.
+    fn to_client(&self, n: u64);
+}
+
+/// Counts into two atomics; handy for tests.
+impl RelayObserver for (AtomicU64, AtomicU64) {
+    fn from_client(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    fn to_client(&self, n: u64) {
+        self.1.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Relays until both directions end or one fails. On failure both sockets are reset
+/// (SO_LINGER 0) when the caller drops them.
+pub async fn relay(client: &TcpStream, upstream: &TcpStream, obs: &dyn RelayObserver) -> RelayEnd {
+    let up = async {
+        pump(client, upstream, |n| obs.from_client(n))
+            .await
+            .map_err(|(side, error)| (flip(side), error))
+    };
+    let down = pump(upstream, client, |n| obs.to_client(n));
+    match tokio::try_join!(up, down) {
+        Ok(((), ())) => RelayEnd::Eof,
+        Err((side, error)) => {
+            reset(client);
+            reset(upstream);
+            RelayEnd::Failed { side, error }
+        }
+    }
+}
+
+/// `pump` reports sides relative to its own (from, to) arguments as if `from` were
+/// upstream; the client→upstream direction flips them.
+fn flip(side: Side) -> Side {
+    match side {
+        Side::Client => Side::Upstream,
+        Side::Upstream => Side::Client,
+    }
+}
+
+/// Arms an abortive close: dropping the socket then sends RST instead of FIN.
+pub fn reset(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// Copies `from` → `to` until end-of-stream, then half-closes `to`. Errors are tagged
+/// with the side they happened on, where `from` is reported as `Upstream` and `to` as
+/// `Client` (the upstream→client orientation).
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    mut count: impl FnMut(u64),
+) -> Result<(), (Side, io::Error)> {
+    let mut buf: Option<Box<[u8]>> = None;
+    loop {
+        from.readable().await.map_err(|e| (Side::Upstream, e))?;
+        // Allocate only once this direction carries data: idle connections hold no
+        // buffers.
+        let buf = buf.get_or_insert_with(|| vec![0u8; BUF_SIZE].into_boxed_slice());
+        let n = match from.try_read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err((Side::Upstream, e)),
+        };
+        if n == 0 {
+            match SockRef::from(to).shutdown(Shutdown::Write) {
+                Err(e) if e.kind() != io::ErrorKind::NotConnected => return Err((Side::Client, e)),
+                _ => return Ok(()),
+            }
+        }
+        write_all(to, &buf[..n]).await.map_err(|e| (Side::Client, e))?;
+        count(n as u64);
+    }
+}
+
+async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        to.writable().await?;
+        match to.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,431 @@
+//! The running proxy: binds the capture listeners and the admin and metrics
+//! endpoints, accepts captured connections, routes each to its upstream, and drains
+//! on shutdown.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::StatusCode;
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::addr::{ClientAddr, Direction, EndpointAddr, OrigDstAddr};
+use crate::config::ProxyConfig;
+use crate::conntable::{ConnInfo, ConnTable};
+use crate::http_endpoint::{self, respond, text};
+use crate::metrics::{ErrorReason, Metrics, MetricsError, TcpLabels};
+use crate::orig_dst::OrigDstSource;
+use crate::relay::{self, RelayObserver};
+
+/// Outbound destinations that are no known service are forwarded as-is and labelled so.
+pub const PASSTHROUGH_SERVICE: &str = "passthrough";
+/// The label for a peer whose service is not known.
+pub const UNKNOWN_SERVICE: &str = "unknown";
+
+/// Errors starting the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+}
+
+/// State shared by every task of one proxy.
+struct Shared {
+    config: ProxyConfig,
+    metrics: Metrics,
+    conns: Arc<ConnTable>,
+    orig_dst: Arc<dyn OrigDstSource>,
+    /// Local addresses of the proxy's own upstream sockets: a captured connection
+    /// coming *from* one of them is the proxy's traffic looping back through capture.
+    own_upstreams: Mutex<HashSet<SocketAddr>>,
+    /// One permit per connection in service; drain waits until all are back.
+    permits: Arc<Semaphore>,
+    draining: AtomicBool,
+}
+
+/// A proxy whose sockets are bound; [`BoundProxy::run`] serves them.
+pub struct BoundProxy {
+    shared: Arc<Shared>,
+    outbound: Vec<TcpListener>,
+    inbound: Vec<TcpListener>,
+    admin: TcpListener,
+    metrics: TcpListener,
+}
+
+impl std::fmt::Debug for BoundProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundProxy")
+            .field("outbound", &self.outbound_addrs())
+            .field("inbound", &self.inbound_addrs())
+            .finish()
+    }
+}
+
+/// What happened during shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainOutcome {
+    /// Connections still open when the grace period ended (0 = clean drain).
+    pub abandoned: u32,
+}
+
+impl BoundProxy {
+    /// Binds every listener of `config`. IPv6 listeners are skipped (with a log line)
+    /// when the namespace has no IPv6; any other bind failure is an error.
+    pub async fn bind(
+        config: ProxyConfig,
+        orig_dst: Arc<dyn OrigDstSource>,
+    ) -> Result<Self, StartError> {
+        let outbound = bind_all("outbound listener", &config.outbound_listen)?;
+        let inbound = bind_all("inbound listener", &config.inbound_listen)?;
+        let admin = bind_one("admin endpoint", config.admin_listen)?;
+        let metrics_listener = bind_one("metrics endpoint", config.metrics_listen)?;
+        let metrics = Metrics::new(&config.service)?;
+        let shared = Arc::new(Shared {
+            conns: Arc::new(ConnTable::new(config.closed_history)),
+            permits: Arc::new(Semaphore::new(config.max_connections as usize)),
+            config,
+            metrics,
+            orig_dst,
+            own_upstreams: Mutex::new(HashSet::new()),
+            draining: AtomicBool::new(false),
+        });
+        Ok(BoundProxy {
+            shared,
+            outbound,
+            inbound,
+            admin,
+            metrics: metrics_listener,
+        })
+    }
+
+    /// Addresses the outbound listeners are bound to.
+    pub fn outbound_addrs(&self) -> Vec<SocketAddr> {
+        self.outbound.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// Addresses the inbound listeners are bound to.
+    pub fn inbound_addrs(&self) -> Vec<SocketAddr> {
+        self.inbound.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// The admin endpoint's address.
+    pub fn admin_addr(&self) -> io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// The metrics endpoint's address.
+    pub fn metrics_addr(&self) -> io::Result<SocketAddr> {
+        self.metrics.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: stops accepting, reports
+    /// not-ready, and waits up to the grace period for open connections to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> DrainOutcome {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut accept_tasks = Vec::new();
+        for (listeners, direction) in [
+            (self.outbound, Direction::Outbound),
+            (self.inbound, Direction::Inbound),
+        ] {
+            for listener in listeners {
+                accept_tasks.push(tokio::spawn(accept_loop(
+                    self.shared.clone(),
+                    listener,
+                    direction,
+                    stop_rx.clone(),
+                )));
+            }
+        }
+        let admin_shared = self.shared.clone();
+        tokio::spawn(http_endpoint::serve(
+            self.admin,
+            move |path| admin_route(&admin_shared, path),
+            wait_stop(stop_rx.clone()),
+        ));
+        // The metrics endpoint keeps serving during the drain so `/ready` can say 503
+        // and the last scrape sees the final counts; it ends with the process.
+        let metrics_shared = self.shared.clone();
+        tokio::spawn(http_endpoint::serve(
+            self.metrics,
+            move |path| metrics_route(&metrics_shared, path),
+            std::future::pending(),
+        ));
+
+        shutdown.await;
+        self.shared.draining.store(true, Ordering::SeqCst);
+        let _ = stop_tx.send(true);
+        for task in accept_tasks {
+            let _ = task.await;
+        }
+        let max = self.shared.config.max_connections;
+        tracing::info!(
+            open = self.shared.conns.live_count(),
+            grace = %humantime::format_duration(self.shared.config.drain_grace),
+            "draining: no longer accepting"
+        );
+        let all_back = self.shared.permits.clone().acquire_many_owned(max);
+        match tokio::time::timeout(self.shared.config.drain_grace, all_back).await {
+            Ok(_) => DrainOutcome { abandoned: 0 },
+            Err(_) => DrainOutcome {
+                abandoned: (max as usize - self.shared.permits.available_permits()) as u32,
+            },
+        }
+    }
+}
+
+async fn wait_stop(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn bind_all(what: &'static str, addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        match bind_one(what, *addr) {
+            Ok(l) => out.push(l),
+            Err(StartError::Bind { source, .. }) if addr.is_ipv6() && ipv6_unavailable(&source) => {
+                tracing::info!(%addr, "no IPv6 in this namespace; {what} serves IPv4 only");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+fn ipv6_unavailable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_errno::EAFNOSUPPORT) | Some(libc_errno::EADDRNOTAVAIL)
+    )
+}
+
+mod libc_errno {
+    pub const EAFNOSUPPORT: i32 = nix::errno::Errno::EAFNOSUPPORT as i32;
+    pub const EADDRNOTAVAIL: i32 = nix::errno::Errno::EADDRNOTAVAIL as i32;
+}
+
+fn bind_one(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Bind { what, addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
+    if addr.is_ipv6() {
+        // The IPv4 listener is separate; a dual-stack socket would collide with it.
+        socket.set_only_v6(true).map_err(err)?;
+    }
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(4096).map_err(err)?;
+    TcpListener::from_std(socket.into()).map_err(err)
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    direction: Direction,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, %direction, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let permit = match shared.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                shared
+                    .metrics
+                    .error(direction, UNKNOWN_SERVICE, ErrorReason::Overload);
+                relay::reset(&stream);
+                continue;
+            }
+        };
+        tokio::spawn(serve_connection(
+            shared.clone(),
+            direction,
+            stream,
+            ClientAddr(peer),
+            permit,
+        ));
+    }
+}
+
+/// Labels and identity of a connection, per direction.
+fn services(shared: &Shared, direction: Direction) -> (&str, &str) {
+    match direction {
+        Direction::Outbound => (shared.config.service.as_str(), PASSTHROUGH_SERVICE),
+        Direction::Inbound => (UNKNOWN_SERVICE, shared.config.service.as_str()),
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    direction: Direction,
+    client: TcpStream,
+    client_addr: ClientAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let (source_service, destination_service) = services(&shared, direction);
+    let orig_dst = match recover_orig_dst(&shared, &client, client_addr) {
+        Ok(o) => o,
+        Err(reason) => {
+            tracing::debug!(%client_addr, %direction, reason = reason.as_str(), "refused");
+            shared.metrics.error(direction, destination_service, reason);
+            relay::reset(&client);
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    // Passthrough: the original destination is the endpoint.
+    let endpoint = EndpointAddr(orig_dst.0);
+    let labels = TcpLabels::new(direction, source_service, destination_service);
+    let mut conn = shared.conns.open(ConnInfo {
+        direction,
+        client: client_addr,
+        orig_dst,
+        service: destination_service.to_string(),
+        endpoint: Some(endpoint),
+        protocol: "tcp",
+    });
+    shared.metrics.tcp_opened(&labels);
+
+    let end = match connect_upstream(&shared, endpoint).await {
+        Ok(upstream) => {
+            let local = upstream.local_addr().ok();
+            if let Some(local) = local {
+                lock(&shared.own_upstreams).insert(local);
+            }
+            let observer = ConnObserver {
+                shared: &shared,
+                labels: &labels,
+                bytes: conn.bytes(),
+            };
+            let end = relay::relay(&client, &upstream, &observer).await;
+            if let Some(local) = local {
+                lock(&shared.own_upstreams).remove(&local);
+            }
+            end.describe()
+        }
+        Err(reason) => {
+            shared.metrics.error(direction, destination_service, reason);
+            relay::reset(&client);
+            reason.as_str().to_string()
+        }
+    };
+    tracing::debug!(id = conn.id(), %client_addr, %orig_dst, %direction, end, "closed");
+    conn.set_end(end);
+    shared.metrics.tcp_closed(&labels);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The original destination, or why the connection must not be proxied.
+fn recover_orig_dst(
+    shared: &Shared,
+    client: &TcpStream,
+    client_addr: ClientAddr,
+) -> Result<OrigDstAddr, ErrorReason> {
+    let orig = shared
+        .orig_dst
+        .orig_dst(client)
+        .map_err(|_| ErrorReason::NoOrigDst)?;
+    // A connection made straight to the listener (not redirected) "originally" went
+    // to the listener itself; forwarding it would connect back to ourselves.
+    if client.local_addr().ok() == Some(orig.0) {
+        return Err(ErrorReason::Loop);
+    }
+    // The proxy's own upstream connection was captured again: the proxy does not run
+    // as the excluded uid, or capture does not exclude it.
+    if lock(&shared.own_upstreams).contains(&client_addr.0) {
+        tracing::error!(%client_addr, %orig, "capture loop: the proxy's own upstream connection was redirected back to it; is the proxy running as the excluded uid?");
+        return Err(ErrorReason::Loop);
+    }
+    Ok(orig)
+}
+
+async fn connect_upstream(shared: &Shared, endpoint: EndpointAddr) -> Result<TcpStream, ErrorReason> {
+    match tokio::time::timeout(shared.config.connect_timeout, TcpStream::connect(endpoint.0)).await {
+        Err(_) => Err(ErrorReason::ConnectTimeout),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Err(ErrorReason::ConnectRefused),
+        Ok(Err(e)) => {
+            tracing::debug!(%endpoint, error = %e, "connect failed");
+            Err(ErrorReason::ConnectError)
+        }
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+    }
+}
+
+struct ConnObserver<'a> {
+    shared: &'a Shared,
+    labels: &'a TcpLabels,
+    bytes: &'a crate::conntable::ByteCounters,
+}
+
+impl RelayObserver for ConnObserver<'_> {
+    fn from_client(&self, n: u64) {
+        self.bytes.from_client.fetch_add(n, Ordering::Relaxed);
+        self.shared.metrics.tcp_received(self.labels, n);
+    }
+    fn to_client(&self, n: u64) {
+        self.bytes.to_client.fetch_add(n, Ordering::Relaxed);
+        self.shared.metrics.tcp_sent(self.labels, n);
+    }
+}
+
+fn admin_route(shared: &Shared, path: &str) -> http::Response<http_endpoint::Body> {
+    match path {
+        "/connections" => json(&serde_json::json!({ "connections": shared.conns.snapshot() })),
+        "/config" => json(&shared.config),
+        "/" => text(
+            StatusCode::OK,
+            "weft-proxy admin\n  /connections  live and recently closed connections (JSON)\n  /config       the running configuration (JSON)\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn metrics_route(shared: &Shared, path: &str) -> http::Response<http_endpoint::Body> {
+    match path {
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.metrics.render(),
+        ),
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" if shared.draining.load(Ordering::SeqCst) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        }
+        "/ready" => text(StatusCode::OK, "ready\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> http::Response<http_endpoint::Body> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => respond(StatusCode::OK, "application/json", body),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding: {e}\n")),
+    }
+}

@@ -1,0 +1,278 @@
+//! Tier-1 tests: a real proxy in-process on loopback, with the original destination
+//! faked (no capture installed, no privilege needed).
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use weft_proxy::orig_dst::FixedOrigDst;
+use weft_proxy::prom_text;
+use weft_proxy::{BoundProxy, DrainOutcome, ProxyConfig};
+
+struct Running {
+    outbound: SocketAddr,
+    inbound: SocketAddr,
+    admin: SocketAddr,
+    metrics: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<DrainOutcome>,
+}
+
+async fn start_proxy(target: SocketAddr, grace: Duration) -> Running {
+    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let mut config = ProxyConfig::with_ports(0, 0);
+    config.service = "client-svc".into();
+    config.outbound_listen = vec![local(0)];
+    config.inbound_listen = vec![local(0)];
+    config.admin_listen = local(0);
+    config.metrics_listen = local(0);
+    config.drain_grace = grace;
+    let proxy = BoundProxy::bind(config, Arc::new(FixedOrigDst(target)))
+        .await
+        .unwrap();
+    let (tx, rx) = oneshot::channel();
+    let running = Running {
+        outbound: proxy.outbound_addrs()[0],
+        inbound: proxy.inbound_addrs()[0],
+        admin: proxy.admin_addr().unwrap(),
+        metrics: proxy.metrics_addr().unwrap(),
+        stop: Some(tx),
+        done: tokio::spawn(proxy.run(async {
+            let _ = rx.await;
+        })),
+    };
+    running
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Waits (bounded) until `f` holds; proxies record a connection's close just after
+/// the client sees it.
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A server that echoes everything until EOF, then closes.
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn relays_bytes_and_reports_connection_and_metrics() {
+    let upstream = echo_server().await;
+    let p = start_proxy(upstream, Duration::from_secs(5)).await;
+    let mut c = TcpStream::connect(p.outbound).await.unwrap();
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = c.split();
+    let send = async {
+        w.write_all(&payload).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut got = Vec::new();
+    let recv = r.read_to_end(&mut got);
+    let (_, n) = tokio::join!(send, recv);
+    assert_eq!(n.unwrap(), payload.len());
+    assert!(got == payload, "echoed bytes differ");
+    drop(c);
+
+    eventually("the closed connection in /connections", async || {
+        let (status, body) = http_get(p.admin, "/connections").await;
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let conns = v["connections"].as_array().unwrap().clone();
+        conns.len() == 1
+            && conns[0]["state"] == "closed"
+            && conns[0]["direction"] == "outbound"
+            && conns[0]["original_destination"] == upstream.to_string()
+            && conns[0]["bytes_from_client"] == 1_000_000
+            && conns[0]["bytes_to_client"] == 1_000_000
+            && conns[0]["end"] == "eof"
+    })
+    .await;
+    let (status, metrics) = http_get(p.metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    let edge = [
+        ("direction", "outbound"),
+        ("source_service", "client-svc"),
+        ("destination_service", "passthrough"),
+    ];
+    for (series, want) in [
+        ("weft_tcp_connections_opened_total", 1.0),
+        ("weft_tcp_connections_closed_total", 1.0),
+        ("weft_tcp_received_bytes_total", 1e6),
+        ("weft_tcp_sent_bytes_total", 1e6),
+    ] {
+        assert_eq!(prom_text::value(&metrics, series, &edge), Some(want), "{series} in\n{metrics}");
+    }
+    let active = [edge[0], edge[2]];
+    assert_eq!(prom_text::value(&metrics, "weft_tcp_active_connections", &active), Some(0.0));
+    assert_eq!(http_get(p.metrics, "/ready").await.0, 200);
+    assert_eq!(http_get(p.metrics, "/live").await.0, 200);
+}
+
+#[tokio::test]
+async fn half_close_lets_the_reply_through() {
+    // The server reads until the client's EOF, then answers and closes.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut req = Vec::new();
+        s.read_to_end(&mut req).await.unwrap();
+        s.write_all(format!("got {} bytes", req.len()).as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let p = start_proxy(upstream, Duration::from_secs(5)).await;
+    let mut c = TcpStream::connect(p.inbound).await.unwrap();
+    c.write_all(b"hello").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).await.unwrap();
+    assert_eq!(reply, "got 5 bytes");
+}
+
+#[tokio::test]
+async fn upstream_reset_reaches_the_client_as_a_reset() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut buf = [0u8; 4];
+        s.readable().await.unwrap();
+        let _ = s.try_read(&mut buf);
+        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(s);
+    });
+    let p = start_proxy(upstream, Duration::from_secs(5)).await;
+    let mut c = TcpStream::connect(p.outbound).await.unwrap();
+    c.write_all(b"ping").await.unwrap();
+    let mut buf = Vec::new();
+    let err = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf))
+        .await
+        .expect("client hung instead of seeing the reset")
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+}
+
+#[tokio::test]
+async fn refused_upstream_resets_client_and_counts_error() {
+    let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = unused.local_addr().unwrap();
+    drop(unused);
+    let p = start_proxy(upstream, Duration::from_secs(5)).await;
+    let mut c = TcpStream::connect(p.outbound).await.unwrap();
+    let mut buf = Vec::new();
+    let res = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf))
+        .await
+        .expect("client hung");
+    assert!(res.is_err(), "expected a reset, got {res:?}");
+    let (_, metrics) = http_get(p.metrics, "/metrics").await;
+    let reason = [("direction", "outbound"), ("reason", "connect_refused")];
+    assert_eq!(prom_text::value(&metrics, "weft_proxy_errors_total", &reason), Some(1.0), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_connection_to_the_listener_itself_is_refused_as_a_loop() {
+    // Fake capture that says every connection was headed to the proxy's own inbound
+    // listener: forwarding would dial ourselves forever.
+    let placeholder = "127.0.0.1:9".parse().unwrap();
+    let p = start_proxy(placeholder, Duration::from_secs(5)).await;
+    drop(p);
+    let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut config = ProxyConfig::with_ports(0, 0);
+    let l = std::net::TcpListener::bind(local).unwrap();
+    let fixed_port = l.local_addr().unwrap();
+    drop(l);
+    config.outbound_listen = vec![fixed_port];
+    config.inbound_listen = vec![local];
+    config.admin_listen = local;
+    config.metrics_listen = local;
+    let proxy = BoundProxy::bind(config, Arc::new(FixedOrigDst(fixed_port)))
+        .await
+        .unwrap();
+    let metrics = proxy.metrics_addr().unwrap();
+    tokio::spawn(proxy.run(std::future::pending()));
+    let mut c = TcpStream::connect(fixed_port).await.unwrap();
+    let mut buf = Vec::new();
+    assert!(c.read_to_end(&mut buf).await.is_err());
+    let (_, text) = http_get(metrics, "/metrics").await;
+    assert_eq!(prom_text::value(&text, "weft_proxy_errors_total", &[("reason", "loop")]), Some(1.0), "{text}");
+}
+
+#[tokio::test]
+async fn drain_finishes_open_connections_and_stops_accepting() {
+    let upstream = echo_server().await;
+    let mut p = start_proxy(upstream, Duration::from_secs(10)).await;
+    let mut c = TcpStream::connect(p.outbound).await.unwrap();
+    c.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    c.read_exact(&mut buf).await.unwrap();
+
+    p.stop.take().unwrap().send(()).unwrap();
+    eventually("/ready to turn 503", async || http_get(p.metrics, "/ready").await.0 == 503).await;
+    // New connections are no longer accepted...
+    let refused = TcpStream::connect(p.outbound).await;
+    assert!(refused.is_err(), "listener still accepting during drain");
+    // ...while the open one keeps working until it ends.
+    c.write_all(b"during").await.unwrap();
+    c.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"during");
+    assert!(!p.done.is_finished());
+    c.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), &mut p.done)
+        .await
+        .expect("drain did not end after the last connection closed")
+        .unwrap();
+    assert_eq!(outcome, DrainOutcome { abandoned: 0 });
+}
+
+#[tokio::test]
+async fn drain_gives_up_after_the_grace_period() {
+    let upstream = echo_server().await;
+    let mut p = start_proxy(upstream, Duration::from_millis(200)).await;
+    let _idle = TcpStream::connect(p.outbound).await.unwrap();
+    eventually("the connection to be live", async || {
+        http_get(p.admin, "/connections").await.1.contains("\"open\"")
+    })
+    .await;
+    p.stop.take().unwrap().send(()).unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), &mut p.done)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, DrainOutcome { abandoned: 1 });
+}
