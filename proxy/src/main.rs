@@ -93,7 +93,10 @@ fn main() -> anyhow::Result<()> {
         );
         let outcome = proxy.run(shutdown_signal()).await;
         if outcome.abandoned > 0 {
-            tracing::warn!(abandoned = outcome.abandoned, "grace period over; closing remaining connections");
+            tracing::warn!(
+                abandoned = outcome.abandoned,
+                "grace period over; closing remaining connections"
+            );
         } else {
             tracing::info!("drained; exiting");
         }
@@ -107,7 +110,10 @@ fn main() -> anyhow::Result<()> {
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM"),

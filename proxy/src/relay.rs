@@ -130,7 +130,9 @@ async fn pump(
                 _ => return Ok(()),
             }
         }
-        write_all(to, &buf[..n]).await.map_err(|e| (Side::Client, e))?;
+        write_all(to, &buf[..n])
+            .await
+            .map_err(|e| (Side::Client, e))?;
         count(n as u64);
     }
 }

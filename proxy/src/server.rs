@@ -111,12 +111,18 @@ impl BoundProxy {
 
     /// Addresses the outbound listeners are bound to.
     pub fn outbound_addrs(&self) -> Vec<SocketAddr> {
-        self.outbound.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.outbound
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// Addresses the inbound listeners are bound to.
     pub fn inbound_addrs(&self) -> Vec<SocketAddr> {
-        self.inbound.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.inbound
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// The admin endpoint's address.
@@ -363,10 +369,20 @@ fn recover_orig_dst(
     Ok(orig)
 }
 
-async fn connect_upstream(shared: &Shared, endpoint: EndpointAddr) -> Result<TcpStream, ErrorReason> {
-    match tokio::time::timeout(shared.config.connect_timeout, TcpStream::connect(endpoint.0)).await {
+async fn connect_upstream(
+    shared: &Shared,
+    endpoint: EndpointAddr,
+) -> Result<TcpStream, ErrorReason> {
+    match tokio::time::timeout(
+        shared.config.connect_timeout,
+        TcpStream::connect(endpoint.0),
+    )
+    .await
+    {
         Err(_) => Err(ErrorReason::ConnectTimeout),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Err(ErrorReason::ConnectRefused),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            Err(ErrorReason::ConnectRefused)
+        }
         Ok(Err(e)) => {
             tracing::debug!(%endpoint, error = %e, "connect failed");
             Err(ErrorReason::ConnectError)
@@ -426,6 +442,9 @@ fn metrics_route(shared: &Shared, path: &str) -> http::Response<http_endpoint::B
 fn json(value: &impl serde::Serialize) -> http::Response<http_endpoint::Body> {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => respond(StatusCode::OK, "application/json", body),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding: {e}\n")),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding: {e}\n"),
+        ),
     }
 }

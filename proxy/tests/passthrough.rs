@@ -56,7 +56,10 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     let status = out[9..12].parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -134,10 +137,17 @@ async fn relays_bytes_and_reports_connection_and_metrics() {
         ("weft_tcp_received_bytes_total", 1e6),
         ("weft_tcp_sent_bytes_total", 1e6),
     ] {
-        assert_eq!(prom_text::value(&metrics, series, &edge), Some(want), "{series} in\n{metrics}");
+        assert_eq!(
+            prom_text::value(&metrics, series, &edge),
+            Some(want),
+            "{series} in\n{metrics}"
+        );
     }
     let active = [edge[0], edge[2]];
-    assert_eq!(prom_text::value(&metrics, "weft_tcp_active_connections", &active), Some(0.0));
+    assert_eq!(
+        prom_text::value(&metrics, "weft_tcp_active_connections", &active),
+        Some(0.0)
+    );
     assert_eq!(http_get(p.metrics, "/ready").await.0, 200);
     assert_eq!(http_get(p.metrics, "/live").await.0, 200);
 }
@@ -151,7 +161,9 @@ async fn half_close_lets_the_reply_through() {
         let (mut s, _) = l.accept().await.unwrap();
         let mut req = Vec::new();
         s.read_to_end(&mut req).await.unwrap();
-        s.write_all(format!("got {} bytes", req.len()).as_bytes()).await.unwrap();
+        s.write_all(format!("got {} bytes", req.len()).as_bytes())
+            .await
+            .unwrap();
         s.shutdown().await.unwrap();
     });
     let p = start_proxy(upstream, Duration::from_secs(5)).await;
@@ -172,7 +184,9 @@ async fn upstream_reset_reaches_the_client_as_a_reset() {
         let mut buf = [0u8; 4];
         s.readable().await.unwrap();
         let _ = s.try_read(&mut buf);
-        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
         drop(s);
     });
     let p = start_proxy(upstream, Duration::from_secs(5)).await;
@@ -200,7 +214,11 @@ async fn refused_upstream_resets_client_and_counts_error() {
     assert!(res.is_err(), "expected a reset, got {res:?}");
     let (_, metrics) = http_get(p.metrics, "/metrics").await;
     let reason = [("direction", "outbound"), ("reason", "connect_refused")];
-    assert_eq!(prom_text::value(&metrics, "weft_proxy_errors_total", &reason), Some(1.0), "{metrics}");
+    assert_eq!(
+        prom_text::value(&metrics, "weft_proxy_errors_total", &reason),
+        Some(1.0),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -228,7 +246,11 @@ async fn a_connection_to_the_listener_itself_is_refused_as_a_loop() {
     let mut buf = Vec::new();
     assert!(c.read_to_end(&mut buf).await.is_err());
     let (_, text) = http_get(metrics, "/metrics").await;
-    assert_eq!(prom_text::value(&text, "weft_proxy_errors_total", &[("reason", "loop")]), Some(1.0), "{text}");
+    assert_eq!(
+        prom_text::value(&text, "weft_proxy_errors_total", &[("reason", "loop")]),
+        Some(1.0),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -241,7 +263,10 @@ async fn drain_finishes_open_connections_and_stops_accepting() {
     c.read_exact(&mut buf).await.unwrap();
 
     p.stop.take().unwrap().send(()).unwrap();
-    eventually("/ready to turn 503", async || http_get(p.metrics, "/ready").await.0 == 503).await;
+    eventually("/ready to turn 503", async || {
+        http_get(p.metrics, "/ready").await.0 == 503
+    })
+    .await;
     // New connections are no longer accepted...
     let refused = TcpStream::connect(p.outbound).await;
     assert!(refused.is_err(), "listener still accepting during drain");
@@ -266,7 +291,10 @@ async fn drain_gives_up_after_the_grace_period() {
     let mut p = start_proxy(upstream, Duration::from_millis(200)).await;
     let _idle = TcpStream::connect(p.outbound).await.unwrap();
     eventually("the connection to be live", async || {
-        http_get(p.admin, "/connections").await.1.contains("\"open\"")
+        http_get(p.admin, "/connections")
+            .await
+            .1
+            .contains("\"open\"")
     })
     .await;
     p.stop.take().unwrap().send(()).unwrap();

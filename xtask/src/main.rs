@@ -1,1 +1,86 @@
-fn main() {}
+//! `cargo xtask`: weft's developer tasks, in Rust so they run wherever cargo does.
+//!
+//! - `cargo xtask test` — the whole suite: builds every binary, then runs tier 1
+//!   (in-process, unprivileged) and tier 2 (end-to-end across network namespaces; needs
+//!   root and fails loudly without it). `--tier1` runs only the unprivileged tier.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+mod system;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Build everything and run both test tiers.
+    Test {
+        /// Only the unprivileged in-process tests (no root, no namespaces).
+        #[arg(long)]
+        tier1: bool,
+        /// Extra arguments for the test binaries (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Test { tier1, test_args } => test(tier1, &test_args),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn run(mut cmd: Command) -> anyhow::Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn test(tier1_only: bool, test_args: &[String]) -> anyhow::Result<()> {
+    if !tier1_only {
+        system::ensure(system::TIER2_TOOLS)?;
+    }
+    // Tier-2 tests run the real binaries; build them first so the tests never pick up
+    // stale ones.
+    let mut build = cargo();
+    build.args(["build", "--workspace", "--bins"]);
+    run(build)?;
+
+    let mut tests = cargo();
+    tests.args(["test", "--workspace"]);
+    if tier1_only {
+        tests.args(["--exclude", "weft-e2e"]);
+    } else if !system::is_root() {
+        bail!(
+            "tier-2 tests need root (network namespaces, iptables); run as root, or pass --tier1"
+        );
+    }
+    if !test_args.is_empty() {
+        tests.arg("--").args(test_args);
+    }
+    run(tests)
+}

@@ -1,0 +1,92 @@
+//! The errors weft-init reports. Each says what failed and why, in words an operator
+//! can act on; the process exits non-zero with this message.
+
+use std::io;
+
+use crate::config::ConfigError;
+
+/// Everything that can make a run fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// One or more flags have invalid values.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    /// `--mode ebpf` was requested.
+    #[error(
+        "eBPF interception is not implemented yet (tracked in the eBPF issue); use --mode iptables"
+    )]
+    EbpfNotImplemented,
+
+    /// A binary the chosen backend needs is not on `PATH`.
+    #[error("`{binary}` not found on PATH ({path}); install iptables (Debian: apt-get install iptables) or choose another --iptables-backend")]
+    MissingBinary {
+        /// The binary looked for.
+        binary: String,
+        /// The `PATH` searched.
+        path: String,
+    },
+
+    /// `--iptables-backend auto` found neither iptables-nft nor iptables-legacy.
+    #[error("neither iptables-nft nor iptables-legacy found on PATH ({path}); install iptables (Debian: apt-get install iptables)")]
+    NoBackend {
+        /// The `PATH` searched.
+        path: String,
+    },
+
+    /// A command could not be started at all.
+    #[error("cannot run `{command}`: {reason}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why exec failed.
+        reason: io::Error,
+    },
+
+    /// A command ran and failed (for a restore: the kernel or iptables refused a rule).
+    #[error("{what}: `{command}` failed ({status}){detail}")]
+    Command {
+        /// What weft-init was doing.
+        what: String,
+        /// The command line.
+        command: String,
+        /// Exit status description.
+        status: String,
+        /// The command's stderr (and the offending input line, if known), prefixed
+        /// with ": ", or empty.
+        detail: String,
+    },
+
+    /// `iptables -D` kept succeeding without the jump disappearing.
+    #[error("{family} ({binary}): jump `{rule}` still present after {attempts} deletions")]
+    JumpNotRemoved {
+        /// Family being cleaned.
+        family: String,
+        /// The iptables binary used.
+        binary: String,
+        /// The jump rule.
+        rule: String,
+        /// How many deletions were tried.
+        attempts: usize,
+    },
+
+    /// Installing IPv6 failed after IPv4 succeeded; the IPv4 rules were removed again.
+    #[error("{failed}\n(the ipv4 rules installed just before were rolled back; nothing is left installed)")]
+    RolledBack {
+        /// Why IPv6 failed.
+        failed: Box<Error>,
+    },
+
+    /// Installing IPv6 failed and removing the IPv4 rules failed too.
+    #[error("{failed}\nrolling back the ipv4 rules also failed, remove them with `weft-init --cleanup`: {rollback}")]
+    RollbackFailed {
+        /// Why IPv6 failed.
+        failed: Box<Error>,
+        /// Why the IPv4 rollback failed.
+        rollback: Box<Error>,
+    },
+
+    /// Writing the dry-run or summary output failed.
+    #[error("cannot write output: {0}")]
+    Output(io::Error),
+}

@@ -1,0 +1,129 @@
+//! A pod joined to the mesh the way weft does it: `weft-init` installs capture in the
+//! pod, then `weft-proxy` runs there as the proxy uid. Reads the proxy's admin and
+//! metrics endpoints from inside the pod.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+
+use crate::{wait_until, weft_bin, Pod, PodProc, ProcSpec};
+
+/// The uid weft-proxy runs as and capture excludes.
+pub const PROXY_UID: u32 = 1337;
+
+const ADMIN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
+const METRICS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 15020);
+
+/// A pod with capture installed and its proxy running.
+#[derive(Debug, Clone)]
+pub struct Sidecar {
+    pod: Pod,
+    proxy: PodProc,
+}
+
+/// Runs `weft-init ARGS` in `pod` as root and returns its stdout; fails with its
+/// stderr when it exits non-zero.
+pub fn weft_init(pod: &Pod, args: &[&str]) -> Result<String> {
+    let bin = weft_bin("weft-init");
+    let mut argv = vec![bin.to_string_lossy().into_owned()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    pod.run_ok(&argv, None, Duration::from_secs(30))
+}
+
+impl Sidecar {
+    /// Installs capture with `weft-init INIT_ARGS` and starts weft-proxy as uid 1337
+    /// with `--service <pod name>`, then waits until `/ready` answers 200.
+    pub fn start(pod: &Pod, init_args: &[&str]) -> Result<Sidecar> {
+        weft_init(pod, init_args).context("weft-init")?;
+        let proxy = pod.spawn(
+            ProcSpec::new([
+                weft_bin("weft-proxy").to_string_lossy().as_ref(),
+                "--service",
+                pod.name(),
+                "--drain-grace",
+                "2s",
+                "--log",
+                "info,weft_proxy=debug",
+            ])
+            .name("weft-proxy")
+            .uid(PROXY_UID),
+        )?;
+        let sidecar = Sidecar {
+            pod: pod.clone(),
+            proxy,
+        };
+        wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            matches!(sidecar.pod.http_get(METRICS, "/ready"), Ok((200, _)))
+        })
+        .with_context(|| {
+            format!(
+                "weft-proxy in {} never became ready:\n{}",
+                pod.name(),
+                sidecar.proxy.logs()
+            )
+        })?;
+        Ok(sidecar)
+    }
+
+    /// The pod this sidecar serves.
+    pub fn pod(&self) -> &Pod {
+        &self.pod
+    }
+
+    /// The proxy process.
+    pub fn proxy(&self) -> &PodProc {
+        &self.proxy
+    }
+
+    /// `/connections`: live connections then the closed history.
+    pub fn connections(&self) -> Result<Vec<Value>> {
+        let (status, body) = self.pod.http_get(ADMIN, "/connections")?;
+        if status != 200 {
+            bail!("/connections answered {status}: {body}");
+        }
+        let v: Value = serde_json::from_str(&body).context("/connections is not JSON")?;
+        match v.get("connections").and_then(Value::as_array) {
+            Some(list) => Ok(list.clone()),
+            None => bail!("/connections has no list: {body}"),
+        }
+    }
+
+    /// Connections (live or closed) whose original destination is `dst`.
+    pub fn connections_to(&self, dst: SocketAddr) -> Result<Vec<Value>> {
+        let dst = dst.to_string();
+        Ok(self
+            .connections()?
+            .into_iter()
+            .filter(|c| c["original_destination"] == dst.as_str())
+            .collect())
+    }
+
+    /// The `/metrics` page.
+    pub fn metrics(&self) -> Result<String> {
+        let (status, body) = self.pod.http_get(METRICS, "/metrics")?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        Ok(body)
+    }
+
+    /// The summed value of `name` over samples carrying all of `labels` (0 when
+    /// none does — a counter that never moved is not exported).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        Ok(weft_proxy::prom_text::value(&self.metrics()?, name, labels).unwrap_or(0.0))
+    }
+
+    /// Waits until every connection to `dst` the proxy saw has closed, so counts and
+    /// byte totals are final.
+    pub fn wait_closed(&self, dst: SocketAddr) -> Result<Vec<Value>> {
+        let mut last = Vec::new();
+        wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            last = self.connections_to(dst).unwrap_or_default();
+            last.iter().all(|c| c["state"] == "closed")
+        })
+        .with_context(|| format!("connections to {dst} still open: {last:?}"))?;
+        Ok(last)
+    }
+}

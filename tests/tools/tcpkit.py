@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Plain TCP applications for weft's end-to-end tests.
+
+They know nothing about weft: they are the unmodified servers and clients a mesh must
+carry faithfully. Each prints one result line on stdout that the test reads.
+
+  serve-stream PORT BYTES      send BYTES deterministic bytes to each client, then close
+  serve-sink PORT              read each client to EOF, print "received=N sha256=H"
+  serve-reply-after-eof PORT   read to EOF, then reply "got N bytes" and close (half-close)
+  serve-reset PORT             read a little, then close with RST (SO_LINGER 0)
+  serve-echo PORT              echo everything until EOF (asyncio, many clients)
+  fetch HOST PORT              read to EOF, print "received=N sha256=H"
+  push HOST PORT BYTES         send BYTES deterministic bytes, shut down, wait for EOF
+  read-expect-error HOST PORT  send a line, read; print "reset", "eof" or "timeout"
+  many HOST PORT N             hold N concurrent connections, echo one line on each,
+                               print "completed=K"
+  digest BYTES                 print "sha256=H" of the deterministic stream
+"""
+import asyncio
+import hashlib
+import resource
+import socket
+import struct
+import sys
+
+CHUNK = 64 * 1024
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def stream_chunks(total):
+    """A deterministic, incompressible-looking byte stream (a SHA-256 counter chain)."""
+    block = b"".join(hashlib.sha256(i.to_bytes(8, "big")).digest() for i in range(CHUNK // 32))
+    sent = 0
+    n = 0
+    while sent < total:
+        # Vary each chunk so a misordered or duplicated chunk changes the digest.
+        chunk = n.to_bytes(8, "big") + block[8:]
+        take = min(len(chunk), total - sent)
+        yield chunk[:take]
+        sent += take
+        n += 1
+
+
+def digest(total):
+    h = hashlib.sha256()
+    for c in stream_chunks(total):
+        h.update(c)
+    return h.hexdigest()
+
+
+def listener(port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", port))
+    s.listen(1024)
+    print("listening", flush=True)
+    return s
+
+
+def connect(host, port):
+    return socket.create_connection((host, port), timeout=30)
+
+
+def read_all(conn):
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        b = conn.recv(CHUNK)
+        if not b:
+            return n, h.hexdigest()
+        n += len(b)
+        h.update(b)
+
+
+def serve_forever(port, handle):
+    s = listener(port)
+    while True:
+        conn, _ = s.accept()
+        try:
+            handle(conn)
+        except OSError as e:
+            print(f"error {e}", flush=True)
+        finally:
+            conn.close()
+
+
+def serve_stream(port, total):
+    def handle(conn):
+        for c in stream_chunks(total):
+            conn.sendall(c)
+        conn.shutdown(socket.SHUT_WR)
+        read_all(conn)
+    serve_forever(port, handle)
+
+
+def serve_sink(port):
+    def handle(conn):
+        n, h = read_all(conn)
+        print(f"received={n} sha256={h}", flush=True)
+    serve_forever(port, handle)
+
+
+def serve_reply_after_eof(port):
+    def handle(conn):
+        n, _ = read_all(conn)
+        conn.sendall(f"got {n} bytes\n".encode())
+    serve_forever(port, handle)
+
+
+def serve_reset(port):
+    def handle(conn):
+        conn.recv(16)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    serve_forever(port, handle)
+
+
+def serve_echo(port):
+    raise_nofile()
+
+    async def handle(reader, writer):
+        try:
+            while data := await reader.read(CHUNK):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, host="::", port=port, backlog=4096)
+        print("listening", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def fetch(host, port):
+    conn = connect(host, port)
+    n, h = read_all(conn)
+    print(f"received={n} sha256={h}", flush=True)
+
+
+def push(host, port, total):
+    conn = connect(host, port)
+    for c in stream_chunks(total):
+        conn.sendall(c)
+    conn.shutdown(socket.SHUT_WR)
+    read_all(conn)
+    print(f"sent={total} sha256={digest(total)}", flush=True)
+
+
+def read_expect_error(host, port):
+    conn = connect(host, port)
+    conn.settimeout(10)
+    conn.sendall(b"hello\n")
+    try:
+        while conn.recv(CHUNK):
+            pass
+        print("eof", flush=True)
+    except ConnectionResetError:
+        print("reset", flush=True)
+    except socket.timeout:
+        print("timeout", flush=True)
+
+
+def many(host, port, count):
+    raise_nofile()
+
+    async def one(i, all_open):
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 60)
+        all_open.append(1)
+        while len(all_open) < count:  # hold until every connection is open at once
+            await asyncio.sleep(0.05)
+        line = f"conn {i}\n".encode()
+        writer.write(line)
+        await writer.drain()
+        got = await asyncio.wait_for(reader.readexactly(len(line)), 60)
+        writer.close()
+        return got == line
+
+    async def main():
+        all_open = []
+        results = await asyncio.gather(*(one(i, all_open) for i in range(count)), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for e in errors[:5]:
+            print(f"error {e!r}", flush=True)
+        print(f"completed={sum(1 for r in results if r is True)}", flush=True)
+
+    asyncio.run(main())
+
+
+def main(argv):
+    cmd, args = argv[1], argv[2:]
+    if cmd == "serve-stream":
+        serve_stream(int(args[0]), int(args[1]))
+    elif cmd == "serve-sink":
+        serve_sink(int(args[0]))
+    elif cmd == "serve-reply-after-eof":
+        serve_reply_after_eof(int(args[0]))
+    elif cmd == "serve-reset":
+        serve_reset(int(args[0]))
+    elif cmd == "serve-echo":
+        serve_echo(int(args[0]))
+    elif cmd == "fetch":
+        fetch(args[0], int(args[1]))
+    elif cmd == "push":
+        push(args[0], int(args[1]), int(args[2]))
+    elif cmd == "read-expect-error":
+        read_expect_error(args[0], int(args[1]))
+    elif cmd == "many":
+        many(args[0], int(args[1]), int(args[2]))
+    elif cmd == "digest":
+        print(f"sha256={digest(int(args[0]))}")
+    else:
+        sys.exit(f"unknown command {cmd}\n{__doc__}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,88 @@
+//! System tools the tier-2 tests and the local mesh run for real, and installing them
+//! on Debian when missing (as root), so a fresh machine needs no manual step.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+
+/// A program the suite runs, and the Debian package that provides it.
+#[derive(Debug, Clone, Copy)]
+pub struct Tool {
+    pub program: &'static str,
+    pub package: &'static str,
+}
+
+const fn tool(program: &'static str, package: &'static str) -> Tool {
+    Tool { program, package }
+}
+
+/// What tier-2 tests need: namespaces and veth (iproute2), both iptables backends,
+/// and the unmodified applications.
+pub const TIER2_TOOLS: &[Tool] = &[
+    tool("ip", "iproute2"),
+    tool("iptables-nft", "iptables"),
+    tool("iptables-legacy", "iptables"),
+    tool("ip6tables-nft", "iptables"),
+    tool("curl", "curl"),
+    tool("nc", "netcat-openbsd"),
+    tool("python3", "python3"),
+];
+
+fn on_path(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|dir| dir.join(program).is_file())
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // /proc/self/status carries the real uid; no libc dependency for one call.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Makes sure every tool is present: installs missing packages with apt on Debian as
+/// root, and otherwise fails naming exactly what is missing.
+pub fn ensure(tools: &[Tool]) -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = tools
+        .iter()
+        .filter(|t| !on_path(t.program))
+        .map(|t| t.package)
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !(is_root() && Path::new("/usr/bin/apt-get").exists()) {
+        bail!(
+            "missing system packages: {} (install them, e.g. `apt-get install {}`, or run as root on Debian and xtask installs them)",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let apt = |args: &[&str]| -> anyhow::Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("apt-get {} failed: {status}", args.join(" "));
+        }
+        Ok(())
+    };
+    apt(&["update", "-q"])?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(&missing);
+    apt(&install)
+}
