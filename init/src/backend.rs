@@ -425,7 +425,7 @@ pub fn decide(nft: Probe, legacy: Probe) -> Option<Selection> {
         let why = if legacy.rules == 0 {
             "iptables-legacy holds no rules".to_string()
         } else {
-            format!("iptables-nft already holds {} rules", nft.rules)
+            format!("iptables-nft already holds rules ({})", nft.rules)
         };
         (
             Backend::Nft,

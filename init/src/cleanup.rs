@@ -70,7 +70,8 @@ fn backends(choice: BackendChoice, path: &PathSearch) -> Result<Vec<Backend>, Er
 }
 
 /// Removes weft's rules from every family (and, with `auto`, every installed backend)
-/// and writes one summary line per backend and family.
+/// and writes one summary line per backend and family cleaned. Every family and
+/// backend is tried even when one fails; the failures are then reported together.
 pub fn cleanup(sys: &System<'_>, choice: BackendChoice, out: &mut dyn Write) -> Result<(), Error> {
     let ipv6 = sys.proc_fs.ipv6();
     let families: &[Family] = if ipv6.cleanup() {
@@ -84,9 +85,14 @@ pub fn cleanup(sys: &System<'_>, choice: BackendChoice, out: &mut dyn Write) -> 
             handles.push(Iptables::locate(backend, *family, &sys.path, sys.runner)?);
         }
     }
+    // Best effort: one family or backend failing does not keep the others installed.
     let mut lines = Vec::new();
+    let mut errors = Vec::new();
     for ipt in &handles {
-        lines.push(cleanup_family(ipt)?.to_string());
+        match cleanup_family(ipt) {
+            Ok(removed) => lines.push(removed.to_string()),
+            Err(e) => errors.push(e),
+        }
     }
     if !ipv6.cleanup() {
         lines.push(format!("ipv6: skipped: {}", ipv6.reason()));
@@ -94,7 +100,11 @@ pub fn cleanup(sys: &System<'_>, choice: BackendChoice, out: &mut dyn Write) -> 
     for line in lines {
         writeln!(out, "{line}").map_err(Error::Output)?;
     }
-    Ok(())
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(Error::Several(errors)),
+    }
 }
 
 /// Removes weft's jumps and chains from one backend and family.
@@ -295,6 +305,35 @@ mod tests {
             )
         );
         assert!(!fake.is_clean("iptables-nft"));
+    }
+
+    #[test]
+    fn a_failing_family_does_not_stop_the_others() {
+        let fake = FakeIptables {
+            refuse_delete_chain: Some("iptables-nft".into()),
+            ..FakeIptables::default()
+        };
+        let sys = FakeSystem::new(&fake, true);
+        install(
+            &sys.system(),
+            &Capture::default(),
+            BackendChoice::Nft,
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let err = cleanup(&sys.system(), BackendChoice::Nft, &mut out).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("ipv4 (iptables-nft): deleting a chain"),
+            "{msg}"
+        );
+        assert!(msg.contains("Device or resource busy"), "{msg}");
+        assert!(fake.is_clean("ip6tables-nft"));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "ipv6 (ip6tables-nft): removed 2 jump rules and chains WEFT_OUTPUT, WEFT_INBOUND\n"
+        );
     }
 
     #[test]

@@ -70,21 +70,25 @@ pub enum Error {
         attempts: usize,
     },
 
-    /// Installing IPv6 failed after IPv4 succeeded; the IPv4 rules were removed again.
-    #[error("{failed}\n(the ipv4 rules installed just before were rolled back; nothing is left installed)")]
+    /// Installing IPv6 failed after IPv4 succeeded; weft was removed from both again.
+    #[error("{failed}\n(rolled back: weft's rules were removed from every family, nothing is left installed)")]
     RolledBack {
         /// Why IPv6 failed.
         failed: Box<Error>,
     },
 
-    /// Installing IPv6 failed and removing the IPv4 rules failed too.
-    #[error("{failed}\nrolling back the ipv4 rules also failed, remove them with `weft-init --cleanup`: {rollback}")]
+    /// Installing IPv6 failed and removing what was installed failed too.
+    #[error("{failed}\nrolling back also failed, remove weft's rules with `weft-init --cleanup`: {rollback}")]
     RollbackFailed {
         /// Why IPv6 failed.
         failed: Box<Error>,
         /// Why the IPv4 rollback failed.
         rollback: Box<Error>,
     },
+
+    /// `--cleanup` failed for several backends or families (each was still tried).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<Error>),
 
     /// Writing the dry-run or summary output failed.
     #[error("cannot write output: {0}")]

@@ -2,7 +2,8 @@
 //!
 //! Per family: read the nat table, check the jumps with `-C`, then apply weft's chains
 //! plus the missing jumps in one `*-restore --noflush`. IPv4 goes first; if IPv6 then
-//! fails, IPv4 is cleaned up again so a failed run leaves nothing half-installed.
+//! fails, weft is removed from both families again, so a failed run never leaves one
+//! family capturing and the other not (or capturing with an older configuration).
 
 use std::io::Write;
 
@@ -72,14 +73,17 @@ pub fn install(
         .map(|f| Iptables::locate(selection.backend, *f, &sys.path, sys.runner))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let mut done: Vec<(&Iptables<'_>, Installed)> = Vec::new();
-    for ipt in &handles {
+    let mut done = Vec::new();
+    for (i, ipt) in handles.iter().enumerate() {
         match install_family(ipt, capture) {
-            Ok(installed) => done.push((ipt, installed)),
-            Err(failed) => return Err(roll_back(&done, failed)),
+            Ok(installed) => done.push(installed),
+            // A refused restore changes nothing: the namespace is as before.
+            Err(failed) if i == 0 => return Err(failed),
+            // Later families: this run already changed an earlier one.
+            Err(failed) => return Err(roll_back(&handles[..=i], failed)),
         }
     }
-    let mut lines: Vec<String> = done.iter().map(|(_, i)| i.to_string()).collect();
+    let mut lines: Vec<String> = done.iter().map(ToString::to_string).collect();
     if !ipv6.install() {
         lines.push(format!("ipv6: skipped: {}", ipv6.reason()));
     }
@@ -89,21 +93,25 @@ pub fn install(
     Ok(())
 }
 
-/// Removes what earlier families installed after a later one failed.
-fn roll_back(done: &[(&Iptables<'_>, Installed)], failed: Error) -> Error {
-    if done.is_empty() {
-        return failed;
-    }
-    for (ipt, _) in done {
-        if let Err(rollback) = cleanup::cleanup_family(ipt) {
-            return Error::RollbackFailed {
-                failed: Box::new(failed),
-                rollback: Box::new(rollback),
-            };
-        }
-    }
-    Error::RolledBack {
-        failed: Box::new(failed),
+/// After a family failed, removes weft from every family of this run, including the
+/// failed one: its restore changed nothing, so it may still hold an older install,
+/// which must not survive next to a removed IPv4.
+fn roll_back(handles: &[Iptables<'_>], failed: Error) -> Error {
+    let mut errors: Vec<Error> = handles
+        .iter()
+        .filter_map(|ipt| cleanup::cleanup_family(ipt).err())
+        .collect();
+    let failed = Box::new(failed);
+    match errors.len() {
+        0 => Error::RolledBack { failed },
+        1 => Error::RollbackFailed {
+            failed,
+            rollback: Box::new(errors.remove(0)),
+        },
+        _ => Error::RollbackFailed {
+            failed,
+            rollback: Box::new(Error::Several(errors)),
+        },
     }
 }
 
@@ -288,6 +296,43 @@ mod tests {
         );
         assert!(msg.contains("refused by the fake"), "{msg}");
         assert!(fake.is_clean("iptables-nft"), "{:?}", fake.log());
+    }
+
+    #[test]
+    fn ipv6_failure_on_reinstall_removes_the_old_ipv6_rules_too() {
+        let fake = FakeIptables::refusing("ip6tables-nft-restore");
+        fake.add_chain("ip6tables-nft", "WEFT_OUTPUT");
+        fake.add_jump("ip6tables-nft", &crate::rules::OUTPUT_JUMP);
+        let sys = FakeSystem::new(&fake, true);
+        let err = install(
+            &sys.system(),
+            &Capture::default(),
+            BackendChoice::Nft,
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::RolledBack { .. }), "{err}");
+        assert!(fake.is_clean("iptables-nft"), "{:?}", fake.log());
+        assert!(fake.is_clean("ip6tables-nft"), "{:?}", fake.log());
+    }
+
+    #[test]
+    fn ipv4_failure_changes_nothing() {
+        let fake = FakeIptables::refusing("iptables-nft-restore");
+        let sys = FakeSystem::new(&fake, true);
+        let err = install(
+            &sys.system(),
+            &Capture::default(),
+            BackendChoice::Nft,
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Command { .. }), "{err}");
+        assert!(
+            !fake.log().iter().any(|c| c.contains("ip6tables")),
+            "{:?}",
+            fake.log()
+        );
     }
 
     #[test]

@@ -15,8 +15,15 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
         )
         .init();
-    let cli = Cli::parse();
-    match run(cli) {
+    // Bad flags exit 2, like the ones clap rejects itself; failures to act exit 1.
+    let config = match Config::try_from(Cli::parse()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("weft-init: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weft-init: error: {e:#}");
@@ -25,11 +32,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::try_from(cli)?;
+fn run(config: &Config) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    weft_init::run(&config, &System::real(), &mut out)?;
+    weft_init::run(config, &System::real(), &mut out)?;
     out.flush().context("cannot write output")?;
     Ok(())
 }

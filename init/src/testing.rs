@@ -15,7 +15,7 @@ use crate::rules::{Jump, JUMPS};
 use crate::System;
 
 #[derive(Debug, Default, Clone)]
-struct Table {
+pub(crate) struct Table {
     chains: Vec<String>,
     jumps: Vec<Jump>,
 }
@@ -26,8 +26,10 @@ struct Table {
 pub struct FakeIptables {
     /// A restore binary name that refuses every input.
     pub refuse_restore: Option<String>,
-    tables: RefCell<HashMap<String, Table>>,
-    log: RefCell<Vec<String>>,
+    /// An iptables binary name whose `-X` always fails.
+    pub refuse_delete_chain: Option<String>,
+    pub(crate) tables: RefCell<HashMap<String, Table>>,
+    pub(crate) log: RefCell<Vec<String>>,
 }
 
 impl FakeIptables {
@@ -52,6 +54,15 @@ impl FakeIptables {
             .borrow()
             .get(label)
             .is_none_or(|t| t.chains.is_empty() && t.jumps.is_empty())
+    }
+
+    pub fn add_chain(&self, label: &str, chain: &str) {
+        self.tables
+            .borrow_mut()
+            .entry(label.to_string())
+            .or_default()
+            .chains
+            .push(chain.to_string());
     }
 
     pub fn add_jump(&self, label: &str, jump: &Jump) {
@@ -122,6 +133,7 @@ impl Runner for FakeIptables {
             }
             return Ok(ok(String::new()));
         }
+        let refuse_x = self.refuse_delete_chain.as_deref() == Some(name.as_str());
         let t = tables.entry(name).or_default();
         let args: Vec<&str> = cmd.args.iter().map(String::as_str).collect();
         let op_at = args
@@ -145,6 +157,7 @@ impl Runner for FakeIptables {
                 None => fail(1, "Bad rule"),
             },
             ("-F", None) => ok(String::new()),
+            ("-X", None) if refuse_x => fail(4, "CHAIN_DEL failed (Device or resource busy)"),
             ("-X", None) if t.jumps.iter().any(|j| j.to == chain) => fail(1, "Too many links"),
             ("-X", None) => {
                 t.chains.retain(|c| c != chain);

@@ -73,6 +73,7 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("bad --log filter {:?}", args.log))?,
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -133,7 +133,8 @@ def serve_echo(port):
             writer.close()
 
     async def main():
-        server = await asyncio.start_server(handle, host="::", port=port, backlog=4096)
+        # host=None: one socket per family (asyncio makes IPv6 sockets v6-only).
+        server = await asyncio.start_server(handle, host=None, port=port, backlog=4096)
         print("listening", flush=True)
         async with server:
             await server.serve_forever()
@@ -173,11 +174,11 @@ def read_expect_error(host, port):
 def many(host, port, count):
     raise_nofile()
 
-    async def one(i, all_open):
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 60)
-        all_open.append(1)
-        while len(all_open) < count:  # hold until every connection is open at once
-            await asyncio.sleep(0.05)
+    async def open_one():
+        return await asyncio.wait_for(asyncio.open_connection(host, port), 60)
+
+    async def echo_one(i, conn):
+        reader, writer = conn
         line = f"conn {i}\n".encode()
         writer.write(line)
         await writer.drain()
@@ -186,9 +187,12 @@ def many(host, port, count):
         return got == line
 
     async def main():
-        all_open = []
-        results = await asyncio.gather(*(one(i, all_open) for i in range(count)), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
+        # Phase 1 opens every connection; only then does any of them talk, so all
+        # `count` are open through the mesh at the same time.
+        conns = await asyncio.gather(*(open_one() for _ in range(count)), return_exceptions=True)
+        opened = [(i, c) for i, c in enumerate(conns) if not isinstance(c, BaseException)]
+        results = await asyncio.gather(*(echo_one(i, c) for i, c in opened), return_exceptions=True)
+        errors = [r for r in list(conns) + list(results) if isinstance(r, BaseException)]
         for e in errors[:5]:
             print(f"error {e!r}", flush=True)
         print(f"completed={sum(1 for r in results if r is True)}", flush=True)
