@@ -57,17 +57,17 @@ impl RelayEnd {
 /// Observes bytes as they are relayed (live counters, metrics).
 pub trait RelayObserver: Sync {
     /// `n` bytes were read from the client and written upstream.
-    fn from_client(&self, n: u64);
+    fn relayed_from_client(&self, n: u64);
     /// `n` bytes were read from upstream and written to the client.
-    fn to_client(&self, n: u64);
+    fn relayed_to_client(&self, n: u64);
 }
 
 /// Counts into two atomics; handy for tests.
 impl RelayObserver for (AtomicU64, AtomicU64) {
-    fn from_client(&self, n: u64) {
+    fn relayed_from_client(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
-    fn to_client(&self, n: u64) {
+    fn relayed_to_client(&self, n: u64) {
         self.1.fetch_add(n, Ordering::Relaxed);
     }
 }
@@ -76,11 +76,11 @@ impl RelayObserver for (AtomicU64, AtomicU64) {
 /// (SO_LINGER 0) when the caller drops them.
 pub async fn relay(client: &TcpStream, upstream: &TcpStream, obs: &dyn RelayObserver) -> RelayEnd {
     let up = async {
-        pump(client, upstream, |n| obs.from_client(n))
+        pump(client, upstream, |n| obs.relayed_from_client(n))
             .await
             .map_err(|(side, error)| (flip(side), error))
     };
-    let down = pump(upstream, client, |n| obs.to_client(n));
+    let down = pump(upstream, client, |n| obs.relayed_to_client(n));
     match tokio::try_join!(up, down) {
         Ok(((), ())) => RelayEnd::Eof,
         Err((side, error)) => {

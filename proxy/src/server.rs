@@ -401,11 +401,11 @@ struct ConnObserver<'a> {
 }
 
 impl RelayObserver for ConnObserver<'_> {
-    fn from_client(&self, n: u64) {
+    fn relayed_from_client(&self, n: u64) {
         self.bytes.from_client.fetch_add(n, Ordering::Relaxed);
         self.shared.metrics.tcp_received(self.labels, n);
     }
-    fn to_client(&self, n: u64) {
+    fn relayed_to_client(&self, n: u64) {
         self.bytes.to_client.fetch_add(n, Ordering::Relaxed);
         self.shared.metrics.tcp_sent(self.labels, n);
     }

@@ -10,6 +10,7 @@ use std::process::Command;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
+mod leaks;
 mod system;
 
 #[derive(Debug, Parser)]
@@ -82,5 +83,16 @@ fn test(tier1_only: bool, test_args: &[String]) -> anyhow::Result<()> {
     if !test_args.is_empty() {
         tests.arg("--").args(test_args);
     }
-    run(tests)
+    if tier1_only {
+        return run(tests);
+    }
+    let before = leaks::HostState::read()?;
+    let result = run(tests);
+    // Checked even when tests failed: a failing test must clean up too.
+    let leaked = leaks::HostState::read()?.leaked_since(&before);
+    if !leaked.is_empty() {
+        bail!("the tests left behind:\n  {}", leaked.join("\n  "));
+    }
+    eprintln!("xtask: no network namespace, host interface or weft iptables chain left behind");
+    result
 }

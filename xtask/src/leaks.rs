@@ -1,0 +1,78 @@
+//! What a tier-2 run could leave on the host, read before and after the run: network
+//! namespaces, interfaces in the host namespace, and weft chains in the host's
+//! iptables (which tests never touch: their rules live in their own namespaces).
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use anyhow::Context as _;
+
+/// A read-only snapshot of the host's network state.
+#[derive(Debug)]
+pub struct HostState {
+    netns: BTreeSet<String>,
+    links: BTreeSet<String>,
+    weft_rules: BTreeSet<String>,
+}
+
+fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn first_words(text: &str, strip: &[char]) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|w| w.trim_end_matches(strip).to_string())
+        .collect()
+}
+
+impl HostState {
+    /// Reads the current state (nothing is modified).
+    pub fn read() -> anyhow::Result<Self> {
+        let netns = first_words(&output("ip", &["netns", "list"])?, &[]);
+        // `ip -o link` lines: "3: name@peer: <...>"; keep the name.
+        let links = output("ip", &["-o", "link", "show"])?
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect();
+        let mut weft_rules = BTreeSet::new();
+        for save in [
+            "iptables-nft-save",
+            "ip6tables-nft-save",
+            "iptables-legacy-save",
+            "ip6tables-legacy-save",
+        ] {
+            // A missing backend prints nothing; that is fine here.
+            if let Ok(text) = output(save, &[]) {
+                weft_rules.extend(
+                    text.lines()
+                        .filter(|l| l.contains("WEFT"))
+                        .map(|l| format!("{save}: {l}")),
+                );
+            }
+        }
+        Ok(HostState {
+            netns,
+            links,
+            weft_rules,
+        })
+    }
+
+    /// Everything present now that was not present in `before`.
+    pub fn leaked_since(&self, before: &HostState) -> Vec<String> {
+        let new = |now: &BTreeSet<String>, then: &BTreeSet<String>, what: &str| -> Vec<String> {
+            now.difference(then)
+                .map(|n| format!("{what} {n}"))
+                .collect()
+        };
+        let mut out = new(&self.netns, &before.netns, "network namespace");
+        out.extend(new(&self.links, &before.links, "host interface"));
+        out.extend(new(&self.weft_rules, &before.weft_rules, "iptables rule"));
+        out
+    }
+}
