@@ -15,7 +15,11 @@ carry faithfully. Each prints one result line on stdout that the test reads.
   many HOST PORT N             hold N concurrent connections, echo one line on each,
                                print "completed=K"
   digest BYTES                 print "sha256=H" of the deterministic stream
+  serve-zeros PORT BYTES       send BYTES zero bytes per client as fast as possible
+  drain HOST PORT              read to EOF as fast as possible, print bytes, seconds, Gbit/s
+  hold HOST PORT N SECONDS     open N connections, print "open=K", hold them SECONDS
 """
+import time
 import asyncio
 import hashlib
 import resource
@@ -200,6 +204,48 @@ def many(host, port, count):
     asyncio.run(main())
 
 
+BULK = 1 << 20
+
+
+def serve_zeros(port, total):
+    zeros = bytes(BULK)
+
+    def handle(conn):
+        left = total
+        while left > 0:
+            left -= conn.send(zeros[: min(BULK, left)])
+        conn.shutdown(socket.SHUT_WR)
+        read_all(conn)
+    serve_forever(port, handle)
+
+
+def drain(host, port):
+    conn = connect(host, port)
+    buf = bytearray(BULK)
+    n = 0
+    start = time.monotonic()
+    while True:
+        got = conn.recv_into(buf)
+        if not got:
+            break
+        n += got
+    secs = time.monotonic() - start
+    print(f"bytes={n} seconds={secs:.3f} gbit_per_s={n * 8 / secs / 1e9:.2f}", flush=True)
+
+
+def hold(host, port, count, seconds):
+    raise_nofile()
+    conns = []
+    for _ in range(count):
+        try:
+            conns.append(socket.create_connection((host, port), timeout=10))
+        except OSError as e:
+            print(f"error {e}", flush=True)
+            break
+    print(f"open={len(conns)}", flush=True)
+    time.sleep(seconds)
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "serve-stream":
@@ -220,6 +266,12 @@ def main(argv):
         read_expect_error(args[0], int(args[1]))
     elif cmd == "many":
         many(args[0], int(args[1]), int(args[2]))
+    elif cmd == "serve-zeros":
+        serve_zeros(int(args[0]), int(args[1]))
+    elif cmd == "drain":
+        drain(args[0], int(args[1]))
+    elif cmd == "hold":
+        hold(args[0], int(args[1]), int(args[2]), float(args[3]))
     elif cmd == "digest":
         print(f"sha256={digest(int(args[0]))}")
     else:
