@@ -10,6 +10,7 @@
 //! Layout:
 //! - [`addr`]: address newtypes and [`addr::Direction`].
 //! - [`orig_dst`]: original-destination recovery behind a trait (kernel or fixed).
+//! - [`routes`]: VIP:port → service → round-robin endpoint; peer IP → service.
 //! - [`relay`]: the bidirectional byte copy (half-close, reset propagation).
 //! - [`conntable`]: live and recently closed connections for `/connections`.
 //! - [`metrics`]: OpenTelemetry instruments and the Prometheus exposition.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod prom_text;
 pub mod relay;
+pub mod routes;
 pub mod server;
 
 pub use config::ProxyConfig;

@@ -28,6 +28,8 @@ pub enum ErrorReason {
     ConnectError,
     /// The proxy is at its connection limit.
     Overload,
+    /// The destination is a service with no endpoints.
+    NoEndpoints,
 }
 
 impl ErrorReason {
@@ -40,6 +42,7 @@ impl ErrorReason {
             ErrorReason::ConnectTimeout => "connect_timeout",
             ErrorReason::ConnectError => "connect_error",
             ErrorReason::Overload => "overload",
+            ErrorReason::NoEndpoints => "no_endpoints",
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::http_endpoint::{self, respond, text};
 use crate::metrics::{ErrorReason, Metrics, MetricsError, TcpLabels};
 use crate::orig_dst::OrigDstSource;
 use crate::relay::{self, RelayObserver};
+use crate::routes::{Resolved, Routes};
 
 /// Outbound destinations that are no known service are forwarded as-is and labelled so.
 pub const PASSTHROUGH_SERVICE: &str = "passthrough";
@@ -46,6 +47,8 @@ struct Shared {
     metrics: Metrics,
     conns: Arc<ConnTable>,
     orig_dst: Arc<dyn OrigDstSource>,
+    /// Services and endpoints from discovery; empty (all passthrough) without one.
+    routes: Arc<Routes>,
     /// Local addresses of the proxy's own upstream sockets: a captured connection
     /// coming *from* one of them is the proxy's traffic looping back through capture.
     own_upstreams: Mutex<HashSet<SocketAddr>>,
@@ -97,6 +100,7 @@ impl BoundProxy {
             config,
             metrics,
             orig_dst,
+            routes: Arc::new(Routes::default()),
             own_upstreams: Mutex::new(HashSet::new()),
             draining: AtomicBool::new(false),
         });
@@ -107,6 +111,12 @@ impl BoundProxy {
             admin,
             metrics: metrics_listener,
         })
+    }
+
+    /// The routing table discovery updates; connections accepted after an update
+    /// route by it.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.shared.routes.clone()
     }
 
     /// Addresses the outbound listeners are bound to.
@@ -274,11 +284,44 @@ async fn accept_loop(
     }
 }
 
-/// Labels and identity of a connection, per direction.
-fn services(shared: &Shared, direction: Direction) -> (&str, &str) {
+/// Where a connection goes and how it is labelled.
+struct Routing {
+    source_service: Arc<str>,
+    destination_service: Arc<str>,
+    /// `None`: the destination is a service without endpoints.
+    endpoint: Option<EndpointAddr>,
+}
+
+/// Outbound: the original destination's service (round robin over its endpoints) or
+/// passthrough. Inbound: the local app, with the peer's service as the source.
+fn route(
+    shared: &Shared,
+    direction: Direction,
+    client: ClientAddr,
+    orig_dst: OrigDstAddr,
+) -> Routing {
+    let own: Arc<str> = Arc::from(shared.config.service.as_str());
+    let table = shared.routes.load();
     match direction {
-        Direction::Outbound => (shared.config.service.as_str(), PASSTHROUGH_SERVICE),
-        Direction::Inbound => (UNKNOWN_SERVICE, shared.config.service.as_str()),
+        Direction::Outbound => match table.resolve(orig_dst) {
+            Resolved::Service(route) => Routing {
+                source_service: own,
+                destination_service: route.service.clone(),
+                endpoint: route.pick(),
+            },
+            Resolved::Passthrough => Routing {
+                source_service: own,
+                destination_service: Arc::from(PASSTHROUGH_SERVICE),
+                endpoint: Some(EndpointAddr(orig_dst.0)),
+            },
+        },
+        Direction::Inbound => Routing {
+            source_service: table
+                .service_of_peer(client.0.ip())
+                .unwrap_or_else(|| Arc::from(UNKNOWN_SERVICE)),
+            destination_service: own,
+            endpoint: Some(EndpointAddr(orig_dst.0)),
+        },
     }
 }
 
@@ -289,31 +332,37 @@ async fn serve_connection(
     client_addr: ClientAddr,
     _permit: OwnedSemaphorePermit,
 ) {
-    let (source_service, destination_service) = services(&shared, direction);
     let orig_dst = match recover_orig_dst(&shared, &client, client_addr) {
         Ok(o) => o,
         Err(reason) => {
             tracing::debug!(%client_addr, %direction, reason = reason.as_str(), "refused");
-            shared.metrics.error(direction, destination_service, reason);
+            shared.metrics.error(direction, UNKNOWN_SERVICE, reason);
             relay::reset(&client);
             return;
         }
     };
     let _ = client.set_nodelay(true);
-    // Passthrough: the original destination is the endpoint.
-    let endpoint = EndpointAddr(orig_dst.0);
-    let labels = TcpLabels::new(direction, source_service, destination_service);
+    let routing = route(&shared, direction, client_addr, orig_dst);
+    let labels = TcpLabels::new(
+        direction,
+        &routing.source_service,
+        &routing.destination_service,
+    );
     let mut conn = shared.conns.open(ConnInfo {
         direction,
         client: client_addr,
         orig_dst,
-        service: destination_service.to_string(),
-        endpoint: Some(endpoint),
+        service: routing.destination_service.to_string(),
+        endpoint: routing.endpoint,
         protocol: "tcp",
     });
     shared.metrics.tcp_opened(&labels);
 
-    let end = match connect_upstream(&shared, endpoint).await {
+    let connected = match routing.endpoint {
+        Some(endpoint) => connect_upstream(&shared, endpoint).await,
+        None => Err(ErrorReason::NoEndpoints),
+    };
+    let end = match connected {
         Ok(upstream) => {
             let local = upstream.local_addr().ok();
             if let Some(local) = local {
@@ -331,7 +380,9 @@ async fn serve_connection(
             end.describe()
         }
         Err(reason) => {
-            shared.metrics.error(direction, destination_service, reason);
+            shared
+                .metrics
+                .error(direction, &routing.destination_service, reason);
             relay::reset(&client);
             reason.as_str().to_string()
         }

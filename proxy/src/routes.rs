@@ -1,0 +1,298 @@
+//! The routing table: which service an original destination (VIP:port) belongs to,
+//! its endpoints and the round-robin choice among them; and which service a peer
+//! address belongs to (the inbound `source_service`).
+//!
+//! The table is replaced as a whole on every discovery update (readers take an `Arc`
+//! snapshot, so a connection routes against one consistent state), but the entry of
+//! a service the update did not touch is carried over, round-robin position
+//! included, so unrelated changes do not disturb the rotation.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::addr::{EndpointAddr, OrigDstAddr};
+
+/// How the proxy treats traffic to a service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortProtocol {
+    /// Detect from the first bytes (L7 work); today relayed as TCP.
+    Auto,
+    /// HTTP (L7 work); today relayed as TCP.
+    Http,
+    /// Opaque TCP.
+    Tcp,
+}
+
+/// One port of a service as discovery describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub port: u16,
+    pub target_port: u16,
+    pub protocol: PortProtocol,
+}
+
+/// A service as discovery describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub vip: IpAddr,
+    pub ports: Vec<ServicePort>,
+    pub endpoints: Vec<IpAddr>,
+}
+
+/// Where one VIP:port leads, with its round-robin position.
+#[derive(Debug)]
+pub struct ServiceRoute {
+    pub service: Arc<str>,
+    pub target_port: u16,
+    pub protocol: PortProtocol,
+    endpoints: Vec<IpAddr>,
+    next: AtomicUsize,
+}
+
+impl ServiceRoute {
+    /// The next endpoint in round-robin order; `None` when the service has none.
+    pub fn pick(&self) -> Option<EndpointAddr> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        Some(EndpointAddr(SocketAddr::new(
+            self.endpoints[i],
+            self.target_port,
+        )))
+    }
+}
+
+/// What an original destination resolves to.
+#[derive(Debug, Clone)]
+pub enum Resolved {
+    /// A known service port.
+    Service(Arc<ServiceRoute>),
+    /// Not a service: forward to the original destination as-is.
+    Passthrough,
+}
+
+/// One consistent state of the mesh, as this proxy knows it.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    services: HashMap<String, (ServiceSpec, Vec<Arc<ServiceRoute>>)>,
+    by_vip_port: HashMap<SocketAddr, Arc<ServiceRoute>>,
+    by_endpoint_ip: HashMap<IpAddr, Arc<str>>,
+}
+
+impl RouteTable {
+    /// A table with exactly `services`.
+    pub fn from_services(services: impl IntoIterator<Item = ServiceSpec>) -> Self {
+        RouteTable::default().updated(true, services, std::iter::empty::<String>())
+    }
+
+    /// The table after an update: with `full`, `upserted` is the whole mesh;
+    /// otherwise `upserted` services are added or replaced and `removed` dropped.
+    pub fn updated(
+        &self,
+        full: bool,
+        upserted: impl IntoIterator<Item = ServiceSpec>,
+        removed: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> RouteTable {
+        let mut services = if full {
+            HashMap::new()
+        } else {
+            self.services.clone()
+        };
+        for name in removed {
+            services.remove(name.as_ref());
+        }
+        for spec in upserted {
+            // An unchanged service keeps its routes (and round-robin positions).
+            let routes = match self.services.get(&spec.name) {
+                Some((old, routes)) if *old == spec => routes.clone(),
+                _ => routes_of(&spec),
+            };
+            services.insert(spec.name.clone(), (spec, routes));
+        }
+        let mut by_vip_port = HashMap::new();
+        let mut by_endpoint_ip = HashMap::new();
+        for (spec, routes) in services.values() {
+            for (port, route) in spec.ports.iter().zip(routes) {
+                by_vip_port.insert(SocketAddr::new(spec.vip, port.port), route.clone());
+            }
+            let name: Arc<str> = Arc::from(spec.name.as_str());
+            for ip in &spec.endpoints {
+                by_endpoint_ip.insert(*ip, name.clone());
+            }
+        }
+        RouteTable {
+            services,
+            by_vip_port,
+            by_endpoint_ip,
+        }
+    }
+
+    /// Where a connection to `orig_dst` goes.
+    pub fn resolve(&self, orig_dst: OrigDstAddr) -> Resolved {
+        match self.by_vip_port.get(&canonical(orig_dst.0)) {
+            Some(route) => Resolved::Service(route.clone()),
+            None => Resolved::Passthrough,
+        }
+    }
+
+    /// The service whose endpoint has address `ip`, if any.
+    pub fn service_of_peer(&self, ip: IpAddr) -> Option<Arc<str>> {
+        self.by_endpoint_ip.get(&ip.to_canonical()).cloned()
+    }
+
+    /// Number of services known.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+}
+
+fn routes_of(spec: &ServiceSpec) -> Vec<Arc<ServiceRoute>> {
+    let service: Arc<str> = Arc::from(spec.name.as_str());
+    spec.ports
+        .iter()
+        .map(|p| {
+            Arc::new(ServiceRoute {
+                service: service.clone(),
+                target_port: p.target_port,
+                protocol: p.protocol,
+                endpoints: spec.endpoints.clone(),
+                next: AtomicUsize::new(0),
+            })
+        })
+        .collect()
+}
+
+/// IPv4-mapped IPv6 addresses compare as the IPv4 address they carry.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// The proxy's current table, swapped atomically by discovery.
+#[derive(Debug, Default)]
+pub struct Routes {
+    current: RwLock<Arc<RouteTable>>,
+}
+
+impl Routes {
+    /// The current table.
+    pub fn load(&self) -> Arc<RouteTable> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the current table.
+    pub fn store(&self, table: RouteTable) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, vip: &str, endpoints: &[&str]) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            vip: vip.parse().expect("vip"),
+            ports: vec![ServicePort {
+                port: 80,
+                target_port: 8080,
+                protocol: PortProtocol::Auto,
+            }],
+            endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
+        }
+    }
+
+    fn dst(s: &str) -> OrigDstAddr {
+        OrigDstAddr(s.parse().expect("addr"))
+    }
+
+    fn picks(table: &RouteTable, to: &str, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| match table.resolve(dst(to)) {
+                Resolved::Service(r) => r.pick().map(|e| e.to_string()).unwrap_or_default(),
+                Resolved::Passthrough => "passthrough".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_over_endpoints_with_target_port() {
+        let t = RouteTable::from_services([spec(
+            "backend",
+            "10.96.0.10",
+            &["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+        )]);
+        assert_eq!(
+            picks(&t, "10.96.0.10:80", 6),
+            [
+                "10.0.0.1:8080",
+                "10.0.0.2:8080",
+                "10.0.0.3:8080",
+                "10.0.0.1:8080",
+                "10.0.0.2:8080",
+                "10.0.0.3:8080"
+            ]
+        );
+        assert_eq!(picks(&t, "10.96.0.10:81", 1), ["passthrough"]);
+        assert_eq!(picks(&t, "10.96.0.11:80", 1), ["passthrough"]);
+        assert_eq!(
+            t.service_of_peer("10.0.0.2".parse().expect("ip"))
+                .as_deref(),
+            Some("backend")
+        );
+        assert_eq!(
+            t.service_of_peer("::ffff:10.0.0.2".parse().expect("ip"))
+                .as_deref(),
+            Some("backend")
+        );
+    }
+
+    #[test]
+    fn ipv6_vip_and_mapped_destinations() {
+        let t = RouteTable::from_services([spec("v6", "fd00:96::10", &["fd00:211::3"])]);
+        assert_eq!(picks(&t, "[fd00:96::10]:80", 1), ["[fd00:211::3]:8080"]);
+    }
+
+    #[test]
+    fn no_endpoints_picks_nothing() {
+        let t = RouteTable::from_services([spec("empty", "10.96.0.12", &[])]);
+        assert_eq!(picks(&t, "10.96.0.12:80", 1), [""]);
+    }
+
+    #[test]
+    fn incremental_updates_keep_untouched_rotation() {
+        let t = RouteTable::from_services([
+            spec("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"]),
+            spec("b", "10.96.0.2", &["10.0.1.1"]),
+        ]);
+        assert_eq!(picks(&t, "10.96.0.1:80", 1), ["10.0.0.1:8080"]);
+        // b changes, a is re-sent unchanged: a's rotation continues.
+        let t2 = t.updated(
+            false,
+            [
+                spec("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"]),
+                spec("b", "10.96.0.2", &["10.0.1.9"]),
+            ],
+            std::iter::empty::<&str>(),
+        );
+        assert_eq!(picks(&t2, "10.96.0.1:80", 1), ["10.0.0.2:8080"]);
+        assert_eq!(picks(&t2, "10.96.0.2:80", 1), ["10.0.1.9:8080"]);
+        let t3 = t2.updated(false, std::iter::empty(), ["b"]);
+        assert_eq!(picks(&t3, "10.96.0.2:80", 1), ["passthrough"]);
+        assert_eq!(t3.service_count(), 1);
+        let t4 = t3.updated(
+            true,
+            [spec("c", "10.96.0.3", &["10.0.2.1"])],
+            std::iter::empty::<&str>(),
+        );
+        assert_eq!(picks(&t4, "10.96.0.1:80", 1), ["passthrough"]);
+        assert_eq!(t4.service_count(), 1);
+    }
+}
