@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::discovery::DiscoveryConfig;
+
 /// Everything a running proxy needs to know.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProxyConfig {
@@ -33,6 +35,22 @@ pub struct ProxyConfig {
     pub max_connections: u32,
     /// How many closed connections `/connections` remembers.
     pub closed_history: usize,
+    /// The controller to take services from; `None`: passthrough only.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "controller_url"
+    )]
+    pub discovery: Option<DiscoveryConfig>,
+}
+
+fn controller_url<S: serde::Serializer>(
+    d: &Option<DiscoveryConfig>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&d.controller),
+        None => s.serialize_none(),
+    }
 }
 
 impl ProxyConfig {
@@ -55,6 +73,7 @@ impl ProxyConfig {
             drain_grace: Duration::from_secs(10),
             max_connections: 100_000,
             closed_history: 100,
+            discovery: None,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`addr`]: address newtypes and [`addr::Direction`].
 //! - [`orig_dst`]: original-destination recovery behind a trait (kernel or fixed).
 //! - [`routes`]: VIP:port → service → round-robin endpoint; peer IP → service.
+//! - [`discovery`]: the controller's Watch stream → the routing table, with backoff.
 //! - [`relay`]: the bidirectional byte copy (half-close, reset propagation).
 //! - [`conntable`]: live and recently closed connections for `/connections`.
 //! - [`metrics`]: OpenTelemetry instruments and the Prometheus exposition.
@@ -22,6 +23,7 @@
 pub mod addr;
 pub mod config;
 pub mod conntable;
+pub mod discovery;
 pub mod http_endpoint;
 pub mod metrics;
 pub mod orig_dst;

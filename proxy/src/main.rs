@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use weft_proxy::discovery::DiscoveryConfig;
 use weft_proxy::orig_dst::KernelOrigDst;
 use weft_proxy::{BoundProxy, ProxyConfig};
 
@@ -19,6 +20,13 @@ struct Args {
     /// of its inbound traffic in metrics.
     #[arg(long, env = "WEFT_SERVICE", default_value = "unknown")]
     service: String,
+    /// The controller's discovery URL (e.g. http://10.211.0.1:15010). Without it the
+    /// proxy forwards every connection to its original destination (passthrough).
+    #[arg(long, env = "WEFT_CONTROLLER")]
+    controller: Option<String>,
+    /// An id for the controller's logs (e.g. the pod name).
+    #[arg(long, env = "WEFT_PROXY_ID", default_value = "")]
+    proxy_id: String,
     /// Port of the outbound capture listener (bound on 127.0.0.1 and ::1).
     #[arg(long, env = "WEFT_OUTBOUND_PORT", default_value_t = 15001)]
     outbound_port: u16,
@@ -61,6 +69,11 @@ impl Args {
         config.drain_grace = self.drain_grace;
         config.max_connections = self.max_connections;
         config.closed_history = self.closed_history;
+        config.discovery = self.controller.map(|controller| DiscoveryConfig {
+            controller,
+            service: config.service.clone(),
+            proxy_id: self.proxy_id,
+        });
         config
     }
 }

@@ -55,6 +55,8 @@ struct Shared {
     /// One permit per connection in service; drain waits until all are back.
     permits: Arc<Semaphore>,
     draining: AtomicBool,
+    /// Whether the first discovery snapshot arrived (always true without discovery).
+    synced: Arc<AtomicBool>,
 }
 
 /// A proxy whose sockets are bound; [`BoundProxy::run`] serves them.
@@ -94,6 +96,7 @@ impl BoundProxy {
         let admin = bind_one("admin endpoint", config.admin_listen)?;
         let metrics_listener = bind_one("metrics endpoint", config.metrics_listen)?;
         let metrics = Metrics::new(&config.service)?;
+        let config_has_no_discovery = config.discovery.is_none();
         let shared = Arc::new(Shared {
             conns: Arc::new(ConnTable::new(config.closed_history)),
             permits: Arc::new(Semaphore::new(config.max_connections as usize)),
@@ -103,6 +106,7 @@ impl BoundProxy {
             routes: Arc::new(Routes::default()),
             own_upstreams: Mutex::new(HashSet::new()),
             draining: AtomicBool::new(false),
+            synced: Arc::new(AtomicBool::new(config_has_no_discovery)),
         });
         Ok(BoundProxy {
             shared,
@@ -149,6 +153,13 @@ impl BoundProxy {
     /// not-ready, and waits up to the grace period for open connections to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> DrainOutcome {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let discovery_task = self.shared.config.discovery.clone().map(|config| {
+            tokio::spawn(crate::discovery::run(
+                config,
+                self.shared.routes.clone(),
+                self.shared.synced.clone(),
+            ))
+        });
         let mut accept_tasks = Vec::new();
         for (listeners, direction) in [
             (self.outbound, Direction::Outbound),
@@ -183,6 +194,9 @@ impl BoundProxy {
         let _ = stop_tx.send(true);
         for task in accept_tasks {
             let _ = task.await;
+        }
+        if let Some(task) = discovery_task {
+            task.abort();
         }
         let max = self.shared.config.max_connections;
         tracing::info!(
@@ -485,6 +499,10 @@ fn metrics_route(shared: &Shared, path: &str) -> http::Response<http_endpoint::B
         "/ready" if shared.draining.load(Ordering::SeqCst) => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
+        "/ready" if !shared.synced.load(Ordering::SeqCst) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first discovery snapshot\n",
+        ),
         "/ready" => text(StatusCode::OK, "ready\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -1,0 +1,22 @@
+//! weft's discovery API (`weft.discovery.v1`), generated from
+//! `proto/discovery.proto` at build time by `protox` + `tonic-prost-build` (no system
+//! `protoc` needed).
+//!
+//! A proxy calls [`discovery::discovery_client::DiscoveryClient::watch`] with its own
+//! service name and keeps the stream open: the first [`discovery::MeshUpdate`] is a
+//! full snapshot, later ones upsert changed services and name removed ones. The
+//! controller implements [`discovery::discovery_server::Discovery`].
+
+/// Messages, client and server of `weft.discovery.v1`.
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    missing_debug_implementations
+)]
+pub mod discovery {
+    tonic::include_proto!("weft.discovery.v1");
+}
+
+pub use discovery::discovery_client::DiscoveryClient;
+pub use discovery::discovery_server::{Discovery, DiscoveryServer};

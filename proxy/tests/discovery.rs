@@ -1,0 +1,192 @@
+//! Tier-1 tests of the discovery client against an in-process gRPC controller that
+//! speaks the real API: /ready waits for the first snapshot, updates re-route new
+//! connections, and the last known routes keep serving while the controller is gone
+//! until a restarted controller's snapshot replaces them.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use weft_api::discovery::{Endpoint, MeshUpdate, Protocol, Service, ServicePort, WatchRequest};
+use weft_api::{Discovery, DiscoveryServer};
+use weft_proxy::discovery::DiscoveryConfig;
+use weft_proxy::orig_dst::FixedOrigDst;
+use weft_proxy::{BoundProxy, ProxyConfig};
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<MeshUpdate, Status>> + Send>>;
+
+/// A controller whose every subscriber gets `snapshot`, then whatever the test
+/// pushes on the returned channel.
+struct FakeController {
+    snapshot: MeshUpdate,
+    subscribers: mpsc::UnboundedSender<mpsc::Sender<Result<MeshUpdate, Status>>>,
+}
+
+#[tonic::async_trait]
+impl Discovery for FakeController {
+    type WatchStream = UpdateStream;
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<UpdateStream>, Status> {
+        assert_eq!(req.get_ref().service, "frontend");
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(Ok(self.snapshot.clone())).await.unwrap();
+        let _ = self.subscribers.send(tx);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn start_controller(
+    listener: TcpListener,
+    snapshot: MeshUpdate,
+) -> (
+    tokio::task::JoinHandle<()>,
+    mpsc::UnboundedReceiver<mpsc::Sender<Result<MeshUpdate, Status>>>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let svc = DiscoveryServer::new(FakeController {
+        snapshot,
+        subscribers: tx,
+    });
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    (task, rx)
+}
+
+fn backend(endpoint: &str, port: u16, version: u64) -> MeshUpdate {
+    MeshUpdate {
+        full_snapshot: true,
+        services: vec![Service {
+            name: "backend".into(),
+            vip: "10.96.0.10".into(),
+            ports: vec![ServicePort {
+                port: 80,
+                target_port: port.into(),
+                protocol: Protocol::Tcp.into(),
+            }],
+            endpoints: vec![Endpoint {
+                address: endpoint.into(),
+                name: String::new(),
+            }],
+            policy: None,
+        }],
+        removed: vec![],
+        version,
+    }
+}
+
+async fn named_server(ip: &str, port: u16) -> u16 {
+    let l = TcpListener::bind(format!("{ip}:{port}")).await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let me = ip.to_string();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let _ = s.write_all(me.as_bytes()).await;
+        }
+    });
+    port
+}
+
+async fn who(outbound: SocketAddr) -> String {
+    let mut c = TcpStream::connect(outbound).await.unwrap();
+    let mut s = String::new();
+    let _ = c.read_to_string(&mut s).await;
+    s
+}
+
+async fn get(addr: SocketAddr, path: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out[9..12].parse().unwrap()
+}
+
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..500 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn follows_the_controller_and_survives_its_absence() {
+    let port = named_server("127.0.0.1", 0).await;
+    named_server("127.0.0.2", port).await;
+    let ctl_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ctl_addr = ctl_listener.local_addr().unwrap();
+
+    let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut config = ProxyConfig::with_ports(0, 0);
+    config.service = "frontend".into();
+    config.outbound_listen = vec![local];
+    config.inbound_listen = vec![local];
+    config.admin_listen = local;
+    config.metrics_listen = local;
+    config.discovery = Some(DiscoveryConfig {
+        controller: format!("http://{ctl_addr}"),
+        service: "frontend".into(),
+        proxy_id: "test".into(),
+    });
+    let vip = "10.96.0.10:80".parse().unwrap();
+    let proxy = BoundProxy::bind(config, Arc::new(FixedOrigDst(vip)))
+        .await
+        .unwrap();
+    let outbound = proxy.outbound_addrs()[0];
+    let metrics = proxy.metrics_addr().unwrap();
+    tokio::spawn(proxy.run(std::future::pending()));
+
+    // No controller yet: not ready, and the VIP is passthrough (nothing listens there).
+    assert_eq!(get(metrics, "/ready").await, 503);
+
+    let (ctl, mut subs) = start_controller(ctl_listener, backend("127.0.0.1", port, 1)).await;
+    eventually("ready after the first snapshot", async || {
+        get(metrics, "/ready").await == 200
+    })
+    .await;
+    assert_eq!(who(outbound).await, "127.0.0.1");
+
+    // An incremental update re-routes new connections.
+    let sub = subs.recv().await.unwrap();
+    let mut moved = backend("127.0.0.2", port, 2);
+    moved.full_snapshot = false;
+    sub.send(Ok(moved)).await.unwrap();
+    eventually("the update to apply", async || {
+        who(outbound).await == "127.0.0.2"
+    })
+    .await;
+
+    // Controller gone: the last known routes keep serving, readiness stays.
+    ctl.abort();
+    let _ = ctl.await;
+    drop(sub);
+    for _ in 0..3 {
+        assert_eq!(who(outbound).await, "127.0.0.2");
+    }
+    assert_eq!(get(metrics, "/ready").await, 200);
+
+    // A restarted controller with a changed state: its snapshot replaces ours.
+    let listener = TcpListener::bind(ctl_addr).await.unwrap();
+    let (_ctl2, _subs2) = start_controller(listener, backend("127.0.0.1", port, 1)).await;
+    eventually("the new controller's snapshot", async || {
+        who(outbound).await == "127.0.0.1"
+    })
+    .await;
+}
