@@ -1,0 +1,139 @@
+//! The `Discovery` gRPC service: on `Watch`, a full snapshot, then incremental
+//! updates (changed services whole, removed names) whenever the mesh changes.
+//!
+//! Each subscriber remembers the mesh it last sent and, on a change, sends the diff
+//! from that to the current mesh. The `watch` channel coalesces changes, so a slow
+//! subscriber is never dropped and never sent stale intermediate states: it gets one
+//! update that brings it from what it has to what is current.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use weft_api::discovery as pb;
+
+use crate::model::{Name, Protocol, Service};
+use crate::state::{diff, Snapshot, State};
+
+/// The discovery service over the controller's [`State`].
+#[derive(Debug, Clone)]
+pub struct DiscoveryService {
+    state: Arc<State>,
+}
+
+impl DiscoveryService {
+    /// Serves `state`.
+    pub fn new(state: Arc<State>) -> Self {
+        DiscoveryService { state }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> weft_api::DiscoveryServer<Self> {
+        weft_api::DiscoveryServer::new(self)
+    }
+}
+
+/// A service in the API's terms.
+pub fn to_proto(name: &Name, svc: &Service) -> pb::Service {
+    pb::Service {
+        name: name.to_string(),
+        vip: svc.vip.to_string(),
+        ports: svc
+            .ports
+            .iter()
+            .map(|p| pb::ServicePort {
+                port: p.port.get().into(),
+                target_port: p.target_port.get().into(),
+                protocol: match p.protocol {
+                    Protocol::Auto => pb::Protocol::Auto,
+                    Protocol::Http => pb::Protocol::Http,
+                    Protocol::Tcp => pb::Protocol::Tcp,
+                } as i32,
+            })
+            .collect(),
+        endpoints: svc
+            .endpoints
+            .iter()
+            .map(|ip| pb::Endpoint {
+                address: ip.to_string(),
+                name: String::new(),
+            })
+            .collect(),
+        policy: Some(pb::Policy {}),
+    }
+}
+
+fn full_snapshot(snap: &Snapshot) -> pb::MeshUpdate {
+    pb::MeshUpdate {
+        full_snapshot: true,
+        services: snap
+            .mesh
+            .services
+            .iter()
+            .map(|(n, s)| to_proto(n, s))
+            .collect(),
+        removed: Vec::new(),
+        version: snap.version,
+    }
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::MeshUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl weft_api::Discovery for DiscoveryService {
+    type WatchStream = UpdateStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let peer = request.remote_addr();
+        let req = request.into_inner();
+        let (tx, rx) = mpsc::channel(1);
+        let mut updates = self.state.subscribe();
+        let guard = self.state.subscriber();
+        let closed = self.state.closed();
+        tracing::info!(service = %req.service, proxy_id = %req.proxy_id, ?peer, "proxy subscribed");
+        tokio::spawn(async move {
+            let _guard = guard;
+            tokio::pin!(closed);
+            let mut sent = updates.borrow_and_update().clone();
+            if tx.send(Ok(full_snapshot(&sent))).await.is_err() {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => break,
+                    _ = &mut closed => break,
+                    changed = updates.changed() => if changed.is_err() { break },
+                }
+                let current = updates.borrow_and_update().clone();
+                let delta = diff(&sent.mesh, &current.mesh);
+                if !delta.is_empty() {
+                    let update = pb::MeshUpdate {
+                        full_snapshot: false,
+                        services: delta.upserted.iter().map(|(n, s)| to_proto(n, s)).collect(),
+                        removed: delta.removed.iter().map(Name::to_string).collect(),
+                        version: current.version,
+                    };
+                    tracing::debug!(
+                        service = %req.service,
+                        version = current.version,
+                        upserted = delta.upserted.len(),
+                        removed = delta.removed.len(),
+                        "sending update"
+                    );
+                    if tx.send(Ok(update)).await.is_err() {
+                        break;
+                    }
+                }
+                sent = current;
+            }
+            tracing::info!(service = %req.service, proxy_id = %req.proxy_id, "proxy unsubscribed");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,468 @@
+//! The mesh file: YAML parsed with `serde_norway` into a [`Mesh`], then validated.
+//! Every error names the line: syntax and type errors carry the parser's position;
+//! for rules checked after parsing, the offending key is located in the text.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::model::{Locus, Mesh, Name, Service, Workload};
+
+/// Reads and parses the mesh file at `path`.
+pub fn load(path: &Path) -> Result<Mesh, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(&origin, format!("cannot read: {e}")))?;
+    parse(&origin, &text)
+}
+
+/// Parses and validates mesh-file `text`; `origin` names the file in errors. When
+/// several rules are broken, the error is the first by line and says how many more.
+pub fn parse(origin: &str, text: &str) -> Result<Mesh, ConfigError> {
+    let blank = text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---"
+    });
+    if blank {
+        // Never read as an empty mesh: a half-written file must not withdraw every
+        // service. An empty mesh is written `services: {}`.
+        return Err(ConfigError {
+            origin: origin.to_owned(),
+            line: Some(1),
+            column: None,
+            message: "the file is empty: expected a mapping with `services:`".to_owned(),
+        });
+    }
+    let doc: MeshDoc = serde_norway::from_str(text).map_err(|e| yaml_error(origin, text, &e))?;
+    let mesh = doc.into_mesh(origin, text)?;
+    let errors = mesh.validate();
+    let mut located: Vec<ConfigError> = errors
+        .into_iter()
+        .map(|e| ConfigError {
+            origin: origin.to_owned(),
+            line: locate(text, &path_of(&e.locus)),
+            column: None,
+            message: e.message,
+        })
+        .collect();
+    if located.is_empty() {
+        return Ok(mesh);
+    }
+    located.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+    let more = located.len() - 1;
+    let mut first = located.swap_remove(0);
+    if more > 0 {
+        first.message = format!(
+            "{} (and {more} more error{})",
+            first.message,
+            if more == 1 { "" } else { "s" }
+        );
+    }
+    Err(first)
+}
+
+/// The file as written: names still plain strings, so that a bad name's error can
+/// name its line (the parser positions map-key errors at the start of the map).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeshDoc {
+    #[serde(deserialize_with = "unique_keys")]
+    services: BTreeMap<String, Service>,
+    #[serde(default, deserialize_with = "unique_keys")]
+    workloads: BTreeMap<String, Workload>,
+}
+
+/// A map whose keys must be distinct (YAML forbids duplicates; a plain map would keep
+/// the last silently).
+fn unique_keys<'de, D, T>(de: D) -> Result<BTreeMap<String, T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = BTreeMap<String, T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a mapping of names")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!("duplicate name {key:?}")));
+                }
+                let value = map.next_value()?;
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    de.deserialize_map(V(std::marker::PhantomData))
+}
+
+impl MeshDoc {
+    fn into_mesh(self, origin: &str, text: &str) -> Result<Mesh, ConfigError> {
+        fn named<T>(
+            section: &str,
+            entries: BTreeMap<String, T>,
+            origin: &str,
+            text: &str,
+        ) -> Result<BTreeMap<Name, T>, ConfigError> {
+            entries
+                .into_iter()
+                .map(|(raw, v)| match Name::try_from(raw.as_str()) {
+                    Ok(name) => Ok((name, v)),
+                    Err(message) => Err(ConfigError {
+                        origin: origin.to_owned(),
+                        line: locate(text, &[Step::Key(section), Step::Key(&raw)]),
+                        column: None,
+                        message: format!("{section}: {message}"),
+                    }),
+                })
+                .collect()
+        }
+        Ok(Mesh {
+            services: named("services", self.services, origin, text)?,
+            workloads: named("workloads", self.workloads, origin, text)?,
+        })
+    }
+}
+
+fn yaml_error(origin: &str, text: &str, e: &serde_norway::Error) -> ConfigError {
+    let mut message = e.to_string();
+    // The parser appends "at line L column C"; the position goes in its own fields.
+    if let Some(i) = message.rfind(" at line ") {
+        if message[i + 9..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b" column".contains(&b))
+        {
+            message.truncate(i);
+        }
+    }
+    let loc = e.location();
+    let mut line = loc.as_ref().map(|l| l.line());
+    let mut column = loc.as_ref().map(|l| l.column());
+    // The parser places a duplicate at the start of its map: find the second one.
+    if let Some((section, key)) = message.split_once(": duplicate name ") {
+        let key = key.trim_matches('"');
+        if let Some(l) = locate(text, &[Step::Key(section), Step::Again(key)]) {
+            (line, column) = (Some(l), None);
+        }
+    }
+    ConfigError {
+        origin: origin.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+/// One step of a path into the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step<'a> {
+    Key(&'a str),
+    /// The second occurrence of a key (a duplicate).
+    Again(&'a str),
+    Index(usize),
+}
+
+fn path_of(locus: &Locus) -> Vec<Step<'_>> {
+    use Step::{Index, Key};
+    match locus {
+        Locus::ServiceField(n, f) => vec![Key("services"), Key(n.as_str()), Key(f)],
+        Locus::Port(n, i) => vec![Key("services"), Key(n.as_str()), Key("ports"), Index(*i)],
+        Locus::Endpoint(n, i) => {
+            vec![
+                Key("services"),
+                Key(n.as_str()),
+                Key("endpoints"),
+                Index(*i),
+            ]
+        }
+        Locus::WorkloadField(n, f) => vec![Key("workloads"), Key(n.as_str()), Key(f)],
+    }
+}
+
+/// A significant (not blank, not comment-only) line.
+struct Line<'a> {
+    /// 1-based line number.
+    no: usize,
+    indent: usize,
+    body: &'a str,
+}
+
+/// The 1-based line of the deepest prefix of `path` found in block-style YAML `text`.
+/// Flow-style values (`{...}`, `[...]`) are not entered: the line of the key holding
+/// them is returned instead, which still points at the right place.
+fn locate(text: &str, path: &[Step<'_>]) -> Option<usize> {
+    let lines: Vec<Line<'_>> = text
+        .lines()
+        .enumerate()
+        .filter_map(|(i, raw)| {
+            let body = raw.trim_start_matches(' ');
+            let body_trim = body.trim_end();
+            if body_trim.is_empty() || body_trim.starts_with('#') || body_trim == "---" {
+                return None;
+            }
+            Some(Line {
+                no: i + 1,
+                indent: raw.len() - body.len(),
+                body: body_trim,
+            })
+        })
+        .collect();
+    let mut range = 0..lines.len();
+    let mut found = None;
+    for step in path {
+        let Some(first) = lines.get(range.start).filter(|_| !range.is_empty()) else {
+            break;
+        };
+        let level = first.indent;
+        let hit = match step {
+            Step::Key(k) | Step::Again(k) => range
+                .clone()
+                .filter(|&i| {
+                    lines[i].indent == level && key_of(lines[i].body).is_some_and(|key| key == *k)
+                })
+                .nth(usize::from(matches!(step, Step::Again(_)))),
+            Step::Index(n) => range
+                .clone()
+                .filter(|&i| lines[i].indent == level && is_item(lines[i].body))
+                .nth(*n),
+        };
+        let Some(i) = hit else { break };
+        found = Some(lines[i].no);
+        // The value's lines: deeper than this one, or sequence items at the same
+        // indentation (YAML allows `key:\n- item`).
+        let end = (i + 1..range.end)
+            .find(|&j| {
+                lines[j].indent < level || (lines[j].indent == level && !is_item(lines[j].body))
+            })
+            .unwrap_or(range.end);
+        range = i + 1..end;
+    }
+    found
+}
+
+fn is_item(body: &str) -> bool {
+    body == "-" || body.starts_with("- ")
+}
+
+/// The key of a `key: value` line, unquoted.
+fn key_of(body: &str) -> Option<&str> {
+    let end = body
+        .match_indices(':')
+        .map(|(i, _)| i)
+        .find(|&i| body[i + 1..].is_empty() || body[i + 1..].starts_with([' ', '\t']))?;
+    let key = body[..end].trim();
+    let key = key
+        .strip_prefix('"')
+        .and_then(|k| k.strip_suffix('"'))
+        .or_else(|| key.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')))
+        .unwrap_or(key);
+    Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Name, Protocol};
+
+    const GOOD: &str = "\
+# the demo mesh
+services:
+  backend:
+    vip: 10.96.0.10
+    ports:
+      - { port: 80, target_port: 8080, protocol: auto }
+      - port: 9090
+        protocol: tcp
+    endpoints: [10.211.0.3, 10.211.0.4]
+    policy: {}
+  frontend:
+    vip: fd00:96::20
+    ports:
+    - { port: 80, target_port: 8080, protocol: http }
+    endpoints:
+      - fd00:211::5
+workloads:
+  backend: { service: backend, replicas: 3, command: \"python3 -m http.server 8080\" }
+  web:
+    service: frontend
+    command: ./web
+";
+
+    fn err(text: &str) -> ConfigError {
+        match parse("mesh.yaml", text) {
+            Ok(m) => panic!("accepted: {m:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn name(s: &str) -> Name {
+        Name::try_from(s).expect("valid name")
+    }
+
+    #[test]
+    fn parses_the_example() {
+        let mesh = parse("mesh.yaml", GOOD).expect("valid");
+        let backend = &mesh.services[&name("backend")];
+        assert_eq!(backend.vip.to_string(), "10.96.0.10");
+        assert_eq!(backend.ports.len(), 2);
+        assert_eq!(backend.ports[0].port.get(), 80);
+        assert_eq!(backend.ports[0].target_port.get(), 8080);
+        assert_eq!(backend.ports[1].target_port.get(), 9090, "defaults to port");
+        assert_eq!(backend.ports[1].protocol, Protocol::Tcp);
+        assert_eq!(backend.endpoints.len(), 2);
+        let frontend = &mesh.services[&name("frontend")];
+        assert!(frontend.vip.is_ipv6());
+        assert_eq!(frontend.ports[0].protocol, Protocol::Http);
+        assert_eq!(mesh.workloads[&name("backend")].replicas.get(), 3);
+        assert_eq!(mesh.workloads[&name("web")].replicas.get(), 1, "default");
+    }
+
+    /// GOOD with line `no` (1-based) replaced.
+    fn with_line(no: usize, new: &str) -> String {
+        GOOD.lines()
+            .enumerate()
+            .map(|(i, l)| if i + 1 == no { new } else { l })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn syntax_and_type_errors_name_the_line() {
+        let cases = [
+            (4, "    vip: 10.96.0.300", "vip"),
+            (4, "    vip: [oops", ""),
+            (6, "      - { port: 0, target_port: 8080 }", "nonzero"),
+            (6, "      - { port: 70000, target_port: 8080 }", ""),
+            (
+                6,
+                "      - { port: 80, target_port: 8080, protocol: udp }",
+                "udp",
+            ),
+            (7, "      - prot: 9090", "prot"),
+            (
+                9,
+                "    endpoints: [10.211.0.3, banana]",
+                "endpoints[1]: invalid IP",
+            ),
+            (11, "  Frontend:", "Frontend"),
+            (10, "    policy: { retries: 3 }", "retries"),
+            (
+                18,
+                "  backend: { service: backend, replicas: 0, command: x }",
+                "nonzero",
+            ),
+        ];
+        for (line, text, needle) in cases {
+            let e = err(&with_line(line, text));
+            assert_eq!(e.line, Some(line), "{text}: {e}");
+            assert!(e.message.contains(needle), "{text}: {e}");
+            assert!(!e.message.contains("at line"), "{e}");
+            assert!(
+                e.to_string().starts_with(&format!("mesh.yaml:{line}:")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn semantic_errors_name_the_line() {
+        let cases = [
+            // frontend's port 80 on backend's VIP.
+            (
+                12,
+                "    vip: 10.96.0.10",
+                14,
+                "already used by service backend",
+            ),
+            // A port listed twice in one service.
+            (7, "      - port: 80", 7, "already used by service backend"),
+            (4, "    vip: 0.0.0.0", 4, "not a usable"),
+            (
+                16,
+                "      - fd00:211::5\n      - fd00:211::5",
+                17,
+                "listed twice",
+            ),
+            (20, "    service: nope", 20, "no service named \"nope\""),
+            (21, "    command: \"  \"", 21, "command is empty"),
+            (18, "  backend: { service: ghost, command: x }", 18, "ghost"),
+        ];
+        for (line, text, want, needle) in cases {
+            let e = err(&with_line(line, text));
+            assert_eq!(e.line, Some(want), "{text}: {e}");
+            assert!(e.message.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_service_without_ports_names_its_ports_line() {
+        let doc = GOOD.replace(
+            "    ports:\n    - { port: 80, target_port: 8080, protocol: http }",
+            "    ports: []",
+        );
+        let e = err(&doc);
+        assert_eq!(e.line, Some(13), "{e}");
+        assert!(e.message.contains("at least one port"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_keys() {
+        let doc = format!("{GOOD}  web:\n    service: frontend\n    command: ./other\n");
+        let e = err(&doc);
+        assert_eq!(e.line, Some(22), "{e}");
+    }
+
+    #[test]
+    fn several_errors_report_the_first_and_count() {
+        let doc = with_line(20, "    service: nope").replace("vip: 0.0.0.0", "");
+        let doc = doc.replacen("vip: 10.96.0.10", "vip: 0.0.0.0", 1);
+        let e = err(&doc);
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.message.ends_with("(and 1 more error)"), "{e}");
+    }
+
+    #[test]
+    fn empty_and_missing_files() {
+        for blank in ["", "\n# nothing\n", "---\n"] {
+            let e = err(blank);
+            assert!(e.message.contains("empty"), "{e}");
+            assert_eq!(e.line, Some(1));
+        }
+        let e = err("workloads: {}\n");
+        assert!(e.message.contains("missing field `services`"), "{e}");
+        let e = load(Path::new("/nonexistent/weft/mesh.yaml")).expect_err("missing");
+        assert_eq!(e.line, None);
+        assert!(e
+            .to_string()
+            .starts_with("/nonexistent/weft/mesh.yaml: cannot read"));
+        assert_eq!(
+            parse("m", "services: {}\n").expect("empty mesh"),
+            Mesh::default()
+        );
+    }
+
+    #[test]
+    fn locate_handles_quotes_and_same_indent_sequences() {
+        let text = "services:\n  \"a\":\n    ports:\n    - x\n    - y\n    vip: 1\n";
+        use Step::{Index, Key};
+        assert_eq!(
+            locate(text, &[Key("services"), Key("a"), Key("ports"), Index(1)]),
+            Some(5)
+        );
+        assert_eq!(
+            locate(text, &[Key("services"), Key("a"), Key("vip")]),
+            Some(6)
+        );
+        assert_eq!(locate(text, &[Key("services"), Key("b")]), Some(1));
+        assert_eq!(locate(text, &[Key("workloads")]), None);
+    }
+}

@@ -1,0 +1,295 @@
+//! The controller's state: the current mesh and its version, the diff between two
+//! meshes, and the status shown on the HTTP API. Subscribers follow the current
+//! snapshot through a `tokio::sync::watch` channel.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::error::ConfigError;
+use crate::model::{Mesh, Name, Service};
+
+/// One version of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Monotonic, starting at 1 with the first good configuration.
+    pub version: u64,
+    /// The mesh at this version.
+    pub mesh: Arc<Mesh>,
+}
+
+/// What changed in the services between two meshes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// Services added or changed, whole.
+    pub upserted: Vec<(Name, Service)>,
+    /// Names of services that are gone.
+    pub removed: Vec<Name>,
+}
+
+impl Delta {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.upserted.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// The services added or changed, and the names removed, from `old` to `new`.
+/// Workloads are not part of the discovery API and do not appear.
+pub fn diff(old: &Mesh, new: &Mesh) -> Delta {
+    let upserted = new
+        .services
+        .iter()
+        .filter(|(name, svc)| old.services.get(*name) != Some(*svc))
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect();
+    let removed = old
+        .services
+        .keys()
+        .filter(|name| !new.services.contains_key(*name))
+        .cloned()
+        .collect();
+    Delta { upserted, removed }
+}
+
+/// An error with when it was seen.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimedError {
+    /// The error.
+    #[serde(flatten)]
+    pub error: ConfigError,
+    /// `origin:line:column: message`.
+    pub display: String,
+    /// When it was seen (RFC 3339).
+    pub at: String,
+}
+
+/// What `/v1/status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The source of truth.
+    pub source: String,
+    /// Version of the mesh being served.
+    pub version: u64,
+    /// Services in the mesh being served.
+    pub services: usize,
+    /// When a good configuration was last loaded (RFC 3339).
+    pub last_reload: String,
+    /// Good configurations loaded (including the first and unchanged reloads).
+    pub reloads_total: u64,
+    /// Bad configurations seen.
+    pub reload_errors_total: u64,
+    /// The source's current problem: set while the configuration on disk is bad (the
+    /// last good one is being served), cleared by the next good one.
+    pub current_error: Option<TimedError>,
+    /// The most recent bad configuration ever seen.
+    pub last_error: Option<TimedError>,
+    /// Proxies subscribed to the discovery API.
+    pub subscribers: usize,
+}
+
+/// The current mesh, its subscribers and the status.
+#[derive(Debug)]
+pub struct State {
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    closing: watch::Sender<bool>,
+    status: Mutex<Status>,
+    subscribers: AtomicUsize,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+impl State {
+    /// Starts at version 1 with the first good `mesh` from `source`.
+    pub fn new(source: impl Into<String>, mesh: Mesh) -> Self {
+        let services = mesh.services.len();
+        State {
+            snapshot: watch::Sender::new(Arc::new(Snapshot {
+                version: 1,
+                mesh: Arc::new(mesh),
+            })),
+            closing: watch::Sender::new(false),
+            status: Mutex::new(Status {
+                source: source.into(),
+                version: 1,
+                services,
+                last_reload: now(),
+                reloads_total: 1,
+                reload_errors_total: 0,
+                current_error: None,
+                last_error: None,
+                subscribers: 0,
+            }),
+            subscribers: AtomicUsize::new(0),
+        }
+    }
+
+    fn status_mut(&self) -> MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A good configuration: becomes the next version if it differs from the current
+    /// mesh. Returns the new version, or `None` when nothing changed.
+    pub fn apply(&self, mesh: Mesh) -> Option<u64> {
+        let mut status = self.status_mut();
+        status.last_reload = now();
+        status.reloads_total += 1;
+        status.current_error = None;
+        let mut version = None;
+        self.snapshot.send_if_modified(|snap| {
+            if *snap.mesh == mesh {
+                return false;
+            }
+            let v = snap.version + 1;
+            status.services = mesh.services.len();
+            status.version = v;
+            *snap = Arc::new(Snapshot {
+                version: v,
+                mesh: Arc::new(mesh),
+            });
+            version = Some(v);
+            true
+        });
+        version
+    }
+
+    /// A bad configuration: recorded; the current mesh stays.
+    pub fn record_error(&self, error: ConfigError) {
+        let timed = TimedError {
+            display: error.to_string(),
+            error,
+            at: now(),
+        };
+        let mut status = self.status_mut();
+        status.reload_errors_total += 1;
+        status.current_error = Some(timed.clone());
+        status.last_error = Some(timed);
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Follows the current snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.subscribe()
+    }
+
+    /// Counts a subscriber for as long as the guard lives.
+    pub fn subscriber(self: &Arc<Self>) -> SubscriberGuard {
+        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        SubscriberGuard(self.clone())
+    }
+
+    /// The status, for `/v1/status`.
+    pub fn status(&self) -> Status {
+        let mut status = self.status_mut().clone();
+        status.subscribers = self.subscribers.load(Ordering::Relaxed);
+        status
+    }
+
+    /// Tells subscribers to finish (shutdown).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`State::close`] has been called.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            // An error means the sender is gone, which is closing too.
+            let _ = rx.wait_for(|closing| *closing).await;
+        }
+    }
+}
+
+/// Keeps a subscriber counted; see [`State::subscriber`].
+#[derive(Debug)]
+pub struct SubscriberGuard(Arc<State>);
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.0.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meshfile::parse;
+
+    fn mesh(text: &str) -> Mesh {
+        parse("m", text).expect("valid")
+    }
+
+    fn names(d: &Delta) -> (Vec<&str>, Vec<&str>) {
+        (
+            d.upserted.iter().map(|(n, _)| n.as_str()).collect(),
+            d.removed.iter().map(Name::as_str).collect(),
+        )
+    }
+
+    const BASE: &str = "services:
+  a: { vip: 10.0.0.1, ports: [{ port: 80 }], endpoints: [10.1.0.1] }
+  b: { vip: 10.0.0.2, ports: [{ port: 80 }], endpoints: [10.1.0.2] }
+  c: { vip: 10.0.0.3, ports: [{ port: 80 }] }
+";
+
+    #[test]
+    fn diff_lists_changed_added_and_removed_services_only() {
+        let old = mesh(BASE);
+        assert!(diff(&old, &old).is_empty());
+        let new = mesh(
+            "services:
+  a: { vip: 10.0.0.1, ports: [{ port: 80 }], endpoints: [10.1.0.1] }
+  b: { vip: 10.0.0.2, ports: [{ port: 80 }], endpoints: [10.1.0.2, 10.1.0.9] }
+  d: { vip: 10.0.0.4, ports: [{ port: 80, protocol: http }] }
+",
+        );
+        let d = diff(&old, &new);
+        assert_eq!(names(&d), (vec!["b", "d"], vec!["c"]));
+        assert_eq!(d.upserted[0].1.endpoints.len(), 2, "whole service");
+        assert_eq!(names(&diff(&new, &old)), (vec!["b", "c"], vec!["d"]));
+        assert_eq!(names(&diff(&Mesh::default(), &old)).0, vec!["a", "b", "c"]);
+        assert_eq!(names(&diff(&old, &Mesh::default())).1, vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn workload_changes_are_not_service_changes() {
+        let old = mesh(BASE);
+        let new = mesh(&format!(
+            "{BASE}workloads:\n  w: {{ service: a, command: x }}\n"
+        ));
+        assert!(diff(&old, &new).is_empty());
+    }
+
+    #[test]
+    fn versions_errors_and_subscribers() {
+        let state = Arc::new(State::new("file m", mesh(BASE)));
+        assert_eq!(state.snapshot().version, 1);
+        assert_eq!(state.apply(mesh(BASE)), None, "unchanged");
+        assert_eq!(state.snapshot().version, 1);
+        state.record_error(ConfigError::new("m", "bad"));
+        let s = state.status();
+        assert_eq!(s.reload_errors_total, 1);
+        assert_eq!(
+            s.current_error.as_ref().map(|e| e.display.as_str()),
+            Some("m: bad")
+        );
+        assert_eq!(state.apply(Mesh::default()), Some(2));
+        let s = state.status();
+        assert!(s.current_error.is_none());
+        assert!(s.last_error.is_some());
+        assert_eq!((s.version, s.services, s.reloads_total), (2, 0, 3));
+        let g = state.subscriber();
+        assert_eq!(state.status().subscribers, 1);
+        drop(g);
+        assert_eq!(state.status().subscribers, 0);
+    }
+}

@@ -1,0 +1,320 @@
+//! In-process: the controller on loopback with a temporary mesh file, a real tonic
+//! client, and edits made the way editors and tools make them (write a temporary file,
+//! rename it over the mesh file).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_api::discovery::{MeshUpdate, Protocol, WatchRequest};
+use weft_api::DiscoveryClient;
+use weft_controller::{Controller, Options};
+
+const V1: &str = "\
+services:
+  backend:
+    vip: 10.96.0.10
+    ports:
+      - { port: 80, target_port: 8080, protocol: auto }
+    endpoints: [10.211.0.3, 10.211.0.4]
+    policy: {}
+  frontend:
+    vip: 10.96.0.20
+    ports:
+      - { port: 80, target_port: 8080, protocol: http }
+    endpoints: [10.211.0.5]
+workloads:
+  backend: { service: backend, replicas: 3, command: \"python3 -m http.server 8080\" }
+";
+
+/// backend changed (an endpoint more), frontend removed, db added.
+const V2: &str = "\
+services:
+  backend:
+    vip: 10.96.0.10
+    ports:
+      - { port: 80, target_port: 8080, protocol: auto }
+    endpoints: [10.211.0.3, 10.211.0.4, 10.211.0.6]
+  db:
+    vip: fd00:96::30
+    ports:
+      - { port: 5432, protocol: tcp }
+    endpoints: [fd00:211::7]
+";
+
+/// V2 with db's VIP broken on line 8.
+const BAD: &str = "\
+services:
+  backend:
+    vip: 10.96.0.10
+    ports:
+      - { port: 80, target_port: 8080, protocol: auto }
+    endpoints: [10.211.0.3, 10.211.0.4, 10.211.0.6]
+  db:
+    vip: fd00:96::zz
+    ports:
+      - { port: 5432, protocol: tcp }
+    endpoints: [fd00:211::7]
+";
+
+/// V2 with db's endpoint changed; backend as in V2.
+const V3: &str = "\
+services:
+  backend:
+    vip: 10.96.0.10
+    ports:
+      - { port: 80, target_port: 8080, protocol: auto }
+    endpoints: [10.211.0.3, 10.211.0.4, 10.211.0.6]
+  db:
+    vip: fd00:96::30
+    ports:
+      - { port: 5432, protocol: tcp }
+    endpoints: [fd00:211::8]
+";
+
+/// Replaces `path` atomically: write a temporary file beside it, rename it over.
+fn replace(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write temp");
+    std::fs::rename(&tmp, path).expect("rename over");
+}
+
+/// `GET path` on the HTTP API, as JSON.
+async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let mut conn = TcpStream::connect(addr).await.expect("connect http");
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("request");
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp).await.expect("response");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let body = resp.split_once("\r\n\r\n").expect("headers end").1;
+    serde_json::from_str(body).expect("json body")
+}
+
+fn names(update: &MeshUpdate) -> Vec<&str> {
+    let mut n: Vec<&str> = update.services.iter().map(|s| s.name.as_str()).collect();
+    n.sort_unstable();
+    n
+}
+
+struct Running {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(text: &str) -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mesh.yaml");
+    std::fs::write(&path, text).expect("write mesh");
+    let options = Options {
+        config: path.clone(),
+        poll_interval: Duration::from_millis(50),
+    };
+    let controller = Controller::load(&options).await.expect("valid mesh");
+    let grpc_l = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+    let http_l = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+    let grpc = grpc_l.local_addr().expect("addr");
+    let http = http_l.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(controller.serve(grpc_l, http_l, async {
+        let _ = stopped.await;
+    }));
+    Running {
+        dir,
+        path,
+        grpc,
+        http,
+        stop,
+        task,
+    }
+}
+
+const IN_TIME: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_then_updates_and_bad_edits_are_held_back() {
+    let c = start(V1).await;
+    let mut client = DiscoveryClient::connect(format!("http://{}", c.grpc))
+        .await
+        .expect("connect grpc");
+    let mut stream = client
+        .watch(WatchRequest {
+            service: "frontend".into(),
+            proxy_id: "test-1".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+
+    // 1. The full snapshot.
+    let snap = tokio::time::timeout(IN_TIME, stream.message())
+        .await
+        .expect("snapshot in time")
+        .expect("stream ok")
+        .expect("a message");
+    assert!(snap.full_snapshot);
+    assert_eq!(snap.version, 1);
+    assert_eq!(names(&snap), ["backend", "frontend"]);
+    let backend = snap
+        .services
+        .iter()
+        .find(|s| s.name == "backend")
+        .expect("backend");
+    assert_eq!(backend.vip, "10.96.0.10");
+    assert_eq!(backend.ports[0].port, 80);
+    assert_eq!(backend.ports[0].target_port, 8080);
+    assert_eq!(backend.ports[0].protocol(), Protocol::Auto);
+    let eps: Vec<&str> = backend
+        .endpoints
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect();
+    assert_eq!(eps, ["10.211.0.3", "10.211.0.4"]);
+    let status = get_json(c.http, "/v1/status").await;
+    assert_eq!(status["subscribers"], 1, "{status}");
+    assert_eq!(status["version"], 1, "{status}");
+
+    // 2. A valid edit: only the changed and added services, and the removed name.
+    replace(&c.path, V2);
+    let update = tokio::time::timeout(IN_TIME, stream.message())
+        .await
+        .expect("update in time")
+        .expect("stream ok")
+        .expect("a message");
+    assert!(!update.full_snapshot);
+    assert_eq!(update.version, 2);
+    assert_eq!(names(&update), ["backend", "db"]);
+    assert_eq!(update.removed, ["frontend"]);
+    let db = update.services.iter().find(|s| s.name == "db").expect("db");
+    assert_eq!(db.vip, "fd00:96::30");
+    assert_eq!(db.ports[0].target_port, 5432, "defaults to port");
+    assert_eq!(db.ports[0].protocol(), Protocol::Tcp);
+
+    // 3. A malformed edit: reported with file:line, nothing pushed, V2 still served.
+    replace(&c.path, BAD);
+    let deadline = tokio::time::Instant::now() + IN_TIME;
+    let status = loop {
+        let status = get_json(c.http, "/v1/status").await;
+        if !status["current_error"].is_null() {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no error reported: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let err = &status["current_error"];
+    let want = format!("{}:8:", c.path.display());
+    assert!(
+        err["display"].as_str().expect("display").starts_with(&want),
+        "{status}"
+    );
+    assert_eq!(err["line"], 8, "{status}");
+    assert_eq!(err["origin"], c.path.display().to_string(), "{status}");
+    assert!(
+        err["message"].as_str().expect("message").contains("vip"),
+        "{status}"
+    );
+    assert_eq!(status["version"], 2, "{status}");
+    assert_eq!(status["reload_errors_total"], 1, "{status}");
+    let quiet = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
+    assert!(quiet.is_err(), "pushed after a bad edit: {quiet:?}");
+    let services = get_json(c.http, "/v1/services").await;
+    assert_eq!(services["version"], 2, "{services}");
+    assert_eq!(
+        services["services"]["db"]["vip"], "fd00:96::30",
+        "{services}"
+    );
+
+    // 4. Fixed: the update brings only what changed since V2.
+    replace(&c.path, V3);
+    let update = tokio::time::timeout(IN_TIME, stream.message())
+        .await
+        .expect("update in time")
+        .expect("stream ok")
+        .expect("a message");
+    assert!(!update.full_snapshot);
+    assert_eq!(update.version, 3);
+    assert_eq!(names(&update), ["db"]);
+    assert!(update.removed.is_empty());
+    assert_eq!(update.services[0].endpoints[0].address, "fd00:211::8");
+    let status = get_json(c.http, "/v1/status").await;
+    assert!(status["current_error"].is_null(), "{status}");
+    assert_eq!(status["last_error"]["line"], 8, "{status}");
+
+    // A second subscriber gets the current state as a full snapshot.
+    let mut second = client
+        .watch(WatchRequest {
+            service: "backend".into(),
+            proxy_id: "test-2".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let snap = second.message().await.expect("ok").expect("a message");
+    assert!(snap.full_snapshot);
+    assert_eq!((snap.version, names(&snap)), (3, vec!["backend", "db"]));
+
+    // 5. Shutdown ends the streams and the servers.
+    c.stop.send(()).expect("stop");
+    let ended = tokio::time::timeout(IN_TIME, stream.message())
+        .await
+        .expect("stream ends in time");
+    assert!(matches!(ended, Ok(None) | Err(_)), "{ended:?}");
+    tokio::time::timeout(IN_TIME, c.task)
+        .await
+        .expect("stops in time")
+        .expect("task")
+        .expect("serve ok");
+    drop(c.dir);
+}
+
+#[tokio::test]
+async fn an_invalid_file_at_start_is_an_error_with_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mesh.yaml");
+    std::fs::write(&path, BAD).expect("write");
+    let err = Controller::load(&Options::new(&path))
+        .await
+        .expect_err("invalid");
+    assert_eq!(err.line, Some(8), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:8:", path.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_binary_exits_non_zero_on_an_invalid_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mesh.yaml");
+    std::fs::write(&path, BAD).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft-controller"))
+        .arg("--config")
+        .arg(&path)
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run weft-controller");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:8:", path.display())),
+        "{stderr}"
+    );
+}
