@@ -36,20 +36,32 @@ impl Sidecar {
     /// Installs capture with `weft-init INIT_ARGS` and starts weft-proxy as uid 1337
     /// with `--service <pod name>`, then waits until `/ready` answers 200.
     pub fn start(pod: &Pod, init_args: &[&str]) -> Result<Sidecar> {
+        Sidecar::start_with(pod, init_args, pod.name(), &[])
+    }
+
+    /// Like [`Sidecar::start`], with the proxy's service name and extra proxy flags
+    /// (e.g. `--controller URL`).
+    pub fn start_with(
+        pod: &Pod,
+        init_args: &[&str],
+        service: &str,
+        proxy_args: &[&str],
+    ) -> Result<Sidecar> {
         weft_init(pod, init_args).context("weft-init")?;
-        let proxy = pod.spawn(
-            ProcSpec::new([
-                weft_bin("weft-proxy").to_string_lossy().as_ref(),
-                "--service",
-                pod.name(),
-                "--drain-grace",
-                "2s",
-                "--log",
-                "info,weft_proxy=debug",
-            ])
-            .name("weft-proxy")
-            .uid(PROXY_UID),
-        )?;
+        let bin = weft_bin("weft-proxy").to_string_lossy().into_owned();
+        let mut argv = vec![
+            bin.as_str(),
+            "--service",
+            service,
+            "--proxy-id",
+            pod.name(),
+            "--drain-grace",
+            "2s",
+            "--log",
+            "info,weft_proxy=debug",
+        ];
+        argv.extend_from_slice(proxy_args);
+        let proxy = pod.spawn(ProcSpec::new(argv).name("weft-proxy").uid(PROXY_UID))?;
         let sidecar = Sidecar {
             pod: pod.clone(),
             proxy,
