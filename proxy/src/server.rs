@@ -55,6 +55,8 @@ struct Shared {
     /// One permit per connection in service; drain waits until all are back.
     permits: Arc<Semaphore>,
     draining: AtomicBool,
+    /// This proxy's service name, shared by every connection's labels.
+    own_service: Arc<str>,
     /// Whether the first discovery snapshot arrived (always true without discovery).
     synced: Arc<AtomicBool>,
 }
@@ -97,7 +99,9 @@ impl BoundProxy {
         let metrics_listener = bind_one("metrics endpoint", config.metrics_listen)?;
         let metrics = Metrics::new(&config.service)?;
         let config_has_no_discovery = config.discovery.is_none();
+        let own_service: Arc<str> = Arc::from(config.service.as_str());
         let shared = Arc::new(Shared {
+            own_service,
             conns: Arc::new(ConnTable::new(config.closed_history)),
             permits: Arc::new(Semaphore::new(config.max_connections as usize)),
             config,
@@ -314,7 +318,7 @@ fn route(
     client: ClientAddr,
     orig_dst: OrigDstAddr,
 ) -> Routing {
-    let own: Arc<str> = Arc::from(shared.config.service.as_str());
+    let own = shared.own_service.clone();
     let table = shared.routes.load();
     match direction {
         Direction::Outbound => match table.resolve(orig_dst) {
