@@ -50,6 +50,6 @@ pub mod wait;
 pub use bins::{python3, weft_bin};
 pub use mesh::{Mesh, IPV4_SUBNET, IPV6_SUBNET};
 pub use pod::Pod;
-pub use process::{PodProc, ProcSpec};
+pub use process::{Entry, PodProc, ProcSpec};
 pub use sidecar::Sidecar;
 pub use wait::wait_until;

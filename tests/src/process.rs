@@ -4,10 +4,11 @@
 //! commands run to completion with a timeout (`run_in`, behind
 //! [`Pod::run`](crate::Pod::run)).
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -35,6 +36,7 @@ pub struct ProcSpec {
     pub(crate) gid: Option<u32>,
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) cwd: Option<PathBuf>,
+    pub(crate) hosts_file: Option<PathBuf>,
 }
 
 impl ProcSpec {
@@ -58,6 +60,7 @@ impl ProcSpec {
             gid: None,
             env: Vec::new(),
             cwd: None,
+            hosts_file: None,
         }
     }
 
@@ -92,6 +95,129 @@ impl ProcSpec {
         self.cwd = Some(dir.into());
         self
     }
+
+    /// Shows the process `file` as its `/etc/hosts` (see [`Entry::hosts_file`]),
+    /// so names such as a service's resolve inside the pod.
+    pub fn hosts_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.hosts_file = Some(file.into());
+        self
+    }
+}
+
+/// How a child enters a pod between fork and exec: always its network namespace;
+/// then optionally a private mount namespace with its own `/etc/hosts`, a new
+/// session and a drop to a uid. Build one, then [`Entry::command`].
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    cwd: Option<PathBuf>,
+    hosts_file: Option<PathBuf>,
+    new_session: bool,
+}
+
+impl Entry {
+    /// Runs as `uid`, gid `gid` (or `uid`), supplementary groups cleared.
+    pub fn uid(mut self, uid: Option<u32>, gid: Option<u32>) -> Self {
+        self.uid = uid;
+        self.gid = gid;
+        self
+    }
+
+    /// The working directory (default `/`, which any uid can enter).
+    pub fn cwd(mut self, dir: Option<PathBuf>) -> Self {
+        self.cwd = dir;
+        self
+    }
+
+    /// Bind-mounts `file` over `/etc/hosts` in a mount namespace of the child's
+    /// own — what `ip netns exec` does with `/etc/netns/<ns>/hosts`, without
+    /// remounting `/sys` (which would hide the cgroup2 and bpffs mounts).
+    pub fn hosts_file(mut self, file: Option<PathBuf>) -> Self {
+        self.hosts_file = file;
+        self
+    }
+
+    /// Starts a new session, so the child's pid is its process-group id and a
+    /// terminal's Ctrl-C does not reach it. Off for interactive commands.
+    pub fn new_session(mut self, on: bool) -> Self {
+        self.new_session = on;
+        self
+    }
+
+    /// A `Command` for `argv` (`argv[0]` looked up in PATH) that enters the
+    /// namespace open as `netns` this way. `netns` must stay open until the
+    /// command has been spawned. Stdin is `/dev/null` unless changed.
+    pub fn command(&self, netns: &File, argv: &[OsString]) -> Result<Command> {
+        let Some((program, args)) = argv.split_first() else {
+            bail!("empty argv");
+        };
+        let hosts = match &self.hosts_file {
+            Some(f) => Some(
+                CString::new(f.as_os_str().as_bytes())
+                    .with_context(|| format!("hosts file path {}", f.display()))?,
+            ),
+            None => None,
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(self.cwd.as_deref().unwrap_or(Path::new("/")))
+            .stdin(Stdio::null());
+        let fd = netns.as_raw_fd();
+        let ids = self.uid.map(|u| (u, self.gid.unwrap_or(u)));
+        let new_session = self.new_session;
+        let hook = move || -> io::Result<()> {
+            // Async-signal-safe only: raw syscalls, no allocation (an `io::Error`
+            // from `last_os_error` is a plain errno; the C strings were made
+            // before the fork).
+            // SAFETY: plain syscalls on a valid fd, valid C strings and integer
+            // ids, in the child.
+            unsafe {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if let Some(hosts) = &hosts {
+                    // Slave, not private: mounts made later on the host (a new
+                    // bpffs pin, say) still show up inside.
+                    if libc::unshare(libc::CLONE_NEWNS) != 0
+                        || libc::mount(
+                            std::ptr::null(),
+                            c"/".as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_REC | libc::MS_SLAVE,
+                            std::ptr::null(),
+                        ) != 0
+                        || libc::mount(
+                            hosts.as_ptr(),
+                            c"/etc/hosts".as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_BIND,
+                            std::ptr::null(),
+                        ) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                if new_session && libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if let Some((uid, gid)) = ids {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
+            Ok(())
+        };
+        // SAFETY: the hook only makes async-signal-safe syscalls and does not allocate.
+        unsafe {
+            cmd.pre_exec(hook);
+        }
+        Ok(cmd)
+    }
 }
 
 fn sanitize(name: &str) -> String {
@@ -122,43 +248,14 @@ pub(crate) fn command_in(
     uid: Option<u32>,
     gid: Option<u32>,
     cwd: Option<&Path>,
+    hosts_file: Option<&Path>,
 ) -> Result<Command> {
-    let Some((program, args)) = argv.split_first() else {
-        bail!("empty argv");
-    };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .current_dir(cwd.unwrap_or(Path::new("/")))
-        .stdin(Stdio::null());
-    let fd = netns.as_raw_fd();
-    let ids = uid.map(|u| (u, gid.unwrap_or(u)));
-    let hook = move || -> io::Result<()> {
-        // Async-signal-safe only: raw syscalls, no allocation (an `io::Error`
-        // from `last_os_error` is a plain errno).
-        // SAFETY: plain syscalls on a valid fd and integer ids, in the child.
-        unsafe {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some((uid, gid)) = ids {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-        }
-        Ok(())
-    };
-    // SAFETY: the hook only makes async-signal-safe syscalls and does not allocate.
-    unsafe {
-        cmd.pre_exec(hook);
-    }
-    Ok(cmd)
+    Entry::default()
+        .uid(uid, gid)
+        .cwd(cwd.map(Path::to_path_buf))
+        .hosts_file(hosts_file.map(Path::to_path_buf))
+        .new_session(true)
+        .command(netns, argv)
 }
 
 fn show(argv: &[OsString]) -> String {
@@ -281,7 +378,14 @@ impl PodProc {
         log: PathBuf,
         file: File,
     ) -> Result<Self> {
-        let mut cmd = command_in(netns, &spec.argv, spec.uid, spec.gid, spec.cwd.as_deref())?;
+        let mut cmd = command_in(
+            netns,
+            &spec.argv,
+            spec.uid,
+            spec.gid,
+            spec.cwd.as_deref(),
+            spec.hosts_file.as_deref(),
+        )?;
         cmd.stdout(file.try_clone().context("dup log file")?)
             .stderr(file);
         for (k, v) in &spec.env {
@@ -414,7 +518,7 @@ pub(crate) fn run_in(
     timeout: Duration,
 ) -> Result<Output> {
     let shown = show(argv);
-    let mut child = command_in(netns, argv, uid, None, None)?
+    let mut child = command_in(netns, argv, uid, None, None, None)?
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -3,6 +3,8 @@
 //! - `cargo xtask test` — the whole suite: builds every binary, then runs tier 1
 //!   (in-process, unprivileged) and tier 2 (end-to-end across network namespaces; needs
 //!   root and fails loudly without it). `--tier1` runs only the unprivileged tier.
+//! - `cargo xtask demo` — the local mesh of `examples/demo.yaml` with real traffic,
+//!   what it shows, and a check that teardown left nothing behind ([`demo`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +12,7 @@ use std::process::Command;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod leaks;
 mod system;
 
@@ -31,11 +34,14 @@ enum Task {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
+    /// Run the local mesh of examples/demo.yaml with traffic, show it, tear it down.
+    Demo,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test { tier1, test_args } => test(tier1, &test_args),
+        Task::Demo => demo::demo(),
     }
 }
 

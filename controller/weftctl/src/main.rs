@@ -1,0 +1,101 @@
+//! `weftctl`: the user's CLI for weft.
+//!
+//! - `weftctl up -f FILE` runs a local mesh in the foreground: pods as network
+//!   namespaces on one bridge, the controller, and in every pod weft-init,
+//!   weft-proxy and the workload ([`up`]).
+//! - `weftctl down` stops it, or cleans up after one that crashed ([`down`]).
+//! - `weftctl status`, `weftctl conns POD` show what the controller serves and
+//!   what a pod's proxy carries ([`inspect`]).
+//! - `weftctl exec POD -- CMD` runs a command inside a pod ([`exec`]).
+//!
+//! The commands find the running mesh through a state file ([`state`]). Pods,
+//! processes in them and sidecars come from the weft-e2e harness — one
+//! implementation for the local mesh and the tier-2 tests.
+
+mod down;
+mod exec;
+mod inspect;
+mod podhttp;
+mod render;
+mod signals;
+mod state;
+mod table;
+mod up;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// weft's CLI: run a local mesh and look inside it.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Where the running local mesh is recorded.
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = state::DEFAULT_STATE_DIR, global = true)]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the local mesh of a mesh file in the foreground; Ctrl-C tears it down.
+    Up {
+        /// The mesh file (services and workloads).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Stop the local mesh, or clean up after one that crashed.
+    Down,
+    /// List the pods, the services and their endpoints.
+    Status,
+    /// Show a pod's proxy connections (live and recently closed).
+    Conns {
+        /// The pod, e.g. `frontend-0`.
+        pod: String,
+        /// The proxy's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a pod (its network namespace, its /etc/hosts).
+    Exec {
+        /// The pod, e.g. `frontend-0`.
+        pod: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Up { .. }) {
+        // `weftctl conns POD | head` should end quietly, like any Unix tool. `up`
+        // keeps Rust's default (ignored), so a closed stdout cannot skip teardown.
+        // SAFETY: setting a standard disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    let dir = cli.state_dir;
+    let result = match cli.command {
+        Command::Up { file } => up::run(&up::UpOptions {
+            file,
+            state_dir: dir,
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Down => down::run(&dir).map(|()| ExitCode::SUCCESS),
+        Command::Status => inspect::status(&dir).map(|()| ExitCode::SUCCESS),
+        Command::Conns { pod, json } => {
+            inspect::conns(&dir, &pod, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Exec { pod, command } => exec::run(&dir, &pod, &command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("weftctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Plain HTTP GETs to endpoints that only exist inside a pod's network namespace
+//! (a proxy's admin port on the pod's loopback, the controller in the node).
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET path` on `addr` from inside the namespace `netns`: status and body.
+pub fn get(netns: &str, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let ns_path = weft_e2e::netns::path(netns);
+    let stream = weft_e2e::netns::run_in(&ns_path, || -> std::io::Result<TcpStream> {
+        let s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.set_write_timeout(Some(TIMEOUT))?;
+        Ok(s)
+    })?
+    .with_context(|| format!("connect to {addr} in {netns}"))?;
+    weft_e2e::http::get(stream, &addr.to_string(), path)
+        .with_context(|| format!("GET http://{addr}{path} in {netns}"))
+}
+
+/// Like [`get`], parsing a 200 answer as JSON.
+pub fn get_json(netns: &str, addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
+    let (status, body) = get(netns, addr, path)?;
+    if status != 200 {
+        bail!("GET http://{addr}{path} in {netns} answered {status}: {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("{path} did not answer JSON"))
+}

@@ -1,0 +1,300 @@
+//! `cargo xtask demo`: the local mesh of `examples/demo.yaml` with real traffic.
+//!
+//! Runs `weftctl up` (a frontend and three backend replicas, each a pod with its
+//! sidecar), sends requests from the frontend pod to `http://backend/`, prints
+//! which replica served each one, the frontend proxy's connections and a metrics
+//! summary, tears the mesh down and checks that nothing is left: no namespace,
+//! host interface or weft iptables rule, and none of the mesh's processes.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::{leaks, run, system, workspace_root};
+
+/// The line `weftctl up` prints once every pod is serving.
+const READY_LINE: &str = "weft: mesh ready";
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Requests the frontend sends: three rounds over the three replicas.
+const REQUESTS: usize = 9;
+const FRONTEND: &str = "frontend-0";
+const BACKENDS: [&str; 3] = ["backend-0", "backend-1", "backend-2"];
+
+/// Runs the demo; fails if any step does or anything is left behind.
+pub fn demo() -> Result<()> {
+    if !system::is_root() {
+        bail!("the demo needs root (network namespaces, iptables, setuid): run `sudo -E cargo xtask demo`");
+    }
+    system::ensure(system::TIER2_TOOLS)?;
+    let mut build = crate::cargo();
+    build.args(["build", "--workspace", "--bins"]);
+    run(build)?;
+
+    let bin_dir = workspace_root().join("target").join("debug");
+    // A state directory of its own: a mesh the user runs with `weftctl up` is
+    // not this demo's business.
+    let state_dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
+    let before = leaks::HostState::read()?;
+    let result = run_mesh(&bin_dir, &state_dir);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let leaked = leaks::HostState::read()?.leaked_since(&before);
+    let pids_left = result
+        .as_ref()
+        .map(|pids| still_running(pids))
+        .unwrap_or_default();
+    result?;
+    if !leaked.is_empty() {
+        bail!("the demo left behind:\n  {}", leaked.join("\n  "));
+    }
+    if !pids_left.is_empty() {
+        bail!("the demo left processes running: {pids_left:?}");
+    }
+    println!(
+        "\ndemo: done — the mesh is gone: no namespace, interface, iptables rule or process left"
+    );
+    Ok(())
+}
+
+/// `weftctl` with the demo's state directory.
+fn weftctl(bin_dir: &Path, state_dir: &Path) -> Command {
+    let mut cmd = Command::new(bin_dir.join("weftctl"));
+    cmd.env("WEFT_STATE_DIR", state_dir);
+    cmd
+}
+
+/// Brings the mesh up, drives it and tears it down; returns the pids that ran in
+/// the mesh's namespaces, to check they are gone.
+fn run_mesh(bin_dir: &Path, state_dir: &Path) -> Result<Vec<i32>> {
+    let file = workspace_root().join("examples").join("demo.yaml");
+    println!("demo: weftctl up -f {}", file.display());
+    let mut up = weftctl(bin_dir, state_dir)
+        .args(["up", "-f"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start weftctl up")?;
+    let lines = echo_lines(&mut up);
+    let outcome = wait_ready(&mut up, &lines).and_then(|()| {
+        let pids = mesh_pids(state_dir)?;
+        drive(bin_dir, state_dir)?;
+        Ok(pids)
+    });
+    // Tear down whatever happened above, like a user's Ctrl-C.
+    let stopped = stop(&mut up, &lines);
+    let pids = outcome?;
+    stopped?;
+    Ok(pids)
+}
+
+/// Echoes `weftctl up`'s stdout (indented) and passes each line on.
+fn echo_lines(up: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    if let Some(out) = up.stdout.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                println!("  | {line}");
+                if tx.send(line).is_err() {
+                    // Nobody listens any more; keep echoing.
+                }
+            }
+        });
+    }
+    rx
+}
+
+fn wait_ready(up: &mut Child, lines: &mpsc::Receiver<String>) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while Instant::now() < deadline {
+        match lines.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line == READY_LINE => return Ok(()),
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = up.wait()?;
+                bail!(
+                    "weftctl up exited before the mesh was ready ({status}); see its output above"
+                );
+            }
+        }
+    }
+    bail!("the mesh was not ready within {READY_TIMEOUT:?}")
+}
+
+/// The traffic and what it shows.
+fn drive(bin_dir: &Path, state_dir: &Path) -> Result<()> {
+    println!("\ndemo: {REQUESTS} requests from {FRONTEND} to http://backend/ (the app dials the service name; its sidecar picks a replica)");
+    let mut served: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 1..=REQUESTS {
+        let body = exec(
+            bin_dir,
+            state_dir,
+            FRONTEND,
+            &["curl", "-sS", "--max-time", "5", "http://backend/"],
+        )?;
+        let body = body.trim().to_owned();
+        println!("  request {i}: {body}");
+        *served.entry(body).or_default() += 1;
+    }
+    let expected: BTreeMap<String, usize> = BACKENDS
+        .iter()
+        .map(|b| (format!("hello from {b}"), REQUESTS / BACKENDS.len()))
+        .collect();
+    if served != expected {
+        bail!(
+            "round robin should have served each replica {} times; got {served:?}",
+            REQUESTS / 3
+        );
+    }
+    println!(
+        "  round robin: each of the 3 replicas served {} requests",
+        REQUESTS / 3
+    );
+
+    println!("\ndemo: weftctl conns {FRONTEND}");
+    let out = output(weftctl(bin_dir, state_dir).args(["conns", FRONTEND]))?;
+    print!("{}", indent(&out));
+
+    println!("\ndemo: metrics of {FRONTEND}'s proxy (outbound) and backend-0's (inbound), from :15020/metrics");
+    for pod in [FRONTEND, BACKENDS[0]] {
+        let metrics = exec(
+            bin_dir,
+            state_dir,
+            pod,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:15020/metrics",
+            ],
+        )?;
+        print!("{}", indent(&summary(&metrics)));
+    }
+    Ok(())
+}
+
+/// The weft series that carry a service edge, without comments.
+fn summary(metrics: &str) -> String {
+    let mut out = String::new();
+    for line in metrics.lines() {
+        let edge = line.starts_with("weft_tcp_connections_opened_total")
+            || line.starts_with("weft_tcp_sent_bytes_total")
+            || line.starts_with("weft_tcp_received_bytes_total")
+            || line.starts_with("weft_proxy_errors_total");
+        if edge && line.contains("destination_service=\"backend\"") {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn exec(bin_dir: &Path, state_dir: &Path, pod: &str, argv: &[&str]) -> Result<String> {
+    output(
+        weftctl(bin_dir, state_dir)
+            .args(["exec", pod, "--"])
+            .args(argv),
+    )
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+/// SIGTERM to `weftctl up` (as `weftctl down` would send), then its exit status.
+fn stop(up: &mut Child, lines: &mpsc::Receiver<String>) -> Result<()> {
+    println!("\ndemo: tearing down (SIGTERM to weftctl up)");
+    let pid = Pid::from_raw(i32::try_from(up.id()).context("pid")?);
+    // Our own child, not reaped yet: the pid is still its.
+    kill(pid, Signal::SIGTERM).context("signal weftctl up")?;
+    let deadline = Instant::now() + TEARDOWN_TIMEOUT;
+    loop {
+        while lines.try_recv().is_ok() {}
+        if let Some(status) = up.try_wait()? {
+            if !status.success() {
+                bail!("weftctl up exited with {status}");
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let _ = up.kill();
+            bail!("weftctl up did not tear down within {TEARDOWN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Pids of every process inside the mesh's namespaces (from its state file).
+fn mesh_pids(state_dir: &Path) -> Result<Vec<i32>> {
+    let file = state_dir.join("local-mesh.json");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+    let state: serde_json::Value = serde_json::from_str(&text)?;
+    let inodes: Vec<u64> = state["netns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str())
+        .filter_map(|n| std::fs::metadata(PathBuf::from("/run/netns").join(n)).ok())
+        .map(|md| std::os::unix::fs::MetadataExt::ino(&md))
+        .collect();
+    Ok(pids_in_netns(&inodes))
+}
+
+fn pids_in_netns(inodes: &[u64]) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .and_then(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    l.strip_prefix("net:[")?
+                        .strip_suffix(']')?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .is_some_and(|ino| inodes.contains(&ino))
+        })
+        .collect()
+}
+
+/// Those of `pids` that still run (zombies excluded).
+fn still_running(pids: &[i32]) -> Vec<i32> {
+    pids.iter()
+        .copied()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+                .unwrap_or(false)
+        })
+        .collect()
+}
