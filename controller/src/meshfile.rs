@@ -68,7 +68,7 @@ pub fn parse(origin: &str, text: &str) -> Result<Mesh, ConfigError> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MeshDoc {
-    #[serde(deserialize_with = "unique_keys")]
+    #[serde(deserialize_with = "unique_keys_not_null")]
     services: BTreeMap<String, Service>,
     #[serde(default, deserialize_with = "unique_keys")]
     workloads: BTreeMap<String, Workload>,
@@ -105,6 +105,28 @@ where
     de.deserialize_map(V(std::marker::PhantomData))
 }
 
+/// Like [`unique_keys`], but a key with no value (`services:` alone, as a
+/// half-written or truncated file reads) is an error: read as an empty map it
+/// would withdraw every service.
+fn unique_keys_not_null<'de, D, T>(de: D) -> Result<BTreeMap<String, T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Unique<T>(BTreeMap<String, T>);
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Unique<T> {
+        fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+            unique_keys(de).map(Unique)
+        }
+    }
+    match Option::<Unique<T>>::deserialize(de)? {
+        Some(Unique(map)) => Ok(map),
+        None => Err(serde::de::Error::custom(
+            "has no value; a mesh without services is written `services: {}`",
+        )),
+    }
+}
+
 impl MeshDoc {
     fn into_mesh(self, origin: &str, text: &str) -> Result<Mesh, ConfigError> {
         fn named<T>(
@@ -135,18 +157,19 @@ impl MeshDoc {
 
 fn yaml_error(origin: &str, text: &str, e: &serde_norway::Error) -> ConfigError {
     let mut message = e.to_string();
-    // The parser appends "at line L column C"; the position goes in its own fields.
-    if let Some(i) = message.rfind(" at line ") {
-        if message[i + 9..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b" column".contains(&b))
-        {
-            message.truncate(i);
-        }
-    }
     let loc = e.location();
     let mut line = loc.as_ref().map(|l| l.line());
     let mut column = loc.as_ref().map(|l| l.column());
+    // The parser appends "at line L column C" where it stopped, and for some errors
+    // a second position where the construct began ("..., while parsing a flow
+    // sequence at line 7 column 12"). The earliest is where the mistake is (an
+    // unclosed `[` is found only on a later line): it becomes the error's position
+    // and leaves the message; a later one stays in the text.
+    let positions = positions_in(&message);
+    if let Some(first) = positions.iter().min_by_key(|p| (p.line, p.column)) {
+        (line, column) = (Some(first.line), Some(first.column));
+        message.replace_range(first.span.clone(), "");
+    }
     // The parser places a duplicate at the start of its map: find the second one.
     if let Some((section, key)) = message.split_once(": duplicate name ") {
         let key = key.trim_matches('"');
@@ -160,6 +183,42 @@ fn yaml_error(origin: &str, text: &str, e: &serde_norway::Error) -> ConfigError 
         column,
         message,
     }
+}
+
+/// A position the YAML parser wrote into its message: " at line L column C".
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MessagePosition {
+    span: std::ops::Range<usize>,
+    line: usize,
+    column: usize,
+}
+
+fn positions_in(message: &str) -> Vec<MessagePosition> {
+    const AT: &str = " at line ";
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = message[from..].find(AT).map(|i| i + from) {
+        from = i + AT.len();
+        let rest = &message[from..];
+        let line_digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let Some(after_line) = rest[line_digits..].strip_prefix(" column ") else {
+            continue;
+        };
+        let col_digits = after_line.bytes().take_while(u8::is_ascii_digit).count();
+        let (Ok(line), Ok(column)) = (
+            rest[..line_digits].parse(),
+            after_line[..col_digits].parse(),
+        ) else {
+            continue;
+        };
+        let end = from + line_digits + " column ".len() + col_digits;
+        out.push(MessagePosition {
+            span: i..end,
+            line,
+            column,
+        });
+    }
+    out
 }
 
 /// One step of a path into the document.
@@ -374,6 +433,27 @@ workloads:
     }
 
     #[test]
+    fn an_unclosed_bracket_is_reported_where_it_opens() {
+        let text = "services:\n  b:\n    vip: 10.96.0.10\n    ports: [{ port: 80 }]\n    endpoints: [10.211.0.3, 10.211.0.5\n";
+        let e = err(text);
+        assert_eq!((e.line, e.column), (Some(5), Some(16)), "{e}");
+        assert!(e.message.contains("flow sequence"), "{e}");
+        assert!(e.message.contains("at line 6 column 1"), "{e}");
+        assert!(e.to_string().starts_with("mesh.yaml:5:16: "), "{e}");
+    }
+
+    #[test]
+    fn parser_positions_are_found_in_messages() {
+        let m = "did not find expected ',' or ']' at line 8 column 1, while parsing a flow sequence at line 7 column 12";
+        let p = positions_in(m);
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].line, p[0].column), (8, 1));
+        assert_eq!((p[1].line, p[1].column), (7, 12));
+        assert_eq!(&m[p[1].span.clone()], " at line 7 column 12");
+        assert!(positions_in("vip: at line x column 3").is_empty());
+    }
+
+    #[test]
     fn semantic_errors_name_the_line() {
         let cases = [
             // frontend's port 80 on backend's VIP.
@@ -439,6 +519,10 @@ workloads:
         }
         let e = err("workloads: {}\n");
         assert!(e.message.contains("missing field `services`"), "{e}");
+        // `services:` with nothing after it (a truncated file) is no empty mesh.
+        let e = err("services:\n");
+        assert!(e.message.contains("services: {}"), "{e}");
+        assert_eq!(e.line, Some(1), "{e}");
         let e = load(Path::new("/nonexistent/weft/mesh.yaml")).expect_err("missing");
         assert_eq!(e.line, None);
         assert!(e

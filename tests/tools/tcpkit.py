@@ -18,6 +18,8 @@ carry faithfully. Each prints one result line on stdout that the test reads.
   serve-zeros PORT BYTES       send BYTES zero bytes per client as fast as possible
   drain HOST PORT              read to EOF as fast as possible, print bytes, seconds, Gbit/s
   hold HOST PORT N SECONDS     open N connections, print "open=K", hold them SECONDS
+  serve-hello PORT NAME        greet each client with "NAME\\n", then echo until EOF
+                               (a thread per client), so a client learns who served it
 """
 import time
 import asyncio
@@ -26,6 +28,7 @@ import resource
 import socket
 import struct
 import sys
+import threading
 
 CHUNK = 64 * 1024
 
@@ -246,6 +249,24 @@ def hold(host, port, count, seconds):
     time.sleep(seconds)
 
 
+def serve_hello(port, name):
+    greeting = f"{name}\n".encode()
+
+    def handle(conn):
+        with conn:
+            try:
+                conn.sendall(greeting)
+                while data := conn.recv(CHUNK):
+                    conn.sendall(data)
+            except OSError as e:
+                print(f"error {e}", flush=True)
+
+    s = listener(port)
+    while True:
+        conn, _ = s.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "serve-stream":
@@ -272,6 +293,8 @@ def main(argv):
         drain(args[0], int(args[1]))
     elif cmd == "hold":
         hold(args[0], int(args[1]), int(args[2]), float(args[3]))
+    elif cmd == "serve-hello":
+        serve_hello(int(args[0]), args[1])
     elif cmd == "digest":
         print(f"sha256={digest(int(args[0]))}")
     else:
