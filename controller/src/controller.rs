@@ -12,6 +12,8 @@ use tokio::net::TcpListener;
 
 use crate::error::ConfigError;
 use crate::grpc::DiscoveryService;
+use crate::http::Api;
+use crate::metrics::Metrics;
 use crate::source::{FileSource, Source, DEFAULT_POLL_INTERVAL};
 use crate::state::State;
 
@@ -77,6 +79,7 @@ impl<S: Source + 'static> Controller<S> {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let Controller { mut source, state } = self;
+        let metrics = Arc::new(Metrics::new(state.clone()).context("metrics")?);
         let grpc_addr: SocketAddr = grpc.local_addr().context("gRPC listener address")?;
         let http_addr: SocketAddr = http.local_addr().context("HTTP listener address")?;
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "weft-controller serving");
@@ -107,7 +110,11 @@ impl<S: Source + 'static> Controller<S> {
                 tonic::transport::server::TcpIncoming::from(grpc),
                 closed,
             );
-        let http_server = crate::http::serve(http, state.clone(), state.closed());
+        let api = Api {
+            state: state.clone(),
+            metrics,
+        };
+        let http_server = crate::http::serve(http, api, state.closed());
         let grpc_task = tokio::spawn(grpc_server);
         let http_task = tokio::spawn(http_server);
 

@@ -96,6 +96,7 @@ impl weft_api::Discovery for DiscoveryService {
         let mut updates = self.state.subscribe();
         let guard = self.state.subscriber();
         let closed = self.state.closed();
+        let state = self.state.clone();
         tracing::info!(service = %req.service, proxy_id = %req.proxy_id, ?peer, "proxy subscribed");
         tokio::spawn(async move {
             let _guard = guard;
@@ -104,6 +105,7 @@ impl weft_api::Discovery for DiscoveryService {
             if tx.send(Ok(full_snapshot(&sent))).await.is_err() {
                 return;
             }
+            state.record_push();
             loop {
                 tokio::select! {
                     _ = tx.closed() => break,
@@ -129,6 +131,7 @@ impl weft_api::Discovery for DiscoveryService {
                     if tx.send(Ok(update)).await.is_err() {
                         break;
                     }
+                    state.record_push();
                 }
                 sent = current;
             }

@@ -1,6 +1,6 @@
 //! The controller's HTTP API on hyper 1: `GET /v1/services` (the served mesh's
 //! services as JSON), `GET /v1/status` (version, last reload, errors with file:line,
-//! subscribers), `/ready` and `/live`.
+//! subscribers), `/metrics` (Prometheus), `/ready` and `/live`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::metrics::Metrics;
 use crate::state::State;
 
 /// The body type of every response served here.
@@ -28,6 +29,13 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
         resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     resp
+}
+
+/// What the API serves from.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub state: Arc<State>,
+    pub metrics: Arc<Metrics>,
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -48,7 +56,8 @@ fn json(value: &impl Serialize) -> Response<Body> {
 }
 
 /// The answer to `GET path`.
-pub fn route(state: &State, path: &str) -> Response<Body> {
+pub fn route(api: &Api, path: &str) -> Response<Body> {
+    let state = &api.state;
     match path {
         "/v1/services" => {
             let snap = state.snapshot();
@@ -58,6 +67,11 @@ pub fn route(state: &State, path: &str) -> Response<Body> {
             }))
         }
         "/v1/status" => json(&state.status()),
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            api.metrics.render(),
+        ),
         // The controller serves only once it has a good configuration.
         "/ready" | "/live" => text(StatusCode::OK, "ok\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -65,7 +79,7 @@ pub fn route(state: &State, path: &str) -> Response<Body> {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(listener: TcpListener, api: Api, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -78,11 +92,11 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
                 }
             },
         };
-        let state = state.clone();
+        let api = api.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let resp = match *req.method() {
-                    Method::GET | Method::HEAD => route(&state, req.uri().path()),
+                    Method::GET | Method::HEAD => route(&api, req.uri().path()),
                     _ => text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n"),
                 };
                 std::future::ready(Ok::<_, Infallible>(resp))

@@ -5,7 +5,8 @@
 //! - [`source`]: the [`source::Source`] trait and the watched [`source::FileSource`].
 //! - [`state`]: the current mesh and version, diffs between meshes, status.
 //! - [`grpc`]: the `Discovery` service (full snapshot, then incremental updates).
-//! - [`http`]: `/v1/services`, `/v1/status`, `/ready`, `/live`.
+//! - [`http`]: `/v1/services`, `/v1/status`, `/metrics`, `/ready`, `/live`.
+//! - [`metrics`]: the `weft_controller_*` series, observed from the state.
 //! - [`controller`]: ties them together.
 
 pub mod controller;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod meshfile;
+pub mod metrics;
 pub mod model;
 pub mod source;
 pub mod state;

@@ -21,7 +21,7 @@ struct Args {
     /// Discovery API (gRPC) listen address.
     #[arg(long, env = "WEFT_GRPC_LISTEN", default_value = "0.0.0.0:15010")]
     grpc_listen: SocketAddr,
-    /// HTTP API listen address (/v1/services, /v1/status, /ready, /live).
+    /// HTTP API listen address (/v1/services, /v1/status, /metrics, /ready, /live).
     #[arg(long, env = "WEFT_HTTP_LISTEN", default_value = "0.0.0.0:15014")]
     http_listen: SocketAddr,
     /// How often the mesh file is checked for changes.

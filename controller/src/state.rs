@@ -1,8 +1,8 @@
 //! The controller's state: the current mesh and its version, the diff between two
-//! meshes, and the status shown on the HTTP API. Subscribers follow the current
-//! snapshot through a `tokio::sync::watch` channel.
+//! meshes, and the status shown on the HTTP API (and exported as metrics).
+//! Subscribers follow the current snapshot through a `tokio::sync::watch` channel.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -98,6 +98,7 @@ pub struct State {
     closing: watch::Sender<bool>,
     status: Mutex<Status>,
     subscribers: AtomicUsize,
+    pushes: AtomicU64,
 }
 
 fn now() -> String {
@@ -126,6 +127,7 @@ impl State {
                 subscribers: 0,
             }),
             subscribers: AtomicUsize::new(0),
+            pushes: AtomicU64::new(0),
         }
     }
 
@@ -187,10 +189,25 @@ impl State {
         SubscriberGuard(self.clone())
     }
 
+    /// Proxies subscribed now.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// Counts one update (snapshot or incremental) sent to a proxy.
+    pub fn record_push(&self) {
+        self.pushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Updates sent to proxies since start.
+    pub fn pushes(&self) -> u64 {
+        self.pushes.load(Ordering::Relaxed)
+    }
+
     /// The status, for `/v1/status`.
     pub fn status(&self) -> Status {
         let mut status = self.status_mut().clone();
-        status.subscribers = self.subscribers.load(Ordering::Relaxed);
+        status.subscribers = self.subscribers();
         status
     }
 

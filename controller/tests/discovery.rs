@@ -2,15 +2,14 @@
 //! client, and edits made the way editors and tools make them (write a temporary file,
 //! rename it over the mesh file).
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use weft_api::discovery::{MeshUpdate, Protocol, WatchRequest};
 use weft_api::DiscoveryClient;
 use weft_controller::{Controller, Options};
+
+mod common;
+use common::{get_json, replace, start, IN_TIME};
 
 const V1: &str = "\
 services:
@@ -74,71 +73,11 @@ services:
     endpoints: [fd00:211::8]
 ";
 
-/// Replaces `path` atomically: write a temporary file beside it, rename it over.
-fn replace(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write temp");
-    std::fs::rename(&tmp, path).expect("rename over");
-}
-
-/// `GET path` on the HTTP API, as JSON.
-async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
-    let mut conn = TcpStream::connect(addr).await.expect("connect http");
-    conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("request");
-    let mut resp = String::new();
-    conn.read_to_string(&mut resp).await.expect("response");
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    let body = resp.split_once("\r\n\r\n").expect("headers end").1;
-    serde_json::from_str(body).expect("json body")
-}
-
 fn names(update: &MeshUpdate) -> Vec<&str> {
     let mut n: Vec<&str> = update.services.iter().map(|s| s.name.as_str()).collect();
     n.sort_unstable();
     n
 }
-
-struct Running {
-    dir: tempfile::TempDir,
-    path: PathBuf,
-    grpc: SocketAddr,
-    http: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn start(text: &str) -> Running {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("mesh.yaml");
-    std::fs::write(&path, text).expect("write mesh");
-    let options = Options {
-        config: path.clone(),
-        poll_interval: Duration::from_millis(50),
-    };
-    let controller = Controller::load(&options).await.expect("valid mesh");
-    let grpc_l = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
-    let http_l = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-    let grpc = grpc_l.local_addr().expect("addr");
-    let http = http_l.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(controller.serve(grpc_l, http_l, async {
-        let _ = stopped.await;
-    }));
-    Running {
-        dir,
-        path,
-        grpc,
-        http,
-        stop,
-        task,
-    }
-}
-
-const IN_TIME: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_then_updates_and_bad_edits_are_held_back() {

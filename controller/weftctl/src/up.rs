@@ -391,7 +391,10 @@ fn example_command(pods: &[PodState], served: &MeshFile) -> String {
     else {
         return String::new();
     };
-    format!("  weftctl exec {} -- curl -s http://{target}/\n", from.addrs.name)
+    format!(
+        "  weftctl exec {} -- curl -s http://{target}/\n",
+        from.addrs.name
+    )
 }
 
 /// The whole-mesh rules of the controller, re-checked after workloads were put

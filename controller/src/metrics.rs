@@ -1,0 +1,141 @@
+//! The controller's metrics on `/metrics` (HTTP port, 15014): recorded through the
+//! OpenTelemetry SDK and exposed in the Prometheus text format by
+//! `opentelemetry-prometheus`, the same pipeline as the proxy's.
+//!
+//! | series | labels |
+//! | --- | --- |
+//! | `weft_controller_config_reloads_total` | `result` = `ok` or `error` |
+//! | `weft_controller_config_version` | |
+//! | `weft_controller_subscribed_proxies` | |
+//! | `weft_controller_pushes_total` (updates sent to proxies, snapshots included) | |
+//! | `weft_controller_services` | |
+//! | `weft_controller_endpoints` | `service` |
+//!
+//! Every instrument is observable: it is read from [`State`] at scrape time. The
+//! state already counts reloads, errors and subscribers for `/v1/status`, so the two
+//! views cannot disagree, and nothing is recorded on the discovery path but one
+//! atomic add per push. `service` is bounded: it takes the mesh's service names, and
+//! a removed service's series goes with it (observable gauges report only what the
+//! last callback observed).
+
+use std::sync::Arc;
+
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::Resource;
+use prometheus::{Encoder, TextEncoder};
+
+use crate::state::State;
+
+/// Errors building the metrics pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("building the Prometheus exporter: {0}")]
+    Exporter(String),
+}
+
+/// The controller's instruments and the registry they are exported from.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: prometheus::Registry,
+    // Kept alive: the observable instruments' callbacks live in the provider.
+    _provider: SdkMeterProvider,
+}
+
+impl Metrics {
+    /// Builds the pipeline and the instruments observing `state`.
+    pub fn new(state: Arc<State>) -> Result<Self, MetricsError> {
+        let registry = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_units()
+            .scope_info_enabled(false)
+            .build()
+            .map_err(|e| MetricsError::Exporter(e.to_string()))?;
+        let provider = SdkMeterProvider::builder()
+            .with_reader(exporter)
+            .with_resource(
+                Resource::builder()
+                    .with_service_name("weft-controller")
+                    .build(),
+            )
+            .build();
+        register(&provider.meter("weft-controller"), &state);
+        Ok(Metrics {
+            registry,
+            _provider: provider,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+/// Registers every instrument; each callback holds its own reference to the state.
+/// (The instrument handles can be dropped: the callbacks live in the provider.)
+fn register(meter: &opentelemetry::metrics::Meter, state: &Arc<State>) {
+    let s = state.clone();
+    let _ = meter
+        .u64_observable_counter("weft_controller_config_reloads")
+        .with_description(
+            "Configurations read from the source: ok (the first included) or error (rejected, the last good one kept)",
+        )
+        .with_callback(move |o| {
+            let status = s.status();
+            o.observe(status.reloads_total, &[KeyValue::new("result", "ok")]);
+            o.observe(
+                status.reload_errors_total,
+                &[KeyValue::new("result", "error")],
+            );
+        })
+        .build();
+    let s = state.clone();
+    let _ = meter
+        .u64_observable_gauge("weft_controller_config_version")
+        .with_description("Version of the mesh being served")
+        .with_callback(move |o| o.observe(s.snapshot().version, &[]))
+        .build();
+    let s = state.clone();
+    let _ = meter
+        .u64_observable_gauge("weft_controller_subscribed_proxies")
+        .with_description("Proxies subscribed to the discovery API")
+        .with_callback(move |o| o.observe(count(s.subscribers()), &[]))
+        .build();
+    let s = state.clone();
+    let _ = meter
+        .u64_observable_counter("weft_controller_pushes")
+        .with_description("Discovery updates sent to proxies (snapshots included)")
+        .with_callback(move |o| o.observe(s.pushes(), &[]))
+        .build();
+    let s = state.clone();
+    let _ = meter
+        .u64_observable_gauge("weft_controller_services")
+        .with_description("Services in the mesh being served")
+        .with_callback(move |o| o.observe(count(s.snapshot().mesh.services.len()), &[]))
+        .build();
+    let s = state.clone();
+    let _ = meter
+        .u64_observable_gauge("weft_controller_endpoints")
+        .with_description("Endpoints of each service in the mesh being served")
+        .with_callback(move |o| {
+            let snap = s.snapshot();
+            for (name, svc) in &snap.mesh.services {
+                o.observe(
+                    count(svc.endpoints.len()),
+                    &[KeyValue::new("service", name.to_string())],
+                );
+            }
+        })
+        .build();
+}
+
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}

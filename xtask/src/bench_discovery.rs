@@ -1,0 +1,626 @@
+//! `cargo xtask bench-discovery`: how long a mesh-file edit takes to reach every
+//! proxy. A benchmark (DESIGN.md §9): it prints numbers and asserts nothing about time.
+//!
+//! Set-up: release binaries; ONE throwaway network namespace — the node namespace of
+//! a weft-e2e [`Mesh`], with no pods — holding a weft-controller over a generated mesh
+//! file of 1,000 services × 10 endpoints and 20 weft-proxy processes subscribed to it,
+//! each with its own ports. VIPs (10.96.0.0/16) and endpoints (10.128.0.0/14) exist
+//! only in the file: nothing routes to them and no traffic flows but loopback gRPC and
+//! HTTP inside the namespace.
+//!
+//! Method: each round edits one random service (adds or removes an endpoint), writes
+//! the file atomically (a temporary file renamed over it) and notes the wall-clock
+//! time. Every proxy records on `/routes` the version it applied and when
+//! (`applied_at_unix_ms`), so a sample is that time minus the write time, whenever the
+//! bench reads it. `/routes` carries the whole table (large), so the bench reads it
+//! only once the controller shows the new version, plus a short settle: reading then
+//! competes as little as possible with the proxies still applying. A last round edits
+//! 100 services at once.
+//!
+//! Output: p50 / p99 / max over every proxy × round sample, split into
+//! file → controller (the controller's polling and parsing, from `last_reload` on its
+//! `/v1/status`) and controller → proxy (push and apply), and the RSS of the controller
+//! and of one proxy after the rounds.
+//!
+//! Bounds and clean-up: an overall timeout (`--timeout`, from after the build). The
+//! namespace, processes and files go when the [`Mesh`] drops: on success, on error, on
+//! panic, and on Ctrl-C or SIGTERM, which are caught and turned into an error. Only a
+//! SIGKILL of xtask itself could leave a `wf*-node` namespace behind.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _, Result};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use weft_e2e::{Mesh, Pod, PodProc, ProcSpec};
+
+const SERVICES: usize = 1_000;
+const ENDPOINTS: u8 = 10;
+const PROXIES: usize = 20;
+/// Services changed by the last, wide round.
+const WIDE_EDIT: usize = 100;
+const CONTROLLER_GRPC: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15010);
+const CONTROLLER_HTTP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15014);
+/// Proxy `i` uses ports `PORT_BASE + 10 i` and up: outbound, inbound, admin, metrics.
+const PORT_BASE: u16 = 20_000;
+/// How often the controller's status is read while waiting for a new version (small
+/// answers, so frequent reads cost nothing measurable).
+const STATUS_POLL: Duration = Duration::from_millis(10);
+/// Pause after the controller has the new version before reading any `/routes`.
+const SETTLE: Duration = Duration::from_millis(100);
+/// Pause between reads of the proxies still behind.
+const SWEEP_PAUSE: Duration = Duration::from_millis(50);
+
+/// `cargo xtask bench-discovery` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Rounds of one-service edits.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+    /// The controller's mesh-file polling interval: it bounds propagation from below.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// Give up, and clean up, after this long (not counting the build).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Seed of the random choice of services (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Builds the binaries, runs the benchmark in its own namespace, prints the numbers.
+pub fn bench_discovery(opts: &Options) -> Result<()> {
+    let bins = build_release()?;
+    catch_signals()?;
+    let deadline = Deadline(Instant::now() + opts.timeout);
+    let seed = opts.seed.unwrap_or_else(clock_seed);
+    let mesh = Mesh::new().context("creating the benchmark's network namespace")?;
+    let namespace = mesh.node().netns_name().to_owned();
+    let result = run(&mesh, &bins, opts, seed, &deadline);
+    // The processes' logs explain a failure; after Ctrl-C they are only noise.
+    if result.is_err() && !INTERRUPTED.load(Ordering::SeqCst) {
+        eprint!("{}", mesh.logs_report());
+    }
+    // Clean up before reporting, so what is printed last is true of the host.
+    drop(mesh);
+    eprintln!("bench-discovery: namespace {namespace} and its processes removed");
+    result?.print(opts, seed);
+    Ok(())
+}
+
+/// Where the release binaries are.
+struct Bins {
+    controller: PathBuf,
+    proxy: PathBuf,
+}
+
+fn build_release() -> Result<Bins> {
+    let mut build = crate::cargo();
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "weft-controller",
+        "-p",
+        "weft-proxy",
+        "--bins",
+    ]);
+    crate::run(build)?;
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target"))
+        .join("release");
+    Ok(Bins {
+        controller: dir.join("weft-controller"),
+        proxy: dir.join("weft-proxy"),
+    })
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// SIGINT and SIGTERM set a flag that every wait checks, so the benchmark unwinds
+/// through the `Mesh` drop instead of dying with its namespace left behind.
+fn catch_signals() -> Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }.with_context(|| format!("catching {signal}"))?;
+    }
+    Ok(())
+}
+
+/// The overall time limit; every wait checks it, and the signal flag.
+struct Deadline(Instant);
+
+impl Deadline {
+    fn check(&self, waiting_for: &str) -> Result<()> {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted while waiting for {waiting_for}");
+        }
+        if Instant::now() > self.0 {
+            bail!("overall timeout reached while waiting for {waiting_for}");
+        }
+        Ok(())
+    }
+}
+
+fn clock_seed() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// SplitMix64: enough randomness to pick services, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// `k` distinct indices below `n` (partial Fisher-Yates).
+    fn distinct(&mut self, n: usize, k: usize) -> Vec<usize> {
+        let mut all: Vec<usize> = (0..n).collect();
+        for i in 0..k.min(n) {
+            let j = i + (self.next() % (n - i) as u64) as usize;
+            all.swap(i, j);
+        }
+        all.truncate(k);
+        all
+    }
+}
+
+/// The generated mesh: how many endpoints each service has.
+struct MeshModel {
+    endpoints: Vec<u8>,
+}
+
+impl MeshModel {
+    fn new() -> Self {
+        MeshModel {
+            endpoints: vec![ENDPOINTS; SERVICES],
+        }
+    }
+
+    /// Adds an endpoint to service `i`, or removes the one added before, so each
+    /// edit changes exactly that service.
+    fn edit(&mut self, i: usize) {
+        self.endpoints[i] = if self.endpoints[i] > ENDPOINTS {
+            ENDPOINTS
+        } else {
+            ENDPOINTS + 1
+        };
+    }
+
+    /// The mesh file: service `i` has VIP 10.96.(i/250).(i%250+1) and endpoints
+    /// 10.(128+i/256).(i%256).(1..).
+    fn render(&self) -> String {
+        let mut out = String::from("services:\n");
+        for (i, &n) in self.endpoints.iter().enumerate() {
+            let endpoints: Vec<String> = (1..=n)
+                .map(|j| format!("10.{}.{}.{j}", 128 + i / 256, i % 256))
+                .collect();
+            out.push_str(&format!(
+                "  svc-{i:04}: {{ vip: 10.96.{}.{}, ports: [{{ port: 80, target_port: 8080, protocol: tcp }}], endpoints: [{}] }}\n",
+                i / 250,
+                i % 250 + 1,
+                endpoints.join(", ")
+            ));
+        }
+        out
+    }
+
+    /// Writes the file the way tools do: a temporary file renamed over it, so the
+    /// controller never reads a half-written file. Returns its size.
+    fn write(&self, path: &Path) -> Result<usize> {
+        let text = self.render();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+        Ok(text.len())
+    }
+}
+
+/// One running proxy.
+struct Proxy {
+    proc: PodProc,
+    admin: SocketAddr,
+}
+
+/// A `/routes` reading: the version and when it was applied.
+#[derive(Debug, Clone, Copy)]
+struct Applied {
+    version: u64,
+    at_unix_ms: i64,
+}
+
+fn read_json(node: &Pod, addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
+    let (code, body) = node.http_get(addr, path)?;
+    if code != 200 {
+        bail!("GET {addr}{path}: {code} {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("GET {addr}{path}: not JSON"))
+}
+
+/// What a proxy's `/routes` says it applied, if anything yet.
+fn proxy_applied(node: &Pod, proxy: &Proxy) -> Result<Option<Applied>> {
+    if let Some(status) = proxy.proc.try_wait() {
+        bail!("proxy {} exited: {status}", proxy.proc.name());
+    }
+    let doc = read_json(node, proxy.admin, "/routes")?;
+    let d = &doc["discovery"];
+    Ok(d["version"]
+        .as_u64()
+        .zip(d["applied_at_unix_ms"].as_i64())
+        .map(|(version, at_unix_ms)| Applied {
+            version,
+            at_unix_ms,
+        }))
+}
+
+/// The controller's version and when it loaded it (`/v1/status`).
+fn controller_applied(node: &Pod, controller: &PodProc) -> Result<Applied> {
+    if let Some(status) = controller.try_wait() {
+        bail!("weft-controller exited: {status}");
+    }
+    let status = read_json(node, CONTROLLER_HTTP, "/v1/status")?;
+    let version = status["version"]
+        .as_u64()
+        .context("/v1/status without a version")?;
+    let loaded = status["last_reload"]
+        .as_str()
+        .context("/v1/status without last_reload")?;
+    let at = humantime::parse_rfc3339(loaded)
+        .with_context(|| format!("last_reload {loaded:?}"))?
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Ok(Applied {
+        version,
+        at_unix_ms: at,
+    })
+}
+
+fn start_controller(node: &Pod, bins: &Bins, file: &Path, poll: Duration) -> Result<PodProc> {
+    let poll = humantime::format_duration(poll).to_string();
+    let argv: Vec<String> = vec![
+        bins.controller.display().to_string(),
+        "--config".into(),
+        file.display().to_string(),
+        "--grpc-listen".into(),
+        CONTROLLER_GRPC.to_string(),
+        "--http-listen".into(),
+        CONTROLLER_HTTP.to_string(),
+        "--poll-interval".into(),
+        poll,
+        "--log".into(),
+        "warn".into(),
+    ];
+    node.spawn(ProcSpec::new(argv).name("weft-controller"))
+}
+
+/// Proxy `i`: service `bench-NN`, its own four ports, subscribed to the controller.
+/// No capture is installed: the proxy only has to follow discovery here.
+fn start_proxy(node: &Pod, bins: &Bins, i: usize) -> Result<Proxy> {
+    let base = PORT_BASE + 10 * i as u16;
+    let name = format!("bench-{i:02}");
+    let admin = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), base + 2);
+    let metrics = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), base + 3);
+    let argv: Vec<String> = vec![
+        bins.proxy.display().to_string(),
+        "--service".into(),
+        name.clone(),
+        "--proxy-id".into(),
+        name.clone(),
+        "--controller".into(),
+        format!("http://{CONTROLLER_GRPC}"),
+        "--outbound-port".into(),
+        base.to_string(),
+        "--inbound-port".into(),
+        (base + 1).to_string(),
+        "--admin-listen".into(),
+        admin.to_string(),
+        "--metrics-listen".into(),
+        metrics.to_string(),
+        "--log".into(),
+        "warn".into(),
+    ];
+    let proc = node.spawn(ProcSpec::new(argv).name(&name))?;
+    Ok(Proxy { proc, admin })
+}
+
+/// Waits until the controller serves a version above `above`.
+fn wait_controller(
+    node: &Pod,
+    controller: &PodProc,
+    above: u64,
+    deadline: &Deadline,
+) -> Result<Applied> {
+    loop {
+        deadline.check("the controller's new version")?;
+        // Connection refused while it starts up: keep waiting.
+        if let Ok(now) = controller_applied(node, controller) {
+            if now.version > above {
+                return Ok(now);
+            }
+        }
+        std::thread::sleep(STATUS_POLL);
+    }
+}
+
+/// Waits until every proxy has applied `version`; returns each one's applied time.
+fn wait_proxies(
+    node: &Pod,
+    proxies: &[Proxy],
+    version: u64,
+    deadline: &Deadline,
+) -> Result<Vec<i64>> {
+    let mut applied: Vec<Option<i64>> = vec![None; proxies.len()];
+    loop {
+        for (slot, proxy) in applied.iter_mut().zip(proxies) {
+            if slot.is_some() {
+                continue;
+            }
+            deadline.check(&format!("{} to apply version {version}", proxy.proc.name()))?;
+            // Not listening yet (start-up): keep waiting; a dead proxy is an error.
+            match proxy_applied(node, proxy) {
+                Ok(Some(a)) if a.version >= version => *slot = Some(a.at_unix_ms),
+                Err(e) if proxy.proc.try_wait().is_some() => return Err(e),
+                _ => {}
+            }
+        }
+        if applied.iter().all(Option::is_some) {
+            return Ok(applied.into_iter().flatten().collect());
+        }
+        std::thread::sleep(SWEEP_PAUSE);
+    }
+}
+
+/// One edit's timings, in ms after the write.
+struct Round {
+    controller_ms: i64,
+    proxy_ms: Vec<i64>,
+}
+
+/// The running set-up, between rounds.
+struct Bench<'a> {
+    node: &'a Pod,
+    controller: PodProc,
+    proxies: Vec<Proxy>,
+    file: PathBuf,
+    model: MeshModel,
+    /// The version every proxy has.
+    version: u64,
+    rng: Rng,
+    poll_interval: Duration,
+    deadline: &'a Deadline,
+}
+
+impl Bench<'_> {
+    /// Edits `count` random services, writes the file, and waits until every proxy
+    /// has the result.
+    ///
+    /// The write comes after a random pause of up to one polling interval: rounds
+    /// otherwise fall into step with the controller's polling (each starts a fixed
+    /// time after the last reload) and every write would land at the same point of
+    /// the interval, which skews file → controller.
+    fn round(&mut self, count: usize) -> Result<Round> {
+        let interval_ms = self.poll_interval.as_millis().max(1) as u64;
+        std::thread::sleep(Duration::from_millis(self.rng.next() % interval_ms));
+        for i in self.rng.distinct(SERVICES, count) {
+            self.model.edit(i);
+        }
+        self.model.write(&self.file)?;
+        let written = unix_ms_now();
+        let at_controller =
+            wait_controller(self.node, &self.controller, self.version, self.deadline)?;
+        std::thread::sleep(SETTLE);
+        let applied = wait_proxies(
+            self.node,
+            &self.proxies,
+            at_controller.version,
+            self.deadline,
+        )?;
+        self.version = at_controller.version;
+        Ok(Round {
+            controller_ms: at_controller.at_unix_ms - written,
+            proxy_ms: applied.iter().map(|at| at - written).collect(),
+        })
+    }
+}
+
+/// Samples of a set of rounds.
+#[derive(Default)]
+struct Samples {
+    rounds: usize,
+    /// Write → proxy applied, one per proxy per round.
+    total: Vec<i64>,
+    /// Write → controller version, one per round.
+    controller: Vec<i64>,
+    /// Controller version → proxy applied, one per proxy per round.
+    push: Vec<i64>,
+}
+
+impl Samples {
+    fn add(&mut self, round: &Round) {
+        self.rounds += 1;
+        self.controller.push(round.controller_ms);
+        self.total.extend(&round.proxy_ms);
+        self.push
+            .extend(round.proxy_ms.iter().map(|ms| ms - round.controller_ms));
+    }
+}
+
+/// Everything printed at the end.
+struct Report {
+    file_bytes: usize,
+    initial_sync: Duration,
+    single: Samples,
+    wide: Samples,
+    controller_rss_kib: Option<u64>,
+    proxy_rss_kib: Option<u64>,
+}
+
+fn run(mesh: &Mesh, bins: &Bins, opts: &Options, seed: u64, deadline: &Deadline) -> Result<Report> {
+    let node = mesh.node();
+    let file = mesh.run_dir().join("mesh.yaml");
+    let model = MeshModel::new();
+    let file_bytes = model.write(&file)?;
+    let controller = start_controller(node, bins, &file, opts.poll_interval)?;
+    let version = wait_controller(node, &controller, 0, deadline)?.version;
+
+    let started = Instant::now();
+    let proxies = (0..PROXIES)
+        .map(|i| start_proxy(node, bins, i))
+        .collect::<Result<Vec<_>>>()?;
+    wait_proxies(node, &proxies, version, deadline)?;
+    let initial_sync = started.elapsed();
+    eprintln!(
+        "bench-discovery: {PROXIES} proxies synced at version {version} in {} ms; {} rounds to go",
+        initial_sync.as_millis(),
+        opts.rounds + 1
+    );
+
+    let mut bench = Bench {
+        node,
+        controller,
+        proxies,
+        file,
+        model,
+        version,
+        rng: Rng(seed),
+        poll_interval: opts.poll_interval,
+        deadline,
+    };
+    let mut single = Samples::default();
+    for _ in 0..opts.rounds {
+        single.add(&bench.round(1)?);
+    }
+    let mut wide = Samples::default();
+    wide.add(&bench.round(WIDE_EDIT)?);
+
+    Ok(Report {
+        file_bytes,
+        initial_sync,
+        single,
+        wide,
+        controller_rss_kib: rss_kib(bench.controller.pid()),
+        proxy_rss_kib: bench.proxies.first().and_then(|p| rss_kib(p.proc.pid())),
+    })
+}
+
+/// VmRSS of `pid`, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Nearest-rank percentile `p` (0-100) of sorted `v`.
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn summary(samples: &[i64]) -> String {
+    let mut v = samples.to_vec();
+    v.sort_unstable();
+    format!(
+        "p50 {:>4} ms   p99 {:>4} ms   max {:>4} ms   ({} samples)",
+        percentile(&v, 50.0),
+        percentile(&v, 99.0),
+        v.last().copied().unwrap_or(0),
+        v.len()
+    )
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+        .unwrap_or_else(|| "?".into())
+}
+
+impl Report {
+    fn print(&self, opts: &Options, seed: u64) {
+        let poll = humantime::format_duration(opts.poll_interval);
+        println!(
+            "bench-discovery: {SERVICES} services x {ENDPOINTS} endpoints ({} KiB mesh file), {PROXIES} proxies, controller --poll-interval {poll}, seed {seed}",
+            self.file_bytes / 1024
+        );
+        println!(
+            "initial snapshot: all proxies synced {} ms after the first was started",
+            self.initial_sync.as_millis()
+        );
+        for (what, s) in [
+            ("1-service edits", &self.single),
+            (&*format!("{WIDE_EDIT}-service edit"), &self.wide),
+        ] {
+            println!("{what}, {} round(s), write -> proxy applied:", s.rounds);
+            println!("  all proxies         {}", summary(&s.total));
+            println!("  file -> controller  {}", summary(&s.controller));
+            println!("  controller -> proxy {}", summary(&s.push));
+        }
+        println!(
+            "RSS after the rounds: weft-controller {}, weft-proxy (bench-00) {}",
+            mib(self.controller_rss_kib),
+            mib(self.proxy_rss_kib)
+        );
+        println!(
+            "rerun: cargo xtask bench-discovery --rounds {} --poll-interval {poll} --seed {seed}",
+            opts.rounds
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 99.0), 99);
+        assert_eq!(percentile(&[7], 99.0), 7);
+        assert_eq!(percentile(&[], 50.0), 0);
+    }
+
+    #[test]
+    fn edits_toggle_one_endpoint_and_render_valid_lines() {
+        let mut m = MeshModel::new();
+        m.edit(3);
+        let text = m.render();
+        let line = text.lines().nth(4).expect("service 3");
+        assert!(line.starts_with("  svc-0003: { vip: 10.96.0.4,"), "{line}");
+        assert!(line.contains("10.128.3.11"), "{line}");
+        m.edit(3);
+        assert!(!m.render().contains("10.128.3.11"));
+        assert_eq!(Rng(1).distinct(SERVICES, WIDE_EDIT).len(), WIDE_EDIT);
+    }
+}
