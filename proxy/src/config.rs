@@ -28,6 +28,10 @@ pub struct ProxyConfig {
     /// Upper bound on establishing an upstream connection.
     #[serde(with = "humantime_serde_compat")]
     pub connect_timeout: Duration,
+    /// HTTP: upper bound from a request's arrival to its response head (then 504).
+    /// The default until per-service policy sets it.
+    #[serde(with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
     /// How long open connections may keep going after SIGTERM.
     #[serde(with = "humantime_serde_compat")]
     pub drain_grace: Duration,
@@ -70,6 +74,7 @@ impl ProxyConfig {
             admin_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000),
             metrics_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15020),
             connect_timeout: Duration::from_secs(5),
+            request_timeout: crate::l7::forward::REQUEST_TIMEOUT,
             drain_grace: Duration::from_secs(10),
             max_connections: 100_000,
             closed_history: 100,

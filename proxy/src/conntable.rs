@@ -11,13 +11,16 @@ use serde::Serialize;
 
 use crate::addr::{ClientAddr, Direction, EndpointAddr, OrigDstAddr};
 
-/// Byte counters of one connection, updated by the relay as data moves.
+/// Live counters of one connection, updated by the relay (or the HTTP path) as data
+/// moves.
 #[derive(Debug, Default)]
 pub struct ByteCounters {
     /// Bytes read from the application side (the accepted connection).
     pub from_client: AtomicU64,
     /// Bytes written to the application side.
     pub to_client: AtomicU64,
+    /// HTTP requests served on the connection (0 for opaque TCP).
+    pub requests: AtomicU64,
 }
 
 /// What is known about a connection when it is accepted and routed.
@@ -130,6 +133,12 @@ impl ConnTable {
         live
     }
 
+    fn update(&self, id: u64, f: impl FnOnce(&mut ConnInfo)) {
+        if let Some(conn) = self.lock().live.get_mut(&id) {
+            f(&mut conn.info);
+        }
+    }
+
     fn close(&self, id: u64, end: String) {
         let mut inner = self.lock();
         if let Some(conn) = inner.live.remove(&id) {
@@ -167,7 +176,7 @@ fn snapshot_of(
         protocol: conn.info.protocol,
         bytes_from_client: conn.bytes.from_client.load(Ordering::Relaxed),
         bytes_to_client: conn.bytes.to_client.load(Ordering::Relaxed),
-        requests: 0,
+        requests: conn.bytes.requests.load(Ordering::Relaxed),
         start_unix_ms,
         age_ms: age.as_millis() as u64,
         end,
@@ -192,6 +201,17 @@ impl ConnGuard {
     /// The live byte counters the relay updates.
     pub fn bytes(&self) -> &Arc<ByteCounters> {
         &self.bytes
+    }
+
+    /// Records what protocol detection decided (`tcp`, `http1`, `h2`). Once per
+    /// connection, not on the data path.
+    pub fn set_protocol(&self, protocol: &'static str) {
+        self.table.update(self.id, |info| info.protocol = protocol);
+    }
+
+    /// Records the endpoint chosen after accept (opaque traffic on a detected port).
+    pub fn set_endpoint(&self, endpoint: Option<EndpointAddr>) {
+        self.table.update(self.id, |info| info.endpoint = endpoint);
     }
 
     /// Records how the connection ended; the guard's drop files it.

@@ -1,16 +1,21 @@
 //! The discovery client: subscribes to the controller's `Watch` stream and keeps the
 //! routing table current. The controller being away never stops the data path:
 //! the last known table stays in force while the client reconnects with backoff.
+//!
+//! What the client has done is kept in a [`DiscoveryStatus`] (connected, updates
+//! applied, last error) for `/routes` and the `weft_discovery_*` metrics; the version
+//! and time of the applied table are kept with the table itself ([`Routes`]).
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::Serialize;
 use weft_api::discovery::{self as api, MeshUpdate, WatchRequest};
 use weft_api::DiscoveryClient;
 
-use crate::routes::{PortProtocol, Routes, ServicePort, ServiceSpec};
+use crate::routes::{Applied, PortProtocol, Routes, ServicePort, ServiceSpec};
 
 /// Where to subscribe and as whom.
 #[derive(Clone, Debug)]
@@ -25,18 +30,103 @@ pub struct DiscoveryConfig {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Connecting to the controller (TCP and HTTP/2 handshake) gives up after this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An HTTP/2 ping on the discovery connection this often, also while idle ...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ... and no answer within this means the controller is gone.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the discovery client has done, updated as it goes; read by `/routes` and by
+/// the metrics' observable instruments (so nothing is counted twice).
+#[derive(Debug, Default)]
+pub struct DiscoveryStatus {
+    connected: AtomicBool,
+    updates_applied: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl DiscoveryStatus {
+    /// Whether a Watch stream is open now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Updates (snapshots included) applied since the proxy started.
+    pub fn updates_applied(&self) -> u64 {
+        self.updates_applied.load(Ordering::Relaxed)
+    }
+
+    /// Why the last subscription failed or ended, if one did. Kept after a successful
+    /// reconnect (it is history; [`DiscoveryStatus::connected`] is the present).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_error(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+}
+
+/// The `discovery` object of `/routes`.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    /// The controller's URL; `None` without discovery (everything is passthrough).
+    pub controller: Option<String>,
+    pub connected: bool,
+    /// The first snapshot has been applied (always true without discovery).
+    pub synced: bool,
+    /// The controller's mesh version the routes are at.
+    pub version: Option<u64>,
+    /// When that version was applied (ms since the Unix epoch).
+    pub applied_at_unix_ms: Option<u64>,
+    pub updates_applied: u64,
+    pub last_error: Option<String>,
+}
+
+impl StatusReport {
+    /// The report for a proxy subscribed to `controller` (or not subscribed at all).
+    pub fn new(
+        controller: Option<&str>,
+        status: &DiscoveryStatus,
+        synced: bool,
+        applied: Option<Applied>,
+    ) -> Self {
+        StatusReport {
+            controller: controller.map(str::to_owned),
+            connected: status.connected(),
+            synced,
+            version: applied.map(|a| a.version),
+            applied_at_unix_ms: applied.map(|a| a.applied_at_unix_ms),
+            updates_applied: status.updates_applied(),
+            last_error: status.last_error(),
+        }
+    }
+}
 
 /// Runs forever: subscribe, apply updates, and on any failure wait (doubling from
 /// 100 ms up to 5 s) and subscribe again. `synced` turns true with the first
 /// snapshot and stays true (the last known state keeps serving).
-pub async fn run(config: DiscoveryConfig, routes: Arc<Routes>, synced: Arc<AtomicBool>) {
+pub async fn run(
+    config: DiscoveryConfig,
+    routes: Arc<Routes>,
+    synced: Arc<AtomicBool>,
+    status: Arc<DiscoveryStatus>,
+) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match watch_once(&config, &routes, &synced, &mut backoff).await {
+        let result = watch_once(&config, &routes, &synced, &status, &mut backoff).await;
+        status.connected.store(false, Ordering::Relaxed);
+        match result {
             Ok(()) => {
+                status.set_error("the controller ended the stream".into());
                 tracing::warn!(controller = %config.controller, "discovery stream ended; reconnecting")
             }
             Err(e) => {
+                status.set_error(e.message().to_owned());
                 tracing::warn!(controller = %config.controller, error = %e, retry_in = ?backoff, "discovery unavailable; keeping the last known routes")
             }
         }
@@ -45,15 +135,32 @@ pub async fn run(config: DiscoveryConfig, routes: Arc<Routes>, synced: Arc<Atomi
     }
 }
 
+/// The controller's address with the timeouts that turn a controller that is gone
+/// without a word (a host that died, a network that drops packets, a port that
+/// accepts but never answers) into an error and a reconnect, instead of a stream
+/// that waits forever: a bounded connect, and HTTP/2 pings on the open stream.
+fn controller_endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::Status> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| tonic::Status::invalid_argument(format!("controller URL {url:?}: {e}")))?;
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
 async fn watch_once(
     config: &DiscoveryConfig,
     routes: &Routes,
     synced: &AtomicBool,
+    status: &DiscoveryStatus,
     backoff: &mut Duration,
 ) -> Result<(), tonic::Status> {
-    let mut client = DiscoveryClient::connect(config.controller.clone())
+    let channel = controller_endpoint(&config.controller)?
+        .connect()
         .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        .map_err(|e| tonic::Status::unavailable(error_chain(&e)))?;
+    let mut client = DiscoveryClient::new(channel);
     let mut stream = client
         .watch(WatchRequest {
             service: config.service.clone(),
@@ -61,8 +168,10 @@ async fn watch_once(
         })
         .await?
         .into_inner();
+    status.connected.store(true, Ordering::Relaxed);
     while let Some(update) = stream.message().await? {
         apply(routes, &update);
+        status.updates_applied.fetch_add(1, Ordering::Relaxed);
         *backoff = BACKOFF_MIN;
         if update.full_snapshot && !synced.swap(true, Ordering::SeqCst) {
             tracing::info!(
@@ -81,8 +190,21 @@ async fn watch_once(
     Ok(())
 }
 
-/// Applies one update to the routing table.
-pub fn apply(routes: &Routes, update: &MeshUpdate) {
+/// `error: cause: cause ...` (tonic's transport error alone says only "transport
+/// error"; the cause says what an operator can act on, e.g. connection refused).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// Applies one update to the routing table, recording its version.
+pub fn apply(routes: &Routes, update: &MeshUpdate) -> Applied {
     let specs = update.services.iter().filter_map(|s| match spec_of(s) {
         Ok(spec) => Some(spec),
         Err(why) => {
@@ -93,7 +215,7 @@ pub fn apply(routes: &Routes, update: &MeshUpdate) {
     let next = routes
         .load()
         .updated(update.full_snapshot, specs, update.removed.iter());
-    routes.store(next);
+    routes.store_version(next, update.version)
 }
 
 /// The routing view of a discovery service; the controller validated it, but a

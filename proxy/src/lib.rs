@@ -13,6 +13,8 @@
 //! - [`routes`]: VIP:port → service → round-robin endpoint; peer IP → service.
 //! - [`discovery`]: the controller's Watch stream → the routing table, with backoff.
 //! - [`relay`]: the bidirectional byte copy (half-close, reset propagation).
+//! - [`l7`]: protocol detection and HTTP/1.1 + h2c proxying (per-request balancing,
+//!   pooled upstream connections, the proxy's own 502/503/504).
 //! - [`conntable`]: live and recently closed connections for `/connections`.
 //! - [`metrics`]: OpenTelemetry instruments and the Prometheus exposition.
 //! - [`prom_text`]: reading samples back from a `/metrics` page.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod conntable;
 pub mod discovery;
 pub mod http_endpoint;
+pub mod l7;
 pub mod metrics;
 pub mod orig_dst;
 pub mod prom_text;

@@ -42,6 +42,9 @@ struct Args {
     /// Upper bound on connecting to an upstream (e.g. 500ms, 5s).
     #[arg(long, env = "WEFT_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
+    /// HTTP: upper bound from a request's arrival to its response head; then 504.
+    #[arg(long, env = "WEFT_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
     /// After SIGTERM, how long open connections may keep going before the proxy exits.
     #[arg(long, env = "WEFT_DRAIN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     drain_grace: Duration,
@@ -66,6 +69,7 @@ impl Args {
         config.admin_listen = self.admin_listen;
         config.metrics_listen = self.metrics_listen;
         config.connect_timeout = self.connect_timeout;
+        config.request_timeout = self.request_timeout;
         config.drain_grace = self.drain_grace;
         config.max_connections = self.max_connections;
         config.closed_history = self.closed_history;

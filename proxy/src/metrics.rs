@@ -3,6 +3,11 @@
 //!
 //! Labels are bounded by construction: direction, service names and error reasons —
 //! never addresses, ports or ids (those belong in `/connections`).
+//!
+//! Besides the traffic series of §6, a proxy with a controller exports the discovery
+//! client's state: `weft_discovery_updates_total` and `weft_discovery_connected`.
+
+use std::sync::Arc;
 
 use opentelemetry::metrics::{Counter, MeterProvider as _, UpDownCounter};
 use opentelemetry::KeyValue;
@@ -11,6 +16,7 @@ use opentelemetry_sdk::Resource;
 use prometheus::{Encoder, TextEncoder};
 
 use crate::addr::Direction;
+use crate::discovery::DiscoveryStatus;
 
 /// Why the proxy failed a connection itself (the `reason` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +36,12 @@ pub enum ErrorReason {
     Overload,
     /// The destination is a service with no endpoints.
     NoEndpoints,
+    /// HTTP: the upstream connection failed under a request (reset, closed early).
+    UpstreamReset,
+    /// HTTP: the upstream's response could not be parsed.
+    BadUpstreamResponse,
+    /// HTTP: no response head within the request timeout.
+    RequestTimeout,
 }
 
 impl ErrorReason {
@@ -43,6 +55,9 @@ impl ErrorReason {
             ErrorReason::ConnectError => "connect_error",
             ErrorReason::Overload => "overload",
             ErrorReason::NoEndpoints => "no_endpoints",
+            ErrorReason::UpstreamReset => "upstream_reset",
+            ErrorReason::BadUpstreamResponse => "bad_upstream_response",
+            ErrorReason::RequestTimeout => "request_timeout",
         }
     }
 }
@@ -52,13 +67,15 @@ impl ErrorReason {
 pub struct Metrics {
     registry: prometheus::Registry,
     // Kept alive: dropping the provider would stop collection.
-    _provider: SdkMeterProvider,
+    provider: SdkMeterProvider,
     tcp_opened: Counter<u64>,
     tcp_closed: Counter<u64>,
     tcp_active: UpDownCounter<i64>,
     tcp_sent: Counter<u64>,
     tcp_received: Counter<u64>,
     errors: Counter<u64>,
+    /// `weft_http_*` (and proxy-made HTTP errors), handed to the L7 path.
+    http: crate::l7::telemetry::HttpInstruments,
 }
 
 /// The pre-built label sets of one connection, so the hot path allocates nothing.
@@ -112,8 +129,13 @@ impl Metrics {
             .with_resource(resource)
             .build();
         let meter = provider.meter("weft-proxy");
+        let errors = meter
+            .u64_counter("weft_proxy_errors")
+            .with_description("Connections or requests the proxy failed itself, by reason")
+            .build();
         Ok(Metrics {
             registry,
+            http: crate::l7::telemetry::HttpInstruments::new(&meter, errors.clone()),
             tcp_opened: meter
                 .u64_counter("weft_tcp_connections_opened")
                 .with_description("TCP connections accepted by the proxy")
@@ -134,12 +156,34 @@ impl Metrics {
                 .u64_counter("weft_tcp_received_bytes")
                 .with_description("Bytes the proxy read from the application side")
                 .build(),
-            errors: meter
-                .u64_counter("weft_proxy_errors")
-                .with_description("Connections or requests the proxy failed itself, by reason")
-                .build(),
-            _provider: provider,
+            errors,
+            provider,
         })
+    }
+
+    /// Exports the discovery client's state: `weft_discovery_updates_total` (updates
+    /// applied, snapshots included) and `weft_discovery_connected` (1 while a Watch
+    /// stream is open). Observed at scrape time from `status`, which `/routes` reads
+    /// too, so the two never disagree and discovery's path records nothing twice.
+    pub fn observe_discovery(&self, status: Arc<DiscoveryStatus>) {
+        let meter = self.provider.meter("weft-proxy");
+        let updates = status.clone();
+        // Observable instruments live as long as the provider; the handles can go.
+        let _ = meter
+            .u64_observable_counter("weft_discovery_updates")
+            .with_description("Discovery updates (snapshots included) applied to the routing table")
+            .with_callback(move |o| o.observe(updates.updates_applied(), &[]))
+            .build();
+        let _ = meter
+            .u64_observable_gauge("weft_discovery_connected")
+            .with_description("1 while the proxy has an open discovery stream to the controller")
+            .with_callback(move |o| o.observe(u64::from(status.connected()), &[]))
+            .build();
+    }
+
+    /// The HTTP instruments (handles; the L7 path keeps clones).
+    pub fn http(&self) -> &crate::l7::telemetry::HttpInstruments {
+        &self.http
     }
 
     /// A connection was accepted and routed.

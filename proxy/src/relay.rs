@@ -91,6 +91,28 @@ pub async fn relay(client: &TcpStream, upstream: &TcpStream, obs: &dyn RelayObse
     }
 }
 
+/// [`relay`], after first writing `prefix` upstream: bytes already read from the
+/// client (by protocol detection).
+pub async fn relay_after(
+    prefix: &[u8],
+    client: &TcpStream,
+    upstream: &TcpStream,
+    obs: &dyn RelayObserver,
+) -> RelayEnd {
+    if !prefix.is_empty() {
+        if let Err(error) = write_all(upstream, prefix).await {
+            reset(client);
+            reset(upstream);
+            return RelayEnd::Failed {
+                side: Side::Upstream,
+                error,
+            };
+        }
+        obs.relayed_from_client(prefix.len() as u64);
+    }
+    relay(client, upstream, obs).await
+}
+
 /// `pump` reports sides relative to its own (from, to) arguments as if `from` were
 /// upstream; the client→upstream direction flips them.
 fn flip(side: Side) -> Side {

@@ -6,11 +6,18 @@
 //! snapshot, so a connection routes against one consistent state), but the entry of
 //! a service the update did not touch is carried over, round-robin position
 //! included, so unrelated changes do not disturb the rotation.
+//!
+//! [`Routes`] also remembers which discovery version its table is and when this proxy
+//! applied it, stored together with the table so that `/routes` never shows a table
+//! with another version's number.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
 
 use crate::addr::{EndpointAddr, OrigDstAddr};
 
@@ -23,6 +30,17 @@ pub enum PortProtocol {
     Http,
     /// Opaque TCP.
     Tcp,
+}
+
+impl PortProtocol {
+    /// The name used in the mesh file and on `/routes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortProtocol::Auto => "auto",
+            PortProtocol::Http => "http",
+            PortProtocol::Tcp => "tcp",
+        }
+    }
 }
 
 /// One port of a service as discovery describes it.
@@ -63,6 +81,13 @@ impl ServiceRoute {
             self.endpoints[i],
             self.target_port,
         )))
+    }
+
+    /// Every endpoint, target port applied (the L7 balancer pools each).
+    pub fn endpoints(&self) -> impl ExactSizeIterator<Item = EndpointAddr> + '_ {
+        self.endpoints
+            .iter()
+            .map(|ip| EndpointAddr(SocketAddr::new(*ip, self.target_port)))
     }
 }
 
@@ -144,10 +169,63 @@ impl RouteTable {
         self.by_endpoint_ip.get(&ip.to_canonical()).cloned()
     }
 
+    /// The declared protocol of `service`'s port whose target port is `target_port`
+    /// (inbound traffic arrives on target ports); `None` when not declared.
+    pub fn target_port_protocol(&self, service: &str, target_port: u16) -> Option<PortProtocol> {
+        let (spec, _) = self.services.get(service)?;
+        spec.ports
+            .iter()
+            .find(|p| p.target_port == target_port)
+            .map(|p| p.protocol)
+    }
+
     /// Number of services known.
     pub fn service_count(&self) -> usize {
         self.services.len()
     }
+
+    /// The table for display (`/routes`): services by name, each VIP:port with its
+    /// endpoints at the target port.
+    pub fn view(&self) -> Vec<ServiceView<'_>> {
+        let mut out: Vec<ServiceView<'_>> = self
+            .services
+            .values()
+            .map(|(spec, _)| ServiceView {
+                name: &spec.name,
+                routes: spec
+                    .ports
+                    .iter()
+                    .map(|p| RouteView {
+                        vip_port: SocketAddr::new(spec.vip, p.port),
+                        protocol: p.protocol.as_str(),
+                        endpoints: spec
+                            .endpoints
+                            .iter()
+                            .map(|ip| SocketAddr::new(*ip, p.target_port))
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| a.name.cmp(b.name));
+        out
+    }
+}
+
+/// One service as `/routes` shows it.
+#[derive(Debug, Serialize)]
+pub struct ServiceView<'a> {
+    pub name: &'a str,
+    pub routes: Vec<RouteView>,
+}
+
+/// One VIP:port of a service and where it leads.
+#[derive(Debug, Serialize)]
+pub struct RouteView {
+    pub vip_port: SocketAddr,
+    pub protocol: &'static str,
+    /// Endpoint addresses with the target port applied.
+    pub endpoints: Vec<SocketAddr>,
 }
 
 fn routes_of(spec: &ServiceSpec) -> Vec<Arc<ServiceRoute>> {
@@ -171,25 +249,83 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
+/// Which discovery version a table is, and when this proxy applied that version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    /// The controller's mesh version.
+    pub version: u64,
+    /// When this proxy first applied that version (milliseconds since the Unix epoch;
+    /// wall clock, so it compares with the time a change was made elsewhere).
+    pub applied_at_unix_ms: u64,
+}
+
 /// The proxy's current table, swapped atomically by discovery.
 #[derive(Debug, Default)]
 pub struct Routes {
-    current: RwLock<Arc<RouteTable>>,
+    current: RwLock<Current>,
+}
+
+/// The table and its version, replaced together.
+#[derive(Debug, Default)]
+struct Current {
+    table: Arc<RouteTable>,
+    applied: Option<Applied>,
 }
 
 impl Routes {
     /// The current table.
     pub fn load(&self) -> Arc<RouteTable> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.read().table.clone()
     }
 
-    /// Replaces the current table.
-    pub fn store(&self, table: RouteTable) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    /// The current table and the discovery version it is (`None` when it did not
+    /// come from discovery).
+    pub fn load_applied(&self) -> (Arc<RouteTable>, Option<Applied>) {
+        let current = self.read();
+        (current.table.clone(), current.applied)
     }
+
+    /// Replaces the current table with one that did not come from discovery.
+    pub fn store(&self, table: RouteTable) {
+        *self.write() = Current {
+            table: Arc::new(table),
+            applied: None,
+        };
+    }
+
+    /// Replaces the current table with discovery's `version` of it. The applied time
+    /// is kept when the version is the one already applied (a reconnect re-sends the
+    /// current version as a snapshot), so it stays the time that version arrived.
+    pub fn store_version(&self, table: RouteTable, version: u64) -> Applied {
+        let mut current = self.write();
+        let applied = match current.applied {
+            Some(a) if a.version == version => a,
+            _ => Applied {
+                version,
+                applied_at_unix_ms: unix_ms_now(),
+            },
+        };
+        *current = Current {
+            table: Arc::new(table),
+            applied: Some(applied),
+        };
+        applied
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+        self.current.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Current> {
+        self.current.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -294,5 +430,44 @@ mod tests {
         );
         assert_eq!(picks(&t4, "10.96.0.1:80", 1), ["passthrough"]);
         assert_eq!(t4.service_count(), 1);
+    }
+
+    #[test]
+    fn view_lists_services_by_name_with_target_ports() {
+        let t = RouteTable::from_services([
+            spec("b", "fd00:96::2", &["fd00:211::3"]),
+            spec("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"]),
+        ]);
+        let json = serde_json::to_value(t.view()).expect("serializable");
+        assert_eq!(
+            json,
+            serde_json::json!([
+                { "name": "a", "routes": [{
+                    "vip_port": "10.96.0.1:80",
+                    "protocol": "auto",
+                    "endpoints": ["10.0.0.1:8080", "10.0.0.2:8080"],
+                }]},
+                { "name": "b", "routes": [{
+                    "vip_port": "[fd00:96::2]:80",
+                    "protocol": "auto",
+                    "endpoints": ["[fd00:211::3]:8080"],
+                }]},
+            ])
+        );
+    }
+
+    #[test]
+    fn applied_time_belongs_to_the_version() {
+        let routes = Routes::default();
+        assert_eq!(routes.load_applied().1, None);
+        let v1 = routes.store_version(RouteTable::default(), 1);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        // The same version again (a reconnect's snapshot): same applied time.
+        assert_eq!(routes.store_version(RouteTable::default(), 1), v1);
+        let v2 = routes.store_version(RouteTable::default(), 2);
+        assert!(v2.applied_at_unix_ms > v1.applied_at_unix_ms);
+        assert_eq!(routes.load_applied().1, Some(v2));
+        routes.store(RouteTable::default());
+        assert_eq!(routes.load_applied().1, None, "a table not from discovery");
     }
 }

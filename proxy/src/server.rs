@@ -2,7 +2,6 @@
 //! endpoints, accepts captured connections, routes each to its upstream, and drains
 //! on shutdown.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -16,12 +15,17 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::addr::{ClientAddr, Direction, EndpointAddr, OrigDstAddr};
 use crate::config::ProxyConfig;
+use crate::conntable::{ByteCounters, ConnGuard};
 use crate::conntable::{ConnInfo, ConnTable};
+use crate::discovery::{DiscoveryStatus, StatusReport};
 use crate::http_endpoint::{self, respond, text};
+use crate::l7::connect::{Connector, OwnUpstreams};
+use crate::l7::sniff::{self, Mode, Sniffed, Upstream};
+use crate::l7::{Dest, Edge, L7};
 use crate::metrics::{ErrorReason, Metrics, MetricsError, TcpLabels};
 use crate::orig_dst::OrigDstSource;
 use crate::relay::{self, RelayObserver};
-use crate::routes::{Resolved, Routes};
+use crate::routes::{PortProtocol, Resolved, Routes, ServiceRoute};
 
 /// Outbound destinations that are no known service are forwarded as-is and labelled so.
 pub const PASSTHROUGH_SERVICE: &str = "passthrough";
@@ -51,7 +55,9 @@ struct Shared {
     routes: Arc<Routes>,
     /// Local addresses of the proxy's own upstream sockets: a captured connection
     /// coming *from* one of them is the proxy's traffic looping back through capture.
-    own_upstreams: Mutex<HashSet<SocketAddr>>,
+    own_upstreams: OwnUpstreams,
+    /// HTTP balancers, pools and instruments (the L7 path).
+    l7: L7,
     /// One permit per connection in service; drain waits until all are back.
     permits: Arc<Semaphore>,
     draining: AtomicBool,
@@ -59,6 +65,8 @@ struct Shared {
     own_service: Arc<str>,
     /// Whether the first discovery snapshot arrived (always true without discovery).
     synced: Arc<AtomicBool>,
+    /// What discovery has done, for `/routes` (idle without discovery).
+    discovery: Arc<DiscoveryStatus>,
 }
 
 /// A proxy whose sockets are bound; [`BoundProxy::run`] serves them.
@@ -98,8 +106,18 @@ impl BoundProxy {
         let admin = bind_one("admin endpoint", config.admin_listen)?;
         let metrics_listener = bind_one("metrics endpoint", config.metrics_listen)?;
         let metrics = Metrics::new(&config.service)?;
+        let discovery = Arc::new(DiscoveryStatus::default());
+        if config.discovery.is_some() {
+            metrics.observe_discovery(discovery.clone());
+        }
         let config_has_no_discovery = config.discovery.is_none();
         let own_service: Arc<str> = Arc::from(config.service.as_str());
+        let own_upstreams = OwnUpstreams::default();
+        let l7 = L7::new(
+            Connector::new(config.connect_timeout, own_upstreams.clone()),
+            metrics.http().clone(),
+            config.request_timeout,
+        );
         let shared = Arc::new(Shared {
             own_service,
             conns: Arc::new(ConnTable::new(config.closed_history)),
@@ -108,9 +126,11 @@ impl BoundProxy {
             metrics,
             orig_dst,
             routes: Arc::new(Routes::default()),
-            own_upstreams: Mutex::new(HashSet::new()),
+            own_upstreams,
+            l7,
             draining: AtomicBool::new(false),
             synced: Arc::new(AtomicBool::new(config_has_no_discovery)),
+            discovery,
         });
         Ok(BoundProxy {
             shared,
@@ -162,6 +182,7 @@ impl BoundProxy {
                 config,
                 self.shared.routes.clone(),
                 self.shared.synced.clone(),
+                self.shared.discovery.clone(),
             ))
         });
         let mut accept_tasks = Vec::new();
@@ -306,8 +327,13 @@ async fn accept_loop(
 struct Routing {
     source_service: Arc<str>,
     destination_service: Arc<str>,
-    /// `None`: the destination is a service without endpoints.
+    /// `None`: the destination is a service without endpoints, or (with `detect`) a
+    /// service whose endpoint is chosen per request, or when the traffic proves opaque.
     endpoint: Option<EndpointAddr>,
+    /// The service route of an outbound connection to a service.
+    route: Option<Arc<ServiceRoute>>,
+    /// How to detect the protocol; `None`: opaque TCP (declared `tcp`, passthrough).
+    detect: Option<Mode>,
 }
 
 /// Outbound: the original destination's service (round robin over its endpoints) or
@@ -322,23 +348,40 @@ fn route(
     let table = shared.routes.load();
     match direction {
         Direction::Outbound => match table.resolve(orig_dst) {
-            Resolved::Service(route) => Routing {
-                source_service: own,
-                destination_service: route.service.clone(),
-                endpoint: route.pick(),
-            },
+            Resolved::Service(route) => {
+                let detect = crate::l7::mode_of(route.protocol);
+                Routing {
+                    source_service: own,
+                    destination_service: route.service.clone(),
+                    // Opaque ports balance per connection, detected ones per request.
+                    endpoint: if detect.is_none() { route.pick() } else { None },
+                    route: Some(route),
+                    detect,
+                }
+            }
+            // Passthrough stays opaque: no service, so no L7 behaviour to apply.
             Resolved::Passthrough => Routing {
                 source_service: own,
                 destination_service: Arc::from(PASSTHROUGH_SERVICE),
                 endpoint: Some(EndpointAddr(orig_dst.0)),
+                route: None,
+                detect: None,
             },
         },
         Direction::Inbound => Routing {
             source_service: table
                 .service_of_peer(client.0.ip())
                 .unwrap_or_else(|| Arc::from(UNKNOWN_SERVICE)),
+            // The own service's port declaration for this target port; `auto` when
+            // undeclared.
+            detect: crate::l7::mode_of(
+                table
+                    .target_port_protocol(&own, orig_dst.0.port())
+                    .unwrap_or(PortProtocol::Auto),
+            ),
             destination_service: own,
             endpoint: Some(EndpointAddr(orig_dst.0)),
+            route: None,
         },
     }
 }
@@ -361,53 +404,145 @@ async fn serve_connection(
     };
     let _ = client.set_nodelay(true);
     let routing = route(&shared, direction, client_addr, orig_dst);
-    let labels = TcpLabels::new(
+    let labels = Arc::new(TcpLabels::new(
         direction,
         &routing.source_service,
         &routing.destination_service,
-    );
+    ));
     let mut conn = shared.conns.open(ConnInfo {
         direction,
         client: client_addr,
         orig_dst,
         service: routing.destination_service.to_string(),
         endpoint: routing.endpoint,
-        protocol: "tcp",
+        protocol: if routing.detect.is_some() {
+            "detecting"
+        } else {
+            "tcp"
+        },
     });
     shared.metrics.tcp_opened(&labels);
-
-    let connected = match routing.endpoint {
-        Some(endpoint) => connect_upstream(&shared, endpoint).await,
-        None => Err(ErrorReason::NoEndpoints),
+    let observer = ConnObserver {
+        direction,
+        shared: shared.clone(),
+        labels: labels.clone(),
+        bytes: conn.bytes().clone(),
     };
-    let end = match connected {
+
+    let end = match routing.detect {
+        None => {
+            let connected = match routing.endpoint {
+                Some(endpoint) => connect_upstream(&shared, endpoint).await,
+                None => Err(ErrorReason::NoEndpoints),
+            };
+            relay_opaque(&shared, &routing, &client, &[], connected, &observer).await
+        }
+        Some(mode) => serve_detected(&shared, &routing, mode, client, &conn, observer).await,
+    };
+    tracing::debug!(id = conn.id(), %client_addr, %orig_dst, %direction, end, "closed");
+    conn.set_end(end);
+    shared.metrics.tcp_closed(&labels);
+}
+
+/// Relays a connection as opaque TCP to `connected` (or fails it), after writing
+/// `prefix` — bytes protocol detection already read from the client — upstream.
+async fn relay_opaque(
+    shared: &Shared,
+    routing: &Routing,
+    client: &TcpStream,
+    prefix: &[u8],
+    connected: Result<TcpStream, ErrorReason>,
+    observer: &ConnObserver,
+) -> String {
+    match connected {
         Ok(upstream) => {
             let local = upstream.local_addr().ok();
             if let Some(local) = local {
                 lock(&shared.own_upstreams).insert(local);
             }
-            let observer = ConnObserver {
-                shared: &shared,
-                labels: &labels,
-                bytes: conn.bytes(),
-            };
-            let end = relay::relay(&client, &upstream, &observer).await;
+            let end = relay::relay_after(prefix, client, &upstream, observer).await;
             if let Some(local) = local {
                 lock(&shared.own_upstreams).remove(&local);
             }
             end.describe()
         }
         Err(reason) => {
+            let direction = observer.direction;
             shared
                 .metrics
                 .error(direction, &routing.destination_service, reason);
-            relay::reset(&client);
+            relay::reset(client);
             reason.as_str().to_string()
         }
-    };
-    tracing::debug!(id = conn.id(), %client_addr, %orig_dst, %direction, end, "closed");
-    conn.set_end(end);
-    shared.metrics.tcp_closed(&labels);
+    }
+}
+
+/// A connection to a port that is not declared `tcp`: detect HTTP, then serve it
+/// on the L7 path, or relay opaque TCP (to an upstream possibly dialled already
+/// because the client was silent).
+async fn serve_detected(
+    shared: &Arc<Shared>,
+    routing: &Routing,
+    mode: Mode,
+    client: TcpStream,
+    conn: &ConnGuard,
+    observer: ConnObserver,
+) -> String {
+    let sniffed = sniff::sniff(&client, mode, || async {
+        let endpoint = match &routing.route {
+            Some(route) => route.pick(),
+            None => routing.endpoint,
+        };
+        let stream = match endpoint {
+            Some(endpoint) => connect_upstream(shared, endpoint).await,
+            None => Err(ErrorReason::NoEndpoints),
+        };
+        Upstream { endpoint, stream }
+    })
+    .await;
+    match sniffed {
+        Sniffed::Opaque { prefix, upstream } => {
+            conn.set_protocol("tcp");
+            conn.set_endpoint(upstream.endpoint);
+            relay_opaque(
+                shared,
+                routing,
+                &client,
+                &prefix,
+                upstream.stream,
+                &observer,
+            )
+            .await
+        }
+        Sniffed::Http { version, prefix } => {
+            conn.set_protocol(version.as_str());
+            let dest = match (&routing.route, routing.endpoint) {
+                (Some(route), _) => Dest::Service(route),
+                (None, Some(addr)) => Dest::Address(addr),
+                (None, None) => return "no_destination".to_string(),
+            };
+            let edge = Edge {
+                direction: observer.direction,
+                source: &routing.source_service,
+                destination: &routing.destination_service,
+            };
+            let ctx = shared
+                .l7
+                .conn_ctx(version, dest, edge, observer.bytes.clone());
+            crate::l7::serve::serve(client, prefix, ctx, Arc::new(observer)).await
+        }
+        Sniffed::ClientFailed { error, upstream } => {
+            if let Some(Ok(stream)) = upstream.as_ref().map(|u| &u.stream) {
+                relay::reset(stream);
+            }
+            relay::reset(&client);
+            relay::RelayEnd::Failed {
+                side: relay::Side::Client,
+                error,
+            }
+            .describe()
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -442,41 +577,26 @@ async fn connect_upstream(
     shared: &Shared,
     endpoint: EndpointAddr,
 ) -> Result<TcpStream, ErrorReason> {
-    match tokio::time::timeout(
-        shared.config.connect_timeout,
-        TcpStream::connect(endpoint.0),
-    )
-    .await
-    {
-        Err(_) => Err(ErrorReason::ConnectTimeout),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            Err(ErrorReason::ConnectRefused)
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(%endpoint, error = %e, "connect failed");
-            Err(ErrorReason::ConnectError)
-        }
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-    }
+    crate::l7::connect::connect(endpoint, shared.config.connect_timeout).await
 }
 
-struct ConnObserver<'a> {
-    shared: &'a Shared,
-    labels: &'a TcpLabels,
-    bytes: &'a crate::conntable::ByteCounters,
+/// Counts a connection's bytes into `/connections` and the `weft_tcp_*` series;
+/// owned, so the HTTP path's socket wrapper can keep it.
+struct ConnObserver {
+    direction: Direction,
+    shared: Arc<Shared>,
+    labels: Arc<TcpLabels>,
+    bytes: Arc<ByteCounters>,
 }
 
-impl RelayObserver for ConnObserver<'_> {
+impl RelayObserver for ConnObserver {
     fn relayed_from_client(&self, n: u64) {
         self.bytes.from_client.fetch_add(n, Ordering::Relaxed);
-        self.shared.metrics.tcp_received(self.labels, n);
+        self.shared.metrics.tcp_received(&self.labels, n);
     }
     fn relayed_to_client(&self, n: u64) {
         self.bytes.to_client.fetch_add(n, Ordering::Relaxed);
-        self.shared.metrics.tcp_sent(self.labels, n);
+        self.shared.metrics.tcp_sent(&self.labels, n);
     }
 }
 
@@ -484,12 +604,42 @@ fn admin_route(shared: &Shared, path: &str) -> http::Response<http_endpoint::Bod
     match path {
         "/connections" => json(&serde_json::json!({ "connections": shared.conns.snapshot() })),
         "/config" => json(&shared.config),
+        "/routes" => routes_report(shared),
         "/" => text(
             StatusCode::OK,
-            "weft-proxy admin\n  /connections  live and recently closed connections (JSON)\n  /config       the running configuration (JSON)\n",
+            "weft-proxy admin\n  /connections  live and recently closed connections (JSON)\n  /config       the running configuration (JSON)\n  /routes       discovery status and the route table it applied (JSON)\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `/routes`: what discovery applied (version, when, connection state) and the table
+/// itself, read as one snapshot so the version matches the table shown.
+fn routes_report(shared: &Shared) -> http::Response<http_endpoint::Body> {
+    let (table, applied) = shared.routes.load_applied();
+    let controller = shared
+        .config
+        .discovery
+        .as_ref()
+        .map(|d| d.controller.as_str());
+    let discovery = StatusReport::new(
+        controller,
+        &shared.discovery,
+        shared.synced.load(Ordering::SeqCst),
+        applied,
+    );
+    json(&RoutesReport {
+        discovery,
+        services: table.view(),
+    })
+}
+
+/// The body of `/routes`; serialized straight from the table (no intermediate JSON
+/// tree: with thousands of endpoints that would double the work).
+#[derive(serde::Serialize)]
+struct RoutesReport<'a> {
+    discovery: StatusReport,
+    services: Vec<crate::routes::ServiceView<'a>>,
 }
 
 fn metrics_route(shared: &Shared, path: &str) -> http::Response<http_endpoint::Body> {

@@ -1,13 +1,14 @@
 //! Tier-1 tests of the discovery client against an in-process gRPC controller that
 //! speaks the real API: /ready waits for the first snapshot, updates re-route new
 //! connections, and the last known routes keep serving while the controller is gone
-//! until a restarted controller's snapshot replaces them.
+//! until a restarted controller's snapshot replaces them. Along the way, the admin
+//! `/routes` and the `weft_discovery_*` metrics report what was applied.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,7 +20,7 @@ use weft_api::discovery::{Endpoint, MeshUpdate, Protocol, Service, ServicePort, 
 use weft_api::{Discovery, DiscoveryServer};
 use weft_proxy::discovery::DiscoveryConfig;
 use weft_proxy::orig_dst::FixedOrigDst;
-use weft_proxy::{BoundProxy, ProxyConfig};
+use weft_proxy::{prom_text, BoundProxy, ProxyConfig};
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<MeshUpdate, Status>> + Send>>;
 
@@ -107,13 +108,51 @@ async fn who(outbound: SocketAddr) -> String {
 }
 
 async fn get(addr: SocketAddr, path: &str) -> u16 {
+    get_body(addr, path).await.0
+}
+
+/// Status code and body of `GET path`.
+async fn get_body(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
-    out[9..12].parse().unwrap()
+    let body = out.split_once("\r\n\r\n").unwrap().1.to_string();
+    (out[9..12].parse().unwrap(), body)
+}
+
+/// The admin `/routes` document.
+async fn routes(admin: SocketAddr) -> serde_json::Value {
+    let (status, body) = get_body(admin, "/routes").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A metric's value on `/metrics` (summed over label sets), if exported.
+async fn metric(metrics: SocketAddr, name: &str) -> Option<f64> {
+    prom_text::value(&get_body(metrics, "/metrics").await.1, name, &[])
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The endpoints `/routes` lists for `vip_port`.
+fn endpoints_of(doc: &serde_json::Value, vip_port: &str) -> Vec<String> {
+    doc["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["routes"].as_array().unwrap())
+        .filter(|r| r["vip_port"] == vip_port)
+        .flat_map(|r| r["endpoints"].as_array().unwrap())
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect()
 }
 
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
@@ -151,17 +190,68 @@ async fn follows_the_controller_and_survives_its_absence() {
         .unwrap();
     let outbound = proxy.outbound_addrs()[0];
     let metrics = proxy.metrics_addr().unwrap();
+    let admin = proxy.admin_addr().unwrap();
     tokio::spawn(proxy.run(std::future::pending()));
 
     // No controller yet: not ready, and the VIP is passthrough (nothing listens there).
     assert_eq!(get(metrics, "/ready").await, 503);
+    let doc = routes(admin).await;
+    let d = &doc["discovery"];
+    assert_eq!(d["controller"], format!("http://{ctl_addr}"), "{doc}");
+    assert_eq!(
+        (
+            &d["connected"],
+            &d["synced"],
+            &d["version"],
+            &d["updates_applied"]
+        ),
+        (
+            &false.into(),
+            &false.into(),
+            &serde_json::Value::Null,
+            &0.into()
+        ),
+        "{doc}"
+    );
+    assert_eq!(doc["services"], serde_json::json!([]), "{doc}");
+    assert_eq!(metric(metrics, "weft_discovery_connected").await, Some(0.0));
+    assert_eq!(
+        metric(metrics, "weft_discovery_updates_total").await,
+        Some(0.0)
+    );
 
+    let before_v1 = unix_ms();
     let (ctl, mut subs) = start_controller(ctl_listener, backend("127.0.0.1", port, 1)).await;
     eventually("ready after the first snapshot", async || {
         get(metrics, "/ready").await == 200
     })
     .await;
     assert_eq!(who(outbound).await, "127.0.0.1");
+    let doc = routes(admin).await;
+    let d = &doc["discovery"];
+    assert_eq!(
+        (
+            &d["connected"],
+            &d["synced"],
+            &d["version"],
+            &d["updates_applied"]
+        ),
+        (&true.into(), &true.into(), &1.into(), &1.into()),
+        "{doc}"
+    );
+    let applied_v1 = d["applied_at_unix_ms"].as_u64().unwrap();
+    assert!((before_v1..=unix_ms()).contains(&applied_v1), "{doc}");
+    assert_eq!(doc["services"][0]["name"], "backend", "{doc}");
+    assert_eq!(doc["services"][0]["routes"][0]["protocol"], "tcp", "{doc}");
+    assert_eq!(
+        endpoints_of(&doc, "10.96.0.10:80"),
+        [format!("127.0.0.1:{port}")]
+    );
+    assert_eq!(metric(metrics, "weft_discovery_connected").await, Some(1.0));
+    assert_eq!(
+        metric(metrics, "weft_discovery_updates_total").await,
+        Some(1.0)
+    );
 
     // An incremental update re-routes new connections.
     let sub = subs.recv().await.unwrap();
@@ -172,6 +262,19 @@ async fn follows_the_controller_and_survives_its_absence() {
         who(outbound).await == "127.0.0.2"
     })
     .await;
+    let doc = routes(admin).await;
+    assert_eq!(doc["discovery"]["version"], 2, "{doc}");
+    assert_eq!(doc["discovery"]["updates_applied"], 2, "{doc}");
+    let applied_v2 = doc["discovery"]["applied_at_unix_ms"].as_u64().unwrap();
+    assert!(applied_v2 >= applied_v1, "{doc}");
+    assert_eq!(
+        endpoints_of(&doc, "10.96.0.10:80"),
+        [format!("127.0.0.2:{port}")]
+    );
+    assert_eq!(
+        metric(metrics, "weft_discovery_updates_total").await,
+        Some(2.0)
+    );
 
     // Controller gone: the last known routes keep serving, readiness stays.
     ctl.abort();
@@ -181,6 +284,23 @@ async fn follows_the_controller_and_survives_its_absence() {
         assert_eq!(who(outbound).await, "127.0.0.2");
     }
     assert_eq!(get(metrics, "/ready").await, 200);
+    eventually("the disconnection reported", async || {
+        metric(metrics, "weft_discovery_connected").await == Some(0.0)
+    })
+    .await;
+    let doc = routes(admin).await;
+    let d = &doc["discovery"];
+    assert_eq!(
+        (&d["connected"], &d["synced"]),
+        (&false.into(), &true.into())
+    );
+    assert!(d["last_error"].is_string(), "{doc}");
+    assert_eq!(d["version"], 2, "the last known version is kept: {doc}");
+    assert_eq!(d["applied_at_unix_ms"], applied_v2, "{doc}");
+    assert_eq!(
+        endpoints_of(&doc, "10.96.0.10:80"),
+        [format!("127.0.0.2:{port}")]
+    );
 
     // A restarted controller with a changed state: its snapshot replaces ours.
     let listener = TcpListener::bind(ctl_addr).await.unwrap();
@@ -189,4 +309,51 @@ async fn follows_the_controller_and_survives_its_absence() {
         who(outbound).await == "127.0.0.1"
     })
     .await;
+    let doc = routes(admin).await;
+    let d = &doc["discovery"];
+    assert_eq!(
+        (&d["connected"], &d["version"], &d["updates_applied"]),
+        (&true.into(), &1.into(), &3.into()),
+        "{doc}"
+    );
+    assert_eq!(metric(metrics, "weft_discovery_connected").await, Some(1.0));
+    assert_eq!(
+        metric(metrics, "weft_discovery_updates_total").await,
+        Some(3.0)
+    );
+}
+
+#[tokio::test]
+async fn without_a_controller_routes_shows_an_empty_table_and_no_discovery_metrics() {
+    let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut config = ProxyConfig::with_ports(0, 0);
+    config.outbound_listen = vec![local];
+    config.inbound_listen = vec![local];
+    config.admin_listen = local;
+    config.metrics_listen = local;
+    let vip = "10.96.0.10:80".parse().unwrap();
+    let proxy = BoundProxy::bind(config, Arc::new(FixedOrigDst(vip)))
+        .await
+        .unwrap();
+    let (admin, metrics) = (proxy.admin_addr().unwrap(), proxy.metrics_addr().unwrap());
+    tokio::spawn(proxy.run(std::future::pending()));
+
+    let doc = routes(admin).await;
+    assert_eq!(
+        doc,
+        serde_json::json!({
+            "discovery": {
+                "controller": null,
+                "connected": false,
+                "synced": true,
+                "version": null,
+                "applied_at_unix_ms": null,
+                "updates_applied": 0,
+                "last_error": null,
+            },
+            "services": [],
+        })
+    );
+    let text = get_body(metrics, "/metrics").await.1;
+    assert!(!text.contains("weft_discovery_"), "{text}");
 }

@@ -1,0 +1,226 @@
+//! Pooled connections to one endpoint, shared by every downstream connection that
+//! balances onto it.
+//!
+//! - HTTP/1.1: a LIFO list of idle keep-alive connections. A connection is taken out
+//!   for one request and put back when that request's response body has ended (see
+//!   [`Lease`]), so the list holds only connections free for a new request; a closed
+//!   one is dropped when met. At most [`MAX_IDLE_H1`] are kept.
+//! - HTTP/2 (h2c prior knowledge): one multiplexed connection, whose handle is cloned
+//!   per request; replaced when it closes.
+//!
+//! A request that a pooled connection did not accept (it closed between being
+//! pooled and being used: the upstream's idle timeout) is sent again on a fresh
+//! connection — it was never written, so this is safe for any method.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::connect::Connector;
+use super::HttpVersion;
+use crate::addr::EndpointAddr;
+use crate::metrics::ErrorReason;
+
+/// Idle HTTP/1 connections kept per endpoint.
+pub const MAX_IDLE_H1: usize = 256;
+
+type H1 = http1::SendRequest<Incoming>;
+type H2 = http2::SendRequest<Incoming>;
+
+/// The pooled connections to one endpoint.
+#[derive(Debug)]
+pub struct EndpointPool {
+    addr: EndpointAddr,
+    h1_idle: Mutex<Vec<H1>>,
+    h2: Mutex<Option<H2>>,
+}
+
+/// An HTTP/1 connection lent to one request; [`Lease::release`] returns it to the
+/// pool once the response has been read to its end.
+#[derive(Debug)]
+pub struct Lease {
+    sender: H1,
+    pool: Arc<EndpointPool>,
+}
+
+impl Lease {
+    /// Returns the connection to its pool (dropped instead when it closed or the
+    /// pool is full).
+    pub fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.pool.h1_idle);
+        if idle.len() < MAX_IDLE_H1 {
+            idle.push(self.sender);
+        }
+    }
+}
+
+impl EndpointPool {
+    pub fn new(addr: EndpointAddr) -> Self {
+        EndpointPool {
+            addr,
+            h1_idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+        }
+    }
+
+    /// The endpoint's address.
+    pub fn addr(&self) -> EndpointAddr {
+        self.addr
+    }
+
+    /// Sends `req` over a pooled (or new) connection of `version`; returns the
+    /// response head and, for HTTP/1, the lease to release when the body has ended.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        version: HttpVersion,
+        connector: &Connector,
+    ) -> Result<(Response<Incoming>, Option<Lease>), ErrorReason> {
+        match version {
+            HttpVersion::Http1 => self.send_h1(req, connector).await,
+            HttpVersion::H2 => self.send_h2(req, connector).await.map(|r| (r, None)),
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        connector: &Connector,
+    ) -> Result<(Response<Incoming>, Option<Lease>), ErrorReason> {
+        loop {
+            let pooled = self.take_h1();
+            let is_pooled = pooled.is_some();
+            let mut sender = match pooled {
+                Some(s) => s,
+                None => self.connect_h1(connector).await?,
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let lease = Lease {
+                        sender,
+                        pool: self.clone(),
+                    };
+                    return Ok((resp, Some(lease)));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if is_pooled => req = unsent,
+                    _ => return Err(send_error(e.error())),
+                },
+            }
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        mut req: Request<Incoming>,
+        connector: &Connector,
+    ) -> Result<Response<Incoming>, ErrorReason> {
+        loop {
+            let shared = self.h2_handle();
+            let is_pooled = shared.is_some();
+            let mut sender = match shared {
+                Some(s) => s,
+                None => self.connect_h2(connector).await?,
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if is_pooled => {
+                        self.forget_h2(&sender);
+                        req = unsent;
+                    }
+                    _ => return Err(send_error(e.error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently returned connection that is ready for a request. One that
+    /// is not ready yet (still sending the body of a request whose response came
+    /// early, or about to close) is left for later rather than waited for: waiting
+    /// could hold this request behind another client's upload.
+    fn take_h1(&self) -> Option<H1> {
+        let mut idle = lock(&self.h1_idle);
+        idle.retain(|s| !s.is_closed());
+        let i = idle.iter().rposition(H1::is_ready)?;
+        Some(idle.remove(i))
+    }
+
+    async fn connect_h1(&self, connector: &Connector) -> Result<H1, ErrorReason> {
+        let (stream, own) = connector.connect(self.addr).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| {
+                tracing::debug!(endpoint = %self.addr, error = %e, "HTTP/1 handshake");
+                ErrorReason::ConnectError
+            })?;
+        let endpoint = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%endpoint, error = %e, "upstream HTTP/1 connection");
+            }
+            drop(own);
+        });
+        Ok(sender)
+    }
+
+    fn h2_handle(&self) -> Option<H2> {
+        let slot = lock(&self.h2);
+        slot.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    fn forget_h2(&self, dead: &H2) {
+        let mut slot = lock(&self.h2);
+        if slot.as_ref().is_some_and(|s| s.is_closed()) || dead.is_closed() {
+            *slot = None;
+        }
+    }
+
+    async fn connect_h2(&self, connector: &Connector) -> Result<H2, ErrorReason> {
+        let (stream, own) = connector.connect(self.addr).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| {
+                tracing::debug!(endpoint = %self.addr, error = %e, "HTTP/2 handshake");
+                ErrorReason::ConnectError
+            })?;
+        let endpoint = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection");
+            }
+            drop(own);
+        });
+        let mut slot = lock(&self.h2);
+        // Two requests may have dialled at once; the first to finish is shared, the
+        // other connection serves its one request and closes when idle.
+        if slot.as_ref().is_none_or(|s| s.is_closed()) {
+            *slot = Some(sender.clone());
+        }
+        Ok(sender)
+    }
+}
+
+/// Why sending failed, as a reason label: a malformed response, or the connection
+/// failing under the request.
+fn send_error(e: &hyper::Error) -> ErrorReason {
+    tracing::debug!(error = %e, "upstream request failed");
+    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        ErrorReason::BadUpstreamResponse
+    } else {
+        ErrorReason::UpstreamReset
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

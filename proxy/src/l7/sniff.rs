@@ -1,0 +1,258 @@
+//! Waiting for the first bytes of a connection to decide how to proxy it, without
+//! stalling protocols where the server speaks first.
+//!
+//! The client's bytes are read (not peeked) into a small buffer until
+//! [`detect::classify`] decides; the buffer is then replayed, to hyper for HTTP or to
+//! the upstream for opaque TCP. If the client has sent nothing after
+//! [`SPECULATE_AFTER`], the upstream connection is opened speculatively; should the
+//! server speak first (an SMTP or MySQL banner, a Redis reply), the connection goes
+//! opaque at once and the banner is relayed — the client never waits out a
+//! detection timeout. HTTP clients, which write their request right after connecting,
+//! are normally decided before the speculative connection is made; when it was made
+//! and the client turns out to speak HTTP, it is simply closed (HTTP traffic is
+//! balanced per request over pooled connections instead).
+//!
+//! A client that stays silent while the server does too goes opaque after
+//! [`DETECT_TIMEOUT`]; one that sent an inconclusive prefix gets [`PARTIAL_TIMEOUT`]
+//! to complete it.
+
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+
+use super::detect::{self, Verdict};
+use super::HttpVersion;
+use crate::addr::EndpointAddr;
+use crate::metrics::ErrorReason;
+
+/// How long a silent client is given before the upstream is dialled speculatively.
+pub const SPECULATE_AFTER: Duration = Duration::from_millis(10);
+/// How long a connection where neither side speaks is held in detection.
+pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client that sent an inconclusive prefix has to complete it.
+pub const PARTIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Initial size of the detection buffer (a typical request head fits).
+const FIRST_READ: usize = 2048;
+
+/// Where a connection goes when it is relayed as opaque TCP.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The endpoint chosen (`None`: none could be, e.g. a service without endpoints).
+    pub endpoint: Option<EndpointAddr>,
+    pub stream: Result<TcpStream, ErrorReason>,
+}
+
+/// How the port treats detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Detect; anything not HTTP is opaque, and the server may speak first.
+    Auto,
+    /// The port is declared HTTP: only HTTP/1 vs HTTP/2 is decided, nothing is opaque
+    /// and nothing is dialled before the first request.
+    Http,
+}
+
+/// What detection decided.
+#[derive(Debug)]
+pub enum Sniffed {
+    /// Serve as HTTP; `prefix` is what the client has sent so far.
+    Http {
+        version: HttpVersion,
+        prefix: BytesMut,
+    },
+    /// Relay as TCP: write `prefix` upstream first.
+    Opaque {
+        prefix: BytesMut,
+        upstream: Upstream,
+    },
+    /// The client's socket failed (typically a reset) during detection.
+    ClientFailed {
+        error: io::Error,
+        upstream: Option<Upstream>,
+    },
+}
+
+/// Reads the client's first bytes and decides. `connect` dials the upstream (at most
+/// once): speculatively, or when the connection turns out to be opaque.
+pub async fn sniff<F, Fut>(client: &TcpStream, mode: Mode, connect: F) -> Sniffed
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Upstream>,
+{
+    let started = Instant::now();
+    let mut deadline = started + DETECT_TIMEOUT;
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
+    let mut connect = Some(connect);
+    let mut connecting = pin!(None::<Fut>);
+    let mut upstream: Option<Upstream> = None;
+    let speculate = mode == Mode::Auto;
+
+    let verdict = loop {
+        let connected = upstream.as_ref().and_then(|u| u.stream.as_ref().ok());
+        tokio::select! {
+            biased;
+            // The server spoke first (or closed): this is no client-first protocol.
+            _ = async { connected.expect("guarded").readable().await }, if connected.is_some() => {
+                break Verdict::Opaque;
+            }
+            up = async { connecting.as_mut().as_pin_mut().expect("guarded").await }, if connecting.is_some() => {
+                connecting.set(None);
+                upstream = Some(up);
+            }
+            ready = client.readable() => {
+                if let Err(error) = ready {
+                    return Sniffed::ClientFailed { error, upstream };
+                }
+                if buf.len() == buf.capacity() {
+                    buf.reserve(buf.capacity().min(detect::MAX_SNIFF - buf.len()));
+                }
+                match client.try_read_buf(&mut buf) {
+                    // End of stream before a decision: nothing HTTP to serve.
+                    Ok(0) => break Verdict::Opaque,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(error) => return Sniffed::ClientFailed { error, upstream },
+                }
+                match detect::classify(&buf) {
+                    Verdict::NeedMore if buf.len() >= detect::MAX_SNIFF => {
+                        break detect::classify_at_limit(&buf);
+                    }
+                    Verdict::NeedMore => {
+                        deadline = deadline.min(Instant::now() + PARTIAL_TIMEOUT);
+                    }
+                    v => break v,
+                }
+            }
+            _ = sleep_until(started + SPECULATE_AFTER), if speculate && connect.is_some() => {
+                if let Some(connect) = connect.take() {
+                    connecting.set(Some(connect()));
+                }
+            }
+            _ = sleep_until(deadline) => break Verdict::Opaque,
+        }
+    };
+    match (verdict, mode) {
+        (Verdict::Http1, _) | (Verdict::Opaque | Verdict::NeedMore, Mode::Http) => Sniffed::Http {
+            version: HttpVersion::Http1,
+            prefix: buf,
+        },
+        (Verdict::H2, _) => Sniffed::Http {
+            version: HttpVersion::H2,
+            prefix: buf,
+        },
+        (Verdict::Opaque | Verdict::NeedMore, Mode::Auto) => {
+            let upstream = match (upstream, connecting.as_mut().as_pin_mut(), connect) {
+                (Some(up), _, _) => up,
+                (None, Some(pending), _) => pending.await,
+                (None, None, Some(connect)) => connect().await,
+                (None, None, None) => Upstream {
+                    endpoint: None,
+                    stream: Err(ErrorReason::ConnectError),
+                },
+            };
+            Sniffed::Opaque {
+                prefix: buf,
+                upstream,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let c = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (s, _) = l.accept().await.expect("accept");
+        (c, s)
+    }
+
+    fn no_upstream() -> std::future::Ready<Upstream> {
+        std::future::ready(Upstream {
+            endpoint: None,
+            stream: Err(ErrorReason::NoEndpoints),
+        })
+    }
+
+    #[tokio::test]
+    async fn http_request_is_http_and_keeps_the_bytes() {
+        let (mut c, s) = pair().await;
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        match sniff(&s, Mode::Auto, no_upstream).await {
+            Sniffed::Http { version, prefix } => {
+                assert_eq!(version, HttpVersion::Http1);
+                assert_eq!(&prefix[..], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn request_line_split_over_writes_is_waited_for() {
+        let (mut c, s) = pair().await;
+        let writer = tokio::spawn(async move {
+            for part in [&b"GE"[..], b"T /x HT", b"TP/1.1\r", b"\n"] {
+                c.write_all(part).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            c
+        });
+        match sniff(&s, Mode::Auto, no_upstream).await {
+            Sniffed::Http { version, prefix } => {
+                assert_eq!(version, HttpVersion::Http1);
+                assert_eq!(&prefix[..], b"GET /x HTTP/1.1\r\n");
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(writer.await);
+    }
+
+    #[tokio::test]
+    async fn server_speaking_first_goes_opaque_promptly() {
+        let (_c, s) = pair().await;
+        let (mut banner_side, upstream_side) = pair().await;
+        banner_side
+            .write_all(b"220 hello\r\n")
+            .await
+            .expect("banner");
+        let t = Instant::now();
+        let out = sniff(&s, Mode::Auto, || async move {
+            Upstream {
+                endpoint: None,
+                stream: Ok(upstream_side),
+            }
+        })
+        .await;
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        match out {
+            Sniffed::Opaque { prefix, upstream } => {
+                assert!(prefix.is_empty());
+                assert!(upstream.stream.is_ok());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn declared_http_takes_garbage_as_http1() {
+        let (mut c, s) = pair().await;
+        c.write_all(b"\x16\x03\x01garbage").await.expect("write");
+        match sniff(&s, Mode::Http, no_upstream).await {
+            Sniffed::Http { version, .. } => assert_eq!(version, HttpVersion::Http1),
+            other => panic!("{other:?}"),
+        }
+    }
+}

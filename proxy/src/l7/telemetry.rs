@@ -1,0 +1,123 @@
+//! The per-request series of DESIGN.md §6: `weft_http_requests_total` and
+//! `weft_http_request_duration_seconds`, plus the proxy-made errors counted in
+//! `weft_proxy_errors_total`.
+//!
+//! Label values are built once per connection as reference-counted strings, so a
+//! request clones pointers, never strings; the method label is one of the standard
+//! methods or `other`, and the status code is an integer attribute — the label set
+//! stays bounded whatever clients send.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry::KeyValue;
+
+use crate::addr::Direction;
+use crate::metrics::ErrorReason;
+
+/// Bucket bounds (seconds) of the request duration histogram: 0.5 ms to 30 s, dense
+/// where a sidecar's latency lives.
+const DURATION_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
+    30.0,
+];
+
+/// Handles of the HTTP instruments (cheap to clone: each is a reference).
+#[derive(Clone, Debug)]
+pub struct HttpInstruments {
+    requests: Counter<u64>,
+    duration: Histogram<f64>,
+    errors: Counter<u64>,
+}
+
+impl HttpInstruments {
+    /// Builds the HTTP instruments on `meter`; `errors` is the proxy's
+    /// `weft_proxy_errors` counter.
+    pub fn new(meter: &Meter, errors: Counter<u64>) -> Self {
+        HttpInstruments {
+            requests: meter
+                .u64_counter("weft_http_requests")
+                .with_description("HTTP requests proxied, by status code the client saw")
+                .build(),
+            duration: meter
+                .f64_histogram("weft_http_request_duration_seconds")
+                .with_description(
+                    "Time from a request's arrival to the end of its response, in seconds",
+                )
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            errors,
+        }
+    }
+}
+
+/// The labels one connection's requests share.
+#[derive(Debug)]
+pub struct RequestLabels {
+    direction: KeyValue,
+    source: KeyValue,
+    destination: KeyValue,
+}
+
+impl RequestLabels {
+    pub fn new(direction: Direction, source: &Arc<str>, destination: &Arc<str>) -> Self {
+        RequestLabels {
+            direction: KeyValue::new("direction", direction.as_str()),
+            source: KeyValue::new("source_service", source.clone()),
+            destination: KeyValue::new("destination_service", destination.clone()),
+        }
+    }
+
+    /// A finished request: `status` is what the client got.
+    pub fn record(
+        &self,
+        instruments: &HttpInstruments,
+        method: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let status = KeyValue::new("status_code", i64::from(status));
+        let edge = [
+            self.direction.clone(),
+            self.source.clone(),
+            self.destination.clone(),
+            status,
+        ];
+        instruments.duration.record(elapsed.as_secs_f64(), &edge);
+        let [d, s, t, c] = edge;
+        instruments
+            .requests
+            .add(1, &[d, s, t, KeyValue::new("method", method), c]);
+    }
+
+    /// A response the proxy made itself.
+    pub fn error(&self, instruments: &HttpInstruments, reason: ErrorReason) {
+        instruments.errors.add(
+            1,
+            &[
+                self.direction.clone(),
+                self.destination.clone(),
+                KeyValue::new("reason", reason.as_str()),
+            ],
+        );
+    }
+}
+
+/// The `method` label: a standard method, or `other` (clients choose methods, and
+/// label values must stay bounded).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
