@@ -223,7 +223,12 @@ fn weftctl_up_runs_a_mesh_that_routes_by_service_name_and_down_removes_it() {
         .count();
     assert_eq!(to_backend, 9, "{conns:?}");
     let table = up.weftctl_ok(&["conns", "frontend-0"]);
-    assert!(table.contains("(backend-1)"), "{table}");
+    assert_eq!(table.matches("10.96.0.10:80").count(), 9, "{table}");
+    let graph = up.weftctl_ok(&["graph"]);
+    assert!(graph.contains("\"frontend\" -> \"backend\""), "{graph}");
+    let top = up.weftctl_ok(&["top", "--once", "--interval", "200ms"]);
+    assert!(top.starts_with("SOURCE"), "{top}");
+    assert!(top.contains("frontend  backend"), "{top}");
 
     // A good edit: a new service appears at the controller.
     let edited = MESH_FILE.replace(

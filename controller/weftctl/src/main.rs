@@ -7,14 +7,18 @@
 //! - `weftctl status`, `weftctl conns POD` show what the controller serves and
 //!   what a pod's proxy carries ([`inspect`]).
 //! - `weftctl exec POD -- CMD` runs a command inside a pod ([`exec`]).
+//! - `weftctl top`, `weftctl graph`, `weftctl conns POD --watch`: live views from
+//!   every proxy's metrics and connections ([`observe`], [`edges`]).
 //!
 //! The commands find the running mesh through a state file ([`state`]). Pods,
 //! processes in them and sidecars come from the weft-e2e harness — one
 //! implementation for the local mesh and the tier-2 tests.
 
 mod down;
+mod edges;
 mod exec;
 mod inspect;
+mod observe;
 mod podhttp;
 mod render;
 mod signals;
@@ -25,6 +29,7 @@ mod up;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -56,8 +61,29 @@ enum Command {
         /// The pod, e.g. `frontend-0`.
         pod: String,
         /// The proxy's JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Redraw the table every --interval until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch redraws.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+    /// Per service edge: request rate, success rate, p50/p99 latency (like `linkerd viz stat`).
+    Top {
+        /// The measuring window; the view refreshes this often.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Print one window and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// The service topology as Graphviz DOT (or SVG with --svg and Graphviz installed).
+    Graph {
+        /// Render to this SVG file with `dot`.
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
     /// Run a command inside a pod (its network namespace, its /etc/hosts).
     Exec {
@@ -86,9 +112,21 @@ fn main() -> ExitCode {
         .map(|()| ExitCode::SUCCESS),
         Command::Down => down::run(&dir).map(|()| ExitCode::SUCCESS),
         Command::Status => inspect::status(&dir).map(|()| ExitCode::SUCCESS),
-        Command::Conns { pod, json } => {
-            inspect::conns(&dir, &pod, json).map(|()| ExitCode::SUCCESS)
+        Command::Conns {
+            pod,
+            json,
+            watch,
+            interval,
+        } => if watch {
+            observe::watch_conns(&dir, &pod, interval)
+        } else {
+            inspect::conns(&dir, &pod, json)
         }
+        .map(|()| ExitCode::SUCCESS),
+        Command::Top { interval, once } => {
+            observe::top(&dir, interval, once).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Graph { svg } => observe::graph(&dir, svg.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Exec { pod, command } => exec::run(&dir, &pod, &command),
     };
     match result {

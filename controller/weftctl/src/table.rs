@@ -1,14 +1,15 @@
 //! Plain-text tables with aligned columns, the way `kubectl get` prints them.
 
 /// `headers` and `rows` as left-aligned columns separated by two spaces; the last
-/// column is not padded.
+/// column is not padded. Rows may be shorter or longer than the header.
 pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
+            if widths.len() <= i {
+                widths.push(0);
             }
+            widths[i] = widths[i].max(cell.chars().count());
         }
     }
     let mut out = String::new();
@@ -18,7 +19,7 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
         for (i, cell) in row.iter().enumerate() {
             out.push_str(cell);
             if i < last {
-                let pad = widths.get(i).copied().unwrap_or(0) - cell.chars().count();
+                let pad = widths[i] - cell.chars().count();
                 out.push_str(&" ".repeat(pad + 2));
             }
         }
@@ -43,6 +44,12 @@ mod tests {
              backend-0  backend   x\n\
              web-0      frontend  yy\n"
         );
+    }
+
+    #[test]
+    fn ragged_rows() {
+        let rows = vec![vec!["a".to_owned(), "bbb".to_owned(), "c".to_owned()]];
+        assert_eq!(render(&["X"], &rows), "X\na  bbb  c\n");
     }
 
     #[test]
