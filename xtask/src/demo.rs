@@ -163,6 +163,7 @@ fn drive(bin_dir: &Path, state_dir: &Path) -> Result<()> {
     print!("{}", indent(&out));
 
     println!("\ndemo: metrics of {FRONTEND}'s proxy (outbound) and backend-0's (inbound), from :15020/metrics");
+    println!("  (HTTP is balanced per request: the proxies keep pooled keep-alive connections between them)");
     for pod in [FRONTEND, BACKENDS[0]] {
         let metrics = exec(
             bin_dir,
@@ -185,7 +186,9 @@ fn drive(bin_dir: &Path, state_dir: &Path) -> Result<()> {
 fn summary(metrics: &str) -> String {
     let mut out = String::new();
     for line in metrics.lines() {
-        let edge = line.starts_with("weft_tcp_connections_opened_total")
+        let edge = line.starts_with("weft_http_requests_total")
+            || line.starts_with("weft_http_request_duration_seconds_count")
+            || line.starts_with("weft_tcp_connections_opened_total")
             || line.starts_with("weft_tcp_sent_bytes_total")
             || line.starts_with("weft_tcp_received_bytes_total")
             || line.starts_with("weft_proxy_errors_total");
