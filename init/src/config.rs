@@ -111,9 +111,24 @@ pub struct Cli {
     pub dry_run: bool,
 
     /// Remove everything weft-init installed (both families; with backend auto, in
-    /// every backend present). Succeeds when there is nothing to remove.
+    /// every backend present; in ebpf mode also the pod's eBPF programs and pins).
+    /// Succeeds when there is nothing to remove.
     #[arg(long, env = "WEFT_CLEANUP", value_parser = parse_switch)]
     pub cleanup: bool,
+
+    /// eBPF mode: the pod's cgroup v2 directory (e.g. /sys/fs/cgroup/unified/POD); the
+    /// programs apply to every process in it, whatever its network namespace.
+    #[arg(long, env = "WEFT_CGROUP", value_name = "PATH")]
+    pub cgroup: Option<std::path::PathBuf>,
+
+    /// eBPF mode: the name of the pin directory /sys/fs/bpf/weft/NAME (default: the
+    /// cgroup directory's name).
+    #[arg(long, env = "WEFT_POD_NAME", value_name = "NAME")]
+    pub pod_name: Option<String>,
+
+    /// eBPF mode: do not short-circuit app<->proxy loopback data with sk_msg.
+    #[arg(long, env = "WEFT_NO_SOCKMAP", value_parser = parse_switch)]
+    pub no_sockmap: bool,
 }
 
 /// How traffic is intercepted.
@@ -121,9 +136,11 @@ pub struct Cli {
 pub enum Mode {
     /// nat-table REDIRECT rules installed with iptables-restore.
     Iptables,
-    /// eBPF programs (not implemented yet: fails).
+    /// eBPF programs on the pod's cgroup for outbound (connect4/6, sockops,
+    /// getsockopt), iptables in the pod for inbound; needs --cgroup.
     Ebpf,
-    /// Pick the best available; currently always iptables.
+    /// ebpf when --cgroup is given, this build has the programs and the kernel has
+    /// every feature they need; iptables otherwise.
     Auto,
 }
 
@@ -202,6 +219,19 @@ pub struct Config {
     pub dry_run: bool,
     /// What to capture.
     pub capture: Capture,
+    /// eBPF mode's settings.
+    pub ebpf: EbpfOptions,
+}
+
+/// eBPF mode's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EbpfOptions {
+    /// The pod's cgroup v2 directory.
+    pub cgroup: Option<std::path::PathBuf>,
+    /// The pin directory's name, if not the cgroup's.
+    pub pod_name: Option<String>,
+    /// sk_msg acceleration.
+    pub sockmap: bool,
 }
 
 /// Every invalid setting found, one per entry, each naming the flag and the value.
@@ -243,6 +273,21 @@ impl TryFrom<Cli> for Config {
                 cli.inbound_port
             ));
         }
+        if cli.mode == Mode::Ebpf
+            && cli.cgroup.is_none()
+            && !(cli.cleanup && cli.pod_name.is_some())
+        {
+            problems.push(
+                "--mode ebpf needs --cgroup PATH (the pod's cgroup v2 directory)".to_string(),
+            );
+        }
+        if let Some(name) = &cli.pod_name {
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                problems.push(format!(
+                    "--pod-name: `{name}` cannot name a directory under /sys/fs/bpf/weft"
+                ));
+            }
+        }
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -266,6 +311,11 @@ impl TryFrom<Cli> for Config {
                 exclude_inbound_ports,
                 exclude_outbound_cidrs,
                 exclude_inbound_cidrs,
+            },
+            ebpf: EbpfOptions {
+                cgroup: cli.cgroup,
+                pod_name: cli.pod_name,
+                sockmap: !cli.no_sockmap,
             },
         })
     }
@@ -463,6 +513,38 @@ mod tests {
             assert_eq!(parse_switch(f), Ok(false), "{f}");
         }
         assert!(parse_switch("maybe").is_err());
+    }
+
+    #[test]
+    fn ebpf_flags() {
+        let c = parse(&[
+            "--mode",
+            "ebpf",
+            "--cgroup",
+            "/sys/fs/cgroup/unified/pod-a",
+            "--pod-name",
+            "a",
+            "--no-sockmap",
+        ])
+        .unwrap();
+        assert_eq!(c.mode, Mode::Ebpf);
+        assert_eq!(
+            c.ebpf.cgroup.as_deref(),
+            Some(std::path::Path::new("/sys/fs/cgroup/unified/pod-a"))
+        );
+        assert_eq!(c.ebpf.pod_name.as_deref(), Some("a"));
+        assert!(!c.ebpf.sockmap);
+        assert!(parse(&[]).unwrap().ebpf.sockmap);
+    }
+
+    #[test]
+    fn ebpf_mode_needs_a_cgroup() {
+        let err = parse(&["--mode", "ebpf"]).unwrap_err();
+        assert!(err.contains("--mode ebpf needs --cgroup PATH"), "{err}");
+        // Cleanup can find the pins by pod name alone.
+        assert!(parse(&["--mode", "ebpf", "--cleanup", "--pod-name", "p"]).is_ok());
+        let err = parse(&["--mode", "ebpf", "--cgroup", "/x", "--pod-name", "a/b"]).unwrap_err();
+        assert!(err.contains("--pod-name: `a/b`"), "{err}");
     }
 
     #[test]

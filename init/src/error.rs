@@ -12,11 +12,26 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
 
-    /// `--mode ebpf` was requested.
-    #[error(
-        "eBPF interception is not implemented yet (tracked in the eBPF issue); use --mode iptables"
-    )]
-    EbpfNotImplemented,
+    /// eBPF mode: loading, attaching or removing the programs failed.
+    #[error("ebpf: {0}")]
+    Ebpf(weft_ebpf::Error),
+
+    /// eBPF mode: the iptables inbound rules failed after the eBPF programs were
+    /// attached; the programs were removed again.
+    #[error("{failed}\n(rolled back: the eBPF programs were detached and unpinned again)")]
+    EbpfRolledBack {
+        /// Why the inbound rules failed.
+        failed: Box<Error>,
+    },
+
+    /// eBPF mode: the inbound rules failed and removing the eBPF programs failed too.
+    #[error("{failed}\nremoving the eBPF programs also failed, run `weft-init --mode ebpf --cleanup`: {rollback}")]
+    EbpfRollbackFailed {
+        /// Why the inbound rules failed.
+        failed: Box<Error>,
+        /// Why the eBPF cleanup failed.
+        rollback: weft_ebpf::Error,
+    },
 
     /// A binary the chosen backend needs is not on `PATH`.
     #[error("`{binary}` not found on PATH ({path}); install iptables (Debian: apt-get install iptables) or choose another --iptables-backend")]
@@ -93,4 +108,10 @@ pub enum Error {
     /// Writing the dry-run or summary output failed.
     #[error("cannot write output: {0}")]
     Output(io::Error),
+}
+
+impl From<weft_ebpf::Error> for Error {
+    fn from(e: weft_ebpf::Error) -> Self {
+        Error::Ebpf(e)
+    }
 }

@@ -12,7 +12,7 @@ use crate::cleanup;
 use crate::config::{BackendChoice, Capture};
 use crate::error::Error;
 use crate::net::Family;
-use crate::rules::{Jump, Ruleset, INBOUND_CHAIN, JUMPS, OUTPUT_CHAIN};
+use crate::rules::{Jump, Ruleset, Scope, INBOUND_CHAIN, OUTPUT_CHAIN};
 use crate::System;
 
 /// What was installed for one family (its `Display` is the summary line).
@@ -32,10 +32,24 @@ pub struct Installed {
     pub inbound_port: u16,
     /// Jumps appended by this run (the others were already there).
     pub jumps_added: usize,
+    /// The directions installed.
+    pub scope: Scope,
 }
 
 impl std::fmt::Display for Installed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.scope == Scope::InboundOnly {
+            return write!(
+                f,
+                "{} ({}): inbound TCP -> port {} ({INBOUND_CHAIN}, {} rules), {} of {} jumps added (outbound is eBPF's)",
+                self.family,
+                self.binary,
+                self.inbound_port,
+                self.inbound_rules,
+                self.jumps_added,
+                self.scope.jumps().len(),
+            );
+        }
         write!(
             f,
             "{} ({}): outbound TCP -> port {} ({OUTPUT_CHAIN}, {} rules), inbound TCP -> port {} ({INBOUND_CHAIN}, {} rules), {} of {} jumps added",
@@ -46,7 +60,7 @@ impl std::fmt::Display for Installed {
             self.inbound_port,
             self.inbound_rules,
             self.jumps_added,
-            JUMPS.len(),
+            self.scope.jumps().len(),
         )
     }
 }
@@ -56,6 +70,17 @@ pub fn install(
     sys: &System<'_>,
     capture: &Capture,
     choice: BackendChoice,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    install_scoped(sys, capture, choice, Scope::All, out)
+}
+
+/// [`install`] for the directions of `scope`.
+pub fn install_scoped(
+    sys: &System<'_>,
+    capture: &Capture,
+    choice: BackendChoice,
+    scope: Scope,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     let selection = backend::select(choice, &sys.path, sys.runner)?;
@@ -75,7 +100,7 @@ pub fn install(
 
     let mut done = Vec::new();
     for (i, ipt) in handles.iter().enumerate() {
-        match install_family(ipt, capture) {
+        match install_family(ipt, capture, scope) {
             Ok(installed) => done.push(installed),
             // A refused restore changes nothing: the namespace is as before.
             Err(failed) if i == 0 => return Err(failed),
@@ -115,9 +140,9 @@ fn roll_back(handles: &[Iptables<'_>], failed: Error) -> Error {
     }
 }
 
-fn install_family(ipt: &Iptables<'_>, capture: &Capture) -> Result<Installed, Error> {
-    let (append, _present) = missing_jumps(ipt)?;
-    let ruleset = Ruleset::generate(capture, ipt.family);
+fn install_family(ipt: &Iptables<'_>, capture: &Capture, scope: Scope) -> Result<Installed, Error> {
+    let (append, _present) = missing_jumps(ipt, scope)?;
+    let ruleset = Ruleset::generate_scoped(capture, ipt.family, scope);
     ipt.restore(&ruleset.restore_input(&append))?;
     Ok(Installed {
         family: ipt.family,
@@ -127,17 +152,18 @@ fn install_family(ipt: &Iptables<'_>, capture: &Capture) -> Result<Installed, Er
         outbound_port: capture.outbound_port,
         inbound_port: capture.inbound_port,
         jumps_added: append.len(),
+        scope,
     })
 }
 
 /// Splits the jumps into (absent, present). A jump can only exist when its target
 /// chain does, and `-C` is only asked then (it fails the same way for a missing chain
 /// as for other errors).
-fn missing_jumps(ipt: &Iptables<'_>) -> Result<(Vec<Jump>, Vec<Jump>), Error> {
+fn missing_jumps(ipt: &Iptables<'_>, scope: Scope) -> Result<(Vec<Jump>, Vec<Jump>), Error> {
     let state = ipt.nat_state()?;
     let mut absent = Vec::new();
     let mut present = Vec::new();
-    for jump in JUMPS {
+    for jump in scope.jumps().iter().copied() {
         if state.has_chain(jump.to) && ipt.jump_present(&jump)? {
             present.push(jump);
         } else {
@@ -171,6 +197,17 @@ pub fn dry_run(
     choice: BackendChoice,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
+    dry_run_scoped(sys, capture, choice, Scope::All, out)
+}
+
+/// [`dry_run`] for the directions of `scope`.
+pub fn dry_run_scoped(
+    sys: &System<'_>,
+    capture: &Capture,
+    choice: BackendChoice,
+    scope: Scope,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
     let mut text = String::from("# weft-init --dry-run: nothing is changed\n");
     let selection = match backend::select(choice, &sys.path, sys.runner) {
         Ok(s) => s,
@@ -189,13 +226,25 @@ pub fn dry_run(
             text.push_str(&format!("# ipv6: skipped: {}\n", ipv6.reason()));
             continue;
         }
-        text.push_str(&dry_run_family(sys, capture, selection.backend, family));
+        text.push_str(&dry_run_family(
+            sys,
+            capture,
+            selection.backend,
+            family,
+            scope,
+        ));
     }
     out.write_all(text.as_bytes()).map_err(Error::Output)
 }
 
-fn dry_run_family(sys: &System<'_>, capture: &Capture, backend: Backend, family: Family) -> String {
-    let ruleset = Ruleset::generate(capture, family);
+fn dry_run_family(
+    sys: &System<'_>,
+    capture: &Capture,
+    backend: Backend,
+    family: Family,
+    scope: Scope,
+) -> String {
+    let ruleset = Ruleset::generate_scoped(capture, family, scope);
     let mut text = String::new();
     let (append, jump_notes) = match Iptables::locate(backend, family, &sys.path, sys.runner) {
         Ok(ipt) => {
@@ -203,7 +252,7 @@ fn dry_run_family(sys: &System<'_>, capture: &Capture, backend: Backend, family:
                 "# {family}: would run `{}` with this input:\n",
                 ipt.restore_command()
             ));
-            match missing_jumps(&ipt) {
+            match missing_jumps(&ipt, scope) {
                 Ok((absent, present)) => {
                     let mut notes: Vec<String> = absent
                         .iter()
@@ -216,7 +265,7 @@ fn dry_run_family(sys: &System<'_>, capture: &Capture, backend: Backend, family:
                     );
                     (absent, notes)
                 }
-                Err(e) => (JUMPS.to_vec(), vec![not_checked(&e)]),
+                Err(e) => (scope.jumps().to_vec(), vec![not_checked(&e)]),
             }
         }
         Err(e) => {
@@ -224,7 +273,7 @@ fn dry_run_family(sys: &System<'_>, capture: &Capture, backend: Backend, family:
                 "# {family}: would run `{} --noflush -w {XTABLES_WAIT_SECS}` with this input:\n",
                 backend.binary(family, Tool::Restore)
             ));
-            (JUMPS.to_vec(), vec![not_checked(&e)])
+            (scope.jumps().to_vec(), vec![not_checked(&e)])
         }
     };
     for note in jump_notes {

@@ -11,8 +11,12 @@
 //! It owns the chains `WEFT_OUTPUT` and `WEFT_INBOUND` in the nat table and the two
 //! jumps into them (`OUTPUT -p tcp -j WEFT_OUTPUT`, `PREROUTING -p tcp -j
 //! WEFT_INBOUND`), in both families and in whichever iptables backend (nft or legacy)
-//! it picked; nothing else is touched. eBPF interception is planned here too
-//! (`--mode ebpf`) but not implemented yet.
+//! it picked; nothing else is touched.
+//!
+//! `--mode ebpf --cgroup PATH` captures outbound TCP with weft's eBPF programs
+//! attached to the pod's cgroup v2 instead (see [`ebpf`] and the weft-ebpf crate), and
+//! inbound TCP with the same iptables rules as above (WEFT_INBOUND only). `--mode auto`
+//! picks ebpf when it is given a cgroup and every kernel feature is there.
 //!
 //! # Layout
 //!
@@ -23,6 +27,7 @@
 //! - [`backend`]: finding and running the iptables binaries; nft vs legacy choice.
 //! - [`ipv6`]: whether the namespace has IPv6.
 //! - [`install`] and [`cleanup`]: the two actions, each with its dry run.
+//! - [`ebpf`]: `--mode ebpf` (eBPF outbound, iptables inbound).
 //! - [`error`]: what can go wrong, in words an operator can act on.
 //!
 //! Installing is atomic per family (one `*-restore --noflush` that redeclares, hence
@@ -35,6 +40,7 @@
 pub mod backend;
 pub mod cleanup;
 pub mod config;
+pub mod ebpf;
 pub mod error;
 pub mod install;
 pub mod ipv6;
@@ -77,16 +83,44 @@ impl System<'static> {
 
 /// Carries out `config`, writing the summary (or the dry-run output) to `out`.
 pub fn run(config: &Config, sys: &System<'_>, out: &mut dyn Write) -> Result<(), Error> {
-    match config.mode {
-        Mode::Ebpf => return Err(Error::EbpfNotImplemented),
-        // auto: eBPF is not available yet, so it always means iptables for now.
-        Mode::Iptables | Mode::Auto => {}
+    let ebpf = match config.mode {
+        Mode::Ebpf => true,
+        Mode::Iptables => false,
+        Mode::Auto => match ebpf::usable(config) {
+            Ok(()) => {
+                tracing::info!("mode auto: ebpf");
+                true
+            }
+            Err(why) => {
+                tracing::info!(%why, "mode auto: iptables");
+                // A cleanup in auto mode removes what either mode may have installed.
+                if config.action == Action::Cleanup && config.ebpf.cgroup.is_some() {
+                    return ebpf_cleanup(config, sys, out);
+                }
+                false
+            }
+        },
+    };
+    if ebpf {
+        return match (config.action, config.dry_run) {
+            (Action::Install, false) => ebpf::install(config, sys, out),
+            (Action::Install, true) => ebpf::dry_run(config, sys, out),
+            (Action::Cleanup, _) => ebpf_cleanup(config, sys, out),
+        };
     }
     match (config.action, config.dry_run) {
         (Action::Install, false) => install::install(sys, &config.capture, config.backend, out),
         (Action::Install, true) => install::dry_run(sys, &config.capture, config.backend, out),
         (Action::Cleanup, false) => cleanup::cleanup(sys, config.backend, out),
         (Action::Cleanup, true) => cleanup::dry_run(sys, config.backend, out),
+    }
+}
+
+fn ebpf_cleanup(config: &Config, sys: &System<'_>, out: &mut dyn Write) -> Result<(), Error> {
+    if config.dry_run {
+        ebpf::cleanup_dry_run(config, sys, out)
+    } else {
+        ebpf::cleanup(config, sys, out)
     }
 }
 
@@ -103,19 +137,51 @@ mod tests {
     }
 
     #[test]
-    fn ebpf_mode_fails_clearly_and_touches_nothing() {
+    fn ebpf_dry_run_shows_ebpf_outbound_and_iptables_inbound_only() {
         let fake = FakeIptables::default();
-        let sys = FakeSystem::new(&fake, true);
-        for extra in [&[][..], &["--dry-run"], &["--cleanup"]] {
-            let mut args = vec!["--mode", "ebpf"];
-            args.extend_from_slice(extra);
-            let err = run(&config(&args), &sys.system(), &mut Vec::new()).unwrap_err();
-            assert_eq!(
-                err.to_string(),
-                "eBPF interception is not implemented yet (tracked in the eBPF issue); use --mode iptables"
-            );
+        let sys = FakeSystem::new(&fake, false);
+        let mut out = Vec::new();
+        let args = [
+            "--mode",
+            "ebpf",
+            "--cgroup",
+            "/sys/fs/cgroup/unified/weft-test-pod",
+            "--exclude-outbound-ports",
+            "22",
+            "--exclude-outbound-cidrs",
+            "10.96.0.0/12",
+            "--dry-run",
+        ];
+        run(&config(&args), &sys.system(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for needle in [
+            "attach cgroup/connect4 (weft_connect4) to cgroup /sys/fs/cgroup/unified/weft-test-pod",
+            "attach cgroup/getsockopt (weft_getsockopt)",
+            "/sys/fs/bpf/weft/weft-test-pod/link_weft_connect6",
+            "exclude destination port 22",
+            "exclude destination 10.96.0.0/12",
+            "-A PREROUTING -p tcp -j WEFT_INBOUND",
+            "-A WEFT_INBOUND -p tcp -j REDIRECT --to-ports 15006",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
-        assert!(fake.log().is_empty());
+        assert!(!text.contains("-A WEFT_OUTPUT"), "{text}");
+        assert!(!text.contains("-j WEFT_OUTPUT"), "{text}");
+        // Nothing was changed.
+        assert!(fake.is_clean("iptables-nft"));
+    }
+
+    #[test]
+    fn auto_mode_without_a_cgroup_installs_iptables() {
+        let fake = FakeIptables::default();
+        let sys = FakeSystem::new(&fake, false);
+        let mut out = Vec::new();
+        run(&config(&["--mode", "auto"]), &sys.system(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("outbound TCP -> port 15001 (WEFT_OUTPUT"),
+            "{text}"
+        );
     }
 
     #[test]

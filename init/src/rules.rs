@@ -55,6 +55,26 @@ pub const INBOUND_JUMP: Jump = Jump {
 /// Both jumps, in the order they are appended.
 pub const JUMPS: [Jump; 2] = [OUTPUT_JUMP, INBOUND_JUMP];
 
+/// Which directions iptables captures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Outbound and inbound (`--mode iptables`).
+    All,
+    /// Inbound only: outbound is captured by eBPF (`--mode ebpf`). WEFT_OUTPUT is
+    /// still declared (empty, no jump), so cleanup is the same in both modes.
+    InboundOnly,
+}
+
+impl Scope {
+    /// The jumps this scope installs.
+    pub fn jumps(self) -> &'static [Jump] {
+        match self {
+            Scope::All => &JUMPS,
+            Scope::InboundOnly => std::slice::from_ref(&JUMPS[1]),
+        }
+    }
+}
+
 /// One rule inside a weft chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -90,6 +110,19 @@ pub struct Ruleset {
 impl Ruleset {
     /// Generates the rules for `family`; CIDRs of the other family are left out.
     pub fn generate(capture: &Capture, family: Family) -> Self {
+        Self::generate_scoped(capture, family, Scope::All)
+    }
+
+    /// Generates the rules of `scope` for `family`.
+    pub fn generate_scoped(capture: &Capture, family: Family, scope: Scope) -> Self {
+        let mut ruleset = Self::generate_all(capture, family);
+        if scope == Scope::InboundOnly {
+            ruleset.rules.retain(|r| r.chain != OUTPUT_CHAIN);
+        }
+        ruleset
+    }
+
+    fn generate_all(capture: &Capture, family: Family) -> Self {
         let mut rules = Vec::new();
 
         // Outbound: the proxy's own connections, loopback, excluded destinations.

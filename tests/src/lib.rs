@@ -32,10 +32,13 @@
 //! - [`cmd`]: running `ip` and other setup commands, and the root check.
 //! - [`sidecar`]: [`Sidecar`] — weft-init plus weft-proxy (uid 1337) in a pod, and
 //!   reading its `/connections` and `/metrics`.
+//! - [`cgroup`]: [`PodCgroup`](cgroup::PodCgroup) — a pod's cgroup v2 for eBPF mode
+//!   (removed with its eBPF pins on drop), and running processes inside it.
 //! - [`wait`]: [`wait_until`], polling a condition with a deadline.
 //! - [`bins`]: where weft's binaries and a usable python3 are.
 
 pub mod bins;
+pub mod cgroup;
 pub mod cmd;
 pub mod http;
 pub mod logs;

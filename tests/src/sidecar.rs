@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
+use crate::cgroup::PodCgroup;
 use crate::{wait_until, weft_bin, Pod, PodProc, ProcSpec};
 
 /// The uid weft-proxy runs as and capture excludes.
@@ -48,6 +49,28 @@ impl Sidecar {
         proxy_args: &[&str],
     ) -> Result<Sidecar> {
         weft_init(pod, init_args).context("weft-init")?;
+        Sidecar::launch(pod, service, proxy_args, None)
+    }
+
+    /// An eBPF-mode sidecar: `weft-init --mode ebpf --cgroup <cgroup> INIT_ARGS`,
+    /// then weft-proxy as uid 1337 inside the pod's cgroup (see
+    /// [`PodCgroup::wrap`]); run the pod's apps with the same wrap.
+    pub fn start_ebpf(pod: &Pod, cgroup: &PodCgroup, init_args: &[&str]) -> Result<Sidecar> {
+        let path = cgroup.path().to_string_lossy().into_owned();
+        let mut args = vec!["--mode", "ebpf", "--cgroup", path.as_str()];
+        args.extend_from_slice(init_args);
+        weft_init(pod, &args).context("weft-init --mode ebpf")?;
+        Sidecar::launch(pod, pod.name(), &[], Some(cgroup))
+    }
+
+    /// Starts weft-proxy as uid 1337 (in `cgroup`, if given) and waits until
+    /// `/ready` answers 200.
+    fn launch(
+        pod: &Pod,
+        service: &str,
+        proxy_args: &[&str],
+        cgroup: Option<&PodCgroup>,
+    ) -> Result<Sidecar> {
         let bin = weft_bin("weft-proxy").to_string_lossy().into_owned();
         let mut argv = vec![
             bin.as_str(),
@@ -61,7 +84,11 @@ impl Sidecar {
             "info,weft_proxy=debug",
         ];
         argv.extend_from_slice(proxy_args);
-        let proxy = pod.spawn(ProcSpec::new(argv).name("weft-proxy").uid(PROXY_UID))?;
+        let spec = match cgroup {
+            None => ProcSpec::new(argv).uid(PROXY_UID),
+            Some(cg) => ProcSpec::new(cg.wrap(&argv, Some(PROXY_UID))),
+        };
+        let proxy = pod.spawn(spec.name("weft-proxy"))?;
         let sidecar = Sidecar {
             pod: pod.clone(),
             proxy,

@@ -172,7 +172,7 @@ fn ebpf_mode_is_refused_with_a_clear_message() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not implemented"),
+        String::from_utf8_lossy(&out.stderr).contains("--mode ebpf needs --cgroup"),
         "{out:?}"
     );
     for backend in BACKENDS {

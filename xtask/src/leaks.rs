@@ -1,6 +1,7 @@
 //! What a tier-2 run could leave on the host, read before and after the run: network
-//! namespaces, interfaces in the host namespace, and weft chains in the host's
-//! iptables (which tests never touch: their rules live in their own namespaces).
+//! namespaces, interfaces in the host namespace, weft chains in the host's iptables
+//! (which tests never touch: their rules live in their own namespaces), and eBPF
+//! mode's pins under `/sys/fs/bpf/weft/` and programs attached to cgroups.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -13,6 +14,32 @@ pub struct HostState {
     netns: BTreeSet<String>,
     links: BTreeSet<String>,
     weft_rules: BTreeSet<String>,
+    bpf: BTreeSet<String>,
+}
+
+/// Where weft-init pins eBPF links and maps, one directory per pod.
+const BPF_PIN_DIR: &str = "/sys/fs/bpf/weft";
+
+/// Pin directories under [`BPF_PIN_DIR`], and cgroups with a weft program attached
+/// (`bpftool cgroup tree` names the programs; weft's start with `weft_`).
+fn bpf_state() -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = std::fs::read_dir(BPF_PIN_DIR)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| format!("pin {}", e.path().display()))
+        .collect();
+    if let Ok(tree) = output("bpftool", &["cgroup", "tree"]) {
+        let mut cgroup = String::new();
+        for line in tree.lines() {
+            if line.starts_with('/') {
+                cgroup = line.split_whitespace().next().unwrap_or("").to_owned();
+            } else if line.contains("weft") {
+                out.insert(format!("program on {cgroup}: {}", line.trim()));
+            }
+        }
+    }
+    out
 }
 
 fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -60,6 +87,7 @@ impl HostState {
             netns,
             links,
             weft_rules,
+            bpf: bpf_state(),
         })
     }
 
@@ -73,6 +101,7 @@ impl HostState {
         let mut out = new(&self.netns, &before.netns, "network namespace");
         out.extend(new(&self.links, &before.links, "host interface"));
         out.extend(new(&self.weft_rules, &before.weft_rules, "iptables rule"));
+        out.extend(new(&self.bpf, &before.bpf, "eBPF"));
         out
     }
 }

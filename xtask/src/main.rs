@@ -5,6 +5,8 @@
 //!   root and fails loudly without it). `--tier1` runs only the unprivileged tier.
 //! - `cargo xtask demo` — the local mesh of `examples/demo.yaml` with real traffic,
 //!   what it shows, and a check that teardown left nothing behind ([`demo`]).
+//! - `cargo xtask setup-ebpf` / `build-ebpf` — install the eBPF toolchain (skipping
+//!   what is there) / build the eBPF object on its own ([`ebpf`]).
 //! - `cargo xtask bench-discovery` — a benchmark: how long a mesh-file edit takes to
 //!   reach 20 proxies ([`bench_discovery`]).
 
@@ -16,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod bench_discovery;
 mod demo;
+mod ebpf;
 mod leaks;
 mod system;
 
@@ -42,6 +45,11 @@ enum Task {
     /// Benchmark (not a test): mesh-file edit to every proxy's routes, 1,000 services,
     /// 20 proxies, in a throwaway network namespace (root).
     BenchDiscovery(bench_discovery::Options),
+    /// Install the eBPF toolchain: pinned nightly + rust-src, llvm-NN-dev, bpf-linker,
+    /// bpftool (idempotent).
+    SetupEbpf,
+    /// Build the eBPF programs' object (release, BTF) and print its path.
+    BuildEbpf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,8 +57,14 @@ fn main() -> anyhow::Result<()> {
         Task::Test { tier1, test_args } => test(tier1, &test_args),
         Task::Demo => demo::demo(),
         Task::BenchDiscovery(opts) => bench_discovery::bench_discovery(&opts),
+        Task::SetupEbpf => ebpf::setup(),
+        Task::BuildEbpf => ebpf::build(),
     }
 }
+
+/// Makes weft-ebpf's build script fail, instead of building without the programs,
+/// when the eBPF toolchain is missing.
+const EBPF_REQUIRED_ENV: &str = "WEFT_EBPF_REQUIRED";
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -77,6 +91,10 @@ fn run(mut cmd: Command) -> anyhow::Result<()> {
 fn test(tier1_only: bool, test_args: &[String]) -> anyhow::Result<()> {
     if !tier1_only {
         system::ensure(system::TIER2_TOOLS)?;
+        // eBPF mode's tier-2 tests need the programs embedded: install the
+        // toolchain (skipping what is present) and refuse to build without it.
+        ebpf::setup()?;
+        std::env::set_var(EBPF_REQUIRED_ENV, "1");
     }
     // Tier-2 tests run the real binaries; build them first so the tests never pick up
     // stale ones.
