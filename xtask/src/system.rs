@@ -27,6 +27,9 @@ pub const TIER2_TOOLS: &[Tool] = &[
     tool("curl", "curl"),
     tool("nc", "netcat-openbsd"),
     tool("python3", "python3"),
+    tool("h2load", "nghttp2-client"),
+    tool("prometheus", "prometheus"),
+    tool("promtool", "prometheus"),
 ];
 
 fn on_path(program: &str) -> bool {
@@ -84,5 +87,47 @@ pub fn ensure(tools: &[Tool]) -> anyhow::Result<()> {
     apt(&["update", "-q"])?;
     let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
     install.extend(&missing);
+    // Packages such as prometheus, nginx and haproxy start their system service on
+    // install, listening in the host's network namespace: the network-safety rule
+    // forbids that, so services stay down while we install (invoke-rc.d asks this
+    // policy script; 101 = "action forbidden").
+    let _policy = ServicesHeldDown::new()?;
     apt(&install)
+}
+
+/// `/usr/sbin/policy-rc.d` answering 101 while it lives, unless one exists already
+/// (then the machine's own policy stands and is left untouched).
+struct ServicesHeldDown {
+    created: bool,
+}
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+impl ServicesHeldDown {
+    fn new() -> anyhow::Result<Self> {
+        if Path::new(POLICY_RC_D).exists() {
+            return Ok(ServicesHeldDown { created: false });
+        }
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# written by cargo xtask while installing packages\nexit 101\n",
+        )
+        .with_context(|| format!("write {POLICY_RC_D}"))?;
+        std::fs::set_permissions(
+            POLICY_RC_D,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .with_context(|| format!("chmod {POLICY_RC_D}"))?;
+        Ok(ServicesHeldDown { created: true })
+    }
+}
+
+impl Drop for ServicesHeldDown {
+    fn drop(&mut self) {
+        if self.created {
+            if let Err(e) = std::fs::remove_file(POLICY_RC_D) {
+                eprintln!("xtask: remove {POLICY_RC_D}: {e}");
+            }
+        }
+    }
 }
