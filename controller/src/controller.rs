@@ -1,5 +1,7 @@
-//! Ties the pieces together: the first good configuration from a [`Source`], then the
-//! gRPC and HTTP servers and the reload loop, until shutdown.
+//! Ties the pieces together: the first good state of every [`DynSource`] (the mesh
+//! file, the registry when there is a state directory, ...), merged into the served
+//! mesh; then the gRPC and HTTP servers (and the admission webhook when configured),
+//! the merge loop that follows the sources and the health checks, until shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,13 +11,20 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 use crate::error::ConfigError;
 use crate::grpc::DiscoveryService;
+use crate::health::{self, Checker, HealthTable};
 use crate::http::Api;
+use crate::kubernetes::KubernetesSource;
+use crate::merge::{merge, Catalog};
 use crate::metrics::Metrics;
-use crate::source::{FileSource, Source, DEFAULT_POLL_INTERVAL};
+use crate::model::SourceKind;
+use crate::registry::Registry;
+use crate::source::{Contribution, DynSource, FileSource, DEFAULT_POLL_INTERVAL};
 use crate::state::State;
+use crate::webhook::Webhook;
 
 /// What the controller is started with.
 #[derive(Debug, Clone)]
@@ -24,6 +33,14 @@ pub struct Options {
     pub config: PathBuf,
     /// How often the mesh file is checked for changes.
     pub poll_interval: Duration,
+    /// Where registrations are persisted; `None`: the registration API refuses
+    /// changes (`503`), since they could not survive a restart.
+    pub state_dir: Option<PathBuf>,
+    /// Health-check defaults.
+    pub health: health::Defaults,
+    /// Also follow Kubernetes Services and EndpointSlices (in-cluster config or
+    /// kubeconfig).
+    pub kubernetes: bool,
 }
 
 impl Options {
@@ -32,37 +49,95 @@ impl Options {
         Options {
             config: config.into(),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            state_dir: None,
+            health: health::Defaults::default(),
+            kubernetes: false,
         }
     }
 }
 
-/// A controller with a good first configuration, ready to serve.
+/// A controller with a good first state from every source, ready to serve.
 #[derive(Debug)]
-pub struct Controller<S = FileSource> {
-    source: S,
+pub struct Controller {
+    sources: Vec<Box<dyn DynSource>>,
+    /// Each source's kind and latest good contribution, in source order.
+    parts: Vec<(SourceKind, Contribution)>,
+    catalog: Arc<Catalog>,
     state: Arc<State>,
+    registry: Option<Arc<Registry>>,
+    health: Arc<HealthTable>,
+    defaults: health::Defaults,
+    webhook: Option<(TcpListener, Webhook)>,
 }
 
-impl Controller<FileSource> {
-    /// Loads the mesh file. Fails, with file:line, when it is missing or bad: there is
-    /// nothing good to serve yet.
+impl Controller {
+    /// Loads the mesh file, with a state directory the registry, and with
+    /// `kubernetes` the cluster's Services (in that priority order). Fails, with
+    /// file:line, when the mesh file is missing or bad, and when the registry cannot
+    /// be read: there is nothing good to serve yet.
     pub async fn load(options: &Options) -> Result<Self, ConfigError> {
-        Controller::from_source(FileSource::new(&options.config, options.poll_interval)).await
+        let mut sources: Vec<Box<dyn DynSource>> = vec![Box::new(FileSource::new(
+            &options.config,
+            options.poll_interval,
+        ))];
+        let registry = match &options.state_dir {
+            Some(dir) => {
+                let registry = Arc::new(Registry::open(dir).map_err(|e| e.to_config_error())?);
+                sources.push(Box::new(registry.source()));
+                Some(registry)
+            }
+            None => None,
+        };
+        if options.kubernetes {
+            tracing::info!("waiting for the first lists of Services and EndpointSlices");
+            sources.push(Box::new(KubernetesSource::connect().await?));
+        }
+        Controller::from_sources(sources, registry, options.health.clone()).await
     }
-}
 
-impl<S: Source + 'static> Controller<S> {
-    /// Takes the first state from `source`, which must be good.
-    pub async fn from_source(mut source: S) -> Result<Self, ConfigError> {
-        let mesh = source.next().await?;
-        tracing::info!(
-            source = %source.describe(),
-            services = mesh.services.len(),
-            workloads = mesh.workloads.len(),
-            "configuration loaded"
-        );
-        let state = Arc::new(State::new(source.describe(), mesh));
-        Ok(Controller { source, state })
+    /// Takes the first state from each of `sources` (in priority order: the first
+    /// defines a service whose name or VIP:port a later one repeats), which must be
+    /// good. `registry`, when given, is the store behind one of them and what the
+    /// registration API changes.
+    pub async fn from_sources(
+        mut sources: Vec<Box<dyn DynSource>>,
+        registry: Option<Arc<Registry>>,
+        defaults: health::Defaults,
+    ) -> Result<Self, ConfigError> {
+        let mut parts = Vec::with_capacity(sources.len());
+        for source in &mut sources {
+            let first = source.next_boxed().await?;
+            tracing::info!(
+                source = %source.describe(),
+                services = first.services.len(),
+                registrations = first.registrations.len(),
+                "configuration loaded"
+            );
+            parts.push((source.kind(), first));
+        }
+        let catalog = Arc::new(merge(parts.iter().map(|(k, c)| (*k, c))));
+        for conflict in &catalog.conflicts {
+            tracing::warn!("{conflict}");
+        }
+        let names = sources.iter().map(|s| s.describe()).collect();
+        let state = Arc::new(State::new(names, catalog.served(|_, _| false)));
+        state.set_catalog(catalog.clone());
+        Ok(Controller {
+            sources,
+            parts,
+            catalog,
+            state,
+            registry,
+            health: Arc::new(HealthTable::default()),
+            defaults,
+            webhook: None,
+        })
+    }
+
+    /// Serves the admission webhook on `listener` too.
+    pub fn with_webhook(mut self, listener: TcpListener, webhook: Webhook) -> Self {
+        self.webhook = Some((listener, webhook));
+        self
     }
 
     /// The shared state (for tests and embedding).
@@ -70,38 +145,51 @@ impl<S: Source + 'static> Controller<S> {
         &self.state
     }
 
-    /// Serves discovery on `grpc` and the HTTP API on `http`, reloading from the
-    /// source, until `shutdown` resolves.
+    /// Serves discovery on `grpc` and the HTTP API on `http`, following the sources
+    /// and the health checks, until `shutdown` resolves.
     pub async fn serve(
         self,
         grpc: TcpListener,
         http: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let Controller { mut source, state } = self;
-        let metrics = Arc::new(Metrics::new(state.clone()).context("metrics")?);
+        let Controller {
+            sources,
+            parts,
+            catalog,
+            state,
+            registry,
+            health,
+            defaults,
+            webhook,
+        } = self;
+        let metrics = Arc::new(Metrics::new(state.clone(), health.clone()).context("metrics")?);
         let grpc_addr: SocketAddr = grpc.local_addr().context("gRPC listener address")?;
         let http_addr: SocketAddr = http.local_addr().context("HTTP listener address")?;
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "weft-controller serving");
 
-        let reload_state = state.clone();
-        let reload = tokio::spawn(async move {
-            loop {
-                match source.next().await {
-                    Ok(mesh) => match reload_state.apply(mesh) {
-                        Some(version) => tracing::info!(version, "configuration reloaded"),
-                        None => tracing::info!("configuration reloaded; no change"),
-                    },
-                    Err(e) => {
-                        tracing::error!(
-                            error = %e,
-                            "bad configuration; still serving the last good one"
-                        );
-                        reload_state.record_error(e);
+        let (tx, rx) = mpsc::channel(16);
+        let mut readers = Vec::new();
+        for (i, mut source) in sources.into_iter().enumerate() {
+            let tx = tx.clone();
+            readers.push(tokio::spawn(async move {
+                loop {
+                    let next = source.next_boxed().await;
+                    if tx.send((i, next)).await.is_err() {
+                        return;
                     }
                 }
-            }
-        });
+            }));
+        }
+        drop(tx);
+        let merger = tokio::spawn(merge_loop(
+            rx,
+            parts,
+            catalog,
+            state.clone(),
+            health.clone(),
+            defaults,
+        ));
 
         let closed = state.closed();
         let grpc_server = tonic::transport::Server::builder()
@@ -113,18 +201,82 @@ impl<S: Source + 'static> Controller<S> {
         let api = Api {
             state: state.clone(),
             metrics,
+            registry,
+            health,
         };
         let http_server = crate::http::serve(http, api, state.closed());
         let grpc_task = tokio::spawn(grpc_server);
         let http_task = tokio::spawn(http_server);
+        let webhook_task = webhook.map(|(listener, webhook)| {
+            tokio::spawn(crate::webhook::serve(listener, webhook, state.closed()))
+        });
 
         shutdown.await;
         tracing::info!("shutting down");
-        reload.abort();
+        for reader in &readers {
+            reader.abort();
+        }
+        merger.abort();
         state.close();
         let grpc_result = grpc_task.await.context("gRPC server task")?;
         http_task.await.context("HTTP server task")?;
+        if let Some(task) = webhook_task {
+            task.await.context("webhook server task")?;
+        }
         grpc_result.context("gRPC server")?;
         Ok(())
+    }
+}
+
+/// Follows the sources (their states arrive on `rx`) and the health checks: merges,
+/// withdraws what fails its checks, publishes the result.
+async fn merge_loop(
+    mut rx: mpsc::Receiver<(usize, Result<Contribution, ConfigError>)>,
+    mut parts: Vec<(SourceKind, Contribution)>,
+    mut catalog: Arc<Catalog>,
+    state: Arc<State>,
+    health: Arc<HealthTable>,
+    defaults: health::Defaults,
+) {
+    let mut checker = Checker::new(health.clone());
+    checker.set(health::probes(&catalog, &defaults));
+    loop {
+        let why = tokio::select! {
+            got = rx.recv() => {
+                let Some((i, next)) = got else { return };
+                match next {
+                    Ok(contribution) => {
+                        state.record_good(i);
+                        let Some(part) = parts.get_mut(i) else { continue };
+                        if part.1 == contribution {
+                            tracing::info!(source = %part.0, "configuration reloaded; no change");
+                            continue;
+                        }
+                        part.1 = contribution;
+                        catalog = Arc::new(merge(parts.iter().map(|(k, c)| (*k, c))));
+                        for conflict in &catalog.conflicts {
+                            tracing::warn!("{conflict}");
+                        }
+                        state.set_catalog(catalog.clone());
+                        checker.set(health::probes(&catalog, &defaults));
+                        "configuration reloaded"
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            error = %e,
+                            "bad configuration; still serving the last good one"
+                        );
+                        state.record_error(i, e);
+                        continue;
+                    }
+                }
+            }
+            () = health.changed() => "endpoint health changed",
+        };
+        let served = catalog.served(|name, ip| health.is_withdrawn(name, ip));
+        match state.publish(served) {
+            Some(version) => tracing::info!(version, "{why}"),
+            None => tracing::info!("{why}; no change"),
+        }
     }
 }

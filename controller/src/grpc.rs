@@ -62,7 +62,37 @@ pub fn to_proto(name: &Name, svc: &Service) -> pb::Service {
                 name: String::new(),
             })
             .collect(),
-        policy: Some(pb::Policy {}),
+        policy: Some(policy_to_proto(&svc.policy)),
+    }
+}
+
+/// The proxies' part of a service's policy; unset fields stay unset (the proxy's
+/// defaults apply).
+fn policy_to_proto(p: &crate::model::Policy) -> pb::Policy {
+    use crate::model::LoadBalancer;
+    let ms = |d: Option<std::time::Duration>| {
+        d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    };
+    pb::Policy {
+        timeout_ms: ms(p.timeout),
+        connect_timeout_ms: ms(p.connect_timeout),
+        idle_timeout_ms: ms(p.idle_timeout),
+        retries: p.retries.as_ref().map(|r| pb::RetryPolicy {
+            attempts: r.attempts,
+            budget_percent: r.budget_percent,
+            min_per_second: r.min_per_second,
+            on: r.on.iter().flatten().map(|c| String::from(*c)).collect(),
+        }),
+        circuit_breaker: p.circuit_breaker.as_ref().map(|b| pb::CircuitBreaker {
+            consecutive_failures: b.consecutive_failures.map(|n| n.get()),
+            base_ejection_ms: ms(b.base_ejection),
+            max_ejection_percent: b.max_ejection_percent,
+            max_ejection_ms: ms(b.max_ejection),
+        }),
+        lb: match p.lb.unwrap_or_default() {
+            LoadBalancer::RoundRobin => pb::LoadBalancer::RoundRobin,
+            LoadBalancer::P2cEwma => pb::LoadBalancer::P2cEwma,
+        } as i32,
     }
 }
 

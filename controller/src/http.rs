@@ -1,26 +1,52 @@
-//! The controller's HTTP API on hyper 1: `GET /v1/services` (the served mesh's
-//! services as JSON), `GET /v1/status` (version, last reload, errors with file:line,
-//! subscribers), `/metrics` (Prometheus), `/ready` and `/live`.
+//! The controller's HTTP API on hyper 1:
+//!
+//! | method and path | what |
+//! | --- | --- |
+//! | `GET /v1/services` | the served services (`services`: what proxies receive), every known endpoint with its origins and health (`endpoints`), registrations waiting for their service (`unattached`), clashes between sources (`conflicts`) |
+//! | `GET /v1/services/{service}` | one service the same way |
+//! | `PUT /v1/services/{service}/endpoints/{address}` | registers an endpoint; optional JSON body `{"port": 8080, "weight": 1, "labels": {"zone": "a"}}`; `201` new, `200` updated or unchanged |
+//! | `DELETE /v1/services/{service}/endpoints/{address}` | deregisters it; `204`, or `404` when it is not registered |
+//! | `GET /v1/status` | version, sources and their errors (file:line), conflicts, subscribers |
+//! | `GET /metrics` | Prometheus |
+//! | `GET /ready`, `/live` | `200` once serving |
+//!
+//! Errors are JSON `{"error": "..."}` with a 4xx saying what is wrong with the
+//! request (`400` malformed, `404` no such service or registration, `413` body over
+//! 64 KiB, `422` a port the service does not send to); the registry is then unchanged.
+//! A registration names a service some source defines (the mesh file, Kubernetes): a
+//! registry cannot invent the VIP and ports proxies route by. Without `--state-dir`
+//! changes get `503`: they could not be persisted.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
+use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::health::{HealthTable, Status as Health};
+use crate::merge::{Catalog, CatalogService};
 use crate::metrics::Metrics;
+use crate::model::{Name, Registration};
+use crate::registry::{PutOutcome, Registry};
 use crate::state::State;
 
 /// The body type of every response served here.
 pub type Body = Full<Bytes>;
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
 
 fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(Full::new(body.into()));
@@ -36,17 +62,20 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
 pub struct Api {
     pub state: Arc<State>,
     pub metrics: Arc<Metrics>,
+    /// The registry; `None` without a state directory.
+    pub registry: Option<Arc<Registry>>,
+    pub health: Arc<HealthTable>,
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     respond(status, "text/plain; charset=utf-8", body)
 }
 
-fn json(value: &impl Serialize) -> Response<Body> {
+fn json_with(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     match serde_json::to_vec_pretty(value) {
         Ok(mut body) => {
             body.push(b'\n');
-            respond(StatusCode::OK, "application/json", body)
+            respond(status, "application/json", body)
         }
         Err(e) => {
             tracing::error!(error = %e, "serializing a response");
@@ -55,18 +84,75 @@ fn json(value: &impl Serialize) -> Response<Body> {
     }
 }
 
+fn ok_json(value: &impl Serialize) -> Response<Body> {
+    json_with(StatusCode::OK, value)
+}
+
+/// A refused request: its status and the reason.
+fn refuse(status: StatusCode, reason: impl Into<String>) -> Response<Body> {
+    json_with(status, &json!({ "error": reason.into() }))
+}
+
+/// One endpoint in `/v1/services`: where it comes from, whether proxies get it and
+/// its health.
+fn endpoint_view(api: &Api, name: &Name, entry: &CatalogService) -> Vec<serde_json::Value> {
+    entry
+        .endpoints
+        .iter()
+        .map(|ep| {
+            let check = api.health.get(name, ep.address);
+            let health = match &check {
+                None => "unchecked",
+                Some(h) if h.status == Health::Healthy => "healthy",
+                Some(_) => "unhealthy",
+            };
+            let mut v = json!({
+                "address": ep.address,
+                "sources": ep.sources,
+                "served": check.as_ref().is_none_or(|h| h.status == Health::Healthy),
+                "health": health,
+            });
+            if let Some(check) = check {
+                v["check"] = json!(check);
+            }
+            if let Some(r) = &ep.registration {
+                v["port"] = json!(r.port);
+                v["weight"] = json!(r.weight);
+                v["labels"] = json!(r.labels);
+            }
+            v
+        })
+        .collect()
+}
+
+fn services_view(api: &Api, catalog: &Catalog) -> serde_json::Value {
+    let snap = api.state.snapshot();
+    let endpoints: BTreeMap<&Name, Vec<serde_json::Value>> = catalog
+        .services
+        .iter()
+        .map(|(name, entry)| (name, endpoint_view(api, name, entry)))
+        .collect();
+    let defined_by: BTreeMap<&Name, _> = catalog
+        .services
+        .iter()
+        .map(|(n, e)| (n, e.defined_by))
+        .collect();
+    json!({
+        "version": snap.version,
+        "services": snap.mesh.services,
+        "defined_by": defined_by,
+        "endpoints": endpoints,
+        "unattached": catalog.unattached,
+        "conflicts": catalog.conflicts,
+    })
+}
+
 /// The answer to `GET path`.
 pub fn route(api: &Api, path: &str) -> Response<Body> {
     let state = &api.state;
     match path {
-        "/v1/services" => {
-            let snap = state.snapshot();
-            json(&serde_json::json!({
-                "version": snap.version,
-                "services": snap.mesh.services,
-            }))
-        }
-        "/v1/status" => json(&state.status()),
+        "/v1/services" => ok_json(&services_view(api, &state.catalog())),
+        "/v1/status" => ok_json(&state.status()),
         "/metrics" => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -74,7 +160,260 @@ pub fn route(api: &Api, path: &str) -> Response<Body> {
         ),
         // The controller serves only once it has a good configuration.
         "/ready" | "/live" => text(StatusCode::OK, "ok\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => match path.strip_prefix("/v1/services/") {
+            Some(rest) if !rest.contains('/') => one_service(api, rest),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
+    }
+}
+
+fn one_service(api: &Api, raw: &str) -> Response<Body> {
+    let name = match parse_name(raw) {
+        Ok(n) => n,
+        Err(reason) => return bad(reason),
+    };
+    let catalog = api.state.catalog();
+    let snap = api.state.snapshot();
+    match (catalog.services.get(&name), snap.mesh.services.get(&name)) {
+        (Some(entry), Some(served)) => ok_json(&json!({
+            "version": snap.version,
+            "name": name,
+            "defined_by": entry.defined_by,
+            "service": served,
+            "endpoints": endpoint_view(api, &name, entry),
+        })),
+        _ => refuse(StatusCode::NOT_FOUND, format!("no service named {name}")),
+    }
+}
+
+/// A path's segment, percent-decoded.
+fn decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A 400 for a bad path variable.
+fn bad(reason: String) -> Response<Body> {
+    refuse(StatusCode::BAD_REQUEST, reason)
+}
+
+fn parse_name(raw: &str) -> Result<Name, String> {
+    let text = decode(raw).ok_or_else(|| format!("bad percent-encoding in {raw:?}"))?;
+    Name::try_from(text).map_err(|e| format!("service: {e}"))
+}
+
+fn parse_address(raw: &str) -> Result<IpAddr, String> {
+    let text = decode(raw).ok_or_else(|| format!("bad percent-encoding in {raw:?}"))?;
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(&text);
+    bare.parse().map_err(|_| {
+        let hint = if text.parse::<std::net::SocketAddr>().is_ok() {
+            "; give the port in the body: {\"port\": N}"
+        } else {
+            ""
+        };
+        format!("address {text:?} is not an IPv4 or IPv6 address{hint}")
+    })
+}
+
+/// The optional body of a `PUT`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    port: Option<NonZeroU16>,
+    weight: Option<NonZeroU32>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// `/v1/services/{service}/endpoints/{address}` split into its two variables.
+fn endpoint_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/v1/services/")?;
+    let (service, rest) = rest.split_once('/')?;
+    let address = rest.strip_prefix("endpoints/")?;
+    (!service.is_empty() && !address.is_empty() && !address.contains('/'))
+        .then_some((service, address))
+}
+
+async fn put_endpoint(api: &Api, service: &str, address: &str, body: Bytes) -> Response<Body> {
+    let service = match parse_name(service) {
+        Ok(n) => n,
+        Err(reason) => return bad(reason),
+    };
+    let address = match parse_address(address) {
+        Ok(a) => a,
+        Err(reason) => return bad(reason),
+    };
+    let body: PutBody = if body.iter().all(u8::is_ascii_whitespace) {
+        PutBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("body: {e}")),
+        }
+    };
+    let reg = Registration {
+        service,
+        address,
+        port: body.port,
+        weight: body.weight.unwrap_or(NonZeroU32::MIN),
+        labels: body.labels,
+    };
+    if let Err(e) = reg.validate() {
+        return refuse(StatusCode::BAD_REQUEST, e);
+    }
+    let Some(registry) = &api.registry else {
+        return no_registry();
+    };
+    let catalog = api.state.catalog();
+    let Some(entry) = catalog.services.get(&reg.service) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no service named {}: define it (VIP and ports) in the mesh file or in Kubernetes first",
+                reg.service
+            ),
+        );
+    };
+    if let Some(port) = reg.port {
+        let targets: Vec<u16> = entry
+            .service
+            .ports
+            .iter()
+            .map(|p| p.target_port.get())
+            .collect();
+        if !targets.contains(&port.get()) {
+            return refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "service {} sends to target port(s) {targets:?}; port {port} is not one of them",
+                    reg.service
+                ),
+            );
+        }
+    }
+    match registry.put(reg.clone()).await {
+        Ok(outcome) => {
+            let (code, word) = match outcome {
+                PutOutcome::Created => (StatusCode::CREATED, "created"),
+                PutOutcome::Updated => (StatusCode::OK, "updated"),
+                PutOutcome::Unchanged => (StatusCode::OK, "unchanged"),
+            };
+            if outcome != PutOutcome::Unchanged {
+                tracing::info!(service = %reg.service, endpoint = %reg.address, "endpoint registered ({word})");
+            }
+            json_with(code, &json!({ "registered": reg, "outcome": word }))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "persisting a registration");
+            refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("not registered: {e}"),
+            )
+        }
+    }
+}
+
+async fn delete_endpoint(api: &Api, service: &str, address: &str) -> Response<Body> {
+    let service = match parse_name(service) {
+        Ok(n) => n,
+        Err(reason) => return bad(reason),
+    };
+    let address = match parse_address(address) {
+        Ok(a) => a,
+        Err(reason) => return bad(reason),
+    };
+    let Some(registry) = &api.registry else {
+        return no_registry();
+    };
+    match registry.delete(&service, address).await {
+        Ok(true) => {
+            tracing::info!(service = %service, endpoint = %address, "endpoint deregistered");
+            Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Full::new(Bytes::new()))
+                .unwrap_or_else(|_| text(StatusCode::NO_CONTENT, ""))
+        }
+        Ok(false) => {
+            let elsewhere = api
+                .state
+                .catalog()
+                .services
+                .get(&service)
+                .and_then(|s| s.endpoints.iter().find(|e| e.address == address))
+                .map(|e| {
+                    let from: Vec<&str> = e.sources.iter().map(|k| k.as_str()).collect();
+                    format!(" (it comes from: {}; change it there)", from.join(", "))
+                })
+                .unwrap_or_default();
+            refuse(
+                StatusCode::NOT_FOUND,
+                format!("{address} is not registered to service {service}{elsewhere}"),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "persisting a deregistration");
+            refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("not deregistered: {e}"),
+            )
+        }
+    }
+}
+
+fn no_registry() -> Response<Body> {
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "registration is off: start weft-controller with --state-dir DIR, where registrations are persisted",
+    )
+}
+
+/// Answers one request.
+pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let endpoint = endpoint_path(&path);
+    match (&method, endpoint) {
+        (&Method::GET | &Method::HEAD, _) => route(api, &path),
+        (&Method::PUT, Some((service, address))) => {
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    let too_big = e
+                        .downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some();
+                    return if too_big {
+                        refuse(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!("body over {MAX_BODY} bytes"),
+                        )
+                    } else {
+                        refuse(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+                    };
+                }
+            };
+            put_endpoint(api, service, address, body).await
+        }
+        (&Method::DELETE, Some((service, address))) => delete_endpoint(api, service, address).await,
+        (_, Some(_)) => refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use PUT to register, DELETE to deregister",
+        ),
+        _ => refuse(StatusCode::METHOD_NOT_ALLOWED, "only GET here"),
     }
 }
 
@@ -95,11 +434,8 @@ pub async fn serve(listener: TcpListener, api: Api, shutdown: impl Future<Output
         let api = api.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let resp = match *req.method() {
-                    Method::GET | Method::HEAD => route(&api, req.uri().path()),
-                    _ => text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n"),
-                };
-                std::future::ready(Ok::<_, Infallible>(resp))
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(handle(&api, req).await) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -108,5 +444,31 @@ pub async fn serve(listener: TcpListener, api: Api, shutdown: impl Future<Output
                 tracing::debug!(error = %e, "HTTP API connection");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_addresses() {
+        assert_eq!(
+            endpoint_path("/v1/services/b/endpoints/10.0.0.1"),
+            Some(("b", "10.0.0.1"))
+        );
+        assert_eq!(
+            endpoint_path("/v1/services/b/endpoints/fd00::1"),
+            Some(("b", "fd00::1"))
+        );
+        assert_eq!(endpoint_path("/v1/services/b/endpoints/"), None);
+        assert_eq!(endpoint_path("/v1/services/b/endpoints/a/b"), None);
+        assert_eq!(endpoint_path("/v1/services/b"), None);
+        assert_eq!(decode("fd00%3A%3a1").as_deref(), Some("fd00::1"));
+        assert_eq!(decode("%zz"), None);
+        assert!(parse_address("[fd00::1]").is_ok());
+        assert!(parse_address("fd00%3A%3A1").is_ok());
+        assert!(parse_address("10.0.0.1:80").is_err());
+        assert!(parse_address("host").is_err());
     }
 }

@@ -2,22 +2,37 @@
 //!
 //! - [`model`]: the mesh (services, ports, endpoints, workloads) as validated types.
 //! - [`meshfile`]: the YAML mesh file, parsed with line numbers in every error.
-//! - [`source`]: the [`source::Source`] trait and the watched [`source::FileSource`].
-//! - [`state`]: the current mesh and version, diffs between meshes, status.
+//! - [`source`]: the [`source::Source`] trait (one source's [`source::Contribution`])
+//!   and the watched [`source::FileSource`].
+//! - [`registry`]: the registration API's persisted store, a source too.
+//! - [`kubernetes`]: Services and EndpointSlices (kube-rs) mapped to the mesh, a
+//!   source too.
+//! - [`merge`]: the sources' contributions merged into one [`merge::Catalog`].
+//! - [`health`]: active health checks; failing endpoints are withdrawn.
+//! - [`state`]: the served mesh and version, diffs between meshes, status.
 //! - [`grpc`]: the `Discovery` service (full snapshot, then incremental updates).
-//! - [`http`]: `/v1/services`, `/v1/status`, `/metrics`, `/ready`, `/live`.
+//! - [`http`]: `/v1/services` (and registration under it), `/v1/status`, `/metrics`,
+//!   `/ready`, `/live`.
+//! - [`inject`]: which pods get the sidecar, and the JSONPatch that adds it.
+//! - [`webhook`]: the mutating admission webhook serving [`inject`] over TLS.
 //! - [`metrics`]: the `weft_controller_*` series, observed from the state.
 //! - [`controller`]: ties them together.
 
 pub mod controller;
 pub mod error;
 pub mod grpc;
+pub mod health;
 pub mod http;
+pub mod inject;
+pub mod kubernetes;
+pub mod merge;
 pub mod meshfile;
 pub mod metrics;
 pub mod model;
+pub mod registry;
 pub mod source;
 pub mod state;
+pub mod webhook;
 
 pub use controller::{Controller, Options};
 pub use error::ConfigError;

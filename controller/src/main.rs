@@ -2,6 +2,7 @@
 //! lives in the library.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,9 +10,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use tokio::net::TcpListener;
+use weft_controller::health::{Defaults, Scope};
+use weft_controller::inject::InjectConfig;
+use weft_controller::webhook::Webhook;
 use weft_controller::{Controller, Options};
 
-/// weft's control plane: serves the mesh file's services to the proxies.
+/// weft's control plane: serves the mesh file's services, and endpoints registered
+/// over its API, to the proxies; checks endpoints' health.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -27,9 +32,60 @@ struct Args {
     /// How often the mesh file is checked for changes.
     #[arg(long, env = "WEFT_POLL_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
+    /// Directory where registered endpoints are persisted (registry.json). Without
+    /// it the registration API refuses changes: they would not survive a restart.
+    #[arg(long, env = "WEFT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Also serve the cluster's Services and EndpointSlices (in-cluster config, or
+    /// KUBECONFIG / ~/.kube/config). Service NAME in namespace NS is NAME.NS.
+    #[arg(long, env = "WEFT_KUBERNETES", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    kubernetes: bool,
+    /// Which endpoints are health-checked when their service's policy does not say:
+    /// off, registered (registered endpoints only) or all.
+    #[arg(long, env = "WEFT_HEALTH_CHECKS", default_value = "registered")]
+    health_checks: Scope,
+    /// Default time between two checks of one endpoint.
+    #[arg(long, env = "WEFT_HEALTH_INTERVAL", default_value = "5s", value_parser = interval)]
+    health_interval: Duration,
+    /// Default time one check may take.
+    #[arg(long, env = "WEFT_HEALTH_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    health_timeout: Duration,
+    /// Default consecutive failures that withdraw an endpoint.
+    #[arg(long, env = "WEFT_HEALTH_UNHEALTHY_THRESHOLD", default_value = "2")]
+    health_unhealthy_threshold: NonZeroU32,
+    /// Default consecutive passes that bring a withdrawn endpoint back.
+    #[arg(long, env = "WEFT_HEALTH_HEALTHY_THRESHOLD", default_value = "2")]
+    health_healthy_threshold: NonZeroU32,
+    /// Serve the mutating admission webhook (sidecar injection, HTTPS) here, e.g.
+    /// 0.0.0.0:15017. Needs --webhook-cert and --webhook-key.
+    #[arg(long, env = "WEFT_WEBHOOK_LISTEN", requires_all = ["webhook_cert", "webhook_key"])]
+    webhook_listen: Option<SocketAddr>,
+    /// The webhook's certificate chain (PEM).
+    #[arg(long, env = "WEFT_WEBHOOK_CERT", requires = "webhook_listen")]
+    webhook_cert: Option<PathBuf>,
+    /// The webhook's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "WEFT_WEBHOOK_KEY", requires = "webhook_listen")]
+    webhook_key: Option<PathBuf>,
+    /// The image injected pods run weft-init and weft-proxy from.
+    #[arg(long, env = "WEFT_INJECT_IMAGE", default_value_t = InjectConfig::default().image)]
+    inject_image: String,
+    /// The discovery URL injected proxies dial.
+    #[arg(long, env = "WEFT_INJECT_CONTROLLER", default_value_t = InjectConfig::default().controller_url)]
+    inject_controller: String,
+    /// imagePullPolicy of the injected containers.
+    #[arg(long, env = "WEFT_INJECT_PULL_POLICY", default_value = "IfNotPresent")]
+    inject_pull_policy: String,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
+}
+
+fn interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < weft_controller::model::MIN_CHECK_INTERVAL {
+        return Err("under 100ms".to_owned());
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {
@@ -59,11 +115,40 @@ fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("building the runtime")?;
     runtime.block_on(async move {
+        if args.health_timeout.is_zero() || args.health_timeout > args.health_interval {
+            anyhow::bail!("--health-timeout must be more than 0 and at most --health-interval");
+        }
+        if args.state_dir.is_none() {
+            tracing::info!("no --state-dir: the registration API refuses changes");
+        }
         let options = Options {
             config: args.config,
             poll_interval: args.poll_interval,
+            state_dir: args.state_dir,
+            kubernetes: args.kubernetes,
+            health: Defaults {
+                scope: args.health_checks,
+                interval: args.health_interval,
+                timeout: args.health_timeout,
+                unhealthy_threshold: args.health_unhealthy_threshold,
+                healthy_threshold: args.health_healthy_threshold,
+            },
         };
-        let controller = Controller::load(&options).await?;
+        let mut controller = Controller::load(&options).await?;
+        if let (Some(addr), Some(cert), Some(key)) =
+            (args.webhook_listen, &args.webhook_cert, &args.webhook_key)
+        {
+            let inject = InjectConfig {
+                image: args.inject_image,
+                controller_url: args.inject_controller,
+                pull_policy: args.inject_pull_policy,
+            };
+            let webhook = Webhook::from_pem_files(cert, key, inject)?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            controller = controller.with_webhook(listener, webhook);
+        }
         let grpc = TcpListener::bind(args.grpc_listen)
             .await
             .with_context(|| format!("binding {}", args.grpc_listen))?;

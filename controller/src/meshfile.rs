@@ -138,6 +138,16 @@ impl MeshDoc {
             entries
                 .into_iter()
                 .map(|(raw, v)| match Name::try_from(raw.as_str()) {
+                    // A workload's name becomes its pods' (and their namespaces')
+                    // names: one label.
+                    Ok(_) if section == "workloads" && raw.contains('.') => Err(ConfigError {
+                        origin: origin.to_owned(),
+                        line: locate(text, &[Step::Key(section), Step::Key(&raw)]),
+                        column: None,
+                        message: format!(
+                            "{section}: invalid name {raw:?}: a workload name has no dots"
+                        ),
+                    }),
                     Ok(name) => Ok((name, v)),
                     Err(message) => Err(ConfigError {
                         origin: origin.to_owned(),
@@ -483,6 +493,105 @@ workloads:
         }
     }
 
+    const POLICY: &str = "    policy:
+      timeout: 5s
+      connect_timeout: 1s
+      idle_timeout: 300s
+      retries: { attempts: 2, budget_percent: 20, min_per_second: 10, on: [connect-failure, reset, 503, gateway-error] }
+      circuit_breaker: { consecutive_failures: 5, base_ejection: 10s, max_ejection_percent: 50 }
+      lb: p2c_ewma";
+
+    #[test]
+    fn l7_policy_parses_with_defaults_left_unset() {
+        use crate::model::{LoadBalancer, RetryOn};
+        use std::time::Duration;
+        let mesh = parse("m", &GOOD.replace("    policy: {}", POLICY)).expect("valid");
+        let p = &mesh.services[&name("backend")].policy;
+        assert_eq!(p.timeout, Some(Duration::from_secs(5)));
+        assert_eq!(p.idle_timeout, Some(Duration::from_secs(300)));
+        let r = p.retries.as_ref().expect("retries");
+        assert_eq!(
+            (r.attempts, r.budget_percent, r.min_per_second),
+            (Some(2), Some(20), Some(10))
+        );
+        assert_eq!(
+            r.on.as_deref(),
+            Some(
+                &[
+                    RetryOn::ConnectFailure,
+                    RetryOn::Reset,
+                    RetryOn::Status(503),
+                    RetryOn::GatewayError
+                ][..]
+            )
+        );
+        let b = p.circuit_breaker.as_ref().expect("breaker");
+        assert_eq!(b.base_ejection, Some(Duration::from_secs(10)));
+        assert_eq!(b.max_ejection, None, "unset: the proxy's default");
+        assert_eq!(p.lb, Some(LoadBalancer::P2cEwma));
+        let frontend = &mesh.services[&name("frontend")].policy;
+        assert_eq!(*frontend, Default::default());
+    }
+
+    #[test]
+    fn bad_l7_policy_names_the_line() {
+        let with = GOOD.replace("    policy: {}", POLICY);
+        let cases = [
+            ("timeout: 5s", "timeout: soon", 11, "duration"),
+            (
+                "timeout: 5s",
+                "timeout: 0s",
+                10,
+                "timeout must be more than 0",
+            ),
+            (
+                "on: [connect-failure",
+                "on: [404, connect-failure",
+                14,
+                "5xx",
+            ),
+            (
+                "on: [connect-failure",
+                "on: [teapot, connect-failure",
+                14,
+                "teapot",
+            ),
+            (
+                "budget_percent: 20",
+                "budget_percent: 150",
+                10,
+                "at most 100",
+            ),
+            ("attempts: 2", "attempts: 50", 10, "at most 10"),
+            (
+                "max_ejection_percent: 50",
+                "max_ejection_percent: 101",
+                10,
+                "at most 100",
+            ),
+            (
+                "base_ejection: 10s",
+                "base_ejection: 10s, max_ejection: 1s",
+                10,
+                "longer than",
+            ),
+            ("lb: p2c_ewma", "lb: random", 16, "random"),
+            (
+                "idle_timeout: 300s",
+                "idle_timeout: 300s\n      retry: {}",
+                14,
+                "retry",
+            ),
+        ];
+        for (from, to, line, needle) in cases {
+            let e = err(&with.replace(from, to));
+            assert_eq!(e.line, Some(line), "{to}: {e}");
+            assert!(e.message.contains(needle), "{to}: {e}");
+        }
+        let e = err(&with.replace("on: [connect-failure, reset, 503, gateway-error]", "on: []"));
+        assert!(e.message.contains("attempts: 0"), "{e}");
+    }
+
     #[test]
     fn a_service_without_ports_names_its_ports_line() {
         let doc = GOOD.replace(
@@ -492,6 +601,19 @@ workloads:
         let e = err(&doc);
         assert_eq!(e.line, Some(13), "{e}");
         assert!(e.message.contains("at least one port"), "{e}");
+    }
+
+    #[test]
+    fn dotted_service_names_but_not_workload_names() {
+        let m = parse(
+            "m",
+            "services:\n  web.shop: { vip: 10.0.0.1, ports: [{ port: 80 }] }\n",
+        )
+        .expect("a dotted service name");
+        assert!(m.services.contains_key(&name("web.shop")));
+        let e = err("services:\n  a: { vip: 10.0.0.1, ports: [{ port: 80 }] }\nworkloads:\n  w.x: { service: a, command: x }\n");
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.message.contains("no dots"), "{e}");
     }
 
     #[test]

@@ -9,14 +9,17 @@
 //! | `weft_controller_subscribed_proxies` | |
 //! | `weft_controller_pushes_total` (updates sent to proxies, snapshots included) | |
 //! | `weft_controller_services` | |
-//! | `weft_controller_endpoints` | `service` |
+//! | `weft_controller_endpoints` (served: health checks passed or not checked) | `service` |
+//! | `weft_controller_endpoints_checked` (under active health checks) | `service` |
+//! | `weft_controller_endpoints_withdrawn` (failing their health checks) | `service` |
 //!
 //! Every instrument is observable: it is read from [`State`] at scrape time. The
 //! state already counts reloads, errors and subscribers for `/v1/status`, so the two
 //! views cannot disagree, and nothing is recorded on the discovery path but one
 //! atomic add per push. `service` is bounded: it takes the mesh's service names, and
 //! a removed service's series goes with it (observable gauges report only what the
-//! last callback observed).
+//! last callback observed). Addresses are never labels (their count is unbounded in
+//! a cluster): which endpoint fails is in `GET /v1/services`.
 
 use std::sync::Arc;
 
@@ -26,7 +29,13 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::Resource;
 use prometheus::{Encoder, TextEncoder};
 
+use crate::health::{HealthTable, Status};
 use crate::state::State;
+
+// RSS, CPU, fds, threads (`process_*`): the proxy's module, compiled here too, as
+// the controller does not depend on weft-proxy.
+#[path = "../../proxy/src/process_metrics.rs"]
+mod process_metrics;
 
 /// Errors building the metrics pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +53,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Builds the pipeline and the instruments observing `state`.
-    pub fn new(state: Arc<State>) -> Result<Self, MetricsError> {
+    /// Builds the pipeline and the instruments observing `state` and `health`.
+    pub fn new(state: Arc<State>, health: Arc<HealthTable>) -> Result<Self, MetricsError> {
         let registry = prometheus::Registry::new();
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
@@ -61,7 +70,8 @@ impl Metrics {
                     .build(),
             )
             .build();
-        register(&provider.meter("weft-controller"), &state);
+        register(&provider.meter("weft-controller"), &state, &health);
+        process_metrics::register(&provider.meter("weft-controller"));
         Ok(Metrics {
             registry,
             _provider: provider,
@@ -80,7 +90,7 @@ impl Metrics {
 
 /// Registers every instrument; each callback holds its own reference to the state.
 /// (The instrument handles can be dropped: the callbacks live in the provider.)
-fn register(meter: &opentelemetry::metrics::Meter, state: &Arc<State>) {
+fn register(meter: &opentelemetry::metrics::Meter, state: &Arc<State>, health: &Arc<HealthTable>) {
     let s = state.clone();
     let _ = meter
         .u64_observable_counter("weft_controller_config_reloads")
@@ -131,6 +141,35 @@ fn register(meter: &opentelemetry::metrics::Meter, state: &Arc<State>) {
                     count(svc.endpoints.len()),
                     &[KeyValue::new("service", name.to_string())],
                 );
+            }
+        })
+        .build();
+    let h = health.clone();
+    let s = state.clone();
+    let _ = meter
+        .u64_observable_gauge("weft_controller_endpoints_checked")
+        .with_description("Endpoints of each service under active health checks")
+        .with_callback(move |o| {
+            let all = h.all();
+            for name in s.snapshot().mesh.services.keys() {
+                let n = all.iter().filter(|((svc, _), _)| svc == name).count();
+                o.observe(count(n), &[KeyValue::new("service", name.to_string())]);
+            }
+        })
+        .build();
+    let h = health.clone();
+    let s = state.clone();
+    let _ = meter
+        .u64_observable_gauge("weft_controller_endpoints_withdrawn")
+        .with_description("Endpoints of each service withdrawn for failing their health checks")
+        .with_callback(move |o| {
+            let all = h.all();
+            for name in s.snapshot().mesh.services.keys() {
+                let n = all
+                    .iter()
+                    .filter(|((svc, _), e)| svc == name && e.status == Status::Unhealthy)
+                    .count();
+                o.observe(count(n), &[KeyValue::new("service", name.to_string())]);
             }
         })
         .build();

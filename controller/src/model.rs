@@ -22,8 +22,10 @@ pub struct Mesh {
     pub workloads: BTreeMap<Name, Workload>,
 }
 
-/// A service or workload name: a DNS label, 1 to 63 of `[a-z0-9-]`, starting and
-/// ending with a letter or digit.
+/// A service or workload name: DNS labels (1 to 63 of `[a-z0-9-]`, starting and
+/// ending with a letter or digit) joined by dots, at most 253 characters. Kubernetes
+/// services are named `<name>.<namespace>`; a workload's name is one label (the
+/// mesh file checks that: it becomes a pod and namespace name).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Name(String);
@@ -39,12 +41,17 @@ impl TryFrom<String> for Name {
     type Error = String;
 
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        let ok_chars = s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if s.is_empty() || s.len() > 63 || !ok_chars || s.starts_with('-') || s.ends_with('-') {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if s.is_empty() || s.len() > 253 || !s.split('.').all(label_ok) {
             return Err(format!(
-                "invalid name {s:?}: use 1 to 63 of [a-z0-9-], starting and ending with a letter or digit"
+                "invalid name {s:?}: use 1 to 63 of [a-z0-9-], starting and ending with a letter or digit (dots may join such labels)"
             ));
         }
         Ok(Name(s))
@@ -132,10 +139,380 @@ pub enum Protocol {
     Tcp,
 }
 
-/// Per-service policy. Empty for now; timeouts, retries, breaker and lb come later.
+/// Per-service policy. For now the controller's own part of it, the active health
+/// check; timeouts, retries, breaker and lb (the proxy's part) come with the L7 work.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Policy {}
+pub struct Policy {
+    /// How the controller checks this service's endpoints. Unset: the controller's
+    /// flags decide (by default only registered endpoints are checked, by TCP
+    /// connect); set: every endpoint of the service is checked with these settings,
+    /// each unset field taking the controller's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckPolicy>,
+    // The proxies' part (DESIGN.md §5), carried as the discovery API's `Policy`.
+    // Unset fields take the proxy's defaults: timeout 15s, connect_timeout 5s,
+    // idle_timeout 300s; retries 2 on connect-failure, reset and 503 within 20% +
+    // 10/s; breaker after 5 consecutive failures, 10s growing to 300s, at most 50%
+    // of the endpoints; lb round_robin.
+    /// The whole request, from arrival to response head, retries included.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<std::time::Duration>,
+    /// Establishing one upstream connection.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<std::time::Duration>,
+    /// How long a pooled upstream connection may stay idle.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<std::time::Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetryPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<BreakerPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lb: Option<LoadBalancer>,
+}
+
+/// `policy.retries`: retries happen only for idempotent methods or when the request
+/// was never sent, and never beyond the budget.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Retries after the first try (0 turns retries off), at most [`MAX_RETRIES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Retries add at most this percentage of the requests (0..=100) ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_percent: Option<u32>,
+    /// ... plus this many per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_per_second: Option<u32>,
+    /// What is retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<RetryOn>>,
+}
+
+/// The most retries a request may get.
+pub const MAX_RETRIES: u32 = 10;
+
+/// One `retries.on` condition: `connect-failure`, `reset`, `gateway-error` (a 502,
+/// 503 or 504 from the endpoint), or a 5xx status code written as a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RetryOnSpec", into = "String")]
+pub enum RetryOn {
+    ConnectFailure,
+    Reset,
+    GatewayError,
+    Status(u16),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RetryOnSpec {
+    Code(u64),
+    Word(String),
+}
+
+impl TryFrom<RetryOnSpec> for RetryOn {
+    type Error = String;
+
+    fn try_from(s: RetryOnSpec) -> Result<Self, String> {
+        let code = |c: u64| match u16::try_from(c) {
+            Ok(c @ 500..=599) => Ok(RetryOn::Status(c)),
+            _ => Err(format!(
+                "retry on status {c}: only 5xx statuses are retried"
+            )),
+        };
+        match s {
+            RetryOnSpec::Code(c) => code(c),
+            RetryOnSpec::Word(w) => match w.as_str() {
+                "connect-failure" => Ok(RetryOn::ConnectFailure),
+                "reset" => Ok(RetryOn::Reset),
+                "gateway-error" => Ok(RetryOn::GatewayError),
+                other => match other.parse::<u64>() {
+                    Ok(c) => code(c),
+                    Err(_) => Err(format!(
+                        "unknown retry condition {other:?}: use connect-failure, reset, gateway-error or a 5xx status"
+                    )),
+                },
+            },
+        }
+    }
+}
+
+impl From<RetryOn> for String {
+    fn from(r: RetryOn) -> String {
+        match r {
+            RetryOn::ConnectFailure => "connect-failure".into(),
+            RetryOn::Reset => "reset".into(),
+            RetryOn::GatewayError => "gateway-error".into(),
+            RetryOn::Status(c) => c.to_string(),
+        }
+    }
+}
+
+/// `policy.circuit_breaker`: consecutive failures eject an endpoint for a growing
+/// backoff; one probe request when it ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerPolicy {
+    /// Consecutive failures that eject an endpoint (>= 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<NonZeroU32>,
+    /// The first ejection's length; the n-th lasts n times as long.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub base_ejection: Option<std::time::Duration>,
+    /// The longest ejection.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_ejection: Option<std::time::Duration>,
+    /// At most this percentage (0..=100) of the endpoints is ejected at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// `policy.lb`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancer {
+    /// Round robin per request (per connection for opaque TCP).
+    #[default]
+    RoundRobin,
+    /// Power of two choices over peak-EWMA latency.
+    P2cEwma,
+}
+
+impl Policy {
+    /// What is wrong with its L7 part: a zero duration, a percentage over 100, too many
+    /// retries, an empty `on` list, a base ejection longer than the maximum.
+    pub fn l7_problem(&self) -> Option<String> {
+        for (what, d) in [
+            ("timeout", self.timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if d.is_some_and(|d| d.is_zero()) {
+                return Some(format!("{what} must be more than 0"));
+            }
+        }
+        if let Some(r) = &self.retries {
+            if r.attempts.is_some_and(|a| a > MAX_RETRIES) {
+                return Some(format!("retries: attempts is at most {MAX_RETRIES}"));
+            }
+            if r.budget_percent.is_some_and(|p| p > 100) {
+                return Some("retries: budget_percent is at most 100".into());
+            }
+            if r.on.as_ref().is_some_and(Vec::is_empty) {
+                return Some("retries: `on` is empty; turn retries off with attempts: 0".into());
+            }
+        }
+        if let Some(b) = &self.circuit_breaker {
+            if b.max_ejection_percent.is_some_and(|p| p > 100) {
+                return Some("circuit_breaker: max_ejection_percent is at most 100".into());
+            }
+            if b.base_ejection.is_some_and(|d| d.is_zero()) {
+                return Some("circuit_breaker: base_ejection must be more than 0".into());
+            }
+            if let (Some(base), Some(max)) = (b.base_ejection, b.max_ejection) {
+                if base > max {
+                    return Some(format!(
+                        "circuit_breaker: base_ejection {} is longer than max_ejection {}",
+                        humantime::format_duration(base),
+                        humantime::format_duration(max)
+                    ));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A service's active health check, as written under `policy.health_check`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckPolicy {
+    /// `false` turns checks off for this service (its endpoints are always served).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Time between two checks of one endpoint (e.g. `2s`, `500ms`).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<std::time::Duration>,
+    /// How long one check may take.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<std::time::Duration>,
+    /// Consecutive failures that withdraw an endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<NonZeroU32>,
+    /// Consecutive successes that bring a withdrawn endpoint back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<NonZeroU32>,
+    /// The port checked; default: the endpoint's registered port, else the
+    /// service's first target port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<NonZeroU16>,
+    /// Check with `GET <http_path>` (a 2xx passes) instead of a TCP connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_path: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `Option<Duration>` written as a humantime string (`250ms`, `2s`, `1m`).
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => humantime::parse_duration(&text)
+                .map(Some)
+                .map_err(|e| serde::de::Error::custom(format!("duration {text:?}: {e}"))),
+        }
+    }
+}
+
+/// Where an endpoint (or a service) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The mesh file.
+    File,
+    /// The registration API.
+    Registry,
+    /// Kubernetes Services and EndpointSlices.
+    Kubernetes,
+}
+
+impl SourceKind {
+    /// `file`, `registry` or `kubernetes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::File => "file",
+            SourceKind::Registry => "registry",
+            SourceKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An endpoint registered over the API: it joins a service another source defines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// The service it serves.
+    pub service: Name,
+    /// Its address.
+    pub address: IpAddr,
+    /// The port it serves on: one of the service's target ports (checked when
+    /// registering); the health check uses it. `None`: the service's target ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<NonZeroU16>,
+    /// Relative weight, 1..=1000 (default 1). Stored and shown; proxies balance
+    /// evenly until the discovery API carries weights.
+    #[serde(default = "one_u32")]
+    pub weight: NonZeroU32,
+    /// Free-form labels (e.g. zone, version), shown with the endpoint.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn one_u32() -> NonZeroU32 {
+    NonZeroU32::MIN
+}
+
+/// The largest weight a registration may have.
+pub const MAX_WEIGHT: u32 = 1000;
+/// The most labels a registration may have.
+pub const MAX_LABELS: usize = 32;
+
+impl Registration {
+    /// Checks what the types alone do not: a usable address, the weight's range,
+    /// label syntax (keys: 1 to 63 of `[A-Za-z0-9._/-]`, starting with a letter or
+    /// digit; values: at most 63 of `[A-Za-z0-9._-]`; at most 32).
+    pub fn validate(&self) -> Result<(), String> {
+        if !usable(self.address) {
+            return Err(format!(
+                "address {} is not a usable unicast address",
+                self.address
+            ));
+        }
+        if self.weight.get() > MAX_WEIGHT {
+            return Err(format!(
+                "weight {} is out of range 1..={MAX_WEIGHT}",
+                self.weight
+            ));
+        }
+        if self.labels.len() > MAX_LABELS {
+            return Err(format!(
+                "{} labels: at most {MAX_LABELS}",
+                self.labels.len()
+            ));
+        }
+        for (k, v) in &self.labels {
+            let key_ok = !k.is_empty()
+                && k.len() <= 63
+                && k.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'));
+            if !key_ok {
+                return Err(format!(
+                    "label key {k:?}: use 1 to 63 of [A-Za-z0-9._/-], starting with a letter or digit"
+                ));
+            }
+            let value_ok = v.len() <= 63
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !value_ok {
+                return Err(format!(
+                    "label {k}: value {v:?}: use at most 63 of [A-Za-z0-9._-]"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A workload the local mesh runs: replicas of a command, endpoints of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +592,20 @@ impl Mesh {
                     }
                 }
             }
+            if let Some(hc) = &svc.policy.health_check {
+                if let Some(problem) = hc.problem() {
+                    err(
+                        Locus::ServiceField(name.clone(), "policy"),
+                        format!("service {name}: health_check: {problem}"),
+                    );
+                }
+            }
+            if let Some(problem) = svc.policy.l7_problem() {
+                err(
+                    Locus::ServiceField(name.clone(), "policy"),
+                    format!("service {name}: policy: {problem}"),
+                );
+            }
             let mut seen = BTreeSet::new();
             for (i, ep) in svc.endpoints.iter().enumerate() {
                 if !usable(*ep) {
@@ -248,8 +639,51 @@ impl Mesh {
     }
 }
 
+/// The shortest health-check interval accepted.
+pub const MIN_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl HealthCheckPolicy {
+    /// What is wrong with it on its own (the controller's defaults are checked
+    /// against it when it is used): an interval under 100 ms, a zero timeout or one
+    /// longer than the interval, an `http_path` not starting with `/` or holding
+    /// spaces or control characters.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(i) = self.interval {
+            if i < MIN_CHECK_INTERVAL {
+                return Some(format!(
+                    "interval {} is under {}",
+                    humantime::format_duration(i),
+                    humantime::format_duration(MIN_CHECK_INTERVAL)
+                ));
+            }
+        }
+        if let Some(t) = self.timeout {
+            if t.is_zero() {
+                return Some("timeout must be more than 0".to_owned());
+            }
+            if let Some(i) = self.interval {
+                if t > i {
+                    return Some(format!(
+                        "timeout {} is longer than the interval {}",
+                        humantime::format_duration(t),
+                        humantime::format_duration(i)
+                    ));
+                }
+            }
+        }
+        if let Some(p) = &self.http_path {
+            if !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Some(format!(
+                    "http_path {p:?} must start with / and hold no spaces"
+                ));
+            }
+        }
+        None
+    }
+}
+
 /// Not unspecified, multicast or broadcast.
-fn usable(ip: IpAddr) -> bool {
+pub fn usable(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
         IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
@@ -262,10 +696,22 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["a", "backend", "api-v2", "0", &"a".repeat(63)] {
+        for ok in ["a", "backend", "api-v2", "0", &"a".repeat(63), "web.shop"] {
             assert!(Name::try_from(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "a-", "Backend", "a_b", "a.b", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Backend",
+            "a_b",
+            "a..b",
+            ".a",
+            "a.",
+            "a.-b",
+            &"a".repeat(64),
+            &format!("{}.b", "a".repeat(64)),
+        ] {
             assert!(Name::try_from(bad).is_err(), "{bad}");
         }
     }

@@ -1,24 +1,86 @@
-//! Sources of truth behind one trait. A [`Source`] yields successive states of the
-//! mesh, or errors when the configuration it reads is bad. [`FileSource`] watches the
-//! YAML mesh file; a Kubernetes source and a registration API come later.
+//! Sources of truth behind one trait. A [`Source`] yields successive states of its
+//! part of the mesh (a [`Contribution`]), or errors when the configuration it reads is
+//! bad. [`FileSource`] watches the YAML mesh file; [`crate::registry::RegistrySource`]
+//! follows the registration API; a Kubernetes source comes later. The controller
+//! runs several at once and merges their contributions ([`crate::merge`]).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::meshfile;
-use crate::model::Mesh;
+use crate::model::{Name, Registration, Service, SourceKind};
 
-/// Something that yields successive mesh states.
+/// What one source says about the mesh.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contribution {
+    /// Services this source defines: VIP, ports, policy and its own endpoints.
+    pub services: BTreeMap<Name, Service>,
+    /// Endpoints this source adds to services that any source defines.
+    pub registrations: Vec<Registration>,
+}
+
+impl Contribution {
+    /// The services of a mesh (its workloads are the local mesh's business, not
+    /// the proxies').
+    pub fn services(services: BTreeMap<Name, Service>) -> Self {
+        Contribution {
+            services,
+            registrations: Vec::new(),
+        }
+    }
+}
+
+/// Something that yields successive states of its part of the mesh.
 pub trait Source: Send {
     /// A human-readable name for logs (e.g. the file path).
     fn describe(&self) -> String;
 
+    /// What kind of source this is (shown as an endpoint's origin).
+    fn kind(&self) -> SourceKind;
+
     /// The next state: the first call returns the current one at once; later calls
     /// wait until the configuration changes. An `Err` reports a bad configuration;
-    /// the caller keeps serving the last good mesh.
-    fn next(&mut self) -> impl Future<Output = Result<Mesh, ConfigError>> + Send;
+    /// the caller keeps serving the last good state.
+    fn next(&mut self) -> impl Future<Output = Result<Contribution, ConfigError>> + Send;
+}
+
+/// The future [`DynSource::next_boxed`] returns.
+pub type NextFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Contribution, ConfigError>> + Send + 'a>>;
+
+/// A [`Source`] as a trait object, so that sources of different types can be run
+/// together (every `Source` is one).
+pub trait DynSource: Send {
+    /// [`Source::describe`].
+    fn describe(&self) -> String;
+    /// [`Source::kind`].
+    fn kind(&self) -> SourceKind;
+    /// [`Source::next`], boxed.
+    fn next_boxed(&mut self) -> NextFuture<'_>;
+}
+
+impl<S: Source> DynSource for S {
+    fn describe(&self) -> String {
+        Source::describe(self)
+    }
+
+    fn kind(&self) -> SourceKind {
+        Source::kind(self)
+    }
+
+    fn next_boxed(&mut self) -> NextFuture<'_> {
+        Box::pin(Source::next(self))
+    }
+}
+
+impl std::fmt::Debug for dyn DynSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} source {}", self.kind(), self.describe())
+    }
 }
 
 /// The mesh file, watched by path.
@@ -71,7 +133,11 @@ impl Source for FileSource {
         format!("file {}", self.path.display())
     }
 
-    async fn next(&mut self) -> Result<Mesh, ConfigError> {
+    fn kind(&self) -> SourceKind {
+        SourceKind::File
+    }
+
+    async fn next(&mut self) -> Result<Contribution, ConfigError> {
         let origin = self.path.display().to_string();
         let read = loop {
             if let Some(read) = self.changed().await {
@@ -82,7 +148,7 @@ impl Source for FileSource {
         let bytes = read.map_err(|msg| ConfigError::new(&origin, msg))?;
         let text = String::from_utf8(bytes)
             .map_err(|e| ConfigError::new(&origin, format!("not UTF-8: {e}")))?;
-        meshfile::parse(&origin, &text)
+        meshfile::parse(&origin, &text).map(|mesh| Contribution::services(mesh.services))
     }
 }
 

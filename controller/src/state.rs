@@ -1,6 +1,7 @@
-//! The controller's state: the current mesh and its version, the diff between two
-//! meshes, and the status shown on the HTTP API (and exported as metrics).
-//! Subscribers follow the current snapshot through a `tokio::sync::watch` channel.
+//! The controller's state: the served mesh and its version, the diff between two
+//! meshes, the merged catalog behind it, and the status shown on the HTTP API (and
+//! exported as metrics). Subscribers follow the current snapshot through a
+//! `tokio::sync::watch` channel.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,6 +11,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::error::ConfigError;
+use crate::merge::Catalog;
 use crate::model::{Mesh, Name, Service};
 
 /// One version of the mesh.
@@ -67,23 +69,38 @@ pub struct TimedError {
     pub at: String,
 }
 
+/// One source of truth in `/v1/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    /// What it is (`file /etc/weft/mesh.yaml`, `registry /var/lib/weft/registry.json`).
+    pub name: String,
+    /// Its current problem: the last good state it gave is being served.
+    pub current_error: Option<TimedError>,
+}
+
 /// What `/v1/status` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
-    /// The source of truth.
+    /// The sources of truth, comma-separated.
     pub source: String,
+    /// Each source and its current problem, in priority order.
+    pub sources: Vec<SourceStatus>,
+    /// Definitions from different sources that clash (the first source's is served).
+    pub conflicts: Vec<String>,
     /// Version of the mesh being served.
     pub version: u64,
     /// Services in the mesh being served.
     pub services: usize,
     /// When a good configuration was last loaded (RFC 3339).
     pub last_reload: String,
-    /// Good configurations loaded (including the first and unchanged reloads).
+    /// Good states read from the sources (each source's first included, and
+    /// unchanged reloads).
     pub reloads_total: u64,
     /// Bad configurations seen.
     pub reload_errors_total: u64,
-    /// The source's current problem: set while the configuration on disk is bad (the
-    /// last good one is being served), cleared by the next good one.
+    /// A source's current problem (the first source's, when several have one): set
+    /// while the configuration on disk is bad (the last good one is being served),
+    /// cleared by the next good one.
     pub current_error: Option<TimedError>,
     /// The most recent bad configuration ever seen.
     pub last_error: Option<TimedError>,
@@ -95,6 +112,7 @@ pub struct Status {
 #[derive(Debug)]
 pub struct State {
     snapshot: watch::Sender<Arc<Snapshot>>,
+    catalog: Mutex<Arc<Catalog>>,
     closing: watch::Sender<bool>,
     status: Mutex<Status>,
     subscribers: AtomicUsize,
@@ -106,21 +124,32 @@ fn now() -> String {
 }
 
 impl State {
-    /// Starts at version 1 with the first good `mesh` from `source`.
-    pub fn new(source: impl Into<String>, mesh: Mesh) -> Self {
+    /// Starts at version 1 serving `mesh`, the merge of the first good state of each
+    /// of `sources` (named as in [`SourceStatus::name`]).
+    pub fn new(sources: Vec<String>, mesh: Mesh) -> Self {
         let services = mesh.services.len();
+        let reloads = u64::try_from(sources.len()).unwrap_or(u64::MAX);
         State {
             snapshot: watch::Sender::new(Arc::new(Snapshot {
                 version: 1,
                 mesh: Arc::new(mesh),
             })),
+            catalog: Mutex::new(Arc::new(Catalog::default())),
             closing: watch::Sender::new(false),
             status: Mutex::new(Status {
-                source: source.into(),
+                source: sources.join(", "),
+                sources: sources
+                    .into_iter()
+                    .map(|name| SourceStatus {
+                        name,
+                        current_error: None,
+                    })
+                    .collect(),
+                conflicts: Vec::new(),
                 version: 1,
                 services,
                 last_reload: now(),
-                reloads_total: 1,
+                reloads_total: reloads,
                 reload_errors_total: 0,
                 current_error: None,
                 last_error: None,
@@ -135,13 +164,21 @@ impl State {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A good configuration: becomes the next version if it differs from the current
-    /// mesh. Returns the new version, or `None` when nothing changed.
-    pub fn apply(&self, mesh: Mesh) -> Option<u64> {
+    /// A good state from source number `source`: clears its current error.
+    pub fn record_good(&self, source: usize) {
         let mut status = self.status_mut();
         status.last_reload = now();
         status.reloads_total += 1;
-        status.current_error = None;
+        if let Some(s) = status.sources.get_mut(source) {
+            s.current_error = None;
+        }
+        status.current_error = status.sources.iter().find_map(|s| s.current_error.clone());
+    }
+
+    /// The mesh to serve: becomes the next version if it differs from the current
+    /// one. Returns the new version, or `None` when nothing changed.
+    pub fn publish(&self, mesh: Mesh) -> Option<u64> {
+        let mut status = self.status_mut();
         let mut version = None;
         self.snapshot.send_if_modified(|snap| {
             if *snap.mesh == mesh {
@@ -160,8 +197,9 @@ impl State {
         version
     }
 
-    /// A bad configuration: recorded; the current mesh stays.
-    pub fn record_error(&self, error: ConfigError) {
+    /// A bad configuration from source number `source`: recorded; the current mesh
+    /// stays.
+    pub fn record_error(&self, source: usize, error: ConfigError) {
         let timed = TimedError {
             display: error.to_string(),
             error,
@@ -169,8 +207,26 @@ impl State {
         };
         let mut status = self.status_mut();
         status.reload_errors_total += 1;
-        status.current_error = Some(timed.clone());
+        if let Some(s) = status.sources.get_mut(source) {
+            s.current_error = Some(timed.clone());
+        }
+        status.current_error = status.sources.iter().find_map(|s| s.current_error.clone());
         status.last_error = Some(timed);
+    }
+
+    /// The merged catalog behind the served mesh (every endpoint, before health
+    /// checks), and its conflicts into the status.
+    pub fn set_catalog(&self, catalog: Arc<Catalog>) {
+        self.status_mut().conflicts = catalog.conflicts.clone();
+        *self.catalog.lock().unwrap_or_else(|e| e.into_inner()) = catalog;
+    }
+
+    /// The merged catalog.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The current snapshot.
@@ -288,22 +344,36 @@ mod tests {
 
     #[test]
     fn versions_errors_and_subscribers() {
-        let state = Arc::new(State::new("file m", mesh(BASE)));
+        let state = Arc::new(State::new(
+            vec!["file m".into(), "other".into()],
+            mesh(BASE),
+        ));
         assert_eq!(state.snapshot().version, 1);
-        assert_eq!(state.apply(mesh(BASE)), None, "unchanged");
+        state.record_good(0);
+        assert_eq!(state.publish(mesh(BASE)), None, "unchanged");
         assert_eq!(state.snapshot().version, 1);
-        state.record_error(ConfigError::new("m", "bad"));
+        state.record_error(1, ConfigError::new("o", "worse"));
+        state.record_error(0, ConfigError::new("m", "bad"));
         let s = state.status();
-        assert_eq!(s.reload_errors_total, 1);
+        assert_eq!(s.reload_errors_total, 2);
         assert_eq!(
             s.current_error.as_ref().map(|e| e.display.as_str()),
-            Some("m: bad")
+            Some("m: bad"),
+            "the first source's"
         );
-        assert_eq!(state.apply(Mesh::default()), Some(2));
+        state.record_good(0);
+        assert_eq!(state.publish(Mesh::default()), Some(2));
+        let s = state.status();
+        assert_eq!(
+            s.current_error.as_ref().map(|e| e.display.as_str()),
+            Some("o: worse"),
+            "the other source is still bad"
+        );
+        state.record_good(1);
         let s = state.status();
         assert!(s.current_error.is_none());
         assert!(s.last_error.is_some());
-        assert_eq!((s.version, s.services, s.reloads_total), (2, 0, 3));
+        assert_eq!((s.version, s.services, s.reloads_total), (2, 0, 5));
         let g = state.subscriber();
         assert_eq!(state.status().subscribers, 1);
         drop(g);

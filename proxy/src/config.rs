@@ -28,10 +28,13 @@ pub struct ProxyConfig {
     /// Upper bound on establishing an upstream connection.
     #[serde(with = "humantime_serde_compat")]
     pub connect_timeout: Duration,
-    /// HTTP: upper bound from a request's arrival to its response head (then 504).
-    /// The default until per-service policy sets it.
+    /// HTTP: upper bound from a request's arrival to its response head (then 504),
+    /// for services whose policy sets no `timeout`, and inbound.
     #[serde(with = "humantime_serde_compat")]
     pub request_timeout: Duration,
+    /// HTTP/1: how long a client has to send a request head (then 408 and close).
+    #[serde(with = "humantime_serde_compat")]
+    pub header_read_timeout: Duration,
     /// How long open connections may keep going after SIGTERM.
     #[serde(with = "humantime_serde_compat")]
     pub drain_grace: Duration,
@@ -75,10 +78,21 @@ impl ProxyConfig {
             metrics_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15020),
             connect_timeout: Duration::from_secs(5),
             request_timeout: crate::l7::forward::REQUEST_TIMEOUT,
+            header_read_timeout: crate::l7::serve::HEADER_READ_TIMEOUT,
             drain_grace: Duration::from_secs(10),
             max_connections: 100_000,
             closed_history: 100,
             discovery: None,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The policy defaults that come from the proxy's own settings.
+    pub fn policy_defaults(&self) -> crate::policy::Defaults {
+        crate::policy::Defaults {
+            timeout: self.request_timeout,
+            connect_timeout: self.connect_timeout,
         }
     }
 }
@@ -90,7 +104,7 @@ impl Default for ProxyConfig {
 }
 
 /// Serializes durations as humantime strings ("5s") in `/config`.
-mod humantime_serde_compat {
+pub(crate) mod humantime_serde_compat {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

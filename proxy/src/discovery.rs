@@ -15,6 +15,7 @@ use serde::Serialize;
 use weft_api::discovery::{self as api, MeshUpdate, WatchRequest};
 use weft_api::DiscoveryClient;
 
+use crate::policy::{Defaults, Policy};
 use crate::routes::{Applied, PortProtocol, Routes, ServicePort, ServiceSpec};
 
 /// Where to subscribe and as whom.
@@ -115,10 +116,11 @@ pub async fn run(
     routes: Arc<Routes>,
     synced: Arc<AtomicBool>,
     status: Arc<DiscoveryStatus>,
+    defaults: Defaults,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let result = watch_once(&config, &routes, &synced, &status, &mut backoff).await;
+        let result = watch_once(&config, &routes, &synced, &status, &mut backoff, defaults).await;
         status.connected.store(false, Ordering::Relaxed);
         match result {
             Ok(()) => {
@@ -155,6 +157,7 @@ async fn watch_once(
     synced: &AtomicBool,
     status: &DiscoveryStatus,
     backoff: &mut Duration,
+    defaults: Defaults,
 ) -> Result<(), tonic::Status> {
     let channel = controller_endpoint(&config.controller)?
         .connect()
@@ -170,7 +173,7 @@ async fn watch_once(
         .into_inner();
     status.connected.store(true, Ordering::Relaxed);
     while let Some(update) = stream.message().await? {
-        apply(routes, &update);
+        apply(routes, &update, defaults);
         status.updates_applied.fetch_add(1, Ordering::Relaxed);
         *backoff = BACKOFF_MIN;
         if update.full_snapshot && !synced.swap(true, Ordering::SeqCst) {
@@ -204,8 +207,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Applies one update to the routing table, recording its version.
-pub fn apply(routes: &Routes, update: &MeshUpdate) -> Applied {
-    let specs = update.services.iter().filter_map(|s| match spec_of(s) {
+pub fn apply(routes: &Routes, update: &MeshUpdate, defaults: Defaults) -> Applied {
+    let specs = update.services.iter().filter_map(|s| match spec_of(s, defaults) {
         Ok(spec) => Some(spec),
         Err(why) => {
             tracing::warn!(service = %s.name, why, "ignoring an invalid service from discovery");
@@ -220,7 +223,7 @@ pub fn apply(routes: &Routes, update: &MeshUpdate) -> Applied {
 
 /// The routing view of a discovery service; the controller validated it, but a
 /// proxy never trusts the wire blindly.
-fn spec_of(s: &api::Service) -> Result<ServiceSpec, String> {
+fn spec_of(s: &api::Service, defaults: Defaults) -> Result<ServiceSpec, String> {
     let vip: IpAddr = s.vip.parse().map_err(|_| format!("bad vip {:?}", s.vip))?;
     let port = |p: u32| u16::try_from(p).ok().filter(|p| *p != 0);
     let ports = s
@@ -253,5 +256,6 @@ fn spec_of(s: &api::Service) -> Result<ServiceSpec, String> {
         vip,
         ports,
         endpoints,
+        policy: Policy::from_proto(s.policy.as_ref(), defaults),
     })
 }

@@ -11,12 +11,15 @@
 //! - [`addr`]: address newtypes and [`addr::Direction`].
 //! - [`orig_dst`]: original-destination recovery behind a trait (kernel or fixed).
 //! - [`routes`]: VIP:port → service → round-robin endpoint; peer IP → service.
+//! - [`policy`]: a service's timeouts, retries, breaker and lb, defaults applied.
 //! - [`discovery`]: the controller's Watch stream → the routing table, with backoff.
 //! - [`relay`]: the bidirectional byte copy (half-close, reset propagation).
 //! - [`l7`]: protocol detection and HTTP/1.1 + h2c proxying (per-request balancing,
 //!   pooled upstream connections, the proxy's own 502/503/504).
 //! - [`conntable`]: live and recently closed connections for `/connections`.
 //! - [`metrics`]: OpenTelemetry instruments and the Prometheus exposition.
+//! - [`process_metrics`]: RSS, CPU, fds and threads from `/proc/self` (shared with
+//!   the controller).
 //! - [`prom_text`]: reading samples back from a `/metrics` page.
 //! - [`http_endpoint`]: the small HTTP server behind admin and metrics.
 //! - [`server`]: listeners, per-connection handling and drain.
@@ -30,6 +33,8 @@ pub mod http_endpoint;
 pub mod l7;
 pub mod metrics;
 pub mod orig_dst;
+pub mod policy;
+pub mod process_metrics;
 pub mod prom_text;
 pub mod relay;
 pub mod routes;

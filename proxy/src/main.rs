@@ -14,7 +14,7 @@ use weft_proxy::{BoundProxy, ProxyConfig};
 /// weft's transparent sidecar proxy. Run it as the proxy uid (1337) that weft-init
 /// excludes from capture; it needs no privilege.
 #[derive(Debug, Parser)]
-#[command(name = "weft-proxy", version)]
+#[command(name = "weft-proxy", version, args_override_self = true)]
 struct Args {
     /// This pod's service name: the source of its outbound traffic and the destination
     /// of its inbound traffic in metrics.
@@ -45,6 +45,9 @@ struct Args {
     /// HTTP: upper bound from a request's arrival to its response head; then 504.
     #[arg(long, env = "WEFT_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// HTTP/1: how long a client has to send a request head; then 408 and close.
+    #[arg(long, env = "WEFT_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
     /// After SIGTERM, how long open connections may keep going before the proxy exits.
     #[arg(long, env = "WEFT_DRAIN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     drain_grace: Duration,
@@ -70,6 +73,7 @@ impl Args {
         config.metrics_listen = self.metrics_listen;
         config.connect_timeout = self.connect_timeout;
         config.request_timeout = self.request_timeout;
+        config.header_read_timeout = self.header_read_timeout;
         config.drain_grace = self.drain_grace;
         config.max_connections = self.max_connections;
         config.closed_history = self.closed_history;

@@ -42,6 +42,10 @@ pub enum ErrorReason {
     BadUpstreamResponse,
     /// HTTP: no response head within the request timeout.
     RequestTimeout,
+    /// HTTP: every endpoint of the service is ejected by the circuit breaker.
+    AllEjected,
+    /// HTTP: the client failed while sending a request body the proxy was reading.
+    ClientBody,
 }
 
 impl ErrorReason {
@@ -58,6 +62,8 @@ impl ErrorReason {
             ErrorReason::UpstreamReset => "upstream_reset",
             ErrorReason::BadUpstreamResponse => "bad_upstream_response",
             ErrorReason::RequestTimeout => "request_timeout",
+            ErrorReason::AllEjected => "all_endpoints_ejected",
+            ErrorReason::ClientBody => "client_body_error",
         }
     }
 }
@@ -129,6 +135,7 @@ impl Metrics {
             .with_resource(resource)
             .build();
         let meter = provider.meter("weft-proxy");
+        crate::process_metrics::register(&meter);
         let errors = meter
             .u64_counter("weft_proxy_errors")
             .with_description("Connections or requests the proxy failed itself, by reason")

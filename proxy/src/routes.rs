@@ -20,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::addr::{EndpointAddr, OrigDstAddr};
+use crate::policy::Policy;
 
 /// How the proxy treats traffic to a service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +59,8 @@ pub struct ServiceSpec {
     pub vip: IpAddr,
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<IpAddr>,
+    /// Timeouts, retries, breaker and lb, defaults applied.
+    pub policy: Policy,
 }
 
 /// Where one VIP:port leads, with its round-robin position.
@@ -66,6 +69,7 @@ pub struct ServiceRoute {
     pub service: Arc<str>,
     pub target_port: u16,
     pub protocol: PortProtocol,
+    pub policy: Policy,
     endpoints: Vec<IpAddr>,
     next: AtomicUsize,
 }
@@ -192,6 +196,7 @@ impl RouteTable {
             .values()
             .map(|(spec, _)| ServiceView {
                 name: &spec.name,
+                policy: spec.policy,
                 routes: spec
                     .ports
                     .iter()
@@ -216,6 +221,7 @@ impl RouteTable {
 #[derive(Debug, Serialize)]
 pub struct ServiceView<'a> {
     pub name: &'a str,
+    pub policy: Policy,
     pub routes: Vec<RouteView>,
 }
 
@@ -237,6 +243,7 @@ fn routes_of(spec: &ServiceSpec) -> Vec<Arc<ServiceRoute>> {
                 service: service.clone(),
                 target_port: p.target_port,
                 protocol: p.protocol,
+                policy: spec.policy,
                 endpoints: spec.endpoints.clone(),
                 next: AtomicUsize::new(0),
             })
@@ -342,6 +349,7 @@ mod tests {
                 protocol: PortProtocol::Auto,
             }],
             endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
+            policy: Policy::default(),
         }
     }
 
@@ -438,7 +446,11 @@ mod tests {
             spec("b", "fd00:96::2", &["fd00:211::3"]),
             spec("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"]),
         ]);
-        let json = serde_json::to_value(t.view()).expect("serializable");
+        let mut json = serde_json::to_value(t.view()).expect("serializable");
+        for service in json.as_array_mut().expect("list") {
+            let policy = service.as_object_mut().expect("object").remove("policy");
+            assert_eq!(policy.expect("policy")["lb"], "round_robin");
+        }
         assert_eq!(
             json,
             serde_json::json!([

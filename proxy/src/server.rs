@@ -61,6 +61,8 @@ struct Shared {
     /// One permit per connection in service; drain waits until all are back.
     permits: Arc<Semaphore>,
     draining: AtomicBool,
+    /// Turns true when the drain begins (HTTP connections stop keep-alive, GOAWAY).
+    stop: watch::Sender<bool>,
     /// This proxy's service name, shared by every connection's labels.
     own_service: Arc<str>,
     /// Whether the first discovery snapshot arrived (always true without discovery).
@@ -114,9 +116,10 @@ impl BoundProxy {
         let own_service: Arc<str> = Arc::from(config.service.as_str());
         let own_upstreams = OwnUpstreams::default();
         let l7 = L7::new(
-            Connector::new(config.connect_timeout, own_upstreams.clone()),
+            Connector::new(own_upstreams.clone()),
             metrics.http().clone(),
-            config.request_timeout,
+            config.policy_defaults(),
+            config.header_read_timeout,
         );
         let shared = Arc::new(Shared {
             own_service,
@@ -129,6 +132,7 @@ impl BoundProxy {
             own_upstreams,
             l7,
             draining: AtomicBool::new(false),
+            stop: watch::channel(false).0,
             synced: Arc::new(AtomicBool::new(config_has_no_discovery)),
             discovery,
         });
@@ -176,13 +180,14 @@ impl BoundProxy {
     /// Serves until `shutdown` resolves, then drains: stops accepting, reports
     /// not-ready, and waits up to the grace period for open connections to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> DrainOutcome {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_rx = self.shared.stop.subscribe();
         let discovery_task = self.shared.config.discovery.clone().map(|config| {
             tokio::spawn(crate::discovery::run(
                 config,
                 self.shared.routes.clone(),
                 self.shared.synced.clone(),
                 self.shared.discovery.clone(),
+                self.shared.config.policy_defaults(),
             ))
         });
         let mut accept_tasks = Vec::new();
@@ -216,7 +221,7 @@ impl BoundProxy {
 
         shutdown.await;
         self.shared.draining.store(true, Ordering::SeqCst);
-        let _ = stop_tx.send(true);
+        self.shared.stop.send_replace(true);
         for task in accept_tasks {
             let _ = task.await;
         }
@@ -432,7 +437,7 @@ async fn serve_connection(
     let end = match routing.detect {
         None => {
             let connected = match routing.endpoint {
-                Some(endpoint) => connect_upstream(&shared, endpoint).await,
+                Some(endpoint) => connect_upstream(&shared, &routing, endpoint).await,
                 None => Err(ErrorReason::NoEndpoints),
             };
             relay_opaque(&shared, &routing, &client, &[], connected, &observer).await
@@ -494,7 +499,7 @@ async fn serve_detected(
             None => routing.endpoint,
         };
         let stream = match endpoint {
-            Some(endpoint) => connect_upstream(shared, endpoint).await,
+            Some(endpoint) => connect_upstream(shared, routing, endpoint).await,
             None => Err(ErrorReason::NoEndpoints),
         };
         Upstream { endpoint, stream }
@@ -529,7 +534,8 @@ async fn serve_detected(
             let ctx = shared
                 .l7
                 .conn_ctx(version, dest, edge, observer.bytes.clone());
-            crate::l7::serve::serve(client, prefix, ctx, Arc::new(observer)).await
+            let stop = shared.stop.subscribe();
+            crate::l7::serve::serve(client, prefix, ctx, Arc::new(observer), stop).await
         }
         Sniffed::ClientFailed { error, upstream } => {
             if let Some(Ok(stream)) = upstream.as_ref().map(|u| &u.stream) {
@@ -573,11 +579,18 @@ fn recover_orig_dst(
     Ok(orig)
 }
 
+/// Connects an opaque connection's upstream within the service's connect timeout
+/// (the proxy's for passthrough and inbound).
 async fn connect_upstream(
     shared: &Shared,
+    routing: &Routing,
     endpoint: EndpointAddr,
 ) -> Result<TcpStream, ErrorReason> {
-    crate::l7::connect::connect(endpoint, shared.config.connect_timeout).await
+    let timeout = routing
+        .route
+        .as_ref()
+        .map_or(shared.config.connect_timeout, |r| r.policy.connect_timeout);
+    crate::l7::connect::connect(endpoint, timeout).await
 }
 
 /// Counts a connection's bytes into `/connections` and the `weft_tcp_*` series;

@@ -80,6 +80,7 @@ fn backend(endpoints: &[&str], target_port: u16, protocol: PortProtocol) -> Serv
             protocol,
         }],
         endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+        policy: weft_proxy::policy::Policy::default(),
     }
 }
 
@@ -693,12 +694,10 @@ async fn a_hung_endpoint_is_504_after_the_request_timeout() {
             held.push(s);
         }
     });
-    let p = proxy_with(
-        VIP.parse().unwrap(),
-        Some(backend(&["127.0.0.1"], port, PortProtocol::Http)),
-        |c| c.request_timeout = Duration::from_millis(300),
-    )
-    .await;
+    let mut spec = backend(&["127.0.0.1"], port, PortProtocol::Http);
+    // The service's policy sets the timeout (the proxy's flag is the default).
+    spec.policy.timeout = Duration::from_millis(300);
+    let p = proxy(VIP.parse().unwrap(), Some(spec)).await;
     let mut c = h1_client(p.outbound).await;
     let started = Instant::now();
     let (status, headers, _) = get(&mut c, "/").await;
@@ -717,4 +716,168 @@ async fn a_hung_endpoint_is_504_after_the_request_timeout() {
             ) == Some(2.0)
     })
     .await;
+}
+
+/// An HTTP/1.1 server on `ip:port` that answers every request with 503 and counts
+/// them by method.
+async fn always_503(ip: &str, port: u16) -> Arc<std::sync::Mutex<BTreeMap<String, u32>>> {
+    let l = TcpListener::bind((ip.parse::<IpAddr>().unwrap(), port))
+        .await
+        .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let counts = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let counts = counts.clone();
+                    async move {
+                        *counts
+                            .lock()
+                            .unwrap()
+                            .entry(req.method().to_string())
+                            .or_default() += 1;
+                        let _ = req.into_body().collect().await;
+                        let mut resp = Response::new(Full::new(Bytes::from_static(b"down")));
+                        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = server1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    seen
+}
+
+#[tokio::test]
+async fn a_503_is_retried_elsewhere_for_a_get_never_for_a_post() {
+    let (port, _) = h1_server("127.0.0.2", 0).await;
+    let bad = always_503("127.0.0.1", port).await;
+    let mut spec = backend(&["127.0.0.1", "127.0.0.2"], port, PortProtocol::Http);
+    spec.policy.circuit_breaker.consecutive_failures = 1000;
+    let p = proxy(VIP.parse().unwrap(), Some(spec)).await;
+    let mut c = h1_client(p.outbound).await;
+    for _ in 0..4 {
+        let (status, _, body) = get(&mut c, "/").await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("127.0.0.2 "), "{body}");
+    }
+    let mut posts = BTreeMap::<u16, u32>::new();
+    for _ in 0..4 {
+        c.ready().await.unwrap();
+        let req = Request::post("/")
+            .header("host", "backend.mesh")
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        let resp = c.send_request(req).await.unwrap();
+        *posts.entry(resp.status().as_u16()).or_default() += 1;
+        let _ = resp.into_body().collect().await;
+    }
+    assert_eq!(posts, BTreeMap::from([(200, 2), (503, 2)]));
+    let bad = bad.lock().unwrap().clone();
+    assert_eq!(bad.get("POST"), Some(&2), "POSTs reached it once each");
+    // A retry advances the rotation too, so each GET met the bad one first.
+    assert_eq!(
+        bad.get("GET"),
+        Some(&4),
+        "each GET tried there, then retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_closes_http1_with_connection_close_and_http2_with_goaway() {
+    // Answers after 300 ms, over HTTP/1.1 or h2c (hyper's auto-detection is not
+    // needed: the proxy speaks the client's version upstream).
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut first = [0u8; 3];
+                let _ = s.peek(&mut first).await;
+                let svc = service_fn(|_req: Request<Incoming>| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                if &first == b"PRI" {
+                    let _ = server2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                } else {
+                    let _ = server1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                }
+            });
+        }
+    });
+    let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut config = ProxyConfig::with_ports(0, 0);
+    config.outbound_listen = vec![local];
+    config.inbound_listen = vec![local];
+    config.admin_listen = local;
+    config.metrics_listen = local;
+    config.drain_grace = Duration::from_secs(5);
+    let bound = BoundProxy::bind(config, Arc::new(FixedOrigDst(VIP.parse().unwrap())))
+        .await
+        .unwrap();
+    bound.routes().store(RouteTable::from_services([backend(
+        &["127.0.0.1"],
+        port,
+        PortProtocol::Auto,
+    )]));
+    let outbound = bound.outbound_addrs()[0];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(bound.run(async {
+        let _ = stopped.await;
+    }));
+
+    let mut h1 = h1_client(outbound).await;
+    let s = TcpStream::connect(outbound).await.unwrap();
+    let (mut h2, conn) =
+        client2::handshake::<_, _, Full<Bytes>>(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .unwrap();
+    let h2_conn = tokio::spawn(conn);
+    // One request in flight on each when the drain begins.
+    h1.ready().await.unwrap();
+    let r1 = h1.send_request(
+        Request::get("/")
+            .header("host", "backend.mesh")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    );
+    let r2 = h2.send_request(
+        Request::get("http://backend.mesh/")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    );
+    let requests = tokio::spawn(async move { (r1.await, r2.await) });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let began = Instant::now();
+    stop.send(()).unwrap();
+    let (r1, r2) = requests.await.unwrap();
+    let r1 = r1.unwrap();
+    assert_eq!(r1.status(), 200);
+    assert_eq!(r1.headers()["connection"], "close");
+    assert_eq!(r2.unwrap().status(), 200);
+    // GOAWAY: the h2 connection ends once its stream is done.
+    tokio::time::timeout(Duration::from_secs(2), h2_conn)
+        .await
+        .expect("the h2 connection closes after GOAWAY")
+        .unwrap()
+        .unwrap();
+    let outcome = run.await.unwrap();
+    assert_eq!(outcome.abandoned, 0);
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
 }

@@ -59,6 +59,7 @@ fn backend(endpoints: &[&str], target_port: u16) -> ServiceSpec {
             protocol: PortProtocol::Tcp,
         }],
         endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+        policy: weft_proxy::policy::Policy::default(),
     }
 }
 

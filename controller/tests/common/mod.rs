@@ -23,9 +23,18 @@ pub fn replace(path: &Path, text: &str) {
 
 /// `GET path` on the HTTP API: status code and body.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    request(addr, "GET", path, "").await
+}
+
+/// `method path` with `body` on the HTTP API: status code and body.
+pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut conn = TcpStream::connect(addr).await.expect("connect http");
     conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
     )
     .await
     .expect("request");
@@ -62,10 +71,17 @@ pub async fn start(text: &str) -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("mesh.yaml");
     std::fs::write(&path, text).expect("write mesh");
-    let options = Options {
-        config: path.clone(),
+    start_in(dir, |o| o).await
+}
+
+/// Starts a controller on loopback over `dir/mesh.yaml` (which must exist), polled
+/// every 50 ms, with options changed by `tune`.
+pub async fn start_in(dir: tempfile::TempDir, tune: impl FnOnce(Options) -> Options) -> Running {
+    let path = dir.path().join("mesh.yaml");
+    let options = tune(Options {
         poll_interval: Duration::from_millis(50),
-    };
+        ..Options::new(path.clone())
+    });
     let controller = Controller::load(&options).await.expect("valid mesh");
     let grpc_l = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
     let http_l = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
@@ -82,5 +98,18 @@ pub async fn start(text: &str) -> Running {
         http,
         stop,
         task,
+    }
+}
+
+impl Running {
+    /// Stops the controller and waits for it; returns its directory.
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.stop.send(()).expect("stop");
+        tokio::time::timeout(IN_TIME, self.task)
+            .await
+            .expect("stops in time")
+            .expect("task")
+            .expect("serve ok");
+        self.dir
     }
 }

@@ -38,21 +38,22 @@ pub async fn connect(endpoint: EndpointAddr, timeout: Duration) -> Result<TcpStr
 /// Dials endpoints for the HTTP pools and registers the sockets as the proxy's own.
 #[derive(Clone, Debug)]
 pub struct Connector {
-    timeout: Duration,
     own: OwnUpstreams,
 }
 
 impl Connector {
-    pub fn new(timeout: Duration, own: OwnUpstreams) -> Self {
-        Connector { timeout, own }
+    pub fn new(own: OwnUpstreams) -> Self {
+        Connector { own }
     }
 
-    /// Connects; the returned guard keeps the socket registered until dropped.
+    /// Connects within `timeout`; the returned guard keeps the socket registered
+    /// until dropped.
     pub async fn connect(
         &self,
         endpoint: EndpointAddr,
+        timeout: Duration,
     ) -> Result<(TcpStream, OwnGuard), ErrorReason> {
-        let stream = connect(endpoint, self.timeout).await?;
+        let stream = connect(endpoint, timeout).await?;
         let local = stream.local_addr().ok();
         if let Some(local) = local {
             lock(&self.own).insert(local);

@@ -1,6 +1,7 @@
 //! Responses the proxy makes itself: 502 when the upstream could not be reached or
-//! failed under the request, 503 when the service has no endpoints, 504 when the
-//! request timed out. Each names its reason in `x-weft-error` (the same word as the
+//! failed under the request, 503 when the service has no endpoints or every one is
+//! ejected by the circuit breaker, 504 when the request timed out, 400 when the
+//! client's body broke off while the proxy read it for a retry. Each names its reason in `x-weft-error` (the same word as the
 //! `reason` label) and is counted in `weft_proxy_errors_total`; the request is also
 //! counted with the status the client saw, like any other.
 
@@ -21,7 +22,10 @@ pub static X_WEFT_ERROR: HeaderName = HeaderName::from_static("x-weft-error");
 /// The status a proxy-made error is answered with.
 pub fn status_of(reason: ErrorReason) -> StatusCode {
     match reason {
-        ErrorReason::NoEndpoints | ErrorReason::Overload => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorReason::NoEndpoints | ErrorReason::Overload | ErrorReason::AllEjected => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ErrorReason::ClientBody => StatusCode::BAD_REQUEST,
         ErrorReason::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
         // Connect failures (refused, timed out, unreachable), resets, bad responses.
         _ => StatusCode::BAD_GATEWAY,

@@ -1,26 +1,44 @@
-//! One request through the proxy: pick an endpoint (round robin per request), drop
-//! hop-by-hop headers, send over a pooled connection of the downstream's protocol
-//! within the request timeout, and stream the response back. An HTTP/1 upgrade
-//! (WebSocket) that the upstream accepts with 101 becomes a byte tunnel between the
-//! two upgraded connections. Failures become the proxy's own 502/503/504.
+//! One request through the proxy: drop hop-by-hop headers, pick an endpoint, send
+//! over a pooled connection of the downstream's protocol, retry what the policy
+//! allows, all within the request timeout, and stream the response back. An HTTP/1
+//! upgrade (WebSocket) that the upstream accepts with 101 becomes a byte tunnel
+//! between the two upgraded connections. Failures become the proxy's own
+//! 400/502/503/504.
+//!
+//! Retries (services only; inbound traffic has one application to go to):
+//! - a request that was never sent (connect failure, or a fresh connection that
+//!   closed before taking it) is retried whatever its method, when `on` has
+//!   `connect-failure`;
+//! - one that was sent is retried only when its method is idempotent and its body
+//!   was small enough to keep a copy of ([`MAX_REPLAY_BODY`]): on a reset
+//!   (`reset`) or a listed 5xx status (`503`, `gateway-error`);
+//! - each retry takes one from the route's [`RetryBudget`](super::balance::RetryBudget)
+//!   and goes to another endpoint when there is one; none beyond `attempts`, none
+//!   past the request timeout (which covers every attempt).
+//!
+//! Each attempt's outcome feeds the circuit breaker and the P2C latency estimate,
+//! including an attempt the request timeout cut short.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::body::{Completion, ProxyBody};
+use super::balance::Balancer;
+use super::body::{Completion, ProxyBody, RequestBody, MAX_REPLAY_BODY};
+use super::pool::{EndpointPool, Lease, SendError, SendOpts};
 use super::telemetry::method_label;
-use super::{errors, headers, ConnCtx, HttpVersion};
+use super::{errors, headers, ConnCtx, HttpVersion, Target};
 use crate::metrics::ErrorReason;
 
 /// Default upper bound on a request, from its arrival to the response head
-/// (connecting included), until per-service policy sets it.
+/// (connecting and retries included), when no policy sets it.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Proxies one request; never fails (errors are responses).
@@ -31,14 +49,6 @@ pub async fn forward(
     let started = Instant::now();
     ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
     let method = method_label(req.method());
-    let Some(pool) = ctx.target.pick() else {
-        return Ok(errors::respond(
-            &ctx,
-            ErrorReason::NoEndpoints,
-            method,
-            started,
-        ));
-    };
     let upgrade = ctx.version == HttpVersion::Http1 && headers::wants_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     headers::strip(req.headers_mut(), upgrade);
@@ -46,22 +56,21 @@ pub async fn forward(
         // Upstream connections are HTTP/1.1 keep-alive whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
     }
-    let sent = tokio::time::timeout(
-        ctx.request_timeout,
-        pool.send(req, ctx.version, &ctx.connector),
-    );
-    let (mut resp, lease) = match sent.await {
-        Err(_) => {
-            return Ok(errors::respond(
-                &ctx,
-                ErrorReason::RequestTimeout,
-                method,
-                started,
-            ));
-        }
-        Ok(Err(reason)) => return Ok(errors::respond(&ctx, reason, method, started)),
-        Ok(Ok(r)) => r,
-    };
+    let timeout = ctx.policy.timeout;
+    let deadline = started + timeout;
+    let (mut resp, lease) =
+        match tokio::time::timeout(timeout, send(&ctx, req, upgrade, deadline)).await {
+            Err(_) => {
+                return Ok(errors::respond(
+                    &ctx,
+                    ErrorReason::RequestTimeout,
+                    method,
+                    started,
+                ));
+            }
+            Ok(Err(reason)) => return Ok(errors::respond(&ctx, reason, method, started)),
+            Ok(Ok(r)) => r,
+        };
     let upgraded = match downstream_upgrade {
         Some(down) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             tunnel(&ctx, down, hyper::upgrade::on(&mut resp));
@@ -84,6 +93,206 @@ pub async fn forward(
         lease: if upgraded { None } else { lease },
     };
     Ok(resp.map(|body| ProxyBody::upstream(body, completion)))
+}
+
+type Sent = (Response<Incoming>, Option<Lease>);
+
+/// Sends `req` to the target: once (inbound), or with the service's retries.
+async fn send(
+    ctx: &ConnCtx,
+    req: Request<Incoming>,
+    upgrade: bool,
+    deadline: Instant,
+) -> Result<Sent, ErrorReason> {
+    let opts = SendOpts {
+        version: ctx.version,
+        connect_timeout: ctx.policy.connect_timeout,
+        idle_timeout: ctx.policy.idle_timeout,
+    };
+    let balancer = match &ctx.target {
+        Target::Fixed(pool) => {
+            return pool
+                .send(req.map(RequestBody::Stream), opts, &ctx.connector)
+                .await
+                .map_err(|e| e.reason);
+        }
+        Target::Balanced(b) => b,
+    };
+    balancer.budget.deposit();
+    let retry = &ctx.policy.retries;
+    let (parts, body) = req.into_parts();
+    // A copy to send again after a failure that happened once the request was sent:
+    // only for an idempotent method with a small body, with retries that look at
+    // such failures, and while the budget could pay for one.
+    let keep_copy = retry.attempts > 0
+        && !upgrade
+        && (retry.on.reset || retry.on.statuses != 0)
+        && is_idempotent(&parts.method)
+        && balancer.budget.has_room();
+    let body = if keep_copy {
+        match RequestBody::replayable(body).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(ErrorReason::ClientBody),
+            Err(stream) => RequestBody::Stream(stream),
+        }
+    } else {
+        RequestBody::Stream(body)
+    };
+    let copy = match body.try_clone() {
+        Some(body) if keep_copy => Some(Copy {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body,
+        }),
+        _ => None,
+    };
+    let mut req = Request::from_parts(parts, body);
+    let mut left = retry.attempts;
+    let mut last: Option<&Arc<EndpointPool>> = None;
+    loop {
+        let pick = balancer.pick(last)?;
+        let attempt = Attempt {
+            balancer,
+            pool: pick.pool,
+            probe: pick.probe,
+            started: Instant::now(),
+            deadline,
+            done: false,
+        };
+        balancer.start(pick.pool);
+        let again = match pick.pool.send(req, opts, &ctx.connector).await {
+            Ok((resp, lease)) => {
+                let status = resp.status().as_u16();
+                attempt.finish(status < 500);
+                let again = match &copy {
+                    Some(copy) if retry.on.status(status) && left > 0 => {
+                        balancer.budget.withdraw().then(|| copy.request())
+                    }
+                    _ => None,
+                };
+                match again {
+                    Some(r) => {
+                        discard(resp, lease);
+                        r
+                    }
+                    None => return Ok((resp, lease)),
+                }
+            }
+            Err(SendError { reason, unsent }) => {
+                attempt.finish(false);
+                let again = match unsent {
+                    // Never sent: safe whatever the method.
+                    Some(unsent) if retry.on.connect_failure => Some(unsent),
+                    None if retry.on.reset && reason == ErrorReason::UpstreamReset => {
+                        copy.as_ref().map(Copy::request)
+                    }
+                    _ => None,
+                };
+                match again {
+                    Some(r) if left > 0 && balancer.budget.withdraw() => r,
+                    _ => return Err(reason),
+                }
+            }
+        };
+        tracing::debug!(endpoint = %pick.pool.addr(), left, "retrying");
+        left -= 1;
+        req = again;
+        last = Some(pick.pool);
+    }
+}
+
+/// RFC 9110 §9.2.2: methods whose repetition has the same effect as one request.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// What a retry sends again.
+struct Copy {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: RequestBody,
+}
+
+impl Copy {
+    fn request(&self) -> Request<RequestBody> {
+        let body = self.body.try_clone().unwrap_or(RequestBody::Replay {
+            data: None,
+            trailers: None,
+        });
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// One attempt on one endpoint, reported to the balancer when it ends — also when
+/// the request timeout drops it unfinished (a failure: the endpoint was too slow).
+struct Attempt<'a> {
+    balancer: &'a Balancer,
+    pool: &'a Arc<EndpointPool>,
+    probe: bool,
+    started: Instant,
+    deadline: Instant,
+    done: bool,
+}
+
+impl Attempt<'_> {
+    fn finish(mut self, ok: bool) {
+        self.done = true;
+        self.balancer.end(self.pool);
+        self.balancer
+            .observe(self.pool, self.probe, ok, self.started.elapsed());
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.balancer.end(self.pool);
+        // Dropped by the request timeout: a failure. Dropped because the client went
+        // away: no verdict on the endpoint.
+        if Instant::now() + Duration::from_millis(1) >= self.deadline {
+            self.balancer
+                .observe(self.pool, self.probe, false, self.started.elapsed());
+        }
+    }
+}
+
+/// A response that will be retried: its body is read and thrown away in the
+/// background (at most [`MAX_REPLAY_BODY`], for one second) so that its HTTP/1
+/// connection can go back to the pool.
+fn discard(resp: Response<Incoming>, lease: Option<Lease>) {
+    let Some(lease) = lease else { return };
+    tokio::spawn(async move {
+        let mut body = resp.into_body();
+        let read = async {
+            let mut n = 0u64;
+            while let Some(frame) = body.frame().await {
+                if let Some(d) = frame.ok()?.data_ref() {
+                    n += d.len() as u64;
+                    if n > MAX_REPLAY_BODY {
+                        return None;
+                    }
+                }
+            }
+            Some(())
+        };
+        if let Ok(Some(())) = tokio::time::timeout(Duration::from_secs(1), read).await {
+            lease.release();
+        }
+    });
 }
 
 /// Copies bytes between the upgraded client and upstream connections once both

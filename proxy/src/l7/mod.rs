@@ -1,5 +1,6 @@
 //! The L7 path: protocol detection, and HTTP/1.1 and HTTP/2 (h2c) proxying with
-//! per-request round robin over pooled upstream connections.
+//! per-request balancing over pooled upstream connections, retries within a
+//! budget, a circuit breaker, and the service's timeouts.
 //!
 //! A routed connection whose port is `auto` goes through [`sniff`]: HTTP is served
 //! here, anything else (or a server that speaks first) goes back to the opaque relay
@@ -11,12 +12,14 @@
 //! - [`sniff`]: reading the first bytes, racing a speculative upstream connection.
 //! - [`serve`]: hyper's server on the client socket; [`io`]: that socket, replaying
 //!   the detected prefix and counting bytes.
-//! - [`forward`]: one request: pick, strip hop-by-hop [`headers`], send, stream back,
-//!   upgrades; [`errors`]: the proxy's own 502/503/504.
-//! - [`balance`]: per-route round robin and the registry of balancers and pools;
+//! - [`forward`]: one request: pick, strip hop-by-hop [`headers`], send, retry,
+//!   stream back, upgrades; [`errors`]: the proxy's own 502/503/504.
+//! - [`balance`]: per-route round robin or P2C/peak-EWMA, the circuit breaker, the
+//!   retry budget, and the registry of balancers and pools;
 //!   [`pool`]: pooled HTTP/1.1 and h2c connections to one endpoint; [`connect`]:
 //!   dialling endpoints.
-//! - [`body`]: the response body (streaming, metrics on completion, pool return);
+//! - [`body`]: the response body (streaming, metrics on completion, pool return)
+//!   and the request body (streamed, or a bounded copy kept for retries);
 //!   [`telemetry`]: the `weft_http_*` instruments and labels.
 
 pub mod balance;
@@ -39,6 +42,7 @@ use tokio::task::JoinHandle;
 
 use crate::addr::{Direction, EndpointAddr};
 use crate::conntable::ByteCounters;
+use crate::policy::{Defaults, Policy};
 use crate::routes::{PortProtocol, ServiceRoute};
 use balance::{Balancer, Registry};
 use connect::Connector;
@@ -84,11 +88,11 @@ pub enum Target {
 }
 
 impl Target {
-    /// The endpoint for the next request; `None` when the service has none.
-    pub fn pick(&self) -> Option<&Arc<EndpointPool>> {
+    /// The balancer, for a service.
+    pub fn balancer(&self) -> Option<&Balancer> {
         match self {
-            Target::Balanced(b) => b.pick(),
-            Target::Fixed(p) => Some(p),
+            Target::Balanced(b) => Some(b),
+            Target::Fixed(_) => None,
         }
     }
 }
@@ -103,8 +107,11 @@ pub struct ConnCtx {
     /// The connection's `/connections` counters (`requests` is counted here).
     pub counters: Arc<ByteCounters>,
     pub connector: Connector,
-    /// From a request's arrival to its response head; then 504.
-    pub request_timeout: Duration,
+    /// Timeouts and retries: the service's policy, or (inbound) the proxy's
+    /// defaults without retries.
+    pub policy: Policy,
+    /// How long a client has to send a request head (HTTP/1).
+    pub header_read_timeout: Duration,
     /// Upgraded (tunnelled) requests still running; the connection ends after them.
     tunnels: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -128,7 +135,9 @@ pub struct L7 {
     registry: Registry,
     connector: Connector,
     instruments: HttpInstruments,
-    request_timeout: Duration,
+    /// The policy of traffic to the local application (inbound).
+    inbound_policy: Policy,
+    header_read_timeout: Duration,
 }
 
 /// Who a connection is between, for its request labels.
@@ -152,13 +161,18 @@ impl L7 {
     pub fn new(
         connector: Connector,
         instruments: HttpInstruments,
-        request_timeout: Duration,
+        defaults: Defaults,
+        header_read_timeout: Duration,
     ) -> Self {
+        let mut inbound_policy = Policy::defaults(defaults);
+        // One local application: nothing else to try.
+        inbound_policy.retries.attempts = 0;
         L7 {
             registry: Registry::default(),
             connector,
             instruments,
-            request_timeout,
+            inbound_policy,
+            header_read_timeout,
         }
     }
 
@@ -170,9 +184,15 @@ impl L7 {
         edge: Edge<'_>,
         counters: Arc<ByteCounters>,
     ) -> Arc<ConnCtx> {
-        let target = match dest {
-            Dest::Service(route) => Target::Balanced(self.registry.balancer(route)),
-            Dest::Address(addr) => Target::Fixed(self.registry.inbound(addr)),
+        let (target, policy) = match dest {
+            Dest::Service(route) => (
+                Target::Balanced(self.registry.balancer(route)),
+                route.policy,
+            ),
+            Dest::Address(addr) => (
+                Target::Fixed(self.registry.inbound(addr)),
+                self.inbound_policy,
+            ),
         };
         Arc::new(ConnCtx {
             version,
@@ -181,7 +201,8 @@ impl L7 {
             instruments: self.instruments.clone(),
             counters,
             connector: self.connector.clone(),
-            request_timeout: self.request_timeout,
+            policy,
+            header_read_timeout: self.header_read_timeout,
             tunnels: Mutex::new(Vec::new()),
         })
     }

@@ -10,15 +10,24 @@
 //!
 //! A request that a pooled connection did not accept (it closed between being
 //! pooled and being used: the upstream's idle timeout) is sent again on a fresh
-//! connection — it was never written, so this is safe for any method.
+//! connection — it was never written, so this is safe for any method. A request
+//! that was never sent for any other reason (the connection could not be made) is
+//! handed back in [`SendError::unsent`], so the caller may try another endpoint.
+//! An idle HTTP/1 connection older than the policy's idle timeout is closed when
+//! met instead of being used.
+//!
+//! The pool also keeps the endpoint's [`Health`] (breaker and latency state).
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use super::balance::Health;
+use super::body::RequestBody;
 use super::connect::Connector;
 use super::HttpVersion;
 use crate::addr::EndpointAddr;
@@ -27,15 +36,33 @@ use crate::metrics::ErrorReason;
 /// Idle HTTP/1 connections kept per endpoint.
 pub const MAX_IDLE_H1: usize = 256;
 
-type H1 = http1::SendRequest<Incoming>;
-type H2 = http2::SendRequest<Incoming>;
+type H1 = http1::SendRequest<RequestBody>;
+type H2 = http2::SendRequest<RequestBody>;
 
 /// The pooled connections to one endpoint.
 #[derive(Debug)]
 pub struct EndpointPool {
     addr: EndpointAddr,
-    h1_idle: Mutex<Vec<H1>>,
+    /// Idle connections and when each was returned.
+    h1_idle: Mutex<Vec<(H1, Instant)>>,
     h2: Mutex<Option<H2>>,
+    /// Breaker and latency state of the endpoint.
+    pub health: Health,
+}
+
+/// Why a request could not be sent, and the request itself when it never left.
+#[derive(Debug)]
+pub struct SendError {
+    pub reason: ErrorReason,
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+/// How to reach the endpoint for one request.
+#[derive(Clone, Copy, Debug)]
+pub struct SendOpts {
+    pub version: HttpVersion,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 /// An HTTP/1 connection lent to one request; [`Lease::release`] returns it to the
@@ -55,7 +82,7 @@ impl Lease {
         }
         let mut idle = lock(&self.pool.h1_idle);
         if idle.len() < MAX_IDLE_H1 {
-            idle.push(self.sender);
+            idle.push((self.sender, Instant::now()));
         }
     }
 }
@@ -66,6 +93,7 @@ impl EndpointPool {
             addr,
             h1_idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            health: Health::default(),
         }
     }
 
@@ -78,27 +106,36 @@ impl EndpointPool {
     /// response head and, for HTTP/1, the lease to release when the body has ended.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<Incoming>,
-        version: HttpVersion,
+        req: Request<RequestBody>,
+        opts: SendOpts,
         connector: &Connector,
-    ) -> Result<(Response<Incoming>, Option<Lease>), ErrorReason> {
-        match version {
-            HttpVersion::Http1 => self.send_h1(req, connector).await,
-            HttpVersion::H2 => self.send_h2(req, connector).await.map(|r| (r, None)),
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        match opts.version {
+            HttpVersion::Http1 => self.send_h1(req, opts, connector).await,
+            HttpVersion::H2 => self.send_h2(req, opts, connector).await.map(|r| (r, None)),
         }
     }
 
     async fn send_h1(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
+        opts: SendOpts,
         connector: &Connector,
-    ) -> Result<(Response<Incoming>, Option<Lease>), ErrorReason> {
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         loop {
-            let pooled = self.take_h1();
+            let pooled = self.take_h1(opts.idle_timeout);
             let is_pooled = pooled.is_some();
             let mut sender = match pooled {
                 Some(s) => s,
-                None => self.connect_h1(connector).await?,
+                None => match self.connect_h1(connector, opts.connect_timeout).await {
+                    Ok(s) => s,
+                    Err(reason) => {
+                        return Err(SendError {
+                            reason,
+                            unsent: Some(req),
+                        })
+                    }
+                },
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -110,7 +147,12 @@ impl EndpointPool {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if is_pooled => req = unsent,
-                    _ => return Err(send_error(e.error())),
+                    unsent => {
+                        return Err(SendError {
+                            reason: send_error(e.error()),
+                            unsent,
+                        })
+                    }
                 },
             }
         }
@@ -118,15 +160,24 @@ impl EndpointPool {
 
     async fn send_h2(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
+        opts: SendOpts,
         connector: &Connector,
-    ) -> Result<Response<Incoming>, ErrorReason> {
+    ) -> Result<Response<Incoming>, SendError> {
         loop {
             let shared = self.h2_handle();
             let is_pooled = shared.is_some();
             let mut sender = match shared {
                 Some(s) => s,
-                None => self.connect_h2(connector).await?,
+                None => match self.connect_h2(connector, opts.connect_timeout).await {
+                    Ok(s) => s,
+                    Err(reason) => {
+                        return Err(SendError {
+                            reason,
+                            unsent: Some(req),
+                        })
+                    }
+                },
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
@@ -135,7 +186,12 @@ impl EndpointPool {
                         self.forget_h2(&sender);
                         req = unsent;
                     }
-                    _ => return Err(send_error(e.error())),
+                    unsent => {
+                        return Err(SendError {
+                            reason: send_error(e.error()),
+                            unsent,
+                        })
+                    }
                 },
             }
         }
@@ -145,15 +201,23 @@ impl EndpointPool {
     /// is not ready yet (still sending the body of a request whose response came
     /// early, or about to close) is left for later rather than waited for: waiting
     /// could hold this request behind another client's upload.
-    fn take_h1(&self) -> Option<H1> {
+    fn take_h1(&self, idle_timeout: Duration) -> Option<H1> {
         let mut idle = lock(&self.h1_idle);
-        idle.retain(|s| !s.is_closed());
-        let i = idle.iter().rposition(H1::is_ready)?;
-        Some(idle.remove(i))
+        if idle.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        idle.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < idle_timeout);
+        let i = idle.iter().rposition(|(s, _)| s.is_ready())?;
+        Some(idle.remove(i).0)
     }
 
-    async fn connect_h1(&self, connector: &Connector) -> Result<H1, ErrorReason> {
-        let (stream, own) = connector.connect(self.addr).await?;
+    async fn connect_h1(
+        &self,
+        connector: &Connector,
+        timeout: Duration,
+    ) -> Result<H1, ErrorReason> {
+        let (stream, own) = connector.connect(self.addr, timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -183,8 +247,12 @@ impl EndpointPool {
         }
     }
 
-    async fn connect_h2(&self, connector: &Connector) -> Result<H2, ErrorReason> {
-        let (stream, own) = connector.connect(self.addr).await?;
+    async fn connect_h2(
+        &self,
+        connector: &Connector,
+        timeout: Duration,
+    ) -> Result<H2, ErrorReason> {
+        let (stream, own) = connector.connect(self.addr, timeout).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
