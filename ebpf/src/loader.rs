@@ -342,6 +342,10 @@ fn attach_all(ebpf: &mut Ebpf, target: &Target, settings: &Settings) -> Result<(
 
     // Maps first: pinned, they are visible (and readable) from the start.
     for (name, map) in ebpf.maps() {
+        // `.rodata`, `.bss`, `.data`: the object's own sections, not weft's maps.
+        if name.starts_with('.') {
+            continue;
+        }
         let path = dir.join(format!("map_{name}"));
         map.pin(&path)
             .map_err(pin_err(format!("the map {name}"), path))?;

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
+use weft_ebpf_common::Stat;
 
 use crate::{wait_until, Mesh, Pod};
 
@@ -44,15 +45,114 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 pub struct PodCgroup {
     name: String,
     path: PathBuf,
+    /// Set once removed by [`PodCgroup::close`]: the drop then has nothing to do.
+    closed: bool,
 }
 
 impl PodCgroup {
+    /// The directory [`PodCgroup::create`] makes for `pod`:
+    /// `<cgroup2 root>/<mesh prefix>-<pod>` (e.g. to record it before creating it).
+    pub fn path_for(mesh: &Mesh, pod: &Pod) -> Result<PathBuf> {
+        Ok(cgroup2_root()?.join(format!("{}-{}", mesh.prefix(), pod.name())))
+    }
+
     /// Creates `<cgroup2 root>/<mesh prefix>-<pod>`.
     pub fn create(mesh: &Mesh, pod: &Pod) -> Result<PodCgroup> {
         let name = format!("{}-{}", mesh.prefix(), pod.name());
         let path = cgroup2_root()?.join(&name);
         fs::create_dir(&path).with_context(|| format!("create cgroup {}", path.display()))?;
-        Ok(PodCgroup { name, path })
+        Ok(PodCgroup {
+            name,
+            path,
+            closed: false,
+        })
+    }
+
+    /// The cgroup v2 directory `path` (which may exist or not), to be removed with
+    /// its pins and processes like one this harness created: e.g. what a crashed
+    /// `weftctl up` left behind. Refuses a path outside the cgroup v2 hierarchy and
+    /// the hierarchy's root.
+    pub fn adopt(path: &Path) -> Result<PodCgroup> {
+        let root = cgroup2_root()?;
+        let name = match path.strip_prefix(&root) {
+            Ok(rel) if rel.components().count() == 1 => rel.to_string_lossy().into_owned(),
+            _ => bail!(
+                "{} is not a cgroup directly under the cgroup v2 root {}",
+                path.display(),
+                root.display()
+            ),
+        };
+        Ok(PodCgroup {
+            name,
+            path: path.to_path_buf(),
+            closed: false,
+        })
+    }
+
+    /// Removes the cgroup now (its eBPF pins first, then its processes, then the
+    /// directory), saying what could not be removed; a cgroup already gone is fine.
+    pub fn close(mut self) -> Result<()> {
+        self.closed = true;
+        self.remove()
+    }
+
+    /// A counter of the pod's eBPF programs (summed over CPUs), read with bpftool
+    /// from the pinned `WEFT_STATS` map (`weft-init --mode ebpf` must have run).
+    pub fn stat(&self, stat: Stat) -> Result<u64> {
+        let v = self.dump_map(weft_ebpf_common::MAP_STATS)?;
+        let index = stat as u32;
+        let entry = v
+            .iter()
+            .find(|e| hex_u64(&e["key"]) == Some(u64::from(index)))
+            .with_context(|| format!("no key {index} in WEFT_STATS: {v:?}"))?;
+        let cpus = entry["values"]
+            .as_array()
+            .with_context(|| format!("WEFT_STATS entry without values: {entry}"))?;
+        cpus.iter()
+            .map(|cpu| hex_u64(&cpu["value"]).with_context(|| format!("bad value in {cpu}")))
+            .sum()
+    }
+
+    /// Every counter of the pod's programs, `name=value` separated by spaces (for
+    /// printing).
+    pub fn stats_line(&self) -> String {
+        Stat::ALL
+            .iter()
+            .map(|s| match self.stat(*s) {
+                Ok(v) => format!("{}={v}", s.name()),
+                Err(_) => format!("{}=?", s.name()),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// How many entries the pod's pinned map `map` (e.g.
+    /// [`weft_ebpf_common::MAP_ORIG_BY_CLIENT`]) holds.
+    pub fn map_len(&self, map: &str) -> Result<usize> {
+        Ok(self.dump_map(map)?.len())
+    }
+
+    /// `bpftool -j map dump pinned <pin dir>/map_<map>`.
+    fn dump_map(&self, map: &str) -> Result<Vec<serde_json::Value>> {
+        let pin = self.pin_dir().join(format!("map_{map}"));
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(&pin)
+            .output()
+            .context("run bpftool (install it with `cargo xtask setup-ebpf`)")?;
+        if !out.status.success() {
+            bail!(
+                "bpftool map dump pinned {}: {}",
+                pin.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("bpftool printed no JSON")?;
+        match v {
+            serde_json::Value::Array(entries) => Ok(entries),
+            other => bail!("bpftool printed {other}"),
+        }
     }
 
     /// The cgroup's directory (what `weft-init --cgroup` takes).
@@ -106,6 +206,9 @@ impl PodCgroup {
     }
 
     fn remove(&self) -> Result<()> {
+        if !self.path.exists() && !self.pin_dir().exists() {
+            return Ok(());
+        }
         let mut problems = Vec::new();
         // Pins first: removing a link pin ends that attachment.
         let pins = self.pin_dir();
@@ -152,8 +255,24 @@ impl PodCgroup {
     }
 }
 
+/// A little-endian integer from bpftool's JSON bytes (`["0x01", "0x00", ...]`).
+fn hex_u64(v: &serde_json::Value) -> Option<u64> {
+    let bytes = v
+        .as_array()?
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    let mut word = [0u8; 8];
+    let n = bytes.len().min(8);
+    word[..n].copy_from_slice(&bytes[..n]);
+    Some(u64::from_le_bytes(word))
+}
+
 impl Drop for PodCgroup {
     fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
         if let Err(e) = self.remove() {
             eprintln!("weft-e2e: cleaning up cgroup {}: {e:#}", self.name);
         }

@@ -34,15 +34,23 @@
 //!   reading its `/connections` and `/metrics`.
 //! - [`cgroup`]: [`PodCgroup`](cgroup::PodCgroup) — a pod's cgroup v2 for eBPF mode
 //!   (removed with its eBPF pins on drop), and running processes inside it.
+//! - [`mode`]: [`Mode`] (iptables or eBPF) and [`ModePod`] — one test body for
+//!   both capture modes: a pod with its cgroup in eBPF mode, its sidecar in its
+//!   mode, its applications in its cgroup.
+//! - [`dialer`]: [`Dialer`](dialer::Dialer) — TCP connections the test process
+//!   makes as an app of a pod, captured in either mode (in eBPF mode through a
+//!   helper in the pod's cgroup that hands the socket over).
 //! - [`wait`]: [`wait_until`], polling a condition with a deadline.
 //! - [`bins`]: where weft's binaries and a usable python3 are.
 
 pub mod bins;
 pub mod cgroup;
 pub mod cmd;
+pub mod dialer;
 pub mod http;
 pub mod logs;
 pub mod mesh;
+pub mod mode;
 pub mod naming;
 pub mod netns;
 pub mod pod;
@@ -52,7 +60,10 @@ pub mod wait;
 
 pub use bins::{python3, weft_bin};
 pub use mesh::{Mesh, IPV4_SUBNET, IPV6_SUBNET};
+pub use mode::{Mode, ModePod};
 pub use pod::Pod;
 pub use process::{Entry, PodProc, ProcSpec};
 pub use sidecar::Sidecar;
 pub use wait::wait_until;
+/// The eBPF counters' indexes ([`ModePod::ebpf_stat`], [`cgroup::PodCgroup::stat`]).
+pub use weft_ebpf_common::Stat;

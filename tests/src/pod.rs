@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -167,9 +167,26 @@ impl Pod {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        self.run_in_cgroup(argv, uid, None, timeout)
+    }
+
+    /// Like [`run`](Self::run), inside the cgroup v2 directory `cgroup` if given
+    /// (see [`Entry::cgroup`](crate::Entry::cgroup)).
+    pub fn run_in_cgroup<I, S>(
+        &self,
+        argv: I,
+        uid: Option<u32>,
+        cgroup: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let argv: Vec<OsString> = argv.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let ns = self.open_netns()?;
-        process::run_in(&ns, &argv, uid, timeout).with_context(|| format!("in pod {}", self.name()))
+        process::run_in(&ns, &argv, uid, cgroup, timeout)
+            .with_context(|| format!("in pod {}", self.name()))
     }
 
     /// Like [`run`](Self::run), but a non-zero exit is an error showing stderr;

@@ -37,6 +37,7 @@ pub struct ProcSpec {
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) cwd: Option<PathBuf>,
     pub(crate) hosts_file: Option<PathBuf>,
+    pub(crate) cgroup: Option<PathBuf>,
 }
 
 impl ProcSpec {
@@ -61,6 +62,7 @@ impl ProcSpec {
             env: Vec::new(),
             cwd: None,
             hosts_file: None,
+            cgroup: None,
         }
     }
 
@@ -102,6 +104,14 @@ impl ProcSpec {
         self.hosts_file = Some(file.into());
         self
     }
+
+    /// Starts the process inside the cgroup v2 directory `dir` (see
+    /// [`Entry::cgroup`]), e.g. a pod's [`PodCgroup`](crate::cgroup::PodCgroup) in
+    /// eBPF mode, so that every socket it makes is the pod's.
+    pub fn cgroup(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cgroup = Some(dir.into());
+        self
+    }
 }
 
 /// How a child enters a pod between fork and exec: always its network namespace;
@@ -113,6 +123,7 @@ pub struct Entry {
     gid: Option<u32>,
     cwd: Option<PathBuf>,
     hosts_file: Option<PathBuf>,
+    cgroup: Option<PathBuf>,
     new_session: bool,
 }
 
@@ -138,6 +149,14 @@ impl Entry {
         self
     }
 
+    /// Moves the child into the cgroup v2 directory `dir` (writing `0` to its
+    /// `cgroup.procs`) before it drops its uid and execs, so every socket the
+    /// command makes, listeners included, belongs to that cgroup from the start.
+    pub fn cgroup(mut self, dir: Option<PathBuf>) -> Self {
+        self.cgroup = dir;
+        self
+    }
+
     /// Starts a new session, so the child's pid is its process-group id and a
     /// terminal's Ctrl-C does not reach it. Off for interactive commands.
     pub fn new_session(mut self, on: bool) -> Self {
@@ -157,6 +176,16 @@ impl Entry {
                 CString::new(f.as_os_str().as_bytes())
                     .with_context(|| format!("hosts file path {}", f.display()))?,
             ),
+            None => None,
+        };
+        let procs = match &self.cgroup {
+            Some(dir) => {
+                let file = dir.join("cgroup.procs");
+                Some(
+                    CString::new(file.as_os_str().as_bytes())
+                        .with_context(|| format!("cgroup path {}", file.display()))?,
+                )
+            }
             None => None,
         };
         let mut cmd = Command::new(program);
@@ -200,6 +229,19 @@ impl Entry {
                 }
                 if new_session && libc::setsid() < 0 {
                     return Err(io::Error::last_os_error());
+                }
+                if let Some(procs) = &procs {
+                    // As root, before the uid drop: "0" moves the writing process.
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    let written = libc::write(fd, c"0".as_ptr().cast(), 1);
+                    let err = io::Error::last_os_error();
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(err);
+                    }
                 }
                 if let Some((uid, gid)) = ids {
                     if libc::setgroups(0, std::ptr::null()) != 0
@@ -249,11 +291,13 @@ pub(crate) fn command_in(
     gid: Option<u32>,
     cwd: Option<&Path>,
     hosts_file: Option<&Path>,
+    cgroup: Option<&Path>,
 ) -> Result<Command> {
     Entry::default()
         .uid(uid, gid)
         .cwd(cwd.map(Path::to_path_buf))
         .hosts_file(hosts_file.map(Path::to_path_buf))
+        .cgroup(cgroup.map(Path::to_path_buf))
         .new_session(true)
         .command(netns, argv)
 }
@@ -385,6 +429,7 @@ impl PodProc {
             spec.gid,
             spec.cwd.as_deref(),
             spec.hosts_file.as_deref(),
+            spec.cgroup.as_deref(),
         )?;
         cmd.stdout(file.try_clone().context("dup log file")?)
             .stderr(file);
@@ -515,10 +560,11 @@ pub(crate) fn run_in(
     netns: &File,
     argv: &[OsString],
     uid: Option<u32>,
+    cgroup: Option<&Path>,
     timeout: Duration,
 ) -> Result<Output> {
     let shown = show(argv);
-    let mut child = command_in(netns, argv, uid, None, None, None)?
+    let mut child = command_in(netns, argv, uid, None, None, None, cgroup)?
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -3,6 +3,7 @@
 //! metrics endpoints from inside the pod.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
@@ -54,13 +55,26 @@ impl Sidecar {
 
     /// An eBPF-mode sidecar: `weft-init --mode ebpf --cgroup <cgroup> INIT_ARGS`,
     /// then weft-proxy as uid 1337 inside the pod's cgroup (see
-    /// [`PodCgroup::wrap`]); run the pod's apps with the same wrap.
+    /// [`ProcSpec::cgroup`]); run the pod's apps in the cgroup too (the same, or
+    /// [`PodCgroup::wrap`], or a [`ModePod`](crate::ModePod)).
     pub fn start_ebpf(pod: &Pod, cgroup: &PodCgroup, init_args: &[&str]) -> Result<Sidecar> {
-        let path = cgroup.path().to_string_lossy().into_owned();
+        Sidecar::start_ebpf_with(pod, cgroup.path(), init_args, pod.name(), &[])
+    }
+
+    /// Like [`Sidecar::start_ebpf`] for the cgroup directory `cgroup`, with the
+    /// proxy's service name and extra proxy flags (as [`Sidecar::start_with`]).
+    pub fn start_ebpf_with(
+        pod: &Pod,
+        cgroup: &Path,
+        init_args: &[&str],
+        service: &str,
+        proxy_args: &[&str],
+    ) -> Result<Sidecar> {
+        let path = cgroup.to_string_lossy().into_owned();
         let mut args = vec!["--mode", "ebpf", "--cgroup", path.as_str()];
         args.extend_from_slice(init_args);
         weft_init(pod, &args).context("weft-init --mode ebpf")?;
-        Sidecar::launch(pod, pod.name(), &[], Some(cgroup))
+        Sidecar::launch(pod, service, proxy_args, Some(cgroup))
     }
 
     /// Starts weft-proxy as uid 1337 (in `cgroup`, if given) and waits until
@@ -69,7 +83,7 @@ impl Sidecar {
         pod: &Pod,
         service: &str,
         proxy_args: &[&str],
-        cgroup: Option<&PodCgroup>,
+        cgroup: Option<&Path>,
     ) -> Result<Sidecar> {
         let bin = weft_bin("weft-proxy").to_string_lossy().into_owned();
         let mut argv = vec![
@@ -84,11 +98,11 @@ impl Sidecar {
             "info,weft_proxy=debug",
         ];
         argv.extend_from_slice(proxy_args);
-        let spec = match cgroup {
-            None => ProcSpec::new(argv).uid(PROXY_UID),
-            Some(cg) => ProcSpec::new(cg.wrap(&argv, Some(PROXY_UID))),
-        };
-        let proxy = pod.spawn(spec.name("weft-proxy"))?;
+        let mut spec = ProcSpec::new(argv).uid(PROXY_UID).name("weft-proxy");
+        if let Some(cg) = cgroup {
+            spec = spec.cgroup(cg);
+        }
+        let proxy = pod.spawn(spec)?;
         let sidecar = Sidecar {
             pod: pod.clone(),
             proxy,

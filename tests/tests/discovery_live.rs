@@ -11,6 +11,16 @@
 //! connections ([`Traffic`]), plus long-lived streams ([`Stream`]). With a single
 //! sequential client, the frontend proxy's round robin is deterministic, which is what
 //! the exact counts below rely on.
+//!
+//! Every test runs in both capture modes (`_iptables`, `_ebpf`). In eBPF mode capture
+//! follows the cgroup of the process that makes a socket, so the test process
+//! connects through a [`Dialer`]: a helper inside the frontend pod's cgroup makes
+//! each connection and hands the socket over; the test then uses it as before.
+//! The eBPF variants run without sk_msg (`--no-sockmap`): this client reads with
+//! blocking sockets, and on a socket in the sockhash a blocking read can fail with
+//! EAGAIN after a spurious wakeup (kernel behaviour, see tcp_fidelity.rs
+//! `blocking_reads_after_a_half_close_never_fail_ebpf`); what these tests check —
+//! routing following the controller — does not depend on sk_msg.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,7 +36,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use weft_e2e::{python3, wait_until, weft_bin, Mesh, Pod, PodProc, ProcSpec, Sidecar};
+use weft_e2e::dialer::Dialer;
+use weft_e2e::{python3, wait_until, weft_bin, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -107,13 +118,11 @@ fn list(ips: &[Ipv4Addr]) -> String {
         .join(", ")
 }
 
-/// One short connection to the VIP, made on the calling thread, which must be
-/// inside the client pod: the greeting names the backend that served it, a line
-/// sent comes back, and a half-close is answered by a clean EOF.
-fn hello_here() -> Result<String> {
-    let stream = TcpStream::connect_timeout(&vip(), SECS(5)).context("connect")?;
-    stream.set_read_timeout(Some(SECS(5)))?;
-    stream.set_write_timeout(Some(SECS(5)))?;
+/// One short connection to the VIP, made as an app of the client pod: the greeting
+/// names the backend that served it, a line sent comes back, and a half-close is
+/// answered by a clean EOF.
+fn hello_from(dialer: &Dialer) -> Result<String> {
+    let stream = dialer.connect(vip(), SECS(5)).context("connect")?;
     let mut reader = BufReader::new(stream);
     let mut name = String::new();
     reader.read_line(&mut name).context("read the greeting")?;
@@ -135,17 +144,22 @@ fn hello_here() -> Result<String> {
     Ok(name.trim_end().to_owned())
 }
 
-/// [`hello_here`] from inside `pod`.
-fn hello(pod: &Pod) -> String {
-    pod.in_netns(hello_here)
-        .unwrap_or_else(|e| panic!("connection to {} from {}: {e:#}", vip(), pod.name()))
+/// [`hello_from`], which must succeed.
+fn hello(dialer: &Dialer) -> String {
+    hello_from(dialer).unwrap_or_else(|e| {
+        panic!(
+            "connection to {} from {}: {e:#}",
+            vip(),
+            dialer.pod().name()
+        )
+    })
 }
 
-/// `n` sequential connections from `pod`: how many each backend served.
-fn tally(pod: &Pod, n: usize) -> BTreeMap<String, usize> {
+/// `n` sequential connections from the dialer's pod: how many each backend served.
+fn tally(dialer: &Dialer, n: usize) -> BTreeMap<String, usize> {
     let mut served = BTreeMap::new();
     for _ in 0..n {
-        *served.entry(hello(pod)).or_default() += 1;
+        *served.entry(hello(dialer)).or_default() += 1;
     }
     served
 }
@@ -166,7 +180,7 @@ struct Conn {
     served_by: Result<String, String>,
 }
 
-/// A client in a pod that keeps making [`hello_here`] connections to the VIP, one
+/// A client in a pod that keeps making [`hello_from`] connections to the VIP, one
 /// at a time, [`PACE`] apart, until stopped; every outcome is kept, in order.
 struct Traffic {
     stop: Arc<AtomicBool>,
@@ -175,19 +189,17 @@ struct Traffic {
 }
 
 impl Traffic {
-    fn start(pod: &Pod) -> Traffic {
+    fn start(dialer: &Dialer) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (pod, stop2, log2) = (pod.clone(), stop.clone(), log.clone());
+        let (dialer, stop2, log2) = (dialer.clone(), stop.clone(), log.clone());
         let thread = std::thread::spawn(move || {
-            pod.in_netns(move || {
-                while !stop2.load(Ordering::SeqCst) {
-                    let started = Instant::now();
-                    let served_by = hello_here().map_err(|e| format!("{e:#}"));
-                    log2.lock().unwrap().push(Conn { started, served_by });
-                    std::thread::sleep(PACE);
-                }
-            })
+            while !stop2.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let served_by = hello_from(&dialer).map_err(|e| format!("{e:#}"));
+                log2.lock().unwrap().push(Conn { started, served_by });
+                std::thread::sleep(PACE);
+            }
         });
         Traffic {
             stop,
@@ -292,8 +304,8 @@ struct Stream {
 }
 
 impl Stream {
-    fn open(pod: &Pod) -> Stream {
-        let stream = pod.tcp_connect_blocking(vip()).unwrap();
+    fn open(dialer: &Dialer) -> Stream {
+        let stream = dialer.connect(vip(), SECS(5)).unwrap();
         let mut reader = BufReader::new(stream);
         let mut name = String::new();
         reader.read_line(&mut name).unwrap();
@@ -342,25 +354,31 @@ impl Stream {
 
 /// A mesh with a controller serving `mesh.yaml` from the run dir; backends named
 /// `b1`, `b2`, ... each running serve-hello with a sidecar (service `backend`); and
-/// a `front` pod with a sidecar (service `frontend`) as the client.
+/// a `front` pod with a sidecar (service `frontend`) as the client; every pod in
+/// the capture mode `mode`.
 struct Live {
     mesh: Mesh,
+    mode: Mode,
     file: PathBuf,
     style: Style,
     controller: PodProc,
-    front: Pod,
+    /// Connections from the front pod, as its app.
+    front: Dialer,
+    /// Every pod by name (in eBPF mode each holds its cgroup).
+    pods: BTreeMap<String, ModePod>,
     sidecars: BTreeMap<String, Sidecar>,
     servers: Vec<PodProc>,
 }
 
 impl Live {
     /// Backend pods `pods`, the mesh file listing `endpoints` (pod names).
-    fn start(pods: &[&str], endpoints: &[&str], style: Style) -> Live {
+    fn start(mode: Mode, pods: &[&str], endpoints: &[&str], style: Style) -> Live {
         let mesh = Mesh::new().unwrap();
         let py = python3().to_string_lossy().into_owned();
         let mut servers = Vec::new();
+        let mut all = BTreeMap::new();
         for name in pods {
-            let pod = mesh.add_pod(name).unwrap();
+            let pod = mode.add_pod(&mesh, name).unwrap();
             let argv = [
                 py.clone(),
                 tcpkit(),
@@ -371,6 +389,7 @@ impl Live {
             let server = pod.spawn(ProcSpec::new(argv).name("hello")).unwrap();
             wait_until(SECS(10), MS(20), || server.logs().contains("listening")).unwrap();
             servers.push(server);
+            all.insert(name.to_string(), pod);
         }
         let file = mesh.run_dir().join("mesh.yaml");
         let ips: Vec<Ipv4Addr> = endpoints
@@ -383,29 +402,49 @@ impl Live {
         };
         std::fs::write(&file, first).unwrap();
         let controller = spawn_controller(&mesh, &file);
-        let front = mesh.add_pod("front").unwrap();
+        let front = mode.add_pod(&mesh, "front").unwrap();
         front.add_route("10.96.0.0/16").unwrap();
+        let dialer = front.dialer().unwrap();
+        all.insert("front".to_owned(), front);
         let mut live = Live {
             mesh,
+            mode,
             file,
             style,
             controller,
-            front: front.clone(),
+            front: dialer,
+            pods: all,
             sidecars: BTreeMap::new(),
             servers,
         };
-        live.add_sidecar(&front, "frontend");
+        live.add_sidecar("front", "frontend");
         for name in pods {
-            let pod = live.mesh.pod(name).unwrap();
-            live.add_sidecar(&pod, "backend");
+            live.add_sidecar(name, "backend");
         }
         live
     }
 
-    fn add_sidecar(&mut self, pod: &Pod, service: &str) {
+    /// Adds a client pod `name` (with the VIP route) and returns its dialer; give it
+    /// a sidecar with [`Live::add_sidecar`].
+    fn add_client(&mut self, name: &str) -> Dialer {
+        let pod = self.mode.add_pod(&self.mesh, name).unwrap();
+        pod.add_route("10.96.0.0/16").unwrap();
+        let dialer = pod.dialer().unwrap();
+        self.pods.insert(name.to_owned(), pod);
+        dialer
+    }
+
+    fn add_sidecar(&mut self, name: &str, service: &str) {
         let url = format!("http://{}:15010", self.mesh.node().ipv4());
-        let sidecar = Sidecar::start_with(pod, &[], service, &["--controller", &url]).unwrap();
-        self.sidecars.insert(pod.name().to_owned(), sidecar);
+        // See the module docs for why not sk_msg.
+        let init: &[&str] = match self.mode {
+            Mode::Iptables => &[],
+            Mode::Ebpf => &["--no-sockmap"],
+        };
+        let sidecar = self.pods[name]
+            .sidecar_with(init, service, &["--controller", &url])
+            .unwrap();
+        self.sidecars.insert(name.to_owned(), sidecar);
     }
 
     fn ip(&self, name: &str) -> Ipv4Addr {
@@ -571,8 +610,22 @@ fn spawn_controller(mesh: &Mesh, file: &std::path::Path) -> PodProc {
 /// the connections the client says it served, and the controller never saw a bad
 /// file.
 #[test]
-fn editor_save_replaces_an_endpoint_while_traffic_runs() {
-    let live = Live::start(&["b1", "b2", "b3", "b4"], &["b1", "b2", "b3"], Style::Flow);
+fn editor_save_replaces_an_endpoint_while_traffic_runs_iptables() {
+    editor_save_replaces_an_endpoint_while_traffic_runs(Mode::Iptables);
+}
+
+#[test]
+fn editor_save_replaces_an_endpoint_while_traffic_runs_ebpf() {
+    editor_save_replaces_an_endpoint_while_traffic_runs(Mode::Ebpf);
+}
+
+fn editor_save_replaces_an_endpoint_while_traffic_runs(mode: Mode) {
+    let live = Live::start(
+        mode,
+        &["b1", "b2", "b3", "b4"],
+        &["b1", "b2", "b3"],
+        Style::Flow,
+    );
     // The first connection through a fresh proxy takes the first endpoint.
     let mut stream = Stream::open(&live.front);
     assert_eq!(stream.served_by, "b1");
@@ -638,8 +691,17 @@ fn editor_save_replaces_an_endpoint_while_traffic_runs() {
 /// both edits keeps flowing and ends with every byte echoed. No connection fails, no
 /// proxy restarts or counts an error.
 #[test]
-fn in_place_rewrites_add_then_remove_endpoints_while_traffic_runs() {
-    let live = Live::start(&["b1", "b2", "b3"], &["b1", "b2"], Style::Flow);
+fn in_place_rewrites_add_then_remove_endpoints_while_traffic_runs_iptables() {
+    in_place_rewrites_add_then_remove_endpoints_while_traffic_runs(Mode::Iptables);
+}
+
+#[test]
+fn in_place_rewrites_add_then_remove_endpoints_while_traffic_runs_ebpf() {
+    in_place_rewrites_add_then_remove_endpoints_while_traffic_runs(Mode::Ebpf);
+}
+
+fn in_place_rewrites_add_then_remove_endpoints_while_traffic_runs(mode: Mode) {
+    let live = Live::start(mode, &["b1", "b2", "b3"], &["b1", "b2"], Style::Flow);
     let mut stream = Stream::open(&live.front);
     assert_eq!(stream.served_by, "b1");
     stream.exchange(4);
@@ -754,8 +816,17 @@ fn wait_current_error(live: &Live, line: u64, column: Option<u64>, needle: &str)
 /// applies: b3 serves new connections within 2 s and b1 none after that. Neither
 /// the controller nor any proxy restarts; no connection fails.
 #[test]
-fn malformed_mesh_files_are_reported_by_line_and_change_nothing() {
-    let mut live = Live::start(&["b1", "b2", "b3"], &["b1", "b2"], Style::Block);
+fn malformed_mesh_files_are_reported_by_line_and_change_nothing_iptables() {
+    malformed_mesh_files_are_reported_by_line_and_change_nothing(Mode::Iptables);
+}
+
+#[test]
+fn malformed_mesh_files_are_reported_by_line_and_change_nothing_ebpf() {
+    malformed_mesh_files_are_reported_by_line_and_change_nothing(Mode::Ebpf);
+}
+
+fn malformed_mesh_files_are_reported_by_line_and_change_nothing(mode: Mode) {
+    let mut live = Live::start(mode, &["b1", "b2", "b3"], &["b1", "b2"], Style::Block);
     let good = live.services();
     assert_eq!(good["version"], 1, "{good}");
     let traffic = Traffic::start(&live.front);
@@ -767,9 +838,8 @@ fn malformed_mesh_files_are_reported_by_line_and_change_nothing() {
     let syntax = wait_current_error(&live, VIP_LINE, Some(20), "mapping values are not allowed");
     assert_eq!(live.services(), good);
     // A proxy that subscribes now gets the last good configuration.
-    let late = live.mesh.add_pod("late").unwrap();
-    late.add_route("10.96.0.0/16").unwrap();
-    live.add_sidecar(&late, "frontend");
+    let late = live.add_client("late");
+    live.add_sidecar("late", "frontend");
     assert_eq!(tally(&late, 4), counts(&[("b1", 2), ("b2", 2)]));
 
     // A bad VIP: valid YAML, invalid mesh.
@@ -855,8 +925,22 @@ fn malformed_mesh_files_are_reported_by_line_and_change_nothing() {
 /// resubscribed, new connections go to b2, b3 and b4, exactly round robin, none to
 /// b1 — and every proxy is still the process started at the beginning.
 #[test]
-fn proxies_route_through_a_controller_kill_and_follow_its_restart() {
-    let mut live = Live::start(&["b1", "b2", "b3", "b4"], &["b1", "b2", "b3"], Style::Flow);
+fn proxies_route_through_a_controller_kill_and_follow_its_restart_iptables() {
+    proxies_route_through_a_controller_kill_and_follow_its_restart(Mode::Iptables);
+}
+
+#[test]
+fn proxies_route_through_a_controller_kill_and_follow_its_restart_ebpf() {
+    proxies_route_through_a_controller_kill_and_follow_its_restart(Mode::Ebpf);
+}
+
+fn proxies_route_through_a_controller_kill_and_follow_its_restart(mode: Mode) {
+    let mut live = Live::start(
+        mode,
+        &["b1", "b2", "b3", "b4"],
+        &["b1", "b2", "b3"],
+        Style::Flow,
+    );
     let all = live.sidecars.len();
     assert_eq!(live.status()["subscribers"], all);
     assert_eq!(

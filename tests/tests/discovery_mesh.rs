@@ -1,18 +1,22 @@
 //! Tier 2: the real controller serves a mesh file; sidecars route connections to a
 //! service VIP round robin over its endpoints, over IPv4 and IPv6 VIPs, and the
 //! inbound side names the calling service from the controller's endpoint map.
+//! In both capture modes (`_iptables`, `_ebpf`): the same body, the pods' capture
+//! installed by weft-init in that mode.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use weft_e2e::{python3, wait_until, weft_bin, Mesh, Pod, PodProc, ProcSpec, Sidecar};
+use weft_e2e::{
+    python3, wait_until, weft_bin, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar, Stat,
+};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
 /// python's http.server on 8080 serving an index.html that names the pod.
-fn named_http_server(mesh: &Mesh, pod: &Pod) -> PodProc {
+fn named_http_server(mesh: &Mesh, pod: &ModePod) -> PodProc {
     let dir = mesh.run_dir().join(format!("www-{}", pod.name()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), pod.name()).unwrap();
@@ -36,7 +40,7 @@ fn named_http_server(mesh: &Mesh, pod: &Pod) -> PodProc {
     proc
 }
 
-fn curl_body(pod: &Pod, url: &str) -> String {
+fn curl_body(pod: &ModePod, url: &str) -> String {
     pod.run_ok(["curl", "-sS", "--max-time", "10", url], None, SECS(20))
         .unwrap()
         .trim()
@@ -44,18 +48,28 @@ fn curl_body(pod: &Pod, url: &str) -> String {
 }
 
 #[test]
-fn connections_to_a_service_vip_land_round_robin_on_its_endpoints() {
+fn connections_to_a_service_vip_land_round_robin_on_its_endpoints_iptables() {
+    round_robin_over_service_endpoints(Mode::Iptables);
+}
+
+#[test]
+fn connections_to_a_service_vip_land_round_robin_on_its_endpoints_ebpf() {
+    round_robin_over_service_endpoints(Mode::Ebpf);
+}
+
+fn round_robin_over_service_endpoints(mode: Mode) {
     let mesh = Mesh::new().unwrap();
-    let front = mesh.add_pod("front").unwrap();
-    let backends: Vec<Pod> = (1..=3)
-        .map(|i| mesh.add_pod(&format!("back{i}")).unwrap())
+    let front = mode.add_pod(&mesh, "front").unwrap();
+    let backends: Vec<ModePod> = (1..=3)
+        .map(|i| mode.add_pod(&mesh, &format!("back{i}")).unwrap())
         .collect();
     let _servers: Vec<PodProc> = backends
         .iter()
         .map(|b| named_http_server(&mesh, b))
         .collect();
 
-    let list = |f: &dyn Fn(&Pod) -> String| backends.iter().map(f).collect::<Vec<_>>().join(", ");
+    let list =
+        |f: &dyn Fn(&ModePod) -> String| backends.iter().map(f).collect::<Vec<_>>().join(", ");
     let mesh_file = format!(
         "services:\n  backend:\n    vip: 10.96.0.10\n    ports: [{{ port: 80, target_port: 8080, protocol: tcp }}]\n    endpoints: [{}]\n  backend6:\n    vip: fd00:96::10\n    ports: [{{ port: 80, target_port: 8080 }}]\n    endpoints: [{}]\n  frontend:\n    vip: 10.96.0.20\n    ports: [{{ port: 80 }}]\n    endpoints: [{}, {}]\n",
         list(&|b| b.ipv4().to_string()),
@@ -90,10 +104,10 @@ fn connections_to_a_service_vip_land_round_robin_on_its_endpoints() {
     let discovery = ["--controller", url.as_str()];
     front.add_route("10.96.0.0/16").unwrap();
     front.add_route("fd00:96::/64").unwrap();
-    let sf = Sidecar::start_with(&front, &[], "frontend", &discovery).unwrap();
+    let sf = front.sidecar_with(&[], "frontend", &discovery).unwrap();
     let sbs: Vec<Sidecar> = backends
         .iter()
-        .map(|b| Sidecar::start_with(b, &[], "backend", &discovery).unwrap())
+        .map(|b| b.sidecar_with(&[], "backend", &discovery).unwrap())
         .collect();
 
     for vip in ["http://10.96.0.10/", "http://[fd00:96::10]/"] {
@@ -132,5 +146,12 @@ fn connections_to_a_service_vip_land_round_robin_on_its_endpoints() {
             sb.metric(opened, &inbound).unwrap() == 6.0
         })
         .unwrap();
+    }
+    if mode == Mode::Ebpf {
+        // 18 connections to VIPs rewritten by connect4/connect6 in the frontend; the
+        // proxies' own connections (to the controller, to the backends) skipped.
+        assert_eq!(front.ebpf_stat(Stat::Redirected).unwrap(), 18);
+        assert_eq!(front.ebpf_stat(Stat::OrigDstAnswered).unwrap(), 18);
+        assert!(front.ebpf_stat(Stat::SkippedProxy).unwrap() >= 18);
     }
 }

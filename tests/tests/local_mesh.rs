@@ -2,6 +2,9 @@
 //! real binary, real pods, real sidecars and unmodified apps calling each other by
 //! service name. Each test uses a state directory of its own, so it never touches
 //! a mesh the user is running, and a guard runs `weftctl down` even on panic.
+//! Both tests run in both capture modes (`weftctl up --mode iptables|ebpf`); in
+//! eBPF mode they also check each pod's cgroup: its proxy and app run in it, its
+//! programs are pinned, and `down` removes it with its pins.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -48,12 +51,12 @@ struct Up {
 }
 
 impl Up {
-    fn start(file: &Path) -> Up {
+    fn start(file: &Path, mode: &str) -> Up {
         weft_e2e::cmd::require_root().unwrap();
         let state_dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(weft_bin("weftctl"))
             .env("WEFT_STATE_DIR", state_dir.path())
-            .args(["up", "-f"])
+            .args(["up", "--mode", mode, "-f"])
             .arg(file)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -176,16 +179,88 @@ fn assert_gone(names: &[String], pids: &[i32]) {
     assert!(alive.is_empty(), "processes left running: {alive:?}");
 }
 
+/// The pods' cgroups a state file names (eBPF mode), with the pids in each now.
+fn cgroups_and_pids(state: &Value) -> Vec<(PathBuf, Vec<i32>)> {
+    state["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["cgroup"].as_str())
+        .map(|c| {
+            let procs = std::fs::read_to_string(Path::new(c).join("cgroup.procs")).unwrap();
+            let pids = procs.lines().map(|l| l.trim().parse().unwrap()).collect();
+            (PathBuf::from(c), pids)
+        })
+        .collect()
+}
+
+/// `/sys/fs/bpf/weft/<cgroup name>`: where weft-init pins a pod's programs.
+fn pin_dir(cgroup: &Path) -> PathBuf {
+    Path::new(weft_e2e::cgroup::PIN_ROOT).join(cgroup.file_name().unwrap())
+}
+
+/// In eBPF mode: every pod has a cgroup holding its proxy and its app, and its
+/// programs pinned; returns the cgroups. In iptables mode: no pod has one.
+fn check_cgroups(up: &Up, mode: &str, pods: usize) -> Vec<PathBuf> {
+    let state = up.state();
+    assert_eq!(state["mode"], mode);
+    let cgroups = cgroups_and_pids(&state);
+    if mode == "iptables" {
+        assert!(cgroups.is_empty(), "{cgroups:?}");
+        return Vec::new();
+    }
+    assert_eq!(cgroups.len(), pods, "{state}");
+    for (cg, pids) in &cgroups {
+        let name = cg.file_name().unwrap().to_string_lossy().into_owned();
+        let prefix = state["prefix"].as_str().unwrap();
+        assert!(name.starts_with(&format!("{prefix}-")), "{name}");
+        let comms: Vec<String> = pids
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
+            .map(|c| c.trim().to_owned())
+            .collect();
+        assert!(comms.iter().any(|c| c == "weft-proxy"), "{name}: {comms:?}");
+        assert!(
+            comms.iter().any(|c| c.starts_with("python3")),
+            "{name}: {comms:?}"
+        );
+        assert!(pin_dir(cg).join("link_weft_connect4").exists(), "{name}");
+    }
+    cgroups.into_iter().map(|(cg, _)| cg).collect()
+}
+
+fn assert_cgroups_gone(cgroups: &[PathBuf]) {
+    for cg in cgroups {
+        assert!(!cg.exists(), "cgroup {} left behind", cg.display());
+        assert!(
+            !pin_dir(cg).exists(),
+            "pins of {} left behind",
+            cg.display()
+        );
+    }
+}
+
 /// Must-show 1 through the user's CLI: the frontend app dials `backend` by name and
 /// 9 connections land 3/3/3 on the replicas; `status` and `conns` show the mesh; a
 /// good edit of the file reaches the controller, a bad one is reported with its
 /// line and changes nothing; `weftctl down` removes every namespace and process.
 #[test]
 fn weftctl_up_runs_a_mesh_that_routes_by_service_name_and_down_removes_it() {
+    up_routes_by_service_name_and_down_removes_it("iptables");
+}
+
+/// The same in eBPF mode, where `down` removes the pods' cgroups and pins too.
+#[test]
+fn weftctl_up_runs_a_mesh_that_routes_by_service_name_and_down_removes_it_ebpf() {
+    up_routes_by_service_name_and_down_removes_it("ebpf");
+}
+
+fn up_routes_by_service_name_and_down_removes_it(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let file = mesh_file(dir.path(), MESH_FILE);
-    let mut up = Up::start(&file);
+    let mut up = Up::start(&file, mode);
     up.wait_ready();
+    let cgroups = check_cgroups(&up, mode, 4);
 
     let mut served = BTreeMap::<String, usize>::new();
     for _ in 0..9 {
@@ -280,6 +355,7 @@ fn weftctl_up_runs_a_mesh_that_routes_by_service_name_and_down_removes_it() {
         up.output()
     );
     assert_gone(&names, &pids);
+    assert_cgroups_gone(&cgroups);
     assert!(!up.state_dir.path().join("local-mesh.json").exists());
     let after = up.weftctl_ok(&["down"]);
     assert!(after.contains("no local mesh is running"), "{after}");
@@ -290,10 +366,22 @@ fn weftctl_up_runs_a_mesh_that_routes_by_service_name_and_down_removes_it() {
 /// says the mesh is unmanaged before that.
 #[test]
 fn weftctl_down_cleans_up_after_a_crashed_up() {
+    down_cleans_up_after_a_crashed_up("iptables");
+}
+
+/// The same in eBPF mode: `down` also removes the cgroups and pins the crashed `up`
+/// left.
+#[test]
+fn weftctl_down_cleans_up_after_a_crashed_up_ebpf() {
+    down_cleans_up_after_a_crashed_up("ebpf");
+}
+
+fn down_cleans_up_after_a_crashed_up(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let file = mesh_file(dir.path(), &MESH_FILE.replace("replicas: 3", "replicas: 1"));
-    let mut up = Up::start(&file);
+    let mut up = Up::start(&file, mode);
     up.wait_ready();
+    let cgroups = check_cgroups(&up, mode, 2);
     let (names, pids) = namespaces_and_pids(&up.state());
     assert_eq!(names.len(), 3, "{names:?}");
 
@@ -310,5 +398,6 @@ fn weftctl_down_cleans_up_after_a_crashed_up() {
     let down = up.weftctl_ok(&["down"]);
     assert!(down.contains("is down"), "{down}");
     assert_gone(&names, &pids);
+    assert_cgroups_gone(&cgroups);
     assert!(!up.state_dir.path().join("local-mesh.json").exists());
 }

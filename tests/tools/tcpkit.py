@@ -20,6 +20,16 @@ carry faithfully. Each prints one result line on stdout that the test reads.
   hold HOST PORT N SECONDS     open N connections, print "open=K", hold them SECONDS
   serve-hello PORT NAME        greet each client with "NAME\\n", then echo until EOF
                                (a thread per client), so a client learns who served it
+  burst HOST PORT N WRITES [GAP_MS]
+                               N connections (16 at a time); each sends WRITES numbered
+                               records, one send() each (GAP_MS apart, default 0) from
+                               the moment it is connected, half-closes and checks that
+                               the echo is byte-identical; print "ok=K bad=M errors=E"
+                               (an echo server is the peer)
+  blocking HOST PORT N         N connections, one after another, on plain blocking
+                               sockets (no timeout): send a line, half-close, read the
+                               echo to EOF; print "ok=K eagain=M errors=E" (EAGAIN from
+                               a blocking read is a spurious wakeup surfacing)
 """
 import time
 import asyncio
@@ -267,6 +277,80 @@ def serve_hello(port, name):
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
 
+def burst(host, port, count, writes, gap_ms=0.0):
+    from concurrent.futures import ThreadPoolExecutor
+    raise_nofile()
+
+    def one(i):
+        records = [f"{i:08d}:{k:06d}\n".encode() for k in range(writes)]
+        s = socket.create_connection((host, port), timeout=30)
+        with s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # No pause between connect and the first byte: the race this checks is
+            # data sent before the proxy's end of the loopback connection is ready.
+            for r in records:
+                s.sendall(r)
+                if gap_ms:
+                    time.sleep(gap_ms / 1000)
+            s.shutdown(socket.SHUT_WR)
+            _, got = read_all_bytes(s)
+        return got == b"".join(records)
+
+    ok = bad = errors = 0
+    with ThreadPoolExecutor(16) as pool:
+        for r in pool.map(lambda i: _catch(one, i), range(count)):
+            if r is True:
+                ok += 1
+            elif r is False:
+                bad += 1
+            else:
+                errors += 1
+                if errors <= 5:
+                    print(f"error {r!r}", flush=True)
+    print(f"ok={ok} bad={bad} errors={errors}", flush=True)
+
+
+def blocking(host, port, count):
+    ok = eagain = errors = 0
+    for i in range(count):
+        try:
+            s = socket.create_connection((host, port))
+            s.settimeout(None)
+            with s:
+                line = f"blocking {i}\n".encode()
+                s.sendall(line)
+                s.shutdown(socket.SHUT_WR)
+                _, got = read_all_bytes(s)
+            if got == line:
+                ok += 1
+            else:
+                errors += 1
+        except BlockingIOError:
+            eagain += 1
+        except OSError as e:
+            errors += 1
+            print(f"error {e!r}", flush=True)
+    print(f"ok={ok} eagain={eagain} errors={errors}", flush=True)
+
+
+def _catch(f, arg):
+    try:
+        return f(arg)
+    except OSError as e:
+        return e
+
+
+def read_all_bytes(conn):
+    parts = []
+    n = 0
+    while True:
+        b = conn.recv(CHUNK)
+        if not b:
+            return n, b"".join(parts)
+        n += len(b)
+        parts.append(b)
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "serve-stream":
@@ -295,6 +379,10 @@ def main(argv):
         hold(args[0], int(args[1]), int(args[2]), float(args[3]))
     elif cmd == "serve-hello":
         serve_hello(int(args[0]), args[1])
+    elif cmd == "burst":
+        burst(args[0], int(args[1]), int(args[2]), int(args[3]), *map(float, args[4:5]))
+    elif cmd == "blocking":
+        blocking(args[0], int(args[1]), int(args[2]))
     elif cmd == "digest":
         print(f"sha256={digest(int(args[0]))}")
     else:

@@ -5,6 +5,9 @@
 //! which replica served each one, the frontend proxy's connections and a metrics
 //! summary, tears the mesh down and checks that nothing is left: no namespace,
 //! host interface or weft iptables rule, and none of the mesh's processes.
+//! `--mode ebpf` runs the mesh in eBPF mode (`weftctl up --mode ebpf`) and also
+//! shows each pod's kernel counters, then checks that no cgroup of the mesh, eBPF
+//! pin or attached weft program is left.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
@@ -28,8 +31,17 @@ const REQUESTS: usize = 9;
 const FRONTEND: &str = "frontend-0";
 const BACKENDS: [&str; 3] = ["backend-0", "backend-1", "backend-2"];
 
+/// `cargo xtask demo` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// How the pods capture traffic: `iptables` or `ebpf` (passed to `weftctl up
+    /// --mode`).
+    #[arg(long, default_value = "iptables", value_parser = ["iptables", "ebpf"])]
+    mode: String,
+}
+
 /// Runs the demo; fails if any step does or anything is left behind.
-pub fn demo() -> Result<()> {
+pub fn demo(args: &DemoArgs) -> Result<()> {
     if !system::is_root() {
         bail!("the demo needs root (network namespaces, iptables, setuid): run `sudo -E cargo xtask demo`");
     }
@@ -43,9 +55,18 @@ pub fn demo() -> Result<()> {
     // not this demo's business.
     let state_dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
     let before = leaks::HostState::read()?;
-    let result = run_mesh(&bin_dir, &state_dir);
+    let result = run_mesh(&bin_dir, &state_dir, &args.mode);
     let _ = std::fs::remove_dir_all(&state_dir);
-    let leaked = leaks::HostState::read()?.leaked_since(&before);
+    let mut leaked = leaks::HostState::read()?.leaked_since(&before);
+    if let Ok((_, cgroups)) = &result {
+        leaked.extend(
+            cgroups
+                .iter()
+                .filter(|c| c.exists())
+                .map(|c| format!("cgroup {}", c.display())),
+        );
+    }
+    let result = result.map(|(pids, _)| pids);
     let pids_left = result
         .as_ref()
         .map(|pids| still_running(pids))
@@ -58,7 +79,12 @@ pub fn demo() -> Result<()> {
         bail!("the demo left processes running: {pids_left:?}");
     }
     println!(
-        "\ndemo: done — the mesh is gone: no namespace, interface, iptables rule or process left"
+        "\ndemo: done — the mesh is gone: no namespace, interface, iptables rule{} or process left",
+        if args.mode == "ebpf" {
+            ", cgroup, eBPF pin or attached program"
+        } else {
+            ""
+        }
     );
     Ok(())
 }
@@ -71,12 +97,12 @@ fn weftctl(bin_dir: &Path, state_dir: &Path) -> Command {
 }
 
 /// Brings the mesh up, drives it and tears it down; returns the pids that ran in
-/// the mesh's namespaces, to check they are gone.
-fn run_mesh(bin_dir: &Path, state_dir: &Path) -> Result<Vec<i32>> {
+/// the mesh's namespaces and the pods' cgroups (eBPF mode), to check they are gone.
+fn run_mesh(bin_dir: &Path, state_dir: &Path, mode: &str) -> Result<(Vec<i32>, Vec<PathBuf>)> {
     let file = workspace_root().join("examples").join("demo.yaml");
-    println!("demo: weftctl up -f {}", file.display());
+    println!("demo: weftctl up --mode {mode} -f {}", file.display());
     let mut up = weftctl(bin_dir, state_dir)
-        .args(["up", "-f"])
+        .args(["up", "--mode", mode, "-f"])
         .arg(&file)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -85,8 +111,12 @@ fn run_mesh(bin_dir: &Path, state_dir: &Path) -> Result<Vec<i32>> {
     let lines = echo_lines(&mut up);
     let outcome = wait_ready(&mut up, &lines).and_then(|()| {
         let pids = mesh_pids(state_dir)?;
+        let cgroups = mesh_cgroups(state_dir)?;
         drive(bin_dir, state_dir)?;
-        Ok(pids)
+        if !cgroups.is_empty() {
+            show_ebpf_counters(&cgroups);
+        }
+        Ok((pids, cgroups))
     });
     // Tear down whatever happened above, like a user's Ctrl-C.
     let stopped = stop(&mut up, &lines);
@@ -251,12 +281,92 @@ fn stop(up: &mut Child, lines: &mpsc::Receiver<String>) -> Result<()> {
     }
 }
 
-/// Pids of every process inside the mesh's namespaces (from its state file).
-fn mesh_pids(state_dir: &Path) -> Result<Vec<i32>> {
+fn read_state(state_dir: &Path) -> Result<serde_json::Value> {
     let file = state_dir.join("local-mesh.json");
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
-    let state: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// The pods' cgroups (eBPF mode; none in iptables mode), from the state file.
+fn mesh_cgroups(state_dir: &Path) -> Result<Vec<PathBuf>> {
+    let state = read_state(state_dir)?;
+    Ok(state["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["cgroup"].as_str())
+        .map(PathBuf::from)
+        .collect())
+}
+
+/// Each pod's eBPF counters, from its pinned WEFT_STATS map (`bpftool map dump`).
+fn show_ebpf_counters(cgroups: &[PathBuf]) {
+    println!("\ndemo: eBPF counters per pod (bpftool map dump pinned /sys/fs/bpf/weft/<pod>/map_WEFT_STATS)");
+    for cg in cgroups {
+        let Some(name) = cg.file_name() else { continue };
+        let pin = Path::new("/sys/fs/bpf/weft")
+            .join(name)
+            .join("map_WEFT_STATS");
+        let counts = Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(&pin)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+            .map(|v| stats_line(&v))
+            .unwrap_or_else(|| "(unreadable)".to_owned());
+        println!("  {}: {counts}", name.to_string_lossy());
+    }
+}
+
+/// `redirected=N ...` from bpftool's JSON dump of a per-CPU u64 array, in the order
+/// of weft_ebpf_common::Stat.
+fn stats_line(dump: &serde_json::Value) -> String {
+    const NAMES: [&str; 10] = [
+        "redirected",
+        "skipped_proxy",
+        "skipped_loopback",
+        "skipped_excluded",
+        "established",
+        "orig_dst_answered",
+        "msg_redirected",
+        "sock_hashed",
+        "msg_unpaired",
+        "orig_released",
+    ];
+    let le = |v: &serde_json::Value| -> u64 {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.as_str())
+            .filter_map(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).ok())
+            .take(8)
+            .enumerate()
+            .map(|(i, b)| u64::from(b) << (8 * i))
+            .sum()
+    };
+    let mut by_index = BTreeMap::new();
+    for entry in dump.as_array().into_iter().flatten() {
+        let total: u64 = entry["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|cpu| le(&cpu["value"]))
+            .sum();
+        by_index.insert(le(&entry["key"]), total);
+    }
+    by_index
+        .iter()
+        .filter_map(|(i, v)| Some(format!("{}={v}", NAMES.get(usize::try_from(*i).ok()?)?)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Pids of every process inside the mesh's namespaces (from its state file).
+fn mesh_pids(state_dir: &Path) -> Result<Vec<i32>> {
+    let state = read_state(state_dir)?;
     let inodes: Vec<u64> = state["netns"]
         .as_array()
         .into_iter()

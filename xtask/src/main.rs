@@ -41,7 +41,7 @@ enum Task {
         test_args: Vec<String>,
     },
     /// Run the local mesh of examples/demo.yaml with traffic, show it, tear it down.
-    Demo,
+    Demo(demo::DemoArgs),
     /// Benchmark (not a test): mesh-file edit to every proxy's routes, 1,000 services,
     /// 20 proxies, in a throwaway network namespace (root).
     BenchDiscovery(bench_discovery::Options),
@@ -55,7 +55,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test { tier1, test_args } => test(tier1, &test_args),
-        Task::Demo => demo::demo(),
+        Task::Demo(args) => demo::demo(&args),
         Task::BenchDiscovery(opts) => bench_discovery::bench_discovery(&opts),
         Task::SetupEbpf => ebpf::setup(),
         Task::BuildEbpf => ebpf::build(),

@@ -1,7 +1,8 @@
 //! `weftctl down`: stop the local mesh — ask a running `weftctl up` to tear down,
 //! or, after a crash, remove what the state file names: processes inside the
 //! mesh's namespaces, the namespaces (their veths and iptables rules go with
-//! them), the run directory and the state file.
+//! them), in eBPF mode the pods' cgroups with their eBPF pins (which detaches the
+//! programs), the run directory and the state file.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use weft_e2e::cgroup::PodCgroup;
 use weft_e2e::netns;
 
 use crate::state::{self, MeshState};
@@ -70,6 +72,27 @@ pub fn clean_up(state_dir: &Path, mesh: &MeshState) -> Result<()> {
             failed.push(format!("{e:#}"));
         }
     }
+    // After the namespaces: the pins go (detaching the programs), then any process
+    // still in the cgroup, then the cgroup.
+    for cgroup in mesh.pods.iter().filter_map(|p| p.cgroup.as_deref()) {
+        // Only what this mesh made: a cgroup named with its prefix (a damaged state
+        // file must not make `down` kill the processes of some other cgroup).
+        let ours = cgroup
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&format!("{}-", mesh.prefix)));
+        if !ours {
+            failed.push(format!(
+                "cgroup {} is not named with the mesh prefix {}: left alone",
+                cgroup.display(),
+                mesh.prefix
+            ));
+            continue;
+        }
+        if let Err(e) = PodCgroup::adopt(cgroup).and_then(PodCgroup::close) {
+            failed.push(format!("cgroup {}: {e:#}", cgroup.display()));
+        }
+    }
     match std::fs::remove_dir_all(&mesh.run_dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             failed.push(format!("remove {}: {e}", mesh.run_dir.display()))
@@ -103,4 +126,47 @@ fn stop_processes_in(ids: &[netns::NsId]) {
         std::thread::sleep(Duration::from_millis(20));
     }
     eprintln!("weftctl: processes still inside the mesh's namespaces after SIGKILL");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::render::PodAddrs;
+    use crate::state::PodState;
+
+    /// A state file naming a cgroup that is not the mesh's (damaged, or edited):
+    /// `down` leaves it alone, says so, and keeps the state file.
+    #[test]
+    fn a_cgroup_without_the_mesh_prefix_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().join("run");
+        std::fs::create_dir(&run_dir).unwrap();
+        let mesh = MeshState {
+            pid: u32::MAX,
+            prefix: "wf12345".into(),
+            file: "f".into(),
+            run_dir,
+            netns: vec![],
+            node_netns: "wf12345-node".into(),
+            controller_http: "10.211.0.1:15014".parse().unwrap(),
+            pods: vec![PodState {
+                addrs: PodAddrs {
+                    name: "a-0".into(),
+                    workload: "a".into(),
+                    service: "a".into(),
+                    ipv4: "10.211.0.2".parse().unwrap(),
+                    ipv6: "fd00:211::2".parse().unwrap(),
+                },
+                netns: "wf12345-a-0".into(),
+                cgroup: Some("/sys/fs/cgroup/system.slice".into()),
+            }],
+            hosts_file: "/tmp/x/hosts".into(),
+            mode: "ebpf".into(),
+        };
+        state::save(dir.path(), &mesh).unwrap();
+        let err = format!("{:#}", clean_up(dir.path(), &mesh).unwrap_err());
+        assert!(err.contains("not named with the mesh prefix"), "{err}");
+        assert!(state::load(dir.path()).unwrap().is_some());
+    }
 }

@@ -1,6 +1,6 @@
 //! `weftctl exec POD -- CMD`: a command inside a pod, the way its workload runs —
-//! in the pod's network namespace, with the mesh's `/etc/hosts`, as root, so its
-//! connections are captured by the pod's sidecar. Stdin, stdout and stderr are
+//! in the pod's network namespace (and, in eBPF mode, its cgroup), with the mesh's
+//! `/etc/hosts`, as root, so its connections are captured by the pod's sidecar. Stdin, stdout and stderr are
 //! the terminal's; the exit status is the command's.
 
 use std::ffi::OsString;
@@ -22,6 +22,7 @@ pub fn run(state_dir: &Path, pod: &str, argv: &[OsString]) -> Result<ExitCode> {
     let mut cmd = Entry::default()
         .hosts_file(Some(mesh.hosts_file.clone()))
         .cwd(std::env::current_dir().ok())
+        .cgroup(pod.cgroup.clone())
         .command(&ns, argv)?;
     cmd.stdin(Stdio::inherit())
         .env("WEFT_POD", &pod.addrs.name)

@@ -227,8 +227,10 @@ mod tests {
                     ipv6: "fd00:211::4".parse().unwrap(),
                 },
                 netns: "wf12345-backend-1".into(),
+                cgroup: None,
             }],
             hosts_file: "/tmp/x/hosts".into(),
+            mode: "iptables".into(),
         };
         let list: Vec<Value> = serde_json::from_str(
             r#"[{"id":7,"state":"closed","direction":"outbound","source":"10.211.0.2:40000",

@@ -1,8 +1,9 @@
 //! `weftctl`: the user's CLI for weft.
 //!
-//! - `weftctl up -f FILE` runs a local mesh in the foreground: pods as network
-//!   namespaces on one bridge, the controller, and in every pod weft-init,
-//!   weft-proxy and the workload ([`up`]).
+//! - `weftctl up -f FILE [--mode iptables|ebpf]` runs a local mesh in the
+//!   foreground: pods as network namespaces on one bridge (in eBPF mode each also a
+//!   cgroup v2), the controller, and in every pod weft-init, weft-proxy and the
+//!   workload ([`up`]).
 //! - `weftctl down` stops it, or cleans up after one that crashed ([`down`]).
 //! - `weftctl status`, `weftctl conns POD` show what the controller serves and
 //!   what a pod's proxy carries ([`inspect`]).
@@ -51,6 +52,10 @@ enum Command {
         /// The mesh file (services and workloads).
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// How pods capture traffic: iptables, or eBPF (each pod also a cgroup v2;
+        /// needs the eBPF toolchain at build time, see `cargo xtask setup-ebpf`).
+        #[arg(long, value_enum, default_value = "iptables")]
+        mode: up::CaptureMode,
     },
     /// Stop the local mesh, or clean up after one that crashed.
     Down,
@@ -105,9 +110,10 @@ fn main() -> ExitCode {
     }
     let dir = cli.state_dir;
     let result = match cli.command {
-        Command::Up { file } => up::run(&up::UpOptions {
+        Command::Up { file, mode } => up::run(&up::UpOptions {
             file,
             state_dir: dir,
+            mode,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Down => down::run(&dir).map(|()| ExitCode::SUCCESS),

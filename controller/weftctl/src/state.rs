@@ -2,8 +2,9 @@
 //! default `/run/weft`): what `weftctl up` made, so that the other commands can
 //! find the pods and `weftctl down` can clean up after a crashed `up`.
 //!
-//! `up` writes it before creating anything and rewrites it as pods appear, so a
-//! crash at any point leaves a file naming everything there is to remove.
+//! `up` writes it before creating anything and rewrites it as pods appear (in eBPF
+//! mode naming each pod's cgroup before creating it), so a crash at any point leaves
+//! a file naming everything there is to remove.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -39,6 +40,14 @@ pub struct MeshState {
     pub pods: Vec<PodState>,
     /// The file every pod sees as `/etc/hosts`.
     pub hosts_file: PathBuf,
+    /// How the pods' traffic is captured: `iptables` or `ebpf` (older state files:
+    /// iptables).
+    #[serde(default = "iptables")]
+    pub mode: String,
+}
+
+fn iptables() -> String {
+    "iptables".to_owned()
 }
 
 /// One pod of the local mesh.
@@ -47,6 +56,10 @@ pub struct PodState {
     #[serde(flatten)]
     pub addrs: PodAddrs,
     pub netns: String,
+    /// eBPF mode: the pod's cgroup v2 directory (its eBPF pins are named after it).
+    /// Recorded before the cgroup is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 impl MeshState {
@@ -154,8 +167,10 @@ mod tests {
                     ipv6: "fd00:211::2".parse().unwrap(),
                 },
                 netns: "wf12345-backend-0".into(),
+                cgroup: Some("/sys/fs/cgroup/wf12345-backend-0".into()),
             }],
             hosts_file: "/tmp/wf12345/hosts".into(),
+            mode: "ebpf".into(),
         }
     }
 
@@ -169,11 +184,28 @@ mod tests {
         assert_eq!(back.pods[0].addrs.name, "backend-0");
         assert_eq!(back.netns.len(), 2);
         assert!(back.pod("backend-0").is_ok());
+        assert_eq!(back.mode, "ebpf");
+        assert_eq!(
+            back.pods[0].cgroup.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/wf12345-backend-0"))
+        );
         let err = back.pod("nope").unwrap_err().to_string();
         assert!(err.contains("pods: backend-0"), "{err}");
         remove(dir.path()).unwrap();
         remove(dir.path()).unwrap();
         assert!(load(dir.path()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_state_file_without_mode_or_cgroups_is_iptables_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v.as_object_mut().unwrap().remove("mode");
+        v["pods"][0].as_object_mut().unwrap().remove("cgroup");
+        std::fs::write(path(dir.path()), v.to_string()).unwrap();
+        let back = load(dir.path()).unwrap().unwrap();
+        assert_eq!(back.mode, "iptables");
+        assert_eq!(back.pods[0].cgroup, None);
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! is watched: service changes reach the controller (and so the proxies) at once;
 //! a file that does not parse is reported with its line and the last good one
 //! stays. Ctrl-C, SIGTERM or SIGHUP tear everything down.
+//!
+//! `--mode ebpf`: each pod is also a cgroup v2 (`<cgroup2 root>/<prefix>-<pod>`,
+//! named in the state file before it is created); weft-init runs with `--mode ebpf
+//! --cgroup` and the proxy and the workload (and `weftctl exec`) run inside it.
+//! Teardown removes the cgroups with their eBPF pins after the namespaces; a cgroup
+//! that cannot be removed keeps the state file, so `weftctl down` can try again.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -17,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use weft_controller::model::Mesh as MeshFile;
+use weft_e2e::cgroup::PodCgroup;
 use weft_e2e::{weft_bin, Mesh, Pod, PodProc, ProcSpec, Sidecar};
 
 use crate::render::{self, PodAddrs, PodPlan};
@@ -31,11 +38,30 @@ const TICK: Duration = Duration::from_millis(200);
 /// How long a workload gets to listen on its service's target ports.
 const WORKLOAD_LISTEN_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How the local mesh's pods capture traffic (`weftctl up --mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CaptureMode {
+    /// iptables REDIRECT in each pod's network namespace.
+    Iptables,
+    /// eBPF programs on each pod's cgroup v2 for outbound, iptables for inbound.
+    Ebpf,
+}
+
+impl CaptureMode {
+    fn name(self) -> &'static str {
+        match self {
+            CaptureMode::Iptables => "iptables",
+            CaptureMode::Ebpf => "ebpf",
+        }
+    }
+}
+
 /// What `up` was asked to do.
 #[derive(Debug, Clone)]
 pub struct UpOptions {
     pub file: PathBuf,
     pub state_dir: PathBuf,
+    pub mode: CaptureMode,
 }
 
 /// Runs the mesh until a signal, then tears it down. Fails (having torn down what
@@ -62,7 +88,10 @@ pub fn run(opts: &UpOptions) -> Result<()> {
 
 fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("weftctl up needs root (network namespaces, iptables, setuid): run it with sudo");
+        bail!(
+            "weftctl up needs root (network namespaces, iptables or eBPF, cgroups, setuid): \
+             run it with sudo"
+        );
     }
     Ok(())
 }
@@ -88,9 +117,13 @@ fn clear_previous(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The running local mesh and what `up` keeps track of.
+/// The running local mesh and what `up` keeps track of. `mesh` is declared (and so
+/// dropped) before `cgroups`: processes stop and namespaces go first.
 struct LocalMesh {
     mesh: Mesh,
+    /// eBPF mode: the pods' cgroups (removed with their pins when dropped).
+    cgroups: Vec<PodCgroup>,
+    mode: CaptureMode,
     state_dir: PathBuf,
     state: MeshState,
     /// The user's file and how it looked when last read.
@@ -121,8 +154,11 @@ impl LocalMesh {
             controller_http: SocketAddr::new(node.ipv4().into(), HTTP_PORT),
             pods: Vec::new(),
             hosts_file: run_dir.join("hosts"),
+            mode: opts.mode.name().to_owned(),
         };
         let local = LocalMesh {
+            cgroups: Vec::new(),
+            mode: opts.mode,
             state_dir: opts.state_dir.clone(),
             controller_file: run_dir.join("controller-mesh.yaml"),
             file_stamp: FileStamp::of(&file),
@@ -151,18 +187,33 @@ impl LocalMesh {
                     ipv6: pod.ipv6(),
                 },
                 netns: pod.netns_name().to_owned(),
+                cgroup: None,
             });
             self.state.netns = self.mesh.netns_names();
             state::save(&self.state_dir, &self.state)?;
-            self.pods.push(pod);
+            self.pods.push(pod.clone());
+            if self.mode == CaptureMode::Ebpf {
+                // Named in the state file before it exists.
+                let path = PodCgroup::path_for(&self.mesh, &pod)?;
+                if let Some(p) = self.state.pods.last_mut() {
+                    p.cgroup = Some(path);
+                }
+                state::save(&self.state_dir, &self.state)?;
+                let cgroup = PodCgroup::create(&self.mesh, &pod)
+                    .with_context(|| format!("pod {}: cgroup", plan.name))?;
+                self.cgroups.push(cgroup);
+            }
         }
         self.write_config(user)?;
         self.start_controller()?;
         let url = format!("http://{}:{GRPC_PORT}", self.mesh.node().ipv4());
         for (pod, plan) in self.pods.clone().iter().zip(plans) {
-            let sidecar =
-                Sidecar::start_with(pod, &[], &plan.service, &["--controller", url.as_str()])
-                    .with_context(|| format!("pod {}: sidecar", plan.name))?;
+            let proxy_args = ["--controller", url.as_str()];
+            let sidecar = match self.cgroup_of(pod) {
+                None => Sidecar::start_with(pod, &[], &plan.service, &proxy_args),
+                Some(cg) => Sidecar::start_ebpf_with(pod, cg, &[], &plan.service, &proxy_args),
+            }
+            .with_context(|| format!("pod {}: sidecar ({} mode)", plan.name, self.mode.name()))?;
             self.watched
                 .push((format!("{}/weft-proxy", plan.name), sidecar.proxy().clone()));
             let app = self.start_workload(pod, plan)?;
@@ -172,6 +223,15 @@ impl LocalMesh {
             wait_for_workload(user, pod, plan);
         }
         Ok(())
+    }
+
+    /// The pod's cgroup (eBPF mode).
+    fn cgroup_of(&self, pod: &Pod) -> Option<&Path> {
+        self.state
+            .pods
+            .iter()
+            .find(|p| p.netns == pod.netns_name())
+            .and_then(|p| p.cgroup.as_deref())
     }
 
     fn pod_addrs(&self) -> Vec<PodAddrs> {
@@ -240,16 +300,18 @@ impl LocalMesh {
     fn start_workload(&self, pod: &Pod, plan: &PodPlan) -> Result<PodProc> {
         let dir = self.state.run_dir.join("pods").join(&plan.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        pod.spawn(
-            ProcSpec::new(["/bin/sh", "-c", &plan.command])
-                .name("app")
-                .cwd(dir)
-                .hosts_file(&self.state.hosts_file)
-                .env("WEFT_POD", &plan.name)
-                .env("WEFT_SERVICE", &plan.service)
-                .env("WEFT_POD_IP", pod.ipv4().to_string()),
-        )
-        .with_context(|| format!("pod {}: start `{}`", plan.name, plan.command))
+        let mut spec = ProcSpec::new(["/bin/sh", "-c", &plan.command])
+            .name("app")
+            .cwd(dir)
+            .hosts_file(&self.state.hosts_file)
+            .env("WEFT_POD", &plan.name)
+            .env("WEFT_SERVICE", &plan.service)
+            .env("WEFT_POD_IP", pod.ipv4().to_string());
+        if let Some(cg) = self.cgroup_of(pod) {
+            spec = spec.cgroup(cg);
+        }
+        pod.spawn(spec)
+            .with_context(|| format!("pod {}: start `{}`", plan.name, plan.command))
     }
 
     fn print_ready(&self, user: &MeshFile) {
@@ -276,11 +338,12 @@ impl LocalMesh {
         let mut out = std::io::stdout().lock();
         let _ = write!(
             out,
-            "weft local mesh {} is up: {} pods, {} services (file {}; logs in {})\n\n{}\n{}\n\
+            "weft local mesh {} is up ({} mode): {} pods, {} services (file {}; logs in {})\n\n{}\n{}\n\
              Try:\n{example}  weftctl status\n  weftctl conns POD\n\
              Edits to the file apply at once. Ctrl-C tears the mesh down.\n\
              weft: mesh ready\n",
             self.mesh.prefix(),
+            self.mode.name(),
             self.state.pods.len(),
             served.services.len(),
             self.file.display(),
@@ -358,13 +421,32 @@ impl LocalMesh {
         }
     }
 
-    /// Stops every process, deletes every namespace and the run directory, then
-    /// the state file.
+    /// Stops every process, deletes every namespace and the run directory, removes
+    /// the pods' cgroups with their eBPF pins (eBPF mode), then the state file — kept
+    /// if a cgroup could not be removed, so that `weftctl down` can try again.
     fn tear_down(self) {
         let LocalMesh {
-            mesh, state_dir, ..
+            mesh,
+            cgroups,
+            state_dir,
+            ..
         } = self;
         drop(mesh);
+        let mut left = Vec::new();
+        for cgroup in cgroups {
+            let path = cgroup.path().to_path_buf();
+            if let Err(e) = cgroup.close() {
+                eprintln!("weftctl: {e:#}");
+                left.push(path.display().to_string());
+            }
+        }
+        if !left.is_empty() {
+            eprintln!(
+                "weftctl: could not remove the cgroups {}; `weftctl down` tries again",
+                left.join(", ")
+            );
+            return;
+        }
         if let Err(e) = state::remove(&state_dir) {
             eprintln!("weftctl: {e:#}");
         }

@@ -19,6 +19,11 @@
 //! | [`MAP_ORIG_BY_CLIENT`] | LRU hash | [`SockKey`] (client addr:port) → [`OrigDst`] | sockops |
 //! | [`MAP_STATS`] | array | [`Stat`] index → count | every program |
 //! | [`MAP_SOCK_HASH`] | sockhash | [`SockPair`] → socket | sockops (sk_msg) |
+//! | [`MAP_MSG_TCP`] | LRU hash | [`SockPair`] (a hashed socket's own ends) → 1 | sk_msg |
+//!
+//! Entries of [`MAP_ORIG_BY_COOKIE`], [`MAP_ORIG_BY_CLIENT`] and [`MAP_MSG_TCP`] are
+//! deleted by sockops when their socket closes (`BPF_SOCK_OPS_STATE_CB`, new state
+//! `TCP_CLOSE`); the LRU is only a backstop. The sockhash drops a socket by itself.
 
 #![no_std]
 
@@ -36,6 +41,10 @@ pub const MAP_ORIG_BY_CLIENT: &str = "WEFT_ORIG_CLIENT";
 pub const MAP_STATS: &str = "WEFT_STATS";
 /// Name of the sockhash of app↔proxy loopback sockets (sk_msg acceleration).
 pub const MAP_SOCK_HASH: &str = "WEFT_SOCKS";
+/// Name of the set of hashed sockets that have sent data the TCP way (their peer was
+/// not in the sockhash yet): sk_msg never redirects their data again, so a stream
+/// never takes both ways (which would reorder it at the receiver).
+pub const MAP_MSG_TCP: &str = "WEFT_MSG_TCP";
 
 /// Program names (the Rust function names in the object).
 pub const PROG_CONNECT4: &str = "weft_connect4";
@@ -159,11 +168,16 @@ pub enum Stat {
     MsgRedirected = 6,
     /// sockops added a socket to the sockhash.
     SockHashed = 7,
+    /// sk_msg found no peer for a hashed socket's data (the proxy's end was not in the
+    /// sockhash yet, or had gone): that socket's data takes the TCP path from then on.
+    MsgUnpaired = 8,
+    /// sockops deleted a closing app socket's original destination.
+    OrigReleased = 9,
 }
 
 impl Stat {
     /// Every counter, in index order.
-    pub const ALL: [Stat; 8] = [
+    pub const ALL: [Stat; 10] = [
         Stat::Redirected,
         Stat::SkippedProxy,
         Stat::SkippedLoopback,
@@ -172,6 +186,8 @@ impl Stat {
         Stat::OrigDstAnswered,
         Stat::MsgRedirected,
         Stat::SockHashed,
+        Stat::MsgUnpaired,
+        Stat::OrigReleased,
     ];
 
     /// Its name in reports (`snake_case`).
@@ -185,6 +201,8 @@ impl Stat {
             Stat::OrigDstAnswered => "orig_dst_answered",
             Stat::MsgRedirected => "msg_redirected",
             Stat::SockHashed => "sock_hashed",
+            Stat::MsgUnpaired => "msg_unpaired",
+            Stat::OrigReleased => "orig_released",
         }
     }
 }

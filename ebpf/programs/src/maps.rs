@@ -32,6 +32,9 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_ENTRIES
 #[map(name = "WEFT_SOCKS")]
 pub static SOCKS: SockHash<SockPair> = SockHash::with_max_entries(SOCK_HASH_ENTRIES, 0);
 
+#[map(name = "WEFT_MSG_TCP")]
+pub static MSG_TCP: LruHashMap<SockPair, u8> = LruHashMap::with_max_entries(SOCK_HASH_ENTRIES, 0);
+
 /// The configuration, if the loader has written it (a zero outbound port means not).
 #[inline(always)]
 pub fn config() -> Option<Config> {

@@ -4,10 +4,24 @@
 //! proxy sees on the connection it accepts, and so the key [`crate::getsockopt`]
 //! looks up. With sk_msg on, both ends of an app↔proxy loopback connection go into
 //! the sockhash for [`crate::sk_msg`].
+//!
+//! Clean-up: a captured app socket asks for state callbacks when it connects (and
+//! the proxy's hashed end when it is established); when either reaches `TCP_CLOSE`
+//! its entries go: the cookie entry (a connect that never established), the original
+//! destination under its address and port, and its [`crate::maps::MSG_TCP`] mark.
+//! Deleting at close rather than when getsockopt answers: the answer stays right for
+//! as long as the connection lives (asking twice works), an entry the proxy never
+//! asks for (it refused the connection, or was gone) still goes, and the app's
+//! address and port cannot be reused for a new captured connection before its
+//! socket has closed, so a delete never hits the next connection's entry (which is
+//! written later, at its own established callback). The proxy asks right after
+//! accept, long before the app can reach `TCP_CLOSE` on a clean close (FIN_WAIT2
+//! waits for the proxy's FIN); only an app that resets its connection before the
+//! proxy has asked loses the answer, and its connection is gone anyway.
 
 use core::ptr::{addr_of, read_volatile};
 
-use aya_ebpf::bindings::{bpf_sock_ops, BPF_NOEXIST};
+use aya_ebpf::bindings::{bpf_sock_ops, BPF_NOEXIST, BPF_SOCK_OPS_STATE_CB_FLAG};
 use aya_ebpf::helpers::generated::bpf_get_socket_cookie;
 use aya_ebpf::macros::sock_ops;
 use aya_ebpf::programs::SockOpsContext;
@@ -15,24 +29,70 @@ use weft_ebpf_common::{
     mapped_v4, Addr, Config, SockKey, SockPair, Stat, AF_INET, AF_INET6, FLAG_SOCKMAP,
 };
 
-use crate::maps::{config, count, ORIG_BY_CLIENT, ORIG_BY_COOKIE, SOCKS};
+use crate::maps::{config, count, MSG_TCP, ORIG_BY_CLIENT, ORIG_BY_COOKIE, SOCKS};
 
+/// `BPF_SOCK_OPS_TCP_CONNECT_CB`.
+const TCP_CONNECT: u32 = 3;
 /// `BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB`.
 const ACTIVE_ESTABLISHED: u32 = 4;
 /// `BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB`.
 const PASSIVE_ESTABLISHED: u32 = 5;
+/// `BPF_SOCK_OPS_STATE_CB` (args: old state, new state).
+const STATE: u32 = 10;
+/// `TCP_CLOSE`.
+const TCP_CLOSE: u32 = 7;
 
 #[sock_ops]
 pub fn weft_sockops(ctx: SockOpsContext) -> u32 {
     // SAFETY: the kernel hands the program a valid context.
     unsafe {
         match ctx.op() {
+            TCP_CONNECT => connecting(&ctx),
             ACTIVE_ESTABLISHED => active(ctx.ops),
-            PASSIVE_ESTABLISHED => passive(ctx.ops),
+            PASSIVE_ESTABLISHED => passive(&ctx),
+            STATE if ctx.arg(1) == TCP_CLOSE => closed(ctx.ops),
             _ => None,
         }
     };
     1
+}
+
+/// A captured app socket (its cookie is in the map) asks for state callbacks, so
+/// that its entries go when it closes, established or not.
+///
+/// # Safety
+/// `ctx.ops` is the program's context.
+#[inline(always)]
+unsafe fn connecting(ctx: &SockOpsContext) -> Option<()> {
+    // SAFETY: the context pointer is valid for the helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    // SAFETY: the value is only tested for presence, never read.
+    unsafe { ORIG_BY_COOKIE.get(&cookie) }?;
+    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    Some(())
+}
+
+/// A socket that asked for state callbacks has closed: its entries go.
+///
+/// # Safety
+/// `ops` is the program's context.
+#[inline(always)]
+unsafe fn closed(ops: *mut bpf_sock_ops) -> Option<()> {
+    // SAFETY: the context pointer is valid for the helper and the reads.
+    unsafe {
+        let cookie = bpf_get_socket_cookie(ops.cast());
+        let _ = ORIG_BY_COOKIE.remove(&cookie);
+        let pair = ends(ops)?;
+        let key = SockKey {
+            addr: pair.local_addr,
+            port: pair.local_port,
+        };
+        if ORIG_BY_CLIENT.remove(&key).is_ok() {
+            count(Stat::OrigReleased);
+        }
+        let _ = MSG_TCP.remove(&pair);
+        Some(())
+    }
 }
 
 /// The socket's (local, remote) addresses and ports (host order), or None for a
@@ -106,18 +166,20 @@ unsafe fn active(ops: *mut bpf_sock_ops) -> Option<()> {
 }
 
 /// The proxy's end of a captured connection: accepted on the outbound listener from a
-/// loopback peer.
+/// loopback peer. With sk_msg on it is hashed, and asks for state callbacks so that
+/// its [`MSG_TCP`] mark, if it gets one, goes when it closes.
 ///
 /// # Safety
-/// `ops` is the program's context.
+/// `ctx.ops` is the program's context.
 #[inline(always)]
-unsafe fn passive(ops: *mut bpf_sock_ops) -> Option<()> {
+unsafe fn passive(ctx: &SockOpsContext) -> Option<()> {
     // SAFETY: as in `active`.
     unsafe {
         let cfg = config()?;
-        let pair = ends(ops)?;
-        if pair.local_port == u32::from(cfg.outbound_port) {
-            hash(ops, pair, &cfg);
+        let pair = ends(ctx.ops)?;
+        if pair.local_port == u32::from(cfg.outbound_port) && cfg.flags & FLAG_SOCKMAP != 0 {
+            let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+            hash(ctx.ops, pair, &cfg);
         }
         Some(())
     }
