@@ -126,7 +126,14 @@ pub struct Cli {
     #[arg(long, env = "WEFT_POD_NAME", value_name = "NAME")]
     pub pod_name: Option<String>,
 
-    /// eBPF mode: do not short-circuit app<->proxy loopback data with sk_msg.
+    /// eBPF mode: short-circuit app<->proxy loopback data with sk_msg (off by
+    /// default: on kernel 6.18 an app socket in the sockhash reads through
+    /// tcp_bpf_recvmsg, which can return EAGAIN to a blocking recv() after a spurious
+    /// wakeup — a correctness cost for plain apps, for no throughput gain measured).
+    #[arg(long, env = "WEFT_SOCKMAP", value_parser = parse_switch, conflicts_with = "no_sockmap")]
+    pub sockmap: bool,
+
+    /// eBPF mode: no sk_msg short-circuit (the default; kept so scripts can say so).
     #[arg(long, env = "WEFT_NO_SOCKMAP", value_parser = parse_switch)]
     pub no_sockmap: bool,
 }
@@ -315,7 +322,7 @@ impl TryFrom<Cli> for Config {
             ebpf: EbpfOptions {
                 cgroup: cli.cgroup,
                 pod_name: cli.pod_name,
-                sockmap: !cli.no_sockmap,
+                sockmap: cli.sockmap && !cli.no_sockmap,
             },
         })
     }
@@ -534,7 +541,9 @@ mod tests {
         );
         assert_eq!(c.ebpf.pod_name.as_deref(), Some("a"));
         assert!(!c.ebpf.sockmap);
-        assert!(parse(&[]).unwrap().ebpf.sockmap);
+        assert!(!parse(&[]).unwrap().ebpf.sockmap, "sk_msg is opt-in");
+        assert!(parse(&["--sockmap"]).unwrap().ebpf.sockmap);
+        assert!(parse(&["--sockmap", "--no-sockmap"]).is_err());
     }
 
     #[test]

@@ -176,8 +176,8 @@ fn curl_through_both_sidecars(mode: Mode, ipv6: bool) {
         assert_eq!(a.ebpf_stat(Stat::Redirected).unwrap(), 2);
         assert_eq!(a.ebpf_stat(Stat::OrigDstAnswered).unwrap(), 2);
         assert_eq!(b.ebpf_stat(Stat::Redirected).unwrap(), 0);
-        // sk_msg (on by default): both ends of each app<->proxy connection hashed.
-        assert_eq!(a.ebpf_stat(Stat::SockHashed).unwrap(), 4);
+        // sk_msg is opt-in (--sockmap): nothing hashed by default.
+        assert_eq!(a.ebpf_stat(Stat::SockHashed).unwrap(), 0);
     }
 }
 

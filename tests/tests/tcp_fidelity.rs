@@ -50,6 +50,7 @@ impl Capture {
     fn init_args(self) -> &'static [&'static str] {
         match (self.mode, self.sockmap) {
             (Mode::Ebpf, false) => &["--no-sockmap"],
+            (Mode::Ebpf, true) => &["--sockmap"],
             _ => &[],
         }
     }
@@ -57,6 +58,7 @@ impl Capture {
     fn label(self) -> String {
         match (self.mode, self.sockmap) {
             (Mode::Ebpf, false) => "ebpf --no-sockmap".into(),
+            (Mode::Ebpf, true) => "ebpf --sockmap".into(),
             (mode, _) => mode.to_string(),
         }
     }
