@@ -1,7 +1,8 @@
 //! What a tier-2 run could leave on the host, read before and after the run: network
 //! namespaces, interfaces in the host namespace, weft chains in the host's iptables
 //! (which tests never touch: their rules live in their own namespaces), and eBPF
-//! mode's pins under `/sys/fs/bpf/weft/` and programs attached to cgroups.
+//! mode's pins under `/sys/fs/bpf/weft/`, programs attached to cgroups and the pods'
+//! cgroups (`wf…`) under the cgroup v2 root.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -19,6 +20,32 @@ pub struct HostState {
 
 /// Where weft-init pins eBPF links and maps, one directory per pod.
 const BPF_PIN_DIR: &str = "/sys/fs/bpf/weft";
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup/unified` on a hybrid host).
+fn cgroup2_root() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup2"))
+        .and_then(|f| f.get(1).map(|p| (*p).to_owned()))
+}
+
+/// Pod cgroups the tests and the local mesh make (`<prefix>-<pod>`, prefixes `wf…`)
+/// directly under the cgroup v2 root.
+fn mesh_cgroups() -> BTreeSet<String> {
+    let Some(root) = cgroup2_root() else {
+        return BTreeSet::new();
+    };
+    std::fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| e.file_name().to_string_lossy().starts_with("wf"))
+        .map(|e| format!("cgroup {}", e.path().display()))
+        .collect()
+}
 
 /// Pin directories under [`BPF_PIN_DIR`], and cgroups with a weft program attached
 /// (`bpftool cgroup tree` names the programs; weft's start with `weft_`).
@@ -87,7 +114,7 @@ impl HostState {
             netns,
             links,
             weft_rules,
-            bpf: bpf_state(),
+            bpf: bpf_state().into_iter().chain(mesh_cgroups()).collect(),
         })
     }
 
