@@ -19,7 +19,7 @@ use crate::conntable::{ByteCounters, ConnGuard};
 use crate::conntable::{ConnInfo, ConnTable};
 use crate::discovery::{DiscoveryStatus, StatusReport};
 use crate::http_endpoint::{self, respond, text};
-use crate::l7::connect::{Connector, OwnUpstreams};
+use crate::l7::connect::{socket_pair, Connector, OwnUpstreams};
 use crate::l7::sniff::{self, Mode, Sniffed, Upstream};
 use crate::l7::{Dest, Edge, L7};
 use crate::metrics::{ErrorReason, Metrics, MetricsError, TcpLabels};
@@ -461,13 +461,13 @@ async fn relay_opaque(
 ) -> String {
     match connected {
         Ok(upstream) => {
-            let local = upstream.local_addr().ok();
-            if let Some(local) = local {
-                lock(&shared.own_upstreams).insert(local);
+            let pair = socket_pair(&upstream);
+            if let Some(pair) = pair {
+                lock(&shared.own_upstreams).insert(pair);
             }
             let end = relay::relay_after(prefix, client, &upstream, observer).await;
-            if let Some(local) = local {
-                lock(&shared.own_upstreams).remove(&local);
+            if let Some(pair) = pair {
+                lock(&shared.own_upstreams).remove(&pair);
             }
             end.describe()
         }
@@ -572,7 +572,7 @@ fn recover_orig_dst(
     }
     // The proxy's own upstream connection was captured again: the proxy does not run
     // as the excluded uid, or capture does not exclude it.
-    if lock(&shared.own_upstreams).contains(&client_addr.0) {
+    if lock(&shared.own_upstreams).contains(&(client_addr.0, orig.0)) {
         tracing::error!(%client_addr, %orig, "capture loop: the proxy's own upstream connection was redirected back to it; is the proxy running as the excluded uid?");
         return Err(ErrorReason::Loop);
     }

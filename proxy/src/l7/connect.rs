@@ -13,9 +13,16 @@ use tokio::net::TcpStream;
 use crate::addr::EndpointAddr;
 use crate::metrics::ErrorReason;
 
-/// Local addresses of the proxy's upstream sockets, shared by the opaque relay and
-/// the HTTP pools.
-pub type OwnUpstreams = Arc<Mutex<HashSet<SocketAddr>>>;
+/// The proxy's upstream sockets as (local, peer) address pairs, shared by the
+/// opaque relay and the HTTP pools. The pair, not the local address alone: the
+/// kernel hands the same ephemeral port to sockets with different peers, so an
+/// app's connection can share a local address with one of ours.
+pub type OwnUpstreams = Arc<Mutex<HashSet<(SocketAddr, SocketAddr)>>>;
+
+/// The (local, peer) pair of a connected socket, as [`OwnUpstreams`] keys it.
+pub fn socket_pair(stream: &TcpStream) -> Option<(SocketAddr, SocketAddr)> {
+    Some((stream.local_addr().ok()?, stream.peer_addr().ok()?))
+}
 
 /// Connects to `endpoint` within `timeout`, with Nagle off.
 pub async fn connect(endpoint: EndpointAddr, timeout: Duration) -> Result<TcpStream, ErrorReason> {
@@ -54,31 +61,31 @@ impl Connector {
         timeout: Duration,
     ) -> Result<(TcpStream, OwnGuard), ErrorReason> {
         let stream = connect(endpoint, timeout).await?;
-        let local = stream.local_addr().ok();
-        if let Some(local) = local {
-            lock(&self.own).insert(local);
+        let pair = socket_pair(&stream);
+        if let Some(pair) = pair {
+            lock(&self.own).insert(pair);
         }
         Ok((
             stream,
             OwnGuard {
                 own: self.own.clone(),
-                local,
+                pair,
             },
         ))
     }
 }
 
-/// Unregisters an upstream socket's local address when the connection ends.
+/// Unregisters an upstream socket when the connection ends.
 #[derive(Debug)]
 pub struct OwnGuard {
     own: OwnUpstreams,
-    local: Option<SocketAddr>,
+    pair: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl Drop for OwnGuard {
     fn drop(&mut self) {
-        if let Some(local) = self.local {
-            lock(&self.own).remove(&local);
+        if let Some(pair) = self.pair {
+            lock(&self.own).remove(&pair);
         }
     }
 }
