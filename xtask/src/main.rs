@@ -9,6 +9,8 @@
 //!   what is there) / build the eBPF object on its own ([`ebpf`]).
 //! - `cargo xtask bench-discovery` — a benchmark: how long a mesh-file edit takes to
 //!   reach 20 proxies ([`bench_discovery`]).
+//! - `cargo xtask bench [--quick]` — a benchmark: weft against no proxy, nginx and
+//!   haproxy, with a report and plots in target/bench/ ([`bench`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +18,7 @@ use std::process::Command;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod bench_discovery;
 mod demo;
 mod ebpf;
@@ -45,6 +48,9 @@ enum Task {
     /// Benchmark (not a test): mesh-file edit to every proxy's routes, 1,000 services,
     /// 20 proxies, in a throwaway network namespace (root).
     BenchDiscovery(bench_discovery::Options),
+    /// Benchmark (not a test): direct vs weft (iptables, eBPF) vs nginx vs haproxy,
+    /// two hops, HTTP/1.1, h2c and TCP; writes target/bench/ (root).
+    Bench(bench::Options),
     /// Install the eBPF toolchain: pinned nightly + rust-src, llvm-NN-dev, bpf-linker,
     /// bpftool (idempotent).
     SetupEbpf,
@@ -57,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test { tier1, test_args } => test(tier1, &test_args),
         Task::Demo(args) => demo::demo(&args),
         Task::BenchDiscovery(opts) => bench_discovery::bench_discovery(&opts),
+        Task::Bench(opts) => bench::bench(&opts),
         Task::SetupEbpf => ebpf::setup(),
         Task::BuildEbpf => ebpf::build(),
     }

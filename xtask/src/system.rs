@@ -32,6 +32,33 @@ pub const TIER2_TOOLS: &[Tool] = &[
     tool("promtool", "prometheus"),
 ];
 
+/// What `cargo xtask bench` runs besides weft: namespaces and capture, the proxies it
+/// compares weft with, iperf3, `taskset` for pinning, and what building oha (the
+/// HTTP load generator, from crates.io: see `bench::load`) needs. Debian's
+/// policy-rc.d keeps the packages' own services from starting in containers; the
+/// benchmark runs its own instances, with its own configuration, inside its
+/// namespaces.
+pub const BENCH_TOOLS: &[Tool] = &[
+    tool("ip", "iproute2"),
+    tool("iptables-nft", "iptables"),
+    tool("ip6tables-nft", "iptables"),
+    tool("taskset", "util-linux"),
+    tool("setpriv", "util-linux"),
+    tool("nginx", "nginx"),
+    // Not a program: an absolute path is checked as it is (see `on_path`).
+    tool(
+        "/usr/lib/nginx/modules/ngx_stream_module.so",
+        "libnginx-mod-stream",
+    ),
+    tool("haproxy", "haproxy"),
+    tool("iperf3", "iperf3"),
+    // Building oha (cargo install, native-tls).
+    tool("pkg-config", "pkg-config"),
+    tool("/usr/include/openssl/ssl.h", "libssl-dev"),
+];
+
+/// Whether `program` is in PATH (or /usr/sbin, /sbin); an absolute path is checked
+/// as it is, since joining it to a directory yields itself.
 fn on_path(program: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

@@ -1,0 +1,311 @@
+//! `cargo xtask bench [--quick]`: weft against no proxy at all and against nginx and
+//! haproxy in the same two positions, in one run, with the same load generator and
+//! the same server (issue 8; the method is DESIGN.md §9). A benchmark prints numbers;
+//! it never fails on a time. It does fail when the numbers cannot be trusted (see
+//! "Sanity checks").
+//!
+//! # Set-up
+//!
+//! A weft-e2e [`Mesh`]: pod `client` (10.211.0.2) and pod `server` (10.211.0.3) on the
+//! node's bridge, each with a cgroup v2 of its own when the host has one (eBPF mode
+//! needs it; the other setups do not care). The node runs weft-controller, whose mesh
+//! file names the service `bench` (VIP 10.96.0.10, endpoint the server pod). The
+//! server pod runs the app for the whole run: nginx returning a fixed 64-byte body
+//! (HTTP/1.1 on 8080, h2c on 8081; its `stub_status` counts every request it saw)
+//! and `iperf3 -s` on 5201. Release builds of weft-proxy, weft-init and
+//! weft-controller; the load generator is oha (see [`load`]).
+//!
+//! Setups ([`setups`]), each two hops where proxied — client pod → server pod:
+//! `direct`; `weft-iptables`; `weft-ebpf` (skipped with "not available: <reason>"
+//! until `weft-init --mode ebpf` works here); `nginx` and `haproxy` as a client-side
+//! and a server-side reverse proxy with keep-alive upstream pools. One worker per
+//! proxy: weft `--workers 1`, nginx `worker_processes 1`, haproxy `nbthread 1`.
+//!
+//! # Method
+//!
+//! Pinning (`taskset`): the load generator and the client-side proxy on CPU 0, the
+//! app and the server-side proxy on CPU 1. Per setup and protocol (HTTP/1.1
+//! keep-alive, h2c): a warm-up, a closed-loop maximum-throughput run, and open-loop
+//! runs at fixed rates with coordinated-omission correction; then a TCP bulk transfer
+//! (iperf3), and once per setup the proxies' RSS while 10,000 idle keep-alive
+//! connections are open. Setups are interleaved over rounds (A B C A B C), every
+//! setup started afresh each round, and the median over rounds is reported.
+//!
+//! # Sanity checks (they fail the run)
+//!
+//! - The app's request counter moved by exactly the number of responses the load
+//!   generator reports, every one a 200, with no generator errors.
+//! - For proxied setups, both proxies' request counters (weft's `/metrics`, nginx's
+//!   `stub_status`, haproxy's stats CSV) moved by at least that number — a setup that
+//!   bypassed its proxies cannot pass. For TCP: both proxies saw the connections.
+//!
+//! # Output
+//!
+//! `target/bench/results.json` (medians), `rounds.json` (every sample), `report.md`,
+//! `throughput.png`, `latency.png`; the report is also printed.
+//!
+//! # Bounds and clean-up
+//!
+//! Every load is bounded in count and time and only targets the benchmark's own
+//! namespaces; an overall timeout applies. SIGINT and SIGTERM are caught and turned
+//! into an error, so the [`Mesh`] (namespaces, processes) and the pod cgroups are
+//! removed on every exit but a SIGKILL.
+//!
+//! Layout: [`setups`] (the five setups and the shared app), [`configs`] (their
+//! configuration files and ports), [`load`] (oha, iperf3,
+//! the idle-connection holder), [`measure`] (/proc CPU and RSS, request counters),
+//! [`report`] (rows, medians, JSON and Markdown), [`plots`] (PNG).
+
+mod configs;
+mod load;
+mod measure;
+mod plots;
+mod report;
+mod setups;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+use report::Row;
+use setups::{Bench, SetupKind};
+
+/// `cargo xtask bench` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// A short run (one round, short loads): under 5 minutes on 2 cores.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds over all setups (default: 1 with --quick, 3 otherwise).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Only these setups (comma-separated names), e.g. `direct,weft-iptables`.
+    #[arg(long, value_delimiter = ',')]
+    setups: Vec<String>,
+    /// Give up, and clean up, after this long (not counting builds and installs).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Internal: the idle-connection holder that the benchmark starts in the client
+    /// pod (ADDR COUNT SECONDS).
+    #[arg(long, hide = true, num_args = 3, value_names = ["ADDR", "COUNT", "SECONDS"])]
+    hold_idle: Option<Vec<String>>,
+}
+
+/// How long each kind of load runs.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub quick: bool,
+    pub rounds: usize,
+    pub warmup: Duration,
+    /// Closed-loop maximum-throughput runs.
+    pub max: Duration,
+    /// Each open-loop run: rate × this many requests.
+    pub fixed: Duration,
+    pub rates: Vec<u32>,
+    /// iperf3 seconds.
+    pub tcp_secs: u32,
+    pub idle_conns: u32,
+    pub timeout: Duration,
+}
+
+impl Plan {
+    fn new(opts: &Options) -> Plan {
+        let quick = opts.quick;
+        Plan {
+            quick,
+            rounds: opts.rounds.unwrap_or(if quick { 1 } else { 3 }).max(1),
+            warmup: Duration::from_millis(if quick { 700 } else { 2_000 }),
+            max: Duration::from_millis(if quick { 2_000 } else { 5_000 }),
+            fixed: Duration::from_millis(if quick { 1_500 } else { 4_000 }),
+            rates: vec![1_000, 5_000],
+            tcp_secs: if quick { 1 } else { 3 },
+            idle_conns: idle_conns_that_fit(),
+            timeout: opts
+                .timeout
+                .unwrap_or(Duration::from_secs(if quick { 270 } else { 1_140 })),
+        }
+    }
+}
+
+/// Runs the benchmark (or, with the hidden `--hold-idle`, the idle-connection holder).
+pub fn bench(opts: &Options) -> Result<()> {
+    if let Some(args) = &opts.hold_idle {
+        return load::hold_idle_main(args);
+    }
+    let started = Instant::now();
+    let plan = Plan::new(opts);
+    let kinds = SetupKind::selected(&opts.setups)?;
+    crate::system::ensure(crate::system::BENCH_TOOLS)?;
+    if !crate::system::is_root() {
+        bail!("the benchmark needs root (network namespaces, iptables, cgroups)");
+    }
+    let bins = setups::Bins::build()?;
+    // Inherited by everything the benchmark starts.
+    raise_nofile()?;
+    let out_dir = bench_dir();
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+    catch_signals()?;
+    let deadline = Deadline(Instant::now() + plan.timeout);
+    eprintln!(
+        "bench: {} round(s) of {}; loads: warm-up {:?}, max {:?}, fixed rates {:?} req/s for {:?}, tcp {} s",
+        plan.rounds,
+        kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(" "),
+        plan.warmup,
+        plan.max,
+        plan.rates,
+        plan.fixed,
+        plan.tcp_secs
+    );
+
+    let bench = Bench::new(bins, &kinds)?;
+    let result = run(&bench, &plan, &kinds, &deadline);
+    if result.is_err() && !interrupted() {
+        eprint!("{}", bench.mesh.logs_report());
+    }
+    let prefix = bench.mesh.prefix().to_owned();
+    drop(bench);
+    eprintln!("bench: namespaces, cgroups and processes of {prefix} removed");
+    let samples = result?;
+
+    let medians = report::medians(&samples);
+    let failures: Vec<String> = samples
+        .iter()
+        .flat_map(|r| {
+            r.sanity
+                .iter()
+                .map(move |s| format!("{} {} {}: {s}", r.setup, r.protocol, r.load))
+        })
+        .collect();
+    report::write_json(&out_dir.join("results.json"), &medians)?;
+    report::write_json(&out_dir.join("rounds.json"), &samples)?;
+    let md = report::markdown(&medians, &plan, started.elapsed());
+    std::fs::write(out_dir.join("report.md"), &md).context("write report.md")?;
+    plots::draw(&out_dir, &medians).context("drawing the plots")?;
+    println!("{md}");
+    eprintln!(
+        "bench: wrote {}/{{results.json,rounds.json,report.md,throughput.png,latency.png}} in {:.0} s",
+        out_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if !failures.is_empty() {
+        bail!("sanity checks failed:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
+}
+
+fn run(bench: &Bench, plan: &Plan, kinds: &[SetupKind], deadline: &Deadline) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for round in 1..=plan.rounds {
+        for &kind in kinds {
+            deadline.check(&format!("round {round}, {}", kind.name()))?;
+            let t = Instant::now();
+            let mut got = match bench.measure_setup(kind, round, plan, deadline) {
+                Ok(rows) => rows,
+                // Ctrl-C and the overall timeout end the run.
+                Err(e) if interrupted() || deadline.passed() => return Err(e),
+                // A setup that fails is reported (and fails the run at the end), and
+                // the other setups are still measured.
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    eprintln!("bench: round {round} {} FAILED: {e}", kind.name());
+                    let mut rows =
+                        Row::unavailable_set(kind.name(), round, plan, &format!("failed: {e}"));
+                    rows[0].sanity.push(format!("the setup failed: {e}"));
+                    rows
+                }
+            };
+            eprintln!(
+                "bench: round {round}/{} {} done in {:.1} s",
+                plan.rounds,
+                kind.name(),
+                t.elapsed().as_secs_f64()
+            );
+            rows.append(&mut got);
+        }
+    }
+    Ok(rows)
+}
+
+/// `target/bench` (or under `$CARGO_TARGET_DIR`).
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target"))
+}
+
+fn bench_dir() -> PathBuf {
+    target_dir().join("bench")
+}
+
+/// Raises the soft descriptor limit to the hard one (raising the hard limit needs
+/// CAP_SYS_RESOURCE, which containers often lack).
+fn raise_nofile() -> Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising RLIMIT_NOFILE")?;
+    }
+    Ok(())
+}
+
+/// How many idle connections fit: 10,000, unless the descriptor hard limit is too
+/// low for a proxy holding each twice (haproxy reserves a client and a server
+/// descriptor per connection and refuses to start beyond its limit).
+fn idle_conns_that_fit() -> u32 {
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, h)| h)
+        .unwrap_or(0);
+    let fit = hard.saturating_sub(400) / 2 / 100 * 100;
+    fit.min(u64::from(IDLE_CONNS)) as u32
+}
+
+/// The idle-connection count the issue asks for.
+const IDLE_CONNS: u32 = 10_000;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// SIGINT and SIGTERM set a flag that every wait checks, so the benchmark unwinds
+/// through the `Mesh` drop instead of dying with its namespaces left behind.
+fn catch_signals() -> Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }.with_context(|| format!("catching {signal}"))?;
+    }
+    Ok(())
+}
+
+/// The overall time limit; every wait checks it, and the signal flag.
+#[derive(Debug)]
+pub(crate) struct Deadline(Instant);
+
+impl Deadline {
+    pub(crate) fn passed(&self) -> bool {
+        Instant::now() > self.0
+    }
+
+    pub(crate) fn check(&self, doing: &str) -> Result<()> {
+        if interrupted() {
+            bail!("interrupted during {doing}");
+        }
+        if Instant::now() > self.0 {
+            bail!("overall timeout reached during {doing}");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,389 @@
+//! Result rows, their medians over rounds, `results.json` and `report.md`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::Plan;
+
+/// One measurement (one round), or the median of a setup × protocol × load over
+/// rounds. Numbers that do not apply are `null`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub setup: String,
+    /// `http1`, `h2` or `tcp`.
+    pub protocol: String,
+    /// `max` (closed loop), `<rate>/s` (open loop), `bulk` (TCP) or `idle` (10,000
+    /// idle connections).
+    pub load: String,
+    /// The round; 0 for a median.
+    pub round: usize,
+    /// Rounds a median was taken over.
+    pub rounds: usize,
+    /// False when the setup could not run here; `note` says why.
+    pub available: bool,
+    pub note: Option<String>,
+    pub rate: Option<u32>,
+    pub requests: Option<u64>,
+    pub rps: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    /// CPU per 1,000 requests, per proxy (mean of the two hops).
+    pub cpu_ms_per_1k: Option<f64>,
+    pub cpu_ms_per_1k_client_proxy: Option<f64>,
+    pub cpu_ms_per_1k_server_proxy: Option<f64>,
+    /// Peak RSS of the larger proxy (VmHWM); for `idle`, RSS while the connections
+    /// are open.
+    pub rss_mb: Option<f64>,
+    pub rss_mb_client_proxy: Option<f64>,
+    pub rss_mb_server_proxy: Option<f64>,
+    /// `idle`: RSS of the larger proxy before the connections were opened.
+    pub rss_mb_before: Option<f64>,
+    pub idle_conns: Option<u32>,
+    pub gbit_s: Option<f64>,
+    pub bytes: Option<u64>,
+    /// TCP: CPU per GB carried, per proxy (mean of the two hops).
+    pub cpu_ms_per_gb: Option<f64>,
+    /// Sanity-check failures (the run fails when any row has one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sanity: Vec<String>,
+}
+
+impl Row {
+    pub fn new(setup: &str, protocol: &str, load: &str, round: usize) -> Row {
+        Row {
+            setup: setup.into(),
+            protocol: protocol.into(),
+            load: load.into(),
+            round,
+            rounds: 1,
+            available: true,
+            note: None,
+            rate: None,
+            requests: None,
+            rps: None,
+            p50_ms: None,
+            p99_ms: None,
+            p999_ms: None,
+            cpu_ms_per_1k: None,
+            cpu_ms_per_1k_client_proxy: None,
+            cpu_ms_per_1k_server_proxy: None,
+            rss_mb: None,
+            rss_mb_client_proxy: None,
+            rss_mb_server_proxy: None,
+            rss_mb_before: None,
+            idle_conns: None,
+            gbit_s: None,
+            bytes: None,
+            cpu_ms_per_gb: None,
+            sanity: Vec::new(),
+        }
+    }
+
+    /// Every row a setup would have produced in a round, marked unavailable.
+    pub fn unavailable_set(setup: &str, round: usize, plan: &Plan, note: &str) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for proto in ["http1", "h2"] {
+            let mut loads = vec![("max".to_string(), None)];
+            loads.extend(plan.rates.iter().map(|r| (format!("{r}/s"), Some(*r))));
+            for (load, rate) in loads {
+                let mut row = Row::new(setup, proto, &load, round);
+                row.rate = rate;
+                rows.push(row);
+            }
+        }
+        rows.push(Row::new(setup, "tcp", "bulk", round));
+        if round == 1 {
+            rows.push(Row::new(setup, "http1", "idle", round));
+        }
+        for r in &mut rows {
+            r.available = false;
+            r.note = Some(note.to_string());
+        }
+        rows
+    }
+
+    fn key(&self) -> (String, String, String) {
+        (self.setup.clone(), self.protocol.clone(), self.load.clone())
+    }
+}
+
+/// The median of the values present (NaN left out); `None` if none is.
+pub fn median(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let mut v: Vec<f64> = values
+        .into_iter()
+        .flatten()
+        .filter(|x| x.is_finite())
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// One row per setup × protocol × load, each number the median over its rounds, in
+/// the order first seen.
+pub fn medians(samples: &[Row]) -> Vec<Row> {
+    let mut keys: Vec<(String, String, String)> = Vec::new();
+    for r in samples {
+        if !keys.contains(&r.key()) {
+            keys.push(r.key());
+        }
+    }
+    keys.iter()
+        .map(|k| {
+            let group: Vec<&Row> = samples.iter().filter(|r| &r.key() == k).collect();
+            let first = group[0];
+            let m = |f: fn(&Row) -> Option<f64>| median(group.iter().map(|r| f(r)));
+            let mu = |f: fn(&Row) -> Option<u64>| {
+                median(group.iter().map(|r| f(r).map(|x| x as f64))).map(|x| x.round() as u64)
+            };
+            Row {
+                round: 0,
+                rounds: group.len(),
+                available: group.iter().all(|r| r.available),
+                requests: mu(|r| r.requests),
+                rps: m(|r| r.rps),
+                p50_ms: m(|r| r.p50_ms),
+                p99_ms: m(|r| r.p99_ms),
+                p999_ms: m(|r| r.p999_ms),
+                cpu_ms_per_1k: m(|r| r.cpu_ms_per_1k),
+                cpu_ms_per_1k_client_proxy: m(|r| r.cpu_ms_per_1k_client_proxy),
+                cpu_ms_per_1k_server_proxy: m(|r| r.cpu_ms_per_1k_server_proxy),
+                rss_mb: m(|r| r.rss_mb),
+                rss_mb_client_proxy: m(|r| r.rss_mb_client_proxy),
+                rss_mb_server_proxy: m(|r| r.rss_mb_server_proxy),
+                rss_mb_before: m(|r| r.rss_mb_before),
+                idle_conns: mu(|r| r.idle_conns.map(u64::from)).map(|x| x as u32),
+                gbit_s: m(|r| r.gbit_s),
+                bytes: mu(|r| r.bytes),
+                cpu_ms_per_gb: m(|r| r.cpu_ms_per_gb),
+                sanity: group.iter().flat_map(|r| r.sanity.clone()).collect(),
+                ..first.clone()
+            }
+        })
+        .collect()
+}
+
+pub fn write_json(path: &Path, rows: &[Row]) -> Result<()> {
+    let text = serde_json::to_string_pretty(rows)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))
+}
+
+fn find<'a>(rows: &'a [Row], setup: &str, protocol: &str, load: &str) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.setup == setup && r.protocol == protocol && r.load == load && r.available)
+}
+
+fn f(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{x:.digits$}"),
+        _ => "–".into(),
+    }
+}
+
+fn ratio(v: Option<f64>, base: Option<f64>) -> String {
+    match (v, base) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "–".into(),
+    }
+}
+
+/// The setups present, in order.
+fn setups(rows: &[Row]) -> Vec<String> {
+    let mut s: Vec<String> = Vec::new();
+    for r in rows {
+        if !s.contains(&r.setup) {
+            s.push(r.setup.clone());
+        }
+    }
+    s
+}
+
+/// `report.md`: throughput with ratios to direct and to nginx, latency at fixed
+/// rates, the proxies' CPU and memory, and setups that could not run.
+pub fn markdown(rows: &[Row], plan: &Plan, took: Duration) -> String {
+    let mut s = String::new();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let _ = writeln!(s, "# weft benchmark\n");
+    let _ = writeln!(
+        s,
+        "`cargo xtask bench{}`: {} round(s), medians; {} CPUs, Linux {}; took {:.0} s. \
+         Client pod → server pod, 64-byte HTTP responses from nginx; two proxy hops \
+         (client side and server side), one worker each. Load generator and client-side \
+         proxy on CPU 0, app and server-side proxy on CPU 1. oha: closed loop \
+         (HTTP/1.1: 32 connections; h2c: 4 connections × 8 streams) and open loop with \
+         coordinated-omission correction; iperf3 for TCP. p99/p99.9 swing with \
+         scheduling noise: judge tails over several rounds, never one.\n",
+        if plan.quick { " --quick" } else { "" },
+        plan.rounds,
+        cpus,
+        kernel.trim(),
+        took.as_secs_f64()
+    );
+    let names = setups(rows);
+
+    let _ = writeln!(s, "## Maximum throughput (closed loop)\n");
+    let _ = writeln!(
+        s,
+        "| setup | HTTP/1.1 req/s | ×direct | ×nginx | h2c req/s | ×direct | ×nginx | TCP Gbit/s | ×direct | ×nginx |"
+    );
+    let _ = writeln!(
+        s,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for n in &names {
+        let mut cells = vec![n.clone()];
+        for (proto, load, get) in [
+            ("http1", "max", (|r: &Row| r.rps) as fn(&Row) -> Option<f64>),
+            ("h2", "max", |r: &Row| r.rps),
+            ("tcp", "bulk", |r: &Row| r.gbit_s),
+        ] {
+            let v = find(rows, n, proto, load).and_then(get);
+            let d = find(rows, "direct", proto, load).and_then(get);
+            let x = find(rows, "nginx", proto, load).and_then(get);
+            cells.push(f(v, if proto == "tcp" { 2 } else { 0 }));
+            cells.push(ratio(v, d));
+            cells.push(ratio(v, x));
+        }
+        let _ = writeln!(s, "| {} |", cells.join(" | "));
+    }
+
+    let _ = writeln!(s, "\n## Latency at fixed rates (open loop, ms)\n");
+    let _ = writeln!(
+        s,
+        "| setup | protocol | rate | p50 | +p50 vs direct | p99 | p99.9 | ×direct p99 | ×nginx p99 |"
+    );
+    let _ = writeln!(
+        s,
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for proto in ["http1", "h2"] {
+        for rate in &plan.rates {
+            let load = format!("{rate}/s");
+            let d = find(rows, "direct", proto, &load);
+            let x = find(rows, "nginx", proto, &load);
+            for n in &names {
+                let Some(r) = find(rows, n, proto, &load) else {
+                    continue;
+                };
+                let added = match (r.p50_ms, d.and_then(|d| d.p50_ms)) {
+                    (Some(a), Some(b)) => format!("{:+.3}", a - b),
+                    _ => "–".into(),
+                };
+                let _ = writeln!(
+                    s,
+                    "| {n} | {proto} | {rate} | {} | {added} | {} | {} | {} | {} |",
+                    f(r.p50_ms, 3),
+                    f(r.p99_ms, 3),
+                    f(r.p999_ms, 3),
+                    ratio(r.p99_ms, d.and_then(|d| d.p99_ms)),
+                    ratio(r.p99_ms, x.and_then(|x| x.p99_ms)),
+                );
+            }
+        }
+    }
+
+    let _ = writeln!(s, "\n## Cost of the proxies (per proxy)\n");
+    let _ = writeln!(
+        s,
+        "| setup | CPU ms / 1k req, HTTP/1.1 max (client, server) | CPU ms / 1k req, h2c max | CPU ms / GB, TCP | peak RSS MB | RSS MB, idle → {} idle conns (client, server) |",
+        plan.idle_conns
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for n in names.iter().filter(|n| n.as_str() != "direct") {
+        let h1 = find(rows, n, "http1", "max");
+        let h2 = find(rows, n, "h2", "max");
+        let tcp = find(rows, n, "tcp", "bulk");
+        let idle = find(rows, n, "http1", "idle");
+        let peak = rows
+            .iter()
+            .filter(|r| &r.setup == n && r.load != "idle" && r.available)
+            .filter_map(|r| r.rss_mb)
+            .reduce(f64::max);
+        let _ = writeln!(
+            s,
+            "| {n} | {} ({}, {}) | {} | {} | {} | {} → {} ({}, {}) |",
+            f(h1.and_then(|r| r.cpu_ms_per_1k), 1),
+            f(h1.and_then(|r| r.cpu_ms_per_1k_client_proxy), 1),
+            f(h1.and_then(|r| r.cpu_ms_per_1k_server_proxy), 1),
+            f(h2.and_then(|r| r.cpu_ms_per_1k), 1),
+            f(tcp.and_then(|r| r.cpu_ms_per_gb), 0),
+            f(peak, 1),
+            f(idle.and_then(|r| r.rss_mb_before), 1),
+            f(idle.and_then(|r| r.rss_mb), 1),
+            f(idle.and_then(|r| r.rss_mb_client_proxy), 1),
+            f(idle.and_then(|r| r.rss_mb_server_proxy), 1),
+        );
+    }
+
+    let missing: Vec<&Row> = rows.iter().filter(|r| !r.available).collect();
+    let mut notes: Vec<String> = Vec::new();
+    for r in missing {
+        let line = format!("- `{}`: {}", r.setup, r.note.clone().unwrap_or_default());
+        if !notes.contains(&line) {
+            notes.push(line);
+        }
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(s, "\n## Not measured\n\n{}", notes.join("\n"));
+    }
+    let _ = writeln!(
+        s,
+        "\nnginx proxies HTTP/1.1 upstream only: its h2c rows are h2c from the client to \
+         the client-side nginx, HTTP/1.1 keep-alive beyond. weft and haproxy keep h2c on \
+         every hop. CPU is user + system time from /proc over the run, divided by the \
+         requests; RSS is VmRSS/VmHWM (nginx: master + worker). Idle connections: \
+         {} keep-alive HTTP/1.1 connections, one request each ({}).\n\n\
+         ![throughput](throughput.png)\n\n![latency](latency.png)",
+        plan.idle_conns,
+        if plan.idle_conns < 10_000 {
+            "fewer than 10,000: the descriptor hard limit here is too low for a proxy holding 10,000 client and upstream sockets, and raising it needs CAP_SYS_RESOURCE"
+        } else {
+            "the issue's 10,000"
+        }
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_ignore_missing_values() {
+        assert_eq!(median([Some(3.0), None, Some(1.0), Some(2.0)]), Some(2.0));
+        assert_eq!(median([Some(1.0), Some(2.0)]), Some(1.5));
+        assert_eq!(median([None, Some(f64::NAN)]), None);
+    }
+
+    #[test]
+    fn rows_merge_over_rounds() {
+        let mut a = Row::new("direct", "http1", "max", 1);
+        a.rps = Some(100.0);
+        let mut b = Row::new("direct", "http1", "max", 2);
+        b.rps = Some(300.0);
+        b.sanity.push("x".into());
+        let c = Row::new("nginx", "http1", "max", 1);
+        let m = medians(&[a, c, b]);
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            (m[0].rps, m[0].rounds, m[0].sanity.len()),
+            (Some(200.0), 2, 1)
+        );
+        assert_eq!(m[1].setup, "nginx");
+    }
+}

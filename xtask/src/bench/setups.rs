@@ -1,0 +1,880 @@
+//! The benchmark's pods, the app they share, and the five setups: how each starts,
+//! where the load generator points, which counters prove its proxies carried the
+//! traffic, and how it stops so that the next setup finds clean pods.
+//!
+//! Ports (the app's are the same in every setup):
+//!
+//! | where | port | what |
+//! | --- | --- | --- |
+//! | server pod | 8080 / 8081 | the app: nginx, 64-byte body, HTTP/1.1 / h2c |
+//! | server pod | 127.0.0.1:8090 | the app's `stub_status` (its request counter) |
+//! | server pod | 5201 | `iperf3 -s` |
+//! | client pod | 127.0.0.1:10080 / 10081 / 10201 | nginx/haproxy client-side proxy: HTTP/1.1, h2c, TCP |
+//! | server pod | 18080 / 18081 / 18201 | nginx/haproxy server-side proxy: HTTP/1.1, h2c, TCP |
+//! | both pods | 127.0.0.1:9101 / 9102 | nginx `stub_status` / haproxy stats |
+//! | node | 10.211.0.1:15010 / 15014 | weft-controller |
+//!
+//! weft setups dial the service VIP 10.96.0.10 (ports 8080, 8081: protocol `auto`;
+//! 5201: `tcp`) and are captured transparently; nginx and haproxy are dialled
+//! explicitly on the client pod's loopback, as a user of a non-transparent proxy
+//! would configure them.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use weft_e2e::cgroup::PodCgroup;
+use weft_e2e::sidecar::PROXY_UID;
+use weft_e2e::{wait_until, Mesh, Pod, PodProc, ProcSpec};
+
+use super::configs::*;
+use super::load::{self, HttpLoad, Proto};
+use super::measure::{self, ProcUsage};
+use super::report::Row;
+use super::{Deadline, Plan};
+
+/// The load generator and the client-side proxy run here; the app and the
+/// server-side proxy on [`SERVER_CPU`] (DESIGN.md §9).
+pub const CLIENT_CPU: u32 = 0;
+pub const SERVER_CPU: u32 = 1;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
+/// One of the five setups of the issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetupKind {
+    Direct,
+    WeftIptables,
+    WeftEbpf,
+    Nginx,
+    Haproxy,
+}
+
+impl SetupKind {
+    pub const ALL: [SetupKind; 5] = [
+        SetupKind::Direct,
+        SetupKind::WeftIptables,
+        SetupKind::WeftEbpf,
+        SetupKind::Nginx,
+        SetupKind::Haproxy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SetupKind::Direct => "direct",
+            SetupKind::WeftIptables => "weft-iptables",
+            SetupKind::WeftEbpf => "weft-ebpf",
+            SetupKind::Nginx => "nginx",
+            SetupKind::Haproxy => "haproxy",
+        }
+    }
+
+    fn is_weft(self) -> bool {
+        matches!(self, SetupKind::WeftIptables | SetupKind::WeftEbpf)
+    }
+
+    /// The setups named (all when none is), in the canonical order.
+    pub fn selected(names: &[String]) -> Result<Vec<SetupKind>> {
+        for n in names {
+            if !Self::ALL.iter().any(|k| k.name() == n) {
+                bail!(
+                    "unknown setup {n:?}; the setups are {}",
+                    Self::ALL.map(SetupKind::name).join(", ")
+                );
+            }
+        }
+        Ok(Self::ALL
+            .into_iter()
+            .filter(|k| names.is_empty() || names.iter().any(|n| n == k.name()))
+            .collect())
+    }
+}
+
+/// The release binaries and the load generator.
+#[derive(Debug)]
+pub struct Bins {
+    proxy: PathBuf,
+    init: PathBuf,
+    controller: PathBuf,
+    pub oha: PathBuf,
+}
+
+impl Bins {
+    /// Builds weft's binaries in release (`-p` only) and makes sure oha is installed.
+    pub fn build() -> Result<Bins> {
+        let mut build = crate::cargo();
+        build.args(["build", "--release"]);
+        for p in ["weft-proxy", "weft-init", "weft-controller"] {
+            build.args(["-p", p]);
+        }
+        build.arg("--bins");
+        crate::run(build)?;
+        let dir = super::target_dir().join("release");
+        Ok(Bins {
+            proxy: dir.join("weft-proxy"),
+            init: dir.join("weft-init"),
+            controller: dir.join("weft-controller"),
+            oha: load::ensure_oha()?,
+        })
+    }
+}
+
+/// Which pod a process runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// The benchmark's mesh and what runs in it for the whole run. Fields drop in
+/// order: the mesh (processes, namespaces) first, then the emptied cgroups.
+#[derive(Debug)]
+pub struct Bench {
+    pub mesh: Mesh,
+    client: Pod,
+    server: Pod,
+    /// (client, server): in place when the host has cgroup v2.
+    cgroups: Option<(PodCgroup, PodCgroup)>,
+    bins: Bins,
+    run_dir: PathBuf,
+    /// Whether `weft-init --mode ebpf` works here, or why not.
+    ebpf: std::result::Result<(), String>,
+}
+
+/// A started setup.
+#[derive(Debug)]
+struct Running {
+    kind: SetupKind,
+    /// (client-side, server-side) proxies.
+    proxies: Option<(PodProc, PodProc)>,
+    h1: String,
+    h2: String,
+    tcp: SocketAddr,
+}
+
+impl Bench {
+    /// Creates the pods, starts the app, iperf3 and (for weft setups) the controller,
+    /// and finds out whether eBPF mode is available.
+    pub fn new(bins: Bins, kinds: &[SetupKind]) -> Result<Bench> {
+        let mesh = Mesh::new().context("creating the benchmark's network namespaces")?;
+        let client = mesh.add_pod("client")?;
+        let server = mesh.add_pod("server")?;
+        client.add_route("10.96.0.0/16")?;
+        let (cgroups, cgroup_error) = match PodCgroup::create(&mesh, &client)
+            .and_then(|c| PodCgroup::create(&mesh, &server).map(|s| (c, s)))
+        {
+            Ok(pair) => (Some(pair), None),
+            Err(e) => (None, Some(format!("no pod cgroups: {e:#}"))),
+        };
+        let run_dir = mesh.run_dir().to_path_buf();
+        let mut bench = Bench {
+            mesh,
+            client,
+            server,
+            cgroups,
+            bins,
+            run_dir,
+            ebpf: Ok(()),
+        };
+        bench.start_app()?;
+        if kinds.iter().any(|k| k.is_weft()) {
+            bench.start_controller()?;
+        }
+        if kinds.contains(&SetupKind::WeftEbpf) {
+            bench.ebpf = match cgroup_error {
+                Some(e) => Err(e),
+                None => bench.probe_ebpf(),
+            };
+            if let Err(reason) = &bench.ebpf {
+                eprintln!("bench: weft-ebpf not available: {reason}");
+            }
+        }
+        Ok(bench)
+    }
+
+    fn pod(&self, side: Side) -> &Pod {
+        match side {
+            Side::Client => &self.client,
+            Side::Server => &self.server,
+        }
+    }
+
+    fn cgroup(&self, side: Side) -> Option<&PodCgroup> {
+        self.cgroups.as_ref().map(|(c, s)| match side {
+            Side::Client => c,
+            Side::Server => s,
+        })
+    }
+
+    /// `argv` as a process of `side`'s pod: pinned to that side's CPU, inside the
+    /// pod's cgroup when there is one, as `uid` if given.
+    pub fn spec(&self, side: Side, name: &str, argv: &[String], uid: Option<u32>) -> ProcSpec {
+        let cpu = match side {
+            Side::Client => CLIENT_CPU,
+            Side::Server => SERVER_CPU,
+        };
+        let mut full: Vec<String> = vec!["taskset".into(), "-c".into(), cpu.to_string()];
+        full.extend(argv.iter().cloned());
+        let spec = match self.cgroup(side) {
+            Some(cg) => ProcSpec::new(cg.wrap(&full, uid)),
+            None => {
+                let s = ProcSpec::new(&full);
+                match uid {
+                    Some(u) => s.uid(u),
+                    None => s,
+                }
+            }
+        };
+        spec.name(name)
+    }
+
+    pub fn pod_spawn(&self, side: Side, name: &str, argv: &[String]) -> Result<PodProc> {
+        self.pod(side).spawn(self.spec(side, name, argv, None))
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    pub fn oha(&self) -> &Path {
+        &self.bins.oha
+    }
+
+    fn write(&self, name: &str, text: &str) -> Result<String> {
+        let path = self.run_dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+        Ok(path.display().to_string())
+    }
+
+    /// The app (nginx, 64-byte body) and iperf3's server, on the server CPU.
+    fn start_app(&self) -> Result<()> {
+        let conf = self.write("app-nginx.conf", &app_nginx_conf(&self.run_dir))?;
+        let argv = nginx_argv(&self.run_dir, "app", &conf);
+        self.pod_spawn(Side::Server, "app-nginx", &argv)?;
+        let iperf: Vec<String> = ["iperf3", "-s", "-p", &APP_TCP.to_string()]
+            .map(String::from)
+            .to_vec();
+        self.pod_spawn(Side::Server, "iperf3-server", &iperf)?;
+        for port in [APP_H1, APP_H2, APP_STATUS, APP_TCP] {
+            self.server.wait_listening(local(port), SECS(10))?;
+        }
+        Ok(())
+    }
+
+    /// weft-controller in the node namespace, serving the `bench` and `client` services.
+    fn start_controller(&self) -> Result<()> {
+        let file = self.write(
+            "mesh.yaml",
+            &mesh_yaml(self.server.ipv4(), self.client.ipv4()),
+        )?;
+        let node = self.mesh.node();
+        let argv: Vec<String> = vec![
+            "taskset".into(),
+            "-c".into(),
+            SERVER_CPU.to_string(),
+            self.bins.controller.display().to_string(),
+            "--config".into(),
+            file,
+            "--grpc-listen".into(),
+            SocketAddr::new(IpAddr::V4(node.ipv4()), CONTROLLER_GRPC).to_string(),
+            "--http-listen".into(),
+            SocketAddr::new(IpAddr::V4(node.ipv4()), CONTROLLER_HTTP).to_string(),
+            "--log".into(),
+            "warn".into(),
+        ];
+        node.spawn(ProcSpec::new(argv).name("weft-controller"))?;
+        let http = SocketAddr::new(IpAddr::V4(node.ipv4()), CONTROLLER_HTTP);
+        wait_until(SECS(15), Duration::from_millis(100), || {
+            matches!(node.http_get(http, "/ready"), Ok((200, _)))
+        })
+        .context("weft-controller never became ready")
+    }
+
+    fn weft_init(&self, side: Side, args: &[String]) -> Result<String> {
+        let mut argv = vec![self.bins.init.display().to_string()];
+        argv.extend(args.iter().cloned());
+        self.pod(side).run_ok(&argv, None, SECS(30))
+    }
+
+    fn ebpf_init_args(&self, side: Side, cleanup: bool) -> Result<Vec<String>> {
+        let cg = self
+            .cgroup(side)
+            .context("eBPF mode needs the pod cgroups")?;
+        let mut args = vec![
+            "--mode".to_string(),
+            "ebpf".into(),
+            "--cgroup".into(),
+            cg.path().display().to_string(),
+        ];
+        if cleanup {
+            args.push("--cleanup".into());
+        }
+        Ok(args)
+    }
+
+    /// Installs and removes eBPF capture in the client pod: `Err(reason)` when
+    /// `weft-init --mode ebpf` does not work here (yet).
+    fn probe_ebpf(&self) -> std::result::Result<(), String> {
+        let install = self
+            .ebpf_init_args(Side::Client, false)
+            .and_then(|a| self.weft_init(Side::Client, &a));
+        let cleanup = self
+            .ebpf_init_args(Side::Client, true)
+            .and_then(|a| self.weft_init(Side::Client, &a));
+        match (install, cleanup) {
+            (Ok(_), Ok(_)) => Ok(()),
+            (Err(e), _) | (Ok(_), Err(e)) => Err(short_reason(&format!("{e:#}"))),
+        }
+    }
+
+    /// Runs every measurement of one setup in one round (the setup started afresh
+    /// and stopped again); rows marked unavailable when the setup cannot run here.
+    pub fn measure_setup(
+        &self,
+        kind: SetupKind,
+        round: usize,
+        plan: &Plan,
+        deadline: &Deadline,
+    ) -> Result<Vec<Row>> {
+        if kind == SetupKind::WeftEbpf {
+            if let Err(reason) = &self.ebpf {
+                return Ok(Row::unavailable_set(
+                    kind.name(),
+                    round,
+                    plan,
+                    &format!("not available: {reason}"),
+                ));
+            }
+        }
+        let running = self.start(kind, plan)?;
+        let result = self.measure_running(&running, round, plan, deadline);
+        let stopped = self.stop(running);
+        let rows = result?;
+        stopped?;
+        Ok(rows)
+    }
+
+    fn measure_running(
+        &self,
+        r: &Running,
+        round: usize,
+        plan: &Plan,
+        deadline: &Deadline,
+    ) -> Result<Vec<Row>> {
+        let mut rows = Vec::new();
+        for proto in [Proto::Http1, Proto::H2] {
+            let url = match proto {
+                Proto::Http1 => &r.h1,
+                Proto::H2 => &r.h2,
+            };
+            deadline.check("the warm-up")?;
+            load::run_oha(self, url, proto, &HttpLoad::Closed(plan.warmup), deadline)
+                .context("warm-up")?;
+            let mut loads = vec![HttpLoad::Closed(plan.max)];
+            loads.extend(plan.rates.iter().map(|&rate| HttpLoad::Open {
+                rate,
+                count: (f64::from(rate) * plan.fixed.as_secs_f64()).round() as u64,
+            }));
+            for l in loads {
+                deadline.check("an HTTP run")?;
+                rows.push(self.http_run(r, round, url, proto, &l, deadline)?);
+            }
+        }
+        deadline.check("the TCP run")?;
+        rows.push(self.tcp_run(r, round, plan, deadline)?);
+        if round == 1 && r.proxies.is_some() {
+            deadline.check("the idle-connection run")?;
+            rows.push(self.idle_run(r, plan, deadline)?);
+        }
+        Ok(rows)
+    }
+
+    fn usage(&self, r: &Running) -> Option<(ProcUsage, ProcUsage)> {
+        r.proxies
+            .as_ref()
+            .map(|(c, s)| (ProcUsage::of(c.pid()), ProcUsage::of(s.pid())))
+    }
+
+    fn http_run(
+        &self,
+        r: &Running,
+        round: usize,
+        url: &str,
+        proto: Proto,
+        l: &HttpLoad,
+        deadline: &Deadline,
+    ) -> Result<Row> {
+        let app0 = self.app_requests()?;
+        let px0 = self.proxy_counters(r, Some(proto))?;
+        let use0 = self.usage(r);
+        let res = load::run_oha(self, url, proto, l, deadline)?;
+        let use1 = self.usage(r);
+        let app1 = self.app_requests()?;
+        let px1 = self.proxy_counters(r, Some(proto))?;
+
+        let mut row = Row::new(r.kind.name(), proto.name(), &l.name(), round);
+        row.rate = l.rate();
+        row.requests = Some(res.responses);
+        row.rps = Some(res.rps);
+        row.p50_ms = Some(res.p50_ms);
+        row.p99_ms = Some(res.p99_ms);
+        row.p999_ms = Some(res.p999_ms);
+        // The app's counter includes the read of the counter itself.
+        let app_seen = app1.saturating_sub(app0).saturating_sub(1);
+        if app_seen != res.responses {
+            row.sanity.push(format!(
+                "the app saw {app_seen} requests, the load generator reports {} responses",
+                res.responses
+            ));
+        }
+        if res.non_200 > 0 || res.errors > 0 {
+            row.sanity.push(format!(
+                "{} non-200 responses and {} errors ({})",
+                res.non_200, res.errors, res.error_text
+            ));
+        }
+        if res.responses == 0 {
+            row.sanity.push("no responses at all".into());
+        }
+        if let (Some(a), Some(b)) = (px0, px1) {
+            for (i, hop) in ["client-side", "server-side"].iter().enumerate() {
+                let moved = b[i] - a[i];
+                if moved < res.responses as f64 {
+                    row.sanity.push(format!(
+                        "the {hop} proxy's request counter moved by {moved}, fewer than the {} requests: bypassed?",
+                        res.responses
+                    ));
+                }
+            }
+        }
+        if let (Some(u0), Some(u1)) = (use0, use1) {
+            let per_1k = |a: &ProcUsage, b: &ProcUsage| {
+                (b.cpu_ms - a.cpu_ms) / res.responses.max(1) as f64 * 1000.0
+            };
+            let c = per_1k(&u0.0, &u1.0);
+            let s = per_1k(&u0.1, &u1.1);
+            row.cpu_ms_per_1k_client_proxy = Some(c);
+            row.cpu_ms_per_1k_server_proxy = Some(s);
+            row.cpu_ms_per_1k = Some((c + s) / 2.0);
+            row.rss_mb = Some(u1.0.peak_rss_mb.max(u1.1.peak_rss_mb));
+        }
+        Ok(row)
+    }
+
+    fn tcp_run(&self, r: &Running, round: usize, plan: &Plan, deadline: &Deadline) -> Result<Row> {
+        let px0 = self.proxy_counters(r, None)?;
+        let use0 = self.usage(r);
+        let res = load::run_iperf3(self, r.tcp, plan.tcp_secs, deadline)?;
+        let use1 = self.usage(r);
+        // iperf3 closes its connections as it ends; access logs and counters follow.
+        std::thread::sleep(Duration::from_millis(200));
+        let px1 = self.proxy_counters(r, None)?;
+        let mut row = Row::new(r.kind.name(), "tcp", "bulk", round);
+        row.gbit_s = Some(res.gbit_s);
+        row.bytes = Some(res.bytes_received);
+        if res.bytes_received == 0 {
+            row.sanity.push("iperf3's server received nothing".into());
+        }
+        if let (Some(a), Some(b)) = (px0, px1) {
+            for (i, hop) in ["client-side", "server-side"].iter().enumerate() {
+                // iperf3: a control and a data connection.
+                if b[i] - a[i] < 2.0 {
+                    row.sanity.push(format!(
+                        "the {hop} proxy saw {} TCP connections, fewer than iperf3's 2: bypassed?",
+                        b[i] - a[i]
+                    ));
+                }
+            }
+        }
+        if let (Some(u0), Some(u1)) = (use0, use1) {
+            let gb = res.bytes_received as f64 / 1e9;
+            let c = (u1.0.cpu_ms - u0.0.cpu_ms) / gb.max(1e-9);
+            let s = (u1.1.cpu_ms - u0.1.cpu_ms) / gb.max(1e-9);
+            row.cpu_ms_per_gb = Some((c + s) / 2.0);
+            row.rss_mb = Some(u1.0.peak_rss_mb.max(u1.1.peak_rss_mb));
+        }
+        Ok(row)
+    }
+
+    /// RSS of each proxy while `plan.idle_conns` idle keep-alive HTTP/1.1 connections
+    /// (one request each) are open through it.
+    fn idle_run(&self, r: &Running, plan: &Plan, deadline: &Deadline) -> Result<Row> {
+        let Some((cp, sp)) = &r.proxies else {
+            bail!("idle run without proxies");
+        };
+        let target: SocketAddr =
+            r.h1.trim_start_matches("http://")
+                .trim_end_matches('/')
+                .parse()
+                .context("the HTTP/1.1 target as an address")?;
+        let before = (ProcUsage::of(cp.pid()), ProcUsage::of(sp.pid()));
+        let app0 = self.app_requests()?;
+        let held = load::hold_idle(self, target, plan.idle_conns, deadline)?;
+        let during = (ProcUsage::of(cp.pid()), ProcUsage::of(sp.pid()));
+        let open = held.open;
+        held.release();
+        let app1 = self.app_requests()?;
+        let mut row = Row::new(r.kind.name(), "http1", "idle", 1);
+        row.idle_conns = Some(open);
+        row.rss_mb = Some(during.0.rss_mb.max(during.1.rss_mb));
+        row.rss_mb_client_proxy = Some(during.0.rss_mb);
+        row.rss_mb_server_proxy = Some(during.1.rss_mb);
+        row.rss_mb_before = Some(before.0.rss_mb.max(before.1.rss_mb));
+        if open < plan.idle_conns {
+            row.sanity.push(format!(
+                "only {open} of {} idle connections could be opened",
+                plan.idle_conns
+            ));
+        }
+        let app_seen = app1.saturating_sub(app0).saturating_sub(1);
+        if app_seen != u64::from(open) {
+            row.sanity.push(format!(
+                "the app saw {app_seen} requests for {open} idle connections"
+            ));
+        }
+        Ok(row)
+    }
+
+    /// The app's total request count (its `stub_status`; the read counts itself).
+    fn app_requests(&self) -> Result<u64> {
+        let (status, body) = self.server.http_get(local(APP_STATUS), "/")?;
+        if status != 200 {
+            bail!("the app's stub_status answered {status}");
+        }
+        measure::stub_status_requests(&body).context("the app's stub_status")
+    }
+
+    /// The (client-side, server-side) counters that prove the proxies carried the
+    /// traffic: HTTP requests for `Some(proto)`, TCP connections for `None`.
+    fn proxy_counters(&self, r: &Running, proto: Option<Proto>) -> Result<Option<[f64; 2]>> {
+        let mut out = [0.0; 2];
+        for (i, side) in [Side::Client, Side::Server].into_iter().enumerate() {
+            let pod = self.pod(side);
+            out[i] = match r.kind {
+                SetupKind::Direct => return Ok(None),
+                SetupKind::WeftIptables | SetupKind::WeftEbpf => {
+                    let (status, body) = pod.http_get(local(WEFT_METRICS), "/metrics")?;
+                    if status != 200 {
+                        bail!("weft /metrics answered {status}");
+                    }
+                    let direction = match side {
+                        Side::Client => "outbound",
+                        Side::Server => "inbound",
+                    };
+                    let name = match proto {
+                        Some(_) => "weft_http_requests_total",
+                        None => "weft_tcp_connections_opened_total",
+                    };
+                    measure::prom_sum(&body, name, &[("direction", direction)])
+                }
+                SetupKind::Nginx => match proto {
+                    Some(_) => {
+                        let (status, body) = pod.http_get(local(NGINX_STATUS), "/")?;
+                        if status != 200 {
+                            bail!("nginx stub_status answered {status}");
+                        }
+                        // Minus the read itself, counted before it is answered.
+                        measure::stub_status_requests(&body)? as f64 - 1.0
+                    }
+                    None => {
+                        let log = self
+                            .run_dir
+                            .join(format!("nginx-{}-stream.log", side_name(side)));
+                        std::fs::read_to_string(&log)
+                            .map(|s| s.lines().count())
+                            .unwrap_or(0) as f64
+                    }
+                },
+                SetupKind::Haproxy => {
+                    let (status, body) = pod.http_get(local(HAPROXY_STATS), "/stats;csv")?;
+                    if status != 200 {
+                        bail!("haproxy stats answered {status}");
+                    }
+                    let (frontend, field) = match proto {
+                        Some(Proto::Http1) => ("h1", "req_tot"),
+                        Some(Proto::H2) => ("h2", "req_tot"),
+                        None => ("tcp", "stot"),
+                    };
+                    measure::haproxy_frontend(&body, frontend, field)?
+                }
+            };
+        }
+        Ok(Some(out))
+    }
+
+    fn start(&self, kind: SetupKind, plan: &Plan) -> Result<Running> {
+        let server = self.server.ipv4();
+        let url = |ip: Ipv4Addr, port: u16| format!("http://{ip}:{port}/");
+        match kind {
+            SetupKind::Direct => Ok(Running {
+                kind,
+                proxies: None,
+                h1: url(server, APP_H1),
+                h2: url(server, APP_H2),
+                tcp: SocketAddr::new(IpAddr::V4(server), APP_TCP),
+            }),
+            SetupKind::WeftIptables | SetupKind::WeftEbpf => {
+                let mut running = Running {
+                    kind,
+                    proxies: None,
+                    h1: url(VIP, APP_H1),
+                    h2: url(VIP, APP_H2),
+                    tcp: SocketAddr::new(IpAddr::V4(VIP), APP_TCP),
+                };
+                let proxies = self.start_weft(kind);
+                match proxies {
+                    Ok(p) => {
+                        running.proxies = Some(p);
+                        Ok(running)
+                    }
+                    Err(e) => {
+                        let _ = self.stop(running);
+                        Err(e)
+                    }
+                }
+            }
+            SetupKind::Nginx | SetupKind::Haproxy => {
+                let proxies = if kind == SetupKind::Nginx {
+                    self.start_nginx_proxies()?
+                } else {
+                    self.start_haproxy_proxies(plan)?
+                };
+                Ok(Running {
+                    kind,
+                    proxies: Some(proxies),
+                    h1: url(Ipv4Addr::LOCALHOST, LOCAL_H1),
+                    h2: url(Ipv4Addr::LOCALHOST, LOCAL_H2),
+                    tcp: local(LOCAL_TCP),
+                })
+            }
+        }
+    }
+
+    fn init_args(&self, kind: SetupKind, side: Side, cleanup: bool) -> Result<Vec<String>> {
+        match kind {
+            SetupKind::WeftEbpf => self.ebpf_init_args(side, cleanup),
+            _ if cleanup => Ok(vec!["--cleanup".into()]),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn start_weft(&self, kind: SetupKind) -> Result<(PodProc, PodProc)> {
+        let controller = format!(
+            "http://{}",
+            SocketAddr::new(IpAddr::V4(self.mesh.node().ipv4()), CONTROLLER_GRPC)
+        );
+        let mut procs = Vec::new();
+        for (side, service) in [(Side::Client, "client"), (Side::Server, "bench")] {
+            let args = self.init_args(kind, side, false)?;
+            self.weft_init(side, &args)
+                .with_context(|| format!("weft-init {}", args.join(" ")))?;
+            let argv: Vec<String> = vec![
+                self.bins.proxy.display().to_string(),
+                "--service".into(),
+                service.into(),
+                "--proxy-id".into(),
+                side_name(side).into(),
+                "--controller".into(),
+                controller.clone(),
+                "--workers".into(),
+                "1".into(),
+                "--drain-grace".into(),
+                "1s".into(),
+                "--log".into(),
+                "warn".into(),
+            ];
+            let name = format!("weft-proxy-{}", side_name(side));
+            let spec = self.spec(side, &name, &argv, Some(PROXY_UID));
+            procs.push(self.pod(side).spawn(spec)?);
+        }
+        for (side, proc) in [Side::Client, Side::Server].into_iter().zip(&procs) {
+            let pod = self.pod(side);
+            wait_until(SECS(15), Duration::from_millis(50), || {
+                matches!(pod.http_get(local(WEFT_METRICS), "/ready"), Ok((200, _)))
+            })
+            .with_context(|| {
+                format!(
+                    "weft-proxy in {} never became ready:\n{}",
+                    pod.name(),
+                    proc.logs()
+                )
+            })?;
+        }
+        let server = procs.pop().context("two proxies")?;
+        let client = procs.pop().context("two proxies")?;
+        Ok((client, server))
+    }
+
+    fn start_nginx_proxies(&self) -> Result<(PodProc, PodProc)> {
+        let s = self.server.ipv4();
+        let mut procs = Vec::new();
+        for side in [Side::Client, Side::Server] {
+            let name = format!("nginx-{}", side_name(side));
+            let conf = match side {
+                Side::Client => nginx_proxy_conf(
+                    &self.run_dir,
+                    &name,
+                    [
+                        (local(LOCAL_H1), SocketAddr::new(IpAddr::V4(s), HOP_H1)),
+                        (local(LOCAL_H2), SocketAddr::new(IpAddr::V4(s), HOP_H1)),
+                        (local(LOCAL_TCP), SocketAddr::new(IpAddr::V4(s), HOP_TCP)),
+                    ],
+                ),
+                Side::Server => nginx_proxy_conf(
+                    &self.run_dir,
+                    &name,
+                    [
+                        (SocketAddr::new(IpAddr::V4(s), HOP_H1), local(APP_H1)),
+                        (SocketAddr::new(IpAddr::V4(s), HOP_H2), local(APP_H1)),
+                        (SocketAddr::new(IpAddr::V4(s), HOP_TCP), local(APP_TCP)),
+                    ],
+                ),
+            };
+            let path = self.write(&format!("{name}.conf"), &conf)?;
+            procs.push(self.pod_spawn(side, &name, &nginx_argv(&self.run_dir, &name, &path))?);
+        }
+        self.wait_proxies_listening(&procs, NGINX_STATUS)?;
+        let server = procs.pop().context("two proxies")?;
+        let client = procs.pop().context("two proxies")?;
+        Ok((client, server))
+    }
+
+    fn start_haproxy_proxies(&self, plan: &Plan) -> Result<(PodProc, PodProc)> {
+        // Room for the idle connections, within the descriptor limit.
+        let maxconn = plan.idle_conns + 100;
+        let s = IpAddr::V4(self.server.ipv4());
+        let mut procs = Vec::new();
+        for side in [Side::Client, Side::Server] {
+            let name = format!("haproxy-{}", side_name(side));
+            let conf = match side {
+                Side::Client => haproxy_conf(
+                    maxconn,
+                    [
+                        (local(LOCAL_H1), SocketAddr::new(s, HOP_H1)),
+                        (local(LOCAL_H2), SocketAddr::new(s, HOP_H2)),
+                        (local(LOCAL_TCP), SocketAddr::new(s, HOP_TCP)),
+                    ],
+                ),
+                Side::Server => haproxy_conf(
+                    maxconn,
+                    [
+                        (SocketAddr::new(s, HOP_H1), local(APP_H1)),
+                        (SocketAddr::new(s, HOP_H2), local(APP_H2)),
+                        (SocketAddr::new(s, HOP_TCP), local(APP_TCP)),
+                    ],
+                ),
+            };
+            let path = self.write(&format!("{name}.cfg"), &conf)?;
+            let argv: Vec<String> = vec!["haproxy".into(), "-db".into(), "-f".into(), path];
+            procs.push(self.pod_spawn(side, &name, &argv)?);
+        }
+        self.wait_proxies_listening(&procs, HAPROXY_STATS)?;
+        let server = procs.pop().context("two proxies")?;
+        let client = procs.pop().context("two proxies")?;
+        Ok((client, server))
+    }
+
+    fn wait_proxies_listening(&self, procs: &[PodProc], status_port: u16) -> Result<()> {
+        let s = self.server.ipv4();
+        let checks = [
+            (Side::Client, local(LOCAL_H1)),
+            (Side::Client, local(LOCAL_H2)),
+            (Side::Client, local(LOCAL_TCP)),
+            (Side::Client, local(status_port)),
+            (Side::Server, SocketAddr::new(IpAddr::V4(s), HOP_H1)),
+            (Side::Server, SocketAddr::new(IpAddr::V4(s), HOP_H2)),
+            (Side::Server, SocketAddr::new(IpAddr::V4(s), HOP_TCP)),
+            (Side::Server, local(status_port)),
+        ];
+        for (side, addr) in checks {
+            self.pod(side)
+                .wait_listening(addr, SECS(10))
+                .with_context(|| {
+                    let logs: Vec<String> = procs
+                        .iter()
+                        .map(|p| format!("{}: {}", p.name(), p.logs()))
+                        .collect();
+                    format!("proxy not listening:\n{}", logs.join("\n"))
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Stops the setup's proxies and removes weft's capture, so the pods are as
+    /// before it started.
+    fn stop(&self, r: Running) -> Result<()> {
+        if let Some((c, s)) = &r.proxies {
+            for p in [c, s] {
+                let _ = p.kill_term();
+            }
+            for p in [c, s] {
+                if p.wait_timeout(SECS(3)).is_none() {
+                    let _ = p.kill();
+                    let _ = p.wait_timeout(SECS(2));
+                }
+            }
+        }
+        if r.kind.is_weft() {
+            for side in [Side::Client, Side::Server] {
+                let args = self.init_args(r.kind, side, true)?;
+                self.weft_init(side, &args)
+                    .with_context(|| format!("weft-init {}", args.join(" ")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Client => "client",
+        Side::Server => "server",
+    }
+}
+
+/// The last meaningful line of an error, shortened for a table cell.
+fn short_reason(e: &str) -> String {
+    let line = e
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("unknown error");
+    let mut s: String = line.chars().take(160).collect();
+    if s.len() < line.len() {
+        s.push('…');
+    }
+    s.replace('|', "/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_64_bytes() {
+        assert_eq!(BODY.len(), 64);
+    }
+
+    #[test]
+    fn setups_select_in_order() {
+        let s = SetupKind::selected(&["haproxy".into(), "direct".into()]).unwrap_or_default();
+        assert_eq!(s, vec![SetupKind::Direct, SetupKind::Haproxy]);
+        assert!(SetupKind::selected(&["envoy".into()]).is_err());
+        assert_eq!(SetupKind::selected(&[]).map(|v| v.len()).unwrap_or(0), 5);
+    }
+
+    #[test]
+    fn reasons_are_one_short_line() {
+        assert_eq!(
+            short_reason("a\nweft-init: no | ebpf\n\n"),
+            "weft-init: no / ebpf"
+        );
+        assert!(short_reason(&"x".repeat(500)).chars().count() <= 161);
+    }
+}
