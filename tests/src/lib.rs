@@ -40,12 +40,15 @@
 //! - [`dialer`]: [`Dialer`](dialer::Dialer) — TCP connections the test process
 //!   makes as an app of a pod, captured in either mode (in eBPF mode through a
 //!   helper in the pod's cgroup that hands the socket over).
+//! - [`controller`]: [`Controller`] — weft-controller in the node namespace, started
+//!   on a mesh file and waited for.
 //! - [`wait`]: [`wait_until`], polling a condition with a deadline.
 //! - [`bins`]: where weft's binaries and a usable python3 are.
 
 pub mod bins;
 pub mod cgroup;
 pub mod cmd;
+pub mod controller;
 pub mod dialer;
 pub mod http;
 pub mod logs;
@@ -59,6 +62,7 @@ pub mod sidecar;
 pub mod wait;
 
 pub use bins::{python3, weft_bin};
+pub use controller::Controller;
 pub use mesh::{Mesh, IPV4_SUBNET, IPV6_SUBNET};
 pub use mode::{Mode, ModePod};
 pub use pod::Pod;

@@ -37,7 +37,8 @@ use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use weft_e2e::dialer::Dialer;
-use weft_e2e::{python3, wait_until, weft_bin, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar};
+use weft_e2e::Controller;
+use weft_e2e::{python3, wait_until, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -579,25 +580,10 @@ impl Live {
 /// Starts weft-controller in the node namespace on `file` and waits until its API
 /// answers.
 fn spawn_controller(mesh: &Mesh, file: &std::path::Path) -> PodProc {
-    let node = mesh.node();
-    let controller = node
-        .spawn(
-            ProcSpec::new([
-                weft_bin("weft-controller").to_string_lossy().as_ref(),
-                "--config",
-                file.to_str().unwrap(),
-                "--poll-interval",
-                POLL,
-            ])
-            .name("weft-controller"),
-        )
-        .unwrap();
-    let api = SocketAddr::new(node.ipv4().into(), API_PORT);
-    wait_until(SECS(10), MS(50), || {
-        matches!(node.http_get(api, "/ready"), Ok((200, _)))
-    })
-    .unwrap_or_else(|e| panic!("controller not ready: {e}\n{}", controller.logs()));
-    controller
+    Controller::start(mesh, file, &["--poll-interval", POLL])
+        .unwrap()
+        .proc()
+        .clone()
 }
 
 /// Criterion 2, saved the way an editor saves (temporary file renamed over the mesh

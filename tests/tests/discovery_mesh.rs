@@ -6,12 +6,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use weft_e2e::{
-    python3, wait_until, weft_bin, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar, Stat,
-};
+use weft_e2e::Controller;
+use weft_e2e::{python3, wait_until, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar, Stat};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -79,29 +77,9 @@ fn round_robin_over_service_endpoints(mode: Mode) {
     );
     let file = mesh.run_dir().join("mesh.yaml");
     std::fs::write(&file, mesh_file).unwrap();
-    let controller = mesh
-        .node()
-        .spawn(
-            ProcSpec::new([
-                weft_bin("weft-controller").to_string_lossy().as_ref(),
-                "--config",
-                file.to_str().unwrap(),
-            ])
-            .name("weft-controller"),
-        )
-        .unwrap();
-    let node_ip = mesh.node().ipv4();
-    wait_until(SECS(10), Duration::from_millis(50), || {
-        matches!(
-            mesh.node()
-                .http_get(SocketAddr::new(node_ip.into(), 15014), "/ready"),
-            Ok((200, _))
-        )
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}", controller.logs()));
+    let controller = Controller::start(&mesh, &file, &[]).unwrap();
 
-    let url = format!("http://{node_ip}:15010");
-    let discovery = ["--controller", url.as_str()];
+    let discovery = ["--controller", controller.url()];
     front.add_route("10.96.0.0/16").unwrap();
     front.add_route("fd00:96::/64").unwrap();
     let sf = front.sidecar_with(&[], "frontend", &discovery).unwrap();

@@ -15,7 +15,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weft_e2e::{python3, wait_until, weft_bin, Mesh, Pod, PodProc, ProcSpec, Sidecar};
+use weft_e2e::Controller;
+use weft_e2e::{python3, wait_until, Mesh, Pod, PodProc, ProcSpec, Sidecar};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -43,7 +44,7 @@ struct Env {
     backs: Vec<Pod>,
     sf: Sidecar,
     sbs: Vec<Sidecar>,
-    _controller: PodProc,
+    _controller: Controller,
 }
 
 impl Env {
@@ -67,27 +68,8 @@ impl Env {
         );
         let file = mesh.run_dir().join("mesh.yaml");
         std::fs::write(&file, yaml).unwrap();
-        let controller = mesh
-            .node()
-            .spawn(
-                ProcSpec::new([
-                    weft_bin("weft-controller").to_string_lossy().as_ref(),
-                    "--config",
-                    file.to_str().unwrap(),
-                ])
-                .name("weft-controller"),
-            )
-            .unwrap();
-        let node_ip = mesh.node().ipv4();
-        wait_until(SECS(10), MS(50), || {
-            matches!(
-                mesh.node()
-                    .http_get(SocketAddr::new(node_ip.into(), 15014), "/ready"),
-                Ok((200, _))
-            )
-        })
-        .unwrap_or_else(|e| panic!("{e}: {}", controller.logs()));
-        let url = format!("http://{node_ip}:15010");
+        let controller = Controller::start(&mesh, &file, &[]).unwrap();
+        let url = controller.url().to_owned();
         let mut args = vec!["--controller", url.as_str()];
         args.extend_from_slice(front_args);
         front.add_route("10.96.0.0/16").unwrap();

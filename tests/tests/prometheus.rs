@@ -29,7 +29,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
-use weft_e2e::{python3, wait_until, weft_bin, Mesh, Pod, PodProc, ProcSpec, Sidecar};
+use weft_e2e::Controller;
+use weft_e2e::{python3, wait_until, Mesh, Pod, PodProc, ProcSpec, Sidecar};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const PROMETHEUS_PORT: u16 = 9090;
@@ -303,29 +304,10 @@ fn a_real_prometheus_sees_what_the_clients_did() {
     );
     let file = mesh.run_dir().join("mesh.yaml");
     std::fs::write(&file, mesh_file).unwrap();
-    let controller = mesh
-        .node()
-        .spawn(
-            ProcSpec::new([
-                weft_bin("weft-controller").to_string_lossy().as_ref(),
-                "--config",
-                file.to_str().unwrap(),
-            ])
-            .name("weft-controller"),
-        )
-        .unwrap();
-    let node_ip = mesh.node().ipv4();
-    let controller_http = SocketAddr::new(node_ip.into(), 15014);
-    wait_until(SECS(20), Duration::from_millis(100), || {
-        matches!(
-            mesh.node().http_get(controller_http, "/ready"),
-            Ok((200, _))
-        )
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}", controller.logs()));
+    let controller = Controller::start(&mesh, &file, &[]).unwrap();
+    let controller_http = controller.http_addr();
 
-    let url = format!("http://{node_ip}:15010");
-    let discovery = ["--controller", url.as_str()];
+    let discovery = ["--controller", controller.url()];
     front.add_route("10.96.0.0/16").unwrap();
     let sf = Sidecar::start_with(&front, &[], "frontend", &discovery).unwrap();
     let sbs: Vec<Sidecar> = backs

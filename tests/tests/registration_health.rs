@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weft_e2e::{python3, wait_until, weft_bin, Mesh, Pod, PodProc, ProcSpec, Sidecar};
+use weft_e2e::Controller;
+use weft_e2e::{python3, wait_until, Mesh, Pod, PodProc, ProcSpec, Sidecar};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -210,33 +211,19 @@ impl Setup {
 
 fn start_controller(mesh: &Mesh, file: &Path, state_dir: &Path) -> PodProc {
     let interval = humantime_ms(INTERVAL);
-    let controller = mesh
-        .node()
-        .spawn(
-            ProcSpec::new([
-                weft_bin("weft-controller").to_string_lossy().as_ref(),
-                "--config",
-                file.to_str().unwrap(),
-                "--state-dir",
-                state_dir.to_str().unwrap(),
-                "--health-interval",
-                &interval,
-                "--health-timeout",
-                "300ms",
-                "--health-unhealthy-threshold",
-                "2",
-                "--health-healthy-threshold",
-                "1",
-            ])
-            .name("weft-controller"),
-        )
-        .unwrap();
-    let api = SocketAddr::new(mesh.node().ipv4().into(), API_PORT);
-    wait_until(SECS(10), MS(50), || {
-        matches!(mesh.node().http_get(api, "/ready"), Ok((200, _)))
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}", controller.logs()));
-    controller
+    let args = [
+        "--state-dir",
+        state_dir.to_str().unwrap(),
+        "--health-interval",
+        &interval,
+        "--health-timeout",
+        "300ms",
+        "--health-unhealthy-threshold",
+        "2",
+        "--health-healthy-threshold",
+        "1",
+    ];
+    Controller::start(mesh, file, &args).unwrap().proc().clone()
 }
 
 fn humantime_ms(d: Duration) -> String {

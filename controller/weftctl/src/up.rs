@@ -24,15 +24,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use weft_controller::model::Mesh as MeshFile;
 use weft_e2e::cgroup::PodCgroup;
-use weft_e2e::{weft_bin, Mesh, Pod, PodProc, ProcSpec, Sidecar};
+use weft_e2e::controller::{GRPC_PORT, HTTP_PORT};
+use weft_e2e::{Controller, Mesh, Pod, PodProc, ProcSpec, Sidecar};
 
 use crate::render::{self, PodAddrs, PodPlan};
 use crate::state::{self, MeshState, PodState};
 use crate::{signals, table};
 
-/// The controller's ports inside the node namespace (DESIGN.md §3).
-const GRPC_PORT: u16 = 15010;
-const HTTP_PORT: u16 = 15014;
 /// How often the loop checks the file, the processes and the signals.
 const TICK: Duration = Duration::from_millis(200);
 /// How long a workload gets to listen on its service's target ports.
@@ -260,37 +258,20 @@ impl LocalMesh {
         Ok(())
     }
 
+    /// The controller in the node namespace, listening on the node's address only
+    /// (the pods reach it over the bridge; nothing else needs to).
     fn start_controller(&mut self) -> Result<()> {
-        let node = self.mesh.node().clone();
-        let grpc = SocketAddr::new(node.ipv4().into(), GRPC_PORT).to_string();
+        let node_ip = self.mesh.node().ipv4();
+        let grpc = SocketAddr::new(node_ip.into(), GRPC_PORT).to_string();
         let http = self.state.controller_http.to_string();
-        let controller = node.spawn(
-            ProcSpec::new([
-                weft_bin("weft-controller").to_string_lossy().as_ref(),
-                "--config",
-                &self.controller_file.to_string_lossy(),
-                "--grpc-listen",
-                &grpc,
-                "--http-listen",
-                &http,
-            ])
-            .name("weft-controller"),
+        let file = self.controller_file.clone();
+        let controller = Controller::start(
+            &self.mesh,
+            &file,
+            &["--grpc-listen", &grpc, "--http-listen", &http],
         )?;
-        let ready =
-            weft_e2e::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-                matches!(
-                    node.http_get(self.state.controller_http, "/ready"),
-                    Ok((200, _))
-                )
-            });
-        if let Err(e) = ready {
-            bail!(
-                "the controller never became ready ({e}):\n{}",
-                controller.logs()
-            );
-        }
         self.watched
-            .push(("node/weft-controller".into(), controller));
+            .push(("node/weft-controller".into(), controller.proc().clone()));
         Ok(())
     }
 

@@ -1,0 +1,65 @@
+//! weft-controller in a mesh's node namespace (10.211.0.1), where every pod reaches
+//! it: started on a mesh file and waited for until its API answers `/ready`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use crate::{wait_until, weft_bin, Mesh, PodProc, ProcSpec};
+
+/// The controller's discovery (gRPC) port (DESIGN.md §3).
+pub const GRPC_PORT: u16 = 15010;
+/// The controller's HTTP API port.
+pub const HTTP_PORT: u16 = 15014;
+
+/// How long a starting controller gets to answer `/ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running controller; the mesh stops it when dropped.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    proc: PodProc,
+    http: SocketAddr,
+    grpc_url: String,
+}
+
+impl Controller {
+    /// Starts `weft-controller --config FILE ARGS...` in the node namespace (default
+    /// listeners: 0.0.0.0:15010 and :15014) and waits until `/ready` answers 200;
+    /// fails with its log otherwise.
+    pub fn start(mesh: &Mesh, file: &Path, args: &[&str]) -> Result<Controller> {
+        let node = mesh.node();
+        let bin = weft_bin("weft-controller").to_string_lossy().into_owned();
+        let config = file.to_string_lossy().into_owned();
+        let mut argv = vec![bin.as_str(), "--config", config.as_str()];
+        argv.extend_from_slice(args);
+        let proc = node.spawn(ProcSpec::new(argv).name("weft-controller"))?;
+        let http = SocketAddr::new(node.ipv4().into(), HTTP_PORT);
+        wait_until(READY_TIMEOUT, Duration::from_millis(50), || {
+            matches!(node.http_get(http, "/ready"), Ok((200, _)))
+        })
+        .with_context(|| format!("weft-controller never became ready:\n{}", proc.logs()))?;
+        Ok(Controller {
+            proc,
+            http,
+            grpc_url: format!("http://{}:{GRPC_PORT}", node.ipv4()),
+        })
+    }
+
+    /// The process.
+    pub fn proc(&self) -> &PodProc {
+        &self.proc
+    }
+
+    /// The HTTP API's address (`/v1/...`, `/metrics`, `/ready`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// The discovery URL proxies take as `--controller`.
+    pub fn url(&self) -> &str {
+        &self.grpc_url
+    }
+}
