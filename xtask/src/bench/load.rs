@@ -6,10 +6,15 @@
 //!   (`-c`, `-z` with `-w` so every request started is finished and counted) and open
 //!   loop at a fixed rate (`-q`) with coordinated-omission correction
 //!   (`--latency-correction`: latency counts from when a request was due, not when
-//!   it was sent), and JSON output with p50/p99/p99.9. Debian has no wrk2, and
+//!   it was sent), and JSON output with p50/p99/p99.9. The connection setup rate is
+//!   a closed-loop HTTP/1.1 run with `--disable-keepalive`: a new connection per
+//!   request. Debian has no wrk2, and
 //!   h2load's `--rate` paces connections, not requests. It builds from crates.io
 //!   with the Rust toolchain and Debian's libssl-dev (3-4 minutes on 2 cores, once).
-//! - TCP bulk: iperf3 from Debian (`-J`), one stream.
+//! - TCP bulk: iperf3 from Debian (`-J`), one stream. The throughput reported is
+//!   the receiver's (`end.sum_received`): with sk_msg, or any proxy buffering, the
+//!   sender can hand its socket far more than arrives within the test; the sender's
+//!   count is kept to show the gap.
 //! - Idle connections: this binary's hidden `bench --hold-idle ADDR COUNT SECONDS`,
 //!   which opens COUNT keep-alive connections, sends one request on each, prints
 //!   `open=K` and holds them.
@@ -98,6 +103,9 @@ pub enum HttpLoad {
     Closed(Duration),
     /// Open loop: `count` requests at `rate` per second.
     Open { rate: u32, count: u64 },
+    /// Closed loop for this long, HTTP/1.1 without keep-alive: a new connection per
+    /// request (the connection setup rate).
+    NewConns(Duration),
 }
 
 impl HttpLoad {
@@ -106,12 +114,13 @@ impl HttpLoad {
         match self {
             HttpLoad::Closed(_) => "max".into(),
             HttpLoad::Open { rate, .. } => format!("{rate}/s"),
+            HttpLoad::NewConns(_) => "conn".into(),
         }
     }
 
     pub fn rate(&self) -> Option<u32> {
         match self {
-            HttpLoad::Closed(_) => None,
+            HttpLoad::Closed(_) | HttpLoad::NewConns(_) => None,
             HttpLoad::Open { rate, .. } => Some(*rate),
         }
     }
@@ -119,7 +128,7 @@ impl HttpLoad {
     /// An upper bound on how long it may take before it is killed.
     fn limit(&self) -> Duration {
         let nominal = match self {
-            HttpLoad::Closed(d) => *d,
+            HttpLoad::Closed(d) | HttpLoad::NewConns(d) => *d,
             HttpLoad::Open { rate, count } => {
                 Duration::from_secs_f64(*count as f64 / f64::from((*rate).max(1)))
             }
@@ -164,10 +173,11 @@ pub fn run_oha(
         "10s".into(),
     ];
     let (conns, streams) = match (proto, load) {
-        (Proto::Http1, HttpLoad::Closed(_)) => (H1_CONNS, 1),
+        (Proto::Http1, HttpLoad::Closed(_) | HttpLoad::NewConns(_)) => (H1_CONNS, 1),
         (Proto::H2, HttpLoad::Closed(_)) => (H2_CONNS, H2_STREAMS),
         (Proto::Http1, HttpLoad::Open { .. }) => (OPEN_H1_CONNS, 1),
         (Proto::H2, HttpLoad::Open { .. }) => (OPEN_H2_CONNS, H2_STREAMS),
+        (Proto::H2, HttpLoad::NewConns(_)) => bail!("h2c has no run without keep-alive"),
     };
     argv.extend(["-c".into(), conns.to_string()]);
     if proto == Proto::H2 {
@@ -179,6 +189,12 @@ pub fn run_oha(
             // generator's count is exactly what the app saw.
             argv.extend(["-z".into(), format!("{}ms", d.as_millis()), "-w".into()]);
         }
+        HttpLoad::NewConns(d) => argv.extend([
+            "-z".into(),
+            format!("{}ms", d.as_millis()),
+            "-w".into(),
+            "--disable-keepalive".into(),
+        ]),
         HttpLoad::Open { rate, count } => argv.extend([
             "-n".into(),
             count.to_string(),
@@ -278,7 +294,10 @@ pub fn parse_oha(text: &str) -> Result<OhaResult> {
 #[derive(Debug, Clone)]
 pub struct TcpResult {
     pub bytes_received: u64,
+    /// The receiver's throughput.
     pub gbit_s: f64,
+    /// What the sender wrote to its socket (`end.sum_sent`).
+    pub bytes_sent: u64,
 }
 
 /// One iperf3 stream of `secs` seconds from the client pod to `target`.
@@ -320,6 +339,9 @@ pub fn parse_iperf3(text: &str) -> Result<TcpResult> {
             .as_u64()
             .context("no end.sum_received.bytes")?,
         gbit_s: num(&recv["bits_per_second"]).context("no end.sum_received.bits_per_second")? / 1e9,
+        bytes_sent: v["end"]["sum_sent"]["bytes"]
+            .as_u64()
+            .context("no end.sum_sent.bytes")?,
     })
 }
 
@@ -473,9 +495,11 @@ mod tests {
 
     #[test]
     fn parses_iperf3_json() {
-        let r = parse_iperf3(r#"{"end":{"sum_received":{"bytes":1000,"bits_per_second":2e9}}}"#)
-            .expect("parses");
-        assert_eq!(r.bytes_received, 1000);
+        let r = parse_iperf3(
+            r#"{"end":{"sum_sent":{"bytes":1250},"sum_received":{"bytes":1000,"bits_per_second":2e9}}}"#,
+        )
+        .expect("parses");
+        assert_eq!((r.bytes_received, r.bytes_sent), (1000, 1250));
         assert!((r.gbit_s - 2.0).abs() < 1e-9);
         assert!(parse_iperf3(r#"{"error":"unable to connect"}"#).is_err());
     }
@@ -488,5 +512,7 @@ mod tests {
         };
         assert_eq!((l.name(), l.rate()), ("1000/s".to_string(), Some(1000)));
         assert_eq!(HttpLoad::Closed(Duration::from_secs(1)).name(), "max");
+        let c = HttpLoad::NewConns(Duration::from_secs(1));
+        assert_eq!((c.name(), c.rate()), ("conn".to_string(), None));
     }
 }

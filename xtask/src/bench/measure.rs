@@ -58,6 +58,16 @@ fn status_kib(status: &str, key: &str) -> Option<u64> {
 
 /// The `requests` total of an nginx `stub_status` page.
 pub fn stub_status_requests(body: &str) -> Result<u64> {
+    stub_status_totals(body).map(|[_, _, requests]| requests)
+}
+
+/// The `accepts` total (connections) of an nginx `stub_status` page.
+pub fn stub_status_accepts(body: &str) -> Result<u64> {
+    stub_status_totals(body).map(|[accepts, _, _]| accepts)
+}
+
+/// `[accepts, handled, requests]` of an nginx `stub_status` page.
+fn stub_status_totals(body: &str) -> Result<[u64; 3]> {
     let mut lines = body.lines();
     while let Some(l) = lines.next() {
         if l.trim_start()
@@ -69,8 +79,8 @@ pub fn stub_status_requests(body: &str) -> Result<u64> {
                 .split_whitespace()
                 .filter_map(|n| n.parse().ok())
                 .collect();
-            if let [_, _, requests] = nums[..] {
-                return Ok(requests);
+            if let [accepts, handled, requests] = nums[..] {
+                return Ok([accepts, handled, requests]);
             }
         }
     }
@@ -134,6 +144,7 @@ mod tests {
     fn reads_stub_status() {
         let page = "Active connections: 1 \nserver accepts handled requests\n 17 17 3000 \nReading: 0 Writing: 1 Waiting: 0 \n";
         assert_eq!(stub_status_requests(page).ok(), Some(3000));
+        assert_eq!(stub_status_accepts(page).ok(), Some(17));
         assert!(stub_status_requests("nope").is_err());
     }
 

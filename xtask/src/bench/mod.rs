@@ -17,7 +17,8 @@
 //!
 //! Setups ([`setups`]), each two hops where proxied — client pod → server pod:
 //! `direct`; `weft-iptables`; `weft-ebpf` (skipped with "not available: <reason>"
-//! until `weft-init --mode ebpf` works here); `nginx` and `haproxy` as a client-side
+//! until `weft-init --mode ebpf` works here); `weft-ebpf-sockmap`, the same with
+//! sk_msg on in the client pod (`--sockmap`); `nginx` and `haproxy` as a client-side
 //! and a server-side reverse proxy with keep-alive upstream pools. One worker per
 //! proxy: weft `--workers 1`, nginx `worker_processes 1`, haproxy `nbthread 1`.
 //!
@@ -26,8 +27,9 @@
 //! Pinning (`taskset`): the load generator and the client-side proxy on CPU 0, the
 //! app and the server-side proxy on CPU 1. Per setup and protocol (HTTP/1.1
 //! keep-alive, h2c): a warm-up, a closed-loop maximum-throughput run, and open-loop
-//! runs at fixed rates with coordinated-omission correction; then a TCP bulk transfer
-//! (iperf3), and once per setup the proxies' RSS while 10,000 idle keep-alive
+//! runs at fixed rates with coordinated-omission correction; then the connection
+//! setup rate (closed loop, HTTP/1.1 with a new connection per request), a TCP bulk
+//! transfer (iperf3, the receiver's throughput), and once per setup the proxies' RSS while 10,000 idle keep-alive
 //! connections are open. Setups are interleaved over rounds (A B C A B C), every
 //! setup started afresh each round, and the median over rounds is reported.
 //!
@@ -38,6 +40,9 @@
 //! - For proxied setups, both proxies' request counters (weft's `/metrics`, nginx's
 //!   `stub_status`, haproxy's stats CSV) moved by at least that number — a setup that
 //!   bypassed its proxies cannot pass. For TCP: both proxies saw the connections.
+//! - The connection-rate run: what the generator dials (the app, or the client-side
+//!   proxy) accepted at least one connection per request.
+//! - `weft-ebpf-sockmap`: the client pod's sk_msg redirect counter moved.
 //!
 //! # Output
 //!
@@ -51,7 +56,7 @@
 //! into an error, so the [`Mesh`] (namespaces, processes) and the pod cgroups are
 //! removed on every exit but a SIGKILL.
 //!
-//! Layout: [`setups`] (the five setups and the shared app), [`configs`] (their
+//! Layout: [`setups`] (the six setups and the shared app), [`configs`] (their
 //! configuration files and ports), [`load`] (oha, iperf3,
 //! the idle-connection holder), [`measure`] (/proc CPU and RSS, request counters),
 //! [`report`] (rows, medians, JSON and Markdown), [`plots`] (PNG).
@@ -102,6 +107,8 @@ pub(crate) struct Plan {
     pub warmup: Duration,
     /// Closed-loop maximum-throughput runs.
     pub max: Duration,
+    /// The closed-loop connection-rate run (a new connection per request).
+    pub conns: Duration,
     /// Each open-loop run: rate × this many requests.
     pub fixed: Duration,
     pub rates: Vec<u32>,
@@ -119,6 +126,7 @@ impl Plan {
             rounds: opts.rounds.unwrap_or(if quick { 1 } else { 3 }).max(1),
             warmup: Duration::from_millis(if quick { 700 } else { 2_000 }),
             max: Duration::from_millis(if quick { 2_000 } else { 5_000 }),
+            conns: Duration::from_millis(if quick { 1_500 } else { 4_000 }),
             fixed: Duration::from_millis(if quick { 1_500 } else { 4_000 }),
             rates: vec![1_000, 5_000],
             tcp_secs: if quick { 1 } else { 3 },
@@ -150,13 +158,14 @@ pub fn bench(opts: &Options) -> Result<()> {
     catch_signals()?;
     let deadline = Deadline(Instant::now() + plan.timeout);
     eprintln!(
-        "bench: {} round(s) of {}; loads: warm-up {:?}, max {:?}, fixed rates {:?} req/s for {:?}, tcp {} s",
+        "bench: {} round(s) of {}; loads: warm-up {:?}, max {:?}, fixed rates {:?} req/s for {:?}, new connections {:?}, tcp {} s",
         plan.rounds,
         kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(" "),
         plan.warmup,
         plan.max,
         plan.rates,
         plan.fixed,
+        plan.conns,
         plan.tcp_secs
     );
 

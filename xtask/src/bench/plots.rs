@@ -23,7 +23,8 @@ fn register_font() -> Result<()> {
         .map_err(|_| anyhow!("the embedded DejaVu Sans is not a usable font"))
 }
 
-/// `throughput.png` (closed-loop req/s per setup and protocol, and TCP Gbit/s) and
+/// `throughput.png` (closed-loop req/s per setup and protocol, connections/s with a
+/// new connection per request, and TCP Gbit/s) and
 /// `latency.png` (p50/p99/p99.9 per setup at each fixed rate and protocol).
 pub fn draw(dir: &Path, rows: &[Row]) -> Result<()> {
     register_font()?;
@@ -35,10 +36,11 @@ pub fn draw(dir: &Path, rows: &[Row]) -> Result<()> {
     };
 
     let path = dir.join("throughput.png");
-    let root = BitMapBackend::new(&path, (1300, 450)).into_drawing_area();
+    // Room for six setup names under each chart.
+    let root = BitMapBackend::new(&path, (1900, 450)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let (left, right) = root.split_horizontally(760);
-    let rps: Vec<(&str, Vec<Option<f64>>)> = [("HTTP/1.1", "http1"), ("h2c", "h2")]
+    let (left, right) = root.split_horizontally(1100);
+    let mut rps: Vec<(&str, Vec<Option<f64>>)> = [("HTTP/1.1", "http1"), ("h2c", "h2")]
         .iter()
         .map(|(label, proto)| {
             (
@@ -50,6 +52,13 @@ pub fn draw(dir: &Path, rows: &[Row]) -> Result<()> {
             )
         })
         .collect();
+    rps.push((
+        "HTTP/1.1, new connection per request (conn/s)",
+        setups
+            .iter()
+            .map(|s| get(s, "http1", "conn", |r| r.conn_per_s))
+            .collect(),
+    ));
     grouped_bars(
         &left,
         "Max throughput (closed loop)",
@@ -98,7 +107,7 @@ pub fn draw(dir: &Path, rows: &[Row]) -> Result<()> {
     let path = dir.join("latency.png");
     let cols = 2;
     let rows_n = loads.len().div_ceil(cols).max(1);
-    let root = BitMapBackend::new(&path, (1200, 380 * rows_n as u32)).into_drawing_area();
+    let root = BitMapBackend::new(&path, (1700, 380 * rows_n as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let panels = root.split_evenly((rows_n, cols));
     for ((load, proto, title), area) in loads.iter().zip(panels.iter()) {
@@ -292,9 +301,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("weft-bench-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let mut rows = Vec::new();
-        for (i, setup) in ["direct", "weft-iptables", "nginx"].iter().enumerate() {
+        for (i, setup) in ["direct", "weft-iptables", "weft-ebpf-sockmap", "nginx"]
+            .iter()
+            .enumerate()
+        {
             for (proto, load, rate) in [
                 ("http1", "max", None),
+                ("http1", "conn", None),
                 ("h2", "max", None),
                 ("http1", "1000/s", Some(1000)),
                 ("h2", "1000/s", Some(1000)),
@@ -303,6 +316,7 @@ mod tests {
                 let mut r = Row::new(setup, proto, load, 0);
                 r.rate = rate;
                 r.rps = Some(10_000.0 / (i + 1) as f64);
+                r.conn_per_s = Some(3_000.0 / (i + 1) as f64);
                 r.p50_ms = Some(0.1 * (i + 1) as f64);
                 r.p99_ms = Some(0.5 * (i + 1) as f64);
                 r.p999_ms = Some(1.0 * (i + 1) as f64);

@@ -16,8 +16,8 @@ pub struct Row {
     pub setup: String,
     /// `http1`, `h2` or `tcp`.
     pub protocol: String,
-    /// `max` (closed loop), `<rate>/s` (open loop), `bulk` (TCP) or `idle` (10,000
-    /// idle connections).
+    /// `max` (closed loop), `<rate>/s` (open loop), `conn` (closed loop, a new
+    /// connection per request), `bulk` (TCP) or `idle` (10,000 idle connections).
     pub load: String,
     /// The round; 0 for a median.
     pub round: usize,
@@ -32,6 +32,8 @@ pub struct Row {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
+    /// `conn`: connections set up per second (one request each).
+    pub conn_per_s: Option<f64>,
     /// CPU per 1,000 requests, per proxy (mean of the two hops).
     pub cpu_ms_per_1k: Option<f64>,
     pub cpu_ms_per_1k_client_proxy: Option<f64>,
@@ -44,8 +46,12 @@ pub struct Row {
     /// `idle`: RSS of the larger proxy before the connections were opened.
     pub rss_mb_before: Option<f64>,
     pub idle_conns: Option<u32>,
+    /// TCP: the receiver's throughput and byte count.
     pub gbit_s: Option<f64>,
     pub bytes: Option<u64>,
+    /// TCP: what the sender wrote (more than `bytes` when data was still buffered
+    /// in flight at the end).
+    pub bytes_sent: Option<u64>,
     /// TCP: CPU per GB carried, per proxy (mean of the two hops).
     pub cpu_ms_per_gb: Option<f64>,
     /// Sanity-check failures (the run fails when any row has one).
@@ -69,6 +75,7 @@ impl Row {
             p50_ms: None,
             p99_ms: None,
             p999_ms: None,
+            conn_per_s: None,
             cpu_ms_per_1k: None,
             cpu_ms_per_1k_client_proxy: None,
             cpu_ms_per_1k_server_proxy: None,
@@ -79,6 +86,7 @@ impl Row {
             idle_conns: None,
             gbit_s: None,
             bytes: None,
+            bytes_sent: None,
             cpu_ms_per_gb: None,
             sanity: Vec::new(),
         }
@@ -96,6 +104,7 @@ impl Row {
                 rows.push(row);
             }
         }
+        rows.push(Row::new(setup, "http1", "conn", round));
         rows.push(Row::new(setup, "tcp", "bulk", round));
         if round == 1 {
             rows.push(Row::new(setup, "http1", "idle", round));
@@ -157,6 +166,7 @@ pub fn medians(samples: &[Row]) -> Vec<Row> {
                 p50_ms: m(|r| r.p50_ms),
                 p99_ms: m(|r| r.p99_ms),
                 p999_ms: m(|r| r.p999_ms),
+                conn_per_s: m(|r| r.conn_per_s),
                 cpu_ms_per_1k: m(|r| r.cpu_ms_per_1k),
                 cpu_ms_per_1k_client_proxy: m(|r| r.cpu_ms_per_1k_client_proxy),
                 cpu_ms_per_1k_server_proxy: m(|r| r.cpu_ms_per_1k_server_proxy),
@@ -167,6 +177,7 @@ pub fn medians(samples: &[Row]) -> Vec<Row> {
                 idle_conns: mu(|r| r.idle_conns.map(u64::from)).map(|x| x as u32),
                 gbit_s: m(|r| r.gbit_s),
                 bytes: mu(|r| r.bytes),
+                bytes_sent: mu(|r| r.bytes_sent),
                 cpu_ms_per_gb: m(|r| r.cpu_ms_per_gb),
                 sanity: group.iter().flat_map(|r| r.sanity.clone()).collect(),
                 ..first.clone()
@@ -225,8 +236,9 @@ pub fn markdown(rows: &[Row], plan: &Plan, took: Duration) -> String {
          Client pod → server pod, 64-byte HTTP responses from nginx; two proxy hops \
          (client side and server side), one worker each. Load generator and client-side \
          proxy on CPU 0, app and server-side proxy on CPU 1. oha: closed loop \
-         (HTTP/1.1: 32 connections; h2c: 4 connections × 8 streams) and open loop with \
-         coordinated-omission correction; iperf3 for TCP. p99/p99.9 swing with \
+         (HTTP/1.1: 32 connections; h2c: 4 connections × 8 streams; connection setup \
+         rate: HTTP/1.1, 32 at a time, a new connection per request) and open loop with \
+         coordinated-omission correction; iperf3 for TCP (receiver-side throughput). p99/p99.9 swing with \
          scheduling noise: judge tails over several rounds, never one.\n",
         if plan.quick { " --quick" } else { "" },
         plan.rounds,
@@ -260,6 +272,33 @@ pub fn markdown(rows: &[Row], plan: &Plan, took: Duration) -> String {
             cells.push(ratio(v, x));
         }
         let _ = writeln!(s, "| {} |", cells.join(" | "));
+    }
+
+    let _ = writeln!(
+        s,
+        "\n## Connection setup rate (closed loop, HTTP/1.1, a new connection per request)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| setup | conn/s | ×direct | ×nginx | p50 ms | p99 ms | p99.9 ms |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let d = find(rows, "direct", "http1", "conn").and_then(|r| r.conn_per_s);
+    let x = find(rows, "nginx", "http1", "conn").and_then(|r| r.conn_per_s);
+    for n in &names {
+        let Some(r) = find(rows, n, "http1", "conn") else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "| {n} | {} | {} | {} | {} | {} | {} |",
+            f(r.conn_per_s, 0),
+            ratio(r.conn_per_s, d),
+            ratio(r.conn_per_s, x),
+            f(r.p50_ms, 3),
+            f(r.p99_ms, 3),
+            f(r.p999_ms, 3),
+        );
     }
 
     let _ = writeln!(s, "\n## Latency at fixed rates (open loop, ms)\n");
@@ -330,6 +369,17 @@ pub fn markdown(rows: &[Row], plan: &Plan, took: Duration) -> String {
         );
     }
 
+    let gaps = sender_receiver_gaps(rows);
+    if !gaps.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nTCP: iperf3's sender and receiver disagree by more than 10%. The table \
+             shows the receiver's side; the difference was taken by the sender's socket \
+             but had not reached the receiver when the test ended:\n\n{}",
+            gaps.join("\n")
+        );
+    }
+
     let missing: Vec<&Row> = rows.iter().filter(|r| !r.available).collect();
     let mut notes: Vec<String> = Vec::new();
     for r in missing {
@@ -359,6 +409,27 @@ pub fn markdown(rows: &[Row], plan: &Plan, took: Duration) -> String {
     s
 }
 
+/// TCP rows whose sender wrote more than 10% more (or less) than the receiver got:
+/// one line each.
+fn sender_receiver_gaps(rows: &[Row]) -> Vec<String> {
+    rows.iter()
+        .filter(|r| r.protocol == "tcp" && r.available)
+        .filter_map(|r| {
+            let (sent, got) = (r.bytes_sent? as f64, r.bytes? as f64);
+            let gap = (sent - got).abs() / sent.max(got).max(1.0);
+            (gap > 0.10).then(|| {
+                format!(
+                    "- `{}`: sent {:.2} GB, received {:.2} GB ({:.0}% apart)",
+                    r.setup,
+                    sent / 1e9,
+                    got / 1e9,
+                    gap * 100.0
+                )
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,5 +456,18 @@ mod tests {
             (Some(200.0), 2, 1)
         );
         assert_eq!(m[1].setup, "nginx");
+    }
+
+    #[test]
+    fn sender_receiver_gaps_over_ten_percent_are_noted() {
+        let mut a = Row::new("weft-ebpf-sockmap", "tcp", "bulk", 0);
+        a.bytes_sent = Some(1_250_000_000);
+        a.bytes = Some(750_000_000);
+        let mut b = Row::new("direct", "tcp", "bulk", 0);
+        b.bytes_sent = Some(1_050_000_000);
+        b.bytes = Some(1_000_000_000);
+        let gaps = sender_receiver_gaps(&[a, b]);
+        assert_eq!(gaps.len(), 1);
+        assert!(gaps[0].contains("weft-ebpf-sockmap") && gaps[0].contains("40%"));
     }
 }

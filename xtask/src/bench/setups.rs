@@ -1,4 +1,4 @@
-//! The benchmark's pods, the app they share, and the five setups: how each starts,
+//! The benchmark's pods, the app they share, and the six setups: how each starts,
 //! where the load generator points, which counters prove its proxies carried the
 //! traffic, and how it stops so that the next setup finds clean pods.
 //!
@@ -17,7 +17,11 @@
 //! weft setups dial the service VIP 10.96.0.10 (ports 8080, 8081: protocol `auto`;
 //! 5201: `tcp`) and are captured transparently; nginx and haproxy are dialled
 //! explicitly on the client pod's loopback, as a user of a non-transparent proxy
-//! would configure them.
+//! would configure them. `weft-ebpf` is eBPF capture as weft-init installs it by
+//! default (no sk_msg); `weft-ebpf-sockmap` adds `--sockmap` in the client pod, so
+//! the load generator's loopback data to its sidecar short-circuits through sk_msg
+//! (the server pod is set up exactly as for `weft-ebpf`, so the two rows differ in
+//! the client pod's sk_msg alone).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -45,21 +49,23 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
 
-/// One of the five setups of the issue.
+/// One of the five setups of the issue, and eBPF mode with sk_msg on (issue 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetupKind {
     Direct,
     WeftIptables,
     WeftEbpf,
+    WeftEbpfSockmap,
     Nginx,
     Haproxy,
 }
 
 impl SetupKind {
-    pub const ALL: [SetupKind; 5] = [
+    pub const ALL: [SetupKind; 6] = [
         SetupKind::Direct,
         SetupKind::WeftIptables,
         SetupKind::WeftEbpf,
+        SetupKind::WeftEbpfSockmap,
         SetupKind::Nginx,
         SetupKind::Haproxy,
     ];
@@ -69,13 +75,17 @@ impl SetupKind {
             SetupKind::Direct => "direct",
             SetupKind::WeftIptables => "weft-iptables",
             SetupKind::WeftEbpf => "weft-ebpf",
+            SetupKind::WeftEbpfSockmap => "weft-ebpf-sockmap",
             SetupKind::Nginx => "nginx",
             SetupKind::Haproxy => "haproxy",
         }
     }
 
     fn is_weft(self) -> bool {
-        matches!(self, SetupKind::WeftIptables | SetupKind::WeftEbpf)
+        matches!(
+            self,
+            SetupKind::WeftIptables | SetupKind::WeftEbpf | SetupKind::WeftEbpfSockmap
+        )
     }
 
     /// The setups named (all when none is), in the canonical order.
@@ -144,6 +154,8 @@ pub struct Bench {
     run_dir: PathBuf,
     /// Whether `weft-init --mode ebpf` works here, or why not.
     ebpf: std::result::Result<(), String>,
+    /// Whether `weft-init --mode ebpf --sockmap` works here, or why not.
+    ebpf_sockmap: std::result::Result<(), String>,
 }
 
 /// A started setup.
@@ -165,6 +177,17 @@ impl Bench {
         let client = mesh.add_pod("client")?;
         let server = mesh.add_pod("server")?;
         client.add_route("10.96.0.0/16")?;
+        // The connection-rate run opens tens of thousands of short connections in a
+        // few seconds: let a new outgoing connection take a port whose previous
+        // connection is in TIME_WAIT (a per-namespace setting; the host's is untouched).
+        for pod in [&client, &server] {
+            pod.run_ok(
+                ["sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1"],
+                None,
+                SECS(10),
+            )
+            .with_context(|| format!("tcp_tw_reuse in {}", pod.name()))?;
+        }
         let (cgroups, cgroup_error) = match PodCgroup::create(&mesh, &client)
             .and_then(|c| PodCgroup::create(&mesh, &server).map(|s| (c, s)))
         {
@@ -180,18 +203,26 @@ impl Bench {
             bins,
             run_dir,
             ebpf: Ok(()),
+            ebpf_sockmap: Ok(()),
         };
         bench.start_app()?;
         if kinds.iter().any(|k| k.is_weft()) {
             bench.start_controller()?;
         }
-        if kinds.contains(&SetupKind::WeftEbpf) {
-            bench.ebpf = match cgroup_error {
-                Some(e) => Err(e),
-                None => bench.probe_ebpf(),
+        for kind in [SetupKind::WeftEbpf, SetupKind::WeftEbpfSockmap] {
+            if !kinds.contains(&kind) {
+                continue;
+            }
+            let available = match &cgroup_error {
+                Some(e) => Err(e.clone()),
+                None => bench.probe_ebpf(kind),
             };
-            if let Err(reason) = &bench.ebpf {
-                eprintln!("bench: weft-ebpf not available: {reason}");
+            if let Err(reason) = &available {
+                eprintln!("bench: {} not available: {reason}", kind.name());
+            }
+            match kind {
+                SetupKind::WeftEbpfSockmap => bench.ebpf_sockmap = available,
+                _ => bench.ebpf = available,
             }
         }
         Ok(bench)
@@ -301,7 +332,9 @@ impl Bench {
         self.pod(side).run_ok(&argv, None, SECS(30))
     }
 
-    fn ebpf_init_args(&self, side: Side, cleanup: bool) -> Result<Vec<String>> {
+    /// `weft-init --mode ebpf` for `side`'s pod; `sockmap` adds `--sockmap` to the
+    /// install (clean-up removes whatever is pinned, sk_msg included).
+    fn ebpf_init_args(&self, side: Side, cleanup: bool, sockmap: bool) -> Result<Vec<String>> {
         let cg = self
             .cgroup(side)
             .context("eBPF mode needs the pod cgroups")?;
@@ -313,18 +346,20 @@ impl Bench {
         ];
         if cleanup {
             args.push("--cleanup".into());
+        } else if sockmap {
+            args.push("--sockmap".into());
         }
         Ok(args)
     }
 
-    /// Installs and removes eBPF capture in the client pod: `Err(reason)` when
-    /// `weft-init --mode ebpf` does not work here (yet).
-    fn probe_ebpf(&self) -> std::result::Result<(), String> {
+    /// Installs and removes `kind`'s eBPF capture in the client pod: `Err(reason)`
+    /// when `weft-init` cannot install it here (yet).
+    fn probe_ebpf(&self, kind: SetupKind) -> std::result::Result<(), String> {
         let install = self
-            .ebpf_init_args(Side::Client, false)
+            .init_args(kind, Side::Client, false)
             .and_then(|a| self.weft_init(Side::Client, &a));
         let cleanup = self
-            .ebpf_init_args(Side::Client, true)
+            .init_args(kind, Side::Client, true)
             .and_then(|a| self.weft_init(Side::Client, &a));
         match (install, cleanup) {
             (Ok(_), Ok(_)) => Ok(()),
@@ -341,15 +376,18 @@ impl Bench {
         plan: &Plan,
         deadline: &Deadline,
     ) -> Result<Vec<Row>> {
-        if kind == SetupKind::WeftEbpf {
-            if let Err(reason) = &self.ebpf {
-                return Ok(Row::unavailable_set(
-                    kind.name(),
-                    round,
-                    plan,
-                    &format!("not available: {reason}"),
-                ));
-            }
+        let available = match kind {
+            SetupKind::WeftEbpf => Some(&self.ebpf),
+            SetupKind::WeftEbpfSockmap => Some(&self.ebpf_sockmap),
+            _ => None,
+        };
+        if let Some(Err(reason)) = available {
+            return Ok(Row::unavailable_set(
+                kind.name(),
+                round,
+                plan,
+                &format!("not available: {reason}"),
+            ));
         }
         let running = self.start(kind, plan)?;
         let result = self.measure_running(&running, round, plan, deadline);
@@ -366,6 +404,7 @@ impl Bench {
         plan: &Plan,
         deadline: &Deadline,
     ) -> Result<Vec<Row>> {
+        let redirected0 = self.msg_redirected(r)?;
         let mut rows = Vec::new();
         for proto in [Proto::Http1, Proto::H2] {
             let url = match proto {
@@ -385,13 +424,38 @@ impl Bench {
                 rows.push(self.http_run(r, round, url, proto, &l, deadline)?);
             }
         }
+        deadline.check("the connection-rate run")?;
+        let conns = HttpLoad::NewConns(plan.conns);
+        rows.push(self.http_run(r, round, &r.h1, Proto::Http1, &conns, deadline)?);
         deadline.check("the TCP run")?;
         rows.push(self.tcp_run(r, round, plan, deadline)?);
+        if let (Some(a), Some(b)) = (redirected0, self.msg_redirected(r)?) {
+            if b <= a {
+                rows[0].sanity.push(format!(
+                    "sk_msg redirected no message ({}: {a} before, {b} after): not the setup it claims",
+                    weft_e2e::Stat::MsgRedirected.name()
+                ));
+            }
+        }
         if round == 1 && r.proxies.is_some() {
             deadline.check("the idle-connection run")?;
             rows.push(self.idle_run(r, plan, deadline)?);
         }
         Ok(rows)
+    }
+
+    /// With sk_msg on: the client pod's count of messages sk_msg redirected (the
+    /// pinned stats map), proof that the short-circuit carried the traffic.
+    fn msg_redirected(&self, r: &Running) -> Result<Option<u64>> {
+        if r.kind != SetupKind::WeftEbpfSockmap {
+            return Ok(None);
+        }
+        let cg = self
+            .cgroup(Side::Client)
+            .context("eBPF mode needs the pod cgroups")?;
+        cg.stat(weft_e2e::Stat::MsgRedirected)
+            .map(Some)
+            .context("reading the client pod's sk_msg counter")
     }
 
     fn usage(&self, r: &Running) -> Option<(ProcUsage, ProcUsage)> {
@@ -409,6 +473,12 @@ impl Bench {
         l: &HttpLoad,
         deadline: &Deadline,
     ) -> Result<Row> {
+        let new_conns = matches!(l, HttpLoad::NewConns(_));
+        let accepted0 = if new_conns {
+            Some(self.accepted(r)?)
+        } else {
+            None
+        };
         let app0 = self.app_requests()?;
         let px0 = self.proxy_counters(r, Some(proto))?;
         let use0 = self.usage(r);
@@ -416,6 +486,11 @@ impl Bench {
         let use1 = self.usage(r);
         let app1 = self.app_requests()?;
         let px1 = self.proxy_counters(r, Some(proto))?;
+        let accepted1 = if new_conns {
+            Some(self.accepted(r)?)
+        } else {
+            None
+        };
 
         let mut row = Row::new(r.kind.name(), proto.name(), &l.name(), round);
         row.rate = l.rate();
@@ -424,6 +499,9 @@ impl Bench {
         row.p50_ms = Some(res.p50_ms);
         row.p99_ms = Some(res.p99_ms);
         row.p999_ms = Some(res.p999_ms);
+        if new_conns {
+            row.conn_per_s = Some(res.rps);
+        }
         // The app's counter includes the read of the counter itself.
         let app_seen = app1.saturating_sub(app0).saturating_sub(1);
         if app_seen != res.responses {
@@ -440,6 +518,21 @@ impl Bench {
         }
         if res.responses == 0 {
             row.sanity.push("no responses at all".into());
+        }
+        if let (Some(a), Some(b)) = (accepted0, accepted1) {
+            // One connection per request, or it measured keep-alive after all.
+            if b - a < res.responses as f64 {
+                row.sanity.push(format!(
+                    "{} accepted {} connections for {} requests: connections were reused",
+                    if r.proxies.is_some() {
+                        "the client-side proxy"
+                    } else {
+                        "the app"
+                    },
+                    b - a,
+                    res.responses
+                ));
+            }
         }
         if let (Some(a), Some(b)) = (px0, px1) {
             for (i, hop) in ["client-side", "server-side"].iter().enumerate() {
@@ -475,8 +568,10 @@ impl Bench {
         std::thread::sleep(Duration::from_millis(200));
         let px1 = self.proxy_counters(r, None)?;
         let mut row = Row::new(r.kind.name(), "tcp", "bulk", round);
+        // Receiver side: what the app got, not what the sender handed to its socket.
         row.gbit_s = Some(res.gbit_s);
         row.bytes = Some(res.bytes_received);
+        row.bytes_sent = Some(res.bytes_sent);
         if res.bytes_received == 0 {
             row.sanity.push("iperf3's server received nothing".into());
         }
@@ -549,6 +644,49 @@ impl Bench {
         measure::stub_status_requests(&body).context("the app's stub_status")
     }
 
+    /// Connections accepted so far by what the load generator dials: the app for
+    /// `direct`, else the client-side proxy (weft's outbound
+    /// `weft_tcp_connections_opened_total`, nginx's `stub_status` accepts, haproxy's
+    /// `h1` sessions). Reads of a status page count themselves; only lower bounds are
+    /// checked.
+    fn accepted(&self, r: &Running) -> Result<f64> {
+        let pod = &self.client;
+        Ok(match r.kind {
+            SetupKind::Direct => {
+                let (status, body) = self.server.http_get(local(APP_STATUS), "/")?;
+                if status != 200 {
+                    bail!("the app's stub_status answered {status}");
+                }
+                measure::stub_status_accepts(&body).context("the app's stub_status")? as f64
+            }
+            SetupKind::WeftIptables | SetupKind::WeftEbpf | SetupKind::WeftEbpfSockmap => {
+                let (status, body) = pod.http_get(local(WEFT_METRICS), "/metrics")?;
+                if status != 200 {
+                    bail!("weft /metrics answered {status}");
+                }
+                measure::prom_sum(
+                    &body,
+                    "weft_tcp_connections_opened_total",
+                    &[("direction", "outbound")],
+                )
+            }
+            SetupKind::Nginx => {
+                let (status, body) = pod.http_get(local(NGINX_STATUS), "/")?;
+                if status != 200 {
+                    bail!("nginx stub_status answered {status}");
+                }
+                measure::stub_status_accepts(&body)? as f64
+            }
+            SetupKind::Haproxy => {
+                let (status, body) = pod.http_get(local(HAPROXY_STATS), "/stats;csv")?;
+                if status != 200 {
+                    bail!("haproxy stats answered {status}");
+                }
+                measure::haproxy_frontend(&body, "h1", "stot")?
+            }
+        })
+    }
+
     /// The (client-side, server-side) counters that prove the proxies carried the
     /// traffic: HTTP requests for `Some(proto)`, TCP connections for `None`.
     fn proxy_counters(&self, r: &Running, proto: Option<Proto>) -> Result<Option<[f64; 2]>> {
@@ -557,7 +695,7 @@ impl Bench {
             let pod = self.pod(side);
             out[i] = match r.kind {
                 SetupKind::Direct => return Ok(None),
-                SetupKind::WeftIptables | SetupKind::WeftEbpf => {
+                SetupKind::WeftIptables | SetupKind::WeftEbpf | SetupKind::WeftEbpfSockmap => {
                     let (status, body) = pod.http_get(local(WEFT_METRICS), "/metrics")?;
                     if status != 200 {
                         bail!("weft /metrics answered {status}");
@@ -618,7 +756,7 @@ impl Bench {
                 h2: url(server, APP_H2),
                 tcp: SocketAddr::new(IpAddr::V4(server), APP_TCP),
             }),
-            SetupKind::WeftIptables | SetupKind::WeftEbpf => {
+            SetupKind::WeftIptables | SetupKind::WeftEbpf | SetupKind::WeftEbpfSockmap => {
                 let mut running = Running {
                     kind,
                     proxies: None,
@@ -657,7 +795,8 @@ impl Bench {
 
     fn init_args(&self, kind: SetupKind, side: Side, cleanup: bool) -> Result<Vec<String>> {
         match kind {
-            SetupKind::WeftEbpf => self.ebpf_init_args(side, cleanup),
+            SetupKind::WeftEbpf => self.ebpf_init_args(side, cleanup, false),
+            SetupKind::WeftEbpfSockmap => self.ebpf_init_args(side, cleanup, side == Side::Client),
             _ if cleanup => Ok(vec!["--cleanup".into()]),
             _ => Ok(Vec::new()),
         }
@@ -866,7 +1005,11 @@ mod tests {
         let s = SetupKind::selected(&["haproxy".into(), "direct".into()]).unwrap_or_default();
         assert_eq!(s, vec![SetupKind::Direct, SetupKind::Haproxy]);
         assert!(SetupKind::selected(&["envoy".into()]).is_err());
-        assert_eq!(SetupKind::selected(&[]).map(|v| v.len()).unwrap_or(0), 5);
+        let all = SetupKind::selected(&[]).unwrap_or_default();
+        assert_eq!(all.len(), 6);
+        assert!(all.contains(&SetupKind::WeftEbpfSockmap));
+        let named = SetupKind::selected(&["weft-ebpf-sockmap".into()]).unwrap_or_default();
+        assert_eq!(named, vec![SetupKind::WeftEbpfSockmap]);
     }
 
     #[test]
