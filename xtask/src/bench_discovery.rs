@@ -29,11 +29,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use weft_e2e::{Mesh, Pod, PodProc, ProcSpec};
 
 const SERVICES: usize = 1_000;
@@ -73,14 +71,14 @@ pub struct Options {
 /// Builds the binaries, runs the benchmark in its own namespace, prints the numbers.
 pub fn bench_discovery(opts: &Options) -> Result<()> {
     let bins = build_release()?;
-    catch_signals()?;
+    crate::interrupt::catch_signals()?;
     let deadline = Deadline(Instant::now() + opts.timeout);
     let seed = opts.seed.unwrap_or_else(clock_seed);
     let mesh = Mesh::new().context("creating the benchmark's network namespace")?;
     let namespace = mesh.node().netns_name().to_owned();
     let result = run(&mesh, &bins, opts, seed, &deadline);
     // The processes' logs explain a failure; after Ctrl-C they are only noise.
-    if result.is_err() && !INTERRUPTED.load(Ordering::SeqCst) {
+    if result.is_err() && !crate::interrupt::interrupted() {
         eprint!("{}", mesh.logs_report());
     }
     // Clean up before reporting, so what is printed last is true of the host.
@@ -118,33 +116,12 @@ fn build_release() -> Result<Bins> {
     })
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT and SIGTERM set a flag that every wait checks, so the benchmark unwinds
-/// through the `Mesh` drop instead of dying with its namespace left behind.
-fn catch_signals() -> Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(signal, &action) }.with_context(|| format!("catching {signal}"))?;
-    }
-    Ok(())
-}
-
 /// The overall time limit; every wait checks it, and the signal flag.
 struct Deadline(Instant);
 
 impl Deadline {
     fn check(&self, waiting_for: &str) -> Result<()> {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if crate::interrupt::interrupted() {
             bail!("interrupted while waiting for {waiting_for}");
         }
         if Instant::now() > self.0 {

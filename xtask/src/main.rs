@@ -22,6 +22,7 @@ mod bench;
 mod bench_discovery;
 mod demo;
 mod ebpf;
+mod interrupt;
 mod leaks;
 mod system;
 

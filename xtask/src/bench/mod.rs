@@ -68,12 +68,11 @@ mod plots;
 mod report;
 mod setups;
 
+pub(crate) use crate::interrupt::interrupted;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 use report::Row;
 use setups::{Bench, SetupKind};
@@ -155,7 +154,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     raise_nofile()?;
     let out_dir = bench_dir();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
-    catch_signals()?;
+    crate::interrupt::catch_signals()?;
     let deadline = Deadline(Instant::now() + plan.timeout);
     eprintln!(
         "bench: {} round(s) of {}; loads: warm-up {:?}, max {:?}, fixed rates {:?} req/s for {:?}, new connections {:?}, tcp {} s",
@@ -273,31 +272,6 @@ fn idle_conns_that_fit() -> u32 {
 
 /// The idle-connection count the issue asks for.
 const IDLE_CONNS: u32 = 10_000;
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-pub(crate) fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT and SIGTERM set a flag that every wait checks, so the benchmark unwinds
-/// through the `Mesh` drop instead of dying with its namespaces left behind.
-fn catch_signals() -> Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(signal, &action) }.with_context(|| format!("catching {signal}"))?;
-    }
-    Ok(())
-}
 
 /// The overall time limit; every wait checks it, and the signal flag.
 #[derive(Debug)]
