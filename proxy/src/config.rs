@@ -38,6 +38,8 @@ pub struct ProxyConfig {
     /// How long open connections may keep going after SIGTERM.
     #[serde(with = "humantime_serde_compat")]
     pub drain_grace: Duration,
+    /// Record the `weft_*` traffic series (off only to measure what telemetry costs).
+    pub traffic_metrics: bool,
     /// Connections served at once; more are reset and counted as `overload`.
     pub max_connections: u32,
     /// How many closed connections `/connections` remembers.
@@ -80,6 +82,7 @@ impl ProxyConfig {
             request_timeout: crate::l7::forward::REQUEST_TIMEOUT,
             header_read_timeout: crate::l7::serve::HEADER_READ_TIMEOUT,
             drain_grace: Duration::from_secs(10),
+            traffic_metrics: true,
             max_connections: 100_000,
             closed_history: 100,
             discovery: None,

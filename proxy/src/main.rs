@@ -51,6 +51,11 @@ struct Args {
     /// After SIGTERM, how long open connections may keep going before the proxy exits.
     #[arg(long, env = "WEFT_DRAIN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     drain_grace: Duration,
+    /// Record no weft_* traffic series (connections, bytes, requests, errors; process
+    /// metrics stay). Only for measuring what telemetry costs: a mesh without them
+    /// is blind.
+    #[arg(long, env = "WEFT_NO_TRAFFIC_METRICS")]
+    no_traffic_metrics: bool,
     /// Connections served at once; further ones are reset and counted as overload.
     #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = 100_000)]
     max_connections: u32,
@@ -75,6 +80,7 @@ impl Args {
         config.request_timeout = self.request_timeout;
         config.header_read_timeout = self.header_read_timeout;
         config.drain_grace = self.drain_grace;
+        config.traffic_metrics = !self.no_traffic_metrics;
         config.max_connections = self.max_connections;
         config.closed_history = self.closed_history;
         config.discovery = self.controller.map(|controller| DiscoveryConfig {

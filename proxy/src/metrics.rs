@@ -80,6 +80,8 @@ pub struct Metrics {
     tcp_sent: Counter<u64>,
     tcp_received: Counter<u64>,
     errors: Counter<u64>,
+    /// False: the traffic series are not recorded (`--no-traffic-metrics`).
+    enabled: bool,
     /// `weft_http_*` (and proxy-made HTTP errors), handed to the L7 path.
     http: crate::l7::telemetry::HttpInstruments,
 }
@@ -118,7 +120,8 @@ pub enum MetricsError {
 
 impl Metrics {
     /// Builds the SDK pipeline; `service` becomes the `target_info` service name.
-    pub fn new(service: &str) -> Result<Self, MetricsError> {
+    /// With `enabled` false the traffic series are never recorded.
+    pub fn new(service: &str, enabled: bool) -> Result<Self, MetricsError> {
         let registry = prometheus::Registry::new();
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
@@ -142,7 +145,7 @@ impl Metrics {
             .build();
         Ok(Metrics {
             registry,
-            http: crate::l7::telemetry::HttpInstruments::new(&meter, errors.clone()),
+            http: crate::l7::telemetry::HttpInstruments::new(&meter, errors.clone(), enabled),
             tcp_opened: meter
                 .u64_counter("weft_tcp_connections_opened")
                 .with_description("TCP connections accepted by the proxy")
@@ -164,6 +167,7 @@ impl Metrics {
                 .with_description("Bytes the proxy read from the application side")
                 .build(),
             errors,
+            enabled,
             provider,
         })
     }
@@ -195,28 +199,43 @@ impl Metrics {
 
     /// A connection was accepted and routed.
     pub fn tcp_opened(&self, labels: &TcpLabels) {
+        if !self.enabled {
+            return;
+        }
         self.tcp_opened.add(1, &labels.edge);
         self.tcp_active.add(1, &labels.active);
     }
 
     /// A connection counted by [`Metrics::tcp_opened`] finished.
     pub fn tcp_closed(&self, labels: &TcpLabels) {
+        if !self.enabled {
+            return;
+        }
         self.tcp_closed.add(1, &labels.edge);
         self.tcp_active.add(-1, &labels.active);
     }
 
     /// Bytes read from the application side.
     pub fn tcp_received(&self, labels: &TcpLabels, bytes: u64) {
+        if !self.enabled {
+            return;
+        }
         self.tcp_received.add(bytes, &labels.edge);
     }
 
     /// Bytes written to the application side.
     pub fn tcp_sent(&self, labels: &TcpLabels, bytes: u64) {
+        if !self.enabled {
+            return;
+        }
         self.tcp_sent.add(bytes, &labels.edge);
     }
 
     /// The proxy failed a connection itself.
     pub fn error(&self, direction: Direction, destination_service: &str, reason: ErrorReason) {
+        if !self.enabled {
+            return;
+        }
         self.errors.add(
             1,
             &[

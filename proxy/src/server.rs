@@ -107,7 +107,7 @@ impl BoundProxy {
         let inbound = bind_all("inbound listener", &config.inbound_listen)?;
         let admin = bind_one("admin endpoint", config.admin_listen)?;
         let metrics_listener = bind_one("metrics endpoint", config.metrics_listen)?;
-        let metrics = Metrics::new(&config.service)?;
+        let metrics = Metrics::new(&config.service, config.traffic_metrics)?;
         let discovery = Arc::new(DiscoveryStatus::default());
         if config.discovery.is_some() {
             metrics.observe_discovery(discovery.clone());

@@ -23,6 +23,14 @@ struct Running {
 }
 
 async fn start_proxy(target: SocketAddr, grace: Duration) -> Running {
+    start_proxy_with(target, grace, |_| {}).await
+}
+
+async fn start_proxy_with(
+    target: SocketAddr,
+    grace: Duration,
+    tweak: impl FnOnce(&mut ProxyConfig),
+) -> Running {
     let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let mut config = ProxyConfig::with_ports(0, 0);
     config.service = "client-svc".into();
@@ -31,6 +39,7 @@ async fn start_proxy(target: SocketAddr, grace: Duration) -> Running {
     config.admin_listen = local(0);
     config.metrics_listen = local(0);
     config.drain_grace = grace;
+    tweak(&mut config);
     let proxy = BoundProxy::bind(config, Arc::new(FixedOrigDst(target)))
         .await
         .unwrap();
@@ -150,6 +159,35 @@ async fn relays_bytes_and_reports_connection_and_metrics() {
     );
     assert_eq!(http_get(p.metrics, "/ready").await.0, 200);
     assert_eq!(http_get(p.metrics, "/live").await.0, 200);
+}
+
+/// `--no-traffic-metrics` (for measuring what telemetry costs): traffic flows and
+/// shows in /connections, no weft_* traffic series is recorded, process metrics stay.
+#[tokio::test]
+async fn without_traffic_metrics_nothing_is_recorded_but_traffic_flows() {
+    let upstream = echo_server().await;
+    let p = start_proxy_with(upstream, Duration::from_secs(5), |c| {
+        c.traffic_metrics = false;
+    })
+    .await;
+    let mut c = TcpStream::connect(p.outbound).await.unwrap();
+    c.write_all(b"ping").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"ping");
+    let admin = p.admin;
+    eventually("the connection in /connections", async || {
+        http_get(admin, "/connections")
+            .await
+            .1
+            .contains("\"closed\"")
+    })
+    .await;
+    let (status, page) = http_get(p.metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(!page.contains("weft_tcp_"), "{page}");
+    assert!(page.contains("process_resident_memory_bytes"), "{page}");
 }
 
 #[tokio::test]

@@ -30,12 +30,14 @@ pub struct HttpInstruments {
     requests: Counter<u64>,
     duration: Histogram<f64>,
     errors: Counter<u64>,
+    /// False: nothing is recorded (`--no-traffic-metrics`).
+    enabled: bool,
 }
 
 impl HttpInstruments {
     /// Builds the HTTP instruments on `meter`; `errors` is the proxy's
-    /// `weft_proxy_errors` counter.
-    pub fn new(meter: &Meter, errors: Counter<u64>) -> Self {
+    /// `weft_proxy_errors` counter; with `enabled` false nothing is recorded.
+    pub fn new(meter: &Meter, errors: Counter<u64>, enabled: bool) -> Self {
         HttpInstruments {
             requests: meter
                 .u64_counter("weft_http_requests")
@@ -49,6 +51,7 @@ impl HttpInstruments {
                 .with_boundaries(DURATION_BUCKETS.to_vec())
                 .build(),
             errors,
+            enabled,
         }
     }
 }
@@ -78,6 +81,9 @@ impl RequestLabels {
         status: u16,
         elapsed: Duration,
     ) {
+        if !instruments.enabled {
+            return;
+        }
         let status = KeyValue::new("status_code", i64::from(status));
         let edge = [
             self.direction.clone(),
@@ -94,6 +100,9 @@ impl RequestLabels {
 
     /// A response the proxy made itself.
     pub fn error(&self, instruments: &HttpInstruments, reason: ErrorReason) {
+        if !instruments.enabled {
+            return;
+        }
         instruments.errors.add(
             1,
             &[
