@@ -26,6 +26,12 @@ carry faithfully. Each prints one result line on stdout that the test reads.
                                the moment it is connected, half-closes and checks that
                                the echo is byte-identical; print "ok=K bad=M errors=E"
                                (an echo server is the peer)
+  serve-trickle PORT CHUNK COUNT GAP_MS
+                               for each client (a thread each): read one line, then
+                               send COUNT chunks of CHUNK bytes GAP_MS apart, shut
+                               down, read to EOF (a slow, long-lived download)
+  ask HOST PORT TEXT           send TEXT and a newline, read to EOF; print
+                               "sent=N received=M"
   blocking HOST PORT N         N connections, one after another, on plain blocking
                                sockets (no timeout): send a line, half-close, read the
                                echo to EOF; print "ok=K eagain=M errors=E" (EAGAIN from
@@ -333,6 +339,41 @@ def blocking(host, port, count):
     print(f"ok={ok} eagain={eagain} errors={errors}", flush=True)
 
 
+def serve_trickle(port, chunk, count, gap_ms):
+    data = bytes(range(256)) * (chunk // 256 + 1)
+
+    def handle(conn):
+        with conn:
+            try:
+                got = b""
+                while not got.endswith(b"\n"):
+                    b = conn.recv(256)
+                    if not b:
+                        return
+                    got += b
+                for _ in range(count):
+                    conn.sendall(data[:chunk])
+                    time.sleep(gap_ms / 1000)
+                conn.shutdown(socket.SHUT_WR)
+                read_all(conn)
+            except OSError as e:
+                print(f"error {e}", flush=True)
+
+    s = listener(port)
+    while True:
+        conn, _ = s.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def ask(host, port, text):
+    conn = connect(host, port)
+    line = f"{text}\n".encode()
+    conn.sendall(line)
+    n, _ = read_all(conn)
+    conn.close()
+    print(f"sent={len(line)} received={n}", flush=True)
+
+
 def _catch(f, arg):
     try:
         return f(arg)
@@ -381,6 +422,10 @@ def main(argv):
         serve_hello(int(args[0]), args[1])
     elif cmd == "burst":
         burst(args[0], int(args[1]), int(args[2]), int(args[3]), *map(float, args[4:5]))
+    elif cmd == "serve-trickle":
+        serve_trickle(int(args[0]), int(args[1]), int(args[2]), float(args[3]))
+    elif cmd == "ask":
+        ask(args[0], int(args[1]), args[2])
     elif cmd == "blocking":
         blocking(args[0], int(args[1]), int(args[2]))
     elif cmd == "digest":
