@@ -259,16 +259,28 @@ impl LocalMesh {
     }
 
     /// The controller in the node namespace, listening on the node's address only
-    /// (the pods reach it over the bridge; nothing else needs to).
+    /// (the pods reach it over the bridge; nothing else needs to). Its registration
+    /// store lives in the run directory, so endpoints can be registered in the local
+    /// mesh and go with it — and `--state-dir` is explicit, so the controller never
+    /// reads weftctl's own `WEFT_STATE_DIR` from the environment it inherits.
     fn start_controller(&mut self) -> Result<()> {
         let node_ip = self.mesh.node().ipv4();
         let grpc = SocketAddr::new(node_ip.into(), GRPC_PORT).to_string();
         let http = self.state.controller_http.to_string();
+        let registry = self.state.run_dir.join("controller-state");
+        let registry = registry.to_string_lossy();
         let file = self.controller_file.clone();
         let controller = Controller::start(
             &self.mesh,
             &file,
-            &["--grpc-listen", &grpc, "--http-listen", &http],
+            &[
+                "--grpc-listen",
+                &grpc,
+                "--http-listen",
+                &http,
+                "--state-dir",
+                &registry,
+            ],
         )?;
         self.watched
             .push(("node/weft-controller".into(), controller.proc().clone()));
