@@ -132,6 +132,6 @@ fn test(tier1_only: bool, test_args: &[String]) -> anyhow::Result<()> {
     if !leaked.is_empty() {
         bail!("the tests left behind:\n  {}", leaked.join("\n  "));
     }
-    eprintln!("xtask: no network namespace, host interface or weft iptables chain left behind");
+    eprintln!("xtask: no network namespace, host interface, weft iptables chain, eBPF pin or program, or pod cgroup left behind");
     result
 }
