@@ -42,6 +42,8 @@
 //!   helper in the pod's cgroup that hands the socket over).
 //! - [`controller`]: [`Controller`] — weft-controller in the node namespace, started
 //!   on a mesh file and waited for.
+//! - [`weftctl`]: [`WeftctlUp`](weftctl::WeftctlUp) — `weftctl up` in the background
+//!   with its own state directory, and `weftctl` commands against it.
 //! - [`wait`]: [`wait_until`], polling a condition with a deadline.
 //! - [`bins`]: where weft's binaries and a usable python3 are.
 
@@ -60,6 +62,7 @@ pub mod pod;
 pub mod process;
 pub mod sidecar;
 pub mod wait;
+pub mod weftctl;
 
 pub use bins::{python3, weft_bin};
 pub use controller::Controller;

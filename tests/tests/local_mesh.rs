@@ -8,19 +8,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-use weft_e2e::{netns, wait_until, weft_bin};
-
-const READY_LINE: &str = "weft: mesh ready";
+use weft_e2e::weftctl::WeftctlUp as Up;
+use weft_e2e::{netns, wait_until};
 
 const MESH_FILE: &str = "\
 services:
@@ -39,107 +34,6 @@ workloads:
     service: frontend
     command: exec python3 -m http.server 8000
 ";
-
-/// A `weftctl up` in the background with its own state directory. Dropping it
-/// runs `weftctl down` and reaps the process, also while a test panics.
-struct Up {
-    child: Child,
-    state_dir: tempfile::TempDir,
-    /// Every line `up` printed on stdout and stderr, in arrival order per stream.
-    output: Arc<Mutex<Vec<String>>>,
-    ready: mpsc::Receiver<()>,
-}
-
-impl Up {
-    fn start(file: &Path, mode: &str) -> Up {
-        weft_e2e::cmd::require_root().unwrap();
-        let state_dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(weft_bin("weftctl"))
-            .env("WEFT_STATE_DIR", state_dir.path())
-            .args(["up", "--mode", mode, "-f"])
-            .arg(file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let (tx, ready) = mpsc::channel();
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = Arc::clone(&output);
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if line == READY_LINE {
-                        let _ = tx.send(());
-                    }
-                    output.lock().unwrap().push(line);
-                }
-            });
-        }
-        Up {
-            child,
-            state_dir,
-            output,
-            ready,
-        }
-    }
-
-    fn wait_ready(&mut self) {
-        if self.ready.recv_timeout(Duration::from_secs(90)).is_err() {
-            panic!("weftctl up never became ready:\n{}", self.output());
-        }
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().unwrap().join("\n")
-    }
-
-    fn weftctl(&self, args: &[&str]) -> Output {
-        Command::new(weft_bin("weftctl"))
-            .env("WEFT_STATE_DIR", self.state_dir.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    /// `weftctl ARGS`, which must succeed; its stdout.
-    fn weftctl_ok(&self, args: &[&str]) -> String {
-        let out = self.weftctl(args);
-        assert!(
-            out.status.success(),
-            "weftctl {args:?} failed ({}): {}{}\nup's output:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.output()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn state(&self) -> Value {
-        let text = std::fs::read_to_string(self.state_dir.path().join("local-mesh.json")).unwrap();
-        serde_json::from_str(&text).unwrap()
-    }
-
-    fn curl(&self, pod: &str, url: &str) -> String {
-        self.weftctl_ok(&["exec", pod, "--", "curl", "-sS", "--max-time", "5", url])
-            .trim()
-            .to_owned()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.weftctl(&["down"]);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn mesh_file(dir: &Path, text: &str) -> PathBuf {
     let file = dir.join("mesh.yaml");
@@ -258,8 +152,7 @@ fn weftctl_up_runs_a_mesh_that_routes_by_service_name_and_down_removes_it_ebpf()
 fn up_routes_by_service_name_and_down_removes_it(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let file = mesh_file(dir.path(), MESH_FILE);
-    let mut up = Up::start(&file, mode);
-    up.wait_ready();
+    let mut up = Up::start_ready(&file, mode);
     let cgroups = check_cgroups(&up, mode, 4);
 
     let mut served = BTreeMap::<String, usize>::new();
@@ -348,7 +241,7 @@ fn up_routes_by_service_name_and_down_removes_it(mode: &str) {
     assert!(pids.len() >= 9, "controller + 4 proxies + 4 apps: {pids:?}");
     let down = up.weftctl_ok(&["down"]);
     assert!(down.contains("is down"), "{down}");
-    let status = up.child.wait().unwrap();
+    let status = up.wait();
     assert!(
         status.success(),
         "weftctl up exited {status}: {}",
@@ -356,7 +249,7 @@ fn up_routes_by_service_name_and_down_removes_it(mode: &str) {
     );
     assert_gone(&names, &pids);
     assert_cgroups_gone(&cgroups);
-    assert!(!up.state_dir.path().join("local-mesh.json").exists());
+    assert!(!up.state_dir().join("local-mesh.json").exists());
     let after = up.weftctl_ok(&["down"]);
     assert!(after.contains("no local mesh is running"), "{after}");
 }
@@ -379,14 +272,13 @@ fn weftctl_down_cleans_up_after_a_crashed_up_ebpf() {
 fn down_cleans_up_after_a_crashed_up(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let file = mesh_file(dir.path(), &MESH_FILE.replace("replicas: 3", "replicas: 1"));
-    let mut up = Up::start(&file, mode);
-    up.wait_ready();
+    let mut up = Up::start_ready(&file, mode);
     let cgroups = check_cgroups(&up, mode, 2);
     let (names, pids) = namespaces_and_pids(&up.state());
     assert_eq!(names.len(), 3, "{names:?}");
 
-    kill(Pid::from_raw(up.child.id() as i32), Signal::SIGKILL).unwrap();
-    up.child.wait().unwrap();
+    kill(Pid::from_raw(up.pid() as i32), Signal::SIGKILL).unwrap();
+    up.wait();
     let status = up.weftctl_ok(&["status"]);
     assert!(status.contains("weftctl up is gone"), "{status}");
     assert_eq!(
@@ -399,5 +291,5 @@ fn down_cleans_up_after_a_crashed_up(mode: &str) {
     assert!(down.contains("is down"), "{down}");
     assert_gone(&names, &pids);
     assert_cgroups_gone(&cgroups);
-    assert!(!up.state_dir.path().join("local-mesh.json").exists());
+    assert!(!up.state_dir().join("local-mesh.json").exists());
 }

@@ -25,15 +25,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use weft_e2e::weftctl::WeftctlUp as Up;
 use weft_e2e::{python3, wait_until, weft_bin, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar};
 use weft_proxy::prom_text;
 
@@ -54,106 +53,6 @@ fn py() -> String {
 
 // ---------------------------------------------------------------------------
 // Must-show 4: `weftctl conns` on a live, long-lived connection.
-
-const READY_LINE: &str = "weft: mesh ready";
-
-/// A `weftctl up` in the background with a state directory of its own; dropping it
-/// runs `weftctl down` and reaps the process, also while a test panics.
-struct Up {
-    child: Child,
-    state_dir: tempfile::TempDir,
-    output: Arc<Mutex<Vec<String>>>,
-    ready: mpsc::Receiver<()>,
-}
-
-impl Up {
-    fn start(file: &Path, mode: Mode) -> Up {
-        weft_e2e::cmd::require_root().unwrap();
-        let state_dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(weft_bin("weftctl"))
-            .env("WEFT_STATE_DIR", state_dir.path())
-            .args(["up", "--mode", mode.name(), "-f"])
-            .arg(file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let (tx, ready) = mpsc::channel();
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = Arc::clone(&output);
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if line == READY_LINE {
-                        let _ = tx.send(());
-                    }
-                    output.lock().unwrap().push(line);
-                }
-            });
-        }
-        let up = Up {
-            child,
-            state_dir,
-            output,
-            ready,
-        };
-        if up.ready.recv_timeout(SECS(90)).is_err() {
-            panic!("weftctl up never became ready:\n{}", up.output());
-        }
-        up
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().unwrap().join("\n")
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(weft_bin("weftctl"));
-        cmd.env("WEFT_STATE_DIR", self.state_dir.path())
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn weftctl(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    fn weftctl_ok(&self, args: &[&str]) -> String {
-        let out = self.weftctl(args);
-        assert!(
-            out.status.success(),
-            "weftctl {args:?} failed ({}): {}{}\nup's output:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.output()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `weftctl conns POD --json`: the rows whose original destination is `dst`.
-    fn conns_to(&self, pod: &str, dst: &str) -> Vec<Value> {
-        let text = self.weftctl_ok(&["conns", pod, "--json"]);
-        let all: Vec<Value> = serde_json::from_str(&text).unwrap();
-        all.into_iter()
-            .filter(|c| c["original_destination"] == dst)
-            .collect()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.weftctl(&["down"]);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A child process killed and reaped when dropped.
 struct Reaped(Child);
@@ -194,7 +93,7 @@ fn conns_live_then_closed(mode: Mode) {
         ),
     )
     .unwrap();
-    let up = Up::start(&file, mode);
+    let up = Up::start_ready(&file, mode.name());
     let dst = format!("{STREAM_VIP}:9000");
 
     // The client app: one connection to `stream` by name, held until the server
