@@ -95,17 +95,22 @@ pub struct TcpLabels {
 
 impl TcpLabels {
     /// Labels for a connection in `direction` from `source_service` to
-    /// `destination_service`.
-    pub fn new(direction: Direction, source_service: &str, destination_service: &str) -> Self {
+    /// `destination_service`. The names are shared, not copied: a connection
+    /// allocates no label strings.
+    pub fn new(
+        direction: Direction,
+        source_service: &Arc<str>,
+        destination_service: &Arc<str>,
+    ) -> Self {
         TcpLabels {
             edge: [
                 KeyValue::new("direction", direction.as_str()),
-                KeyValue::new("source_service", source_service.to_string()),
-                KeyValue::new("destination_service", destination_service.to_string()),
+                KeyValue::new("source_service", Arc::clone(source_service)),
+                KeyValue::new("destination_service", Arc::clone(destination_service)),
             ],
             active: [
                 KeyValue::new("direction", direction.as_str()),
-                KeyValue::new("destination_service", destination_service.to_string()),
+                KeyValue::new("destination_service", Arc::clone(destination_service)),
             ],
         }
     }
