@@ -26,17 +26,17 @@ pub struct ProxyConfig {
     /// Metrics and health endpoint (`/metrics`, `/ready`, `/live`).
     pub metrics_listen: SocketAddr,
     /// Upper bound on establishing an upstream connection.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::policy::humantime_serde_compat")]
     pub connect_timeout: Duration,
     /// HTTP: upper bound from a request's arrival to its response head (then 504),
     /// for services whose policy sets no `timeout`, and inbound.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::policy::humantime_serde_compat")]
     pub request_timeout: Duration,
     /// HTTP/1: how long a client has to send a request head (then 408 and close).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::policy::humantime_serde_compat")]
     pub header_read_timeout: Duration,
     /// How long open connections may keep going after SIGTERM.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::policy::humantime_serde_compat")]
     pub drain_grace: Duration,
     /// Record the `weft_*` traffic series (off only to measure what telemetry costs).
     pub traffic_metrics: bool,
@@ -63,7 +63,7 @@ fn controller_url<S: serde::Serializer>(
 }
 
 impl ProxyConfig {
-    /// The defaults of DESIGN.md §3: outbound 15001 on loopback, inbound 15006 on all
+    /// The defaults of ARCHITECTURE.md, Ports: outbound 15001 on loopback, inbound 15006 on all
     /// addresses, admin 127.0.0.1:15000, metrics 0.0.0.0:15020.
     pub fn with_ports(outbound_port: u16, inbound_port: u16) -> Self {
         ProxyConfig {
@@ -79,7 +79,7 @@ impl ProxyConfig {
             admin_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000),
             metrics_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15020),
             connect_timeout: Duration::from_secs(5),
-            request_timeout: crate::l7::forward::REQUEST_TIMEOUT,
+            request_timeout: crate::policy::REQUEST_TIMEOUT,
             header_read_timeout: crate::l7::serve::HEADER_READ_TIMEOUT,
             drain_grace: Duration::from_secs(10),
             traffic_metrics: true,
@@ -103,14 +103,5 @@ impl ProxyConfig {
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig::with_ports(15001, 15006)
-    }
-}
-
-/// Serializes durations as humantime strings ("5s") in `/config`.
-pub(crate) mod humantime_serde_compat {
-    use std::time::Duration;
-
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 }

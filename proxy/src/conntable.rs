@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::addr::{ClientAddr, Direction, EndpointAddr, OrigDstAddr};
+use crate::error::ConnEnd;
 
 /// Live counters of one connection, updated by the relay (or the HTTP path) as data
 /// moves.
@@ -189,7 +190,7 @@ pub struct ConnGuard {
     table: Arc<ConnTable>,
     id: u64,
     bytes: Arc<ByteCounters>,
-    end: Option<String>,
+    end: Option<ConnEnd>,
 }
 
 impl ConnGuard {
@@ -215,15 +216,15 @@ impl ConnGuard {
     }
 
     /// Records how the connection ended; the guard's drop files it.
-    pub fn set_end(&mut self, end: impl Into<String>) {
-        self.end = Some(end.into());
+    pub fn set_end(&mut self, end: ConnEnd) {
+        self.end = Some(end);
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let end = self.end.take().unwrap_or_else(|| "aborted".to_string());
-        self.table.close(self.id, end);
+        let end = self.end.take().unwrap_or(ConnEnd::Aborted);
+        self.table.close(self.id, end.to_string());
     }
 }
 
@@ -250,7 +251,7 @@ mod tests {
         for i in 0..3 {
             let mut g = table.open(info());
             g.bytes().from_client.store(i, Ordering::Relaxed);
-            g.set_end("eof");
+            g.set_end(ConnEnd::Eof);
         }
         let live = table.open(info());
         let snap = table.snapshot();

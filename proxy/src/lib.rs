@@ -1,34 +1,49 @@
 //! weft-proxy: the transparent sidecar's data path.
 //!
-//! Connections captured in a pod (iptables REDIRECT today, eBPF later) arrive on the
+//! Connections captured in a pod (by iptables REDIRECT or by eBPF) arrive on the
 //! outbound listener (15001, the app dialled out) or the inbound listener (15006, a
 //! peer dialled the app). For each, the proxy recovers the original destination,
-//! connects upstream (as the proxy uid, which capture excludes, so no loop), and relays
-//! bytes with TCP semantics intact. Admin (`/connections`, `/config`) listens on
-//! 127.0.0.1:15000, metrics and health (`/metrics`, `/ready`, `/live`) on :15020.
+//! picks the upstream, connects (as the proxy uid, which capture excludes, so no
+//! loop), and either relays bytes with TCP semantics intact or proxies HTTP per
+//! request. Admin (`/connections`, `/config`, `/routes`) listens on 127.0.0.1:15000,
+//! metrics and health (`/metrics`, `/ready`, `/live`) on :15020.
 //!
-//! Layout:
-//! - [`addr`]: address newtypes and [`addr::Direction`].
-//! - [`orig_dst`]: original-destination recovery behind a trait (kernel or fixed).
-//! - [`routes`]: VIP:port → service → round-robin endpoint; peer IP → service.
+//! Layout, in the order a connection meets it:
+//! - [`server`]: binds the listeners, accepts, drains on shutdown.
+//! - [`connection`]: one connection's pipeline: original destination and loop
+//!   checks, routing, detection, dispatch to `tcp` or `l7`.
+//! - [`detect`]: protocol detection (the byte classifier and the wait for it).
+//! - [`tcp`]: the L4 path: dialling upstreams ([`tcp::connect`]) and the byte relay
+//!   ([`tcp::relay`]).
+//! - [`l7`]: the HTTP/1.1 + h2c path (per-request balancing, pooled upstream
+//!   connections, retries, the proxy's own 4xx/5xx).
+//! - [`balance`]: the one endpoint picker for TCP and HTTP (round robin or
+//!   P2C/peak-EWMA), the circuit breaker, the retry budget, the registry.
+//! - [`routes`]: VIP:port → service and endpoints; peer IP → service.
 //! - [`policy`]: a service's timeouts, retries, breaker and lb, defaults applied.
 //! - [`discovery`]: the controller's Watch stream → the routing table, with backoff.
-//! - [`relay`]: the bidirectional byte copy (half-close, reset propagation).
-//! - [`l7`]: protocol detection and HTTP/1.1 + h2c proxying (per-request balancing,
-//!   pooled upstream connections, the proxy's own 502/503/504).
+//! - [`orig_dst`]: original-destination recovery behind a trait (kernel or fixed).
+//! - [`addr`]: address newtypes and [`addr::Direction`].
+//! - [`error`]: why the proxy failed something, and how a connection ended.
+//! - [`state`]: what every task of one proxy shares.
+//! - [`admin`]: the admin, metrics and health routes.
 //! - [`conntable`]: live and recently closed connections for `/connections`.
 //! - [`metrics`]: OpenTelemetry instruments and the Prometheus exposition.
 //! - [`process_metrics`]: RSS, CPU, fds and threads from `/proc/self` (shared with
 //!   the controller).
 //! - [`prom_text`]: reading samples back from a `/metrics` page.
 //! - [`http_endpoint`]: the small HTTP server behind admin and metrics.
-//! - [`server`]: listeners, per-connection handling and drain.
 //! - [`config`]: the configuration a proxy runs with.
 
 pub mod addr;
+pub(crate) mod admin;
+pub mod balance;
 pub mod config;
+pub(crate) mod connection;
 pub mod conntable;
+pub mod detect;
 pub mod discovery;
+pub mod error;
 pub mod http_endpoint;
 pub mod l7;
 pub mod metrics;
@@ -36,9 +51,10 @@ pub mod orig_dst;
 pub mod policy;
 pub mod process_metrics;
 pub mod prom_text;
-pub mod relay;
 pub mod routes;
 pub mod server;
+pub(crate) mod state;
+pub mod tcp;
 
 pub use config::ProxyConfig;
 pub use server::{BoundProxy, DrainOutcome, StartError};

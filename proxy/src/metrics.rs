@@ -1,15 +1,15 @@
 //! The proxy's metrics: recorded through the OpenTelemetry SDK, exposed in the
-//! Prometheus text format by `opentelemetry-prometheus` (DESIGN.md §6 names them).
+//! Prometheus text format by `opentelemetry-prometheus` (ARCHITECTURE.md, Metrics names them).
 //!
 //! Labels are bounded by construction: direction, service names and error reasons —
 //! never addresses, ports or ids (those belong in `/connections`).
 //!
-//! Besides the traffic series of §6, a proxy with a controller exports the discovery
+//! Besides the traffic series named there, a proxy with a controller exports the discovery
 //! client's state: `weft_discovery_updates_total` and `weft_discovery_connected`.
 
 use std::sync::Arc;
 
-use opentelemetry::metrics::{Counter, MeterProvider as _, UpDownCounter};
+use opentelemetry::metrics::{Counter, Meter, MeterProvider as _, UpDownCounter};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::Resource;
@@ -17,56 +17,7 @@ use prometheus::{Encoder, TextEncoder};
 
 use crate::addr::Direction;
 use crate::discovery::DiscoveryStatus;
-
-/// Why the proxy failed a connection itself (the `reason` label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorReason {
-    /// The original destination could not be recovered.
-    NoOrigDst,
-    /// The connection reached the proxy without having been redirected to it, or the
-    /// proxy's own upstream connection came back to it.
-    Loop,
-    /// The upstream refused the connection.
-    ConnectRefused,
-    /// The upstream did not answer within the connect timeout.
-    ConnectTimeout,
-    /// Any other connect error (unreachable, ...).
-    ConnectError,
-    /// The proxy is at its connection limit.
-    Overload,
-    /// The destination is a service with no endpoints.
-    NoEndpoints,
-    /// HTTP: the upstream connection failed under a request (reset, closed early).
-    UpstreamReset,
-    /// HTTP: the upstream's response could not be parsed.
-    BadUpstreamResponse,
-    /// HTTP: no response head within the request timeout.
-    RequestTimeout,
-    /// HTTP: every endpoint of the service is ejected by the circuit breaker.
-    AllEjected,
-    /// HTTP: the client failed while sending a request body the proxy was reading.
-    ClientBody,
-}
-
-impl ErrorReason {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorReason::NoOrigDst => "no_original_destination",
-            ErrorReason::Loop => "loop",
-            ErrorReason::ConnectRefused => "connect_refused",
-            ErrorReason::ConnectTimeout => "connect_timeout",
-            ErrorReason::ConnectError => "connect_error",
-            ErrorReason::Overload => "overload",
-            ErrorReason::NoEndpoints => "no_endpoints",
-            ErrorReason::UpstreamReset => "upstream_reset",
-            ErrorReason::BadUpstreamResponse => "bad_upstream_response",
-            ErrorReason::RequestTimeout => "request_timeout",
-            ErrorReason::AllEjected => "all_endpoints_ejected",
-            ErrorReason::ClientBody => "client_body_error",
-        }
-    }
-}
+use crate::error::ErrorReason;
 
 /// All instruments of one proxy, plus the registry they are exported from.
 #[derive(Debug)]
@@ -82,8 +33,6 @@ pub struct Metrics {
     errors: Counter<u64>,
     /// False: the traffic series are not recorded (`--no-traffic-metrics`).
     enabled: bool,
-    /// `weft_http_*` (and proxy-made HTTP errors), handed to the L7 path.
-    http: crate::l7::telemetry::HttpInstruments,
 }
 
 /// The pre-built label sets of one connection, so the hot path allocates nothing.
@@ -150,7 +99,6 @@ impl Metrics {
             .build();
         Ok(Metrics {
             registry,
-            http: crate::l7::telemetry::HttpInstruments::new(&meter, errors.clone(), enabled),
             tcp_opened: meter
                 .u64_counter("weft_tcp_connections_opened")
                 .with_description("TCP connections accepted by the proxy")
@@ -197,9 +145,21 @@ impl Metrics {
             .build();
     }
 
-    /// The HTTP instruments (handles; the L7 path keeps clones).
-    pub fn http(&self) -> &crate::l7::telemetry::HttpInstruments {
-        &self.http
+    /// The meter the L7 path builds its `weft_http_*` instruments on (it builds them
+    /// itself, so that this module does not depend on it).
+    pub fn meter(&self) -> Meter {
+        self.provider.meter("weft-proxy")
+    }
+
+    /// The `weft_proxy_errors` counter, shared with the L7 path's proxy-made
+    /// responses.
+    pub fn errors_counter(&self) -> &Counter<u64> {
+        &self.errors
+    }
+
+    /// Whether the traffic series are recorded (`--no-traffic-metrics` turns them off).
+    pub fn traffic_enabled(&self) -> bool {
+        self.enabled
     }
 
     /// A connection was accepted and routed.

@@ -3,8 +3,8 @@
 //! (the defaults below fill whatever the mesh file left unset), so the request path
 //! reads plain values.
 //!
-//! Defaults (DESIGN.md §5, chosen to match what an operator of Linkerd or Istio
-//! expects): request timeout 15 s (or `--request-timeout`), connect timeout 5 s (or
+//! Defaults (ARCHITECTURE.md, Data-plane defaults; chosen to match what an operator
+//! of Linkerd or Istio expects): request timeout 15 s (or `--request-timeout`), connect timeout 5 s (or
 //! `--connect-timeout`), idle timeout 300 s; 2 retries on connect failure, reset and
 //! 503, within 20 % of the requests + 10/s; an endpoint ejected after 5 consecutive
 //! failures for 10 s × the number of its ejections, at most 300 s, with at most 50 %
@@ -15,7 +15,8 @@ use std::time::Duration;
 use serde::Serialize;
 use weft_api::discovery as api;
 
-/// Which load-balancing algorithm a service uses for HTTP requests.
+/// Which load-balancing algorithm a service uses (for its opaque TCP connections and
+/// its HTTP requests alike).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Lb {
@@ -74,9 +75,9 @@ pub struct RetryPolicy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct BreakerPolicy {
     pub consecutive_failures: u32,
-    #[serde(with = "crate::config::humantime_serde_compat")]
+    #[serde(with = "humantime_serde_compat")]
     pub base_ejection: Duration,
-    #[serde(with = "crate::config::humantime_serde_compat")]
+    #[serde(with = "humantime_serde_compat")]
     pub max_ejection: Duration,
     pub max_ejection_percent: u32,
 }
@@ -84,11 +85,11 @@ pub struct BreakerPolicy {
 /// One service's policy, resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Policy {
-    #[serde(with = "crate::config::humantime_serde_compat")]
+    #[serde(with = "humantime_serde_compat")]
     pub timeout: Duration,
-    #[serde(with = "crate::config::humantime_serde_compat")]
+    #[serde(with = "humantime_serde_compat")]
     pub connect_timeout: Duration,
-    #[serde(with = "crate::config::humantime_serde_compat")]
+    #[serde(with = "humantime_serde_compat")]
     pub idle_timeout: Duration,
     pub retries: RetryPolicy,
     pub circuit_breaker: BreakerPolicy,
@@ -105,12 +106,15 @@ pub struct Defaults {
 impl Default for Defaults {
     fn default() -> Self {
         Defaults {
-            timeout: crate::l7::forward::REQUEST_TIMEOUT,
+            timeout: REQUEST_TIMEOUT,
             connect_timeout: Duration::from_secs(5),
         }
     }
 }
 
+/// Default upper bound on a request, from its arrival to the response head
+/// (connecting and retries included), when no policy sets it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const RETRY_ATTEMPTS: u32 = 2;
 pub const RETRY_BUDGET_PERCENT: u32 = 20;
@@ -214,6 +218,15 @@ impl Policy {
             _ => Lb::RoundRobin,
         };
         out
+    }
+}
+
+/// Serializes durations as humantime strings ("5s") in `/config`.
+pub(crate) mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 }
 

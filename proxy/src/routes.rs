@@ -1,11 +1,12 @@
-//! The routing table: which service an original destination (VIP:port) belongs to,
-//! its endpoints and the round-robin choice among them; and which service a peer
-//! address belongs to (the inbound `source_service`).
+//! The routing table: which service an original destination (VIP:port) belongs to
+//! and its endpoints (choosing among them is [`crate::balance`]'s job); and which
+//! service a peer address belongs to (the inbound `source_service`).
 //!
 //! The table is replaced as a whole on every discovery update (readers take an `Arc`
 //! snapshot, so a connection routes against one consistent state), but the entry of
-//! a service the update did not touch is carried over, round-robin position
-//! included, so unrelated changes do not disturb the rotation.
+//! a service the update did not touch is carried over as the same route, so it keeps
+//! its balancer (round-robin position, breaker state) and unrelated changes do not
+//! disturb the rotation.
 //!
 //! [`Routes`] also remembers which discovery version its table is and when this proxy
 //! applied it, stored together with the table so that `/routes` never shows a table
@@ -13,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -25,9 +25,10 @@ use crate::policy::Policy;
 /// How the proxy treats traffic to a service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PortProtocol {
-    /// Detect from the first bytes (L7 work); today relayed as TCP.
+    /// Detect from the first bytes: HTTP is proxied per request, anything else
+    /// relayed as TCP.
     Auto,
-    /// HTTP (L7 work); today relayed as TCP.
+    /// HTTP: proxied per request, without waiting to detect anything but the version.
     Http,
     /// Opaque TCP.
     Tcp,
@@ -63,7 +64,9 @@ pub struct ServiceSpec {
     pub policy: Policy,
 }
 
-/// Where one VIP:port leads, with its round-robin position.
+/// Where one VIP:port leads. Its endpoints are picked by the route's balancer
+/// ([`crate::balance`]), found by the route's identity: a route kept across updates
+/// keeps its balancer.
 #[derive(Debug)]
 pub struct ServiceRoute {
     pub service: Arc<str>,
@@ -71,23 +74,10 @@ pub struct ServiceRoute {
     pub protocol: PortProtocol,
     pub policy: Policy,
     endpoints: Vec<IpAddr>,
-    next: AtomicUsize,
 }
 
 impl ServiceRoute {
-    /// The next endpoint in round-robin order; `None` when the service has none.
-    pub fn pick(&self) -> Option<EndpointAddr> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some(EndpointAddr(SocketAddr::new(
-            self.endpoints[i],
-            self.target_port,
-        )))
-    }
-
-    /// Every endpoint, target port applied (the L7 balancer pools each).
+    /// Every endpoint, target port applied (the balancer keeps each).
     pub fn endpoints(&self) -> impl ExactSizeIterator<Item = EndpointAddr> + '_ {
         self.endpoints
             .iter()
@@ -135,7 +125,7 @@ impl RouteTable {
             services.remove(name.as_ref());
         }
         for spec in upserted {
-            // An unchanged service keeps its routes (and round-robin positions).
+            // An unchanged service keeps its routes (and so their balancers).
             let routes = match self.services.get(&spec.name) {
                 Some((old, routes)) if *old == spec => routes.clone(),
                 _ => routes_of(&spec),
@@ -245,7 +235,6 @@ fn routes_of(spec: &ServiceSpec) -> Vec<Arc<ServiceRoute>> {
                 protocol: p.protocol,
                 policy: spec.policy,
                 endpoints: spec.endpoints.clone(),
-                next: AtomicUsize::new(0),
             })
         })
         .collect()
@@ -351,93 +340,6 @@ mod tests {
             endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
             policy: Policy::default(),
         }
-    }
-
-    fn dst(s: &str) -> OrigDstAddr {
-        OrigDstAddr(s.parse().expect("addr"))
-    }
-
-    fn picks(table: &RouteTable, to: &str, n: usize) -> Vec<String> {
-        (0..n)
-            .map(|_| match table.resolve(dst(to)) {
-                Resolved::Service(r) => r.pick().map(|e| e.to_string()).unwrap_or_default(),
-                Resolved::Passthrough => "passthrough".into(),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn round_robin_over_endpoints_with_target_port() {
-        let t = RouteTable::from_services([spec(
-            "backend",
-            "10.96.0.10",
-            &["10.0.0.1", "10.0.0.2", "10.0.0.3"],
-        )]);
-        assert_eq!(
-            picks(&t, "10.96.0.10:80", 6),
-            [
-                "10.0.0.1:8080",
-                "10.0.0.2:8080",
-                "10.0.0.3:8080",
-                "10.0.0.1:8080",
-                "10.0.0.2:8080",
-                "10.0.0.3:8080"
-            ]
-        );
-        assert_eq!(picks(&t, "10.96.0.10:81", 1), ["passthrough"]);
-        assert_eq!(picks(&t, "10.96.0.11:80", 1), ["passthrough"]);
-        assert_eq!(
-            t.service_of_peer("10.0.0.2".parse().expect("ip"))
-                .as_deref(),
-            Some("backend")
-        );
-        assert_eq!(
-            t.service_of_peer("::ffff:10.0.0.2".parse().expect("ip"))
-                .as_deref(),
-            Some("backend")
-        );
-    }
-
-    #[test]
-    fn ipv6_vip_and_mapped_destinations() {
-        let t = RouteTable::from_services([spec("v6", "fd00:96::10", &["fd00:211::3"])]);
-        assert_eq!(picks(&t, "[fd00:96::10]:80", 1), ["[fd00:211::3]:8080"]);
-    }
-
-    #[test]
-    fn no_endpoints_picks_nothing() {
-        let t = RouteTable::from_services([spec("empty", "10.96.0.12", &[])]);
-        assert_eq!(picks(&t, "10.96.0.12:80", 1), [""]);
-    }
-
-    #[test]
-    fn incremental_updates_keep_untouched_rotation() {
-        let t = RouteTable::from_services([
-            spec("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"]),
-            spec("b", "10.96.0.2", &["10.0.1.1"]),
-        ]);
-        assert_eq!(picks(&t, "10.96.0.1:80", 1), ["10.0.0.1:8080"]);
-        // b changes, a is re-sent unchanged: a's rotation continues.
-        let t2 = t.updated(
-            false,
-            [
-                spec("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"]),
-                spec("b", "10.96.0.2", &["10.0.1.9"]),
-            ],
-            std::iter::empty::<&str>(),
-        );
-        assert_eq!(picks(&t2, "10.96.0.1:80", 1), ["10.0.0.2:8080"]);
-        assert_eq!(picks(&t2, "10.96.0.2:80", 1), ["10.0.1.9:8080"]);
-        let t3 = t2.updated(false, std::iter::empty(), ["b"]);
-        assert_eq!(picks(&t3, "10.96.0.2:80", 1), ["passthrough"]);
-        assert_eq!(t3.service_count(), 1);
-        let t4 = t3.updated(
-            true,
-            [spec("c", "10.96.0.3", &["10.0.2.1"])],
-            std::iter::empty::<&str>(),
-        );
-        assert_eq!(picks(&t4, "10.96.0.1:80", 1), ["passthrough"]);
-        assert_eq!(t4.service_count(), 1);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use http::{Response, StatusCode};
 
 use super::body::{Completion, ProxyBody};
 use super::ConnCtx;
-use crate::metrics::ErrorReason;
+use crate::error::ErrorReason;
 
 /// The header naming why the proxy answered itself.
 pub static X_WEFT_ERROR: HeaderName = HeaderName::from_static("x-weft-error");

@@ -12,7 +12,7 @@
 //! - one that was sent is retried only when its method is idempotent and its body
 //!   was small enough to keep a copy of ([`MAX_REPLAY_BODY`]): on a reset
 //!   (`reset`) or a listed 5xx status (`503`, `gateway-error`);
-//! - each retry takes one from the route's [`RetryBudget`](super::balance::RetryBudget)
+//! - each retry takes one from the route's [`RetryBudget`](crate::balance::RetryBudget)
 //!   and goes to another endpoint when there is one; none beyond `attempts`, none
 //!   past the request timeout (which covers every attempt).
 //!
@@ -30,16 +30,11 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::balance::Balancer;
 use super::body::{Completion, ProxyBody, RequestBody, MAX_REPLAY_BODY};
-use super::pool::{EndpointPool, Lease, SendError, SendOpts};
+use super::pool::{Lease, SendError, SendOpts};
 use super::telemetry::method_label;
-use super::{errors, headers, ConnCtx, HttpVersion, Target};
-use crate::metrics::ErrorReason;
-
-/// Default upper bound on a request, from its arrival to the response head
-/// (connecting and retries included), when no policy sets it.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+use super::{errors, headers, ConnCtx, HttpEndpoint, HttpVersion, ServiceBalancer, Target};
+use crate::error::ErrorReason;
 
 /// Proxies one request; never fails (errors are responses).
 pub async fn forward(
@@ -139,7 +134,7 @@ async fn send(
         RequestBody::Stream(body)
     };
     let copy = match body.try_clone() {
-        Some(body) if keep_copy => Some(Copy {
+        Some(body) if keep_copy => Some(RetryCopy {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
@@ -150,19 +145,19 @@ async fn send(
     };
     let mut req = Request::from_parts(parts, body);
     let mut left = retry.attempts;
-    let mut last: Option<&Arc<EndpointPool>> = None;
+    let mut last: Option<&Arc<HttpEndpoint>> = None;
     loop {
         let pick = balancer.pick(last)?;
         let attempt = Attempt {
             balancer,
-            pool: pick.pool,
+            endpoint: pick.endpoint,
             probe: pick.probe,
             started: Instant::now(),
             deadline,
             done: false,
         };
-        balancer.start(pick.pool);
-        let again = match pick.pool.send(req, opts, &ctx.connector).await {
+        balancer.start(pick.endpoint);
+        let again = match pick.endpoint.conns.send(req, opts, &ctx.connector).await {
             Ok((resp, lease)) => {
                 let status = resp.status().as_u16();
                 attempt.finish(status < 500);
@@ -186,7 +181,7 @@ async fn send(
                     // Never sent: safe whatever the method.
                     Some(unsent) if retry.on.connect_failure => Some(unsent),
                     None if retry.on.reset && reason == ErrorReason::UpstreamReset => {
-                        copy.as_ref().map(Copy::request)
+                        copy.as_ref().map(RetryCopy::request)
                     }
                     _ => None,
                 };
@@ -196,10 +191,10 @@ async fn send(
                 }
             }
         };
-        tracing::debug!(endpoint = %pick.pool.addr(), left, "retrying");
+        tracing::debug!(endpoint = %pick.endpoint.addr(), left, "retrying");
         left -= 1;
         req = again;
-        last = Some(pick.pool);
+        last = Some(pick.endpoint);
     }
 }
 
@@ -212,7 +207,7 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 /// What a retry sends again.
-struct Copy {
+struct RetryCopy {
     method: Method,
     uri: Uri,
     version: Version,
@@ -220,7 +215,7 @@ struct Copy {
     body: RequestBody,
 }
 
-impl Copy {
+impl RetryCopy {
     fn request(&self) -> Request<RequestBody> {
         let body = self.body.try_clone().unwrap_or(RequestBody::Replay {
             data: None,
@@ -238,8 +233,8 @@ impl Copy {
 /// One attempt on one endpoint, reported to the balancer when it ends — also when
 /// the request timeout drops it unfinished (a failure: the endpoint was too slow).
 struct Attempt<'a> {
-    balancer: &'a Balancer,
-    pool: &'a Arc<EndpointPool>,
+    balancer: &'a ServiceBalancer,
+    endpoint: &'a Arc<HttpEndpoint>,
     probe: bool,
     started: Instant,
     deadline: Instant,
@@ -249,9 +244,9 @@ struct Attempt<'a> {
 impl Attempt<'_> {
     fn finish(mut self, ok: bool) {
         self.done = true;
-        self.balancer.end(self.pool);
+        self.balancer.end(self.endpoint);
         self.balancer
-            .observe(self.pool, self.probe, ok, self.started.elapsed());
+            .observe(self.endpoint, self.probe, ok, self.started.elapsed());
     }
 }
 
@@ -260,12 +255,12 @@ impl Drop for Attempt<'_> {
         if self.done {
             return;
         }
-        self.balancer.end(self.pool);
+        self.balancer.end(self.endpoint);
         // Dropped by the request timeout: a failure. Dropped because the client went
         // away: no verdict on the endpoint.
         if Instant::now() + Duration::from_millis(1) >= self.deadline {
             self.balancer
-                .observe(self.pool, self.probe, false, self.started.elapsed());
+                .observe(self.endpoint, self.probe, false, self.started.elapsed());
         }
     }
 }

@@ -17,7 +17,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::relay::RelayObserver;
+use crate::tcp::relay::RelayObserver;
 
 /// Counts what crosses the client socket.
 pub type Observer = Arc<dyn RelayObserver + Send>;

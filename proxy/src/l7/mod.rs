@@ -1,38 +1,29 @@
-//! The L7 path: protocol detection, and HTTP/1.1 and HTTP/2 (h2c) proxying with
-//! per-request balancing over pooled upstream connections, retries within a
-//! budget, a circuit breaker, and the service's timeouts.
+//! The L7 path: HTTP/1.1 and HTTP/2 (h2c) proxying, beside the L4 path
+//! ([`crate::tcp`]), with per-request balancing over pooled upstream connections,
+//! retries within a budget, the circuit breaker, and the service's timeouts.
 //!
-//! A routed connection whose port is `auto` goes through [`sniff`]: HTTP is served
-//! here, anything else (or a server that speaks first) goes back to the opaque relay
-//! with the bytes already read. A port declared `http` skips the opaque outcome; one
-//! declared `tcp` never comes here.
+//! A connection comes here once detection ([`crate::detect`]) decided it speaks
+//! HTTP; it never goes back to the opaque path. Endpoints are picked by the
+//! service's balancer ([`crate::balance`]), the same one opaque connections use.
 //!
 //! Layout:
-//! - [`detect`]: the byte-prefix classifier (request line, h2 preface, opaque).
-//! - [`sniff`]: reading the first bytes, racing a speculative upstream connection.
 //! - [`serve`]: hyper's server on the client socket; [`io`]: that socket, replaying
 //!   the detected prefix and counting bytes.
 //! - [`forward`]: one request: pick, strip hop-by-hop [`headers`], send, retry,
-//!   stream back, upgrades; [`errors`]: the proxy's own 502/503/504.
-//! - [`balance`]: per-route round robin or P2C/peak-EWMA, the circuit breaker, the
-//!   retry budget, and the registry of balancers and pools;
-//!   [`pool`]: pooled HTTP/1.1 and h2c connections to one endpoint; [`connect`]:
-//!   dialling endpoints.
+//!   stream back, upgrades; [`errors`]: the proxy's own 400/502/503/504.
+//! - [`pool`]: pooled HTTP/1.1 and h2c connections to one endpoint (what the
+//!   balancer keeps per endpoint for HTTP), and the inbound pools.
 //! - [`body`]: the response body (streaming, metrics on completion, pool return)
 //!   and the request body (streamed, or a bounded copy kept for retries);
 //!   [`telemetry`]: the `weft_http_*` instruments and labels.
 
-pub mod balance;
 pub mod body;
-pub mod connect;
-pub mod detect;
 pub mod errors;
 pub mod forward;
 pub mod headers;
 pub mod io;
 pub mod pool;
 pub mod serve;
-pub mod sniff;
 pub mod telemetry;
 
 use std::sync::{Arc, Mutex};
@@ -41,55 +32,34 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::addr::{Direction, EndpointAddr};
+use crate::balance::{Balancer, Endpoint};
 use crate::conntable::ByteCounters;
+pub use crate::detect::HttpVersion;
 use crate::policy::{Defaults, Policy};
-use crate::routes::{PortProtocol, ServiceRoute};
-use balance::{Balancer, Registry};
-use connect::Connector;
-use pool::EndpointPool;
-use sniff::Mode;
+use crate::tcp::connect::Connector;
+use pool::{EndpointPool, InboundPools};
 use telemetry::{HttpInstruments, RequestLabels};
 
-/// The HTTP version a connection speaks, on both sides.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HttpVersion {
-    /// HTTP/1.x downstream; HTTP/1.1 keep-alive upstream.
-    Http1,
-    /// HTTP/2 prior knowledge (h2c) on both sides.
-    H2,
-}
-
-impl HttpVersion {
-    /// The `protocol` shown in `/connections`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HttpVersion::Http1 => "http1",
-            HttpVersion::H2 => "h2",
-        }
-    }
-}
-
-/// How a port's declared protocol is detected; `None`: opaque TCP, no detection.
-pub fn mode_of(protocol: PortProtocol) -> Option<Mode> {
-    match protocol {
-        PortProtocol::Auto => Some(Mode::Auto),
-        PortProtocol::Http => Some(Mode::Http),
-        PortProtocol::Tcp => None,
-    }
-}
+/// An endpoint as the balancer keeps it, with its HTTP pool.
+pub type HttpEndpoint = Endpoint<Arc<EndpointPool>>;
+/// A service's balancer: endpoints with their HTTP pools. Opaque connections use the
+/// same one (and ignore the pools), so both paths share breaker state.
+pub type ServiceBalancer = Balancer<Arc<EndpointPool>>;
+/// The registry of the balancers both paths use.
+pub type Registry = crate::balance::Registry<Arc<EndpointPool>>;
 
 /// Where a connection's requests go.
 #[derive(Debug)]
 pub enum Target {
-    /// A service: round robin per request over its endpoints.
-    Balanced(Arc<Balancer>),
+    /// A service: its endpoints balanced per request.
+    Balanced(Arc<ServiceBalancer>),
     /// One address (inbound: the local application).
     Fixed(Arc<EndpointPool>),
 }
 
 impl Target {
     /// The balancer, for a service.
-    pub fn balancer(&self) -> Option<&Balancer> {
+    pub fn balancer(&self) -> Option<&ServiceBalancer> {
         match self {
             Target::Balanced(b) => Some(b),
             Target::Fixed(_) => None,
@@ -129,10 +99,10 @@ impl ConnCtx {
     }
 }
 
-/// The L7 state of one proxy: balancers, pools, and how to dial.
+/// The L7 state of one proxy: inbound pools, instruments, and how to dial.
 #[derive(Debug)]
 pub struct L7 {
-    registry: Registry,
+    inbound: InboundPools,
     connector: Connector,
     instruments: HttpInstruments,
     /// The policy of traffic to the local application (inbound).
@@ -149,10 +119,10 @@ pub struct Edge<'a> {
 }
 
 /// Where a connection's requests are sent.
-#[derive(Clone, Copy, Debug)]
-pub enum Dest<'a> {
+#[derive(Clone, Debug)]
+pub enum Dest {
     /// A service's endpoints, balanced per request.
-    Service(&'a Arc<ServiceRoute>),
+    Service(Arc<ServiceBalancer>),
     /// One address (inbound: the local application on the original port).
     Address(EndpointAddr),
 }
@@ -168,7 +138,7 @@ impl L7 {
         // One local application: nothing else to try.
         inbound_policy.retries.attempts = 0;
         L7 {
-            registry: Registry::default(),
+            inbound: InboundPools::default(),
             connector,
             instruments,
             inbound_policy,
@@ -180,19 +150,16 @@ impl L7 {
     pub fn conn_ctx(
         &self,
         version: HttpVersion,
-        dest: Dest<'_>,
+        dest: Dest,
         edge: Edge<'_>,
         counters: Arc<ByteCounters>,
     ) -> Arc<ConnCtx> {
         let (target, policy) = match dest {
-            Dest::Service(route) => (
-                Target::Balanced(self.registry.balancer(route)),
-                route.policy,
-            ),
-            Dest::Address(addr) => (
-                Target::Fixed(self.registry.inbound(addr)),
-                self.inbound_policy,
-            ),
+            Dest::Service(balancer) => {
+                let policy = balancer.policy;
+                (Target::Balanced(balancer), policy)
+            }
+            Dest::Address(addr) => (Target::Fixed(self.inbound.get(addr)), self.inbound_policy),
         };
         Arc::new(ConnCtx {
             version,

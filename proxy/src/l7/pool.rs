@@ -16,8 +16,12 @@
 //! An idle HTTP/1 connection older than the policy's idle timeout is closed when
 //! met instead of being used.
 //!
-//! The pool also keeps the endpoint's [`Health`] (breaker and latency state).
+//! A pool is what the balancer keeps per endpoint for HTTP ([`Conns`]): the
+//! endpoint's health lives beside it in [`crate::balance::Endpoint`], shared with
+//! the TCP path. Inbound traffic (one local application address) has pools of its
+//! own in [`InboundPools`], outside any balancer.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -26,12 +30,12 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::balance::Health;
 use super::body::RequestBody;
-use super::connect::Connector;
 use super::HttpVersion;
 use crate::addr::EndpointAddr;
-use crate::metrics::ErrorReason;
+use crate::balance::Conns;
+use crate::error::ErrorReason;
+use crate::tcp::connect::{Connector, Upstream};
 
 /// Idle HTTP/1 connections kept per endpoint.
 pub const MAX_IDLE_H1: usize = 256;
@@ -46,8 +50,39 @@ pub struct EndpointPool {
     /// Idle connections and when each was returned.
     h1_idle: Mutex<Vec<(H1, Instant)>>,
     h2: Mutex<Option<H2>>,
-    /// Breaker and latency state of the endpoint.
-    pub health: Health,
+}
+
+/// The balancer keeps a pool per endpoint (made empty; dialled on first request).
+impl Conns for Arc<EndpointPool> {
+    fn new(addr: EndpointAddr) -> Self {
+        Arc::new(EndpointPool::new(addr))
+    }
+}
+
+/// Inbound pools (one per local application address) kept at most; past this, the
+/// ones no connection uses are dropped.
+const MAX_INBOUND_POOLS: usize = 1024;
+
+/// The pools of local application addresses (inbound traffic).
+#[derive(Debug, Default)]
+pub struct InboundPools {
+    pools: Mutex<HashMap<EndpointAddr, Arc<EndpointPool>>>,
+}
+
+impl InboundPools {
+    /// The pool of a local application address.
+    pub fn get(&self, addr: EndpointAddr) -> Arc<EndpointPool> {
+        let mut pools = lock(&self.pools);
+        if let Some(p) = pools.get(&addr) {
+            return p.clone();
+        }
+        if pools.len() >= MAX_INBOUND_POOLS {
+            pools.retain(|_, p| Arc::strong_count(p) > 1);
+        }
+        let p = Arc::new(EndpointPool::new(addr));
+        pools.insert(addr, p.clone());
+        p
+    }
 }
 
 /// Why a request could not be sent, and the request itself when it never left.
@@ -93,7 +128,6 @@ impl EndpointPool {
             addr,
             h1_idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
-            health: Health::default(),
         }
     }
 
@@ -217,7 +251,7 @@ impl EndpointPool {
         connector: &Connector,
         timeout: Duration,
     ) -> Result<H1, ErrorReason> {
-        let (stream, own) = connector.connect(self.addr, timeout).await?;
+        let Upstream { stream, own } = connector.connect(self.addr, timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -252,7 +286,7 @@ impl EndpointPool {
         connector: &Connector,
         timeout: Duration,
     ) -> Result<H2, ErrorReason> {
-        let (stream, own) = connector.connect(self.addr, timeout).await?;
+        let Upstream { stream, own } = connector.connect(self.addr, timeout).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use super::forward::forward;
 use super::io::{ClientIo, Observer, Salvage};
 use super::{ConnCtx, HttpVersion};
+use crate::error::ConnEnd;
 
 /// Largest request head accepted from a client (Envoy's default is 60 KiB).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -51,7 +52,7 @@ pub async fn serve(
     ctx: Arc<ConnCtx>,
     observer: Observer,
     mut stop: watch::Receiver<bool>,
-) -> String {
+) -> ConnEnd {
     let salvage: Salvage = Arc::new(Mutex::new(None));
     let io = TokioIo::new(ClientIo::new(stream, prefix, observer, salvage.clone()));
     let svc_ctx = ctx.clone();
@@ -99,15 +100,15 @@ pub async fn serve(
     }
     let left = salvage.lock().unwrap_or_else(|e| e.into_inner()).take();
     match served {
-        Ok(()) => "eof".to_string(),
+        Ok(()) => ConnEnd::Eof,
         Err(e) if e.is_timeout() => match left {
             Some((stream, true)) => {
                 // Small enough for any socket buffer: one non-blocking write.
                 let _ = stream.try_write(REQUEST_TIMEOUT_408);
-                "header_timeout_408".to_string()
+                ConnEnd::HeaderTimeout
             }
-            _ => "idle_timeout".to_string(),
+            _ => ConnEnd::IdleTimeout,
         },
-        Err(e) => format!("http_error: {e}"),
+        Err(e) => ConnEnd::Http(e),
     }
 }

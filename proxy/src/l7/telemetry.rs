@@ -1,4 +1,4 @@
-//! The per-request series of DESIGN.md §6: `weft_http_requests_total` and
+//! The per-request series of ARCHITECTURE.md, Metrics: `weft_http_requests_total` and
 //! `weft_http_request_duration_seconds`, plus the proxy-made errors counted in
 //! `weft_proxy_errors_total`.
 //!
@@ -15,7 +15,7 @@ use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::KeyValue;
 
 use crate::addr::Direction;
-use crate::metrics::ErrorReason;
+use crate::error::ErrorReason;
 
 /// Bucket bounds (seconds) of the request duration histogram: 0.5 ms to 30 s, dense
 /// where a sidecar's latency lives.

@@ -1,8 +1,11 @@
-//! Waiting for the first bytes of a connection to decide how to proxy it, without
-//! stalling protocols where the server speaks first.
+//! Protocol detection: waiting for the first bytes of a connection to decide
+//! whether it goes to the HTTP path ([`crate::l7`]) or the opaque one
+//! ([`crate::tcp`]), without stalling protocols where the server speaks first. The
+//! per-connection pipeline calls [`sniff`] and dispatches on what it returns;
+//! [`classify`] is the pure byte-prefix classifier.
 //!
 //! The client's bytes are read (not peeked) into a small buffer until
-//! [`detect::classify`] decides; the buffer is then replayed, to hyper for HTTP or to
+//! [`classify::classify`] decides; the buffer is then replayed, to hyper for HTTP or to
 //! the upstream for opaque TCP. If the client has sent nothing after
 //! [`SPECULATE_AFTER`], the upstream connection is opened speculatively; should the
 //! server speak first (an SMTP or MySQL banner, a Redis reply), the connection goes
@@ -25,10 +28,12 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
-use super::detect::{self, Verdict};
-use super::HttpVersion;
-use crate::addr::EndpointAddr;
-use crate::metrics::ErrorReason;
+pub mod classify;
+
+use crate::error::ErrorReason;
+use crate::routes::PortProtocol;
+use crate::tcp::connect::Dialed;
+use classify::Verdict;
 
 /// How long a silent client is given before the upstream is dialled speculatively.
 pub const SPECULATE_AFTER: Duration = Duration::from_millis(10);
@@ -39,22 +44,44 @@ pub const PARTIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Initial size of the detection buffer (a typical request head fits).
 const FIRST_READ: usize = 2048;
 
-/// Where a connection goes when it is relayed as opaque TCP.
-#[derive(Debug)]
-pub struct Upstream {
-    /// The endpoint chosen (`None`: none could be, e.g. a service without endpoints).
-    pub endpoint: Option<EndpointAddr>,
-    pub stream: Result<TcpStream, ErrorReason>,
+/// The HTTP version a connection speaks, on both sides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpVersion {
+    /// HTTP/1.x downstream; HTTP/1.1 keep-alive upstream.
+    Http1,
+    /// HTTP/2 prior knowledge (h2c) on both sides.
+    H2,
 }
 
-/// How the port treats detection.
+impl HttpVersion {
+    /// The `protocol` shown in `/connections`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpVersion::Http1 => "http1",
+            HttpVersion::H2 => "h2",
+        }
+    }
+}
+
+/// How a port's first bytes are looked at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub enum Detection {
     /// Detect; anything not HTTP is opaque, and the server may speak first.
     Auto,
     /// The port is declared HTTP: only HTTP/1 vs HTTP/2 is decided, nothing is opaque
     /// and nothing is dialled before the first request.
     Http,
+}
+
+impl Detection {
+    /// How a port's declared protocol is detected; `None`: opaque TCP, no detection.
+    pub fn of_port(protocol: PortProtocol) -> Option<Detection> {
+        match protocol {
+            PortProtocol::Auto => Some(Detection::Auto),
+            PortProtocol::Http => Some(Detection::Http),
+            PortProtocol::Tcp => None,
+        }
+    }
 }
 
 /// What detection decided.
@@ -66,34 +93,34 @@ pub enum Sniffed {
         prefix: BytesMut,
     },
     /// Relay as TCP: write `prefix` upstream first.
-    Opaque {
-        prefix: BytesMut,
-        upstream: Upstream,
-    },
+    Opaque { prefix: BytesMut, upstream: Dialed },
     /// The client's socket failed (typically a reset) during detection.
     ClientFailed {
         error: io::Error,
-        upstream: Option<Upstream>,
+        upstream: Option<Dialed>,
     },
 }
 
 /// Reads the client's first bytes and decides. `connect` dials the upstream (at most
 /// once): speculatively, or when the connection turns out to be opaque.
-pub async fn sniff<F, Fut>(client: &TcpStream, mode: Mode, connect: F) -> Sniffed
+pub async fn sniff<F, Fut>(client: &TcpStream, mode: Detection, connect: F) -> Sniffed
 where
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Upstream>,
+    Fut: Future<Output = Dialed>,
 {
     let started = Instant::now();
     let mut deadline = started + DETECT_TIMEOUT;
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     let mut connect = Some(connect);
     let mut connecting = pin!(None::<Fut>);
-    let mut upstream: Option<Upstream> = None;
-    let speculate = mode == Mode::Auto;
+    let mut upstream: Option<Dialed> = None;
+    let speculate = mode == Detection::Auto;
 
     let verdict = loop {
-        let connected = upstream.as_ref().and_then(|u| u.stream.as_ref().ok());
+        let connected = upstream
+            .as_ref()
+            .and_then(|u| u.upstream.as_ref().ok())
+            .map(|u| &u.stream);
         tokio::select! {
             biased;
             // The server spoke first (or closed): this is no client-first protocol.
@@ -109,7 +136,7 @@ where
                     return Sniffed::ClientFailed { error, upstream };
                 }
                 if buf.len() == buf.capacity() {
-                    buf.reserve(buf.capacity().min(detect::MAX_SNIFF - buf.len()));
+                    buf.reserve(buf.capacity().min(classify::MAX_SNIFF - buf.len()));
                 }
                 match client.try_read_buf(&mut buf) {
                     // End of stream before a decision: nothing HTTP to serve.
@@ -118,9 +145,9 @@ where
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(error) => return Sniffed::ClientFailed { error, upstream },
                 }
-                match detect::classify(&buf) {
-                    Verdict::NeedMore if buf.len() >= detect::MAX_SNIFF => {
-                        break detect::classify_at_limit(&buf);
+                match classify::classify(&buf) {
+                    Verdict::NeedMore if buf.len() >= classify::MAX_SNIFF => {
+                        break classify::classify_at_limit(&buf);
                     }
                     Verdict::NeedMore => {
                         deadline = deadline.min(Instant::now() + PARTIAL_TIMEOUT);
@@ -137,22 +164,24 @@ where
         }
     };
     match (verdict, mode) {
-        (Verdict::Http1, _) | (Verdict::Opaque | Verdict::NeedMore, Mode::Http) => Sniffed::Http {
-            version: HttpVersion::Http1,
-            prefix: buf,
-        },
+        (Verdict::Http1, _) | (Verdict::Opaque | Verdict::NeedMore, Detection::Http) => {
+            Sniffed::Http {
+                version: HttpVersion::Http1,
+                prefix: buf,
+            }
+        }
         (Verdict::H2, _) => Sniffed::Http {
             version: HttpVersion::H2,
             prefix: buf,
         },
-        (Verdict::Opaque | Verdict::NeedMore, Mode::Auto) => {
+        (Verdict::Opaque | Verdict::NeedMore, Detection::Auto) => {
             let upstream = match (upstream, connecting.as_mut().as_pin_mut(), connect) {
                 (Some(up), _, _) => up,
                 (None, Some(pending), _) => pending.await,
                 (None, None, Some(connect)) => connect().await,
-                (None, None, None) => Upstream {
+                (None, None, None) => Dialed {
                     endpoint: None,
-                    stream: Err(ErrorReason::ConnectError),
+                    upstream: Err(ErrorReason::ConnectError),
                 },
             };
             Sniffed::Opaque {
@@ -166,6 +195,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::EndpointAddr;
+    use crate::tcp::connect::Connector;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
@@ -178,10 +209,10 @@ mod tests {
         (c, s)
     }
 
-    fn no_upstream() -> std::future::Ready<Upstream> {
-        std::future::ready(Upstream {
+    fn no_upstream() -> std::future::Ready<Dialed> {
+        std::future::ready(Dialed {
             endpoint: None,
-            stream: Err(ErrorReason::NoEndpoints),
+            upstream: Err(ErrorReason::NoEndpoints),
         })
     }
 
@@ -191,7 +222,7 @@ mod tests {
         c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .expect("write");
-        match sniff(&s, Mode::Auto, no_upstream).await {
+        match sniff(&s, Detection::Auto, no_upstream).await {
             Sniffed::Http { version, prefix } => {
                 assert_eq!(version, HttpVersion::Http1);
                 assert_eq!(&prefix[..], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -210,7 +241,7 @@ mod tests {
             }
             c
         });
-        match sniff(&s, Mode::Auto, no_upstream).await {
+        match sniff(&s, Detection::Auto, no_upstream).await {
             Sniffed::Http { version, prefix } => {
                 assert_eq!(version, HttpVersion::Http1);
                 assert_eq!(&prefix[..], b"GET /x HTTP/1.1\r\n");
@@ -223,34 +254,38 @@ mod tests {
     #[tokio::test]
     async fn server_speaking_first_goes_opaque_promptly() {
         let (_c, s) = pair().await;
-        let (mut banner_side, upstream_side) = pair().await;
-        banner_side
-            .write_all(b"220 hello\r\n")
-            .await
-            .expect("banner");
+        let server = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let server_addr = EndpointAddr(server.local_addr().expect("addr"));
+        let banner = tokio::spawn(async move {
+            let (mut banner_side, _) = server.accept().await.expect("accept");
+            banner_side
+                .write_all(b"220 hello\r\n")
+                .await
+                .expect("banner");
+            banner_side
+        });
+        let connector = Connector::default();
         let t = Instant::now();
-        let out = sniff(&s, Mode::Auto, || async move {
-            Upstream {
-                endpoint: None,
-                stream: Ok(upstream_side),
-            }
+        let out = sniff(&s, Detection::Auto, || {
+            connector.dial_addr(server_addr, Duration::from_secs(1))
         })
         .await;
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
         match out {
             Sniffed::Opaque { prefix, upstream } => {
                 assert!(prefix.is_empty());
-                assert!(upstream.stream.is_ok());
+                assert!(upstream.upstream.is_ok());
             }
             other => panic!("{other:?}"),
         }
+        drop(banner.await);
     }
 
     #[tokio::test]
     async fn declared_http_takes_garbage_as_http1() {
         let (mut c, s) = pair().await;
         c.write_all(b"\x16\x03\x01garbage").await.expect("write");
-        match sniff(&s, Mode::Http, no_upstream).await {
+        match sniff(&s, Detection::Http, no_upstream).await {
             Sniffed::Http { version, .. } => assert_eq!(version, HttpVersion::Http1),
             other => panic!("{other:?}"),
         }

@@ -13,46 +13,11 @@ use std::time::Duration;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 
+use super::connect::Upstream;
+use crate::error::{ConnEnd, ErrorReason, Side};
+
 /// Size of each direction's copy buffer.
 const BUF_SIZE: usize = 16 * 1024;
-
-/// Which side of the relay failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// The accepted (application) side.
-    Client,
-    /// The side the proxy dialled.
-    Upstream,
-}
-
-/// How a relay ended.
-#[derive(Debug)]
-pub enum RelayEnd {
-    /// Both directions reached end-of-stream.
-    Eof,
-    /// One side failed (typically a reset); both were reset.
-    Failed { side: Side, error: io::Error },
-}
-
-impl RelayEnd {
-    /// A short, stable description for `/connections`.
-    pub fn describe(&self) -> String {
-        match self {
-            RelayEnd::Eof => "eof".to_string(),
-            RelayEnd::Failed { side, error } => {
-                let who = match side {
-                    Side::Client => "client",
-                    Side::Upstream => "upstream",
-                };
-                match error.kind() {
-                    io::ErrorKind::ConnectionReset => format!("reset_by_{who}"),
-                    io::ErrorKind::BrokenPipe => format!("broken_pipe_{who}"),
-                    _ => format!("error_{who}: {error}"),
-                }
-            }
-        }
-    }
-}
 
 /// Observes bytes as they are relayed (live counters, metrics).
 pub trait RelayObserver: Sync {
@@ -74,7 +39,7 @@ impl RelayObserver for (AtomicU64, AtomicU64) {
 
 /// Relays until both directions end or one fails. On failure both sockets are reset
 /// (SO_LINGER 0) when the caller drops them.
-pub async fn relay(client: &TcpStream, upstream: &TcpStream, obs: &dyn RelayObserver) -> RelayEnd {
+pub async fn relay(client: &TcpStream, upstream: &TcpStream, obs: &dyn RelayObserver) -> ConnEnd {
     let up = async {
         pump(client, upstream, |n| obs.relayed_from_client(n))
             .await
@@ -82,11 +47,11 @@ pub async fn relay(client: &TcpStream, upstream: &TcpStream, obs: &dyn RelayObse
     };
     let down = pump(upstream, client, |n| obs.relayed_to_client(n));
     match tokio::try_join!(up, down) {
-        Ok(((), ())) => RelayEnd::Eof,
+        Ok(((), ())) => ConnEnd::Eof,
         Err((side, error)) => {
             reset(client);
             reset(upstream);
-            RelayEnd::Failed { side, error }
+            ConnEnd::Failed { side, error }
         }
     }
 }
@@ -98,12 +63,12 @@ pub async fn relay_after(
     client: &TcpStream,
     upstream: &TcpStream,
     obs: &dyn RelayObserver,
-) -> RelayEnd {
+) -> ConnEnd {
     if !prefix.is_empty() {
         if let Err(error) = write_all(upstream, prefix).await {
             reset(client);
             reset(upstream);
-            return RelayEnd::Failed {
+            return ConnEnd::Failed {
                 side: Side::Upstream,
                 error,
             };
@@ -111,6 +76,25 @@ pub async fn relay_after(
         obs.relayed_from_client(prefix.len() as u64);
     }
     relay(client, upstream, obs).await
+}
+
+/// An opaque connection: relays `client` to `upstream` after writing `prefix` (bytes
+/// protocol detection already read), or resets the client when no upstream could be
+/// connected. The upstream stays registered as the proxy's own until the relay ends
+/// (its guard is dropped with it).
+pub async fn relay_opaque(
+    client: &TcpStream,
+    prefix: &[u8],
+    upstream: Result<Upstream, ErrorReason>,
+    obs: &dyn RelayObserver,
+) -> ConnEnd {
+    match upstream {
+        Ok(upstream) => relay_after(prefix, client, &upstream.stream, obs).await,
+        Err(reason) => {
+            reset(client);
+            ConnEnd::Refused(reason)
+        }
+    }
 }
 
 /// `pump` reports sides relative to its own (from, to) arguments as if `from` were

@@ -1,0 +1,108 @@
+//! The proxy's own HTTP endpoints: admin (`/connections`, `/config`, `/routes`) on
+//! loopback, and metrics and health (`/metrics`, `/ready`, `/live`) for the kubelet
+//! and Prometheus. Read-only views of [`Shared`]; the serve loop is
+//! [`crate::http_endpoint`].
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::StatusCode;
+use tokio::net::TcpListener;
+
+use crate::discovery::StatusReport;
+use crate::http_endpoint::{self, respond, text};
+use crate::state::Shared;
+
+/// Serves the admin endpoint on `listener` until `stop` resolves.
+pub async fn serve_admin(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    stop: impl Future<Output = ()>,
+) {
+    http_endpoint::serve(listener, move |path| admin_route(&shared, path), stop).await
+}
+
+/// Serves the metrics and health endpoint on `listener`. It keeps serving during the
+/// drain so `/ready` can say 503 and the last scrape sees the final counts; it ends
+/// with the process.
+pub async fn serve_metrics(shared: Arc<Shared>, listener: TcpListener) {
+    http_endpoint::serve(
+        listener,
+        move |path| metrics_route(&shared, path),
+        std::future::pending(),
+    )
+    .await
+}
+
+fn admin_route(shared: &Shared, path: &str) -> http::Response<http_endpoint::Body> {
+    match path {
+        "/connections" => json(&serde_json::json!({ "connections": shared.conns.snapshot() })),
+        "/config" => json(&shared.config),
+        "/routes" => routes_report(shared),
+        "/" => text(
+            StatusCode::OK,
+            "weft-proxy admin\n  /connections  live and recently closed connections (JSON)\n  /config       the running configuration (JSON)\n  /routes       discovery status and the route table it applied (JSON)\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `/routes`: what discovery applied (version, when, connection state) and the table
+/// itself, read as one snapshot so the version matches the table shown.
+fn routes_report(shared: &Shared) -> http::Response<http_endpoint::Body> {
+    let (table, applied) = shared.routes.load_applied();
+    let controller = shared
+        .config
+        .discovery
+        .as_ref()
+        .map(|d| d.controller.as_str());
+    let discovery = StatusReport::new(
+        controller,
+        &shared.discovery,
+        shared.synced.load(Ordering::SeqCst),
+        applied,
+    );
+    json(&RoutesReport {
+        discovery,
+        services: table.view(),
+    })
+}
+
+/// The body of `/routes`; serialized straight from the table (no intermediate JSON
+/// tree: with thousands of endpoints that would double the work).
+#[derive(serde::Serialize)]
+struct RoutesReport<'a> {
+    discovery: StatusReport,
+    services: Vec<crate::routes::ServiceView<'a>>,
+}
+
+fn metrics_route(shared: &Shared, path: &str) -> http::Response<http_endpoint::Body> {
+    match path {
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.metrics.render(),
+        ),
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" if shared.draining.load(Ordering::SeqCst) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        }
+        "/ready" if !shared.synced.load(Ordering::SeqCst) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first discovery snapshot\n",
+        ),
+        "/ready" => text(StatusCode::OK, "ready\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> http::Response<http_endpoint::Body> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => respond(StatusCode::OK, "application/json", body),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding: {e}\n"),
+        ),
+    }
+}

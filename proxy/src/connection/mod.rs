@@ -1,0 +1,169 @@
+//! One captured connection, from accept to its end: recover where it was going (and
+//! refuse loops, [`destination`]), decide where it goes ([`route`]), detect its
+//! protocol when the port asks for it ([`crate::detect`]), then hand it to the
+//! opaque relay ([`crate::tcp`]) or the HTTP path ([`crate::l7`]). The flow only
+//! goes forward: nothing hands a connection back here.
+
+pub mod destination;
+pub mod route;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::addr::{ClientAddr, Direction};
+use crate::conntable::{ByteCounters, ConnGuard, ConnInfo};
+use crate::detect::{self, Sniffed};
+use crate::error::{ConnEnd, Side};
+use crate::l7::{Dest, Edge};
+use crate::metrics::TcpLabels;
+use crate::state::Shared;
+use crate::tcp::connect::Dialed;
+use crate::tcp::relay::{self, RelayObserver};
+use route::{Routing, UNKNOWN_SERVICE};
+
+/// Serves one accepted connection to its end; `_permit` counts it as in service
+/// until then.
+pub async fn serve(
+    shared: Arc<Shared>,
+    direction: Direction,
+    client: TcpStream,
+    client_addr: ClientAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let orig_dst = match destination::recover(&shared, &client, client_addr) {
+        Ok(o) => o,
+        Err(reason) => {
+            tracing::debug!(%client_addr, %direction, reason = reason.as_str(), "refused");
+            shared.metrics.error(direction, UNKNOWN_SERVICE, reason);
+            relay::reset(&client);
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let routing = Routing::of(&shared, direction, client_addr, orig_dst);
+    let source = routing.source_service(&shared.own_service);
+    let destination = routing.destination_service(&shared.own_service);
+    let labels = Arc::new(TcpLabels::new(direction, &source, &destination));
+    let mut conn = shared.conns.open(ConnInfo {
+        direction,
+        client: client_addr,
+        orig_dst,
+        service: destination.to_string(),
+        endpoint: routing.fixed_endpoint(),
+        protocol: if routing.detection().is_some() {
+            "detecting"
+        } else {
+            "tcp"
+        },
+    });
+    shared.metrics.tcp_opened(&labels);
+    let observer = ConnObserver {
+        direction,
+        destination: destination.clone(),
+        shared: shared.clone(),
+        labels: labels.clone(),
+        bytes: conn.bytes().clone(),
+    };
+    let end = match routing.detection() {
+        None => {
+            let dialed = dial(&shared, &routing).await;
+            opaque(&client, &[], dialed, &conn, &observer).await
+        }
+        Some(detection) => {
+            match detect::sniff(&client, detection, || dial(&shared, &routing)).await {
+                Sniffed::Opaque { prefix, upstream } => {
+                    opaque(&client, &prefix, upstream, &conn, &observer).await
+                }
+                Sniffed::Http { version, prefix } => {
+                    conn.set_protocol(version.as_str());
+                    let dest = match &routing {
+                        Routing::Service { balancer, .. } => Dest::Service(balancer.clone()),
+                        Routing::Passthrough(addr) | Routing::Local { app: addr, .. } => {
+                            Dest::Address(*addr)
+                        }
+                    };
+                    let edge = Edge {
+                        direction,
+                        source: &source,
+                        destination: &destination,
+                    };
+                    let ctx = shared
+                        .l7
+                        .conn_ctx(version, dest, edge, observer.bytes.clone());
+                    let stop = shared.stop.subscribe();
+                    crate::l7::serve::serve(client, prefix, ctx, Arc::new(observer), stop).await
+                }
+                Sniffed::ClientFailed { error, upstream } => {
+                    if let Some(Ok(up)) = upstream.as_ref().map(|u| &u.upstream) {
+                        relay::reset(&up.stream);
+                    }
+                    relay::reset(&client);
+                    ConnEnd::Failed {
+                        side: Side::Client,
+                        error,
+                    }
+                }
+            }
+        }
+    };
+    tracing::debug!(id = conn.id(), %client_addr, %orig_dst, %direction, end = %end, "closed");
+    conn.set_end(end);
+    shared.metrics.tcp_closed(&labels);
+}
+
+/// Relays an opaque connection to what was dialled for it (after `prefix`, what
+/// detection read), or fails it, counted, when nothing could be.
+async fn opaque(
+    client: &TcpStream,
+    prefix: &[u8],
+    dialed: Dialed,
+    conn: &ConnGuard,
+    observer: &ConnObserver,
+) -> ConnEnd {
+    conn.set_protocol("tcp");
+    conn.set_endpoint(dialed.endpoint);
+    if let Err(reason) = &dialed.upstream {
+        observer
+            .shared
+            .metrics
+            .error(observer.direction, &observer.destination, *reason);
+    }
+    relay::relay_opaque(client, prefix, dialed.upstream, observer).await
+}
+
+/// Dials the upstream of an opaque connection (or, during detection, speculatively):
+/// a service's endpoint through its balancer, else the one fixed address.
+async fn dial(shared: &Shared, routing: &Routing) -> Dialed {
+    let timeout = routing.connect_timeout(shared.config.connect_timeout);
+    match routing {
+        Routing::Service { balancer, .. } => shared.connector.dial(balancer, timeout).await,
+        Routing::Passthrough(addr) | Routing::Local { app: addr, .. } => {
+            shared.connector.dial_addr(*addr, timeout).await
+        }
+    }
+}
+
+/// Counts a connection's bytes into `/connections` and the `weft_tcp_*` series;
+/// owned, so the HTTP path's socket wrapper can keep it.
+struct ConnObserver {
+    direction: Direction,
+    /// The `destination_service` label, for the errors counted on the way.
+    destination: Arc<str>,
+    shared: Arc<Shared>,
+    labels: Arc<TcpLabels>,
+    bytes: Arc<ByteCounters>,
+}
+
+impl RelayObserver for ConnObserver {
+    fn relayed_from_client(&self, n: u64) {
+        self.bytes.from_client.fetch_add(n, Ordering::Relaxed);
+        self.shared.metrics.tcp_received(&self.labels, n);
+    }
+    fn relayed_to_client(&self, n: u64) {
+        self.bytes.to_client.fetch_add(n, Ordering::Relaxed);
+        self.shared.metrics.tcp_sent(&self.labels, n);
+    }
+}

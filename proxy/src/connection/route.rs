@@ -1,0 +1,115 @@
+//! Where a connection goes and how it is labelled: outbound to a service port (its
+//! balancer picks the endpoint) or passthrough to the original destination;
+//! inbound to the local application, with the peer's service as the source.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::addr::{ClientAddr, Direction, EndpointAddr, OrigDstAddr};
+use crate::detect::Detection;
+use crate::l7::ServiceBalancer;
+use crate::routes::{PortProtocol, Resolved, ServiceRoute};
+use crate::state::Shared;
+
+/// Outbound destinations that are no known service are forwarded as-is and labelled so.
+pub const PASSTHROUGH_SERVICE: &str = "passthrough";
+/// The label for a peer whose service is not known.
+pub const UNKNOWN_SERVICE: &str = "unknown";
+
+/// Where one connection goes.
+pub enum Routing {
+    /// Outbound to a service port: the endpoint is picked by its balancer (per
+    /// connection when opaque, per request when HTTP).
+    Service {
+        route: Arc<ServiceRoute>,
+        balancer: Arc<ServiceBalancer>,
+        /// `None`: the port is declared `tcp`.
+        detection: Option<Detection>,
+    },
+    /// Outbound to no known service: forwarded as-is, opaque (no service, so no L7
+    /// behaviour to apply).
+    Passthrough(EndpointAddr),
+    /// Inbound: the local application on the original port.
+    Local {
+        app: EndpointAddr,
+        /// The service of the peer that connected ([`UNKNOWN_SERVICE`] if none).
+        peer_service: Arc<str>,
+        /// From the own service's declaration of this target port (`auto` when
+        /// undeclared).
+        detection: Option<Detection>,
+    },
+}
+
+impl Routing {
+    /// Routes a connection from `client` to `orig_dst` by the current table.
+    pub fn of(
+        shared: &Shared,
+        direction: Direction,
+        client: ClientAddr,
+        orig_dst: OrigDstAddr,
+    ) -> Routing {
+        let table = shared.routes.load();
+        match direction {
+            Direction::Outbound => match table.resolve(orig_dst) {
+                Resolved::Service(route) => Routing::Service {
+                    balancer: shared.balancers.balancer(&route),
+                    detection: Detection::of_port(route.protocol),
+                    route,
+                },
+                Resolved::Passthrough => Routing::Passthrough(EndpointAddr(orig_dst.0)),
+            },
+            Direction::Inbound => Routing::Local {
+                app: EndpointAddr(orig_dst.0),
+                peer_service: table
+                    .service_of_peer(client.0.ip())
+                    .unwrap_or_else(|| Arc::from(UNKNOWN_SERVICE)),
+                detection: Detection::of_port(
+                    table
+                        .target_port_protocol(&shared.own_service, orig_dst.0.port())
+                        .unwrap_or(PortProtocol::Auto),
+                ),
+            },
+        }
+    }
+
+    /// The `source_service` label.
+    pub fn source_service(&self, own: &Arc<str>) -> Arc<str> {
+        match self {
+            Routing::Service { .. } | Routing::Passthrough(_) => own.clone(),
+            Routing::Local { peer_service, .. } => peer_service.clone(),
+        }
+    }
+
+    /// The `destination_service` label.
+    pub fn destination_service(&self, own: &Arc<str>) -> Arc<str> {
+        match self {
+            Routing::Service { route, .. } => route.service.clone(),
+            Routing::Passthrough(_) => Arc::from(PASSTHROUGH_SERVICE),
+            Routing::Local { .. } => own.clone(),
+        }
+    }
+
+    /// How the protocol is detected; `None`: opaque TCP from the first byte.
+    pub fn detection(&self) -> Option<Detection> {
+        match self {
+            Routing::Service { detection, .. } | Routing::Local { detection, .. } => *detection,
+            Routing::Passthrough(_) => None,
+        }
+    }
+
+    /// The upstream address when it is known before any pick.
+    pub fn fixed_endpoint(&self) -> Option<EndpointAddr> {
+        match self {
+            Routing::Service { .. } => None,
+            Routing::Passthrough(addr) | Routing::Local { app: addr, .. } => Some(*addr),
+        }
+    }
+
+    /// The connect timeout: the service's, or the proxy's for passthrough and inbound.
+    pub fn connect_timeout(&self, proxy_default: Duration) -> Duration {
+        match self {
+            Routing::Service { route, .. } => route.policy.connect_timeout,
+            Routing::Passthrough(_) | Routing::Local { .. } => proxy_default,
+        }
+    }
+}

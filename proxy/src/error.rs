@@ -1,0 +1,151 @@
+//! Why the proxy failed something itself, and how a connection ended: the words the
+//! `reason` label of `weft_proxy_errors_total`, the `x-weft-error` header and the
+//! `end` column of `/connections` show. One enum for every path (TCP, HTTP, accept),
+//! so a reason is spelled once.
+
+use std::fmt;
+use std::io;
+
+/// Why the proxy failed a connection or request itself (the `reason` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorReason {
+    /// The original destination could not be recovered.
+    NoOrigDst,
+    /// The connection reached the proxy without having been redirected to it, or the
+    /// proxy's own upstream connection came back to it.
+    Loop,
+    /// The upstream refused the connection.
+    ConnectRefused,
+    /// The upstream did not answer within the connect timeout.
+    ConnectTimeout,
+    /// Any other connect error (unreachable, ...).
+    ConnectError,
+    /// The proxy is at its connection limit.
+    Overload,
+    /// The destination is a service with no endpoints.
+    NoEndpoints,
+    /// HTTP: the upstream connection failed under a request (reset, closed early).
+    UpstreamReset,
+    /// HTTP: the upstream's response could not be parsed.
+    BadUpstreamResponse,
+    /// HTTP: no response head within the request timeout.
+    RequestTimeout,
+    /// Every endpoint of the service is ejected by the circuit breaker.
+    AllEjected,
+    /// HTTP: the client failed while sending a request body the proxy was reading.
+    ClientBody,
+}
+
+impl ErrorReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorReason::NoOrigDst => "no_original_destination",
+            ErrorReason::Loop => "loop",
+            ErrorReason::ConnectRefused => "connect_refused",
+            ErrorReason::ConnectTimeout => "connect_timeout",
+            ErrorReason::ConnectError => "connect_error",
+            ErrorReason::Overload => "overload",
+            ErrorReason::NoEndpoints => "no_endpoints",
+            ErrorReason::UpstreamReset => "upstream_reset",
+            ErrorReason::BadUpstreamResponse => "bad_upstream_response",
+            ErrorReason::RequestTimeout => "request_timeout",
+            ErrorReason::AllEjected => "all_endpoints_ejected",
+            ErrorReason::ClientBody => "client_body_error",
+        }
+    }
+}
+
+impl fmt::Display for ErrorReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which side of a connection failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The accepted (application) side.
+    Client,
+    /// The side the proxy dialled.
+    Upstream,
+}
+
+/// How a connection ended, shown in `/connections` (its `Display` is the stable
+/// word or phrase tests and operators read there).
+#[derive(Debug)]
+pub enum ConnEnd {
+    /// Both directions reached end-of-stream (TCP), or the client closed (HTTP).
+    Eof,
+    /// A socket failed (typically a reset); the other side was reset too.
+    Failed { side: Side, error: io::Error },
+    /// The proxy failed the connection itself (no upstream could be connected).
+    Refused(ErrorReason),
+    /// HTTP: a client did not finish a request head in time and was told 408.
+    HeaderTimeout,
+    /// HTTP: a keep-alive connection stayed idle past the header timeout.
+    IdleTimeout,
+    /// HTTP: hyper ended the connection with an error.
+    Http(hyper::Error),
+    /// The task ended without saying why (it was aborted).
+    Aborted,
+}
+
+impl fmt::Display for ConnEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnEnd::Eof => f.write_str("eof"),
+            ConnEnd::Failed { side, error } => {
+                let who = match side {
+                    Side::Client => "client",
+                    Side::Upstream => "upstream",
+                };
+                match error.kind() {
+                    io::ErrorKind::ConnectionReset => write!(f, "reset_by_{who}"),
+                    io::ErrorKind::BrokenPipe => write!(f, "broken_pipe_{who}"),
+                    _ => write!(f, "error_{who}: {error}"),
+                }
+            }
+            ConnEnd::Refused(reason) => f.write_str(reason.as_str()),
+            ConnEnd::HeaderTimeout => f.write_str("header_timeout_408"),
+            ConnEnd::IdleTimeout => f.write_str("idle_timeout"),
+            ConnEnd::Http(e) => write!(f, "http_error: {e}"),
+            ConnEnd::Aborted => f.write_str("aborted"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_words_are_the_ones_connections_shows() {
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        let pipe = io::Error::from(io::ErrorKind::BrokenPipe);
+        let cases = [
+            (ConnEnd::Eof, "eof"),
+            (
+                ConnEnd::Failed {
+                    side: Side::Client,
+                    error: reset,
+                },
+                "reset_by_client",
+            ),
+            (
+                ConnEnd::Failed {
+                    side: Side::Upstream,
+                    error: pipe,
+                },
+                "broken_pipe_upstream",
+            ),
+            (ConnEnd::Refused(ErrorReason::NoEndpoints), "no_endpoints"),
+            (ConnEnd::HeaderTimeout, "header_timeout_408"),
+            (ConnEnd::IdleTimeout, "idle_timeout"),
+            (ConnEnd::Aborted, "aborted"),
+        ];
+        for (end, word) in cases {
+            assert_eq!(end.to_string(), word);
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! What every task of one running proxy shares: its configuration, tables and
+//! instruments, the balancers and the dialer, and the drain signals. Built once by
+//! [`crate::server`]; read by the per-connection pipeline ([`crate::connection`])
+//! and the admin endpoints ([`crate::admin`]), which therefore need not know each
+//! other.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::ProxyConfig;
+use crate::conntable::ConnTable;
+use crate::discovery::DiscoveryStatus;
+use crate::l7::telemetry::HttpInstruments;
+use crate::l7::{Registry, L7};
+use crate::metrics::{Metrics, MetricsError};
+use crate::orig_dst::OrigDstSource;
+use crate::routes::Routes;
+use crate::tcp::connect::Connector;
+
+/// State shared by every task of one proxy.
+pub struct Shared {
+    pub config: ProxyConfig,
+    pub metrics: Metrics,
+    pub conns: Arc<ConnTable>,
+    pub orig_dst: Arc<dyn OrigDstSource>,
+    /// Services and endpoints from discovery; empty (all passthrough) without one.
+    pub routes: Arc<Routes>,
+    /// Dials every upstream and knows the proxy's own upstream sockets (a captured
+    /// connection coming *from* one of them is the proxy's traffic looping back).
+    pub connector: Connector,
+    /// The services' balancers, used by opaque connections and HTTP requests alike.
+    pub balancers: Registry,
+    /// Inbound pools and instruments of the HTTP path.
+    pub l7: L7,
+    /// One permit per connection in service; drain waits until all are back.
+    pub permits: Arc<Semaphore>,
+    pub draining: AtomicBool,
+    /// Turns true when the drain begins (HTTP connections stop keep-alive, GOAWAY).
+    pub stop: watch::Sender<bool>,
+    /// This proxy's service name, shared by every connection's labels.
+    pub own_service: Arc<str>,
+    /// Whether the first discovery snapshot arrived (always true without discovery).
+    pub synced: Arc<AtomicBool>,
+    /// What discovery has done, for `/routes` (idle without discovery).
+    pub discovery: Arc<DiscoveryStatus>,
+}
+
+impl Shared {
+    /// The state of a proxy running `config`, recovering original destinations
+    /// with `orig_dst`.
+    pub fn new(
+        config: ProxyConfig,
+        orig_dst: Arc<dyn OrigDstSource>,
+    ) -> Result<Self, MetricsError> {
+        let metrics = Metrics::new(&config.service, config.traffic_metrics)?;
+        let discovery = Arc::new(DiscoveryStatus::default());
+        if config.discovery.is_some() {
+            metrics.observe_discovery(discovery.clone());
+        }
+        let connector = Connector::default();
+        let instruments = HttpInstruments::new(
+            &metrics.meter(),
+            metrics.errors_counter().clone(),
+            metrics.traffic_enabled(),
+        );
+        let l7 = L7::new(
+            connector.clone(),
+            instruments,
+            config.policy_defaults(),
+            config.header_read_timeout,
+        );
+        Ok(Shared {
+            own_service: Arc::from(config.service.as_str()),
+            conns: Arc::new(ConnTable::new(config.closed_history)),
+            permits: Arc::new(Semaphore::new(config.max_connections as usize)),
+            synced: Arc::new(AtomicBool::new(config.discovery.is_none())),
+            config,
+            metrics,
+            orig_dst,
+            routes: Arc::new(Routes::default()),
+            connector,
+            balancers: Registry::default(),
+            l7,
+            draining: AtomicBool::new(false),
+            stop: watch::channel(false).0,
+            discovery,
+        })
+    }
+}

@@ -1,0 +1,182 @@
+//! Dialling upstreams: the connect timeout, the error reasons a failed connect is
+//! counted under, and the registry of the proxy's own upstream sockets (a captured
+//! connection coming from one of them is the proxy's traffic looping back).
+//!
+//! Every upstream socket, opaque or pooled HTTP, is made by [`Connector`] and stays
+//! registered while its [`OwnGuard`] lives: one way to register, so none is missed.
+//! A service's endpoint is chosen by its balancer ([`Connector::dial`]), the same
+//! picker HTTP requests use, and the connect's outcome feeds that endpoint's breaker.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+use crate::addr::EndpointAddr;
+use crate::balance::{Balancer, Endpoint};
+use crate::error::ErrorReason;
+
+/// The proxy's upstream sockets as (local, peer) address pairs, shared by the
+/// opaque relay and the HTTP pools. The pair, not the local address alone: the
+/// kernel hands the same ephemeral port to sockets with different peers, so an
+/// app's connection can share a local address with one of ours.
+type OwnUpstreams = Arc<Mutex<HashSet<(SocketAddr, SocketAddr)>>>;
+
+/// The (local, peer) pair of a connected socket, as the own-upstream set keys it.
+fn socket_pair(stream: &TcpStream) -> Option<(SocketAddr, SocketAddr)> {
+    Some((stream.local_addr().ok()?, stream.peer_addr().ok()?))
+}
+
+/// Connects to `endpoint` within `timeout`, with Nagle off.
+async fn connect(endpoint: EndpointAddr, timeout: Duration) -> Result<TcpStream, ErrorReason> {
+    match tokio::time::timeout(timeout, TcpStream::connect(endpoint.0)).await {
+        Err(_) => Err(ErrorReason::ConnectTimeout),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            Err(ErrorReason::ConnectRefused)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%endpoint, error = %e, "connect failed");
+            Err(ErrorReason::ConnectError)
+        }
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+    }
+}
+
+/// A connected upstream socket, registered as the proxy's own while this lives.
+#[derive(Debug)]
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub own: OwnGuard,
+}
+
+/// The outcome of dialling for one opaque connection.
+#[derive(Debug)]
+pub struct Dialed {
+    /// The endpoint chosen (`None`: none could be, e.g. a service without endpoints).
+    pub endpoint: Option<EndpointAddr>,
+    pub upstream: Result<Upstream, ErrorReason>,
+}
+
+/// Dials upstreams and registers the sockets as the proxy's own.
+#[derive(Clone, Debug, Default)]
+pub struct Connector {
+    own: OwnUpstreams,
+}
+
+impl Connector {
+    /// Connects within `timeout`; the returned guard keeps the socket registered
+    /// until dropped.
+    pub async fn connect(
+        &self,
+        endpoint: EndpointAddr,
+        timeout: Duration,
+    ) -> Result<Upstream, ErrorReason> {
+        let stream = connect(endpoint, timeout).await?;
+        let pair = socket_pair(&stream);
+        if let Some(pair) = pair {
+            lock(&self.own).insert(pair);
+        }
+        Ok(Upstream {
+            stream,
+            own: OwnGuard {
+                own: self.own.clone(),
+                pair,
+            },
+        })
+    }
+
+    /// Connects to one fixed address (passthrough, or the local application).
+    pub async fn dial_addr(&self, endpoint: EndpointAddr, timeout: Duration) -> Dialed {
+        Dialed {
+            endpoint: Some(endpoint),
+            upstream: self.connect(endpoint, timeout).await,
+        }
+    }
+
+    /// Connects to the endpoint `balancer` picks; a failed connect counts as a
+    /// failure of that endpoint, a connect as a success (the breaker applies to TCP
+    /// as to HTTP).
+    pub async fn dial<C>(&self, balancer: &Balancer<C>, timeout: Duration) -> Dialed {
+        let pick = match balancer.pick(None) {
+            Ok(pick) => pick,
+            Err(reason) => {
+                return Dialed {
+                    endpoint: None,
+                    upstream: Err(reason),
+                }
+            }
+        };
+        let endpoint = pick.endpoint.addr();
+        let mut attempt = ConnectAttempt {
+            balancer,
+            endpoint: pick.endpoint,
+            probe: pick.probe,
+            started: Instant::now(),
+            done: false,
+        };
+        balancer.start(pick.endpoint);
+        let upstream = self.connect(endpoint, timeout).await;
+        attempt.finish(upstream.is_ok());
+        Dialed {
+            endpoint: Some(endpoint),
+            upstream,
+        }
+    }
+
+    /// Whether `(local, peer)` is one of the proxy's own upstream sockets.
+    pub fn is_own(&self, local: SocketAddr, peer: SocketAddr) -> bool {
+        lock(&self.own).contains(&(local, peer))
+    }
+}
+
+/// A connect in progress on a picked endpoint; dropped unfinished (detection decided
+/// HTTP while the speculative connect was still running) it gives no verdict.
+struct ConnectAttempt<'a, C> {
+    balancer: &'a Balancer<C>,
+    endpoint: &'a Arc<Endpoint<C>>,
+    probe: bool,
+    started: Instant,
+    done: bool,
+}
+
+impl<C> ConnectAttempt<'_, C> {
+    fn finish(&mut self, ok: bool) {
+        self.done = true;
+        self.balancer.end(self.endpoint);
+        self.balancer
+            .observe(self.endpoint, self.probe, ok, self.started.elapsed());
+    }
+}
+
+impl<C> Drop for ConnectAttempt<'_, C> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.balancer.end(self.endpoint);
+        }
+    }
+}
+
+/// Unregisters an upstream socket when the connection ends.
+#[derive(Debug)]
+pub struct OwnGuard {
+    own: OwnUpstreams,
+    pair: Option<(SocketAddr, SocketAddr)>,
+}
+
+impl Drop for OwnGuard {
+    fn drop(&mut self) {
+        if let Some(pair) = self.pair {
+            lock(&self.own).remove(&pair);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

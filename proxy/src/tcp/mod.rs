@@ -1,0 +1,11 @@
+//! The L4 path: opaque TCP, beside [`crate::l7`]. A connection whose port is
+//! declared `tcp`, that goes passthrough, or that detection found not to be HTTP is
+//! dialled here and relayed byte for byte with TCP semantics intact.
+//!
+//! - [`connect`]: dialling (the endpoint from the service's balancer, the connect
+//!   timeout, the registry of the proxy's own upstream sockets); the HTTP pools dial
+//!   through it too.
+//! - [`relay`]: the bidirectional byte copy (half-close, reset propagation).
+
+pub mod connect;
+pub mod relay;
