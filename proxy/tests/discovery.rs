@@ -20,7 +20,10 @@ use weft_api::discovery::{Endpoint, MeshUpdate, Protocol, Service, ServicePort, 
 use weft_api::{Discovery, DiscoveryServer};
 use weft_proxy::discovery::DiscoveryConfig;
 use weft_proxy::orig_dst::FixedOrigDst;
-use weft_proxy::{prom_text, BoundProxy, ProxyConfig};
+use weft_proxy::{prom_text, BoundProxy};
+
+mod common;
+use common::{eventually_within, loopback_config};
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<MeshUpdate, Status>> + Send>>;
 
@@ -155,16 +158,6 @@ fn endpoints_of(doc: &serde_json::Value, vip_port: &str) -> Vec<String> {
         .collect()
 }
 
-async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..500 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test]
 async fn follows_the_controller_and_survives_its_absence() {
     let port = named_server("127.0.0.1", 0).await;
@@ -172,13 +165,7 @@ async fn follows_the_controller_and_survives_its_absence() {
     let ctl_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ctl_addr = ctl_listener.local_addr().unwrap();
 
-    let local = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut config = ProxyConfig::with_ports(0, 0);
-    config.service = "frontend".into();
-    config.outbound_listen = vec![local];
-    config.inbound_listen = vec![local];
-    config.admin_listen = local;
-    config.metrics_listen = local;
+    let mut config = loopback_config("frontend");
     config.discovery = Some(DiscoveryConfig {
         controller: format!("http://{ctl_addr}"),
         service: "frontend".into(),
@@ -222,9 +209,11 @@ async fn follows_the_controller_and_survives_its_absence() {
 
     let before_v1 = unix_ms();
     let (ctl, mut subs) = start_controller(ctl_listener, backend("127.0.0.1", port, 1)).await;
-    eventually("ready after the first snapshot", async || {
-        get(metrics, "/ready").await == 200
-    })
+    eventually_within(
+        "ready after the first snapshot",
+        Duration::from_secs(5),
+        async || get(metrics, "/ready").await == 200,
+    )
     .await;
     assert_eq!(who(outbound).await, "127.0.0.1");
     let doc = routes(admin).await;
@@ -258,7 +247,7 @@ async fn follows_the_controller_and_survives_its_absence() {
     let mut moved = backend("127.0.0.2", port, 2);
     moved.full_snapshot = false;
     sub.send(Ok(moved)).await.unwrap();
-    eventually("the update to apply", async || {
+    eventually_within("the update to apply", Duration::from_secs(5), async || {
         who(outbound).await == "127.0.0.2"
     })
     .await;
@@ -284,9 +273,11 @@ async fn follows_the_controller_and_survives_its_absence() {
         assert_eq!(who(outbound).await, "127.0.0.2");
     }
     assert_eq!(get(metrics, "/ready").await, 200);
-    eventually("the disconnection reported", async || {
-        metric(metrics, "weft_discovery_connected").await == Some(0.0)
-    })
+    eventually_within(
+        "the disconnection reported",
+        Duration::from_secs(5),
+        async || metric(metrics, "weft_discovery_connected").await == Some(0.0),
+    )
     .await;
     let doc = routes(admin).await;
     let d = &doc["discovery"];
@@ -305,9 +296,11 @@ async fn follows_the_controller_and_survives_its_absence() {
     // A restarted controller with a changed state: its snapshot replaces ours.
     let listener = TcpListener::bind(ctl_addr).await.unwrap();
     let (_ctl2, _subs2) = start_controller(listener, backend("127.0.0.1", port, 1)).await;
-    eventually("the new controller's snapshot", async || {
-        who(outbound).await == "127.0.0.1"
-    })
+    eventually_within(
+        "the new controller's snapshot",
+        Duration::from_secs(5),
+        async || who(outbound).await == "127.0.0.1",
+    )
     .await;
     let doc = routes(admin).await;
     let d = &doc["discovery"];
@@ -325,12 +318,8 @@ async fn follows_the_controller_and_survives_its_absence() {
 
 #[tokio::test]
 async fn without_a_controller_routes_shows_an_empty_table_and_no_discovery_metrics() {
-    let local = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut config = ProxyConfig::with_ports(0, 0);
-    config.outbound_listen = vec![local];
-    config.inbound_listen = vec![local];
-    config.admin_listen = local;
-    config.metrics_listen = local;
+    // The service name `with_ports` gives.
+    let config = loopback_config("unknown");
     let vip = "10.96.0.10:80".parse().unwrap();
     let proxy = BoundProxy::bind(config, Arc::new(FixedOrigDst(vip)))
         .await

@@ -26,6 +26,9 @@ use weft_proxy::prom_text;
 use weft_proxy::routes::{PortProtocol, RouteTable, ServicePort, ServiceSpec};
 use weft_proxy::{BoundProxy, ProxyConfig};
 
+mod common;
+use common::{eventually, loopback_config};
+
 const VIP: &str = "10.96.0.10:80";
 
 struct Proxy {
@@ -46,13 +49,7 @@ async fn proxy_with(
     spec: Option<ServiceSpec>,
     tweak: impl FnOnce(&mut ProxyConfig),
 ) -> Proxy {
-    let local = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut config = ProxyConfig::with_ports(0, 0);
-    config.service = "frontend".into();
-    config.outbound_listen = vec![local];
-    config.inbound_listen = vec![local];
-    config.admin_listen = local;
-    config.metrics_listen = local;
+    let mut config = loopback_config("frontend");
     tweak(&mut config);
     let p = BoundProxy::bind(config, Arc::new(FixedOrigDst(orig_dst)))
         .await
@@ -177,18 +174,6 @@ async fn scrape(p: &Proxy) -> String {
 
 fn requests(text: &str, labels: &[(&str, &str)]) -> Option<f64> {
     prom_text::value(text, "weft_http_requests_total", labels)
-}
-
-/// Waits (bounded) until `f` holds: a request is recorded when its response body
-/// ends, just after the client has it.
-async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test]

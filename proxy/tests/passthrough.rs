@@ -13,6 +13,9 @@ use weft_proxy::orig_dst::FixedOrigDst;
 use weft_proxy::prom_text;
 use weft_proxy::{BoundProxy, DrainOutcome, ProxyConfig};
 
+mod common;
+use common::{eventually, loopback_config};
+
 struct Running {
     outbound: SocketAddr,
     inbound: SocketAddr,
@@ -31,13 +34,7 @@ async fn start_proxy_with(
     grace: Duration,
     tweak: impl FnOnce(&mut ProxyConfig),
 ) -> Running {
-    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    let mut config = ProxyConfig::with_ports(0, 0);
-    config.service = "client-svc".into();
-    config.outbound_listen = vec![local(0)];
-    config.inbound_listen = vec![local(0)];
-    config.admin_listen = local(0);
-    config.metrics_listen = local(0);
+    let mut config = loopback_config("client-svc");
     config.drain_grace = grace;
     tweak(&mut config);
     let proxy = BoundProxy::bind(config, Arc::new(FixedOrigDst(target)))
@@ -70,18 +67,6 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
-}
-
-/// Waits (bounded) until `f` holds; proxies record a connection's close just after
-/// the client sees it.
-async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// A server that echoes everything until EOF, then closes.

@@ -11,7 +11,10 @@ use tokio::net::{TcpListener, TcpStream};
 use weft_proxy::orig_dst::FixedOrigDst;
 use weft_proxy::prom_text;
 use weft_proxy::routes::{PortProtocol, RouteTable, ServicePort, ServiceSpec};
-use weft_proxy::{BoundProxy, ProxyConfig};
+use weft_proxy::BoundProxy;
+
+mod common;
+use common::loopback_config;
 
 /// A server on `ip:port` answering every connection with its own address.
 async fn named_server(ip: &str, port: u16) -> u16 {
@@ -33,13 +36,7 @@ async fn named_server(ip: &str, port: u16) -> u16 {
 }
 
 async fn proxy_to(vip: SocketAddr, spec: ServiceSpec) -> (SocketAddr, SocketAddr) {
-    let local = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut config = ProxyConfig::with_ports(0, 0);
-    config.service = "frontend".into();
-    config.outbound_listen = vec![local];
-    config.inbound_listen = vec![local];
-    config.admin_listen = local;
-    config.metrics_listen = local;
+    let config = loopback_config("frontend");
     let proxy = BoundProxy::bind(config, Arc::new(FixedOrigDst(vip)))
         .await
         .unwrap();

@@ -30,8 +30,9 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::body::{Completion, ProxyBody, RequestBody, MAX_REPLAY_BODY};
+use super::body::{Completion, ProxyBody};
 use super::pool::{Lease, SendError, SendOpts};
+use super::request_body::{RequestBody, MAX_REPLAY_BODY};
 use super::telemetry::method_label;
 use super::{errors, headers, ConnCtx, HttpEndpoint, HttpVersion, ServiceBalancer, Target};
 use crate::error::ErrorReason;

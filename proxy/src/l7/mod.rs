@@ -13,9 +13,9 @@
 //!   stream back, upgrades; [`errors`]: the proxy's own 400/502/503/504.
 //! - [`pool`]: pooled HTTP/1.1 and h2c connections to one endpoint (what the
 //!   balancer keeps per endpoint for HTTP), and the inbound pools.
-//! - [`body`]: the response body (streaming, metrics on completion, pool return)
-//!   and the request body (streamed, or a bounded copy kept for retries);
-//!   [`telemetry`]: the `weft_http_*` instruments and labels.
+//! - [`body`]: the response body (streaming, metrics on completion, pool return);
+//!   [`request_body`]: the request body (streamed, or a bounded copy kept for
+//!   retries); [`telemetry`]: the `weft_http_*` instruments and labels.
 
 pub mod body;
 pub mod errors;
@@ -23,6 +23,7 @@ pub mod forward;
 pub mod headers;
 pub mod io;
 pub mod pool;
+pub mod request_body;
 pub mod serve;
 pub mod telemetry;
 

@@ -30,7 +30,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::body::RequestBody;
+use super::request_body::RequestBody;
 use super::HttpVersion;
 use crate::addr::EndpointAddr;
 use crate::balance::Conns;
