@@ -97,7 +97,7 @@ impl ConnTable {
     }
 
     /// Registers a new live connection; the returned guard moves it to the closed
-    /// history when dropped (or explicitly via [`ConnGuard::close`]).
+    /// history when dropped, with the end recorded by [`ConnGuard::set_end`].
     pub fn open(self: &Arc<Self>, info: ConnInfo) -> ConnGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let bytes = Arc::new(ByteCounters::default());

@@ -10,7 +10,7 @@
 //!
 //! Layout, in the order a connection meets it:
 //! - [`server`]: binds the listeners, accepts, drains on shutdown.
-//! - [`connection`]: one connection's pipeline: original destination and loop
+//! - `connection`: one connection's pipeline: original destination and loop
 //!   checks, routing, detection, dispatch to `tcp` or `l7`.
 //! - [`detect`]: protocol detection (the byte classifier and the wait for it).
 //! - [`tcp`]: the L4 path: dialling upstreams ([`tcp::connect`]) and the byte relay
@@ -25,8 +25,8 @@
 //! - [`orig_dst`]: original-destination recovery behind a trait (kernel or fixed).
 //! - [`addr`]: address newtypes and [`addr::Direction`].
 //! - [`error`]: why the proxy failed something, and how a connection ended.
-//! - [`state`]: what every task of one proxy shares.
-//! - [`admin`]: the admin, metrics and health routes.
+//! - `state`: what every task of one proxy shares.
+//! - `admin`: the admin, metrics and health routes.
 //! - [`conntable`]: live and recently closed connections for `/connections`.
 //! - [`metrics`]: OpenTelemetry instruments and the Prometheus exposition.
 //! - [`process_metrics`]: RSS, CPU, fds and threads from `/proc/self` (shared with

@@ -1,6 +1,6 @@
 //! The running proxy's sockets: binds the capture listeners and the admin and
 //! metrics endpoints, accepts captured connections (each is then
-//! [`crate::connection`]'s), and drains on shutdown.
+//! `connection`'s), and drains on shutdown.
 
 use std::future::Future;
 use std::io;

@@ -2,7 +2,7 @@
 //! request line, the HTTP/2 prior-knowledge preface, or something else?
 //!
 //! Pure functions over bytes; the waiting (and the server-speaks-first race) is in
-//! [`super::sniff`](super::sniff()). The rules are strict on purpose, so that text protocols that
+//! [`super::sniff`]. The rules are strict on purpose, so that text protocols that
 //! merely start with a word are not taken for HTTP: an HTTP/1 verdict needs a whole
 //! request line, `token SP target SP "HTTP/1." digit (CRLF | LF)`. A Redis inline
 //! `GET key\r\n` or a memcached `get key\r\n` is therefore opaque, and a TLS

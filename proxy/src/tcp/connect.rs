@@ -180,3 +180,72 @@ impl Drop for OwnGuard {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::OrigDstAddr;
+    use crate::balance::Registry;
+    use crate::policy::Policy;
+    use crate::routes::{PortProtocol, Resolved, RouteTable, ServicePort, ServiceSpec};
+
+    #[tokio::test]
+    async fn a_refused_connect_counts_against_the_endpoint() {
+        // 127.0.0.2 listens on the port, 127.0.0.1 refuses it.
+        let up = tokio::net::TcpListener::bind("127.0.0.2:0")
+            .await
+            .expect("bind");
+        let port = up.local_addr().expect("addr").port();
+        let mut policy = Policy::default();
+        policy.circuit_breaker.consecutive_failures = 1;
+        policy.circuit_breaker.max_ejection_percent = 50;
+        let table = RouteTable::from_services([ServiceSpec {
+            name: "b".into(),
+            vip: "10.96.0.1".parse().expect("vip"),
+            ports: vec![ServicePort {
+                port: 80,
+                target_port: port,
+                protocol: PortProtocol::Tcp,
+            }],
+            endpoints: vec![
+                "127.0.0.1".parse().expect("ip"),
+                "127.0.0.2".parse().expect("ip"),
+            ],
+            policy,
+        }]);
+        let Resolved::Service(route) =
+            table.resolve(OrigDstAddr("10.96.0.1:80".parse().expect("addr")))
+        else {
+            panic!("no route");
+        };
+        let balancer = Registry::<()>::default().balancer(&route);
+        let connector = Connector::default();
+        let timeout = Duration::from_secs(1);
+        let first = connector.dial(&balancer, timeout).await;
+        assert_eq!(
+            first.endpoint.map(|e| e.0.ip().to_string()).as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            first.upstream.err().map(|e| e.as_str()),
+            Some("connect_refused")
+        );
+        assert!(balancer.endpoints()[0].health.ejected());
+        // Ejected: the next connections all go to the endpoint that accepts.
+        for _ in 0..4 {
+            let next = connector.dial(&balancer, timeout).await;
+            assert_eq!(
+                next.endpoint.map(|e| e.0.ip().to_string()).as_deref(),
+                Some("127.0.0.2")
+            );
+            let own = next.upstream.expect("connected");
+            let pair = socket_pair(&own.stream).expect("pair");
+            assert!(
+                connector.is_own(pair.0, pair.1),
+                "registered while it lives"
+            );
+            drop(own);
+            assert!(!connector.is_own(pair.0, pair.1), "unregistered with it");
+        }
+    }
+}
