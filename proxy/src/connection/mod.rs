@@ -70,12 +70,13 @@ pub async fn serve(
     let end = match routing.detection() {
         None => {
             let dialed = dial(&shared, &routing).await;
-            opaque(&client, &[], dialed, &conn, &observer).await
+            opaque(&client, &[], dialed, &routing, &conn, &observer).await
         }
         Some(detection) => {
             match detect::sniff(&client, detection, || dial(&shared, &routing)).await {
                 Sniffed::Opaque { prefix, upstream } => {
-                    opaque(&client, &prefix, upstream, &conn, &observer).await
+                    conn.set_protocol("tcp");
+                    opaque(&client, &prefix, upstream, &routing, &conn, &observer).await
                 }
                 Sniffed::Http { version, prefix } => {
                     conn.set_protocol(version.as_str());
@@ -120,11 +121,14 @@ async fn opaque(
     client: &TcpStream,
     prefix: &[u8],
     dialed: Dialed,
+    routing: &Routing,
     conn: &ConnGuard,
     observer: &ConnObserver,
 ) -> ConnEnd {
-    conn.set_protocol("tcp");
-    conn.set_endpoint(dialed.endpoint);
+    // A service's endpoint is known once picked (`/connections` showed none yet).
+    if dialed.endpoint != routing.fixed_endpoint() {
+        conn.set_endpoint(dialed.endpoint);
+    }
     if let Err(reason) = &dialed.upstream {
         observer
             .shared
