@@ -18,7 +18,6 @@
 //! changes get `503`: they could not be persisted.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::num::{NonZeroU16, NonZeroU32};
@@ -28,9 +27,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -41,21 +37,12 @@ use crate::metrics::Metrics;
 use crate::model::{Name, Registration};
 use crate::registry::{PutOutcome, Registry};
 use crate::state::State;
-
+use weft_runtime::http::respond;
 /// The body type of every response served here.
-pub type Body = Full<Bytes>;
+pub use weft_runtime::http::Body;
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
-
-fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body.into()));
-    *resp.status_mut() = status;
-    if let Ok(v) = http::HeaderValue::from_str(content_type) {
-        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
-    }
-    resp
-}
 
 /// What the API serves from.
 #[derive(Debug, Clone)]
@@ -68,7 +55,7 @@ pub struct Api {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    respond(status, "text/plain; charset=utf-8", body)
+    weft_runtime::http::text(status, body)
 }
 
 fn json_with(status: StatusCode, value: &impl Serialize) -> Response<Body> {
@@ -419,32 +406,15 @@ pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
 
 /// Serves the API on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, api: Api, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting on the HTTP listener");
-                    continue;
-                }
-            },
-        };
-        let api = api.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(handle(&api, req).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "HTTP API connection");
-            }
-        });
-    }
+    weft_runtime::http::serve_requests(
+        listener,
+        move |req| {
+            let api = api.clone();
+            async move { handle(&api, req).await }
+        },
+        shutdown,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -165,7 +165,7 @@ impl Sidecar {
     /// The summed value of `name` over samples carrying all of `labels` (0 when
     /// none does — a counter that never moved is not exported).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
-        Ok(weft_proxy::prom_text::value(&self.metrics()?, name, labels).unwrap_or(0.0))
+        Ok(weft_runtime::prom_text::value(&self.metrics()?, name, labels).unwrap_or(0.0))
     }
 
     /// Waits until every connection to `dst` the proxy saw has closed, so counts and

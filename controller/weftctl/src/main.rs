@@ -22,7 +22,6 @@ mod inspect;
 mod observe;
 mod podhttp;
 mod render;
-mod signals;
 mod state;
 mod table;
 mod up;

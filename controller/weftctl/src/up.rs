@@ -29,7 +29,8 @@ use weft_e2e::{Controller, Mesh, Pod, PodProc, ProcSpec, Sidecar};
 
 use crate::render::{self, PodAddrs, PodPlan};
 use crate::state::{self, MeshState, PodState};
-use crate::{signals, table};
+use crate::table;
+use weft_runtime::signals;
 
 /// How often the loop checks the file, the processes and the signals.
 const TICK: Duration = Duration::from_millis(200);
