@@ -12,7 +12,7 @@
 //!   every proxy's metrics and connections ([`observe`], [`edges`]).
 //!
 //! The commands find the running mesh through a state file ([`state`]). Pods,
-//! processes in them and sidecars come from the weft-e2e harness — one
+//! processes in them and sidecars come from weft-localmesh — one
 //! implementation for the local mesh and the tier-2 tests.
 
 mod down;

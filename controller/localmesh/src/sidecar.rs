@@ -56,7 +56,7 @@ impl Sidecar {
     /// An eBPF-mode sidecar: `weft-init --mode ebpf --cgroup <cgroup> INIT_ARGS`,
     /// then weft-proxy as uid 1337 inside the pod's cgroup (see
     /// [`ProcSpec::cgroup`]); run the pod's apps in the cgroup too (the same, or
-    /// [`PodCgroup::wrap`], or a [`ModePod`](crate::ModePod)).
+    /// [`PodCgroup::wrap`], or a weft-e2e `ModePod`).
     pub fn start_ebpf(pod: &Pod, cgroup: &PodCgroup, init_args: &[&str]) -> Result<Sidecar> {
         Sidecar::start_ebpf_with(pod, cgroup.path(), init_args, pod.name(), &[])
     }
