@@ -4,9 +4,9 @@
 //! HTTP/1 endpoints of their own (admin, `/metrics`, the controller's API and its
 //! TLS webhook), export OpenTelemetry metrics in the Prometheus text format with the
 //! standard `process_*` series, or read that format back. Before this crate each
-//! binary carried its own copy, and the controller compiled a proxy file through
-//! `#[path]`; here each job has one home that no binary has to link another binary's
-//! crate for. It holds no mesh logic: nothing here knows about services, routes or
+//! binary carried its own copy, and the controller compiled one of the proxy's
+//! source files into itself; here each job has one home that no binary has to link
+//! another binary's crate for. It holds no mesh logic: nothing here knows about services, routes or
 //! pods.
 //!
 //! - [`signals`]: `shutdown_signal()` (SIGTERM/SIGINT as a future, for the async
