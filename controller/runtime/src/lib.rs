@@ -1,6 +1,6 @@
 //! weft-runtime: what every weft binary needs around its own job, written once.
 //!
-//! weft-proxy, weft-controller and weftctl each stop on signals, serve a few
+//! weft-proxy, weft-controller and weftctl each log, stop on signals, serve a few
 //! HTTP/1 endpoints of their own (admin, `/metrics`, the controller's API and its
 //! TLS webhook), export OpenTelemetry metrics in the Prometheus text format with the
 //! standard `process_*` series, or read that format back. Before this crate each
@@ -9,6 +9,7 @@
 //! another binary's crate for. It holds no mesh logic: nothing here knows about services, routes or
 //! pods.
 //!
+//! - [`logging`]: `tracing` to stderr under the `--log` filter.
 //! - [`signals`]: `shutdown_signal()` (SIGTERM/SIGINT as a future, for the async
 //!   binaries) and the stop flag weftctl's blocking loop polls.
 //! - [`http`]: the one HTTP/1 serve loop behind every admin, metrics and API
@@ -20,6 +21,7 @@
 //!   live views, the tests).
 
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod process_metrics;
 pub mod prom_text;
