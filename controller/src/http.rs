@@ -236,13 +236,14 @@ fn endpoint_path(path: &str) -> Option<(&str, &str)> {
         .then_some((service, address))
 }
 
+/// The service and address of an endpoint path, or why one is bad.
+fn parse_endpoint(service: &str, address: &str) -> Result<(Name, IpAddr), String> {
+    Ok((parse_name(service)?, parse_address(address)?))
+}
+
 async fn put_endpoint(api: &Api, service: &str, address: &str, body: Bytes) -> Response<Body> {
-    let service = match parse_name(service) {
-        Ok(n) => n,
-        Err(reason) => return bad(reason),
-    };
-    let address = match parse_address(address) {
-        Ok(a) => a,
+    let (service, address) = match parse_endpoint(service, address) {
+        Ok(parsed) => parsed,
         Err(reason) => return bad(reason),
     };
     let body: PutBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -316,12 +317,8 @@ async fn put_endpoint(api: &Api, service: &str, address: &str, body: Bytes) -> R
 }
 
 async fn delete_endpoint(api: &Api, service: &str, address: &str) -> Response<Body> {
-    let service = match parse_name(service) {
-        Ok(n) => n,
-        Err(reason) => return bad(reason),
-    };
-    let address = match parse_address(address) {
-        Ok(a) => a,
+    let (service, address) = match parse_endpoint(service, address) {
+        Ok(parsed) => parsed,
         Err(reason) => return bad(reason),
     };
     let Some(registry) = &api.registry else {
