@@ -17,11 +17,8 @@
 //! - [`l7`]: protocol detection and HTTP/1.1 + h2c proxying (per-request balancing,
 //!   pooled upstream connections, the proxy's own 502/503/504).
 //! - [`conntable`]: live and recently closed connections for `/connections`.
-//! - [`metrics`]: OpenTelemetry instruments and the Prometheus exposition.
-//! - [`process_metrics`]: RSS, CPU, fds and threads from `/proc/self` (shared with
-//!   the controller).
-//! - [`prom_text`]: reading samples back from a `/metrics` page.
-//! - [`http_endpoint`]: the small HTTP server behind admin and metrics.
+//! - [`metrics`]: OpenTelemetry instruments, exported through weft-runtime's
+//!   Prometheus pipeline (which adds the `process_*` series).
 //! - [`server`]: listeners, per-connection handling and drain.
 //! - [`config`]: the configuration a proxy runs with.
 
@@ -29,13 +26,10 @@ pub mod addr;
 pub mod config;
 pub mod conntable;
 pub mod discovery;
-pub mod http_endpoint;
 pub mod l7;
 pub mod metrics;
 pub mod orig_dst;
 pub mod policy;
-pub mod process_metrics;
-pub mod prom_text;
 pub mod relay;
 pub mod routes;
 pub mod server;

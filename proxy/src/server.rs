@@ -18,7 +18,6 @@ use crate::config::ProxyConfig;
 use crate::conntable::{ByteCounters, ConnGuard};
 use crate::conntable::{ConnInfo, ConnTable};
 use crate::discovery::{DiscoveryStatus, StatusReport};
-use crate::http_endpoint::{self, respond, text};
 use crate::l7::connect::{socket_pair, Connector, OwnUpstreams};
 use crate::l7::sniff::{self, Mode, Sniffed, Upstream};
 use crate::l7::{Dest, Edge, L7};
@@ -26,6 +25,7 @@ use crate::metrics::{ErrorReason, Metrics, MetricsError, TcpLabels};
 use crate::orig_dst::OrigDstSource;
 use crate::relay::{self, RelayObserver};
 use crate::routes::{PortProtocol, Resolved, Routes, ServiceRoute};
+use weft_runtime::http::{self as http_endpoint, respond, text};
 
 /// Outbound destinations that are no known service are forwarded as-is and labelled so.
 pub const PASSTHROUGH_SERVICE: &str = "passthrough";

@@ -20,7 +20,8 @@ use weft_api::discovery::{Endpoint, MeshUpdate, Protocol, Service, ServicePort, 
 use weft_api::{Discovery, DiscoveryServer};
 use weft_proxy::discovery::DiscoveryConfig;
 use weft_proxy::orig_dst::FixedOrigDst;
-use weft_proxy::{prom_text, BoundProxy, ProxyConfig};
+use weft_proxy::{BoundProxy, ProxyConfig};
+use weft_runtime::prom_text;
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<MeshUpdate, Status>> + Send>>;
 

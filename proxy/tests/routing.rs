@@ -9,9 +9,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_proxy::orig_dst::FixedOrigDst;
-use weft_proxy::prom_text;
 use weft_proxy::routes::{PortProtocol, RouteTable, ServicePort, ServiceSpec};
 use weft_proxy::{BoundProxy, ProxyConfig};
+use weft_runtime::prom_text;
 
 /// A server on `ip:port` answering every connection with its own address.
 async fn named_server(ip: &str, port: u16) -> u16 {
