@@ -18,7 +18,6 @@
 //! changes get `503`: they could not be persisted.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::num::{NonZeroU16, NonZeroU32};
@@ -28,9 +27,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -41,21 +37,12 @@ use crate::metrics::Metrics;
 use crate::model::{Name, Registration};
 use crate::registry::{PutOutcome, Registry};
 use crate::state::State;
-
+use weft_runtime::http::respond;
 /// The body type of every response served here.
-pub type Body = Full<Bytes>;
+pub use weft_runtime::http::Body;
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
-
-fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body.into()));
-    *resp.status_mut() = status;
-    if let Ok(v) = http::HeaderValue::from_str(content_type) {
-        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
-    }
-    resp
-}
 
 /// What the API serves from.
 #[derive(Debug, Clone)]
@@ -68,7 +55,7 @@ pub struct Api {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    respond(status, "text/plain; charset=utf-8", body)
+    weft_runtime::http::text(status, body)
 }
 
 fn json_with(status: StatusCode, value: &impl Serialize) -> Response<Body> {
@@ -249,13 +236,14 @@ fn endpoint_path(path: &str) -> Option<(&str, &str)> {
         .then_some((service, address))
 }
 
+/// The service and address of an endpoint path, or why one is bad.
+fn parse_endpoint(service: &str, address: &str) -> Result<(Name, IpAddr), String> {
+    Ok((parse_name(service)?, parse_address(address)?))
+}
+
 async fn put_endpoint(api: &Api, service: &str, address: &str, body: Bytes) -> Response<Body> {
-    let service = match parse_name(service) {
-        Ok(n) => n,
-        Err(reason) => return bad(reason),
-    };
-    let address = match parse_address(address) {
-        Ok(a) => a,
+    let (service, address) = match parse_endpoint(service, address) {
+        Ok(parsed) => parsed,
         Err(reason) => return bad(reason),
     };
     let body: PutBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -329,12 +317,8 @@ async fn put_endpoint(api: &Api, service: &str, address: &str, body: Bytes) -> R
 }
 
 async fn delete_endpoint(api: &Api, service: &str, address: &str) -> Response<Body> {
-    let service = match parse_name(service) {
-        Ok(n) => n,
-        Err(reason) => return bad(reason),
-    };
-    let address = match parse_address(address) {
-        Ok(a) => a,
+    let (service, address) = match parse_endpoint(service, address) {
+        Ok(parsed) => parsed,
         Err(reason) => return bad(reason),
     };
     let Some(registry) = &api.registry else {
@@ -419,32 +403,15 @@ pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
 
 /// Serves the API on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, api: Api, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting on the HTTP listener");
-                    continue;
-                }
-            },
-        };
-        let api = api.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(handle(&api, req).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "HTTP API connection");
-            }
-        });
-    }
+    weft_runtime::http::serve_requests(
+        listener,
+        move |req| {
+            let api = api.clone();
+            async move { handle(&api, req).await }
+        },
+        shutdown,
+    )
+    .await
 }
 
 #[cfg(test)]

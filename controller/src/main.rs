@@ -14,6 +14,7 @@ use weft_controller::health::{Defaults, Scope};
 use weft_controller::inject::InjectConfig;
 use weft_controller::webhook::Webhook;
 use weft_controller::{Controller, Options};
+use weft_runtime::signals::shutdown_signal;
 
 /// weft's control plane: serves the mesh file's services, and endpoints registered
 /// over its API, to the proxies; checks endpoints' health.
@@ -101,14 +102,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log)
-                .with_context(|| format!("bad --log filter {:?}", args.log))?,
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    weft_runtime::logging::init(&args.log)
+        .with_context(|| format!("bad --log filter {:?}", args.log))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -157,24 +152,4 @@ fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", args.http_listen))?;
         controller.serve(grpc, http, shutdown_signal()).await
     })
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM"),
-                _ = int.recv() => tracing::info!("SIGINT"),
-            }
-        }
-        _ => {
-            tracing::error!("cannot install signal handlers; shutdown only by kill");
-            std::future::pending::<()>().await
-        }
-    }
 }

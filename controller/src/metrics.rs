@@ -1,6 +1,7 @@
 //! The controller's metrics on `/metrics` (HTTP port, 15014): recorded through the
-//! OpenTelemetry SDK and exposed in the Prometheus text format by
-//! `opentelemetry-prometheus`, the same pipeline as the proxy's.
+//! OpenTelemetry SDK and exposed in the Prometheus text format through
+//! [`weft_runtime::metrics::Exporter`], the same pipeline as the proxy's (with the
+//! standard `process_*` series).
 //!
 //! | series | labels |
 //! | --- | --- |
@@ -23,19 +24,12 @@
 
 use std::sync::Arc;
 
-use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::Resource;
-use prometheus::{Encoder, TextEncoder};
+use weft_runtime::metrics::Exporter;
 
 use crate::health::{HealthTable, Status};
 use crate::state::State;
-
-// RSS, CPU, fds, threads (`process_*`): the proxy's module, compiled here too, as
-// the controller does not depend on weft-proxy.
-#[path = "../../proxy/src/process_metrics.rs"]
-mod process_metrics;
 
 /// Errors building the metrics pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -47,44 +41,26 @@ pub enum MetricsError {
 /// The controller's instruments and the registry they are exported from.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: prometheus::Registry,
-    // Kept alive: the observable instruments' callbacks live in the provider.
-    _provider: SdkMeterProvider,
+    // The observable instruments' callbacks live in its provider.
+    exporter: Exporter,
 }
 
 impl Metrics {
     /// Builds the pipeline and the instruments observing `state` and `health`.
     pub fn new(state: Arc<State>, health: Arc<HealthTable>) -> Result<Self, MetricsError> {
-        let registry = prometheus::Registry::new();
-        let exporter = opentelemetry_prometheus::exporter()
-            .with_registry(registry.clone())
-            .without_units()
-            .scope_info_enabled(false)
-            .build()
-            .map_err(|e| MetricsError::Exporter(e.to_string()))?;
-        let provider = SdkMeterProvider::builder()
-            .with_reader(exporter)
-            .with_resource(
-                Resource::builder()
-                    .with_service_name("weft-controller")
-                    .build(),
-            )
-            .build();
-        register(&provider.meter("weft-controller"), &state, &health);
-        process_metrics::register(&provider.meter("weft-controller"));
-        Ok(Metrics {
-            registry,
-            _provider: provider,
-        })
+        let exporter = Exporter::new(
+            Resource::builder()
+                .with_service_name("weft-controller")
+                .build(),
+        )
+        .map_err(|e| MetricsError::Exporter(e.to_string()))?;
+        register(&exporter.meter("weft-controller"), &state, &health);
+        Ok(Metrics { exporter })
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
-            tracing::warn!(error = %e, "encoding metrics");
-        }
-        out
+        self.exporter.render()
     }
 }
 

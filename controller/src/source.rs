@@ -1,8 +1,9 @@
 //! Sources of truth behind one trait. A [`Source`] yields successive states of its
 //! part of the mesh (a [`Contribution`]), or errors when the configuration it reads is
 //! bad. [`FileSource`] watches the YAML mesh file; [`crate::registry::RegistrySource`]
-//! follows the registration API; a Kubernetes source comes later. The controller
-//! runs several at once and merges their contributions ([`crate::merge`]).
+//! follows the registration API; [`crate::kubernetes::KubernetesSource`] watches a
+//! cluster's Services and EndpointSlices (`--kubernetes`). The controller runs
+//! several at once and merges their contributions ([`crate::merge`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -14,7 +14,7 @@
 //! as its status message, which `kubectl` shows.
 
 use std::future::Future;
-use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,14 +24,11 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::inject::{decide, Decision, InjectConfig, Via};
@@ -285,43 +282,26 @@ pub async fn serve(listener: TcpListener, webhook: Webhook, shutdown: impl Futur
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admission webhook serving (HTTPS)");
     }
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting on the webhook listener");
-                    continue;
+    let Webhook { tls, inject } = webhook;
+    let accept = move |stream: TcpStream, peer: SocketAddr| {
+        let tls = tls.clone();
+        async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(tls)) => Some(tls),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "webhook TLS handshake");
+                    None
                 }
-            },
-        };
-        let webhook = webhook.clone();
-        tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, webhook.tls.accept(stream)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "webhook TLS handshake");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "webhook TLS handshake timed out");
-                        return;
-                    }
-                };
-            let config = webhook.inject.clone();
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let config = config.clone();
-                async move { Ok::<_, io::Error>(handle(req, &config).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "webhook connection");
+                Err(_) => {
+                    tracing::debug!(%peer, "webhook TLS handshake timed out");
+                    None
+                }
             }
-        });
-    }
+        }
+    };
+    let handler = move |req: Request<Incoming>| {
+        let config = inject.clone();
+        async move { handle(req, &config).await }
+    };
+    weft_runtime::http::serve_with(listener, accept, handler, shutdown).await
 }

@@ -1,7 +1,7 @@
 //! The proxy's own HTTP endpoints: admin (`/connections`, `/config`, `/routes`) on
 //! loopback, and metrics and health (`/metrics`, `/ready`, `/live`) for the kubelet
 //! and Prometheus. Read-only views of [`Shared`]; the serve loop is
-//! [`crate::http_endpoint`].
+//! `weft_runtime::http`.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -11,8 +11,8 @@ use http::StatusCode;
 use tokio::net::TcpListener;
 
 use crate::discovery::StatusReport;
-use crate::http_endpoint::{self, respond, text};
 use crate::state::Shared;
+use weft_runtime::http::{self as http_endpoint, respond, text};
 
 /// Serves the admin endpoint on `listener` until `stop` resolves.
 pub async fn serve_admin(

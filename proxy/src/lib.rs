@@ -28,11 +28,8 @@
 //! - `state`: what every task of one proxy shares.
 //! - `admin`: the admin, metrics and health routes.
 //! - [`conntable`]: live and recently closed connections for `/connections`.
-//! - [`metrics`]: OpenTelemetry instruments and the Prometheus exposition.
-//! - [`process_metrics`]: RSS, CPU, fds and threads from `/proc/self` (shared with
-//!   the controller).
-//! - [`prom_text`]: reading samples back from a `/metrics` page.
-//! - [`http_endpoint`]: the small HTTP server behind admin and metrics.
+//! - [`metrics`]: OpenTelemetry instruments, exported through weft-runtime's
+//!   Prometheus pipeline (which adds the `process_*` series).
 //! - [`config`]: the configuration a proxy runs with.
 
 pub mod addr;
@@ -44,13 +41,10 @@ pub mod conntable;
 pub mod detect;
 pub mod discovery;
 pub mod error;
-pub mod http_endpoint;
 pub mod l7;
 pub mod metrics;
 pub mod orig_dst;
 pub mod policy;
-pub mod process_metrics;
-pub mod prom_text;
 pub mod routes;
 pub mod server;
 pub(crate) mod state;

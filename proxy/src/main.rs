@@ -10,6 +10,7 @@ use clap::Parser;
 use weft_proxy::discovery::DiscoveryConfig;
 use weft_proxy::orig_dst::KernelOrigDst;
 use weft_proxy::{BoundProxy, ProxyConfig};
+use weft_runtime::signals::shutdown_signal;
 
 /// weft's transparent sidecar proxy. Run it as the proxy uid (1337) that weft-init
 /// excludes from capture; it needs no privilege.
@@ -94,14 +95,8 @@ impl Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log)
-                .with_context(|| format!("bad --log filter {:?}", args.log))?,
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    weft_runtime::logging::init(&args.log)
+        .with_context(|| format!("bad --log filter {:?}", args.log))?;
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.workers.into())
@@ -133,26 +128,6 @@ fn main() -> anyhow::Result<()> {
     // Abandoned connections are cut when the runtime drops.
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM"),
-                _ = int.recv() => tracing::info!("SIGINT"),
-            }
-        }
-        _ => {
-            tracing::error!("cannot install signal handlers; shutdown only by kill");
-            std::future::pending::<()>().await
-        }
-    }
 }
 
 /// Each proxied connection holds two descriptors; the default soft limit of 1024

@@ -9,11 +9,10 @@
 
 use std::sync::Arc;
 
-use opentelemetry::metrics::{Counter, Meter, MeterProvider as _, UpDownCounter};
+use opentelemetry::metrics::{Counter, Meter, UpDownCounter};
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::Resource;
-use prometheus::{Encoder, TextEncoder};
+use weft_runtime::metrics::Exporter;
 
 use crate::addr::Direction;
 use crate::discovery::DiscoveryStatus;
@@ -22,9 +21,8 @@ use crate::error::ErrorReason;
 /// All instruments of one proxy, plus the registry they are exported from.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: prometheus::Registry,
-    // Kept alive: dropping the provider would stop collection.
-    provider: SdkMeterProvider,
+    // Kept alive: dropping it would stop collection.
+    exporter: Exporter,
     tcp_opened: Counter<u64>,
     tcp_closed: Counter<u64>,
     tcp_active: UpDownCounter<i64>,
@@ -76,29 +74,18 @@ impl Metrics {
     /// Builds the SDK pipeline; `service` becomes the `target_info` service name.
     /// With `enabled` false the traffic series are never recorded.
     pub fn new(service: &str, enabled: bool) -> Result<Self, MetricsError> {
-        let registry = prometheus::Registry::new();
-        let exporter = opentelemetry_prometheus::exporter()
-            .with_registry(registry.clone())
-            .without_units()
-            .scope_info_enabled(false)
-            .build()
-            .map_err(|e| MetricsError::Exporter(e.to_string()))?;
         let resource = Resource::builder()
             .with_service_name("weft-proxy")
             .with_attribute(KeyValue::new("weft_service", service.to_string()))
             .build();
-        let provider = SdkMeterProvider::builder()
-            .with_reader(exporter)
-            .with_resource(resource)
-            .build();
-        let meter = provider.meter("weft-proxy");
-        crate::process_metrics::register(&meter);
+        let exporter =
+            Exporter::new(resource).map_err(|e| MetricsError::Exporter(e.to_string()))?;
+        let meter = exporter.meter("weft-proxy");
         let errors = meter
             .u64_counter("weft_proxy_errors")
             .with_description("Connections or requests the proxy failed itself, by reason")
             .build();
         Ok(Metrics {
-            registry,
             tcp_opened: meter
                 .u64_counter("weft_tcp_connections_opened")
                 .with_description("TCP connections accepted by the proxy")
@@ -121,7 +108,7 @@ impl Metrics {
                 .build(),
             errors,
             enabled,
-            provider,
+            exporter,
         })
     }
 
@@ -130,7 +117,7 @@ impl Metrics {
     /// stream is open). Observed at scrape time from `status`, which `/routes` reads
     /// too, so the two never disagree and discovery's path records nothing twice.
     pub fn observe_discovery(&self, status: Arc<DiscoveryStatus>) {
-        let meter = self.provider.meter("weft-proxy");
+        let meter = self.exporter.meter("weft-proxy");
         let updates = status.clone();
         // Observable instruments live as long as the provider; the handles can go.
         let _ = meter
@@ -148,7 +135,7 @@ impl Metrics {
     /// The meter the L7 path builds its `weft_http_*` instruments on (it builds them
     /// itself, so that this module does not depend on it).
     pub fn meter(&self) -> Meter {
-        self.provider.meter("weft-proxy")
+        self.exporter.meter("weft-proxy")
     }
 
     /// The `weft_proxy_errors` counter, shared with the L7 path's proxy-made
@@ -213,10 +200,6 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
-            tracing::warn!(error = %e, "encoding metrics");
-        }
-        out
+        self.exporter.render()
     }
 }

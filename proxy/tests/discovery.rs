@@ -20,7 +20,8 @@ use weft_api::discovery::{Endpoint, MeshUpdate, Protocol, Service, ServicePort, 
 use weft_api::{Discovery, DiscoveryServer};
 use weft_proxy::discovery::DiscoveryConfig;
 use weft_proxy::orig_dst::FixedOrigDst;
-use weft_proxy::{prom_text, BoundProxy};
+use weft_proxy::BoundProxy;
+use weft_runtime::prom_text;
 
 mod common;
 use common::{eventually_within, loopback_config};

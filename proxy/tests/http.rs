@@ -22,9 +22,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_proxy::orig_dst::FixedOrigDst;
-use weft_proxy::prom_text;
 use weft_proxy::routes::{PortProtocol, RouteTable, ServicePort, ServiceSpec};
 use weft_proxy::{BoundProxy, ProxyConfig};
+use weft_runtime::prom_text;
 
 mod common;
 use common::{eventually, loopback_config};

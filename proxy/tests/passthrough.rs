@@ -10,8 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use weft_proxy::orig_dst::FixedOrigDst;
-use weft_proxy::prom_text;
 use weft_proxy::{BoundProxy, DrainOutcome, ProxyConfig};
+use weft_runtime::prom_text;
 
 mod common;
 use common::{eventually, loopback_config};

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_proxy::orig_dst::FixedOrigDst;
-use weft_proxy::prom_text;
 use weft_proxy::routes::{PortProtocol, RouteTable, ServicePort, ServiceSpec};
 use weft_proxy::BoundProxy;
+use weft_runtime::prom_text;
 
 mod common;
 use common::loopback_config;

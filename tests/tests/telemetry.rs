@@ -34,7 +34,7 @@ use std::time::Duration;
 use serde_json::Value;
 use weft_e2e::weftctl::WeftctlUp as Up;
 use weft_e2e::{python3, wait_until, weft_bin, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar};
-use weft_proxy::prom_text;
+use weft_runtime::prom_text;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;

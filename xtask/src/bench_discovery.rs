@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
-use weft_e2e::{Mesh, Pod, PodProc, ProcSpec};
+use weft_localmesh::{Mesh, Pod, PodProc, ProcSpec};
 
 const SERVICES: usize = 1_000;
 const ENDPOINTS: u8 = 10;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use weft_e2e::cgroup::PodCgroup;
-use weft_e2e::netns;
+use weft_localmesh::cgroup::PodCgroup;
+use weft_localmesh::netns;
 
 use crate::state::{self, MeshState};
 

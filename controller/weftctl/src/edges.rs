@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use weft_proxy::prom_text::Sample;
+use weft_runtime::prom_text::Sample;
 
 const REQUESTS: &str = "weft_http_requests_total";
 const DURATION_BUCKET: &str = "weft_http_request_duration_seconds_bucket";
@@ -218,7 +218,7 @@ mod tests {
     use super::*;
 
     fn page(text: &str) -> Vec<Sample> {
-        weft_proxy::prom_text::parse(text)
+        weft_runtime::prom_text::parse(text)
     }
 
     const FRONTEND: &str = r#"

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{ExitCode, Stdio};
 
 use anyhow::{Context as _, Result};
-use weft_e2e::process::Entry;
+use weft_localmesh::process::Entry;
 
 use crate::state;
 
@@ -17,7 +17,7 @@ use crate::state;
 pub fn run(state_dir: &Path, pod: &str, argv: &[OsString]) -> Result<ExitCode> {
     let mesh = state::require(state_dir)?;
     let pod = mesh.pod(pod)?;
-    let ns_path = weft_e2e::netns::path(&pod.netns);
+    let ns_path = weft_localmesh::netns::path(&pod.netns);
     let ns = File::open(&ns_path).with_context(|| format!("open {}", ns_path.display()))?;
     let mut cmd = Entry::default()
         .hosts_file(Some(mesh.hosts_file.clone()))

@@ -12,7 +12,7 @@
 //!   every proxy's metrics and connections ([`observe`], [`edges`]).
 //!
 //! The commands find the running mesh through a state file ([`state`]). Pods,
-//! processes in them and sidecars come from the weft-e2e harness — one
+//! processes in them and sidecars come from weft-localmesh — one
 //! implementation for the local mesh and the tier-2 tests.
 
 mod down;
@@ -22,7 +22,6 @@ mod inspect;
 mod observe;
 mod podhttp;
 mod render;
-mod signals;
 mod state;
 mod table;
 mod up;

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use weft_proxy::prom_text::{self, Sample};
+use weft_runtime::prom_text::{self, Sample};
 
 use crate::edges::{self, Edge, EdgeStats, EdgeTotals};
 use crate::state::{self, MeshState};

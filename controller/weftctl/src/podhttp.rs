@@ -10,15 +10,15 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `GET path` on `addr` from inside the namespace `netns`: status and body.
 pub fn get(netns: &str, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let ns_path = weft_e2e::netns::path(netns);
-    let stream = weft_e2e::netns::run_in(&ns_path, || -> std::io::Result<TcpStream> {
+    let ns_path = weft_localmesh::netns::path(netns);
+    let stream = weft_localmesh::netns::run_in(&ns_path, || -> std::io::Result<TcpStream> {
         let s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
         s.set_read_timeout(Some(TIMEOUT))?;
         s.set_write_timeout(Some(TIMEOUT))?;
         Ok(s)
     })?
     .with_context(|| format!("connect to {addr} in {netns}"))?;
-    weft_e2e::http::get(stream, &addr.to_string(), path)
+    weft_localmesh::http::get(stream, &addr.to_string(), path)
         .with_context(|| format!("GET http://{addr}{path} in {netns}"))
 }
 

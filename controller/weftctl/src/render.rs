@@ -37,7 +37,7 @@ pub fn plan_pods(mesh: &Mesh) -> Result<Vec<PodPlan>> {
     for (workload, spec) in &mesh.workloads {
         for replica in 0..spec.replicas.get() {
             let name = format!("{}-{replica}", workload.as_str());
-            weft_e2e::naming::check_pod_name(&name)
+            weft_localmesh::naming::check_pod_name(&name)
                 .with_context(|| format!("workload {}: pod name {name}", workload.as_str()))?;
             pods.push(PodPlan {
                 name,

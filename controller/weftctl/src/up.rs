@@ -23,13 +23,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use weft_controller::model::Mesh as MeshFile;
-use weft_e2e::cgroup::PodCgroup;
-use weft_e2e::controller::{GRPC_PORT, HTTP_PORT};
-use weft_e2e::{Controller, Mesh, Pod, PodProc, ProcSpec, Sidecar};
+use weft_localmesh::cgroup::PodCgroup;
+use weft_localmesh::controller::{GRPC_PORT, HTTP_PORT};
+use weft_localmesh::{Controller, Mesh, Pod, PodProc, ProcSpec, Sidecar};
 
 use crate::render::{self, PodAddrs, PodPlan};
 use crate::state::{self, MeshState, PodState};
-use crate::{signals, table};
+use crate::table;
+use weft_runtime::signals;
 
 /// How often the loop checks the file, the processes and the signals.
 const TICK: Duration = Duration::from_millis(200);

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
-use weft_e2e::PodProc;
+use weft_localmesh::PodProc;
 
 use super::setups::{Bench, Side};
 use super::Deadline;

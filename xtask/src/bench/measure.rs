@@ -23,7 +23,7 @@ impl ProcUsage {
         // /proc/<pid>/stat counts in clock ticks (USER_HZ).
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) }.max(1) as f64;
-        for pid in weft_e2e::process::group_members(pgid as i32) {
+        for pid in weft_localmesh::process::group_members(pgid as i32) {
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
                 if let Some(ticks) = cpu_ticks(&stat) {
                     u.cpu_ms += ticks as f64 * 1000.0 / hz;

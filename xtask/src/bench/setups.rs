@@ -28,9 +28,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use weft_e2e::cgroup::PodCgroup;
-use weft_e2e::sidecar::PROXY_UID;
-use weft_e2e::{wait_until, Mesh, Pod, PodProc, ProcSpec};
+use weft_localmesh::cgroup::PodCgroup;
+use weft_localmesh::sidecar::PROXY_UID;
+use weft_localmesh::{wait_until, Mesh, Pod, PodProc, ProcSpec};
 
 use super::configs::*;
 use super::load::{self, HttpLoad, Proto};
@@ -433,7 +433,7 @@ impl Bench {
             if b <= a {
                 rows[0].sanity.push(format!(
                     "sk_msg redirected no message ({}: {a} before, {b} after): not the setup it claims",
-                    weft_e2e::Stat::MsgRedirected.name()
+                    weft_localmesh::Stat::MsgRedirected.name()
                 ));
             }
         }
@@ -453,7 +453,7 @@ impl Bench {
         let cg = self
             .cgroup(Side::Client)
             .context("eBPF mode needs the pod cgroups")?;
-        cg.stat(weft_e2e::Stat::MsgRedirected)
+        cg.stat(weft_localmesh::Stat::MsgRedirected)
             .map(Some)
             .context("reading the client pod's sk_msg counter")
     }

@@ -56,7 +56,7 @@ impl Sidecar {
     /// An eBPF-mode sidecar: `weft-init --mode ebpf --cgroup <cgroup> INIT_ARGS`,
     /// then weft-proxy as uid 1337 inside the pod's cgroup (see
     /// [`ProcSpec::cgroup`]); run the pod's apps in the cgroup too (the same, or
-    /// [`PodCgroup::wrap`], or a [`ModePod`](crate::ModePod)).
+    /// [`PodCgroup::wrap`], or a weft-e2e `ModePod`).
     pub fn start_ebpf(pod: &Pod, cgroup: &PodCgroup, init_args: &[&str]) -> Result<Sidecar> {
         Sidecar::start_ebpf_with(pod, cgroup.path(), init_args, pod.name(), &[])
     }
@@ -165,7 +165,7 @@ impl Sidecar {
     /// The summed value of `name` over samples carrying all of `labels` (0 when
     /// none does — a counter that never moved is not exported).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
-        Ok(weft_proxy::prom_text::value(&self.metrics()?, name, labels).unwrap_or(0.0))
+        Ok(weft_runtime::prom_text::value(&self.metrics()?, name, labels).unwrap_or(0.0))
     }
 
     /// Waits until every connection to `dst` the proxy saw has closed, so counts and

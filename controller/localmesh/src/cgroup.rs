@@ -274,7 +274,7 @@ impl Drop for PodCgroup {
             return;
         }
         if let Err(e) = self.remove() {
-            eprintln!("weft-e2e: cleaning up cgroup {}: {e:#}", self.name);
+            eprintln!("weft-localmesh: cleaning up cgroup {}: {e:#}", self.name);
         }
     }
 }

@@ -13,7 +13,7 @@ const MAX_RESPONSE: usize = 16 << 20;
 /// status code and body (lossy UTF-8).
 pub fn get<S: Read + Write>(mut stream: S, host: &str, path: &str) -> Result<(u16, String)> {
     let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weft-e2e\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weft-localmesh\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(req.as_bytes()).context("send request")?;
     stream.flush().context("send request")?;

@@ -14,10 +14,9 @@
 //! process, not `weft_*`: dashboards, alerts and people already know them, and the
 //! `job`/`instance` labels tell a proxy from the controller. No labels.
 //!
-//! Shared: weft-controller compiles this same file (`#[path]` in its `metrics.rs`),
-//! since it does not depend on weft-proxy. Hence std and `opentelemetry` only, and no
-//! `crate::` paths here. Linux only; on a read error the instrument reports nothing
-//! for that scrape rather than a wrong value.
+//! Every [`crate::metrics::Exporter`] registers them, so the proxy and the
+//! controller export the same set. Linux only; on a read error the instrument
+//! reports nothing for that scrape rather than a wrong value.
 
 use std::path::Path;
 
@@ -160,27 +159,16 @@ mod tests {
         assert_eq!(max_open_files(unlimited), Some(u64::MAX));
     }
 
-    /// Through the same exporter settings as the proxy's and the controller's.
+    /// Through the exporter the proxy and the controller use.
     #[test]
     fn exported_under_the_standard_names() {
-        use opentelemetry::metrics::MeterProvider as _;
-        use prometheus::Encoder as _;
-        let registry = prometheus::Registry::new();
-        let exporter = opentelemetry_prometheus::exporter()
-            .with_registry(registry.clone())
-            .without_units()
-            .scope_info_enabled(false)
-            .build()
-            .unwrap();
-        let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
-            .with_reader(exporter)
-            .build();
-        register(&provider.meter("test"));
-        let mut text = Vec::new();
-        prometheus::TextEncoder::new()
-            .encode(&registry.gather(), &mut text)
-            .unwrap();
-        let text = String::from_utf8(text).unwrap();
+        let exporter = crate::metrics::Exporter::new(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("test")
+                .build(),
+        )
+        .unwrap();
+        let text = String::from_utf8(exporter.render()).unwrap();
         for (name, kind) in [
             ("process_resident_memory_bytes", "gauge"),
             ("process_cpu_seconds_total", "counter"),

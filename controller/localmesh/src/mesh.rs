@@ -192,7 +192,7 @@ impl Mesh {
 }
 
 fn report(prefix: &str, procs: &[Arc<process::ProcEntry>]) -> String {
-    let mut s = format!("===== weft-e2e mesh {prefix}: process logs =====\n");
+    let mut s = format!("===== weft-localmesh mesh {prefix}: process logs =====\n");
     if procs.is_empty() {
         s.push_str("(no processes were spawned)\n");
     }
@@ -249,19 +249,19 @@ impl Drop for Mesh {
 
         for name in names.iter().rev() {
             if let Err(e) = netns::delete(name) {
-                eprintln!("weft-e2e: mesh {}: {e:#}", self.prefix());
+                eprintln!("weft-localmesh: mesh {}: {e:#}", self.prefix());
             }
         }
 
         let dir = &self.shared.run_dir;
         if std::env::var_os(KEEP_LOGS_ENV).is_some() {
             eprintln!(
-                "weft-e2e: mesh {}: logs kept in {}",
+                "weft-localmesh: mesh {}: logs kept in {}",
                 self.prefix(),
                 dir.display()
             );
         } else if let Err(e) = std::fs::remove_dir_all(dir) {
-            eprintln!("weft-e2e: remove {}: {e}", dir.display());
+            eprintln!("weft-localmesh: remove {}: {e}", dir.display());
         }
     }
 }
@@ -283,5 +283,5 @@ fn kill_stragglers(names: &[String]) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("weft-e2e: processes still inside {names:?} after SIGKILL");
+    eprintln!("weft-localmesh: processes still inside {names:?} after SIGKILL");
 }

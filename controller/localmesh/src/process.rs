@@ -519,7 +519,7 @@ pub(crate) fn stop_all(entries: &[Arc<ProcEntry>], grace: Duration) {
     for e in entries {
         if e.try_wait().is_none() {
             if let Err(err) = e.signal_group(Signal::SIGTERM) {
-                eprintln!("weft-e2e: {err:#}");
+                eprintln!("weft-localmesh: {err:#}");
             }
         }
     }
@@ -529,13 +529,13 @@ pub(crate) fn stop_all(entries: &[Arc<ProcEntry>], grace: Duration) {
     }
     for e in entries {
         if let Err(err) = e.signal_group(Signal::SIGKILL) {
-            eprintln!("weft-e2e: {err:#}");
+            eprintln!("weft-localmesh: {err:#}");
         }
         let mut st = e.state();
         if st.status.is_none() {
             match st.child.wait() {
                 Ok(s) => st.status = Some(s),
-                Err(err) => eprintln!("weft-e2e: wait for {}/{}: {err}", e.pod, e.name),
+                Err(err) => eprintln!("weft-localmesh: wait for {}/{}: {err}", e.pod, e.name),
             }
         }
     }
@@ -545,7 +545,7 @@ pub(crate) fn stop_all(entries: &[Arc<ProcEntry>], grace: Duration) {
         .any(|e| !group_members(e.pid as i32).is_empty())
     {
         if Instant::now() >= deadline {
-            eprintln!("weft-e2e: process groups still alive after SIGKILL");
+            eprintln!("weft-localmesh: process groups still alive after SIGKILL");
             break;
         }
         std::thread::sleep(POLL);

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{wait_until, weft_bin, Mesh, PodProc, ProcSpec};
 
-/// The controller's discovery (gRPC) port (DESIGN.md §3).
+/// The controller's discovery (gRPC) port (ARCHITECTURE.md, Ports).
 pub const GRPC_PORT: u16 = 15010;
 /// The controller's HTTP API port.
 pub const HTTP_PORT: u16 = 15014;
