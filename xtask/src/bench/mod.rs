@@ -59,9 +59,11 @@
 //! Layout: [`setups`] (the six setups and the shared app), [`configs`] (their
 //! configuration files and ports), [`load`] (oha, iperf3,
 //! the idle-connection holder), [`measure`] (/proc CPU and RSS, request counters),
-//! [`report`] (rows, medians, JSON and Markdown), [`plots`] (PNG).
+//! [`report`] (rows, medians, JSON and Markdown), [`plots`] (PNG). [`discovery`] is
+//! `cargo xtask bench-discovery`, a benchmark of its own.
 
 mod configs;
+pub mod discovery;
 mod load;
 mod measure;
 mod plots;
