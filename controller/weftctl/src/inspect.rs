@@ -14,7 +14,7 @@ use crate::podhttp;
 use crate::state::{self, MeshState};
 use crate::table;
 
-/// A proxy's admin endpoint, on each pod's loopback (DESIGN.md §3).
+/// A proxy's admin endpoint, on each pod's loopback (ARCHITECTURE.md, Ports).
 const PROXY_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
 /// A proxy's metrics and health endpoint.
 const PROXY_METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15020);

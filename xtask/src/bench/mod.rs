@@ -1,8 +1,8 @@
 //! `cargo xtask bench [--quick]`: weft against no proxy at all and against nginx and
 //! haproxy in the same two positions, in one run, with the same load generator and
-//! the same server (issue 8; the method is DESIGN.md §9). A benchmark prints numbers;
-//! it never fails on a time. It does fail when the numbers cannot be trusted (see
-//! "Sanity checks").
+//! the same server (issue 8; the method is ARCHITECTURE.md, Benchmark method). A
+//! benchmark prints numbers; it never fails on a time. It does fail when the numbers
+//! cannot be trusted (see "Sanity checks").
 //!
 //! # Set-up
 //!

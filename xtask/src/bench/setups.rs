@@ -38,7 +38,7 @@ use super::load;
 use super::Plan;
 
 /// The load generator and the client-side proxy run here; the app and the
-/// server-side proxy on [`SERVER_CPU`] (DESIGN.md §9).
+/// server-side proxy on [`SERVER_CPU`] (ARCHITECTURE.md, Benchmark method).
 pub const CLIENT_CPU: u32 = 0;
 pub const SERVER_CPU: u32 = 1;
 
