@@ -150,7 +150,8 @@ pub struct Policy {
     /// each unset field taking the controller's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckPolicy>,
-    // The proxies' part (DESIGN.md §5), carried as the discovery API's `Policy`.
+    // The proxies' part (ARCHITECTURE.md, Data-plane defaults), carried as the
+    // discovery API's `Policy`.
     // Unset fields take the proxy's defaults: timeout 15s, connect_timeout 5s,
     // idle_timeout 300s; retries 2 on connect-failure, reset and 503 within 20% +
     // 10/s; breaker after 5 consecutive failures, 10s growing to 300s, at most 50%

@@ -8,7 +8,7 @@
 //! - `cargo xtask setup-ebpf` / `build-ebpf` — install the eBPF toolchain (skipping
 //!   what is there) / build the eBPF object on its own ([`ebpf`]).
 //! - `cargo xtask bench-discovery` — a benchmark: how long a mesh-file edit takes to
-//!   reach 20 proxies ([`bench_discovery`]).
+//!   reach 20 proxies ([`bench::discovery`]).
 //! - `cargo xtask bench [--quick]` — a benchmark: weft against no proxy, nginx and
 //!   haproxy, with a report and plots in target/bench/ ([`bench`]).
 
@@ -19,7 +19,6 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
 mod bench;
-mod bench_discovery;
 mod demo;
 mod ebpf;
 mod interrupt;
@@ -48,7 +47,7 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Benchmark (not a test): mesh-file edit to every proxy's routes, 1,000 services,
     /// 20 proxies, in a throwaway network namespace (root).
-    BenchDiscovery(bench_discovery::Options),
+    BenchDiscovery(bench::discovery::Options),
     /// Benchmark (not a test): direct vs weft (iptables, eBPF) vs nginx vs haproxy,
     /// two hops, HTTP/1.1, h2c and TCP; writes target/bench/ (root).
     Bench(bench::Options),
@@ -63,7 +62,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test { tier1, test_args } => test(tier1, &test_args),
         Task::Demo(args) => demo::demo(&args),
-        Task::BenchDiscovery(opts) => bench_discovery::bench_discovery(&opts),
+        Task::BenchDiscovery(opts) => bench::discovery::bench_discovery(&opts),
         Task::Bench(opts) => bench::bench(&opts),
         Task::SetupEbpf => ebpf::setup(),
         Task::BuildEbpf => ebpf::build(),

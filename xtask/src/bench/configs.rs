@@ -2,7 +2,7 @@
 //! haproxy files, the controller's mesh file, and the ports they use (the table is in
 //! [`super::setups`]).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 pub const APP_H1: u16 = 8080;
@@ -22,6 +22,11 @@ pub const CONTROLLER_GRPC: u16 = 15010;
 pub const CONTROLLER_HTTP: u16 = 15014;
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const CLIENT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+
+/// `port` on the pod's loopback, 127.0.0.1.
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
 
 /// The app's response body: 64 bytes.
 pub const BODY: &str = "weft-bench 64-byte response body: 0123456789abcdefghijklmnopqrst";

@@ -1,8 +1,8 @@
 //! `cargo xtask bench [--quick]`: weft against no proxy at all and against nginx and
 //! haproxy in the same two positions, in one run, with the same load generator and
-//! the same server (issue 8; the method is DESIGN.md §9). A benchmark prints numbers;
-//! it never fails on a time. It does fail when the numbers cannot be trusted (see
-//! "Sanity checks").
+//! the same server (issue 8; the method is ARCHITECTURE.md, Benchmark method). A
+//! benchmark prints numbers; it never fails on a time. It does fail when the numbers
+//! cannot be trusted (see "Sanity checks").
 //!
 //! # Set-up
 //!
@@ -56,16 +56,28 @@
 //! into an error, so the [`Mesh`] (namespaces, processes) and the pod cgroups are
 //! removed on every exit but a SIGKILL.
 //!
-//! Layout: [`setups`] (the six setups and the shared app), [`configs`] (their
-//! configuration files and ports), [`load`] (oha, iperf3,
-//! the idle-connection holder), [`measure`] (/proc CPU and RSS, request counters),
-//! [`report`] (rows, medians, JSON and Markdown), [`plots`] (PNG).
+//! Layout:
+//!
+//! - [`setups`]: the pods, the shared app and controller, and bringing each of the six
+//!   setups up and down;
+//! - [`runs`]: what is measured against a running setup, in what order, over rounds,
+//!   and the sanity checks on each run;
+//! - [`counters`]: reading a running setup's request and connection counters and its
+//!   proxies' CPU and RSS;
+//! - [`configs`]: the setups' configuration files and ports;
+//! - [`load`]: the load generators (oha, iperf3, the idle-connection holder);
+//! - [`measure`]: parsing /proc CPU and RSS and the counters' formats;
+//! - [`report`]: rows, medians, JSON and Markdown; [`plots`]: PNG;
+//! - [`discovery`]: `cargo xtask bench-discovery`, a benchmark of its own.
 
 mod configs;
+mod counters;
+pub mod discovery;
 mod load;
 mod measure;
 mod plots;
 mod report;
+mod runs;
 mod setups;
 
 pub(crate) use crate::interrupt::interrupted;
@@ -74,7 +86,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use report::Row;
 use setups::{Bench, SetupKind};
 
 /// `cargo xtask bench` options.
@@ -169,7 +180,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     );
 
     let bench = Bench::new(bins, &kinds)?;
-    let result = run(&bench, &plan, &kinds, &deadline);
+    let result = runs::rounds(&bench, &plan, &kinds, &deadline);
     if result.is_err() && !interrupted() {
         eprint!("{}", bench.mesh.logs_report());
     }
@@ -202,39 +213,6 @@ pub fn bench(opts: &Options) -> Result<()> {
         bail!("sanity checks failed:\n  {}", failures.join("\n  "));
     }
     Ok(())
-}
-
-fn run(bench: &Bench, plan: &Plan, kinds: &[SetupKind], deadline: &Deadline) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    for round in 1..=plan.rounds {
-        for &kind in kinds {
-            deadline.check(&format!("round {round}, {}", kind.name()))?;
-            let t = Instant::now();
-            let mut got = match bench.measure_setup(kind, round, plan, deadline) {
-                Ok(rows) => rows,
-                // Ctrl-C and the overall timeout end the run.
-                Err(e) if interrupted() || deadline.passed() => return Err(e),
-                // A setup that fails is reported (and fails the run at the end), and
-                // the other setups are still measured.
-                Err(e) => {
-                    let e = format!("{e:#}");
-                    eprintln!("bench: round {round} {} FAILED: {e}", kind.name());
-                    let mut rows =
-                        Row::unavailable_set(kind.name(), round, plan, &format!("failed: {e}"));
-                    rows[0].sanity.push(format!("the setup failed: {e}"));
-                    rows
-                }
-            };
-            eprintln!(
-                "bench: round {round}/{} {} done in {:.1} s",
-                plan.rounds,
-                kind.name(),
-                t.elapsed().as_secs_f64()
-            );
-            rows.append(&mut got);
-        }
-    }
-    Ok(rows)
 }
 
 /// `target/bench` (or under `$CARGO_TARGET_DIR`).

@@ -1,6 +1,7 @@
 //! The benchmark's pods, the app they share, and the six setups: how each starts,
-//! where the load generator points, which counters prove its proxies carried the
-//! traffic, and how it stops so that the next setup finds clean pods.
+//! where the load generator points, and how it stops so that the next setup finds
+//! clean pods. What is measured against a started setup is [`super::runs`]; which
+//! counters prove its proxies carried the traffic is [`super::counters`].
 //!
 //! Ports (the app's are the same in every setup):
 //!
@@ -33,21 +34,15 @@ use weft_localmesh::sidecar::PROXY_UID;
 use weft_localmesh::{wait_until, Mesh, Pod, PodProc, ProcSpec};
 
 use super::configs::*;
-use super::load::{self, HttpLoad, Proto};
-use super::measure::{self, ProcUsage};
-use super::report::Row;
-use super::{Deadline, Plan};
+use super::load;
+use super::Plan;
 
 /// The load generator and the client-side proxy run here; the app and the
-/// server-side proxy on [`SERVER_CPU`] (DESIGN.md §9).
+/// server-side proxy on [`SERVER_CPU`] (ARCHITECTURE.md, Benchmark method).
 pub const CLIENT_CPU: u32 = 0;
 pub const SERVER_CPU: u32 = 1;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
-}
 
 /// One of the five setups of the issue, and eBPF mode with sk_msg on (issue 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +136,15 @@ pub enum Side {
     Server,
 }
 
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Server => "server",
+        }
+    }
+}
+
 /// The benchmark's mesh and what runs in it for the whole run. Fields drop in
 /// order: the mesh (processes, namespaces) first, then the emptied cgroups.
 #[derive(Debug)]
@@ -158,15 +162,16 @@ pub struct Bench {
     ebpf_sockmap: std::result::Result<(), String>,
 }
 
-/// A started setup.
+/// A started setup: what the load generator dials, and the proxies carrying it.
 #[derive(Debug)]
-struct Running {
-    kind: SetupKind,
+pub struct Running {
+    pub kind: SetupKind,
     /// (client-side, server-side) proxies.
-    proxies: Option<(PodProc, PodProc)>,
-    h1: String,
-    h2: String,
-    tcp: SocketAddr,
+    pub proxies: Option<(PodProc, PodProc)>,
+    /// The HTTP/1.1 and h2c URLs and the TCP address the client pod dials.
+    pub h1: String,
+    pub h2: String,
+    pub tcp: SocketAddr,
 }
 
 impl Bench {
@@ -228,14 +233,14 @@ impl Bench {
         Ok(bench)
     }
 
-    fn pod(&self, side: Side) -> &Pod {
+    pub fn pod(&self, side: Side) -> &Pod {
         match side {
             Side::Client => &self.client,
             Side::Server => &self.server,
         }
     }
 
-    fn cgroup(&self, side: Side) -> Option<&PodCgroup> {
+    pub fn cgroup(&self, side: Side) -> Option<&PodCgroup> {
         self.cgroups.as_ref().map(|(c, s)| match side {
             Side::Client => c,
             Side::Server => s,
@@ -367,385 +372,20 @@ impl Bench {
         }
     }
 
-    /// Runs every measurement of one setup in one round (the setup started afresh
-    /// and stopped again); rows marked unavailable when the setup cannot run here.
-    pub fn measure_setup(
-        &self,
-        kind: SetupKind,
-        round: usize,
-        plan: &Plan,
-        deadline: &Deadline,
-    ) -> Result<Vec<Row>> {
+    /// Why `kind` cannot run here, if it cannot: eBPF capture that `weft-init` could
+    /// not install when the bench began.
+    pub fn unavailable(&self, kind: SetupKind) -> Option<&str> {
         let available = match kind {
-            SetupKind::WeftEbpf => Some(&self.ebpf),
-            SetupKind::WeftEbpfSockmap => Some(&self.ebpf_sockmap),
-            _ => None,
+            SetupKind::WeftEbpf => &self.ebpf,
+            SetupKind::WeftEbpfSockmap => &self.ebpf_sockmap,
+            _ => return None,
         };
-        if let Some(Err(reason)) = available {
-            return Ok(Row::unavailable_set(
-                kind.name(),
-                round,
-                plan,
-                &format!("not available: {reason}"),
-            ));
-        }
-        let running = self.start(kind, plan)?;
-        let result = self.measure_running(&running, round, plan, deadline);
-        let stopped = self.stop(running);
-        let rows = result?;
-        stopped?;
-        Ok(rows)
+        available.as_ref().err().map(String::as_str)
     }
 
-    fn measure_running(
-        &self,
-        r: &Running,
-        round: usize,
-        plan: &Plan,
-        deadline: &Deadline,
-    ) -> Result<Vec<Row>> {
-        let redirected0 = self.msg_redirected(r)?;
-        let mut rows = Vec::new();
-        for proto in [Proto::Http1, Proto::H2] {
-            let url = match proto {
-                Proto::Http1 => &r.h1,
-                Proto::H2 => &r.h2,
-            };
-            deadline.check("the warm-up")?;
-            load::run_oha(self, url, proto, &HttpLoad::Closed(plan.warmup), deadline)
-                .context("warm-up")?;
-            let mut loads = vec![HttpLoad::Closed(plan.max)];
-            loads.extend(plan.rates.iter().map(|&rate| HttpLoad::Open {
-                rate,
-                count: (f64::from(rate) * plan.fixed.as_secs_f64()).round() as u64,
-            }));
-            for l in loads {
-                deadline.check("an HTTP run")?;
-                rows.push(self.http_run(r, round, url, proto, &l, deadline)?);
-            }
-        }
-        deadline.check("the connection-rate run")?;
-        let conns = HttpLoad::NewConns(plan.conns);
-        rows.push(self.http_run(r, round, &r.h1, Proto::Http1, &conns, deadline)?);
-        deadline.check("the TCP run")?;
-        rows.push(self.tcp_run(r, round, plan, deadline)?);
-        if let (Some(a), Some(b)) = (redirected0, self.msg_redirected(r)?) {
-            if b <= a {
-                rows[0].sanity.push(format!(
-                    "sk_msg redirected no message ({}: {a} before, {b} after): not the setup it claims",
-                    weft_localmesh::Stat::MsgRedirected.name()
-                ));
-            }
-        }
-        if round == 1 && r.proxies.is_some() {
-            deadline.check("the idle-connection run")?;
-            rows.push(self.idle_run(r, plan, deadline)?);
-        }
-        Ok(rows)
-    }
-
-    /// With sk_msg on: the client pod's count of messages sk_msg redirected (the
-    /// pinned stats map), proof that the short-circuit carried the traffic.
-    fn msg_redirected(&self, r: &Running) -> Result<Option<u64>> {
-        if r.kind != SetupKind::WeftEbpfSockmap {
-            return Ok(None);
-        }
-        let cg = self
-            .cgroup(Side::Client)
-            .context("eBPF mode needs the pod cgroups")?;
-        cg.stat(weft_localmesh::Stat::MsgRedirected)
-            .map(Some)
-            .context("reading the client pod's sk_msg counter")
-    }
-
-    fn usage(&self, r: &Running) -> Option<(ProcUsage, ProcUsage)> {
-        r.proxies
-            .as_ref()
-            .map(|(c, s)| (ProcUsage::of(c.pid()), ProcUsage::of(s.pid())))
-    }
-
-    fn http_run(
-        &self,
-        r: &Running,
-        round: usize,
-        url: &str,
-        proto: Proto,
-        l: &HttpLoad,
-        deadline: &Deadline,
-    ) -> Result<Row> {
-        let new_conns = matches!(l, HttpLoad::NewConns(_));
-        let accepted0 = if new_conns {
-            Some(self.accepted(r)?)
-        } else {
-            None
-        };
-        let app0 = self.app_requests()?;
-        let px0 = self.proxy_counters(r, Some(proto))?;
-        let use0 = self.usage(r);
-        let res = load::run_oha(self, url, proto, l, deadline)?;
-        let use1 = self.usage(r);
-        let app1 = self.app_requests()?;
-        let px1 = self.proxy_counters(r, Some(proto))?;
-        let accepted1 = if new_conns {
-            Some(self.accepted(r)?)
-        } else {
-            None
-        };
-
-        let mut row = Row::new(r.kind.name(), proto.name(), &l.name(), round);
-        row.rate = l.rate();
-        row.requests = Some(res.responses);
-        row.rps = Some(res.rps);
-        row.p50_ms = Some(res.p50_ms);
-        row.p99_ms = Some(res.p99_ms);
-        row.p999_ms = Some(res.p999_ms);
-        if new_conns {
-            row.conn_per_s = Some(res.rps);
-        }
-        // The app's counter includes the read of the counter itself.
-        let app_seen = app1.saturating_sub(app0).saturating_sub(1);
-        if app_seen != res.responses {
-            row.sanity.push(format!(
-                "the app saw {app_seen} requests, the load generator reports {} responses",
-                res.responses
-            ));
-        }
-        if res.non_200 > 0 || res.errors > 0 {
-            row.sanity.push(format!(
-                "{} non-200 responses and {} errors ({})",
-                res.non_200, res.errors, res.error_text
-            ));
-        }
-        if res.responses == 0 {
-            row.sanity.push("no responses at all".into());
-        }
-        if let (Some(a), Some(b)) = (accepted0, accepted1) {
-            // One connection per request, or it measured keep-alive after all.
-            if b - a < res.responses as f64 {
-                row.sanity.push(format!(
-                    "{} accepted {} connections for {} requests: connections were reused",
-                    if r.proxies.is_some() {
-                        "the client-side proxy"
-                    } else {
-                        "the app"
-                    },
-                    b - a,
-                    res.responses
-                ));
-            }
-        }
-        if let (Some(a), Some(b)) = (px0, px1) {
-            for (i, hop) in ["client-side", "server-side"].iter().enumerate() {
-                let moved = b[i] - a[i];
-                if moved < res.responses as f64 {
-                    row.sanity.push(format!(
-                        "the {hop} proxy's request counter moved by {moved}, fewer than the {} requests: bypassed?",
-                        res.responses
-                    ));
-                }
-            }
-        }
-        if let (Some(u0), Some(u1)) = (use0, use1) {
-            let per_1k = |a: &ProcUsage, b: &ProcUsage| {
-                (b.cpu_ms - a.cpu_ms) / res.responses.max(1) as f64 * 1000.0
-            };
-            let c = per_1k(&u0.0, &u1.0);
-            let s = per_1k(&u0.1, &u1.1);
-            row.cpu_ms_per_1k_client_proxy = Some(c);
-            row.cpu_ms_per_1k_server_proxy = Some(s);
-            row.cpu_ms_per_1k = Some((c + s) / 2.0);
-            row.rss_mb = Some(u1.0.peak_rss_mb.max(u1.1.peak_rss_mb));
-        }
-        Ok(row)
-    }
-
-    fn tcp_run(&self, r: &Running, round: usize, plan: &Plan, deadline: &Deadline) -> Result<Row> {
-        let px0 = self.proxy_counters(r, None)?;
-        let use0 = self.usage(r);
-        let res = load::run_iperf3(self, r.tcp, plan.tcp_secs, deadline)?;
-        let use1 = self.usage(r);
-        // iperf3 closes its connections as it ends; access logs and counters follow.
-        std::thread::sleep(Duration::from_millis(200));
-        let px1 = self.proxy_counters(r, None)?;
-        let mut row = Row::new(r.kind.name(), "tcp", "bulk", round);
-        // Receiver side: what the app got, not what the sender handed to its socket.
-        row.gbit_s = Some(res.gbit_s);
-        row.bytes = Some(res.bytes_received);
-        row.bytes_sent = Some(res.bytes_sent);
-        if res.bytes_received == 0 {
-            row.sanity.push("iperf3's server received nothing".into());
-        }
-        if let (Some(a), Some(b)) = (px0, px1) {
-            for (i, hop) in ["client-side", "server-side"].iter().enumerate() {
-                // iperf3: a control and a data connection.
-                if b[i] - a[i] < 2.0 {
-                    row.sanity.push(format!(
-                        "the {hop} proxy saw {} TCP connections, fewer than iperf3's 2: bypassed?",
-                        b[i] - a[i]
-                    ));
-                }
-            }
-        }
-        if let (Some(u0), Some(u1)) = (use0, use1) {
-            let gb = res.bytes_received as f64 / 1e9;
-            let c = (u1.0.cpu_ms - u0.0.cpu_ms) / gb.max(1e-9);
-            let s = (u1.1.cpu_ms - u0.1.cpu_ms) / gb.max(1e-9);
-            row.cpu_ms_per_gb = Some((c + s) / 2.0);
-            row.rss_mb = Some(u1.0.peak_rss_mb.max(u1.1.peak_rss_mb));
-        }
-        Ok(row)
-    }
-
-    /// RSS of each proxy while `plan.idle_conns` idle keep-alive HTTP/1.1 connections
-    /// (one request each) are open through it.
-    fn idle_run(&self, r: &Running, plan: &Plan, deadline: &Deadline) -> Result<Row> {
-        let Some((cp, sp)) = &r.proxies else {
-            bail!("idle run without proxies");
-        };
-        let target: SocketAddr =
-            r.h1.trim_start_matches("http://")
-                .trim_end_matches('/')
-                .parse()
-                .context("the HTTP/1.1 target as an address")?;
-        let before = (ProcUsage::of(cp.pid()), ProcUsage::of(sp.pid()));
-        let app0 = self.app_requests()?;
-        let held = load::hold_idle(self, target, plan.idle_conns, deadline)?;
-        let during = (ProcUsage::of(cp.pid()), ProcUsage::of(sp.pid()));
-        let open = held.open;
-        held.release();
-        let app1 = self.app_requests()?;
-        let mut row = Row::new(r.kind.name(), "http1", "idle", 1);
-        row.idle_conns = Some(open);
-        row.rss_mb = Some(during.0.rss_mb.max(during.1.rss_mb));
-        row.rss_mb_client_proxy = Some(during.0.rss_mb);
-        row.rss_mb_server_proxy = Some(during.1.rss_mb);
-        row.rss_mb_before = Some(before.0.rss_mb.max(before.1.rss_mb));
-        if open < plan.idle_conns {
-            row.sanity.push(format!(
-                "only {open} of {} idle connections could be opened",
-                plan.idle_conns
-            ));
-        }
-        let app_seen = app1.saturating_sub(app0).saturating_sub(1);
-        if app_seen != u64::from(open) {
-            row.sanity.push(format!(
-                "the app saw {app_seen} requests for {open} idle connections"
-            ));
-        }
-        Ok(row)
-    }
-
-    /// The app's total request count (its `stub_status`; the read counts itself).
-    fn app_requests(&self) -> Result<u64> {
-        let (status, body) = self.server.http_get(local(APP_STATUS), "/")?;
-        if status != 200 {
-            bail!("the app's stub_status answered {status}");
-        }
-        measure::stub_status_requests(&body).context("the app's stub_status")
-    }
-
-    /// Connections accepted so far by what the load generator dials: the app for
-    /// `direct`, else the client-side proxy (weft's outbound
-    /// `weft_tcp_connections_opened_total`, nginx's `stub_status` accepts, haproxy's
-    /// `h1` sessions). Reads of a status page count themselves; only lower bounds are
-    /// checked.
-    fn accepted(&self, r: &Running) -> Result<f64> {
-        let pod = &self.client;
-        Ok(match r.kind {
-            SetupKind::Direct => {
-                let (status, body) = self.server.http_get(local(APP_STATUS), "/")?;
-                if status != 200 {
-                    bail!("the app's stub_status answered {status}");
-                }
-                measure::stub_status_accepts(&body).context("the app's stub_status")? as f64
-            }
-            SetupKind::WeftIptables | SetupKind::WeftEbpf | SetupKind::WeftEbpfSockmap => {
-                let (status, body) = pod.http_get(local(WEFT_METRICS), "/metrics")?;
-                if status != 200 {
-                    bail!("weft /metrics answered {status}");
-                }
-                measure::prom_sum(
-                    &body,
-                    "weft_tcp_connections_opened_total",
-                    &[("direction", "outbound")],
-                )
-            }
-            SetupKind::Nginx => {
-                let (status, body) = pod.http_get(local(NGINX_STATUS), "/")?;
-                if status != 200 {
-                    bail!("nginx stub_status answered {status}");
-                }
-                measure::stub_status_accepts(&body)? as f64
-            }
-            SetupKind::Haproxy => {
-                let (status, body) = pod.http_get(local(HAPROXY_STATS), "/stats;csv")?;
-                if status != 200 {
-                    bail!("haproxy stats answered {status}");
-                }
-                measure::haproxy_frontend(&body, "h1", "stot")?
-            }
-        })
-    }
-
-    /// The (client-side, server-side) counters that prove the proxies carried the
-    /// traffic: HTTP requests for `Some(proto)`, TCP connections for `None`.
-    fn proxy_counters(&self, r: &Running, proto: Option<Proto>) -> Result<Option<[f64; 2]>> {
-        let mut out = [0.0; 2];
-        for (i, side) in [Side::Client, Side::Server].into_iter().enumerate() {
-            let pod = self.pod(side);
-            out[i] = match r.kind {
-                SetupKind::Direct => return Ok(None),
-                SetupKind::WeftIptables | SetupKind::WeftEbpf | SetupKind::WeftEbpfSockmap => {
-                    let (status, body) = pod.http_get(local(WEFT_METRICS), "/metrics")?;
-                    if status != 200 {
-                        bail!("weft /metrics answered {status}");
-                    }
-                    let direction = match side {
-                        Side::Client => "outbound",
-                        Side::Server => "inbound",
-                    };
-                    let name = match proto {
-                        Some(_) => "weft_http_requests_total",
-                        None => "weft_tcp_connections_opened_total",
-                    };
-                    measure::prom_sum(&body, name, &[("direction", direction)])
-                }
-                SetupKind::Nginx => match proto {
-                    Some(_) => {
-                        let (status, body) = pod.http_get(local(NGINX_STATUS), "/")?;
-                        if status != 200 {
-                            bail!("nginx stub_status answered {status}");
-                        }
-                        // Minus the read itself, counted before it is answered.
-                        measure::stub_status_requests(&body)? as f64 - 1.0
-                    }
-                    None => {
-                        let log = self
-                            .run_dir
-                            .join(format!("nginx-{}-stream.log", side_name(side)));
-                        std::fs::read_to_string(&log)
-                            .map(|s| s.lines().count())
-                            .unwrap_or(0) as f64
-                    }
-                },
-                SetupKind::Haproxy => {
-                    let (status, body) = pod.http_get(local(HAPROXY_STATS), "/stats;csv")?;
-                    if status != 200 {
-                        bail!("haproxy stats answered {status}");
-                    }
-                    let (frontend, field) = match proto {
-                        Some(Proto::Http1) => ("h1", "req_tot"),
-                        Some(Proto::H2) => ("h2", "req_tot"),
-                        None => ("tcp", "stot"),
-                    };
-                    measure::haproxy_frontend(&body, frontend, field)?
-                }
-            };
-        }
-        Ok(Some(out))
-    }
-
-    fn start(&self, kind: SetupKind, plan: &Plan) -> Result<Running> {
+    /// Starts `kind` on the running app: its capture and proxies, ready to carry
+    /// traffic (`plan` sizes haproxy's connection limit for the idle run).
+    pub fn start(&self, kind: SetupKind, plan: &Plan) -> Result<Running> {
         let server = self.server.ipv4();
         let url = |ip: Ipv4Addr, port: u16| format!("http://{ip}:{port}/");
         match kind {
@@ -817,7 +457,7 @@ impl Bench {
                 "--service".into(),
                 service.into(),
                 "--proxy-id".into(),
-                side_name(side).into(),
+                side.name().into(),
                 "--controller".into(),
                 controller.clone(),
                 "--workers".into(),
@@ -827,7 +467,7 @@ impl Bench {
                 "--log".into(),
                 "warn".into(),
             ];
-            let name = format!("weft-proxy-{}", side_name(side));
+            let name = format!("weft-proxy-{}", side.name());
             let spec = self.spec(side, &name, &argv, Some(PROXY_UID));
             procs.push(self.pod(side).spawn(spec)?);
         }
@@ -853,7 +493,7 @@ impl Bench {
         let s = self.server.ipv4();
         let mut procs = Vec::new();
         for side in [Side::Client, Side::Server] {
-            let name = format!("nginx-{}", side_name(side));
+            let name = format!("nginx-{}", side.name());
             let conf = match side {
                 Side::Client => nginx_proxy_conf(
                     &self.run_dir,
@@ -889,7 +529,7 @@ impl Bench {
         let s = IpAddr::V4(self.server.ipv4());
         let mut procs = Vec::new();
         for side in [Side::Client, Side::Server] {
-            let name = format!("haproxy-{}", side_name(side));
+            let name = format!("haproxy-{}", side.name());
             let conf = match side {
                 Side::Client => haproxy_conf(
                     maxconn,
@@ -946,7 +586,7 @@ impl Bench {
 
     /// Stops the setup's proxies and removes weft's capture, so the pods are as
     /// before it started.
-    fn stop(&self, r: Running) -> Result<()> {
+    pub fn stop(&self, r: Running) -> Result<()> {
         if let Some((c, s)) = &r.proxies {
             for p in [c, s] {
                 let _ = p.kill_term();
@@ -966,13 +606,6 @@ impl Bench {
             }
         }
         Ok(())
-    }
-}
-
-fn side_name(side: Side) -> &'static str {
-    match side {
-        Side::Client => "client",
-        Side::Server => "server",
     }
 }
 

@@ -1,5 +1,6 @@
 //! `cargo xtask bench-discovery`: how long a mesh-file edit takes to reach every
-//! proxy. A benchmark (DESIGN.md §9): it prints numbers and asserts nothing about time.
+//! proxy. A benchmark (ARCHITECTURE.md, Benchmark method): it prints numbers and
+//! asserts nothing about time.
 //!
 //! Set-up: release binaries; ONE throwaway network namespace — the node namespace of
 //! a weft-e2e [`Mesh`], with no pods — holding a weft-controller over a generated mesh

@@ -1,0 +1,321 @@
+//! The bench runs: what is measured against a running setup, in what order, and over
+//! how many rounds. Per round, every setup is started afresh ([`super::setups`]),
+//! measured, and stopped again. Against a running setup, per protocol (HTTP/1.1, then
+//! h2c): a warm-up, the closed-loop maximum-throughput run, the open-loop runs at
+//! each fixed rate; then the connection-rate run (HTTP/1.1, a new connection per
+//! request), the TCP bulk transfer and, in round 1 for proxied setups only, the
+//! idle-connection run. Each run becomes a [`Row`] with the sanity checks of the
+//! module docs of [`super`] attached; the counters they compare come from
+//! [`super::counters`].
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::counters;
+use super::load::{self, HttpLoad, Proto};
+use super::measure::ProcUsage;
+use super::report::Row;
+use super::setups::{Bench, Running, SetupKind};
+use super::{interrupted, Deadline, Plan};
+
+/// Every selected setup once per round, in the order given, `plan.rounds` times: A B C
+/// A B C, so that a slow drift of the machine spreads over all setups instead of
+/// favouring the ones measured first. A setup that fails yields rows marked failed
+/// (which fail the run at the end) and the others are still measured; Ctrl-C and the
+/// overall timeout end the run.
+pub fn rounds(
+    bench: &Bench,
+    plan: &Plan,
+    kinds: &[SetupKind],
+    deadline: &Deadline,
+) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for round in 1..=plan.rounds {
+        for &kind in kinds {
+            deadline.check(&format!("round {round}, {}", kind.name()))?;
+            let t = Instant::now();
+            let mut got = match measure_setup(bench, kind, round, plan, deadline) {
+                Ok(rows) => rows,
+                // Ctrl-C and the overall timeout end the run.
+                Err(e) if interrupted() || deadline.passed() => return Err(e),
+                // A setup that fails is reported (and fails the run at the end), and
+                // the other setups are still measured.
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    eprintln!("bench: round {round} {} FAILED: {e}", kind.name());
+                    let mut rows =
+                        Row::unavailable_set(kind.name(), round, plan, &format!("failed: {e}"));
+                    rows[0].sanity.push(format!("the setup failed: {e}"));
+                    rows
+                }
+            };
+            eprintln!(
+                "bench: round {round}/{} {} done in {:.1} s",
+                plan.rounds,
+                kind.name(),
+                t.elapsed().as_secs_f64()
+            );
+            rows.append(&mut got);
+        }
+    }
+    Ok(rows)
+}
+
+/// Runs every measurement of one setup in one round (the setup started afresh
+/// and stopped again); rows marked unavailable when the setup cannot run here.
+fn measure_setup(
+    bench: &Bench,
+    kind: SetupKind,
+    round: usize,
+    plan: &Plan,
+    deadline: &Deadline,
+) -> Result<Vec<Row>> {
+    if let Some(reason) = bench.unavailable(kind) {
+        return Ok(Row::unavailable_set(
+            kind.name(),
+            round,
+            plan,
+            &format!("not available: {reason}"),
+        ));
+    }
+    let running = bench.start(kind, plan)?;
+    let result = measure_running(bench, &running, round, plan, deadline);
+    let stopped = bench.stop(running);
+    let rows = result?;
+    stopped?;
+    Ok(rows)
+}
+
+fn measure_running(
+    bench: &Bench,
+    r: &Running,
+    round: usize,
+    plan: &Plan,
+    deadline: &Deadline,
+) -> Result<Vec<Row>> {
+    let redirected0 = counters::msg_redirected(bench, r)?;
+    let mut rows = Vec::new();
+    for proto in [Proto::Http1, Proto::H2] {
+        let url = match proto {
+            Proto::Http1 => &r.h1,
+            Proto::H2 => &r.h2,
+        };
+        deadline.check("the warm-up")?;
+        load::run_oha(bench, url, proto, &HttpLoad::Closed(plan.warmup), deadline)
+            .context("warm-up")?;
+        let mut loads = vec![HttpLoad::Closed(plan.max)];
+        loads.extend(plan.rates.iter().map(|&rate| HttpLoad::Open {
+            rate,
+            count: (f64::from(rate) * plan.fixed.as_secs_f64()).round() as u64,
+        }));
+        for l in loads {
+            deadline.check("an HTTP run")?;
+            rows.push(http_run(bench, r, round, url, proto, &l, deadline)?);
+        }
+    }
+    deadline.check("the connection-rate run")?;
+    let conns = HttpLoad::NewConns(plan.conns);
+    rows.push(http_run(
+        bench,
+        r,
+        round,
+        &r.h1,
+        Proto::Http1,
+        &conns,
+        deadline,
+    )?);
+    deadline.check("the TCP run")?;
+    rows.push(tcp_run(bench, r, round, plan, deadline)?);
+    if let (Some(a), Some(b)) = (redirected0, counters::msg_redirected(bench, r)?) {
+        if b <= a {
+            rows[0].sanity.push(format!(
+                "sk_msg redirected no message ({}: {a} before, {b} after): not the setup it claims",
+                weft_localmesh::Stat::MsgRedirected.name()
+            ));
+        }
+    }
+    if round == 1 && r.proxies.is_some() {
+        deadline.check("the idle-connection run")?;
+        rows.push(idle_run(bench, r, plan, deadline)?);
+    }
+    Ok(rows)
+}
+
+fn http_run(
+    bench: &Bench,
+    r: &Running,
+    round: usize,
+    url: &str,
+    proto: Proto,
+    l: &HttpLoad,
+    deadline: &Deadline,
+) -> Result<Row> {
+    let new_conns = matches!(l, HttpLoad::NewConns(_));
+    let accepted0 = if new_conns {
+        Some(counters::accepted(bench, r)?)
+    } else {
+        None
+    };
+    let app0 = counters::app_requests(bench)?;
+    let px0 = counters::proxy_counters(bench, r, Some(proto))?;
+    let use0 = counters::usage(r);
+    let res = load::run_oha(bench, url, proto, l, deadline)?;
+    let use1 = counters::usage(r);
+    let app1 = counters::app_requests(bench)?;
+    let px1 = counters::proxy_counters(bench, r, Some(proto))?;
+    let accepted1 = if new_conns {
+        Some(counters::accepted(bench, r)?)
+    } else {
+        None
+    };
+
+    let mut row = Row::new(r.kind.name(), proto.name(), &l.name(), round);
+    row.rate = l.rate();
+    row.requests = Some(res.responses);
+    row.rps = Some(res.rps);
+    row.p50_ms = Some(res.p50_ms);
+    row.p99_ms = Some(res.p99_ms);
+    row.p999_ms = Some(res.p999_ms);
+    if new_conns {
+        row.conn_per_s = Some(res.rps);
+    }
+    // The app's counter includes the read of the counter itbench.
+    let app_seen = app1.saturating_sub(app0).saturating_sub(1);
+    if app_seen != res.responses {
+        row.sanity.push(format!(
+            "the app saw {app_seen} requests, the load generator reports {} responses",
+            res.responses
+        ));
+    }
+    if res.non_200 > 0 || res.errors > 0 {
+        row.sanity.push(format!(
+            "{} non-200 responses and {} errors ({})",
+            res.non_200, res.errors, res.error_text
+        ));
+    }
+    if res.responses == 0 {
+        row.sanity.push("no responses at all".into());
+    }
+    if let (Some(a), Some(b)) = (accepted0, accepted1) {
+        // One connection per request, or it measured keep-alive after all.
+        if b - a < res.responses as f64 {
+            row.sanity.push(format!(
+                "{} accepted {} connections for {} requests: connections were reused",
+                if r.proxies.is_some() {
+                    "the client-side proxy"
+                } else {
+                    "the app"
+                },
+                b - a,
+                res.responses
+            ));
+        }
+    }
+    if let (Some(a), Some(b)) = (px0, px1) {
+        for (i, hop) in ["client-side", "server-side"].iter().enumerate() {
+            let moved = b[i] - a[i];
+            if moved < res.responses as f64 {
+                row.sanity.push(format!(
+                    "the {hop} proxy's request counter moved by {moved}, fewer than the {} requests: bypassed?",
+                    res.responses
+                ));
+            }
+        }
+    }
+    if let (Some(u0), Some(u1)) = (use0, use1) {
+        let per_1k = |a: &ProcUsage, b: &ProcUsage| {
+            (b.cpu_ms - a.cpu_ms) / res.responses.max(1) as f64 * 1000.0
+        };
+        let c = per_1k(&u0.0, &u1.0);
+        let s = per_1k(&u0.1, &u1.1);
+        row.cpu_ms_per_1k_client_proxy = Some(c);
+        row.cpu_ms_per_1k_server_proxy = Some(s);
+        row.cpu_ms_per_1k = Some((c + s) / 2.0);
+        row.rss_mb = Some(u1.0.peak_rss_mb.max(u1.1.peak_rss_mb));
+    }
+    Ok(row)
+}
+
+fn tcp_run(
+    bench: &Bench,
+    r: &Running,
+    round: usize,
+    plan: &Plan,
+    deadline: &Deadline,
+) -> Result<Row> {
+    let px0 = counters::proxy_counters(bench, r, None)?;
+    let use0 = counters::usage(r);
+    let res = load::run_iperf3(bench, r.tcp, plan.tcp_secs, deadline)?;
+    let use1 = counters::usage(r);
+    // iperf3 closes its connections as it ends; access logs and counters follow.
+    std::thread::sleep(Duration::from_millis(200));
+    let px1 = counters::proxy_counters(bench, r, None)?;
+    let mut row = Row::new(r.kind.name(), "tcp", "bulk", round);
+    // Receiver side: what the app got, not what the sender handed to its socket.
+    row.gbit_s = Some(res.gbit_s);
+    row.bytes = Some(res.bytes_received);
+    row.bytes_sent = Some(res.bytes_sent);
+    if res.bytes_received == 0 {
+        row.sanity.push("iperf3's server received nothing".into());
+    }
+    if let (Some(a), Some(b)) = (px0, px1) {
+        for (i, hop) in ["client-side", "server-side"].iter().enumerate() {
+            // iperf3: a control and a data connection.
+            if b[i] - a[i] < 2.0 {
+                row.sanity.push(format!(
+                    "the {hop} proxy saw {} TCP connections, fewer than iperf3's 2: bypassed?",
+                    b[i] - a[i]
+                ));
+            }
+        }
+    }
+    if let (Some(u0), Some(u1)) = (use0, use1) {
+        let gb = res.bytes_received as f64 / 1e9;
+        let c = (u1.0.cpu_ms - u0.0.cpu_ms) / gb.max(1e-9);
+        let s = (u1.1.cpu_ms - u0.1.cpu_ms) / gb.max(1e-9);
+        row.cpu_ms_per_gb = Some((c + s) / 2.0);
+        row.rss_mb = Some(u1.0.peak_rss_mb.max(u1.1.peak_rss_mb));
+    }
+    Ok(row)
+}
+
+/// RSS of each proxy while `plan.idle_conns` idle keep-alive HTTP/1.1 connections
+/// (one request each) are open through it.
+fn idle_run(bench: &Bench, r: &Running, plan: &Plan, deadline: &Deadline) -> Result<Row> {
+    let Some((cp, sp)) = &r.proxies else {
+        bail!("idle run without proxies");
+    };
+    let target: SocketAddr =
+        r.h1.trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .context("the HTTP/1.1 target as an address")?;
+    let before = (ProcUsage::of(cp.pid()), ProcUsage::of(sp.pid()));
+    let app0 = counters::app_requests(bench)?;
+    let held = load::hold_idle(bench, target, plan.idle_conns, deadline)?;
+    let during = (ProcUsage::of(cp.pid()), ProcUsage::of(sp.pid()));
+    let open = held.open;
+    held.release();
+    let app1 = counters::app_requests(bench)?;
+    let mut row = Row::new(r.kind.name(), "http1", "idle", 1);
+    row.idle_conns = Some(open);
+    row.rss_mb = Some(during.0.rss_mb.max(during.1.rss_mb));
+    row.rss_mb_client_proxy = Some(during.0.rss_mb);
+    row.rss_mb_server_proxy = Some(during.1.rss_mb);
+    row.rss_mb_before = Some(before.0.rss_mb.max(before.1.rss_mb));
+    if open < plan.idle_conns {
+        row.sanity.push(format!(
+            "only {open} of {} idle connections could be opened",
+            plan.idle_conns
+        ));
+    }
+    let app_seen = app1.saturating_sub(app0).saturating_sub(1);
+    if app_seen != u64::from(open) {
+        row.sanity.push(format!(
+            "the app saw {app_seen} requests for {open} idle connections"
+        ));
+    }
+    Ok(row)
+}
