@@ -4,7 +4,9 @@
 They know nothing about weft: unmodified servers and clients (stdlib only). Results go
 to stdout, one line (JSON where structured) that the test reads.
 
-  serve PORT NAME        HTTP/1.1 keep-alive server (a thread per connection):
+  serve PORT NAME [LOG]  HTTP/1.1 keep-alive server (a thread per connection); with
+                         LOG, the x-req-id of every request is appended to that
+                         file as it arrives (one line each, kept through a kill -9):
                            /status/N   answer status N
                            /sleep/MS   answer 200 after MS milliseconds
                            anything    answer 200 with body NAME (POST bodies are read)
@@ -24,6 +26,7 @@ to stdout, one line (JSON where structured) that the test reads.
 """
 import http.client
 import json
+import os
 import socket
 import sys
 import threading
@@ -43,8 +46,11 @@ class DualStackServer(ThreadingHTTPServer):
         super().server_bind()
 
 
-def serve(port, name):
+def serve(port, name, log=None):
     state = {"mode": "ok", "n": 0, "stats": Counter()}
+    # O_APPEND: one write per line is atomic between the handler threads, and what
+    # was written survives the process being killed.
+    log_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if log else None
     lock = threading.Lock()
     changed = threading.Condition(lock)
 
@@ -63,6 +69,9 @@ def serve(port, name):
             self.wfile.write(data)
 
         def handle_any(self):
+            req_id = self.headers.get("x-req-id")
+            if log_fd is not None and req_id is not None:
+                os.write(log_fd, f"{req_id}\n".encode())
             length = int(self.headers.get("content-length") or 0)
             if length:
                 self.rfile.read(length)
@@ -197,7 +206,7 @@ def slow_get(url, ms):
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "serve":
-        serve(int(args[0]), args[1])
+        serve(int(args[0]), args[1], *args[2:3])
     elif cmd == "banner":
         banner(int(args[0]), args[1])
     elif cmd == "get-many":

@@ -1,0 +1,375 @@
+//! Replica faults under a steady open-loop load: what the clients see when one
+//! replica's app dies, a sidecar drains, or the service scales down and up.
+//!
+//! A frontend pod sends 100 requests/s to `web` (three replicas, each a plain
+//! `httpkit.py serve` behind its sidecar) from two unmodified HTTP/1.1 clients at
+//! once, 50/s each: one that keeps connections alive, one that opens a connection per
+//! request; half the requests are POSTs. Every request carries an id that the
+//! replicas log as they receive it, so each failure the client sees is classified:
+//! *never received* (no application saw it: the mesh could have sent it elsewhere)
+//! or *after receipt* (an application took it and then died). The first kind must be
+//! zero, whatever the method; the test prints sent / succeeded / failed for each
+//! client and fault.
+//!
+//! Every test runs in both capture modes (`_iptables`, `_ebpf`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::Value;
+use weft_e2e::{python3, wait_until, Controller, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+/// The load, per client: requests/s and seconds.
+const RATE: &str = "50";
+const LOAD_SECONDS: u64 = 8;
+const VIP: &str = "10.96.0.50";
+const APP_PORT: u16 = 8080;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn tool(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tools")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// One replica: its pod, its sidecar (until drained) and its app (until killed).
+struct Replica {
+    pod: ModePod,
+    sidecar: Option<Sidecar>,
+    app: Option<PodProc>,
+}
+
+/// A frontend pod and `web`'s replica pods, the controller serving the mesh file.
+struct Fleet {
+    mesh: Mesh,
+    file: PathBuf,
+    front: ModePod,
+    _front_sidecar: Sidecar,
+    replicas: Vec<Replica>,
+    controller: Controller,
+}
+
+impl Fleet {
+    /// `pods` replica pods, the first `serving` of them with a sidecar, an app and a
+    /// place among `web`'s endpoints.
+    fn new(mode: Mode, pods: usize, serving: usize) -> Fleet {
+        let mesh = Mesh::new().unwrap();
+        let front = mode.add_pod(&mesh, "front").unwrap();
+        let replicas: Vec<Replica> = (1..=pods)
+            .map(|i| Replica {
+                pod: mode.add_pod(&mesh, &format!("web{i}")).unwrap(),
+                sidecar: None,
+                app: None,
+            })
+            .collect();
+        let file = mesh.run_dir().join("mesh.yaml");
+        write_mesh_file(&file, &front, &replicas, &(0..serving).collect::<Vec<_>>());
+        let controller = Controller::start(&mesh, &file, &[]).unwrap();
+        front.add_route("10.96.0.0/16").unwrap();
+        let front_sidecar = front
+            .sidecar_with(&[], "frontend", &["--controller", controller.url()])
+            .unwrap();
+        let mut fleet = Fleet {
+            mesh,
+            file,
+            front,
+            _front_sidecar: front_sidecar,
+            replicas,
+            controller,
+        };
+        for i in 0..serving {
+            fleet.start_sidecar(i);
+            fleet.start_app(i);
+        }
+        fleet
+    }
+
+    /// Makes `web`'s endpoints the replicas `serving`.
+    fn set_endpoints(&self, serving: &[usize]) {
+        write_mesh_file(&self.file, &self.front, &self.replicas, serving);
+    }
+
+    fn start_sidecar(&mut self, i: usize) {
+        let url = self.controller.url().to_owned();
+        let r = &mut self.replicas[i];
+        r.sidecar = Some(
+            r.pod
+                .sidecar_with(&[], "web", &["--controller", &url, "--drain-grace", "5s"])
+                .unwrap(),
+        );
+    }
+
+    /// Starts replica `i`'s app and waits until it listens.
+    fn start_app(&mut self, i: usize) {
+        let log = self.received_log(i);
+        let r = &mut self.replicas[i];
+        let name = r.pod.name().to_owned();
+        let app = r
+            .pod
+            .spawn(
+                ProcSpec::new([
+                    python3().to_string_lossy().as_ref(),
+                    tool("httpkit.py").as_str(),
+                    "serve",
+                    &APP_PORT.to_string(),
+                    &name,
+                    &log.to_string_lossy(),
+                ])
+                .name("app"),
+            )
+            .unwrap();
+        wait_until(SECS(10), MS(20), || app.logs().contains("listening"))
+            .unwrap_or_else(|e| panic!("app of {name}: {e}: {}", app.logs()));
+        r.app = Some(app);
+    }
+
+    /// `kill -9` of replica `i`'s app.
+    fn kill_app(&mut self, i: usize) {
+        if let Some(app) = self.replicas[i].app.take() {
+            app.kill().unwrap();
+            app.wait_timeout(SECS(5));
+        }
+    }
+
+    /// SIGTERM to replica `i`'s sidecar; waits until it has drained and exited.
+    fn drain_sidecar(&mut self, i: usize) {
+        if let Some(sidecar) = self.replicas[i].sidecar.take() {
+            let proxy = sidecar.proxy();
+            proxy.kill_term().unwrap();
+            proxy
+                .wait_timeout(SECS(10))
+                .unwrap_or_else(|| panic!("sidecar still draining: {}", proxy.logs()));
+        }
+    }
+
+    /// Where replica `i`'s app logs the ids it receives (kept across restarts).
+    fn received_log(&self, i: usize) -> PathBuf {
+        self.mesh.run_dir().join(format!("received-web{}.log", i + 1))
+    }
+
+    /// Every request id any replica's app received.
+    fn received(&self) -> BTreeSet<u64> {
+        (0..self.replicas.len())
+            .flat_map(|i| read_ids(&self.received_log(i)))
+            .collect()
+    }
+
+    /// Runs both clients' loads while `fault` acts on the fleet (timing itself with
+    /// sleeps); each client's outcome.
+    fn under_load(&mut self, fault: impl FnOnce(&mut Fleet)) -> [Outcome; 2] {
+        let clients = [("keep-alive", "keepalive", "0"), ("new-conn", "new", "1000000")];
+        let loads: Vec<PodProc> = clients
+            .iter()
+            .map(|(_, mode, first_id)| {
+                self.front
+                    .spawn(
+                        ProcSpec::new([
+                            python3().to_string_lossy().as_ref(),
+                            tool("faultload.py").as_str(),
+                            &format!("http://{VIP}/"),
+                            RATE,
+                            &LOAD_SECONDS.to_string(),
+                            mode,
+                            first_id,
+                        ])
+                        .name("load"),
+                    )
+                    .unwrap()
+            })
+            .collect();
+        fault(self);
+        let received = self.received();
+        let mut outcomes = clients.iter().zip(&loads).map(|((client, ..), load)| {
+            let status = load
+                .wait_timeout(SECS(LOAD_SECONDS + 40))
+                .unwrap_or_else(|| panic!("the load never ended: {}", load.logs()));
+            assert!(status.success(), "{status:?}: {}", load.logs());
+            let logs = load.logs();
+            let line = logs
+                .lines()
+                .rfind(|l| l.starts_with('{'))
+                .unwrap_or_else(|| panic!("no result from the load: {logs}"));
+            Outcome::classify(client, &serde_json::from_str(line).unwrap(), &received)
+        });
+        [outcomes.next().unwrap(), outcomes.next().unwrap()]
+    }
+
+    fn logs(&self) -> String {
+        self.mesh.logs_report()
+    }
+}
+
+fn write_mesh_file(file: &Path, front: &ModePod, replicas: &[Replica], serving: &[usize]) {
+    let endpoints: Vec<String> = serving
+        .iter()
+        .map(|&i| replicas[i].pod.ipv4().to_string())
+        .collect();
+    let yaml = format!(
+        "services:\n  frontend:\n    vip: 10.96.0.2\n    ports: [{{ port: 80 }}]\n    endpoints: [{}]\n  web:\n    vip: {VIP}\n    ports: [{{ port: 80, target_port: {APP_PORT} }}]\n    endpoints: [{}]\n",
+        front.ipv4(),
+        endpoints.join(", ")
+    );
+    // An atomic rename, as an editor or a config manager writes it.
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+fn read_ids(log: &Path) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// What one client saw under one fault.
+#[derive(Debug)]
+struct Outcome {
+    client: &'static str,
+    sent: u64,
+    succeeded: u64,
+    /// Failed, and no application received it.
+    never_received: Vec<Value>,
+    /// Failed after an application received it.
+    after_receipt: Vec<Value>,
+}
+
+impl Outcome {
+    fn classify(client: &'static str, v: &Value, received: &BTreeSet<u64>) -> Outcome {
+        let (after_receipt, never_received) = v["failures"]
+            .as_array()
+            .expect("failures")
+            .iter()
+            .cloned()
+            .partition(|f| f["id"].as_u64().is_some_and(|id| received.contains(&id)));
+        Outcome {
+            client,
+            sent: v["sent"].as_u64().expect("sent"),
+            succeeded: v["succeeded"].as_u64().expect("succeeded"),
+            never_received,
+            after_receipt,
+        }
+    }
+}
+
+/// Prints each client's row and asserts that no request failed that no app
+/// received.
+fn report(fault: &str, mode: Mode, outcomes: &[Outcome], fleet: &Fleet) {
+    for o in outcomes {
+        println!(
+            "fault {fault:<28} {mode:<8} {:<10} sent {:>4}  succeeded {:>4}  failed never-received {:>3}  failed after receipt {:>3}",
+            o.client,
+            o.sent,
+            o.succeeded,
+            o.never_received.len(),
+            o.after_receipt.len()
+        );
+    }
+    for o in outcomes {
+        assert!(
+            o.never_received.is_empty(),
+            "{fault} ({mode}, {}): {} requests failed that no application received: {:?}\n{}",
+            o.client,
+            o.never_received.len(),
+            o.never_received,
+            fleet.logs()
+        );
+        assert_eq!(o.sent, o.succeeded + o.never_received.len() as u64 + o.after_receipt.len() as u64);
+    }
+}
+
+/// Fault 1: one replica's app is killed (`kill -9`) and restarted 3 s later.
+fn app_killed_and_restarted(mode: Mode) {
+    let _serial = serial();
+    let mut fleet = Fleet::new(mode, 3, 3);
+    let outcomes = fleet.under_load(|f| {
+        std::thread::sleep(SECS(2));
+        f.kill_app(0);
+        std::thread::sleep(SECS(3));
+        f.start_app(0);
+    });
+    report("app killed, restarted", mode, &outcomes, &fleet);
+}
+
+#[test]
+fn an_apps_death_and_restart_fail_no_request_iptables() {
+    app_killed_and_restarted(Mode::Iptables);
+}
+
+#[test]
+fn an_apps_death_and_restart_fail_no_request_ebpf() {
+    app_killed_and_restarted(Mode::Ebpf);
+}
+
+/// Fault 2: one replica's app dies, then another replica's sidecar is sent SIGTERM
+/// (what a rolling update does) and, once it has exited, that pod is removed.
+fn sidecar_drained_then_pod_removed(mode: Mode) {
+    let _serial = serial();
+    let mut fleet = Fleet::new(mode, 3, 3);
+    let outcomes = fleet.under_load(|f| {
+        std::thread::sleep(SECS(1));
+        f.kill_app(0);
+        std::thread::sleep(SECS(1));
+        f.drain_sidecar(1);
+        f.kill_app(1);
+        f.set_endpoints(&[0, 2]);
+    });
+    report("app dead + sidecar drained", mode, &outcomes, &fleet);
+}
+
+#[test]
+fn a_draining_sidecar_and_a_removed_pod_fail_no_request_iptables() {
+    sidecar_drained_then_pod_removed(Mode::Iptables);
+}
+
+#[test]
+fn a_draining_sidecar_and_a_removed_pod_fail_no_request_ebpf() {
+    sidecar_drained_then_pod_removed(Mode::Ebpf);
+}
+
+/// Fault 4: scale from 3 to 1 and back to 5 replicas: a replica leaves the
+/// endpoints first and is stopped a moment later (its sidecar drains); new
+/// replicas are up before they are added.
+fn scale_down_and_up(mode: Mode) {
+    let _serial = serial();
+    let mut fleet = Fleet::new(mode, 5, 3);
+    let outcomes = fleet.under_load(|f| {
+        std::thread::sleep(SECS(2));
+        f.set_endpoints(&[0]);
+        std::thread::sleep(MS(500));
+        for i in [1, 2] {
+            f.drain_sidecar(i);
+            f.kill_app(i);
+        }
+        std::thread::sleep(SECS(1));
+        for i in 1..5 {
+            f.start_sidecar(i);
+            f.start_app(i);
+        }
+        f.set_endpoints(&[0, 1, 2, 3, 4]);
+    });
+    report("scale 3 -> 1 -> 5", mode, &outcomes, &fleet);
+}
+
+#[test]
+fn scaling_down_and_up_fails_no_request_iptables() {
+    scale_down_and_up(Mode::Iptables);
+}
+
+#[test]
+fn scaling_down_and_up_fails_no_request_ebpf() {
+    scale_down_and_up(Mode::Ebpf);
+}
