@@ -239,7 +239,10 @@ async fn merge_loop(
     defaults: health::Defaults,
 ) {
     let mut checker = Checker::new(health.clone());
-    checker.set(health::probes(&catalog, &defaults));
+    // Meshed endpoints are checked through their sidecars: follow which they are.
+    let mut snapshots = state.subscribe();
+    let mut meshed = snapshots.borrow_and_update().meshed.clone();
+    checker.set(health::probes(&catalog, &defaults, &meshed));
     loop {
         let why = tokio::select! {
             got = rx.recv() => {
@@ -258,7 +261,7 @@ async fn merge_loop(
                             tracing::warn!("{conflict}");
                         }
                         state.set_catalog(catalog.clone());
-                        checker.set(health::probes(&catalog, &defaults));
+                        checker.set(health::probes(&catalog, &defaults, &meshed));
                         "configuration reloaded"
                     }
                     Err(e) => {
@@ -272,6 +275,17 @@ async fn merge_loop(
                 }
             }
             () = health.changed() => "endpoint health changed",
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = snapshots.borrow_and_update().meshed.clone();
+                if now != meshed {
+                    meshed = now;
+                    checker.set(health::probes(&catalog, &defaults, &meshed));
+                }
+                continue;
+            }
         };
         let served = catalog.served(|name, ip| health.is_withdrawn(name, ip));
         match state.publish(served) {

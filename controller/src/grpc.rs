@@ -6,6 +6,8 @@
 //! subscriber is never dropped and never sent stale intermediate states: it gets one
 //! update that brings it from what it has to what is current.
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use tonic::{Request, Response, Status};
 use weft_api::discovery as pb;
 
 use crate::model::{Name, Protocol, Service};
-use crate::state::{diff, Snapshot, State};
+use crate::state::{diff_snapshots, Snapshot, State};
 
 /// The discovery service over the controller's [`State`].
 #[derive(Debug, Clone)]
@@ -36,8 +38,8 @@ impl DiscoveryService {
     }
 }
 
-/// A service in the API's terms.
-pub fn to_proto(name: &Name, svc: &Service) -> pb::Service {
+/// A service in the API's terms; endpoints in `meshed` are marked so.
+pub fn to_proto(name: &Name, svc: &Service, meshed: &BTreeSet<IpAddr>) -> pb::Service {
     pb::Service {
         name: name.to_string(),
         vip: svc.vip.to_string(),
@@ -60,6 +62,7 @@ pub fn to_proto(name: &Name, svc: &Service) -> pb::Service {
             .map(|ip| pb::Endpoint {
                 address: ip.to_string(),
                 name: String::new(),
+                meshed: meshed.contains(ip),
             })
             .collect(),
         policy: Some(policy_to_proto(&svc.policy)),
@@ -103,7 +106,7 @@ fn full_snapshot(snap: &Snapshot) -> pb::MeshUpdate {
             .mesh
             .services
             .iter()
-            .map(|(n, s)| to_proto(n, s))
+            .map(|(n, s)| to_proto(n, s, &snap.meshed))
             .collect(),
         removed: Vec::new(),
         version: snap.version,
@@ -122,7 +125,18 @@ impl weft_api::Discovery for DiscoveryService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let peer = request.remote_addr();
         let req = request.into_inner();
+        let mut addresses: Vec<IpAddr> = req
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .chain(peer.map(|p| p.ip().to_canonical()))
+            .filter(|ip: &IpAddr| !ip.is_loopback() && !ip.is_unspecified())
+            .collect();
+        addresses.sort();
+        addresses.dedup();
         let (tx, rx) = mpsc::channel(1);
+        // Marked meshed before the first snapshot is taken, so that it already says so.
+        let sidecar = self.state.sidecar(addresses);
         let mut updates = self.state.subscribe();
         let guard = self.state.subscriber();
         let closed = self.state.closed();
@@ -130,6 +144,7 @@ impl weft_api::Discovery for DiscoveryService {
         tracing::info!(service = %req.service, proxy_id = %req.proxy_id, ?peer, "proxy subscribed");
         tokio::spawn(async move {
             let _guard = guard;
+            let _sidecar = sidecar;
             tokio::pin!(closed);
             let mut sent = updates.borrow_and_update().clone();
             if tx.send(Ok(full_snapshot(&sent))).await.is_err() {
@@ -143,11 +158,15 @@ impl weft_api::Discovery for DiscoveryService {
                     changed = updates.changed() => if changed.is_err() { break },
                 }
                 let current = updates.borrow_and_update().clone();
-                let delta = diff(&sent.mesh, &current.mesh);
+                let delta = diff_snapshots(&sent, &current);
                 if !delta.is_empty() {
                     let update = pb::MeshUpdate {
                         full_snapshot: false,
-                        services: delta.upserted.iter().map(|(n, s)| to_proto(n, s)).collect(),
+                        services: delta
+                            .upserted
+                            .iter()
+                            .map(|(n, s)| to_proto(n, s, &current.meshed))
+                            .collect(),
                         removed: delta.removed.iter().map(Name::to_string).collect(),
                         version: current.version,
                     };

@@ -15,15 +15,19 @@
 //!   pass.
 //! - Every endpoint is withdrawn when every one fails: proxies then fail fast (`503`,
 //!   `no_endpoints`) rather than send traffic to endpoints known to be down.
-//! - What is checked through a sidecar (a meshed endpoint whose inbound traffic the
-//!   sidecar captures) reaches the sidecar: a TCP connect then passes while the sidecar
-//!   is up, so check such services with `http_path`, which the sidecar forwards to
-//!   the app.
+//! - A meshed endpoint (a sidecar serves it: see `State::sidecar`) is checked
+//!   through its sidecar by default, `GET <endpoint>:15020/app-health/<port>`, which
+//!   the sidecar answers by connecting to its app from inside the pod: a TCP connect
+//!   to the endpoint would reach the sidecar, not the app, and pass while the app is
+//!   dead. This applies to meshed endpoints of the mesh file and the registration API
+//!   under the `registered` scope too (Kubernetes endpoints carry the kubelet's
+//!   readiness; `all` checks them as well). A service's own `health_check` policy
+//!   still wins.
 //!
 //! One task per checked endpoint; the [`HealthTable`] holds every result and is what
 //! `/v1/services` and `/metrics` show.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::str::FromStr;
@@ -77,7 +81,13 @@ pub struct Defaults {
     pub unhealthy_threshold: NonZeroU32,
     /// Consecutive successes that bring it back.
     pub healthy_threshold: NonZeroU32,
+    /// The sidecars' metrics and health port, where meshed endpoints are checked
+    /// (`/app-health/<port>`).
+    pub sidecar_health_port: u16,
 }
+
+/// weft-proxy's default metrics and health port.
+pub const SIDECAR_HEALTH_PORT: u16 = 15020;
 
 impl Default for Defaults {
     /// Every 5 s, 1 s timeout, withdrawn after 2 failures (so within 3 intervals of
@@ -89,6 +99,7 @@ impl Default for Defaults {
             timeout: Duration::from_secs(1),
             unhealthy_threshold: NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN),
             healthy_threshold: NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN),
+            sidecar_health_port: SIDECAR_HEALTH_PORT,
         }
     }
 }
@@ -117,16 +128,25 @@ mod as_humantime {
     }
 }
 
-/// The checks `catalog` needs under `defaults`, by service and address.
-pub fn probes(catalog: &Catalog, defaults: &Defaults) -> BTreeMap<(Name, IpAddr), Probe> {
+/// The checks `catalog` needs under `defaults`, by service and address; endpoints
+/// at `meshed` addresses are checked through their sidecar.
+pub fn probes(
+    catalog: &Catalog,
+    defaults: &Defaults,
+    meshed: &BTreeSet<IpAddr>,
+) -> BTreeMap<(Name, IpAddr), Probe> {
     let mut out = BTreeMap::new();
     for (name, entry, ep) in catalog.endpoints() {
         let policy = entry.service.policy.health_check.as_ref();
+        let via_sidecar = policy.is_none() && meshed.contains(&ep.address);
         let checked = match policy {
             Some(p) => p.enabled,
             None => match defaults.scope {
                 Scope::Off => false,
-                Scope::Registered => ep.sources.contains(&SourceKind::Registry),
+                Scope::Registered => {
+                    ep.sources.contains(&SourceKind::Registry)
+                        || (via_sidecar && ep.sources.iter().any(|s| *s != SourceKind::Kubernetes))
+                }
                 Scope::All => true,
             },
         };
@@ -141,11 +161,19 @@ pub fn probes(catalog: &Catalog, defaults: &Defaults) -> BTreeMap<(Name, IpAddr)
             .or_else(|| entry.service.ports.first().map(|p| p.target_port));
         let Some(port) = port else { continue };
         let interval = p.interval.unwrap_or(defaults.interval);
+        let (target, http_path) = if via_sidecar {
+            (
+                SocketAddr::new(ep.address, defaults.sidecar_health_port),
+                Some(format!("/app-health/{port}")),
+            )
+        } else {
+            (SocketAddr::new(ep.address, port.get()), p.http_path.clone())
+        };
         out.insert(
             (name.clone(), ep.address),
             Probe {
-                target: SocketAddr::new(ep.address, port.get()),
-                http_path: p.http_path.clone(),
+                target,
+                http_path,
                 interval,
                 timeout: p.timeout.unwrap_or(defaults.timeout).min(interval),
                 unhealthy_threshold: p
@@ -512,7 +540,7 @@ mod tests {
         let files = Contribution::services(file.services);
         let catalog = merge([(SourceKind::File, &files), (SourceKind::Registry, &regs)]);
         let d = Defaults::default();
-        let p = probes(&catalog, &d);
+        let p = probes(&catalog, &d, &BTreeSet::new());
         let keys: Vec<String> = p.keys().map(|(n, ip)| format!("{n}/{ip}")).collect();
         assert_eq!(
             keys,
@@ -532,6 +560,7 @@ mod tests {
                 scope: Scope::All,
                 ..d.clone()
             },
+            &BTreeSet::new(),
         );
         assert_eq!(
             all.len(),
@@ -542,10 +571,40 @@ mod tests {
             &catalog,
             &Defaults {
                 scope: Scope::Off,
-                ..d
+                ..d.clone()
             },
+            &BTreeSet::new(),
         );
         assert_eq!(off.len(), 1, "the policy still applies");
+
+        // Meshed: the file's endpoint of plain is checked through its sidecar; web's
+        // own policy still wins; `off` still checks nothing by default.
+        let meshed: BTreeSet<IpAddr> = ["127.0.0.2", "127.0.0.3"]
+            .iter()
+            .map(|a| a.parse().expect("ip"))
+            .collect();
+        let p = probes(&catalog, &d, &meshed);
+        let plain = &p[&(
+            Name::try_from("plain").expect("name"),
+            meshed_ip("127.0.0.2"),
+        )];
+        assert_eq!(plain.target.to_string(), "127.0.0.2:15020");
+        assert_eq!(plain.http_path.as_deref(), Some("/app-health/8080"));
+        let web = &p[&(Name::try_from("web").expect("name"), meshed_ip("127.0.0.3"))];
+        assert_eq!(web.target.to_string(), "127.0.0.3:9000");
+        let off = probes(
+            &catalog,
+            &Defaults {
+                scope: Scope::Off,
+                ..d
+            },
+            &meshed,
+        );
+        assert_eq!(off.len(), 1, "the policy only");
+    }
+
+    fn meshed_ip(a: &str) -> IpAddr {
+        a.parse().expect("ip")
     }
 
     #[tokio::test]

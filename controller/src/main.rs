@@ -57,6 +57,10 @@ struct Args {
     /// Default consecutive passes that bring a withdrawn endpoint back.
     #[arg(long, env = "WEFT_HEALTH_HEALTHY_THRESHOLD", default_value = "2")]
     health_healthy_threshold: NonZeroU32,
+    /// The sidecars' metrics and health port: meshed endpoints are checked with
+    /// `GET <endpoint>:<port>/app-health/<app port>`.
+    #[arg(long, env = "WEFT_SIDECAR_HEALTH_PORT", default_value_t = weft_controller::health::SIDECAR_HEALTH_PORT)]
+    sidecar_health_port: u16,
     /// Serve the mutating admission webhook (sidecar injection, HTTPS) here, e.g.
     /// 0.0.0.0:15017. Needs --webhook-cert and --webhook-key.
     #[arg(long, env = "WEFT_WEBHOOK_LISTEN", requires_all = ["webhook_cert", "webhook_key"])]
@@ -127,6 +131,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 timeout: args.health_timeout,
                 unhealthy_threshold: args.health_unhealthy_threshold,
                 healthy_threshold: args.health_healthy_threshold,
+                sidecar_health_port: args.sidecar_health_port,
             },
         };
         let mut controller = Controller::load(&options).await?;

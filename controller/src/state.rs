@@ -3,6 +3,8 @@
 //! exported as metrics). Subscribers follow the current snapshot through a
 //! `tokio::sync::watch` channel.
 
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -21,6 +23,10 @@ pub struct Snapshot {
     pub version: u64,
     /// The mesh at this version.
     pub mesh: Arc<Mesh>,
+    /// Addresses served through a sidecar: those of subscribed proxies, and those
+    /// that were while they have stayed endpoints (a draining or restarting sidecar
+    /// still fronts its pod). See [`State::sidecar`].
+    pub meshed: Arc<BTreeSet<IpAddr>>,
 }
 
 /// What changed in the services between two meshes.
@@ -55,6 +61,25 @@ pub fn diff(old: &Mesh, new: &Mesh) -> Delta {
         .cloned()
         .collect();
     Delta { upserted, removed }
+}
+
+/// [`diff`] of the services, plus the services whose endpoints became meshed or
+/// stopped being so (the discovery API carries that per endpoint).
+pub fn diff_snapshots(old: &Snapshot, new: &Snapshot) -> Delta {
+    let mut delta = diff(&old.mesh, &new.mesh);
+    if old.meshed == new.meshed {
+        return delta;
+    }
+    for (name, svc) in &new.mesh.services {
+        let flipped = svc
+            .endpoints
+            .iter()
+            .any(|ip| old.meshed.contains(ip) != new.meshed.contains(ip));
+        if flipped && !delta.upserted.iter().any(|(n, _)| n == name) {
+            delta.upserted.push((name.clone(), svc.clone()));
+        }
+    }
+    delta
 }
 
 /// An error with when it was seen.
@@ -117,6 +142,9 @@ pub struct State {
     status: Mutex<Status>,
     subscribers: AtomicUsize,
     pushes: AtomicU64,
+    /// Subscribed proxies per pod address (a pod's proxy may hold two streams for a
+    /// moment while it reconnects).
+    sidecars: Mutex<HashMap<IpAddr, usize>>,
 }
 
 fn now() -> String {
@@ -133,6 +161,7 @@ impl State {
             snapshot: watch::Sender::new(Arc::new(Snapshot {
                 version: 1,
                 mesh: Arc::new(mesh),
+                meshed: Arc::default(),
             })),
             catalog: Mutex::new(Arc::new(Catalog::default())),
             closing: watch::Sender::new(false),
@@ -157,6 +186,7 @@ impl State {
             }),
             subscribers: AtomicUsize::new(0),
             pushes: AtomicU64::new(0),
+            sidecars: Mutex::new(HashMap::new()),
         }
     }
 
@@ -178,10 +208,31 @@ impl State {
     /// The mesh to serve: becomes the next version if it differs from the current
     /// one. Returns the new version, or `None` when nothing changed.
     pub fn publish(&self, mesh: Mesh) -> Option<u64> {
+        self.publish_with(Some(mesh))
+    }
+
+    /// Publishes `mesh` (or the current mesh again, with `None`) with the meshed
+    /// addresses recomputed; a new version when either changed.
+    fn publish_with(&self, mesh: Option<Mesh>) -> Option<u64> {
+        let live: BTreeSet<IpAddr> = self.sidecars_mut().keys().copied().collect();
         let mut status = self.status_mut();
         let mut version = None;
         self.snapshot.send_if_modified(|snap| {
-            if *snap.mesh == mesh {
+            let mesh = match mesh {
+                Some(m) if *snap.mesh != m => Arc::new(m),
+                _ => snap.mesh.clone(),
+            };
+            let endpoints: BTreeSet<IpAddr> = mesh
+                .services
+                .values()
+                .flat_map(|s| s.endpoints.iter().copied())
+                .collect();
+            let meshed: BTreeSet<IpAddr> = live
+                .iter()
+                .chain(snap.meshed.intersection(&endpoints))
+                .copied()
+                .collect();
+            if Arc::ptr_eq(&mesh, &snap.mesh) && meshed == *snap.meshed {
                 return false;
             }
             let v = snap.version + 1;
@@ -189,12 +240,36 @@ impl State {
             status.version = v;
             *snap = Arc::new(Snapshot {
                 version: v,
-                mesh: Arc::new(mesh),
+                mesh,
+                meshed: Arc::new(meshed),
             });
             version = Some(v);
             true
         });
         version
+    }
+
+    fn sidecars_mut(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.sidecars.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A proxy serving the pod at `addresses` subscribed: endpoints there are meshed
+    /// from the next version on, for as long as the guard lives (and after, while
+    /// they stay endpoints).
+    pub fn sidecar(self: &Arc<Self>, addresses: Vec<IpAddr>) -> SidecarGuard {
+        {
+            let mut sidecars = self.sidecars_mut();
+            for a in &addresses {
+                *sidecars.entry(*a).or_default() += 1;
+            }
+        }
+        if let Some(v) = self.publish_with(None) {
+            tracing::debug!(?addresses, version = v, "sidecar addresses now meshed");
+        }
+        SidecarGuard {
+            state: self.clone(),
+            addresses,
+        }
     }
 
     /// A bad configuration from source number `source`: recorded; the current mesh
@@ -279,6 +354,30 @@ impl State {
             // An error means the sender is gone, which is closing too.
             let _ = rx.wait_for(|closing| *closing).await;
         }
+    }
+}
+
+/// Keeps a sidecar's addresses live; see [`State::sidecar`].
+#[derive(Debug)]
+pub struct SidecarGuard {
+    state: Arc<State>,
+    addresses: Vec<IpAddr>,
+}
+
+impl Drop for SidecarGuard {
+    fn drop(&mut self) {
+        {
+            let mut sidecars = self.state.sidecars_mut();
+            for a in &self.addresses {
+                if let Some(n) = sidecars.get_mut(a) {
+                    *n -= 1;
+                    if *n == 0 {
+                        sidecars.remove(a);
+                    }
+                }
+            }
+        }
+        self.state.publish_with(None);
     }
 }
 
@@ -378,5 +477,37 @@ mod tests {
         assert_eq!(state.status().subscribers, 1);
         drop(g);
         assert_eq!(state.status().subscribers, 0);
+    }
+
+    #[tokio::test]
+    async fn sidecar_addresses_are_meshed_while_subscribed_and_while_endpoints() {
+        let state = Arc::new(State::new(vec!["m".into()], mesh(BASE)));
+        let ip = |a: &str| -> IpAddr { a.parse().expect("ip") };
+        let v1 = state.snapshot();
+        let guard = state.sidecar(vec![ip("10.1.0.1"), ip("10.9.9.9")]);
+        let v2 = state.snapshot();
+        assert_eq!(v2.version, v1.version + 1);
+        assert!(v2.meshed.contains(&ip("10.1.0.1")));
+        let d = diff_snapshots(&v1, &v2);
+        assert_eq!(
+            d.upserted
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .collect::<Vec<_>>(),
+            ["a"],
+            "only the service whose endpoint became meshed"
+        );
+        drop(guard);
+        let v3 = state.snapshot();
+        assert!(
+            v3.meshed.contains(&ip("10.1.0.1")),
+            "still an endpoint: stays meshed"
+        );
+        assert!(
+            !v3.meshed.contains(&ip("10.9.9.9")),
+            "no endpoint: forgotten"
+        );
+        assert_eq!(state.publish(Mesh::default()), Some(v3.version + 1));
+        assert!(state.snapshot().meshed.is_empty(), "no longer an endpoint");
     }
 }

@@ -89,6 +89,7 @@ async fn snapshot_then_updates_and_bad_edits_are_held_back() {
         .watch(WatchRequest {
             service: "frontend".into(),
             proxy_id: "test-1".into(),
+            ..Default::default()
         })
         .await
         .expect("watch")
@@ -196,6 +197,7 @@ async fn snapshot_then_updates_and_bad_edits_are_held_back() {
         .watch(WatchRequest {
             service: "backend".into(),
             proxy_id: "test-2".into(),
+            ..Default::default()
         })
         .await
         .expect("watch")

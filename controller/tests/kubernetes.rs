@@ -326,6 +326,7 @@ async fn a_subscribed_proxy_gets_the_cluster_and_follows_its_changes() {
         .watch(WatchRequest {
             service: "web.shop".into(),
             proxy_id: "web-5f7-abcde".into(),
+            ..Default::default()
         })
         .await
         .expect("watch")

@@ -115,6 +115,7 @@ async fn metrics_follow_reloads_errors_and_subscribers() {
         .watch(WatchRequest {
             service: "frontend".into(),
             proxy_id: "metrics-test".into(),
+            ..Default::default()
         })
         .await
         .expect("watch")

@@ -43,6 +43,7 @@ async fn subscribe(grpc: SocketAddr) -> Updates {
         .watch(WatchRequest {
             service: "frontend".into(),
             proxy_id: "test".into(),
+            ..Default::default()
         })
         .await
         .expect("watch")
@@ -265,6 +266,7 @@ async fn failing_endpoints_are_withdrawn_and_come_back() {
             timeout: Duration::from_millis(100),
             unhealthy_threshold: NonZeroU32::new(2).expect("nonzero"),
             healthy_threshold: NonZeroU32::MIN,
+            ..Defaults::default()
         },
         ..o
     })

@@ -168,6 +168,7 @@ async fn watch_once(
         .watch(WatchRequest {
             service: config.service.clone(),
             proxy_id: config.proxy_id.clone(),
+            addresses: pod_addresses(),
         })
         .await?
         .into_inner();
@@ -191,6 +192,30 @@ async fn watch_once(
         }
     }
     Ok(())
+}
+
+/// The pod's own addresses (every interface's but loopback and link-local), which
+/// the controller marks meshed: endpoints there are served through this sidecar.
+fn pod_addresses() -> Vec<String> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = addrs
+        .filter_map(|ifa| {
+            let a = ifa.address?;
+            let ip: std::net::IpAddr = match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+                (Some(v4), _) => std::net::IpAddr::V4(v4.ip()),
+                (_, Some(v6)) => std::net::IpAddr::V6(v6.ip()),
+                _ => return None,
+            };
+            let link_local =
+                matches!(ip, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+            (!ip.is_loopback() && !link_local).then(|| ip.to_string())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// `error: cause: cause ...` (tonic's transport error alone says only "transport

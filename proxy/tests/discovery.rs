@@ -83,6 +83,7 @@ fn backend(endpoint: &str, port: u16, version: u64) -> MeshUpdate {
             endpoints: vec![Endpoint {
                 address: endpoint.into(),
                 name: String::new(),
+                meshed: false,
             }],
             policy: None,
         }],

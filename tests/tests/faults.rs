@@ -13,6 +13,8 @@
 //!
 //! Every test runs in both capture modes (`_iptables`, `_ebpf`).
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -156,7 +158,9 @@ impl Fleet {
 
     /// Where replica `i`'s app logs the ids it receives (kept across restarts).
     fn received_log(&self, i: usize) -> PathBuf {
-        self.mesh.run_dir().join(format!("received-web{}.log", i + 1))
+        self.mesh
+            .run_dir()
+            .join(format!("received-web{}.log", i + 1))
     }
 
     /// Every request id any replica's app received.
@@ -169,7 +173,10 @@ impl Fleet {
     /// Runs both clients' loads while `fault` acts on the fleet (timing itself with
     /// sleeps); each client's outcome.
     fn under_load(&mut self, fault: impl FnOnce(&mut Fleet)) -> [Outcome; 2] {
-        let clients = [("keep-alive", "keepalive", "0"), ("new-conn", "new", "1000000")];
+        let clients = [
+            ("keep-alive", "keepalive", "0"),
+            ("new-conn", "new", "1000000"),
+        ];
         let loads: Vec<PodProc> = clients
             .iter()
             .map(|(_, mode, first_id)| {
@@ -287,7 +294,10 @@ fn report(fault: &str, mode: Mode, outcomes: &[Outcome], fleet: &Fleet) {
             o.never_received,
             fleet.logs()
         );
-        assert_eq!(o.sent, o.succeeded + o.never_received.len() as u64 + o.after_receipt.len() as u64);
+        assert_eq!(
+            o.sent,
+            o.succeeded + o.never_received.len() as u64 + o.after_receipt.len() as u64
+        );
     }
 }
 
