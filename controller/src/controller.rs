@@ -275,6 +275,7 @@ async fn merge_loop(
                 }
             }
             () = health.changed() => "endpoint health changed",
+            () = state.drain_changed() => "a sidecar's draining changed",
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     return;
@@ -287,7 +288,10 @@ async fn merge_loop(
                 continue;
             }
         };
-        let served = catalog.served(|name, ip| health.is_withdrawn(name, ip));
+        state.prune_draining(|ip| catalog.endpoints().any(|(_, _, e)| e.address == *ip));
+        let draining = state.draining();
+        let served =
+            catalog.served(|name, ip| health.is_withdrawn(name, ip) || draining.contains(&ip));
         match state.publish(served) {
             Some(version) => tracing::info!(version, "{why}"),
             None => tracing::info!("{why}; no change"),

@@ -136,7 +136,7 @@ impl weft_api::Discovery for DiscoveryService {
         addresses.dedup();
         let (tx, rx) = mpsc::channel(1);
         // Marked meshed before the first snapshot is taken, so that it already says so.
-        let sidecar = self.state.sidecar(addresses);
+        let sidecar = self.state.sidecar(addresses, req.draining);
         let mut updates = self.state.subscribe();
         let guard = self.state.subscriber();
         let closed = self.state.closed();
@@ -187,5 +187,29 @@ impl weft_api::Discovery for DiscoveryService {
             tracing::info!(service = %req.service, proxy_id = %req.proxy_id, "proxy unsubscribed");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let peer = request.remote_addr().map(|p| p.ip().to_canonical());
+        let req = request.into_inner();
+        // A caller drains its own address only; one on the controller's host
+        // (loopback) names its addresses.
+        let addresses: Vec<IpAddr> = match peer {
+            Some(ip) if !ip.is_loopback() => vec![ip],
+            _ => req
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+        };
+        if addresses.is_empty() {
+            return Err(Status::invalid_argument("no address to drain"));
+        }
+        tracing::info!(proxy_id = %req.proxy_id, ?addresses, "sidecar draining");
+        self.state.drain(&addresses);
+        Ok(Response::new(pb::DrainResponse {}))
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::error::ConfigError;
 use crate::merge::Catalog;
@@ -145,6 +145,11 @@ pub struct State {
     /// Subscribed proxies per pod address (a pod's proxy may hold two streams for a
     /// moment while it reconnects).
     sidecars: Mutex<HashMap<IpAddr, usize>>,
+    /// Addresses whose sidecar is draining: their endpoints are withdrawn. See
+    /// [`State::drain`].
+    draining: Mutex<BTreeSet<IpAddr>>,
+    /// Wakes the merge loop when `draining` changed.
+    drain_changed: Notify,
 }
 
 fn now() -> String {
@@ -187,6 +192,8 @@ impl State {
             subscribers: AtomicUsize::new(0),
             pushes: AtomicU64::new(0),
             sidecars: Mutex::new(HashMap::new()),
+            draining: Mutex::new(BTreeSet::new()),
+            drain_changed: Notify::new(),
         }
     }
 
@@ -253,10 +260,62 @@ impl State {
         self.sidecars.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn draining_mut(&self) -> MutexGuard<'_, BTreeSet<IpAddr>> {
+        self.draining.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sidecar at `addresses` is draining (its pod is going away): endpoints
+    /// there are withdrawn by the merge loop at once, before the sidecar stops
+    /// accepting, and stay so until a sidecar subscribes there again without
+    /// draining, or the address is no endpoint any more.
+    pub fn drain(&self, addresses: &[IpAddr]) {
+        let added = {
+            let mut draining = self.draining_mut();
+            addresses
+                .iter()
+                .fold(false, |added, a| draining.insert(*a) | added)
+        };
+        if added {
+            tracing::info!(?addresses, "sidecar draining: its endpoints are withdrawn");
+            self.drain_changed.notify_one();
+        }
+    }
+
+    /// The addresses whose sidecar is draining.
+    pub fn draining(&self) -> BTreeSet<IpAddr> {
+        self.draining_mut().clone()
+    }
+
+    /// Forgets drained addresses that `is_endpoint` no longer names.
+    pub fn prune_draining(&self, is_endpoint: impl Fn(&IpAddr) -> bool) {
+        self.draining_mut().retain(|a| is_endpoint(a));
+    }
+
+    /// Resolves when the draining addresses changed since the last call.
+    pub async fn drain_changed(&self) {
+        self.drain_changed.notified().await
+    }
+
     /// A proxy serving the pod at `addresses` subscribed: endpoints there are meshed
     /// from the next version on, for as long as the guard lives (and after, while
-    /// they stay endpoints).
-    pub fn sidecar(self: &Arc<Self>, addresses: Vec<IpAddr>) -> SidecarGuard {
+    /// they stay endpoints). Unless it says it is `draining`, it is a new sidecar: an
+    /// address drained before is served again.
+    pub fn sidecar(self: &Arc<Self>, addresses: Vec<IpAddr>, draining: bool) -> SidecarGuard {
+        if !draining {
+            let removed = {
+                let mut drained = self.draining_mut();
+                addresses
+                    .iter()
+                    .fold(false, |removed, a| drained.remove(a) | removed)
+            };
+            if removed {
+                tracing::info!(
+                    ?addresses,
+                    "a sidecar subscribed at drained addresses: served again"
+                );
+                self.drain_changed.notify_one();
+            }
+        }
         {
             let mut sidecars = self.sidecars_mut();
             for a in &addresses {
@@ -484,7 +543,7 @@ mod tests {
         let state = Arc::new(State::new(vec!["m".into()], mesh(BASE)));
         let ip = |a: &str| -> IpAddr { a.parse().expect("ip") };
         let v1 = state.snapshot();
-        let guard = state.sidecar(vec![ip("10.1.0.1"), ip("10.9.9.9")]);
+        let guard = state.sidecar(vec![ip("10.1.0.1"), ip("10.9.9.9")], false);
         let v2 = state.snapshot();
         assert_eq!(v2.version, v1.version + 1);
         assert!(v2.meshed.contains(&ip("10.1.0.1")));
@@ -509,5 +568,34 @@ mod tests {
         );
         assert_eq!(state.publish(Mesh::default()), Some(v3.version + 1));
         assert!(state.snapshot().meshed.is_empty(), "no longer an endpoint");
+    }
+
+    #[tokio::test]
+    async fn a_drained_address_stays_drained_until_a_new_sidecar_subscribes_there() {
+        let state = Arc::new(State::new(vec!["m".into()], mesh(BASE)));
+        let ip = |a: &str| -> IpAddr { a.parse().expect("ip") };
+        state.drain(&[ip("10.1.0.1")]);
+        tokio::time::timeout(std::time::Duration::from_secs(1), state.drain_changed())
+            .await
+            .expect("the merge loop is woken");
+        assert!(state.draining().contains(&ip("10.1.0.1")));
+        let draining_again = state.sidecar(vec![ip("10.1.0.1")], true);
+        assert!(
+            state.draining().contains(&ip("10.1.0.1")),
+            "the draining sidecar reconnecting keeps it drained"
+        );
+        drop(draining_again);
+        let _new = state.sidecar(vec![ip("10.1.0.1")], false);
+        assert!(
+            state.draining().is_empty(),
+            "a new sidecar there: served again"
+        );
+        state.drain(&[ip("10.1.0.1"), ip("10.9.9.9")]);
+        state.prune_draining(|a| *a == ip("10.1.0.1"));
+        assert_eq!(
+            state.draining().into_iter().collect::<Vec<_>>(),
+            [ip("10.1.0.1")],
+            "an address that is no endpoint is forgotten"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The proxy's own HTTP endpoints: admin (`/connections`, `/config`, `/routes`) on
-//! loopback, and metrics and health (`/metrics`, `/ready`, `/live`) for the kubelet
-//! and Prometheus. Read-only views of [`Shared`]; the serve loop is
+//! loopback, and metrics and health (`/metrics`, `/ready`, `/live`, and the
+//! application probe `/app-health/<port>` of [`crate::app_health`]) for the kubelet,
+//! the controller and Prometheus. Read-only views of [`Shared`]; the serve loop is
 //! `weft_runtime::http`.
 
 use std::future::Future;
@@ -27,9 +28,20 @@ pub async fn serve_admin(
 /// drain so `/ready` can say 503 and the last scrape sees the final counts; it ends
 /// with the process.
 pub async fn serve_metrics(shared: Arc<Shared>, listener: TcpListener) {
-    http_endpoint::serve(
+    http_endpoint::serve_requests(
         listener,
-        move |path| metrics_route(&shared, path),
+        move |req: http::Request<hyper::body::Incoming>| {
+            let shared = shared.clone();
+            async move {
+                if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+                    return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+                }
+                match req.uri().path().strip_prefix("/app-health/") {
+                    Some(rest) => crate::app_health::probe(&shared, rest).await,
+                    None => metrics_route(&shared, req.uri().path()),
+                }
+            }
+        },
         std::future::pending(),
     )
     .await

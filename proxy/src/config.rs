@@ -38,6 +38,10 @@ pub struct ProxyConfig {
     /// How long open connections may keep going after SIGTERM.
     #[serde(with = "crate::policy::humantime_serde_compat")]
     pub drain_grace: Duration,
+    /// With a controller: how long the proxy keeps serving after announcing its
+    /// drain, before it stops accepting.
+    #[serde(with = "crate::policy::humantime_serde_compat")]
+    pub drain_delay: Duration,
     /// Record the `weft_*` traffic series (off only to measure what telemetry costs).
     pub traffic_metrics: bool,
     /// Connections served at once; more are reset and counted as `overload`.
@@ -82,6 +86,7 @@ impl ProxyConfig {
             request_timeout: crate::policy::REQUEST_TIMEOUT,
             header_read_timeout: crate::l7::serve::HEADER_READ_TIMEOUT,
             drain_grace: Duration::from_secs(10),
+            drain_delay: Duration::from_secs(3),
             traffic_metrics: true,
             max_connections: 100_000,
             closed_history: 100,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use weft_api::discovery::{self as api, MeshUpdate, WatchRequest};
+use weft_api::discovery::{self as api, DrainRequest, MeshUpdate, WatchRequest};
 use weft_api::DiscoveryClient;
 
 use crate::policy::{Defaults, Policy};
@@ -117,10 +117,20 @@ pub async fn run(
     synced: Arc<AtomicBool>,
     status: Arc<DiscoveryStatus>,
     defaults: Defaults,
+    draining: Arc<AtomicBool>,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let result = watch_once(&config, &routes, &synced, &status, &mut backoff, defaults).await;
+        let result = watch_once(
+            &config,
+            &routes,
+            &synced,
+            &status,
+            &mut backoff,
+            defaults,
+            draining.load(Ordering::SeqCst),
+        )
+        .await;
         status.connected.store(false, Ordering::Relaxed);
         match result {
             Ok(()) => {
@@ -158,6 +168,7 @@ async fn watch_once(
     status: &DiscoveryStatus,
     backoff: &mut Duration,
     defaults: Defaults,
+    draining: bool,
 ) -> Result<(), tonic::Status> {
     let channel = controller_endpoint(&config.controller)?
         .connect()
@@ -169,6 +180,7 @@ async fn watch_once(
             service: config.service.clone(),
             proxy_id: config.proxy_id.clone(),
             addresses: pod_addresses(),
+            draining,
         })
         .await?
         .into_inner();
@@ -194,9 +206,38 @@ async fn watch_once(
     Ok(())
 }
 
+/// Tells the controller this sidecar is draining, so that it withdraws the
+/// endpoints at the pod's address before the sidecar stops accepting. Bounded by
+/// `timeout`; an error means nobody was told.
+pub async fn announce_drain(config: &DiscoveryConfig, timeout: Duration) -> Result<(), String> {
+    let call = async {
+        let channel = controller_endpoint(&config.controller)
+            .map_err(|e| e.message().to_owned())?
+            .connect()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        DiscoveryClient::new(channel)
+            .drain(DrainRequest {
+                proxy_id: config.proxy_id.clone(),
+                addresses: pod_addresses(),
+            })
+            .await
+            .map_err(|e| e.message().to_owned())?;
+        Ok(())
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer within {}",
+                humantime::format_duration(timeout)
+            ))
+        })
+}
+
 /// The pod's own addresses (every interface's but loopback and link-local), which
 /// the controller marks meshed: endpoints there are served through this sidecar.
-fn pod_addresses() -> Vec<String> {
+pub fn pod_addresses() -> Vec<String> {
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
         return Vec::new();
     };
@@ -267,20 +308,24 @@ fn spec_of(s: &api::Service, defaults: Defaults) -> Result<ServiceSpec, String> 
             })
         })
         .collect::<Result<_, String>>()?;
-    let endpoints = s
-        .endpoints
-        .iter()
-        .map(|e| {
-            e.address
-                .parse()
-                .map_err(|_| format!("bad endpoint {:?}", e.address))
-        })
-        .collect::<Result<_, String>>()?;
+    let mut endpoints = Vec::with_capacity(s.endpoints.len());
+    let mut meshed = Vec::new();
+    for e in &s.endpoints {
+        let ip: IpAddr = e
+            .address
+            .parse()
+            .map_err(|_| format!("bad endpoint {:?}", e.address))?;
+        endpoints.push(ip);
+        if e.meshed {
+            meshed.push(ip);
+        }
+    }
     Ok(ServiceSpec {
         name: s.name.clone(),
         vip,
         ports,
         endpoints,
+        meshed,
         policy: Policy::from_proto(s.policy.as_ref(), defaults),
     })
 }

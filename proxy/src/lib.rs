@@ -26,7 +26,8 @@
 //! - [`addr`]: address newtypes and [`addr::Direction`].
 //! - [`error`]: why the proxy failed something, and how a connection ended.
 //! - `state`: what every task of one proxy shares.
-//! - `admin`: the admin, metrics and health routes.
+//! - `admin`: the admin, metrics and health routes; `app_health`: the probe of the
+//!   pod's application they serve (`/app-health/<port>`).
 //! - [`conntable`]: live and recently closed connections for `/connections`.
 //! - [`metrics`]: OpenTelemetry instruments, exported through weft-runtime's
 //!   Prometheus pipeline (which adds the `process_*` series).
@@ -34,6 +35,7 @@
 
 pub mod addr;
 pub(crate) mod admin;
+pub(crate) mod app_health;
 pub mod balance;
 pub mod config;
 pub(crate) mod connection;

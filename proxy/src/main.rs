@@ -52,6 +52,12 @@ struct Args {
     /// After SIGTERM, how long open connections may keep going before the proxy exits.
     #[arg(long, env = "WEFT_DRAIN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     drain_grace: Duration,
+    /// With a controller: after SIGTERM, the proxy first tells the controller it is
+    /// draining (its endpoints are withdrawn at once) and keeps serving this long,
+    /// HTTP/1 responses saying `Connection: close`, so that peers stop choosing it
+    /// before it stops accepting. 0 skips it.
+    #[arg(long, env = "WEFT_DRAIN_DELAY", default_value = "3s", value_parser = humantime::parse_duration)]
+    drain_delay: Duration,
     /// Record no weft_* traffic series (connections, bytes, requests, errors; process
     /// metrics stay). Only for measuring what telemetry costs: a mesh without them
     /// is blind.
@@ -81,6 +87,7 @@ impl Args {
         config.request_timeout = self.request_timeout;
         config.header_read_timeout = self.header_read_timeout;
         config.drain_grace = self.drain_grace;
+        config.drain_delay = self.drain_delay;
         config.traffic_metrics = !self.no_traffic_metrics;
         config.max_connections = self.max_connections;
         config.closed_history = self.closed_history;

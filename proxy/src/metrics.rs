@@ -132,6 +132,18 @@ impl Metrics {
             .build();
     }
 
+    /// `weft_endpoint_ejections_total{destination_service, reason}`: endpoints the
+    /// circuit breaker took out of rotation (`failures`: consecutive failures;
+    /// `unreachable`: nothing listening). Recorded whatever `--no-traffic-metrics`
+    /// says: ejections are rare and are what an operator alerts on.
+    pub fn ejections_counter(&self) -> Counter<u64> {
+        self.exporter
+            .meter("weft-proxy")
+            .u64_counter("weft_endpoint_ejections")
+            .with_description("Endpoints ejected by the circuit breaker, by reason")
+            .build()
+    }
+
     /// The meter the L7 path builds its `weft_http_*` instruments on (it builds them
     /// itself, so that this module does not depend on it).
     pub fn meter(&self) -> Meter {

@@ -60,6 +60,9 @@ pub struct ServiceSpec {
     pub vip: IpAddr,
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<IpAddr>,
+    /// The endpoints a weft sidecar serves (discovery marks them): their sidecar's
+    /// own error answers (`x-weft-error`) can be trusted, see [`crate::l7::forward`].
+    pub meshed: Vec<IpAddr>,
     /// Timeouts, retries, breaker and lb, defaults applied.
     pub policy: Policy,
 }
@@ -74,6 +77,7 @@ pub struct ServiceRoute {
     pub protocol: PortProtocol,
     pub policy: Policy,
     endpoints: Vec<IpAddr>,
+    meshed: Vec<IpAddr>,
 }
 
 impl ServiceRoute {
@@ -82,6 +86,11 @@ impl ServiceRoute {
         self.endpoints
             .iter()
             .map(|ip| EndpointAddr(SocketAddr::new(*ip, self.target_port)))
+    }
+
+    /// Whether a weft sidecar serves `ip` (see [`ServiceSpec::meshed`]).
+    pub fn is_meshed(&self, ip: IpAddr) -> bool {
+        self.meshed.contains(&ip)
     }
 }
 
@@ -235,6 +244,7 @@ fn routes_of(spec: &ServiceSpec) -> Vec<Arc<ServiceRoute>> {
                 protocol: p.protocol,
                 policy: spec.policy,
                 endpoints: spec.endpoints.clone(),
+                meshed: spec.meshed.clone(),
             })
         })
         .collect()
@@ -338,6 +348,7 @@ mod tests {
                 protocol: PortProtocol::Auto,
             }],
             endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
+            meshed: Vec::new(),
             policy: Policy::default(),
         }
     }

@@ -124,6 +124,7 @@ impl BoundProxy {
                 self.shared.synced.clone(),
                 self.shared.discovery.clone(),
                 self.shared.config.policy_defaults(),
+                self.shared.draining.clone(),
             ))
         });
         let mut accept_tasks = Vec::new();
@@ -152,6 +153,7 @@ impl BoundProxy {
 
         shutdown.await;
         self.shared.draining.store(true, Ordering::SeqCst);
+        announce_drain(&self.shared).await;
         self.shared.stop.send_replace(true);
         for task in accept_tasks {
             let _ = task.await;
@@ -171,6 +173,32 @@ impl BoundProxy {
             Err(_) => DrainOutcome {
                 abandoned: (max as usize - self.shared.permits.available_permits()) as u32,
             },
+        }
+    }
+}
+
+/// The drain's first step, with a controller: it is told (and withdraws this
+/// pod's endpoints), and the proxy goes on serving for the drain delay, HTTP/1
+/// responses saying `Connection: close`, while peers learn of it. Skipped when
+/// the controller could not be told: nobody would learn.
+async fn announce_drain(shared: &Shared) {
+    let config = &shared.config;
+    let (Some(discovery), delay) = (&config.discovery, config.drain_delay) else {
+        return;
+    };
+    if delay.is_zero() {
+        return;
+    }
+    match crate::discovery::announce_drain(discovery, delay).await {
+        Ok(()) => {
+            tracing::info!(
+                delay = %humantime::format_duration(delay),
+                "draining: withdrawn from discovery; still serving for the drain delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "draining: the controller could not be told");
         }
     }
 }

@@ -36,7 +36,7 @@ pub struct Shared {
     pub l7: L7,
     /// One permit per connection in service; drain waits until all are back.
     pub permits: Arc<Semaphore>,
-    pub draining: AtomicBool,
+    pub draining: Arc<AtomicBool>,
     /// Turns true when the drain begins (HTTP connections stop keep-alive, GOAWAY).
     pub stop: watch::Sender<bool>,
     /// This proxy's service name, shared by every connection's labels.
@@ -65,12 +65,15 @@ impl Shared {
             metrics.errors_counter().clone(),
             metrics.traffic_enabled(),
         );
+        let draining = Arc::new(AtomicBool::new(false));
         let l7 = L7::new(
+            draining.clone(),
             connector.clone(),
             instruments,
             config.policy_defaults(),
             config.header_read_timeout,
         );
+        let balancers = Registry::counting_ejections(metrics.ejections_counter());
         Ok(Shared {
             own_service: Arc::from(config.service.as_str()),
             conns: Arc::new(ConnTable::new(config.closed_history)),
@@ -81,9 +84,9 @@ impl Shared {
             orig_dst,
             routes: Arc::new(Routes::default()),
             connector,
-            balancers: Registry::default(),
+            balancers,
             l7,
-            draining: AtomicBool::new(false),
+            draining,
             stop: watch::channel(false).0,
             discovery,
         })

@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-use weft_api::discovery::{Endpoint, MeshUpdate, Protocol, Service, ServicePort, WatchRequest};
+use weft_api::discovery::{
+    DrainRequest, DrainResponse, Endpoint, MeshUpdate, Protocol, Service, ServicePort, WatchRequest,
+};
 use weft_api::{Discovery, DiscoveryServer};
 use weft_proxy::discovery::DiscoveryConfig;
 use weft_proxy::orig_dst::FixedOrigDst;
@@ -33,6 +35,8 @@ type UpdateStream = Pin<Box<dyn Stream<Item = Result<MeshUpdate, Status>> + Send
 struct FakeController {
     snapshot: MeshUpdate,
     subscribers: mpsc::UnboundedSender<mpsc::Sender<Result<MeshUpdate, Status>>>,
+    /// Every drain announcement received.
+    drains: mpsc::UnboundedSender<DrainRequest>,
 }
 
 #[tonic::async_trait]
@@ -45,6 +49,11 @@ impl Discovery for FakeController {
         let _ = self.subscribers.send(tx);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<DrainResponse>, Status> {
+        let _ = self.drains.send(req.into_inner());
+        Ok(Response::new(DrainResponse {}))
+    }
 }
 
 async fn start_controller(
@@ -53,11 +62,14 @@ async fn start_controller(
 ) -> (
     tokio::task::JoinHandle<()>,
     mpsc::UnboundedReceiver<mpsc::Sender<Result<MeshUpdate, Status>>>,
+    mpsc::UnboundedReceiver<DrainRequest>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (drains, drained) = mpsc::unbounded_channel();
     let svc = DiscoveryServer::new(FakeController {
         snapshot,
         subscribers: tx,
+        drains,
     });
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
@@ -66,7 +78,7 @@ async fn start_controller(
             .await
             .unwrap();
     });
-    (task, rx)
+    (task, rx, drained)
 }
 
 fn backend(endpoint: &str, port: u16, version: u64) -> MeshUpdate {
@@ -210,7 +222,8 @@ async fn follows_the_controller_and_survives_its_absence() {
     );
 
     let before_v1 = unix_ms();
-    let (ctl, mut subs) = start_controller(ctl_listener, backend("127.0.0.1", port, 1)).await;
+    let (ctl, mut subs, _drains) =
+        start_controller(ctl_listener, backend("127.0.0.1", port, 1)).await;
     eventually_within(
         "ready after the first snapshot",
         Duration::from_secs(5),
@@ -297,7 +310,7 @@ async fn follows_the_controller_and_survives_its_absence() {
 
     // A restarted controller with a changed state: its snapshot replaces ours.
     let listener = TcpListener::bind(ctl_addr).await.unwrap();
-    let (_ctl2, _subs2) = start_controller(listener, backend("127.0.0.1", port, 1)).await;
+    let (_ctl2, _subs2, _drains2) = start_controller(listener, backend("127.0.0.1", port, 1)).await;
     eventually_within(
         "the new controller's snapshot",
         Duration::from_secs(5),

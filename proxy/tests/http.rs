@@ -77,6 +77,7 @@ fn backend(endpoints: &[&str], target_port: u16, protocol: PortProtocol) -> Serv
             protocol,
         }],
         endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+        meshed: Vec::new(),
         policy: weft_proxy::policy::Policy::default(),
     }
 }

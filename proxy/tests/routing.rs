@@ -56,6 +56,7 @@ fn backend(endpoints: &[&str], target_port: u16) -> ServiceSpec {
             protocol: PortProtocol::Tcp,
         }],
         endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+        meshed: Vec::new(),
         policy: weft_proxy::policy::Policy::default(),
     }
 }

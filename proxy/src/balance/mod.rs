@@ -23,6 +23,13 @@
 //!   one attempt is let through as a probe: success puts the endpoint back (and
 //!   resets its backoff), failure ejects it again for longer. With every endpoint
 //!   out, picks fail at once with `all_endpoints_ejected`.
+//! - **Unreachable endpoints leave at once** ([`Balancer::observe_unreachable`]): a
+//!   refused connect, or a peer sidecar answering that its application is not
+//!   listening, ejects the endpoint on the first occurrence, and
+//!   `max_ejection_percent` does not hold it in rotation while another endpoint is
+//!   in service (Envoy's panic threshold is the model: only with none left in
+//!   service is traffic spread over endpoints known to be down). Ejections are
+//!   counted in `weft_endpoint_ejections_total{destination_service, reason}`.
 //! - [`budget`]: the retry budget; [`registry`]: finding a route's balancer.
 
 pub mod breaker;
@@ -30,9 +37,13 @@ pub mod budget;
 pub mod registry;
 
 use std::cell::Cell;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use opentelemetry::metrics::Counter;
+use opentelemetry::KeyValue;
 
 use crate::addr::EndpointAddr;
 use crate::error::ErrorReason;
@@ -92,9 +103,33 @@ pub struct Pick<'a, C> {
 #[derive(Debug)]
 pub struct Balancer<C> {
     endpoints: Box<[Arc<Endpoint<C>>]>,
+    /// The endpoints a weft sidecar serves ([`crate::routes::ServiceSpec::meshed`]).
+    meshed: Box<[IpAddr]>,
     next: AtomicUsize,
     pub policy: Policy,
     pub budget: RetryBudget,
+    ejections: Ejections,
+}
+
+/// Where a route's ejections are counted: `weft_endpoint_ejections_total`, labelled
+/// with the route's service. Empty in unit tests.
+#[derive(Clone, Debug, Default)]
+pub struct Ejections(Option<(Counter<u64>, KeyValue)>);
+
+impl Ejections {
+    /// Counts into `counter` under `destination_service = service`.
+    pub fn new(counter: Counter<u64>, service: Arc<str>) -> Self {
+        Ejections(Some((
+            counter,
+            KeyValue::new("destination_service", service),
+        )))
+    }
+
+    fn count(&self, reason: &'static str) {
+        if let Some((counter, service)) = &self.0 {
+            counter.add(1, &[service.clone(), KeyValue::new("reason", reason)]);
+        }
+    }
 }
 
 thread_local! {
@@ -118,13 +153,31 @@ fn random() -> u64 {
 }
 
 impl<C> Balancer<C> {
-    pub fn new(endpoints: Box<[Arc<Endpoint<C>>]>, policy: Policy) -> Self {
+    pub fn new(
+        endpoints: Box<[Arc<Endpoint<C>>]>,
+        meshed: Box<[IpAddr]>,
+        policy: Policy,
+        ejections: Ejections,
+    ) -> Self {
         Balancer {
             endpoints,
+            meshed,
             next: AtomicUsize::new(0),
             budget: RetryBudget::new(policy.retries.budget_percent, policy.retries.min_per_second),
             policy,
+            ejections,
         }
+    }
+
+    /// Whether a weft sidecar serves any of the route's endpoints.
+    pub fn any_meshed(&self) -> bool {
+        !self.meshed.is_empty()
+    }
+
+    /// Whether a weft sidecar serves `endpoint`, so that its own error answers can be
+    /// trusted. Consulted on failures only.
+    pub fn is_meshed(&self, endpoint: &Endpoint<C>) -> bool {
+        self.meshed.contains(&endpoint.addr().0.ip())
     }
 
     /// The endpoint for the next attempt; `avoid` (the one that just failed) is
@@ -218,17 +271,39 @@ impl<C> Balancer<C> {
         let bp = &self.policy.circuit_breaker;
         let failures = h.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if probe {
-            self.eject(endpoint);
+            self.eject(endpoint, "failures");
         } else if failures >= bp.consecutive_failures && !h.is_out() {
             let n = self.endpoints.len() as u64;
             let out = self.endpoints.iter().filter(|p| p.health.is_out()).count() as u64;
             if (out + 1) * 100 <= u64::from(bp.max_ejection_percent) * n {
-                self.eject(endpoint);
+                self.eject(endpoint, "failures");
             }
         }
     }
 
-    fn eject(&self, endpoint: &Endpoint<C>) {
+    /// An attempt on `endpoint` found nothing listening: its connect was refused, or
+    /// its sidecar answered that the application is unreachable. The endpoint is
+    /// ejected at once when another one is in service (whatever
+    /// `max_ejection_percent` says: a dead endpoint is worth nothing in rotation);
+    /// with none other in service it counts as an ordinary failure.
+    pub fn observe_unreachable(&self, endpoint: &Endpoint<C>, probe: bool, latency: Duration) {
+        let h = &endpoint.health;
+        let others_in_service = self
+            .endpoints
+            .iter()
+            .any(|p| !std::ptr::eq(&**p, endpoint) && !p.health.is_out());
+        if probe || !others_in_service || h.is_out() {
+            self.observe(endpoint, probe, false, latency);
+            return;
+        }
+        if self.policy.lb == Lb::P2cEwma {
+            h.observe_latency(latency, since_epoch().as_nanos() as u64);
+        }
+        self.eject(endpoint, "unreachable");
+    }
+
+    fn eject(&self, endpoint: &Endpoint<C>, reason: &'static str) {
+        self.ejections.count(reason);
         let h = &endpoint.health;
         let bp = &self.policy.circuit_breaker;
         let k = h.ejections.fetch_add(1, Ordering::Relaxed) + 1;
@@ -286,6 +361,7 @@ mod tests {
                 protocol: PortProtocol::Auto,
             }],
             endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
+            meshed: Vec::new(),
             policy,
         }])
     }

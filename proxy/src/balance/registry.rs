@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use super::{Balancer, Conns, Endpoint};
+use opentelemetry::metrics::Counter;
+
+use super::{Balancer, Conns, Ejections, Endpoint};
 use crate::addr::EndpointAddr;
 use crate::routes::ServiceRoute;
 
@@ -20,6 +22,8 @@ pub struct Registry<C> {
     /// (a live allocation cannot share its address with another).
     balancers: Mutex<HashMap<usize, RouteBalancer<C>>>,
     endpoints: Mutex<HashMap<EndpointAddr, Weak<Endpoint<C>>>>,
+    /// `weft_endpoint_ejections_total`, when metrics are recorded.
+    ejections: Option<Counter<u64>>,
 }
 
 impl<C> Default for Registry<C> {
@@ -27,6 +31,17 @@ impl<C> Default for Registry<C> {
         Registry {
             balancers: Mutex::new(HashMap::new()),
             endpoints: Mutex::new(HashMap::new()),
+            ejections: None,
+        }
+    }
+}
+
+impl<C> Registry<C> {
+    /// A registry whose balancers count their ejections in `ejections`.
+    pub fn counting_ejections(ejections: Counter<u64>) -> Self {
+        Registry {
+            ejections: Some(ejections),
+            ..Registry::default()
         }
     }
 }
@@ -51,7 +66,16 @@ impl<C: Conns> Registry<C> {
                 .map(|addr| shared_endpoint(&mut known, addr))
                 .collect()
         };
-        let b = Arc::new(Balancer::new(endpoints, route.policy));
+        let ejections = match &self.ejections {
+            Some(counter) => Ejections::new(counter.clone(), route.service.clone()),
+            None => Ejections::default(),
+        };
+        let meshed = route
+            .endpoints()
+            .map(|e| e.0.ip())
+            .filter(|ip| route.is_meshed(*ip))
+            .collect();
+        let b = Arc::new(Balancer::new(endpoints, meshed, route.policy, ejections));
         balancers.insert(key, (Arc::downgrade(route), b.clone()));
         b
     }
@@ -90,6 +114,7 @@ mod tests {
                 protocol: PortProtocol::Auto,
             }],
             endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
+            meshed: Vec::new(),
             policy: Policy::default(),
         }
     }

@@ -9,15 +9,24 @@
 //! - a request that was never sent (connect failure, or a fresh connection that
 //!   closed before taking it) is retried whatever its method, when `on` has
 //!   `connect-failure`;
+//! - one that a meshed endpoint's sidecar answered with its own 502/503 saying its
+//!   application could not be reached (`x-weft-error: connect_refused`,
+//!   `connect_timeout` or `connect_error`) never reached the application either,
+//!   and is retried whatever its method (when its body was small enough to keep a
+//!   copy of, [`MAX_REPLAY_BODY`]). Only a meshed endpoint's answer is read that way:
+//!   a weft sidecar removes `x-weft-error` from its application's responses, so
+//!   the header there can only be the sidecar's own;
 //! - one that was sent is retried only when its method is idempotent and its body
-//!   was small enough to keep a copy of ([`MAX_REPLAY_BODY`]): on a reset
-//!   (`reset`) or a listed 5xx status (`503`, `gateway-error`);
+//!   was small enough to keep a copy of: on a reset (`reset`) or a listed 5xx
+//!   status (`503`, `gateway-error`);
 //! - each retry takes one from the route's [`RetryBudget`](crate::balance::RetryBudget)
 //!   and goes to another endpoint when there is one; none beyond `attempts`, none
 //!   past the request timeout (which covers every attempt).
 //!
 //! Each attempt's outcome feeds the circuit breaker and the P2C latency estimate,
-//! including an attempt the request timeout cut short.
+//! including an attempt the request timeout cut short; an endpoint found with
+//! nothing listening is ejected at once ([`crate::balance::Balancer::observe_unreachable`]).
+//! Each retry is counted in `weft_http_retries_total{reason}`.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -67,6 +76,11 @@ pub async fn forward(
             Ok(Err(reason)) => return Ok(errors::respond(&ctx, reason, method, started)),
             Ok(Ok(r)) => r,
         };
+    if let Target::Fixed(_) = ctx.target {
+        // The local application's response: only this sidecar may say why it failed
+        // a request (peers trust the header from a meshed endpoint).
+        resp.headers_mut().remove(&errors::X_WEFT_ERROR);
+    }
     let upgraded = match downstream_upgrade {
         Some(down) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             tunnel(&ctx, down, hyper::upgrade::on(&mut resp));
@@ -75,6 +89,16 @@ pub async fn forward(
         _ => false,
     };
     headers::strip(resp.headers_mut(), upgraded);
+    if ctx.version == HttpVersion::Http1 && !upgraded && ctx.draining.load(Ordering::Relaxed) {
+        // Draining: the client closes this connection after the response and opens
+        // its next one elsewhere (or here, while this proxy still accepts). Closing
+        // an idle keep-alive connection instead would race the client's next
+        // request on it.
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     if ctx.version == HttpVersion::Http1 {
         // The client's connection keeps its own keep-alive, whatever the upstream's
         // version (hyper still answers an HTTP/1.0 client in HTTP/1.0).
@@ -118,12 +142,14 @@ async fn send(
     let retry = &ctx.policy.retries;
     let (parts, body) = req.into_parts();
     // A copy to send again after a failure that happened once the request was sent:
-    // only for an idempotent method with a small body, with retries that look at
-    // such failures, and while the budget could pay for one.
+    // for a small body, with retries that look at such failures, and while the
+    // budget could pay for one. Any method when a meshed endpoint may answer that
+    // its application never got the request; otherwise idempotent ones only.
+    let idempotent = is_idempotent(&parts.method);
     let keep_copy = retry.attempts > 0
         && !upgrade
-        && (retry.on.reset || retry.on.statuses != 0)
-        && is_idempotent(&parts.method)
+        && ((idempotent && (retry.on.reset || retry.on.statuses != 0))
+            || (retry.on.connect_failure && balancer.any_meshed()))
         && balancer.budget.has_room();
     let body = if keep_copy {
         match RequestBody::replayable(body).await {
@@ -158,31 +184,45 @@ async fn send(
             done: false,
         };
         balancer.start(pick.endpoint);
-        let again = match pick.endpoint.conns.send(req, opts, &ctx.connector).await {
+        let (again, why) = match pick.endpoint.conns.send(req, opts, &ctx.connector).await {
             Ok((resp, lease)) => {
                 let status = resp.status().as_u16();
-                attempt.finish(status < 500);
+                let unreached =
+                    peer_says_unreached(&resp).filter(|_| balancer.is_meshed(pick.endpoint));
+                match unreached {
+                    Some(ErrorReason::ConnectRefused) => attempt.finish_unreachable(),
+                    _ => attempt.finish(status < 500),
+                }
                 let again = match &copy {
-                    Some(copy) if retry.on.status(status) && left > 0 => {
-                        balancer.budget.withdraw().then(|| copy.request())
+                    // The application never saw it: safe whatever the method.
+                    Some(copy) if unreached.is_some() && retry.on.connect_failure => {
+                        Some((copy, "app_unreachable"))
                     }
+                    Some(copy) if idempotent && retry.on.status(status) => Some((copy, "status")),
                     _ => None,
                 };
                 match again {
-                    Some(r) => {
+                    Some((copy, why)) if left > 0 && balancer.budget.withdraw() => {
                         discard(resp, lease);
-                        r
+                        (copy.request(), why)
                     }
-                    None => return Ok((resp, lease)),
+                    _ => return Ok((resp, lease)),
                 }
             }
             Err(SendError { reason, unsent }) => {
-                attempt.finish(false);
+                if reason == ErrorReason::ConnectRefused {
+                    attempt.finish_unreachable();
+                } else {
+                    attempt.finish(false);
+                }
                 let again = match unsent {
                     // Never sent: safe whatever the method.
-                    Some(unsent) if retry.on.connect_failure => Some(unsent),
-                    None if retry.on.reset && reason == ErrorReason::UpstreamReset => {
-                        copy.as_ref().map(RetryCopy::request)
+                    Some(unsent) if retry.on.connect_failure => Some((unsent, "unsent")),
+                    None if idempotent
+                        && retry.on.reset
+                        && reason == ErrorReason::UpstreamReset =>
+                    {
+                        copy.as_ref().map(|c| (c.request(), "reset"))
                     }
                     _ => None,
                 };
@@ -192,10 +232,29 @@ async fn send(
                 }
             }
         };
-        tracing::debug!(endpoint = %pick.endpoint.addr(), left, "retrying");
+        tracing::debug!(endpoint = %pick.endpoint.addr(), left, why, "retrying");
+        ctx.labels.retry(&ctx.instruments, why);
         left -= 1;
         req = again;
         last = Some(pick.endpoint);
+    }
+}
+
+/// Whether `resp` is a weft sidecar's own answer saying that its application could
+/// not be reached (so never received the request), and how it failed. Trusted only
+/// from a meshed endpoint (the caller checks).
+fn peer_says_unreached(resp: &Response<Incoming>) -> Option<ErrorReason> {
+    if !matches!(
+        resp.status(),
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        return None;
+    }
+    match resp.headers().get(&errors::X_WEFT_ERROR)?.as_bytes() {
+        b"connect_refused" => Some(ErrorReason::ConnectRefused),
+        b"connect_timeout" => Some(ErrorReason::ConnectTimeout),
+        b"connect_error" => Some(ErrorReason::ConnectError),
+        _ => None,
     }
 }
 
@@ -248,6 +307,14 @@ impl Attempt<'_> {
         self.balancer.end(self.endpoint);
         self.balancer
             .observe(self.endpoint, self.probe, ok, self.started.elapsed());
+    }
+
+    /// Nothing listens at the endpoint (or behind its sidecar): out at once.
+    fn finish_unreachable(mut self) {
+        self.done = true;
+        self.balancer.end(self.endpoint);
+        self.balancer
+            .observe_unreachable(self.endpoint, self.probe, self.started.elapsed());
     }
 }
 

@@ -27,6 +27,7 @@ pub mod request_body;
 pub mod serve;
 pub mod telemetry;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,6 +84,8 @@ pub struct ConnCtx {
     pub policy: Policy,
     /// How long a client has to send a request head (HTTP/1).
     pub header_read_timeout: Duration,
+    /// The proxy is draining (see [`L7`]).
+    pub draining: Arc<AtomicBool>,
     /// Upgraded (tunnelled) requests still running; the connection ends after them.
     tunnels: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -103,6 +106,8 @@ impl ConnCtx {
 /// The L7 state of one proxy: inbound pools, instruments, and how to dial.
 #[derive(Debug)]
 pub struct L7 {
+    /// The proxy is draining: HTTP/1 responses carry `Connection: close`.
+    draining: Arc<AtomicBool>,
     inbound: InboundPools,
     connector: Connector,
     instruments: HttpInstruments,
@@ -130,6 +135,7 @@ pub enum Dest {
 
 impl L7 {
     pub fn new(
+        draining: Arc<AtomicBool>,
         connector: Connector,
         instruments: HttpInstruments,
         defaults: Defaults,
@@ -139,6 +145,7 @@ impl L7 {
         // One local application: nothing else to try.
         inbound_policy.retries.attempts = 0;
         L7 {
+            draining,
             inbound: InboundPools::default(),
             connector,
             instruments,
@@ -171,6 +178,7 @@ impl L7 {
             connector: self.connector.clone(),
             policy,
             header_read_timeout: self.header_read_timeout,
+            draining: self.draining.clone(),
             tunnels: Mutex::new(Vec::new()),
         })
     }

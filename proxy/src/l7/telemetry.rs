@@ -30,6 +30,7 @@ pub struct HttpInstruments {
     requests: Counter<u64>,
     duration: Histogram<f64>,
     errors: Counter<u64>,
+    retries: Counter<u64>,
     /// False: nothing is recorded (`--no-traffic-metrics`).
     enabled: bool,
 }
@@ -51,6 +52,12 @@ impl HttpInstruments {
                 .with_boundaries(DURATION_BUCKETS.to_vec())
                 .build(),
             errors,
+            retries: meter
+                .u64_counter("weft_http_retries")
+                .with_description(
+                    "Request attempts sent again to another endpoint, by why the last one failed",
+                )
+                .build(),
             enabled,
         }
     }
@@ -99,6 +106,23 @@ impl RequestLabels {
     }
 
     /// A response the proxy made itself.
+    /// A request is sent again after its attempt failed for `reason` (the words of
+    /// [`crate::l7::forward`]'s retry rules: `unsent`, `app_unreachable`, `reset`,
+    /// `status`).
+    pub fn retry(&self, instruments: &HttpInstruments, reason: &'static str) {
+        if !instruments.enabled {
+            return;
+        }
+        instruments.retries.add(
+            1,
+            &[
+                self.direction.clone(),
+                self.destination.clone(),
+                KeyValue::new("reason", reason),
+            ],
+        );
+    }
+
     pub fn error(&self, instruments: &HttpInstruments, reason: ErrorReason) {
         if !instruments.enabled {
             return;

@@ -100,32 +100,69 @@ impl Connector {
     }
 
     /// Connects to the endpoint `balancer` picks; a failed connect counts as a
-    /// failure of that endpoint, a connect as a success (the breaker applies to TCP
-    /// as to HTTP).
+    /// failure of that endpoint (a refused one ejects it at once), a connect as a
+    /// success (the breaker applies to TCP as to HTTP). A connect that failed is
+    /// tried on another endpoint, as the route's retry policy allows for connect
+    /// failures (nothing was sent: safe for any protocol), each retry paid from its
+    /// budget.
     pub async fn dial<C>(&self, balancer: &Balancer<C>, timeout: Duration) -> Dialed {
-        let pick = match balancer.pick(None) {
-            Ok(pick) => pick,
-            Err(reason) => {
+        let retry = &balancer.policy.retries;
+        let mut left = if retry.on.connect_failure {
+            retry.attempts
+        } else {
+            0
+        };
+        balancer.budget.deposit();
+        // The endpoint whose connect just failed, and why.
+        let mut failed: Option<(&Arc<Endpoint<C>>, ErrorReason)> = None;
+        loop {
+            let pick = match balancer.pick(failed.map(|f| f.0)) {
+                Ok(pick) => pick,
+                Err(reason) => {
+                    return Dialed {
+                        endpoint: None,
+                        upstream: Err(reason),
+                    }
+                }
+            };
+            if let Some((endpoint, reason)) = failed.filter(|f| Arc::ptr_eq(f.0, pick.endpoint)) {
+                // Nothing else to try: the failure stands (the breaker has heard of
+                // it already; this pick is not an attempt).
                 return Dialed {
-                    endpoint: None,
+                    endpoint: Some(endpoint.addr()),
                     upstream: Err(reason),
+                };
+            }
+            let endpoint = pick.endpoint.addr();
+            let mut attempt = ConnectAttempt {
+                balancer,
+                endpoint: pick.endpoint,
+                probe: pick.probe,
+                started: Instant::now(),
+                done: false,
+            };
+            balancer.start(pick.endpoint);
+            let upstream = self.connect(endpoint, timeout).await;
+            attempt.finish(&upstream);
+            match upstream {
+                Err(reason) if left > 0 && balancer.endpoints().len() > 1 => {
+                    if !balancer.budget.withdraw() {
+                        return Dialed {
+                            endpoint: Some(endpoint),
+                            upstream: Err(reason),
+                        };
+                    }
+                    tracing::debug!(%endpoint, ?reason, left, "connect failed; trying another endpoint");
+                    left -= 1;
+                    failed = Some((pick.endpoint, reason));
+                }
+                upstream => {
+                    return Dialed {
+                        endpoint: Some(endpoint),
+                        upstream,
+                    }
                 }
             }
-        };
-        let endpoint = pick.endpoint.addr();
-        let mut attempt = ConnectAttempt {
-            balancer,
-            endpoint: pick.endpoint,
-            probe: pick.probe,
-            started: Instant::now(),
-            done: false,
-        };
-        balancer.start(pick.endpoint);
-        let upstream = self.connect(endpoint, timeout).await;
-        attempt.finish(upstream.is_ok());
-        Dialed {
-            endpoint: Some(endpoint),
-            upstream,
         }
     }
 
@@ -146,11 +183,19 @@ struct ConnectAttempt<'a, C> {
 }
 
 impl<C> ConnectAttempt<'_, C> {
-    fn finish(&mut self, ok: bool) {
+    fn finish<T>(&mut self, upstream: &Result<T, ErrorReason>) {
         self.done = true;
         self.balancer.end(self.endpoint);
-        self.balancer
-            .observe(self.endpoint, self.probe, ok, self.started.elapsed());
+        let latency = self.started.elapsed();
+        match upstream {
+            Err(ErrorReason::ConnectRefused) => {
+                self.balancer
+                    .observe_unreachable(self.endpoint, self.probe, latency)
+            }
+            outcome => self
+                .balancer
+                .observe(self.endpoint, self.probe, outcome.is_ok(), latency),
+        }
     }
 }
 
@@ -211,6 +256,7 @@ mod tests {
                 "127.0.0.1".parse().expect("ip"),
                 "127.0.0.2".parse().expect("ip"),
             ],
+            meshed: Vec::new(),
             policy,
         }]);
         let Resolved::Service(route) =
