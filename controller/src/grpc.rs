@@ -136,6 +136,11 @@ impl weft_api::Discovery for DiscoveryService {
         addresses.dedup();
         let (tx, rx) = mpsc::channel(1);
         // Marked meshed before the first snapshot is taken, so that it already says so.
+        if req.draining {
+            // A draining sidecar that reconnects (to a controller that restarted,
+            // perhaps): still drained.
+            self.state.drain(&addresses);
+        }
         let sidecar = self.state.sidecar(addresses, req.draining);
         let mut updates = self.state.subscribe();
         let guard = self.state.subscriber();

@@ -55,7 +55,7 @@ struct Args {
     /// With a controller: after SIGTERM, the proxy first tells the controller it is
     /// draining (its endpoints are withdrawn at once) and keeps serving this long,
     /// HTTP/1 responses saying `Connection: close`, so that peers stop choosing it
-    /// before it stops accepting. 0 skips it.
+    /// before it stops accepting; then the drain grace begins. 0 skips it.
     #[arg(long, env = "WEFT_DRAIN_DELAY", default_value = "3s", value_parser = humantime::parse_duration)]
     drain_delay: Duration,
     /// Record no weft_* traffic series (connections, bytes, requests, errors; process

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -269,6 +270,9 @@ pub struct Applied {
 #[derive(Debug, Default)]
 pub struct Routes {
     current: RwLock<Current>,
+    /// Bumped on every store: lets a connection tell cheaply whether the table it
+    /// routed by is still current ([`crate::balance::Follow`]).
+    generation: AtomicU64,
 }
 
 /// The table and its version, replaced together.
@@ -280,6 +284,11 @@ struct Current {
 
 impl Routes {
     /// The current table.
+    /// How many tables have been stored.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     pub fn load(&self) -> Arc<RouteTable> {
         self.read().table.clone()
     }
@@ -297,6 +306,7 @@ impl Routes {
             table: Arc::new(table),
             applied: None,
         };
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Replaces the current table with discovery's `version` of it. The applied time
@@ -315,6 +325,8 @@ impl Routes {
             table: Arc::new(table),
             applied: Some(applied),
         };
+        drop(current);
+        self.generation.fetch_add(1, Ordering::Release);
         applied
     }
 

@@ -177,10 +177,11 @@ impl BoundProxy {
     }
 }
 
-/// The drain's first step, with a controller: it is told (and withdraws this
-/// pod's endpoints), and the proxy goes on serving for the drain delay, HTTP/1
-/// responses saying `Connection: close`, while peers learn of it. Skipped when
-/// the controller could not be told: nobody would learn.
+/// The drain's first step, with a controller: it is told (and withdraws this pod's
+/// endpoints at once), and the proxy goes on serving for the drain delay, HTTP/1
+/// responses saying `Connection: close`, while peers learn of it. The delay holds
+/// also when the controller could not be told (it may be restarting): the
+/// connections that carry a request meanwhile still learn to go elsewhere.
 async fn announce_drain(shared: &Shared) {
     let config = &shared.config;
     let (Some(discovery), delay) = (&config.discovery, config.drain_delay) else {
@@ -189,18 +190,19 @@ async fn announce_drain(shared: &Shared) {
     if delay.is_zero() {
         return;
     }
+    let started = tokio::time::Instant::now();
     match crate::discovery::announce_drain(discovery, delay).await {
-        Ok(()) => {
-            tracing::info!(
-                delay = %humantime::format_duration(delay),
-                "draining: withdrawn from discovery; still serving for the drain delay"
-            );
-            tokio::time::sleep(delay).await;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "draining: the controller could not be told");
-        }
+        Ok(()) => tracing::info!(
+            delay = %humantime::format_duration(delay),
+            "draining: withdrawn from discovery; still serving for the drain delay"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            delay = %humantime::format_duration(delay),
+            "draining: the controller could not be told; still serving for the drain delay"
+        ),
     }
+    tokio::time::sleep_until(started + delay).await;
 }
 
 async fn wait_stop(mut stop: watch::Receiver<bool>) {

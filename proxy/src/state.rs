@@ -31,7 +31,7 @@ pub struct Shared {
     /// connection coming *from* one of them is the proxy's traffic looping back).
     pub connector: Connector,
     /// The services' balancers, used by opaque connections and HTTP requests alike.
-    pub balancers: Registry,
+    pub balancers: Arc<Registry>,
     /// Inbound pools and instruments of the HTTP path.
     pub l7: L7,
     /// One permit per connection in service; drain waits until all are back.
@@ -73,7 +73,7 @@ impl Shared {
             config.policy_defaults(),
             config.header_read_timeout,
         );
-        let balancers = Registry::counting_ejections(metrics.ejections_counter());
+        let balancers = Arc::new(Registry::counting_ejections(metrics.ejections_counter()));
         Ok(Shared {
             own_service: Arc::from(config.service.as_str()),
             conns: Arc::new(ConnTable::new(config.closed_history)),

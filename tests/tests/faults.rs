@@ -9,7 +9,8 @@
 //! *never received* (no application saw it: the mesh could have sent it elsewhere)
 //! or *after receipt* (an application took it and then died). The first kind must be
 //! zero, whatever the method; the test prints sent / succeeded / failed for each
-//! client and fault.
+//! client and fault, and what the frontend's sidecar did to get there (its
+//! `weft_http_retries_total` by reason, `weft_endpoint_ejections_total` by reason).
 //!
 //! Every test runs in both capture modes (`_iptables`, `_ebpf`).
 
@@ -26,9 +27,10 @@ use weft_e2e::{python3, wait_until, Controller, Mesh, Mode, ModePod, PodProc, Pr
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
-/// The load, per client: requests/s and seconds.
+/// The load, per client: requests/s, and seconds (longer for the rolling restart).
 const RATE: &str = "50";
 const LOAD_SECONDS: u64 = 8;
+const ROLLING_LOAD_SECONDS: u64 = 22;
 const VIP: &str = "10.96.0.50";
 const APP_PORT: u16 = 8080;
 
@@ -58,7 +60,7 @@ struct Fleet {
     mesh: Mesh,
     file: PathBuf,
     front: ModePod,
-    _front_sidecar: Sidecar,
+    front_sidecar: Sidecar,
     replicas: Vec<Replica>,
     controller: Controller,
 }
@@ -87,7 +89,7 @@ impl Fleet {
             mesh,
             file,
             front,
-            _front_sidecar: front_sidecar,
+            front_sidecar,
             replicas,
             controller,
         };
@@ -108,7 +110,19 @@ impl Fleet {
         let r = &mut self.replicas[i];
         r.sidecar = Some(
             r.pod
-                .sidecar_with(&[], "web", &["--controller", &url, "--drain-grace", "5s"])
+                .sidecar_with(
+                    &[],
+                    "web",
+                    // The proxy's default drain delay (the harness sets none).
+                    &[
+                        "--controller",
+                        &url,
+                        "--drain-grace",
+                        "5s",
+                        "--drain-delay",
+                        "3s",
+                    ],
+                )
                 .unwrap(),
         );
     }
@@ -156,6 +170,16 @@ impl Fleet {
         }
     }
 
+    /// `kill -9` of the controller, and a new one on the same mesh file a second
+    /// later (it knows nothing of the old one's health checks or drains).
+    fn restart_controller(&mut self) {
+        let old = self.controller.proc();
+        old.kill().unwrap();
+        old.wait_timeout(SECS(5));
+        std::thread::sleep(SECS(1));
+        self.controller = Controller::start(&self.mesh, &self.file, &[]).unwrap();
+    }
+
     /// Where replica `i`'s app logs the ids it receives (kept across restarts).
     fn received_log(&self, i: usize) -> PathBuf {
         self.mesh
@@ -172,7 +196,7 @@ impl Fleet {
 
     /// Runs both clients' loads while `fault` acts on the fleet (timing itself with
     /// sleeps); each client's outcome.
-    fn under_load(&mut self, fault: impl FnOnce(&mut Fleet)) -> [Outcome; 2] {
+    fn under_load(&mut self, seconds: u64, fault: impl FnOnce(&mut Fleet)) -> [Outcome; 2] {
         let clients = [
             ("keep-alive", "keepalive", "0"),
             ("new-conn", "new", "1000000"),
@@ -187,7 +211,7 @@ impl Fleet {
                             tool("faultload.py").as_str(),
                             &format!("http://{VIP}/"),
                             RATE,
-                            &LOAD_SECONDS.to_string(),
+                            &seconds.to_string(),
                             mode,
                             first_id,
                         ])
@@ -200,7 +224,7 @@ impl Fleet {
         let received = self.received();
         let mut outcomes = clients.iter().zip(&loads).map(|((client, ..), load)| {
             let status = load
-                .wait_timeout(SECS(LOAD_SECONDS + 40))
+                .wait_timeout(SECS(seconds + 40))
                 .unwrap_or_else(|| panic!("the load never ended: {}", load.logs()));
             assert!(status.success(), "{status:?}: {}", load.logs());
             let logs = load.logs();
@@ -215,6 +239,30 @@ impl Fleet {
 
     fn logs(&self) -> String {
         self.mesh.logs_report()
+    }
+
+    /// What the frontend's sidecar counted: retries and ejections, by reason.
+    fn recovery(&self) -> Recovery {
+        let metrics = self.front_sidecar.metrics().unwrap();
+        let by_reason = |name: &str, reasons: &[&'static str]| {
+            reasons
+                .iter()
+                .map(|r| {
+                    let v = weft_runtime::prom_text::value(&metrics, name, &[("reason", r)]);
+                    (*r, v.unwrap_or(0.0) as u64)
+                })
+                .collect()
+        };
+        Recovery {
+            retries: by_reason(
+                "weft_http_retries_total",
+                &["unsent", "app_unreachable", "reset", "status"],
+            ),
+            ejections: by_reason(
+                "weft_endpoint_ejections_total",
+                &["unreachable", "failures"],
+            ),
+        }
     }
 }
 
@@ -240,6 +288,21 @@ fn read_ids(log: &Path) -> Vec<u64> {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
+}
+
+/// What the client-side sidecar did under one fault.
+#[derive(Debug)]
+struct Recovery {
+    retries: Vec<(&'static str, u64)>,
+    ejections: Vec<(&'static str, u64)>,
+}
+
+impl Recovery {
+    fn get(list: &[(&'static str, u64)], reason: &str) -> u64 {
+        list.iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n)
+    }
 }
 
 /// What one client saw under one fault.
@@ -272,9 +335,21 @@ impl Outcome {
     }
 }
 
-/// Prints each client's row and asserts that no request failed that no app
-/// received.
-fn report(fault: &str, mode: Mode, outcomes: &[Outcome], fleet: &Fleet) {
+/// Prints each client's row and what the sidecar did, and asserts that no request
+/// failed that no app received; returns the sidecar's counts.
+fn report(fault: &str, mode: Mode, outcomes: &[Outcome], fleet: &Fleet) -> Recovery {
+    let recovery = fleet.recovery();
+    let list = |l: &[(&str, u64)]| {
+        l.iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "fault {fault:<28} {mode:<8} sidecar    retried: {}; ejected: {}",
+        list(&recovery.retries),
+        list(&recovery.ejections)
+    );
     for o in outcomes {
         println!(
             "fault {fault:<28} {mode:<8} {:<10} sent {:>4}  succeeded {:>4}  failed never-received {:>3}  failed after receipt {:>3}",
@@ -299,19 +374,30 @@ fn report(fault: &str, mode: Mode, outcomes: &[Outcome], fleet: &Fleet) {
             o.succeeded + o.never_received.len() as u64 + o.after_receipt.len() as u64
         );
     }
+    recovery
 }
 
 /// Fault 1: one replica's app is killed (`kill -9`) and restarted 3 s later.
 fn app_killed_and_restarted(mode: Mode) {
     let _serial = serial();
     let mut fleet = Fleet::new(mode, 3, 3);
-    let outcomes = fleet.under_load(|f| {
+    let outcomes = fleet.under_load(LOAD_SECONDS, |f| {
         std::thread::sleep(SECS(2));
         f.kill_app(0);
         std::thread::sleep(SECS(3));
         f.start_app(0);
     });
-    report("app killed, restarted", mode, &outcomes, &fleet);
+    let recovery = report("app killed, restarted", mode, &outcomes, &fleet);
+    // The fault was met, not dodged: some request reached the dead replica, was
+    // answered by its sidecar, sent elsewhere, and the replica was ejected.
+    assert!(
+        Recovery::get(&recovery.retries, "app_unreachable") > 0,
+        "{recovery:?}"
+    );
+    assert!(
+        Recovery::get(&recovery.ejections, "unreachable") > 0,
+        "{recovery:?}"
+    );
 }
 
 #[test]
@@ -329,7 +415,7 @@ fn an_apps_death_and_restart_fail_no_request_ebpf() {
 fn sidecar_drained_then_pod_removed(mode: Mode) {
     let _serial = serial();
     let mut fleet = Fleet::new(mode, 3, 3);
-    let outcomes = fleet.under_load(|f| {
+    let outcomes = fleet.under_load(LOAD_SECONDS, |f| {
         std::thread::sleep(SECS(1));
         f.kill_app(0);
         std::thread::sleep(SECS(1));
@@ -356,7 +442,7 @@ fn a_draining_sidecar_and_a_removed_pod_fail_no_request_ebpf() {
 fn scale_down_and_up(mode: Mode) {
     let _serial = serial();
     let mut fleet = Fleet::new(mode, 5, 3);
-    let outcomes = fleet.under_load(|f| {
+    let outcomes = fleet.under_load(LOAD_SECONDS, |f| {
         std::thread::sleep(SECS(2));
         f.set_endpoints(&[0]);
         std::thread::sleep(MS(500));
@@ -382,4 +468,58 @@ fn scaling_down_and_up_fails_no_request_iptables() {
 #[test]
 fn scaling_down_and_up_fails_no_request_ebpf() {
     scale_down_and_up(Mode::Ebpf);
+}
+
+/// Faults 3 and 5: a rolling restart of all three replicas, one at a time, each new
+/// replica up (and among the endpoints) before the old one drains; the old pod
+/// leaves the endpoints once its sidecar has exited. With `controller_restart`, the
+/// controller is killed (`kill -9`) after the first replacement and started again a
+/// second later, in the middle of the rollout.
+fn rolling_restart(mode: Mode, controller_restart: bool) {
+    let _serial = serial();
+    let mut fleet = Fleet::new(mode, 6, 3);
+    let outcomes = fleet.under_load(ROLLING_LOAD_SECONDS, |f| {
+        std::thread::sleep(SECS(1));
+        let mut serving = vec![0, 1, 2];
+        for (old, new) in [(0, 3), (1, 4), (2, 5)] {
+            f.start_sidecar(new);
+            f.start_app(new);
+            serving.push(new);
+            f.set_endpoints(&serving);
+            std::thread::sleep(MS(500));
+            f.drain_sidecar(old);
+            f.kill_app(old);
+            serving.retain(|&i| i != old);
+            f.set_endpoints(&serving);
+            if controller_restart && old == 0 {
+                f.restart_controller();
+            }
+        }
+    });
+    let fault = if controller_restart {
+        "rolling restart + controller"
+    } else {
+        "rolling restart"
+    };
+    report(fault, mode, &outcomes, &fleet);
+}
+
+#[test]
+fn a_rolling_restart_fails_no_request_iptables() {
+    rolling_restart(Mode::Iptables, false);
+}
+
+#[test]
+fn a_rolling_restart_fails_no_request_ebpf() {
+    rolling_restart(Mode::Ebpf, false);
+}
+
+#[test]
+fn a_controller_restart_during_a_rolling_restart_fails_no_request_iptables() {
+    rolling_restart(Mode::Iptables, true);
+}
+
+#[test]
+fn a_controller_restart_during_a_rolling_restart_fails_no_request_ebpf() {
+    rolling_restart(Mode::Ebpf, true);
 }

@@ -94,6 +94,11 @@ impl Sidecar {
             pod.name(),
             "--drain-grace",
             "2s",
+            // No wait before the drain (the proxy's default is 3 s, for peers to
+            // learn of it): teardown stops every pod at once. Tests of the drain
+            // itself pass the delay they mean.
+            "--drain-delay",
+            "0s",
             "--log",
             "info,weft_proxy=debug",
         ];

@@ -30,10 +30,12 @@
 //!   in service (Envoy's panic threshold is the model: only with none left in
 //!   service is traffic spread over endpoints known to be down). Ejections are
 //!   counted in `weft_endpoint_ejections_total{destination_service, reason}`.
-//! - [`budget`]: the retry budget; [`registry`]: finding a route's balancer.
+//! - [`budget`]: the retry budget; [`registry`]: finding a route's balancer;
+//!   [`follow`]: a long-lived connection's balancer, kept current.
 
 pub mod breaker;
 pub mod budget;
+pub mod follow;
 pub mod registry;
 
 use std::cell::Cell;
@@ -51,6 +53,7 @@ use crate::policy::{Lb, Policy};
 pub use breaker::Health;
 use breaker::{now_ms, since_epoch, Admit};
 pub use budget::RetryBudget;
+pub use follow::Follow;
 pub use registry::Registry;
 
 /// What a protocol keeps per endpoint besides its health (HTTP: the pool of

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::addr::{ClientAddr, Direction};
+use crate::balance::Follow;
 use crate::conntable::{ByteCounters, ConnGuard, ConnInfo};
 use crate::detect::{self, Sniffed};
 use crate::error::{ConnEnd, Side};
@@ -81,7 +82,18 @@ pub async fn serve(
                 Sniffed::Http { version, prefix } => {
                     conn.set_protocol(version.as_str());
                     let dest = match &routing {
-                        Routing::Service { balancer, .. } => Dest::Service(balancer.clone()),
+                        Routing::Service {
+                            balancer,
+                            generation,
+                            orig_dst,
+                            ..
+                        } => Dest::Service(Follow::new(
+                            shared.routes.clone(),
+                            shared.balancers.clone(),
+                            *orig_dst,
+                            *generation,
+                            balancer.clone(),
+                        )),
                         Routing::Passthrough(addr) | Routing::Local { app: addr, .. } => {
                             Dest::Address(*addr)
                         }

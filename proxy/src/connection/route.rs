@@ -23,6 +23,9 @@ pub enum Routing {
     Service {
         route: Arc<ServiceRoute>,
         balancer: Arc<ServiceBalancer>,
+        /// The routing table's generation the route was found in.
+        generation: u64,
+        orig_dst: OrigDstAddr,
         /// `None`: the port is declared `tcp`.
         detection: Option<Detection>,
     },
@@ -48,11 +51,14 @@ impl Routing {
         client: ClientAddr,
         orig_dst: OrigDstAddr,
     ) -> Routing {
+        let generation = shared.routes.generation();
         let table = shared.routes.load();
         match direction {
             Direction::Outbound => match table.resolve(orig_dst) {
                 Resolved::Service(route) => Routing::Service {
                     balancer: shared.balancers.balancer(&route),
+                    generation,
+                    orig_dst,
                     detection: Detection::of_port(route.protocol),
                     route,
                 },

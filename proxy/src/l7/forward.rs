@@ -45,6 +45,7 @@ use super::request_body::{RequestBody, MAX_REPLAY_BODY};
 use super::telemetry::method_label;
 use super::{errors, headers, ConnCtx, HttpEndpoint, HttpVersion, ServiceBalancer, Target};
 use crate::error::ErrorReason;
+use crate::policy::Policy;
 
 /// Proxies one request; never fails (errors are responses).
 pub async fn forward(
@@ -61,21 +62,37 @@ pub async fn forward(
         // Upstream connections are HTTP/1.1 keep-alive whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
     }
-    let timeout = ctx.policy.timeout;
-    let deadline = started + timeout;
-    let (mut resp, lease) =
-        match tokio::time::timeout(timeout, send(&ctx, req, upgrade, deadline)).await {
-            Err(_) => {
+    // The service's balancer as discovery says now (the connection may be older).
+    let balancer = match &ctx.target {
+        Target::Balanced(follow) => match follow.balancer() {
+            Some(b) => Some(b),
+            None => {
                 return Ok(errors::respond(
                     &ctx,
-                    ErrorReason::RequestTimeout,
+                    ErrorReason::NoEndpoints,
                     method,
                     started,
-                ));
+                ))
             }
-            Ok(Err(reason)) => return Ok(errors::respond(&ctx, reason, method, started)),
-            Ok(Ok(r)) => r,
-        };
+        },
+        Target::Fixed(_) => None,
+    };
+    let policy = balancer.as_ref().map_or(ctx.policy, |b| b.policy);
+    let timeout = policy.timeout;
+    let deadline = started + timeout;
+    let sent = send(&ctx, balancer.as_deref(), &policy, req, upgrade, deadline);
+    let (mut resp, lease) = match tokio::time::timeout(timeout, sent).await {
+        Err(_) => {
+            return Ok(errors::respond(
+                &ctx,
+                ErrorReason::RequestTimeout,
+                method,
+                started,
+            ));
+        }
+        Ok(Err(reason)) => return Ok(errors::respond(&ctx, reason, method, started)),
+        Ok(Ok(r)) => r,
+    };
     if let Target::Fixed(_) = ctx.target {
         // The local application's response: only this sidecar may say why it failed
         // a request (peers trust the header from a meshed endpoint).
@@ -117,29 +134,33 @@ pub async fn forward(
 
 type Sent = (Response<Incoming>, Option<Lease>);
 
-/// Sends `req` to the target: once (inbound), or with the service's retries.
+/// Sends `req` to the target: once (inbound), or through the service's `balancer`
+/// with its retries.
 async fn send(
     ctx: &ConnCtx,
+    balancer: Option<&ServiceBalancer>,
+    policy: &Policy,
     req: Request<Incoming>,
     upgrade: bool,
     deadline: Instant,
 ) -> Result<Sent, ErrorReason> {
     let opts = SendOpts {
         version: ctx.version,
-        connect_timeout: ctx.policy.connect_timeout,
-        idle_timeout: ctx.policy.idle_timeout,
+        connect_timeout: policy.connect_timeout,
+        idle_timeout: policy.idle_timeout,
     };
-    let balancer = match &ctx.target {
-        Target::Fixed(pool) => {
+    let balancer = match (&ctx.target, balancer) {
+        (_, Some(b)) => b,
+        (Target::Fixed(pool), None) => {
             return pool
                 .send(req.map(RequestBody::Stream), opts, &ctx.connector)
                 .await
                 .map_err(|e| e.reason);
         }
-        Target::Balanced(b) => b,
+        (Target::Balanced(_), None) => return Err(ErrorReason::NoEndpoints),
     };
     balancer.budget.deposit();
-    let retry = &ctx.policy.retries;
+    let retry = &policy.retries;
     let (parts, body) = req.into_parts();
     // A copy to send again after a failure that happened once the request was sent:
     // for a small body, with retries that look at such failures, and while the

@@ -47,26 +47,18 @@ pub type HttpEndpoint = Endpoint<Arc<EndpointPool>>;
 /// A service's balancer: endpoints with their HTTP pools. Opaque connections use the
 /// same one (and ignore the pools), so both paths share breaker state.
 pub type ServiceBalancer = Balancer<Arc<EndpointPool>>;
+/// A connection's service balancer, followed across routing updates.
+pub type ServiceFollow = crate::balance::Follow<Arc<EndpointPool>>;
 /// The registry of the balancers both paths use.
 pub type Registry = crate::balance::Registry<Arc<EndpointPool>>;
 
 /// Where a connection's requests go.
 #[derive(Debug)]
 pub enum Target {
-    /// A service: its endpoints balanced per request.
-    Balanced(Arc<ServiceBalancer>),
+    /// A service: its endpoints (as discovery says now) balanced per request.
+    Balanced(ServiceFollow),
     /// One address (inbound: the local application).
     Fixed(Arc<EndpointPool>),
-}
-
-impl Target {
-    /// The balancer, for a service.
-    pub fn balancer(&self) -> Option<&ServiceBalancer> {
-        match self {
-            Target::Balanced(b) => Some(b),
-            Target::Fixed(_) => None,
-        }
-    }
 }
 
 /// What every request of one HTTP connection shares.
@@ -79,8 +71,8 @@ pub struct ConnCtx {
     /// The connection's `/connections` counters (`requests` is counted here).
     pub counters: Arc<ByteCounters>,
     pub connector: Connector,
-    /// Timeouts and retries: the service's policy, or (inbound) the proxy's
-    /// defaults without retries.
+    /// Timeouts and retries of a fixed target (inbound: the proxy's defaults without
+    /// retries); a service's come with its balancer, per request.
     pub policy: Policy,
     /// How long a client has to send a request head (HTTP/1).
     pub header_read_timeout: Duration,
@@ -125,10 +117,10 @@ pub struct Edge<'a> {
 }
 
 /// Where a connection's requests are sent.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Dest {
     /// A service's endpoints, balanced per request.
-    Service(Arc<ServiceBalancer>),
+    Service(ServiceFollow),
     /// One address (inbound: the local application on the original port).
     Address(EndpointAddr),
 }
@@ -163,10 +155,7 @@ impl L7 {
         counters: Arc<ByteCounters>,
     ) -> Arc<ConnCtx> {
         let (target, policy) = match dest {
-            Dest::Service(balancer) => {
-                let policy = balancer.policy;
-                (Target::Balanced(balancer), policy)
-            }
+            Dest::Service(follow) => (Target::Balanced(follow), self.inbound_policy),
             Dest::Address(addr) => (Target::Fixed(self.inbound.get(addr)), self.inbound_policy),
         };
         Arc::new(ConnCtx {
