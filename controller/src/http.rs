@@ -2,7 +2,7 @@
 //!
 //! | method and path | what |
 //! | --- | --- |
-//! | `GET /v1/services` | the served services (`services`: what proxies receive), every known endpoint with its origins and health (`endpoints`), registrations waiting for their service (`unattached`), clashes between sources (`conflicts`) |
+//! | `GET /v1/services` | the served services (`services`: what proxies receive), every known endpoint with its origins, health and whether its sidecar is draining (`endpoints`), registrations waiting for their service (`unattached`), clashes between sources (`conflicts`) |
 //! | `GET /v1/services/{service}` | one service the same way |
 //! | `PUT /v1/services/{service}/endpoints/{address}` | registers an endpoint; optional JSON body `{"port": 8080, "weight": 1, "labels": {"zone": "a"}}`; `201` new, `200` updated or unchanged |
 //! | `DELETE /v1/services/{service}/endpoints/{address}` | deregisters it; `204`, or `404` when it is not registered |
@@ -83,6 +83,7 @@ fn refuse(status: StatusCode, reason: impl Into<String>) -> Response<Body> {
 /// One endpoint in `/v1/services`: where it comes from, whether proxies get it and
 /// its health.
 fn endpoint_view(api: &Api, name: &Name, entry: &CatalogService) -> Vec<serde_json::Value> {
+    let draining = api.state.draining();
     entry
         .endpoints
         .iter()
@@ -93,11 +94,13 @@ fn endpoint_view(api: &Api, name: &Name, entry: &CatalogService) -> Vec<serde_js
                 Some(h) if h.status == Health::Healthy => "healthy",
                 Some(_) => "unhealthy",
             };
+            let is_draining = draining.contains(&ep.address);
             let mut v = json!({
                 "address": ep.address,
                 "sources": ep.sources,
-                "served": check.as_ref().is_none_or(|h| h.status == Health::Healthy),
+                "served": !is_draining && check.as_ref().is_none_or(|h| h.status == Health::Healthy),
                 "health": health,
+                "draining": is_draining,
             });
             if let Some(check) = check {
                 v["check"] = json!(check);

@@ -707,6 +707,17 @@ async fn a_hung_endpoint_is_504_after_the_request_timeout() {
 /// An HTTP/1.1 server on `ip:port` that answers every request with 503 and counts
 /// them by method.
 async fn always_503(ip: &str, port: u16) -> Arc<std::sync::Mutex<BTreeMap<String, u32>>> {
+    always(ip, port, StatusCode::SERVICE_UNAVAILABLE, None).await
+}
+
+/// An HTTP/1.1 server on `ip:port` that answers every request with `status` (and
+/// `header`, if any) and counts them by method.
+async fn always(
+    ip: &str,
+    port: u16,
+    status: StatusCode,
+    header: Option<(&'static str, &'static str)>,
+) -> Arc<std::sync::Mutex<BTreeMap<String, u32>>> {
     let l = TcpListener::bind((ip.parse::<IpAddr>().unwrap(), port))
         .await
         .unwrap();
@@ -727,7 +738,11 @@ async fn always_503(ip: &str, port: u16) -> Arc<std::sync::Mutex<BTreeMap<String
                             .or_default() += 1;
                         let _ = req.into_body().collect().await;
                         let mut resp = Response::new(Full::new(Bytes::from_static(b"down")));
-                        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        *resp.status_mut() = status;
+                        if let Some((name, value)) = header {
+                            resp.headers_mut()
+                                .insert(name, HeaderValue::from_static(value));
+                        }
                         Ok::<_, Infallible>(resp)
                     }
                 });
@@ -773,6 +788,82 @@ async fn a_503_is_retried_elsewhere_for_a_get_never_for_a_post() {
         Some(&4),
         "each GET tried there, then retried"
     );
+}
+
+/// POSTs through a proxy to `backend` over 127.0.0.1 (answering like a weft sidecar
+/// whose application is down: 502, `x-weft-error: connect_refused`) and 127.0.0.2
+/// (well); the statuses the client saw, what 127.0.0.1 received, and the metrics.
+async fn posts_with_a_dead_app_behind(meshed: &[&str]) -> (BTreeMap<u16, u32>, u32, String) {
+    let (port, _) = h1_server("127.0.0.2", 0).await;
+    let dead = always(
+        "127.0.0.1",
+        port,
+        StatusCode::BAD_GATEWAY,
+        Some(("x-weft-error", "connect_refused")),
+    )
+    .await;
+    let mut spec = backend(&["127.0.0.1", "127.0.0.2"], port, PortProtocol::Http);
+    spec.meshed = meshed.iter().map(|a| a.parse().unwrap()).collect();
+    let p = proxy(VIP.parse().unwrap(), Some(spec)).await;
+    let mut c = h1_client(p.outbound).await;
+    let mut statuses = BTreeMap::<u16, u32>::new();
+    for _ in 0..4 {
+        c.ready().await.unwrap();
+        let req = Request::post("/")
+            .header("host", "backend.mesh")
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        let resp = c.send_request(req).await.unwrap();
+        *statuses.entry(resp.status().as_u16()).or_default() += 1;
+        let _ = resp.into_body().collect().await;
+    }
+    let received = dead.lock().unwrap().get("POST").copied().unwrap_or(0);
+    (statuses, received, scrape(&p).await)
+}
+
+#[tokio::test]
+async fn a_meshed_peer_saying_its_app_never_got_a_post_has_it_sent_elsewhere() {
+    let (statuses, at_dead, metrics) = posts_with_a_dead_app_behind(&["127.0.0.1"]).await;
+    assert_eq!(statuses, BTreeMap::from([(200, 4)]), "{metrics}");
+    assert_eq!(at_dead, 1, "ejected at the first such answer");
+    let value = |name, reason| prom_text::value(&metrics, name, &[("reason", reason)]);
+    assert_eq!(
+        value("weft_http_retries_total", "app_unreachable"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("weft_endpoint_ejections_total", "unreachable"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn the_same_answer_from_an_unmeshed_endpoint_is_not_trusted() {
+    // An application behind no sidecar could say anything: its POST answer stands.
+    let (statuses, at_dead, _) = posts_with_a_dead_app_behind(&[]).await;
+    assert_eq!(statuses, BTreeMap::from([(200, 2), (502, 2)]));
+    assert_eq!(at_dead, 2);
+}
+
+#[tokio::test]
+async fn an_apps_own_x_weft_error_does_not_leave_its_pod() {
+    // Inbound: only the sidecar may say why a request failed; peers trust it.
+    let port = {
+        let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        free.local_addr().unwrap().port()
+    };
+    let _app = always(
+        "127.0.0.1",
+        port,
+        StatusCode::BAD_GATEWAY,
+        Some(("x-weft-error", "connect_refused")),
+    )
+    .await;
+    let p = proxy(SocketAddr::from(([127, 0, 0, 1], port)), None).await;
+    let mut c = h1_client(p.inbound).await;
+    let (status, headers, _) = get(&mut c, "/").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(!headers.contains_key("x-weft-error"), "{headers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

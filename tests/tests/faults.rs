@@ -69,6 +69,16 @@ impl Fleet {
     /// `pods` replica pods, the first `serving` of them with a sidecar, an app and a
     /// place among `web`'s endpoints.
     fn new(mode: Mode, pods: usize, serving: usize) -> Fleet {
+        Fleet::with_controller_args(mode, pods, serving, &[])
+    }
+
+    /// [`Fleet::new`], the controller started with `controller_args`.
+    fn with_controller_args(
+        mode: Mode,
+        pods: usize,
+        serving: usize,
+        controller_args: &[&str],
+    ) -> Fleet {
         let mesh = Mesh::new().unwrap();
         let front = mode.add_pod(&mesh, "front").unwrap();
         let replicas: Vec<Replica> = (1..=pods)
@@ -80,7 +90,7 @@ impl Fleet {
             .collect();
         let file = mesh.run_dir().join("mesh.yaml");
         write_mesh_file(&file, &front, &replicas, &(0..serving).collect::<Vec<_>>());
-        let controller = Controller::start(&mesh, &file, &[]).unwrap();
+        let controller = Controller::start(&mesh, &file, controller_args).unwrap();
         front.add_route("10.96.0.0/16").unwrap();
         let front_sidecar = front
             .sidecar_with(&[], "frontend", &["--controller", controller.url()])
@@ -522,4 +532,83 @@ fn a_controller_restart_during_a_rolling_restart_fails_no_request_iptables() {
 #[test]
 fn a_controller_restart_during_a_rolling_restart_fails_no_request_ebpf() {
     rolling_restart(Mode::Ebpf, true);
+}
+
+/// What the controller says of replica `i`'s endpoint of `web`: (served, health).
+fn endpoint_state(fleet: &Fleet, i: usize) -> (bool, String) {
+    let (status, body) = fleet
+        .mesh
+        .node()
+        .http_get(fleet.controller.http_addr(), "/v1/services")
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    let ip = fleet.replicas[i].pod.ipv4().to_string();
+    let ep = doc["endpoints"]["web"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no endpoints of web: {doc}"))
+        .iter()
+        .find(|e| e["address"] == ip.as_str())
+        .unwrap_or_else(|| panic!("no {ip}: {doc}"));
+    (
+        ep["served"].as_bool().expect("served"),
+        ep["health"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// A replica's app dies and comes back: its sidecar's `/app-health/<port>` says so,
+/// the controller (checking every second through it) withdraws the endpoint and
+/// serves it again.
+fn a_dead_app_is_withdrawn_and_comes_back(mode: Mode) {
+    let _serial = serial();
+    let interval = SECS(1);
+    let mut fleet = Fleet::with_controller_args(mode, 2, 2, &["--health-interval", "1s"]);
+    let probe = |fleet: &Fleet, path: &str| {
+        let addr = std::net::SocketAddr::new(fleet.replicas[0].pod.ipv4().into(), 15020);
+        fleet.front.http_get(addr, path).unwrap()
+    };
+    let app = format!("/app-health/{APP_PORT}");
+    assert_eq!(probe(&fleet, &app).0, 200);
+    assert_eq!(probe(&fleet, &format!("{app}/status/204")).0, 200);
+    let (status, body) = probe(&fleet, &format!("{app}/status/500"));
+    assert_eq!(
+        (status, body.trim()),
+        (503, "app answered 500 on /status/500")
+    );
+    assert_eq!(probe(&fleet, "/app-health/x").0, 400);
+
+    fleet.kill_app(0);
+    let (status, body) = probe(&fleet, &app);
+    assert_eq!(
+        (status, body.trim()),
+        (503, "app port 8080: connect_refused")
+    );
+    let killed = std::time::Instant::now();
+    wait_until(interval * 10, MS(100), || !endpoint_state(&fleet, 0).0)
+        .unwrap_or_else(|e| panic!("never withdrawn: {e}: {:?}", endpoint_state(&fleet, 0)));
+    println!(
+        "{mode}: app killed -> endpoint withdrawn after {:?} (health interval {interval:?}, 2 failures)",
+        killed.elapsed()
+    );
+    assert_eq!(endpoint_state(&fleet, 0).1, "unhealthy");
+
+    fleet.start_app(0);
+    let restarted = std::time::Instant::now();
+    wait_until(interval * 10, MS(100), || endpoint_state(&fleet, 0).0)
+        .unwrap_or_else(|e| panic!("never back: {e}: {:?}", endpoint_state(&fleet, 0)));
+    println!(
+        "{mode}: app restarted -> endpoint served again after {:?}",
+        restarted.elapsed()
+    );
+    assert_eq!(probe(&fleet, &app).0, 200);
+}
+
+#[test]
+fn a_dead_app_is_withdrawn_and_comes_back_iptables() {
+    a_dead_app_is_withdrawn_and_comes_back(Mode::Iptables);
+}
+
+#[test]
+fn a_dead_app_is_withdrawn_and_comes_back_ebpf() {
+    a_dead_app_is_withdrawn_and_comes_back(Mode::Ebpf);
 }

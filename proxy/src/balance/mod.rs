@@ -531,4 +531,61 @@ mod tests {
             .collect();
         assert!(picks.iter().all(|p| p != "10.0.0.2:8080"), "{picks:?}");
     }
+
+    #[test]
+    fn unreachable_endpoints_leave_at_once_while_another_serves() {
+        // At most a third ejected, and 5 failures needed: neither holds a dead one.
+        let reg = Registry::<()>::default();
+        let t = table_with(
+            &["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+            breaker_policy(5, 10_000, 34),
+        );
+        let b = reg.balancer(&route(&t));
+        let [e1, e2, e3] = [0, 1, 2].map(|i| b.endpoints[i].clone());
+        let ms = Duration::from_millis(1);
+        b.observe_unreachable(&e1, false, ms);
+        assert!(e1.health.ejected(), "out on the first refusal");
+        b.observe_unreachable(&e2, false, ms);
+        assert!(
+            e2.health.ejected(),
+            "past max_ejection_percent: 10.0.0.3 serves"
+        );
+        b.observe_unreachable(&e3, false, ms);
+        assert!(
+            !e3.health.ejected(),
+            "the last one in service stays (an ordinary failure)"
+        );
+        assert_eq!(name(&b.pick(None).expect("pick")), "10.0.0.3:8080");
+    }
+
+    #[test]
+    fn a_followed_balancer_tracks_the_routing_table() {
+        let routes = Arc::new(crate::routes::Routes::default());
+        let reg = Arc::new(Registry::<()>::default());
+        let orig_dst = OrigDstAddr("10.96.0.1:80".parse().expect("addr"));
+        routes.store(table(&["10.0.0.1"]));
+        let generation = routes.generation();
+        let first = reg.balancer(&route(&routes.load()));
+        let follow = Follow::new(
+            routes.clone(),
+            reg.clone(),
+            orig_dst,
+            generation,
+            first.clone(),
+        );
+        let now = follow.balancer().expect("a service");
+        assert!(Arc::ptr_eq(&now, &first), "unchanged table: same balancer");
+        routes.store(table(&["10.0.0.2", "10.0.0.3"]));
+        let now = follow.balancer().expect("a service");
+        assert_eq!(
+            now.endpoints()
+                .iter()
+                .map(|e| e.addr().to_string())
+                .collect::<Vec<_>>(),
+            ["10.0.0.2:8080", "10.0.0.3:8080"],
+            "the endpoints discovery says now"
+        );
+        routes.store(RouteTable::default());
+        assert!(follow.balancer().is_none(), "the service is gone");
+    }
 }

@@ -234,16 +234,12 @@ mod tests {
     use crate::policy::Policy;
     use crate::routes::{PortProtocol, Resolved, RouteTable, ServicePort, ServiceSpec};
 
-    #[tokio::test]
-    async fn a_refused_connect_counts_against_the_endpoint() {
-        // 127.0.0.2 listens on the port, 127.0.0.1 refuses it.
+    /// A balancer over 127.0.0.1 (refuses) and 127.0.0.2 (listens) with `policy`.
+    async fn one_dead_one_alive(policy: Policy) -> (tokio::net::TcpListener, Arc<Balancer<()>>) {
         let up = tokio::net::TcpListener::bind("127.0.0.2:0")
             .await
             .expect("bind");
         let port = up.local_addr().expect("addr").port();
-        let mut policy = Policy::default();
-        policy.circuit_breaker.consecutive_failures = 1;
-        policy.circuit_breaker.max_ejection_percent = 50;
         let table = RouteTable::from_services([ServiceSpec {
             name: "b".into(),
             vip: "10.96.0.1".parse().expect("vip"),
@@ -264,26 +260,29 @@ mod tests {
         else {
             panic!("no route");
         };
-        let balancer = Registry::<()>::default().balancer(&route);
+        (up, Registry::<()>::default().balancer(&route))
+    }
+
+    fn ip_of(d: &Dialed) -> Option<String> {
+        d.endpoint.map(|e| e.0.ip().to_string())
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_ejects_the_endpoint_at_once_and_is_tried_on_another() {
+        // Default policy: 5 failures eject, at most 50% ejected; a refused connect
+        // needs neither.
+        let (_up, balancer) = one_dead_one_alive(Policy::default()).await;
         let connector = Connector::default();
         let timeout = Duration::from_secs(1);
         let first = connector.dial(&balancer, timeout).await;
-        assert_eq!(
-            first.endpoint.map(|e| e.0.ip().to_string()).as_deref(),
-            Some("127.0.0.1")
-        );
-        assert_eq!(
-            first.upstream.err().map(|e| e.as_str()),
-            Some("connect_refused")
-        );
-        assert!(balancer.endpoints()[0].health.ejected());
-        // Ejected: the next connections all go to the endpoint that accepts.
+        assert_eq!(ip_of(&first).as_deref(), Some("127.0.0.2"), "tried again");
+        assert!(first.upstream.is_ok());
+        assert!(balancer.endpoints()[0].health.ejected(), "out at once");
+        // Ejected: the next connections all go to the endpoint that accepts, and
+        // every socket is the proxy's own while it lives.
         for _ in 0..4 {
             let next = connector.dial(&balancer, timeout).await;
-            assert_eq!(
-                next.endpoint.map(|e| e.0.ip().to_string()).as_deref(),
-                Some("127.0.0.2")
-            );
+            assert_eq!(ip_of(&next).as_deref(), Some("127.0.0.2"));
             let own = next.upstream.expect("connected");
             let pair = socket_pair(&own.stream).expect("pair");
             assert!(
@@ -293,5 +292,21 @@ mod tests {
             drop(own);
             assert!(!connector.is_own(pair.0, pair.1), "unregistered with it");
         }
+    }
+
+    #[tokio::test]
+    async fn without_retries_a_refused_connect_is_the_connections_failure() {
+        let mut policy = Policy::default();
+        policy.retries.attempts = 0;
+        let (_up, balancer) = one_dead_one_alive(policy).await;
+        let first = Connector::default()
+            .dial(&balancer, Duration::from_secs(1))
+            .await;
+        assert_eq!(ip_of(&first).as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            first.upstream.err().map(|e| e.as_str()),
+            Some("connect_refused")
+        );
+        assert!(balancer.endpoints()[0].health.ejected());
     }
 }
