@@ -23,9 +23,9 @@ pub struct Snapshot {
     pub version: u64,
     /// The mesh at this version.
     pub mesh: Arc<Mesh>,
-    /// Addresses served through a sidecar: those of subscribed proxies, and those
-    /// that were while they have stayed endpoints (a draining or restarting sidecar
-    /// still fronts its pod). See [`State::sidecar`].
+    /// Endpoint addresses served through a sidecar: those of subscribed proxies, and
+    /// those that were while they have stayed endpoints (a draining or restarting
+    /// sidecar still fronts its pod). See [`State::sidecar`].
     pub meshed: Arc<BTreeSet<IpAddr>>,
 }
 
@@ -234,9 +234,12 @@ impl State {
                 .values()
                 .flat_map(|s| s.endpoints.iter().copied())
                 .collect();
+            // Only endpoints' addresses: a sidecar whose pod serves nothing (a
+            // client) changes no service, so it makes no new version.
             let meshed: BTreeSet<IpAddr> = live
                 .iter()
-                .chain(snap.meshed.intersection(&endpoints))
+                .chain(snap.meshed.iter())
+                .filter(|ip| endpoints.contains(ip))
                 .copied()
                 .collect();
             if Arc::ptr_eq(&mesh, &snap.mesh) && meshed == *snap.meshed {

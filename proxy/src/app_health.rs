@@ -27,6 +27,10 @@ use weft_runtime::http::{text, Body};
 const PROBE_TIMEOUT: Duration = Duration::from_millis(900);
 /// The most of the application's answer read to find its status line.
 const MAX_STATUS_LINE: usize = 1024;
+/// After a TCP probe: how long, and how much, the application's own bytes are read
+/// before the connection is dropped ([`close_gently`]).
+const CLOSE_WAIT: Duration = Duration::from_millis(200);
+const CLOSE_READ_LIMIT: usize = 64 * 1024;
 
 /// Answers `/app-health/<rest>`.
 pub async fn probe(shared: &Shared, rest: &str) -> http::Response<Body> {
@@ -51,9 +55,12 @@ pub async fn probe(shared: &Shared, rest: &str) -> http::Response<Body> {
             .await
             .map_err(|reason| format!("app port {port}: {reason}"))?;
         let Some(path) = path else {
+            close_gently(upstream.stream).await;
             return Ok(format!("app port {port} accepts connections\n"));
         };
-        let status = http_status(&mut upstream.stream, app, path).await?;
+        let status = http_status(&mut upstream.stream, app, path).await;
+        close_gently(upstream.stream).await;
+        let status = status?;
         if (200..400).contains(&status) {
             Ok(format!("app answered {status} on /{path}\n"))
         } else {
@@ -70,6 +77,25 @@ pub async fn probe(shared: &Shared, rest: &str) -> http::Response<Body> {
         Ok(why) => text(StatusCode::OK, why),
         Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
+}
+
+/// Ends a probe connection the way a polite client does: our FIN first, then what
+/// the application sends (a banner, its own FIN) read and dropped, briefly. Closing
+/// with its bytes unread would reset the connection, which an application may log
+/// as an error every check.
+async fn close_gently(mut stream: tokio::net::TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let mut left = CLOSE_READ_LIMIT;
+    let drained = async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, drained).await;
 }
 
 /// Sends `GET /<path>` on `stream` and reads the status code of the answer.

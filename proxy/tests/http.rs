@@ -794,12 +794,24 @@ async fn a_503_is_retried_elsewhere_for_a_get_never_for_a_post() {
 /// whose application is down: 502, `x-weft-error: connect_refused`) and 127.0.0.2
 /// (well); the statuses the client saw, what 127.0.0.1 received, and the metrics.
 async fn posts_with_a_dead_app_behind(meshed: &[&str]) -> (BTreeMap<u16, u32>, u32, String) {
+    four_requests_with_a_failing_peer(meshed, "POST", "connect_refused").await
+}
+
+/// Four `method` requests through a proxy to `backend` over 127.0.0.1 (answering
+/// every request like a weft sidecar that failed it: 502, `x-weft-error: why`) and
+/// 127.0.0.2 (well); the statuses the client saw, how many 127.0.0.1 received, and
+/// the proxy's metrics.
+async fn four_requests_with_a_failing_peer(
+    meshed: &[&str],
+    method: &str,
+    why: &'static str,
+) -> (BTreeMap<u16, u32>, u32, String) {
     let (port, _) = h1_server("127.0.0.2", 0).await;
     let dead = always(
         "127.0.0.1",
         port,
         StatusCode::BAD_GATEWAY,
-        Some(("x-weft-error", "connect_refused")),
+        Some(("x-weft-error", why)),
     )
     .await;
     let mut spec = backend(&["127.0.0.1", "127.0.0.2"], port, PortProtocol::Http);
@@ -809,7 +821,9 @@ async fn posts_with_a_dead_app_behind(meshed: &[&str]) -> (BTreeMap<u16, u32>, u
     let mut statuses = BTreeMap::<u16, u32>::new();
     for _ in 0..4 {
         c.ready().await.unwrap();
-        let req = Request::post("/")
+        let req = Request::builder()
+            .method(method)
+            .uri("/")
             .header("host", "backend.mesh")
             .body(Full::new(Bytes::from_static(b"payload")))
             .unwrap();
@@ -817,7 +831,7 @@ async fn posts_with_a_dead_app_behind(meshed: &[&str]) -> (BTreeMap<u16, u32>, u
         *statuses.entry(resp.status().as_u16()).or_default() += 1;
         let _ = resp.into_body().collect().await;
     }
-    let received = dead.lock().unwrap().get("POST").copied().unwrap_or(0);
+    let received = dead.lock().unwrap().get(method).copied().unwrap_or(0);
     (statuses, received, scrape(&p).await)
 }
 
@@ -843,6 +857,26 @@ async fn the_same_answer_from_an_unmeshed_endpoint_is_not_trusted() {
     let (statuses, at_dead, _) = posts_with_a_dead_app_behind(&[]).await;
     assert_eq!(statuses, BTreeMap::from([(200, 2), (502, 2)]));
     assert_eq!(at_dead, 2);
+}
+
+#[tokio::test]
+async fn a_meshed_peer_whose_app_reset_has_a_get_retried_not_a_post() {
+    // The application received it and died: only an idempotent request goes again.
+    let (gets, at_peer, metrics) =
+        four_requests_with_a_failing_peer(&["127.0.0.1"], "GET", "upstream_reset").await;
+    assert_eq!(gets, BTreeMap::from([(200, 4)]), "{metrics}");
+    assert_eq!(
+        at_peer, 2,
+        "round robin met it twice; each retried elsewhere"
+    );
+    assert_eq!(
+        prom_text::value(&metrics, "weft_http_retries_total", &[("reason", "reset")]),
+        Some(2.0)
+    );
+    let (posts, at_peer, _) =
+        four_requests_with_a_failing_peer(&["127.0.0.1"], "POST", "upstream_reset").await;
+    assert_eq!(posts, BTreeMap::from([(200, 2), (502, 2)]));
+    assert_eq!(at_peer, 2);
 }
 
 #[tokio::test]

@@ -17,8 +17,9 @@
 //!   a weft sidecar removes `x-weft-error` from its application's responses, so
 //!   the header there can only be the sidecar's own;
 //! - one that was sent is retried only when its method is idempotent and its body
-//!   was small enough to keep a copy of: on a reset (`reset`) or a listed 5xx
-//!   status (`503`, `gateway-error`);
+//!   was small enough to keep a copy of: on a reset (`reset`; a meshed endpoint's
+//!   sidecar answering 502 `upstream_reset`, its application having reset under
+//!   the request, counts as one) or a listed 5xx status (`503`, `gateway-error`);
 //! - each retry takes one from the route's [`RetryBudget`](crate::balance::RetryBudget)
 //!   and goes to another endpoint when there is one; none beyond `attempts`, none
 //!   past the request timeout (which covers every attempt).
@@ -94,8 +95,9 @@ pub async fn forward(
         Ok(Ok(r)) => r,
     };
     if let Target::Fixed(_) = ctx.target {
-        // The local application's response: only this sidecar may say why it failed
-        // a request (peers trust the header from a meshed endpoint).
+        // A fixed target's response (inbound: the local application): only this
+        // sidecar may say why it failed a request, since peers trust the header
+        // from a meshed endpoint.
         resp.headers_mut().remove(&errors::X_WEFT_ERROR);
     }
     let upgraded = match downstream_upgrade {
@@ -208,18 +210,29 @@ async fn send(
         let (again, why) = match pick.endpoint.conns.send(req, opts, &ctx.connector).await {
             Ok((resp, lease)) => {
                 let status = resp.status().as_u16();
-                let unreached =
-                    peer_says_unreached(&resp).filter(|_| balancer.is_meshed(pick.endpoint));
-                match unreached {
+                let peer = peer_error(&resp).filter(|_| balancer.is_meshed(pick.endpoint));
+                match peer {
                     Some(ErrorReason::ConnectRefused) => attempt.finish_unreachable(),
                     _ => attempt.finish(status < 500),
                 }
-                let again = match &copy {
+                let again = match (&copy, peer) {
                     // The application never saw it: safe whatever the method.
-                    Some(copy) if unreached.is_some() && retry.on.connect_failure => {
-                        Some((copy, "app_unreachable"))
+                    (
+                        Some(copy),
+                        Some(
+                            ErrorReason::ConnectRefused
+                            | ErrorReason::ConnectTimeout
+                            | ErrorReason::ConnectError,
+                        ),
+                    ) if retry.on.connect_failure => Some((copy, "app_unreachable")),
+                    (Some(copy), Some(ErrorReason::UpstreamReset))
+                        if idempotent && retry.on.reset =>
+                    {
+                        Some((copy, "reset"))
                     }
-                    Some(copy) if idempotent && retry.on.status(status) => Some((copy, "status")),
+                    (Some(copy), _) if idempotent && retry.on.status(status) => {
+                        Some((copy, "status"))
+                    }
                     _ => None,
                 };
                 match again {
@@ -261,10 +274,10 @@ async fn send(
     }
 }
 
-/// Whether `resp` is a weft sidecar's own answer saying that its application could
-/// not be reached (so never received the request), and how it failed. Trusted only
-/// from a meshed endpoint (the caller checks).
-fn peer_says_unreached(resp: &Response<Incoming>) -> Option<ErrorReason> {
+/// Why a weft sidecar failed the request itself, when `resp` is its own 502/503:
+/// its application could not be reached (so never received the request), or
+/// reset under it. Trusted only from a meshed endpoint (the caller checks).
+fn peer_error(resp: &Response<Incoming>) -> Option<ErrorReason> {
     if !matches!(
         resp.status(),
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
@@ -275,6 +288,7 @@ fn peer_says_unreached(resp: &Response<Incoming>) -> Option<ErrorReason> {
         b"connect_refused" => Some(ErrorReason::ConnectRefused),
         b"connect_timeout" => Some(ErrorReason::ConnectTimeout),
         b"connect_error" => Some(ErrorReason::ConnectError),
+        b"upstream_reset" => Some(ErrorReason::UpstreamReset),
         _ => None,
     }
 }
