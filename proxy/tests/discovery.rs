@@ -26,7 +26,7 @@ use weft_proxy::BoundProxy;
 use weft_runtime::prom_text;
 
 mod common;
-use common::{eventually_within, loopback_config};
+use common::{eventually_within, http_get, loopback_config};
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<MeshUpdate, Status>> + Send>>;
 
@@ -125,31 +125,19 @@ async fn who(outbound: SocketAddr) -> String {
 }
 
 async fn get(addr: SocketAddr, path: &str) -> u16 {
-    get_body(addr, path).await.0
-}
-
-/// Status code and body of `GET path`.
-async fn get_body(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let body = out.split_once("\r\n\r\n").unwrap().1.to_string();
-    (out[9..12].parse().unwrap(), body)
+    http_get(addr, path).await.0
 }
 
 /// The admin `/routes` document.
 async fn routes(admin: SocketAddr) -> serde_json::Value {
-    let (status, body) = get_body(admin, "/routes").await;
+    let (status, body) = http_get(admin, "/routes").await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
 
 /// A metric's value on `/metrics` (summed over label sets), if exported.
 async fn metric(metrics: SocketAddr, name: &str) -> Option<f64> {
-    prom_text::value(&get_body(metrics, "/metrics").await.1, name, &[])
+    prom_text::value(&http_get(metrics, "/metrics").await.1, name, &[])
 }
 
 fn unix_ms() -> u64 {
@@ -358,6 +346,6 @@ async fn without_a_controller_routes_shows_an_empty_table_and_no_discovery_metri
             "services": [],
         })
     );
-    let text = get_body(metrics, "/metrics").await.1;
+    let text = http_get(metrics, "/metrics").await.1;
     assert!(!text.contains("weft_discovery_"), "{text}");
 }

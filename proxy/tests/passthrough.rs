@@ -14,7 +14,7 @@ use weft_proxy::{BoundProxy, DrainOutcome, ProxyConfig};
 use weft_runtime::prom_text;
 
 mod common;
-use common::{eventually, loopback_config};
+use common::{eventually, http_get, loopback_config};
 
 struct Running {
     outbound: SocketAddr,
@@ -52,21 +52,6 @@ async fn start_proxy_with(
         })),
     };
     running
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// A server that echoes everything until EOF, then closes.

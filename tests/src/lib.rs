@@ -27,6 +27,16 @@ pub mod mode;
 pub mod weftctl;
 
 pub use mode::{Mode, ModePod};
+
+/// The path of a helper script in `tests/tools/` (load generators, servers, the
+/// eBPF-mode dialer).
+pub fn tool(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tools")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
 pub use weft_localmesh::{
     bins, cgroup, cmd, controller, http, logs, mesh, naming, netns, pod, process, sidecar, wait,
 };

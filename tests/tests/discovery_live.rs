@@ -831,7 +831,7 @@ fn malformed_mesh_files_are_reported_by_line_and_change_nothing(mode: Mode) {
     // A syntax error.
     live.write_renamed(&block_yaml(&format!("{VIP}: x"), &b3));
     let syntax = wait_current_error(&live, VIP_LINE, Some(20), "mapping values are not allowed");
-    assert_eq!(live.services(), good);
+    assert_eq!(served_part(&live.services()), served_part(&good));
     // A proxy that subscribes now gets the last good configuration.
     let late = live.add_client("late");
     live.add_sidecar("late", "frontend");
@@ -846,7 +846,7 @@ fn malformed_mesh_files_are_reported_by_line_and_change_nothing(mode: Mode) {
         "vip 0.0.0.0 is not a usable unicast address",
     );
     assert_ne!(syntax["display"], semantic["display"]);
-    assert_eq!(live.services(), good);
+    assert_eq!(served_part(&live.services()), served_part(&good));
     assert_eq!(live.status()["reload_errors_total"], 2);
     traffic.wait(SECS(10), "traffic on the bad files", |log| log.len() >= 16);
     assert_eq!(tally(&late, 4), counts(&[("b1", 2), ("b2", 2)]));
@@ -994,4 +994,21 @@ fn proxies_route_through_a_controller_kill_and_follow_its_restart(mode: Mode) {
     assert_eq!(live.inbound("b1"), 2 + 10 + old_b1);
     assert_eq!(live.inbound("b4"), 1 + 3);
     assert_eq!(live.outbound_to_backend(), 6 + 30 + until_b4.len() + 9);
+}
+
+/// What a configuration decides in `/v1/services`: the version, the served services
+/// and the known endpoints, without the health checks' running counters (meshed
+/// endpoints are checked through their sidecars whatever the file says).
+fn served_part(services: &Value) -> Value {
+    let mut v = services.clone();
+    if let Some(by_service) = v["endpoints"].as_object_mut() {
+        for endpoints in by_service.values_mut() {
+            for e in endpoints.as_array_mut().into_iter().flatten() {
+                if let Some(e) = e.as_object_mut() {
+                    e.remove("check");
+                }
+            }
+        }
+    }
+    v
 }

@@ -22,7 +22,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::Value;
-use weft_e2e::{python3, wait_until, Controller, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar};
+use weft_e2e::{
+    python3, tool, wait_until, Controller, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar,
+};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -38,14 +40,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn tool(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tools")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// One replica: its pod, its sidecar (until drained) and its app (until killed).

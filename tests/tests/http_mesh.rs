@@ -10,13 +10,12 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_e2e::Controller;
-use weft_e2e::{python3, wait_until, Mesh, Pod, PodProc, ProcSpec, Sidecar};
+use weft_e2e::{python3, tool, wait_until, Mesh, Pod, PodProc, ProcSpec, Sidecar};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -25,14 +24,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn tool(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tools")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// A mesh: a client pod `front` (service `frontend`) and backend pods, the

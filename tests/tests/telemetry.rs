@@ -27,25 +27,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use weft_e2e::weftctl::WeftctlUp as Up;
-use weft_e2e::{python3, wait_until, weft_bin, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar};
+use weft_e2e::{
+    python3, tool, wait_until, weft_bin, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar,
+};
 use weft_runtime::prom_text;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
-
-fn tool(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tools")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
 
 fn py() -> String {
     python3().to_string_lossy().into_owned()

@@ -1,12 +1,15 @@
 //! What the proxy's in-process tests share: a configuration with every listener on
-//! loopback at a free port, and waiting (bounded) for something the proxy records
-//! just after the client sees it.
+//! loopback at a free port, waiting (bounded) for something the proxy records just
+//! after the client sees it, and a raw `GET` of the proxy's own endpoints.
 
 // Each test binary uses its own subset.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use weft_proxy::ProxyConfig;
 
@@ -39,4 +42,26 @@ pub async fn eventually_within(what: &str, limit: Duration, mut f: impl AsyncFnM
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// The whole answer (head and body) to `GET path` on a fresh connection to `addr`.
+pub async fn http_get_raw(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// Status code and body of `GET path` on a fresh connection to `addr`.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let out = http_get_raw(addr, path).await;
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
