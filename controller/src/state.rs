@@ -222,6 +222,13 @@ impl State {
     /// addresses recomputed; a new version when either changed.
     fn publish_with(&self, mesh: Option<Mesh>) -> Option<u64> {
         let live: BTreeSet<IpAddr> = self.sidecars_mut().keys().copied().collect();
+        // Every known endpoint, served or not: one withdrawn by its health checks
+        // stays meshed (and so checked through its sidecar) until it comes back.
+        let known: BTreeSet<IpAddr> = self
+            .catalog()
+            .endpoints()
+            .map(|(_, _, e)| e.address)
+            .collect();
         let mut status = self.status_mut();
         let mut version = None;
         self.snapshot.send_if_modified(|snap| {
@@ -233,6 +240,7 @@ impl State {
                 .services
                 .values()
                 .flat_map(|s| s.endpoints.iter().copied())
+                .chain(known.iter().copied())
                 .collect();
             // Only endpoints' addresses: a sidecar whose pod serves nothing (a
             // client) changes no service, so it makes no new version.
