@@ -6,7 +6,6 @@
 //! subscriber is never dropped and never sent stale intermediate states: it gets one
 //! update that brings it from what it has to what is current.
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,8 +37,10 @@ impl DiscoveryService {
     }
 }
 
-/// A service in the API's terms; endpoints in `meshed` are marked so.
-pub fn to_proto(name: &Name, svc: &Service, meshed: &BTreeSet<IpAddr>) -> pb::Service {
+/// A service in the API's terms at `snap`: its served endpoints (marked meshed as
+/// `snap` says) and the known ones it withholds.
+pub fn to_proto(name: &Name, svc: &Service, snap: &Snapshot) -> pb::Service {
+    let meshed = &snap.meshed;
     pb::Service {
         name: name.to_string(),
         vip: svc.vip.to_string(),
@@ -66,6 +67,13 @@ pub fn to_proto(name: &Name, svc: &Service, meshed: &BTreeSet<IpAddr>) -> pb::Se
             })
             .collect(),
         policy: Some(policy_to_proto(&svc.policy)),
+        withheld: snap
+            .withheld
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(IpAddr::to_string)
+            .collect(),
     }
 }
 
@@ -106,7 +114,7 @@ fn full_snapshot(snap: &Snapshot) -> pb::MeshUpdate {
             .mesh
             .services
             .iter()
-            .map(|(n, s)| to_proto(n, s, &snap.meshed))
+            .map(|(n, s)| to_proto(n, s, snap))
             .collect(),
         removed: Vec::new(),
         version: snap.version,
@@ -170,7 +178,7 @@ impl weft_api::Discovery for DiscoveryService {
                         services: delta
                             .upserted
                             .iter()
-                            .map(|(n, s)| to_proto(n, s, &current.meshed))
+                            .map(|(n, s)| to_proto(n, s, &current))
                             .collect(),
                         removed: delta.removed.iter().map(Name::to_string).collect(),
                         version: current.version,

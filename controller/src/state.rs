@@ -3,7 +3,7 @@
 //! exported as metrics). Subscribers follow the current snapshot through a
 //! `tokio::sync::watch` channel.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,6 +27,9 @@ pub struct Snapshot {
     /// those that were while they have stayed endpoints (a draining or restarting
     /// sidecar still fronts its pod). See [`State::sidecar`].
     pub meshed: Arc<BTreeSet<IpAddr>>,
+    /// Per service, its known endpoints that are not served (withdrawn or
+    /// draining): still its pods, for the proxies' peer → service map.
+    pub withheld: Arc<BTreeMap<Name, Vec<IpAddr>>>,
 }
 
 /// What changed in the services between two meshes.
@@ -67,14 +70,15 @@ pub fn diff(old: &Mesh, new: &Mesh) -> Delta {
 /// stopped being so (the discovery API carries that per endpoint).
 pub fn diff_snapshots(old: &Snapshot, new: &Snapshot) -> Delta {
     let mut delta = diff(&old.mesh, &new.mesh);
-    if old.meshed == new.meshed {
+    if old.meshed == new.meshed && old.withheld == new.withheld {
         return delta;
     }
     for (name, svc) in &new.mesh.services {
         let flipped = svc
             .endpoints
             .iter()
-            .any(|ip| old.meshed.contains(ip) != new.meshed.contains(ip));
+            .any(|ip| old.meshed.contains(ip) != new.meshed.contains(ip))
+            || old.withheld.get(name) != new.withheld.get(name);
         if flipped && !delta.upserted.iter().any(|(n, _)| n == name) {
             delta.upserted.push((name.clone(), svc.clone()));
         }
@@ -167,6 +171,7 @@ impl State {
                 version: 1,
                 mesh: Arc::new(mesh),
                 meshed: Arc::default(),
+                withheld: Arc::default(),
             })),
             catalog: Mutex::new(Arc::new(Catalog::default())),
             closing: watch::Sender::new(false),
@@ -224,11 +229,8 @@ impl State {
         let live: BTreeSet<IpAddr> = self.sidecars_mut().keys().copied().collect();
         // Every known endpoint, served or not: one withdrawn by its health checks
         // stays meshed (and so checked through its sidecar) until it comes back.
-        let known: BTreeSet<IpAddr> = self
-            .catalog()
-            .endpoints()
-            .map(|(_, _, e)| e.address)
-            .collect();
+        let catalog = self.catalog();
+        let known: BTreeSet<IpAddr> = catalog.endpoints().map(|(_, _, e)| e.address).collect();
         let mut status = self.status_mut();
         let mut version = None;
         self.snapshot.send_if_modified(|snap| {
@@ -250,7 +252,24 @@ impl State {
                 .filter(|ip| endpoints.contains(ip))
                 .copied()
                 .collect();
-            if Arc::ptr_eq(&mesh, &snap.mesh) && meshed == *snap.meshed {
+            let withheld: BTreeMap<Name, Vec<IpAddr>> = catalog
+                .services
+                .iter()
+                .filter_map(|(name, entry)| {
+                    let served = mesh.services.get(name).map(|s| &s.endpoints);
+                    let out: Vec<IpAddr> = entry
+                        .endpoints
+                        .iter()
+                        .map(|e| e.address)
+                        .filter(|ip| !served.is_some_and(|s| s.contains(ip)))
+                        .collect();
+                    (!out.is_empty()).then(|| (name.clone(), out))
+                })
+                .collect();
+            if Arc::ptr_eq(&mesh, &snap.mesh)
+                && meshed == *snap.meshed
+                && withheld == *snap.withheld
+            {
                 return false;
             }
             let v = snap.version + 1;
@@ -260,6 +279,7 @@ impl State {
                 version: v,
                 mesh,
                 meshed: Arc::new(meshed),
+                withheld: Arc::new(withheld),
             });
             version = Some(v);
             true

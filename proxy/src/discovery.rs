@@ -320,12 +320,21 @@ fn spec_of(s: &api::Service, defaults: Defaults) -> Result<ServiceSpec, String> 
             meshed.push(ip);
         }
     }
+    let withheld = s
+        .withheld
+        .iter()
+        .map(|a| {
+            a.parse()
+                .map_err(|_| format!("bad withheld endpoint {a:?}"))
+        })
+        .collect::<Result<_, String>>()?;
     Ok(ServiceSpec {
         name: s.name.clone(),
         vip,
         ports,
         endpoints,
         meshed,
+        withheld,
         policy: Policy::from_proto(s.policy.as_ref(), defaults),
     })
 }

@@ -64,6 +64,9 @@ pub struct ServiceSpec {
     /// The endpoints a weft sidecar serves (discovery marks them): their sidecar's
     /// own error answers (`x-weft-error`) can be trusted, see [`crate::l7::forward`].
     pub meshed: Vec<IpAddr>,
+    /// Known endpoints not served now (withdrawn or draining): never balanced to,
+    /// but still this service's pods, for the peer → service map.
+    pub withheld: Vec<IpAddr>,
     /// Timeouts, retries, breaker and lb, defaults applied.
     pub policy: Policy,
 }
@@ -151,6 +154,14 @@ impl RouteTable {
             let name: Arc<str> = Arc::from(spec.name.as_str());
             for ip in &spec.endpoints {
                 by_endpoint_ip.insert(*ip, name.clone());
+            }
+        }
+        // A withheld endpoint is still its service's pod, unless another service
+        // serves that address.
+        for (spec, _) in services.values() {
+            let name: Arc<str> = Arc::from(spec.name.as_str());
+            for ip in &spec.withheld {
+                by_endpoint_ip.entry(*ip).or_insert_with(|| name.clone());
             }
         }
         RouteTable {
@@ -361,8 +372,34 @@ mod tests {
             }],
             endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
             meshed: Vec::new(),
+            withheld: Vec::new(),
             policy: Policy::default(),
         }
+    }
+
+    #[test]
+    fn a_withheld_endpoint_is_still_its_services_pod_but_never_an_endpoint() {
+        let mut front = spec("frontend", "10.96.0.2", &[]);
+        front.withheld = vec!["10.0.0.9".parse().expect("ip")];
+        let mut back = spec("backend", "10.96.0.1", &["10.0.0.1"]);
+        // Withheld by one service, served by another: the serving one names it.
+        back.withheld = vec!["10.0.0.1".parse().expect("ip")];
+        let t = RouteTable::from_services([front, back]);
+        let ip = |a: &str| a.parse().expect("ip");
+        assert_eq!(
+            t.service_of_peer(ip("10.0.0.9")).as_deref(),
+            Some("frontend")
+        );
+        assert_eq!(
+            t.service_of_peer(ip("10.0.0.1")).as_deref(),
+            Some("backend")
+        );
+        let Resolved::Service(route) =
+            t.resolve(OrigDstAddr("10.96.0.2:80".parse().expect("addr")))
+        else {
+            panic!("no route")
+        };
+        assert_eq!(route.endpoints().count(), 0, "never balanced to");
     }
 
     #[test]

@@ -98,6 +98,7 @@ fn backend(endpoint: &str, port: u16, version: u64) -> MeshUpdate {
                 meshed: false,
             }],
             policy: None,
+            withheld: vec![],
         }],
         removed: vec![],
         version,

@@ -11,7 +11,9 @@
 //!   through the HTTP API that (a) every PromQL expression of the dashboards and the
 //!   rules — extracted from the files, none listed here — returns data; (b) request
 //!   counts per status code, both directions, equal what the client did; (c) the
-//!   latency histograms bound what the client measured. Also: `promtool check
+//!   latency histograms bound what the client measured. Before (a), a service
+//!   whose endpoints have no application behind their sidecars makes the retry and
+//!   ejection series (and their withdrawal) appear. Also: `promtool check
 //!   metrics` on every `/metrics` page, the process metrics, and the alerts that the
 //!   traffic should make pending.
 //!
@@ -451,6 +453,87 @@ fn a_real_prometheus_sees_what_the_clients_did() {
     // (c) The latency histograms bound what the client measured.
     check_latency(&prom, &client);
 
+    // Replica trouble, for the retry and ejection series the rules read: a service
+    // `flaky` appears whose two endpoints are the backend pods at a port where no
+    // application listens. Their sidecars answer `connect_refused`; the client's
+    // sidecar retries elsewhere and ejects the first at once. Sent before the
+    // controller's first health checks withdraw them, and after the exact counts
+    // above were checked.
+    let flaky = format!(
+        "  flaky:\n    vip: 10.96.0.40\n    ports: [{{ port: 80, target_port: 9099, protocol: http }}]\n    endpoints: [{}]\n",
+        endpoints.join(", ")
+    );
+    let tmp = mesh.run_dir().join("mesh.yaml.tmp");
+    std::fs::write(
+        &tmp,
+        format!("{}{flaky}", std::fs::read_to_string(&file).unwrap()),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    wait_until(SECS(10), Duration::from_millis(50), || {
+        sf.metric("weft_http_retries_total", &[("reason", "app_unreachable")])
+            .is_ok_and(|n| n > 0.0)
+            || {
+                let _ = front.run(
+                    [
+                        "curl",
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "--max-time",
+                        "2",
+                        "http://10.96.0.40/",
+                    ],
+                    None,
+                    SECS(5),
+                );
+                false
+            }
+    })
+    .unwrap_or_else(|e| panic!("no retry of flaky: {e}\n{}", sf.metrics().unwrap()));
+    assert!(
+        sf.metric(
+            "weft_endpoint_ejections_total",
+            &[("reason", "unreachable")]
+        )
+        .unwrap()
+            >= 1.0,
+        "{}",
+        sf.metrics().unwrap()
+    );
+    // Retries go on over several scrapes, so that their rate is not 0/0.
+    wait_until(SECS(15), Duration::from_millis(100), || {
+        let _ = front.run(
+            [
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "2",
+                "http://10.96.0.40/",
+            ],
+            None,
+            SECS(5),
+        );
+        prom.scalar("sum(rate(weft_http_retries_total[5m]))")
+            .is_ok_and(|v| v > 0.0)
+            && prom
+                .scalar("sum(weft_endpoint_ejections_total)")
+                .is_ok_and(|v| v >= 1.0)
+    })
+    .unwrap_or_else(|e| panic!("{e}: Prometheus has no retry rate"));
+    // The controller, checking them through their sidecars' /app-health, withdraws
+    // both: `flaky` has no endpoint left (WeftServiceAllEndpointsWithdrawn).
+    wait_until(SECS(30), Duration::from_millis(250), || {
+        prom.scalar(r#"sum(weft_controller_endpoints_withdrawn{service="flaky"})"#)
+            .is_ok_and(|v| v == 2.0)
+            && prom
+                .scalar(r#"sum(weft_controller_endpoints{service="flaky"})"#)
+                .is_ok_and(|v| v == 0.0)
+    })
+    .unwrap_or_else(|e| panic!("{e}: flaky's endpoints never withdrawn"));
+
     // (a) Every expression of the dashboards and the rules returns data.
     check_dashboards(&prom);
     check_rules(&prom);
@@ -889,6 +972,8 @@ fn check_rules(prom: &Prometheus<'_>) {
         ("WeftServiceHighErrorRate", "backend"),
         ("WeftServiceHighErrorRate", "empty"),
         ("WeftServiceAllEndpointsEjected", "empty"),
+        // `flaky` (labelled `service`, not `destination_service`).
+        ("WeftServiceAllEndpointsWithdrawn", ""),
     ] {
         assert!(
             active.contains(&(want.0.to_string(), want.1.to_string())),
@@ -900,7 +985,6 @@ fn check_rules(prom: &Prometheus<'_>) {
         "WeftControllerDown",
         "WeftConfigReloadFailing",
         "WeftServiceHighLatencyP99",
-        "WeftServiceAllEndpointsWithdrawn",
         "WeftProxyDiscoveryDisconnected",
     ] {
         assert!(

@@ -49,6 +49,40 @@ pub fn service_row(name: &str, s: &Service) -> Vec<String> {
 struct ServicesAnswer {
     version: u64,
     services: BTreeMap<String, Service>,
+    /// Every known endpoint per service, served or not.
+    #[serde(default)]
+    endpoints: BTreeMap<String, Vec<KnownEndpoint>>,
+}
+
+/// An endpoint as `/v1/services` lists it under `endpoints`.
+#[derive(Deserialize)]
+struct KnownEndpoint {
+    address: String,
+    served: bool,
+    #[serde(default)]
+    draining: bool,
+    #[serde(default)]
+    check: Option<Value>,
+}
+
+impl KnownEndpoint {
+    /// `ADDR (why it is not served)`, for one that is not.
+    fn withdrawn(&self) -> Option<String> {
+        if self.served {
+            return None;
+        }
+        let why = if self.draining {
+            "draining".to_owned()
+        } else {
+            let error = self
+                .check
+                .as_ref()
+                .and_then(|c| c["last_error"].as_str())
+                .unwrap_or("failing its health checks");
+            format!("withdrawn: {error}")
+        };
+        Some(format!("{} ({why})", self.address))
+    }
 }
 
 /// Prints the pods (with their proxy's readiness), the controller's state and
@@ -94,7 +128,30 @@ pub fn status(state_dir: &Path) -> Result<()> {
             let rows: Vec<Vec<String>> = services
                 .services
                 .iter()
-                .map(|(n, s)| service_row(n, s))
+                .map(|(n, s)| {
+                    let mut row = service_row(n, s);
+                    // Endpoints the controller withholds, and why.
+                    let withheld: Vec<String> = services
+                        .endpoints
+                        .get(n)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(KnownEndpoint::withdrawn)
+                        .collect();
+                    if !withheld.is_empty() {
+                        let served = if s.endpoints.is_empty() {
+                            Vec::new()
+                        } else {
+                            vec![row[3].clone()]
+                        };
+                        row[3] = served
+                            .into_iter()
+                            .chain(withheld)
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                    }
+                    row
+                })
                 .collect();
             println!(
                 "controller {}: configuration version {}, {} proxies subscribed",
@@ -265,5 +322,26 @@ mod tests {
             .collect();
         assert_eq!(rows[0], ["b", "10.96.0.10", "80→8080/auto", "10.211.0.3"]);
         assert_eq!(rows[1], ["c", "10.96.0.11", "5432→5432/tcp", "(none)"]);
+    }
+
+    #[test]
+    fn withheld_endpoints_say_why() {
+        let parse = |v: serde_json::Value| -> KnownEndpoint { serde_json::from_value(v).unwrap() };
+        let served = parse(serde_json::json!({"address": "10.211.0.3", "served": true}));
+        assert_eq!(served.withdrawn(), None);
+        let unhealthy = parse(serde_json::json!({
+            "address": "10.211.0.4", "served": false, "draining": false,
+            "check": {"last_error": "HTTP 503: app port 8080: connect_refused"}
+        }));
+        assert_eq!(
+            unhealthy.withdrawn().as_deref(),
+            Some("10.211.0.4 (withdrawn: HTTP 503: app port 8080: connect_refused)")
+        );
+        let draining =
+            parse(serde_json::json!({"address": "10.211.0.5", "served": false, "draining": true}));
+        assert_eq!(
+            draining.withdrawn().as_deref(),
+            Some("10.211.0.5 (draining)")
+        );
     }
 }

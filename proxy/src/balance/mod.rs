@@ -365,6 +365,7 @@ mod tests {
             }],
             endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
             meshed: Vec::new(),
+            withheld: Vec::new(),
             policy,
         }])
     }

@@ -115,6 +115,7 @@ mod tests {
             }],
             endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
             meshed: Vec::new(),
+            withheld: Vec::new(),
             policy: Policy::default(),
         }
     }

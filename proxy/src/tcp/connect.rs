@@ -253,6 +253,7 @@ mod tests {
                 "127.0.0.2".parse().expect("ip"),
             ],
             meshed: Vec::new(),
+            withheld: Vec::new(),
             policy,
         }]);
         let Resolved::Service(route) =
