@@ -275,7 +275,10 @@ const BASE_PORT: u16 = 20000;
 const HTTP_REQUESTS: usize = 1000;
 const FIRST: usize = 10;
 
-/// A controller serving `file`'s text, and its HTTP address (in the node).
+/// A controller serving `file`'s text, and its HTTP address (in the node). Health
+/// checks are off: the `dead` service's endpoint must stay served, so that its
+/// refused connections make the same series from the first to the last (checked,
+/// it would be withdrawn and answered `no_endpoints` part way).
 fn start_controller(mesh: &Mesh, text: &str) -> (PodProc, String) {
     let file = mesh.run_dir().join("mesh.yaml");
     std::fs::write(&file, text).unwrap();
@@ -286,6 +289,8 @@ fn start_controller(mesh: &Mesh, text: &str) -> (PodProc, String) {
                 weft_bin("weft-controller").to_string_lossy().as_ref(),
                 "--config",
                 file.to_str().unwrap(),
+                "--health-checks",
+                "off",
             ])
             .name("weft-controller"),
         )
