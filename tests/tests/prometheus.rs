@@ -470,23 +470,16 @@ fn a_real_prometheus_sees_what_the_clients_did() {
     )
     .unwrap();
     std::fs::rename(&tmp, &file).unwrap();
+    let hit_flaky = || {
+        let url = "http://10.96.0.40/";
+        let curl = ["curl", "-s", "-o", "/dev/null", "--max-time", "2", url];
+        let _ = front.run(curl, None, SECS(5));
+    };
     wait_until(SECS(10), Duration::from_millis(50), || {
         sf.metric("weft_http_retries_total", &[("reason", "app_unreachable")])
             .is_ok_and(|n| n > 0.0)
             || {
-                let _ = front.run(
-                    [
-                        "curl",
-                        "-s",
-                        "-o",
-                        "/dev/null",
-                        "--max-time",
-                        "2",
-                        "http://10.96.0.40/",
-                    ],
-                    None,
-                    SECS(5),
-                );
+                hit_flaky();
                 false
             }
     })
@@ -503,19 +496,7 @@ fn a_real_prometheus_sees_what_the_clients_did() {
     );
     // Retries go on over several scrapes, so that their rate is not 0/0.
     wait_until(SECS(15), Duration::from_millis(100), || {
-        let _ = front.run(
-            [
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "--max-time",
-                "2",
-                "http://10.96.0.40/",
-            ],
-            None,
-            SECS(5),
-        );
+        hit_flaky();
         prom.scalar("sum(rate(weft_http_retries_total[5m]))")
             .is_ok_and(|v| v > 0.0)
             && prom
