@@ -350,3 +350,56 @@ async fn without_a_controller_routes_shows_an_empty_table_and_no_discovery_metri
     let text = http_get(metrics, "/metrics").await.1;
     assert!(!text.contains("weft_discovery_"), "{text}");
 }
+
+#[tokio::test]
+async fn a_draining_proxy_tells_the_controller_and_keeps_serving_through_the_delay() {
+    let port = named_server("127.0.0.1", 0).await;
+    let ctl_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ctl_addr = ctl_listener.local_addr().unwrap();
+    let (_ctl, _subs, mut drains) =
+        start_controller(ctl_listener, backend("127.0.0.1", port, 1)).await;
+
+    let mut config = loopback_config("frontend");
+    config.discovery = Some(DiscoveryConfig {
+        controller: format!("http://{ctl_addr}"),
+        service: "frontend".into(),
+        proxy_id: "draining-test".into(),
+    });
+    config.drain_delay = Duration::from_millis(600);
+    let vip = "10.96.0.10:80".parse().unwrap();
+    let proxy = BoundProxy::bind(config, Arc::new(FixedOrigDst(vip)))
+        .await
+        .unwrap();
+    let outbound = proxy.outbound_addrs()[0];
+    let metrics = proxy.metrics_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(proxy.run(async {
+        let _ = stopped.await;
+    }));
+    eventually_within("ready", Duration::from_secs(5), async || {
+        get(metrics, "/ready").await == 200
+    })
+    .await;
+    assert_eq!(who(outbound).await, "127.0.0.1");
+
+    stop.send(()).unwrap();
+    let told = tokio::time::timeout(Duration::from_secs(2), drains.recv())
+        .await
+        .expect("the controller is told at once")
+        .expect("a drain request");
+    assert_eq!(told.proxy_id, "draining-test");
+    // Announced: not ready, but still accepting and carrying connections.
+    assert_eq!(get(metrics, "/ready").await, 503);
+    assert_eq!(who(outbound).await, "127.0.0.1");
+    assert!(!run.is_finished(), "still in the drain delay");
+
+    let outcome = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("drained after the delay")
+        .unwrap();
+    assert_eq!(outcome.abandoned, 0);
+    assert!(
+        TcpStream::connect(outbound).await.is_err(),
+        "no longer accepting"
+    );
+}
