@@ -118,6 +118,13 @@ pub struct Probe {
     pub timeout: Duration,
     pub unhealthy_threshold: NonZeroU32,
     pub healthy_threshold: NonZeroU32,
+    /// Through the endpoint's sidecar (`/app-health`): a check that times out says
+    /// the sidecar is busy, not that the application is gone, and counts for
+    /// nothing. Withdrawing endpoints whose proxies are merely saturated would
+    /// move their load onto the others and take the whole service down in turn;
+    /// the proxies' outlier detection handles a slow endpoint.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub via_sidecar: bool,
 }
 
 mod as_humantime {
@@ -180,6 +187,7 @@ pub fn probes(
                     .unhealthy_threshold
                     .unwrap_or(defaults.unhealthy_threshold),
                 healthy_threshold: p.healthy_threshold.unwrap_or(defaults.healthy_threshold),
+                via_sidecar,
             },
         );
     }
@@ -406,7 +414,14 @@ async fn run(table: Arc<HealthTable>, key: (Name, IpAddr), probe: Probe) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let result = check(&probe).await;
+        let result = match tokio::time::timeout(probe.timeout, check_inner(&probe)).await {
+            Err(_) if probe.via_sidecar => {
+                tracing::debug!(service = %key.0, endpoint = %key.1, "health check: the sidecar did not answer in time; inconclusive");
+                continue;
+            }
+            Err(_) => Err(timed_out(&probe)),
+            Ok(result) => result,
+        };
         tracing::trace!(service = %key.0, endpoint = %key.1, ?result, "health check");
         table.record(&key, &probe, result);
     }
@@ -423,11 +438,15 @@ fn hash(key: &(Name, IpAddr)) -> u64 {
 pub async fn check(probe: &Probe) -> Result<(), String> {
     match tokio::time::timeout(probe.timeout, check_inner(probe)).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
-            "timed out after {}",
-            humantime::format_duration(probe.timeout)
-        )),
+        Err(_) => Err(timed_out(probe)),
     }
+}
+
+fn timed_out(probe: &Probe) -> String {
+    format!(
+        "timed out after {}",
+        humantime::format_duration(probe.timeout)
+    )
 }
 
 async fn check_inner(probe: &Probe) -> Result<(), String> {
@@ -487,6 +506,7 @@ mod tests {
             timeout: Duration::from_millis(200),
             unhealthy_threshold: NonZeroU32::new(2).expect("nonzero"),
             healthy_threshold: NonZeroU32::MIN,
+            via_sidecar: false,
         }
     }
 
@@ -669,5 +689,33 @@ mod tests {
         assert!(!table.is_withdrawn(&key.0, key.1));
         checker.set(BTreeMap::new());
         assert!(table.all().is_empty(), "forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_busy_sidecar_is_inconclusive_not_a_failure() {
+        // Accepts and never answers, as a saturated sidecar may for a while.
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = held.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                keep.lock().expect("lock").push(s);
+            }
+        });
+        let table = Arc::new(HealthTable::default());
+        let mut checker = Checker::new(table.clone());
+        let key = (Name::try_from("a").expect("name"), addr.ip());
+        let mut p = probe(addr, Some("/app-health/8080"));
+        p.interval = Duration::from_millis(50);
+        p.timeout = Duration::from_millis(50);
+        p.via_sidecar = true;
+        checker.set(BTreeMap::from([(key.clone(), p)]));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(held.lock().expect("lock").len() >= 3, "checked repeatedly");
+        let h = table.get(&key.0, key.1).expect("checked");
+        assert!(!table.is_withdrawn(&key.0, key.1), "{h:?}");
+        assert_eq!(h.failures_total, 0, "timeouts are not failures: {h:?}");
+        checker.set(BTreeMap::new());
     }
 }

@@ -322,6 +322,12 @@ impl Bench {
             SocketAddr::new(IpAddr::V4(node.ipv4()), CONTROLLER_HTTP).to_string(),
             "--log".into(),
             "warn".into(),
+            // The benchmark measures the data path. Its sidecars stop and start
+            // between setups; checked through them, the server's endpoint would be
+            // withdrawn while they are down and served again only after two passes,
+            // well into the next setup's load.
+            "--health-checks".into(),
+            "off".into(),
         ];
         node.spawn(ProcSpec::new(argv).name("weft-controller"))?;
         let http = SocketAddr::new(IpAddr::V4(node.ipv4()), CONTROLLER_HTTP);
