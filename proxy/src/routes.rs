@@ -357,25 +357,30 @@ fn unix_ms_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Unit tests' service: `name` at `vip`, port 80 → 8080 (`auto`), `endpoints`, the
+/// default policy.
+#[cfg(test)]
+pub(crate) fn test_spec(name: &str, vip: &str, endpoints: &[&str]) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        vip: vip.parse().expect("vip"),
+        ports: vec![ServicePort {
+            port: 80,
+            target_port: 8080,
+            protocol: PortProtocol::Auto,
+        }],
+        endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
+        meshed: Vec::new(),
+        withheld: Vec::new(),
+        policy: Policy::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn spec(name: &str, vip: &str, endpoints: &[&str]) -> ServiceSpec {
-        ServiceSpec {
-            name: name.into(),
-            vip: vip.parse().expect("vip"),
-            ports: vec![ServicePort {
-                port: 80,
-                target_port: 8080,
-                protocol: PortProtocol::Auto,
-            }],
-            endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
-            meshed: Vec::new(),
-            withheld: Vec::new(),
-            policy: Policy::default(),
-        }
-    }
+    use super::test_spec as spec;
 
     #[test]
     fn a_withheld_endpoint_is_still_its_services_pod_but_never_an_endpoint() {

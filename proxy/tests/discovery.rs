@@ -22,7 +22,7 @@ use weft_api::discovery::{
 use weft_api::{Discovery, DiscoveryServer};
 use weft_proxy::discovery::DiscoveryConfig;
 use weft_proxy::orig_dst::FixedOrigDst;
-use weft_proxy::BoundProxy;
+use weft_proxy::{BoundProxy, ProxyConfig};
 use weft_runtime::prom_text;
 
 mod common;
@@ -105,6 +105,26 @@ fn backend(endpoint: &str, port: u16, version: u64) -> MeshUpdate {
     }
 }
 
+/// A `frontend` proxy on loopback subscribed to the controller at `ctl_addr`, whose
+/// captured connections all "were headed" to the `backend` VIP.
+async fn frontend_proxy(
+    ctl_addr: SocketAddr,
+    proxy_id: &str,
+    tweak: impl FnOnce(&mut ProxyConfig),
+) -> BoundProxy {
+    let mut config = loopback_config("frontend");
+    config.discovery = Some(DiscoveryConfig {
+        controller: format!("http://{ctl_addr}"),
+        service: "frontend".into(),
+        proxy_id: proxy_id.into(),
+    });
+    tweak(&mut config);
+    let vip = "10.96.0.10:80".parse().unwrap();
+    BoundProxy::bind(config, Arc::new(FixedOrigDst(vip)))
+        .await
+        .unwrap()
+}
+
 async fn named_server(ip: &str, port: u16) -> u16 {
     let l = TcpListener::bind(format!("{ip}:{port}")).await.unwrap();
     let port = l.local_addr().unwrap().port();
@@ -168,16 +188,7 @@ async fn follows_the_controller_and_survives_its_absence() {
     let ctl_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ctl_addr = ctl_listener.local_addr().unwrap();
 
-    let mut config = loopback_config("frontend");
-    config.discovery = Some(DiscoveryConfig {
-        controller: format!("http://{ctl_addr}"),
-        service: "frontend".into(),
-        proxy_id: "test".into(),
-    });
-    let vip = "10.96.0.10:80".parse().unwrap();
-    let proxy = BoundProxy::bind(config, Arc::new(FixedOrigDst(vip)))
-        .await
-        .unwrap();
+    let proxy = frontend_proxy(ctl_addr, "test", |_| {}).await;
     let outbound = proxy.outbound_addrs()[0];
     let metrics = proxy.metrics_addr().unwrap();
     let admin = proxy.admin_addr().unwrap();
@@ -359,17 +370,10 @@ async fn a_draining_proxy_tells_the_controller_and_keeps_serving_through_the_del
     let (_ctl, _subs, mut drains) =
         start_controller(ctl_listener, backend("127.0.0.1", port, 1)).await;
 
-    let mut config = loopback_config("frontend");
-    config.discovery = Some(DiscoveryConfig {
-        controller: format!("http://{ctl_addr}"),
-        service: "frontend".into(),
-        proxy_id: "draining-test".into(),
-    });
-    config.drain_delay = Duration::from_millis(600);
-    let vip = "10.96.0.10:80".parse().unwrap();
-    let proxy = BoundProxy::bind(config, Arc::new(FixedOrigDst(vip)))
-        .await
-        .unwrap();
+    let proxy = frontend_proxy(ctl_addr, "draining-test", |c| {
+        c.drain_delay = Duration::from_millis(600)
+    })
+    .await;
     let outbound = proxy.outbound_addrs()[0];
     let metrics = proxy.metrics_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

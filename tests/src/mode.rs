@@ -21,7 +21,7 @@
 //! its own `spawn`, `run` and `run_ok` put the process in the pod's cgroup: pass the
 //! [`ModePod`], not `&Pod`, to helpers that start applications.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -147,23 +147,9 @@ impl ModePod {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let argv: Vec<OsString> = argv.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let out = self.run(&argv, uid, timeout)?;
-        if !out.status.success() {
-            bail!(
-                "`{}` in pod {} ({} mode) failed ({}): stderr: {} stdout: {}",
-                argv.iter()
-                    .map(|a| a.to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                self.name(),
-                self.mode,
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim(),
-                String::from_utf8_lossy(&out.stdout).trim(),
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.pod
+            .run_ok_in_cgroup(argv, uid, self.cgroup_path(), timeout)
+            .with_context(|| format!("{} mode", self.mode))
     }
 
     /// Installs capture in the pod's mode with `weft-init INIT_ARGS` (in eBPF mode

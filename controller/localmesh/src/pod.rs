@@ -196,8 +196,23 @@ impl Pod {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        self.run_ok_in_cgroup(argv, uid, None, timeout)
+    }
+
+    /// [`run_ok`](Self::run_ok) inside the cgroup v2 directory `cgroup` if given.
+    pub fn run_ok_in_cgroup<I, S>(
+        &self,
+        argv: I,
+        uid: Option<u32>,
+        cgroup: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let argv: Vec<OsString> = argv.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let out = self.run(&argv, uid, timeout)?;
+        let out = self.run_in_cgroup(&argv, uid, cgroup, timeout)?;
         if !out.status.success() {
             bail!(
                 "`{}` in pod {} failed ({}): stderr: {} stdout: {}",

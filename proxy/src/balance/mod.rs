@@ -344,7 +344,7 @@ mod tests {
     use super::*;
     use crate::addr::OrigDstAddr;
     use crate::routes::ServiceRoute;
-    use crate::routes::{PortProtocol, Resolved, RouteTable, ServicePort, ServiceSpec};
+    use crate::routes::{test_spec, Resolved, RouteTable, ServiceSpec};
     use std::collections::HashMap;
 
     fn route(table: &RouteTable) -> Arc<ServiceRoute> {
@@ -356,17 +356,8 @@ mod tests {
 
     fn table_with(endpoints: &[&str], policy: Policy) -> RouteTable {
         RouteTable::from_services([ServiceSpec {
-            name: "b".into(),
-            vip: "10.96.0.1".parse().expect("vip"),
-            ports: vec![ServicePort {
-                port: 80,
-                target_port: 8080,
-                protocol: PortProtocol::Auto,
-            }],
-            endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
-            meshed: Vec::new(),
-            withheld: Vec::new(),
             policy,
+            ..test_spec("b", "10.96.0.1", endpoints)
         }])
     }
 

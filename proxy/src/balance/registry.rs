@@ -101,24 +101,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::addr::OrigDstAddr;
-    use crate::policy::Policy;
-    use crate::routes::{PortProtocol, Resolved, RouteTable, ServicePort, ServiceSpec};
-
-    fn spec(name: &str, vip: &str, endpoints: &[&str]) -> ServiceSpec {
-        ServiceSpec {
-            name: name.into(),
-            vip: vip.parse().expect("vip"),
-            ports: vec![ServicePort {
-                port: 80,
-                target_port: 8080,
-                protocol: PortProtocol::Auto,
-            }],
-            endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
-            meshed: Vec::new(),
-            withheld: Vec::new(),
-            policy: Policy::default(),
-        }
-    }
+    use crate::routes::{test_spec as spec, Resolved, RouteTable};
 
     fn dst(s: &str) -> OrigDstAddr {
         OrigDstAddr(s.parse().expect("addr"))

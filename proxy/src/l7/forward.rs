@@ -41,7 +41,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::body::{Completion, ProxyBody};
-use super::pool::{Lease, SendError, SendOpts};
+use super::pool::{EndpointPool, Lease, SendError, SendOpts};
 use super::request_body::{RequestBody, MAX_REPLAY_BODY};
 use super::telemetry::method_label;
 use super::{errors, headers, ConnCtx, HttpEndpoint, HttpVersion, ServiceBalancer, Target};
@@ -64,24 +64,27 @@ pub async fn forward(
         *req.version_mut() = Version::HTTP_11;
     }
     // The service's balancer as discovery says now (the connection may be older).
-    let balancer = match &ctx.target {
-        Target::Balanced(follow) => match follow.balancer() {
-            Some(b) => Some(b),
-            None => {
-                return Ok(errors::respond(
-                    &ctx,
-                    ErrorReason::NoEndpoints,
-                    method,
-                    started,
-                ))
-            }
-        },
-        Target::Fixed(_) => None,
+    let balancer;
+    let (upstream, policy) = match &ctx.target {
+        Target::Balanced(follow) => {
+            balancer = match follow.balancer() {
+                Some(b) => b,
+                None => {
+                    return Ok(errors::respond(
+                        &ctx,
+                        ErrorReason::NoEndpoints,
+                        method,
+                        started,
+                    ))
+                }
+            };
+            (Upstream::Balanced(&balancer), balancer.policy)
+        }
+        Target::Fixed(pool) => (Upstream::Fixed(pool), ctx.policy),
     };
-    let policy = balancer.as_ref().map_or(ctx.policy, |b| b.policy);
     let timeout = policy.timeout;
     let deadline = started + timeout;
-    let sent = send(&ctx, balancer.as_deref(), &policy, req, upgrade, deadline);
+    let sent = send(&ctx, upstream, &policy, req, upgrade, deadline);
     let (mut resp, lease) = match tokio::time::timeout(timeout, sent).await {
         Err(_) => {
             return Ok(errors::respond(
@@ -136,11 +139,18 @@ pub async fn forward(
 
 type Sent = (Response<Incoming>, Option<Lease>);
 
-/// Sends `req` to the target: once (inbound), or through the service's `balancer`
+/// Where one request goes: a service's balancer as discovery says now, or a fixed
+/// target's pool.
+enum Upstream<'a> {
+    Balanced(&'a ServiceBalancer),
+    Fixed(&'a Arc<EndpointPool>),
+}
+
+/// Sends `req` upstream: once (a fixed target), or through the service's balancer
 /// with its retries.
 async fn send(
     ctx: &ConnCtx,
-    balancer: Option<&ServiceBalancer>,
+    upstream: Upstream<'_>,
     policy: &Policy,
     req: Request<Incoming>,
     upgrade: bool,
@@ -151,15 +161,14 @@ async fn send(
         connect_timeout: policy.connect_timeout,
         idle_timeout: policy.idle_timeout,
     };
-    let balancer = match (&ctx.target, balancer) {
-        (_, Some(b)) => b,
-        (Target::Fixed(pool), None) => {
+    let balancer = match upstream {
+        Upstream::Balanced(b) => b,
+        Upstream::Fixed(pool) => {
             return pool
                 .send(req.map(RequestBody::Stream), opts, &ctx.connector)
                 .await
                 .map_err(|e| e.reason);
         }
-        (Target::Balanced(_), None) => return Err(ErrorReason::NoEndpoints),
     };
     balancer.budget.deposit();
     let retry = &policy.retries;
