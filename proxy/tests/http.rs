@@ -981,3 +981,97 @@ async fn drain_closes_http1_with_connection_close_and_http2_with_goaway() {
         began.elapsed()
     );
 }
+
+/// Reads one HTTP/1.1 response with a content-length body from `s`; (head, body).
+async fn read_response(s: &mut TcpStream) -> (String, String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                return (head, body);
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before a whole response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Between requests an idle HTTP/1 connection is held without hyper (l7::serve):
+/// it must behave exactly as if hyper held it. Idle for longer than the header
+/// timeout, it still answers (the header timeout runs only once a head starts); a
+/// request pipelined in part behind the previous one is completed and answered; a
+/// head split by a pause is answered; and a client that starts a head and stalls
+/// still gets its 408 after the header timeout.
+#[tokio::test]
+async fn an_idle_connection_handed_back_by_hyper_serves_on_and_keeps_its_limits() {
+    let (port, accepted) = h1_server("127.0.0.1", 0).await;
+    let header_timeout = Duration::from_millis(300);
+    let p = proxy_with(
+        VIP.parse().unwrap(),
+        Some(backend(&["127.0.0.1"], port, PortProtocol::Http)),
+        |c| c.header_read_timeout = header_timeout,
+    )
+    .await;
+    let req = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: backend.mesh\r\n\r\n");
+
+    let mut s = TcpStream::connect(p.outbound).await.unwrap();
+    s.write_all(req("/a").as_bytes()).await.unwrap();
+    assert!(read_response(&mut s).await.0.starts_with("HTTP/1.1 200"));
+    // Idle for three header timeouts: still open, still answering.
+    tokio::time::sleep(header_timeout * 3).await;
+    s.write_all(req("/b").as_bytes()).await.unwrap();
+    assert!(read_response(&mut s).await.0.starts_with("HTTP/1.1 200"));
+
+    // Pipelined: a whole request and the first half of the next in one write.
+    let second = req("/status/201");
+    let (half, rest) = second.split_at(10);
+    s.write_all(format!("{}{half}", req("/c")).as_bytes())
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.0.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(rest.as_bytes()).await.unwrap();
+    assert!(read_response(&mut s).await.0.starts_with("HTTP/1.1 201"));
+
+    // A head split by a pause shorter than the header timeout.
+    let third = req("/status/202");
+    let (a, b) = third.split_at(7);
+    s.write_all(a.as_bytes()).await.unwrap();
+    tokio::time::sleep(header_timeout / 3).await;
+    s.write_all(b.as_bytes()).await.unwrap();
+    assert!(read_response(&mut s).await.0.starts_with("HTTP/1.1 202"));
+
+    // A head started after an idle spell and never finished: 408, then closed.
+    tokio::time::sleep(header_timeout * 2).await;
+    s.write_all(b"GET /never HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("closed within 5 s")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 408"), "{out:?}");
+    // Everything went over one upstream connection.
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}

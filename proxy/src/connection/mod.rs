@@ -27,6 +27,10 @@ use route::{Routing, UNKNOWN_SERVICE};
 
 /// Serves one accepted connection to its end; `_permit` counts it as in service
 /// until then.
+///
+/// Each path's future is boxed: the task of a connection is as large as the
+/// largest state of this function, and an idle HTTP connection (the most common
+/// state by far) should not carry the detection's and the opaque relay's.
 pub async fn serve(
     shared: Arc<Shared>,
     direction: Direction,
@@ -70,14 +74,20 @@ pub async fn serve(
     };
     let end = match routing.detection() {
         None => {
-            let dialed = dial(&shared, &routing).await;
-            opaque(&client, &[], dialed, &routing, &conn, &observer).await
+            let dialed = Box::pin(dial(&shared, &routing)).await;
+            Box::pin(opaque(&client, &[], dialed, &routing, &conn, &observer)).await
         }
         Some(detection) => {
-            match detect::sniff(&client, detection, || dial(&shared, &routing)).await {
+            let sniffed = Box::pin(detect::sniff(&client, detection, || {
+                dial(&shared, &routing)
+            }));
+            match sniffed.await {
                 Sniffed::Opaque { prefix, upstream } => {
                     conn.set_protocol("tcp");
-                    opaque(&client, &prefix, upstream, &routing, &conn, &observer).await
+                    Box::pin(opaque(
+                        &client, &prefix, upstream, &routing, &conn, &observer,
+                    ))
+                    .await
                 }
                 Sniffed::Http { version, prefix } => {
                     conn.set_protocol(version.as_str());
@@ -107,7 +117,8 @@ pub async fn serve(
                         .l7
                         .conn_ctx(version, dest, edge, observer.bytes.clone());
                     let stop = shared.stop.subscribe();
-                    crate::l7::serve::serve(client, prefix, ctx, Arc::new(observer), stop).await
+                    let observer = Arc::new(observer);
+                    Box::pin(crate::l7::serve::serve(client, prefix, ctx, observer, stop)).await
                 }
                 Sniffed::ClientFailed { error, upstream } => {
                     if let Some(Ok(up)) = upstream.as_ref().map(|u| &u.upstream) {

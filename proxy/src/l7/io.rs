@@ -6,10 +6,13 @@
 //! When hyper is done with it, the socket is handed back through a [`Salvage`] slot
 //! instead of being closed, so the server can still answer a client that timed out
 //! in the middle of a request head with 408. [`ClientIo`] also notes whether the
-//! client sent anything since the proxy last wrote (a partial request head).
+//! client sent anything since the proxy last wrote (a partial request head), whether
+//! its last read found nothing to read and whether a write is blocked: with hyper
+//! waiting for a head, that is an idle connection the serve loop may take back.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
@@ -32,16 +35,37 @@ pub struct ClientIo {
     stream: Option<TcpStream>,
     prefix: BytesMut,
     observer: Observer,
-    /// Bytes came from the client after the proxy's last write.
-    unanswered: bool,
+    quiet: Arc<Quiet>,
     salvage: Salvage,
+}
+
+/// What a [`ClientIo`] knows of its traffic, readable while hyper owns it.
+#[derive(Debug, Default)]
+pub struct Quiet {
+    /// Bytes came from the client after the proxy's last write.
+    unanswered: AtomicBool,
+    /// The last read of the socket found nothing to read.
+    read_parked: AtomicBool,
+    /// The last write to the socket could not proceed (the client is not reading).
+    write_blocked: AtomicBool,
+}
+
+impl Quiet {
+    /// Nothing is on its way either direction: the socket had nothing to read when
+    /// last read, every write went out, and the client sent nothing since the
+    /// proxy's last write (so no part of a next request was read).
+    pub fn is_quiet(&self) -> bool {
+        self.read_parked.load(Relaxed)
+            && !self.write_blocked.load(Relaxed)
+            && !self.unanswered.load(Relaxed)
+    }
 }
 
 impl Drop for ClientIo {
     fn drop(&mut self) {
         if let Some(stream) = self.stream.take() {
             *self.salvage.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((stream, self.unanswered));
+                Some((stream, self.quiet.unanswered.load(Relaxed)));
         }
     }
 }
@@ -57,8 +81,10 @@ impl std::fmt::Debug for ClientIo {
 
 impl ClientIo {
     pub fn new(stream: TcpStream, prefix: BytesMut, observer: Observer, salvage: Salvage) -> Self {
+        let quiet = Quiet::default();
+        quiet.unanswered.store(!prefix.is_empty(), Relaxed);
         ClientIo {
-            unanswered: !prefix.is_empty(),
+            quiet: Arc::new(quiet),
             stream: Some(stream),
             prefix,
             observer,
@@ -68,6 +94,30 @@ impl ClientIo {
 
     fn stream(&mut self) -> Pin<&mut TcpStream> {
         Pin::new(self.stream.as_mut().expect("present until dropped"))
+    }
+
+    /// Its traffic, as seen while hyper owns it.
+    pub fn quiet(&self) -> Arc<Quiet> {
+        self.quiet.clone()
+    }
+
+    /// Bytes read from the socket but not consumed (what hyper had buffered): read
+    /// again first.
+    pub fn replay(&mut self, bytes: BytesMut) {
+        debug_assert!(self.prefix.is_empty());
+        if !bytes.is_empty() {
+            self.quiet.unanswered.store(true, Relaxed);
+        }
+        self.prefix = bytes;
+    }
+
+    /// Waits until the client sends something (or closes).
+    pub async fn readable(&self) -> io::Result<()> {
+        self.stream
+            .as_ref()
+            .expect("present until dropped")
+            .readable()
+            .await
     }
 }
 
@@ -87,13 +137,16 @@ impl AsyncRead for ClientIo {
                 this.prefix = BytesMut::new();
             }
             this.observer.relayed_from_client(n as u64);
+            this.quiet.read_parked.store(false, Relaxed);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        ready!(this.stream().poll_read(cx, buf))?;
+        let read = this.stream().poll_read(cx, buf);
+        this.quiet.read_parked.store(read.is_pending(), Relaxed);
+        ready!(read)?;
         let n = buf.filled().len() - before;
         if n > 0 {
-            this.unanswered = true;
+            this.quiet.unanswered.store(true, Relaxed);
             this.observer.relayed_from_client(n as u64);
         }
         Poll::Ready(Ok(()))
@@ -107,8 +160,12 @@ impl AsyncWrite for ClientIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let n = ready!(this.stream().poll_write(cx, buf))?;
-        this.unanswered = false;
+        let written = this.stream().poll_write(cx, buf);
+        this.quiet
+            .write_blocked
+            .store(written.is_pending(), Relaxed);
+        let n = ready!(written)?;
+        this.quiet.unanswered.store(false, Relaxed);
         this.observer.relayed_to_client(n as u64);
         Poll::Ready(Ok(n))
     }
@@ -119,8 +176,12 @@ impl AsyncWrite for ClientIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let n = ready!(this.stream().poll_write_vectored(cx, bufs))?;
-        this.unanswered = false;
+        let written = this.stream().poll_write_vectored(cx, bufs);
+        this.quiet
+            .write_blocked
+            .store(written.is_pending(), Relaxed);
+        let n = ready!(written)?;
+        this.quiet.unanswered.store(false, Relaxed);
         this.observer.relayed_to_client(n as u64);
         Poll::Ready(Ok(n))
     }

@@ -7,8 +7,9 @@
 //! service's balancer ([`crate::balance`]), the same one opaque connections use.
 //!
 //! Layout:
-//! - [`serve`]: hyper's server on the client socket; [`io`]: that socket, replaying
-//!   the detected prefix and counting bytes.
+//! - [`serve`]: hyper's server on the client socket, idle HTTP/1 connections held
+//!   without it ([`head_wait`] tells when hyper waits for a next request); [`io`]:
+//!   that socket, replaying the detected prefix and counting bytes.
 //! - [`forward`]: one request: pick, strip hop-by-hop [`headers`], send, retry,
 //!   stream back, upgrades; [`errors`]: the proxy's own 400/502/503/504.
 //! - [`pool`]: pooled HTTP/1.1 and h2c connections to one endpoint (what the
@@ -20,6 +21,7 @@
 pub mod body;
 pub mod errors;
 pub mod forward;
+pub mod head_wait;
 pub mod headers;
 pub mod io;
 pub mod pool;

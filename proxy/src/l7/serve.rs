@@ -10,23 +10,38 @@
 //! [`Salvage`] slot for that), silently if the connection was merely idle between
 //! requests. None of it reaches the upstream.
 //!
+//! Idle HTTP/1 keep-alive connections cost little: between requests, once nothing
+//! is on its way either direction, the connection is taken back from hyper
+//! (`into_parts`, with whatever hyper had read and not parsed) and held as a bare
+//! socket waiting for readiness; hyper's buffers, its boxed request future and its
+//! header timer go with it (about 22 KiB a connection), and a new hyper connection
+//! is made for the next request when the client sends one. An idle connection is
+//! closed after the proxy's idle timeout ([`crate::policy::IDLE_TIMEOUT`]).
+//!
 //! Drain: when `stop` fires, HTTP/1 connections stop keep-alive (the response in
 //! progress carries `Connection: close`; an idle connection closes at once) and
 //! HTTP/2 connections get GOAWAY; requests in flight finish.
 
-use std::pin::pin;
+use std::convert::Infallible;
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::Service;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::body::ProxyBody;
 use super::forward::forward;
-use super::io::{ClientIo, Observer, Salvage};
+use super::head_wait::HeadWaitTimer;
+use super::io::{ClientIo, Observer, Quiet, Salvage};
 use super::{ConnCtx, HttpVersion};
 use crate::error::ConnEnd;
 
@@ -54,37 +69,18 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) -> ConnEnd {
     let salvage: Salvage = Arc::new(Mutex::new(None));
-    let io = TokioIo::new(ClientIo::new(stream, prefix, observer, salvage.clone()));
-    let svc_ctx = ctx.clone();
-    let svc = service_fn(move |req| forward(svc_ctx.clone(), req));
+    let io = ClientIo::new(stream, prefix, observer, salvage.clone());
+    let svc = Forward(ctx.clone());
     let served = match ctx.version {
-        HttpVersion::Http1 => {
-            let mut conn = pin!(http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(ctx.header_read_timeout)
-                .max_header_size(MAX_HEADER_BYTES)
-                // A client may shut its write side after the request (nc -N).
-                .half_close(true)
-                // Responses are the upstream's: no Date added that it did not send.
-                .auto_date_header(false)
-                .serve_connection(io, svc)
-                .with_upgrades());
-            // The connection is polled first, so that a request already read by
-            // detection is parsed (and answered) even when the drain has begun.
-            tokio::select! {
-                biased;
-                r = conn.as_mut() => r,
-                () = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-        }
+        HttpVersion::Http1 => serve_h1(io, svc, &ctx, &mut stop).await,
         HttpVersion::H2 => {
-            let mut conn = pin!(http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .auto_date_header(false)
-                .serve_connection(io, svc));
+            // Boxed: the connection task stays small whichever protocol it serves.
+            let mut conn = Box::pin(
+                http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .auto_date_header(false)
+                    .serve_connection(TokioIo::new(io), svc),
+            );
             tokio::select! {
                 biased;
                 r = conn.as_mut() => r,
@@ -93,6 +89,7 @@ pub async fn serve(
                     conn.await
                 }
             }
+            .map_err(Served::Hyper)
         }
     };
     for tunnel in ctx.take_tunnels() {
@@ -101,7 +98,7 @@ pub async fn serve(
     let left = salvage.lock().unwrap_or_else(|e| e.into_inner()).take();
     match served {
         Ok(()) => ConnEnd::Eof,
-        Err(e) if e.is_timeout() => match left {
+        Err(Served::Hyper(e)) if e.is_timeout() => match left {
             Some((stream, true)) => {
                 // Small enough for any socket buffer: one non-blocking write.
                 let _ = stream.try_write(REQUEST_TIMEOUT_408);
@@ -109,6 +106,118 @@ pub async fn serve(
             }
             _ => ConnEnd::IdleTimeout,
         },
-        Err(e) => ConnEnd::Http(e),
+        Err(Served::Idle) => ConnEnd::IdleTimeout,
+        Err(Served::Hyper(e)) => ConnEnd::Http(e),
     }
+}
+
+/// How serving a connection failed.
+enum Served {
+    Hyper(hyper::Error),
+    /// Idle (between requests) for the idle timeout.
+    Idle,
+}
+
+/// Each request of a connection, to [`forward`].
+#[derive(Clone)]
+struct Forward(Arc<ConnCtx>);
+
+impl Service<Request<Incoming>> for Forward {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        Box::pin(forward(self.0.clone(), req))
+    }
+}
+
+/// HTTP/1: hyper serves the connection while requests come; between them, once
+/// the connection is quiet, it is held without hyper (see the module docs).
+async fn serve_h1(
+    mut io: ClientIo,
+    mut svc: Forward,
+    ctx: &ConnCtx,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), Served> {
+    loop {
+        let timer = HeadWaitTimer::default();
+        let quiet = io.quiet();
+        // Boxed: it exists only while the connection is busy; the task holding an
+        // idle connection stays small.
+        let mut conn = Box::new(
+            http1::Builder::new()
+                .timer(timer.clone())
+                .header_read_timeout(ctx.header_read_timeout)
+                .max_header_size(MAX_HEADER_BYTES)
+                // A client may shut its write side after the request (nc -N).
+                .half_close(true)
+                // Responses are the upstream's: no Date added that it did not send.
+                .auto_date_header(false)
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades(),
+        );
+        // The connection is polled first, so that a request already read by
+        // detection is parsed (and answered) even when the drain has begun.
+        let idle = tokio::select! {
+            biased;
+            r = until_idle(&mut *conn, &timer, &quiet) => r.map_err(Served::Hyper)?,
+            () = stopped(stop) => {
+                Pin::new(&mut *conn).graceful_shutdown();
+                return Pin::new(&mut *conn).await.map_err(Served::Hyper);
+            }
+        };
+        if !idle {
+            return Ok(());
+        }
+        let parts = unbox_parts(conn);
+        io = parts.io.into_inner();
+        svc = parts.service;
+        // Even empty, hyper's read buffer holds its allocation: not kept while idle.
+        let unparsed = parts.read_buf;
+        if !unparsed.is_empty() {
+            // Part of a next request came with the last one: hyper goes on with it.
+            io.replay(BytesMut::from(&unparsed[..]));
+            continue;
+        }
+        drop(unparsed);
+        tokio::select! {
+            r = io.readable() => {
+                if r.is_err() {
+                    return Ok(());
+                }
+            }
+            () = stopped(stop) => return Ok(()),
+            () = tokio::time::sleep(ctx.policy.idle_timeout) => return Err(Served::Idle),
+        }
+    }
+}
+
+/// The parts of a connection that has not ended; its box goes now (a box moved out
+/// of is freed only when it goes out of scope).
+fn unbox_parts(
+    conn: Box<hyper::server::conn::http1::UpgradeableConnection<TokioIo<ClientIo>, Forward>>,
+) -> http1::Parts<TokioIo<ClientIo>, Forward> {
+    (*conn)
+        .into_parts()
+        .expect("a connection that has not ended has its parts")
+}
+
+/// Drives `conn` until it ends (`Ok(false)`) or is idle: hyper waits for a next
+/// request and nothing is on its way (`Ok(true)`).
+async fn until_idle<C>(
+    conn: &mut C,
+    timer: &HeadWaitTimer,
+    quiet: &Quiet,
+) -> Result<bool, hyper::Error>
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>> + Unpin,
+{
+    poll_fn(|cx| match Pin::new(&mut *conn).poll(cx) {
+        Poll::Ready(r) => Poll::Ready(r.map(|()| false)),
+        Poll::Pending if timer.waiting_for_head() && quiet.is_quiet() => Poll::Ready(Ok(true)),
+        Poll::Pending => Poll::Pending,
+    })
+    .await
 }

@@ -15,9 +15,11 @@
 //!   the receiver's (`end.sum_received`): with sk_msg, or any proxy buffering, the
 //!   sender can hand its socket far more than arrives within the test; the sender's
 //!   count is kept to show the gap.
-//! - Idle connections: this binary's hidden `bench --hold-idle ADDR COUNT SECONDS`,
+//! - Idle connections: this binary's hidden `bench --hold-idle ADDR COUNT SECONDS GO`,
 //!   which opens COUNT keep-alive connections, sends one request on each, prints
-//!   `open=K` and holds them.
+//!   `open=K` and holds them; once the file GO exists (the benchmark has taken the
+//!   proxies' RSS), it sends one more request on each and prints `answered=N`: an
+//!   idle connection that a proxy slimmed down must still work.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -349,14 +351,27 @@ pub fn parse_iperf3(text: &str) -> Result<TcpResult> {
 #[derive(Debug)]
 pub struct Held {
     proc: PodProc,
+    go: PathBuf,
     pub open: u32,
 }
 
 impl Held {
-    /// Closes them all (the helper exits).
-    pub fn release(self) {
-        let _ = self.proc.kill();
-        let _ = self.proc.wait_timeout(Duration::from_secs(5));
+    /// Sends one more request on every held connection; how many were answered.
+    /// Then closes them all (the helper exits).
+    pub fn request_again(self) -> Result<u32> {
+        std::fs::write(&self.go, b"go").with_context(|| format!("write {}", self.go.display()))?;
+        let done = self.proc.wait_timeout(Duration::from_secs(90));
+        let logs = self.proc.logs();
+        if done.is_none() {
+            let _ = self.proc.kill();
+            let _ = self.proc.wait_timeout(Duration::from_secs(5));
+        }
+        logs.lines()
+            .find_map(|l| {
+                l.strip_prefix("answered=")
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .with_context(|| format!("the idle-connection holder never said answered=:\n{logs}"))
     }
 }
 
@@ -368,6 +383,8 @@ pub fn hold_idle(
     deadline: &Deadline,
 ) -> Result<Held> {
     let exe = std::env::current_exe().context("this executable's path")?;
+    let go = bench.mesh.run_dir().join("idle-go");
+    let _ = std::fs::remove_file(&go);
     let argv: Vec<String> = vec![
         exe.display().to_string(),
         "bench".into(),
@@ -375,6 +392,7 @@ pub fn hold_idle(
         target.to_string(),
         count.to_string(),
         "120".into(),
+        go.display().to_string(),
     ];
     let proc = bench.pod_spawn(Side::Client, "idle-holder", &argv)?;
     let until = Instant::now() + Duration::from_secs(90);
@@ -386,7 +404,7 @@ pub fn hold_idle(
         {
             // Let the proxies settle (their per-connection state is made by now).
             std::thread::sleep(Duration::from_millis(500));
-            return Ok(Held { proc, open });
+            return Ok(Held { proc, go, open });
         }
         if let Some(status) = proc.try_wait() {
             bail!("the idle-connection holder exited ({status}):\n{logs}");
@@ -403,12 +421,13 @@ pub fn hold_idle(
     }
 }
 
-/// `bench --hold-idle ADDR COUNT SECONDS`: runs inside the client pod (and its
+/// `bench --hold-idle ADDR COUNT SECONDS GO`: runs inside the client pod (and its
 /// cgroup). Opens COUNT connections, one `GET /` each with its response read
-/// (keep-alive), prints `open=K`, holds them SECONDS (or until killed).
+/// (keep-alive), prints `open=K`; holds them until the file GO exists (at most
+/// SECONDS), then sends one more `GET /` on each and prints `answered=N`.
 pub fn hold_idle_main(args: &[String]) -> Result<()> {
-    let [addr, count, secs] = args else {
-        bail!("--hold-idle ADDR COUNT SECONDS");
+    let [addr, count, secs, go] = args else {
+        bail!("--hold-idle ADDR COUNT SECONDS GO");
     };
     let addr: SocketAddr = addr.parse().context("ADDR")?;
     let count: u32 = count.parse().context("COUNT")?;
@@ -434,7 +453,27 @@ pub fn hold_idle_main(args: &[String]) -> Result<()> {
     }
     println!("open={}", conns.len());
     std::io::stdout().flush().ok();
-    std::thread::sleep(Duration::from_secs(secs));
+    let held = Instant::now();
+    while !std::path::Path::new(go).exists() {
+        if held.elapsed() > Duration::from_secs(secs) {
+            bail!("no {go} after {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut answered, mut failed) = (0u32, 0u32);
+    for s in &mut conns {
+        match request_on(s, request.as_bytes()) {
+            Ok(()) => answered += 1,
+            Err(e) => {
+                failed += 1;
+                if failed <= 5 {
+                    eprintln!("hold-idle: a held connection, again: {e:#}");
+                }
+            }
+        }
+    }
+    println!("answered={answered}");
+    std::io::stdout().flush().ok();
     drop(conns);
     Ok(())
 }
@@ -442,6 +481,12 @@ pub fn hold_idle_main(args: &[String]) -> Result<()> {
 fn one_request(addr: SocketAddr, request: &[u8]) -> Result<TcpStream> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    request_on(&mut s, request)?;
+    Ok(s)
+}
+
+/// One request on `s` and its whole response (200, content-length framed).
+fn request_on(s: &mut TcpStream, request: &[u8]) -> Result<()> {
     s.write_all(request)?;
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
@@ -462,7 +507,7 @@ fn one_request(addr: SocketAddr, request: &[u8]) -> Result<TcpStream> {
                 .and_then(|v| v.trim().parse().ok())
                 .context("no content-length")?;
             if buf.len() >= end + 4 + len {
-                return Ok(s);
+                return Ok(());
             }
         }
     }

@@ -100,12 +100,18 @@ pub struct Options {
     /// Only these setups (comma-separated names), e.g. `direct,weft-iptables`.
     #[arg(long, value_delimiter = ',')]
     setups: Vec<String>,
+    /// Only these loads (comma-separated): `http1` and `h2` (warm-up, max and fixed
+    /// rates), `conns` (new connection per request), `tcp` (bulk), `idle` (idle
+    /// connections, round 1). Default: all. For profiling one row; a report of a
+    /// subset is not comparable with a full one.
+    #[arg(long, value_delimiter = ',')]
+    loads: Vec<String>,
     /// Give up, and clean up, after this long (not counting builds and installs).
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
     /// Internal: the idle-connection holder that the benchmark starts in the client
-    /// pod (ADDR COUNT SECONDS).
-    #[arg(long, hide = true, num_args = 3, value_names = ["ADDR", "COUNT", "SECONDS"])]
+    /// pod (ADDR COUNT SECONDS GO).
+    #[arg(long, hide = true, num_args = 4, value_names = ["ADDR", "COUNT", "SECONDS", "GO"])]
     hold_idle: Option<Vec<String>>,
 }
 
@@ -126,7 +132,19 @@ pub(crate) struct Plan {
     pub tcp_secs: u32,
     pub idle_conns: u32,
     pub timeout: Duration,
+    /// The loads to run (`--loads`; all when empty).
+    pub loads: Vec<String>,
 }
+
+impl Plan {
+    /// Whether `--loads` lets load `name` run.
+    pub fn runs(&self, name: &str) -> bool {
+        self.loads.is_empty() || self.loads.iter().any(|l| l == name)
+    }
+}
+
+/// The names `--loads` accepts.
+const LOADS: [&str; 5] = ["http1", "h2", "conns", "tcp", "idle"];
 
 impl Plan {
     fn new(opts: &Options) -> Plan {
@@ -144,6 +162,7 @@ impl Plan {
             timeout: opts
                 .timeout
                 .unwrap_or(Duration::from_secs(if quick { 270 } else { 1_140 })),
+            loads: opts.loads.clone(),
         }
     }
 }
@@ -155,6 +174,12 @@ pub fn bench(opts: &Options) -> Result<()> {
     }
     let started = Instant::now();
     let plan = Plan::new(opts);
+    if let Some(bad) = plan.loads.iter().find(|l| !LOADS.contains(&l.as_str())) {
+        bail!(
+            "--loads: unknown load {bad:?} (known: {})",
+            LOADS.join(", ")
+        );
+    }
     let kinds = SetupKind::selected(&opts.setups)?;
     crate::system::ensure(crate::system::BENCH_TOOLS)?;
     if !crate::system::is_root() {

@@ -46,6 +46,8 @@ pub struct Row {
     /// `idle`: RSS of the larger proxy before the connections were opened.
     pub rss_mb_before: Option<f64>,
     pub idle_conns: Option<u32>,
+    /// `idle`: how many of them answered one more request after the RSS was taken.
+    pub idle_answered: Option<u32>,
     /// TCP: the receiver's throughput and byte count.
     pub gbit_s: Option<f64>,
     pub bytes: Option<u64>,
@@ -84,6 +86,7 @@ impl Row {
             rss_mb_server_proxy: None,
             rss_mb_before: None,
             idle_conns: None,
+            idle_answered: None,
             gbit_s: None,
             bytes: None,
             bytes_sent: None,
@@ -175,6 +178,7 @@ pub fn medians(samples: &[Row]) -> Vec<Row> {
                 rss_mb_server_proxy: m(|r| r.rss_mb_server_proxy),
                 rss_mb_before: m(|r| r.rss_mb_before),
                 idle_conns: mu(|r| r.idle_conns.map(u64::from)).map(|x| x as u32),
+                idle_answered: mu(|r| r.idle_answered.map(u64::from)).map(|x| x as u32),
                 gbit_s: m(|r| r.gbit_s),
                 bytes: mu(|r| r.bytes),
                 bytes_sent: mu(|r| r.bytes_sent),
@@ -339,10 +343,10 @@ pub fn markdown(rows: &[Row], plan: &Plan, took: Duration) -> String {
     let _ = writeln!(s, "\n## Cost of the proxies (per proxy)\n");
     let _ = writeln!(
         s,
-        "| setup | CPU ms / 1k req, HTTP/1.1 max (client, server) | CPU ms / 1k req, h2c max | CPU ms / GB, TCP | peak RSS MB | RSS MB, idle → {} idle conns (client, server) |",
+        "| setup | CPU ms / 1k req, HTTP/1.1 max (client, server) | CPU ms / 1k req, h2c max | CPU ms / GB, TCP | peak RSS MB | RSS MB, idle → {} idle conns (client, server) | idle conns answering again |",
         plan.idle_conns
     );
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for n in names.iter().filter(|n| n.as_str() != "direct") {
         let h1 = find(rows, n, "http1", "max");
         let h2 = find(rows, n, "h2", "max");
@@ -355,7 +359,7 @@ pub fn markdown(rows: &[Row], plan: &Plan, took: Duration) -> String {
             .reduce(f64::max);
         let _ = writeln!(
             s,
-            "| {n} | {} ({}, {}) | {} | {} | {} | {} → {} ({}, {}) |",
+            "| {n} | {} ({}, {}) | {} | {} | {} | {} → {} ({}, {}) | {} |",
             f(h1.and_then(|r| r.cpu_ms_per_1k), 1),
             f(h1.and_then(|r| r.cpu_ms_per_1k_client_proxy), 1),
             f(h1.and_then(|r| r.cpu_ms_per_1k_server_proxy), 1),
@@ -366,6 +370,8 @@ pub fn markdown(rows: &[Row], plan: &Plan, took: Duration) -> String {
             f(idle.and_then(|r| r.rss_mb), 1),
             f(idle.and_then(|r| r.rss_mb_client_proxy), 1),
             f(idle.and_then(|r| r.rss_mb_server_proxy), 1),
+            idle.and_then(|r| r.idle_answered)
+                .map_or("–".to_owned(), |n| n.to_string()),
         );
     }
 

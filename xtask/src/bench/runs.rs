@@ -98,6 +98,9 @@ fn measure_running(
     let redirected0 = counters::msg_redirected(bench, r)?;
     let mut rows = Vec::new();
     for proto in [Proto::Http1, Proto::H2] {
+        if !plan.runs(proto.name()) {
+            continue;
+        }
         let url = match proto {
             Proto::Http1 => &r.h1,
             Proto::H2 => &r.h2,
@@ -115,28 +118,36 @@ fn measure_running(
             rows.push(http_run(bench, r, round, url, proto, &l, deadline)?);
         }
     }
-    deadline.check("the connection-rate run")?;
-    let conns = HttpLoad::NewConns(plan.conns);
-    rows.push(http_run(
-        bench,
-        r,
-        round,
-        &r.h1,
-        Proto::Http1,
-        &conns,
-        deadline,
-    )?);
-    deadline.check("the TCP run")?;
-    rows.push(tcp_run(bench, r, round, plan, deadline)?);
-    if let (Some(a), Some(b)) = (redirected0, counters::msg_redirected(bench, r)?) {
+    if plan.runs("conns") {
+        deadline.check("the connection-rate run")?;
+        let conns = HttpLoad::NewConns(plan.conns);
+        rows.push(http_run(
+            bench,
+            r,
+            round,
+            &r.h1,
+            Proto::Http1,
+            &conns,
+            deadline,
+        )?);
+    }
+    if plan.runs("tcp") {
+        deadline.check("the TCP run")?;
+        rows.push(tcp_run(bench, r, round, plan, deadline)?);
+    }
+    if let (Some(a), Some(b), Some(first)) = (
+        redirected0,
+        counters::msg_redirected(bench, r)?,
+        rows.first_mut(),
+    ) {
         if b <= a {
-            rows[0].sanity.push(format!(
+            first.sanity.push(format!(
                 "sk_msg redirected no message ({}: {a} before, {b} after): not the setup it claims",
                 weft_localmesh::Stat::MsgRedirected.name()
             ));
         }
     }
-    if round == 1 && r.proxies.is_some() {
+    if round == 1 && r.proxies.is_some() && plan.runs("idle") {
         deadline.check("the idle-connection run")?;
         rows.push(idle_run(bench, r, plan, deadline)?);
     }
@@ -297,7 +308,7 @@ fn idle_run(bench: &Bench, r: &Running, plan: &Plan, deadline: &Deadline) -> Res
     let held = load::hold_idle(bench, target, plan.idle_conns, deadline)?;
     let during = (ProcUsage::of(cp.pid()), ProcUsage::of(sp.pid()));
     let open = held.open;
-    held.release();
+    let answered = held.request_again()?;
     let app1 = counters::app_requests(bench)?;
     let mut row = Row::new(r.kind.name(), "http1", "idle", 1);
     row.idle_conns = Some(open);
@@ -311,10 +322,17 @@ fn idle_run(bench: &Bench, r: &Running, plan: &Plan, deadline: &Deadline) -> Res
             plan.idle_conns
         ));
     }
-    let app_seen = app1.saturating_sub(app0).saturating_sub(1);
-    if app_seen != u64::from(open) {
+    row.idle_answered = Some(answered);
+    if answered < open {
         row.sanity.push(format!(
-            "the app saw {app_seen} requests for {open} idle connections"
+            "only {answered} of {open} idle connections answered a request after the RSS was taken"
+        ));
+    }
+    // Two requests per connection: one to open it, one after the RSS was taken.
+    let app_seen = app1.saturating_sub(app0).saturating_sub(1);
+    if app_seen != u64::from(open) + u64::from(answered) {
+        row.sanity.push(format!(
+            "the app saw {app_seen} requests for {open} idle connections ({answered} asked twice)"
         ));
     }
     Ok(row)

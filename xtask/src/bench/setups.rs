@@ -458,7 +458,17 @@ impl Bench {
             let args = self.init_args(kind, side, false)?;
             self.weft_init(side, &args)
                 .with_context(|| format!("weft-init {}", args.join(" ")))?;
-            let argv: Vec<String> = vec![
+            // WEFT_BENCH_PROXY_WRAP (e.g. "heaptrack -o /tmp/hp/{side}"): a profiler
+            // to run the proxies under, `{side}` replaced by client or server. Their
+            // RSS and CPU rows then measure the profiler too.
+            let mut argv: Vec<String> = std::env::var("WEFT_BENCH_PROXY_WRAP")
+                .map(|w| {
+                    w.split_whitespace()
+                        .map(|a| a.replace("{side}", side.name()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            argv.extend([
                 self.bins.proxy.display().to_string(),
                 "--service".into(),
                 service.into(),
@@ -472,7 +482,7 @@ impl Bench {
                 "1s".into(),
                 "--log".into(),
                 "warn".into(),
-            ];
+            ]);
             let name = format!("weft-proxy-{}", side.name());
             let spec = self.spec(side, &name, &argv, Some(PROXY_UID));
             procs.push(self.pod(side).spawn(spec)?);
