@@ -61,9 +61,12 @@ impl ProxyBody {
         let Some(c) = self.completion.take() else {
             return;
         };
-        c.ctx
-            .labels
-            .record(&c.ctx.instruments, c.method, c.status, c.started.elapsed());
+        c.ctx.labels.record(
+            &c.ctx.common.instruments,
+            c.method,
+            c.status,
+            c.started.elapsed(),
+        );
         if let (true, Some(lease)) = (clean_end, c.lease) {
             lease.release();
         }

@@ -39,7 +39,7 @@ pub fn respond(
     method: &'static str,
     started: Instant,
 ) -> Response<ProxyBody> {
-    ctx.labels.error(&ctx.instruments, reason);
+    ctx.labels.error(&ctx.common.instruments, reason);
     let status = status_of(reason);
     let body = ProxyBody::fixed(
         Bytes::from_static(reason.as_str().as_bytes()),

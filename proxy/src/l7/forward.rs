@@ -80,7 +80,7 @@ pub async fn forward(
             };
             (Upstream::Balanced(&balancer), balancer.policy)
         }
-        Target::Fixed(pool) => (Upstream::Fixed(pool), ctx.policy),
+        Target::Fixed(pool) => (Upstream::Fixed(pool), ctx.common.policy),
     };
     let timeout = policy.timeout;
     let deadline = started + timeout;
@@ -111,7 +111,8 @@ pub async fn forward(
         _ => false,
     };
     headers::strip(resp.headers_mut(), upgraded);
-    if ctx.version == HttpVersion::Http1 && !upgraded && ctx.draining.load(Ordering::Relaxed) {
+    if ctx.version == HttpVersion::Http1 && !upgraded && ctx.common.draining.load(Ordering::Relaxed)
+    {
         // Draining: the client closes this connection after the response and opens
         // its next one elsewhere (or here, while this proxy still accepts). Closing
         // an idle keep-alive connection instead would race the client's next
@@ -165,7 +166,7 @@ async fn send(
         Upstream::Balanced(b) => b,
         Upstream::Fixed(pool) => {
             return pool
-                .send(req.map(RequestBody::Stream), opts, &ctx.connector)
+                .send(req.map(RequestBody::Stream), opts, &ctx.common.connector)
                 .await
                 .map_err(|e| e.reason);
         }
@@ -216,7 +217,12 @@ async fn send(
             done: false,
         };
         balancer.start(pick.endpoint);
-        let (again, why) = match pick.endpoint.conns.send(req, opts, &ctx.connector).await {
+        let (again, why) = match pick
+            .endpoint
+            .conns
+            .send(req, opts, &ctx.common.connector)
+            .await
+        {
             Ok((resp, lease)) => {
                 let status = resp.status().as_u16();
                 let peer = peer_error(&resp).filter(|_| balancer.is_meshed(pick.endpoint));
@@ -276,7 +282,7 @@ async fn send(
             }
         };
         tracing::debug!(endpoint = %pick.endpoint.addr(), left, why, "retrying");
-        ctx.labels.retry(&ctx.instruments, why);
+        ctx.labels.retry(&ctx.common.instruments, why);
         left -= 1;
         req = again;
         last = Some(pick.endpoint);

@@ -29,6 +29,7 @@ pub mod request_body;
 pub mod serve;
 pub mod telemetry;
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,25 +64,34 @@ pub enum Target {
     Fixed(Arc<EndpointPool>),
 }
 
-/// What every request of one HTTP connection shares.
+/// What every request of one HTTP connection shares. Kept small: an idle HTTP/1
+/// connection is little more than this and its socket.
 #[derive(Debug)]
 pub struct ConnCtx {
     pub version: HttpVersion,
     pub target: Target,
-    pub labels: RequestLabels,
-    pub instruments: HttpInstruments,
+    /// Shared by the connections of the same edge.
+    pub labels: Arc<RequestLabels>,
     /// The connection's `/connections` counters (`requests` is counted here).
     pub counters: Arc<ByteCounters>,
+    /// Shared by every HTTP connection of the proxy.
+    pub common: Arc<L7Common>,
+    /// Upgraded (tunnelled) requests still running; the connection ends after them.
+    tunnels: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What every HTTP connection of one proxy shares.
+#[derive(Debug)]
+pub struct L7Common {
+    pub instruments: HttpInstruments,
     pub connector: Connector,
     /// Timeouts and retries of a fixed target (inbound: the proxy's defaults without
     /// retries); a service's come with its balancer, per request.
     pub policy: Policy,
     /// How long a client has to send a request head (HTTP/1).
     pub header_read_timeout: Duration,
-    /// The proxy is draining (see [`L7`]).
+    /// The proxy is draining: HTTP/1 responses carry `Connection: close`.
     pub draining: Arc<AtomicBool>,
-    /// Upgraded (tunnelled) requests still running; the connection ends after them.
-    tunnels: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl ConnCtx {
@@ -97,18 +107,21 @@ impl ConnCtx {
     }
 }
 
-/// The L7 state of one proxy: inbound pools, instruments, and how to dial.
+/// The L7 state of one proxy: inbound pools, what its connections share, and the
+/// request labels of each edge.
 #[derive(Debug)]
 pub struct L7 {
-    /// The proxy is draining: HTTP/1 responses carry `Connection: close`.
-    draining: Arc<AtomicBool>,
     inbound: InboundPools,
-    connector: Connector,
-    instruments: HttpInstruments,
-    /// The policy of traffic to the local application (inbound).
-    inbound_policy: Policy,
-    header_read_timeout: Duration,
+    common: Arc<L7Common>,
+    labels: Mutex<HashMap<EdgeKey, Arc<RequestLabels>>>,
 }
+
+/// An edge, as the key of its request labels.
+type EdgeKey = (Direction, Arc<str>, Arc<str>);
+
+/// Edges whose labels are kept; past it the map starts again (services come and go
+/// with discovery, and the labels are cheap to make).
+const MAX_EDGES: usize = 4096;
 
 /// Who a connection is between, for its request labels.
 #[derive(Debug)]
@@ -135,17 +148,43 @@ impl L7 {
         defaults: Defaults,
         header_read_timeout: Duration,
     ) -> Self {
-        let mut inbound_policy = Policy::defaults(defaults);
+        let mut policy = Policy::defaults(defaults);
         // One local application: nothing else to try.
-        inbound_policy.retries.attempts = 0;
+        policy.retries.attempts = 0;
         L7 {
-            draining,
             inbound: InboundPools::default(),
-            connector,
-            instruments,
-            inbound_policy,
-            header_read_timeout,
+            common: Arc::new(L7Common {
+                instruments,
+                connector,
+                policy,
+                header_read_timeout,
+                draining,
+            }),
+            labels: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The request labels of `edge`, made once.
+    fn labels(&self, edge: &Edge<'_>) -> Arc<RequestLabels> {
+        let key = (
+            edge.direction,
+            edge.source.clone(),
+            edge.destination.clone(),
+        );
+        let mut labels = self.labels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = labels.get(&key) {
+            return l.clone();
+        }
+        if labels.len() >= MAX_EDGES {
+            labels.clear();
+        }
+        let made = Arc::new(RequestLabels::new(
+            edge.direction,
+            edge.source,
+            edge.destination,
+        ));
+        labels.insert(key, made.clone());
+        made
     }
 
     /// The request context of one HTTP connection.
@@ -156,20 +195,16 @@ impl L7 {
         edge: Edge<'_>,
         counters: Arc<ByteCounters>,
     ) -> Arc<ConnCtx> {
-        let (target, policy) = match dest {
-            Dest::Service(follow) => (Target::Balanced(follow), self.inbound_policy),
-            Dest::Address(addr) => (Target::Fixed(self.inbound.get(addr)), self.inbound_policy),
+        let target = match dest {
+            Dest::Service(follow) => Target::Balanced(follow),
+            Dest::Address(addr) => Target::Fixed(self.inbound.get(addr)),
         };
         Arc::new(ConnCtx {
             version,
             target,
-            labels: RequestLabels::new(edge.direction, edge.source, edge.destination),
-            instruments: self.instruments.clone(),
+            labels: self.labels(&edge),
             counters,
-            connector: self.connector.clone(),
-            policy,
-            header_read_timeout: self.header_read_timeout,
-            draining: self.draining.clone(),
+            common: self.common.clone(),
             tunnels: Mutex::new(Vec::new()),
         })
     }

@@ -149,7 +149,7 @@ async fn serve_h1(
         let mut conn = Box::new(
             http1::Builder::new()
                 .timer(timer.clone())
-                .header_read_timeout(ctx.header_read_timeout)
+                .header_read_timeout(ctx.common.header_read_timeout)
                 .max_header_size(MAX_HEADER_BYTES)
                 // A client may shut its write side after the request (nc -N).
                 .half_close(true)
@@ -189,7 +189,7 @@ async fn serve_h1(
                 }
             }
             () = stopped(stop) => return Ok(()),
-            () = tokio::time::sleep(ctx.policy.idle_timeout) => return Err(Served::Idle),
+            () = tokio::time::sleep(ctx.common.policy.idle_timeout) => return Err(Served::Idle),
         }
     }
 }
