@@ -3,7 +3,10 @@
 //! becomes a write shutdown (half-close) of the other, and an error on either side
 //! resets both, so a peer's reset reaches the other peer as a reset instead of a
 //! hang. Memory per connection is bounded: one buffer per direction, allocated only
-//! once that direction has carried data; a slow reader stalls the writer (backpressure).
+//! once that direction has carried data, [`FIRST_BUF`] at first and grown (up to
+//! [`MAX_BUF`]) while reads keep filling it, so bulk transfers move in large chunks
+//! (fewer system calls per byte) and chatty ones stay small; a slow reader stalls
+//! the writer (backpressure).
 
 use std::io;
 use std::net::Shutdown;
@@ -16,8 +19,10 @@ use tokio::net::TcpStream;
 use super::connect::Upstream;
 use crate::error::{ConnEnd, ErrorReason, Side};
 
-/// Size of each direction's copy buffer.
-const BUF_SIZE: usize = 16 * 1024;
+/// Size of each direction's copy buffer when it first carries data.
+const FIRST_BUF: usize = 16 * 1024;
+/// The largest a copy buffer grows to.
+const MAX_BUF: usize = 256 * 1024;
 
 /// Observes bytes as they are relayed (live counters, metrics).
 pub trait RelayObserver: Sync {
@@ -124,22 +129,27 @@ async fn pump(
         from.readable().await.map_err(|e| (Side::Upstream, e))?;
         // Allocate only once this direction carries data: idle connections hold no
         // buffers.
-        let buf = buf.get_or_insert_with(|| vec![0u8; BUF_SIZE].into_boxed_slice());
-        let n = match from.try_read(buf) {
+        let cur = buf.get_or_insert_with(|| vec![0u8; FIRST_BUF].into_boxed_slice());
+        let n = match from.try_read(cur) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err((Side::Upstream, e)),
         };
+        let full = n == cur.len();
         if n == 0 {
             match SockRef::from(to).shutdown(Shutdown::Write) {
                 Err(e) if e.kind() != io::ErrorKind::NotConnected => return Err((Side::Client, e)),
                 _ => return Ok(()),
             }
         }
-        write_all(to, &buf[..n])
+        write_all(to, &cur[..n])
             .await
             .map_err(|e| (Side::Client, e))?;
         count(n as u64);
+        if full && cur.len() < MAX_BUF {
+            // More was waiting than fitted: a bulk transfer.
+            *cur = vec![0u8; cur.len() * 4].into_boxed_slice();
+        }
     }
 }
 
