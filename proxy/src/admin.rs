@@ -36,7 +36,9 @@ pub async fn serve_metrics(shared: Arc<Shared>, listener: TcpListener) {
                 if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
                     return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
                 }
-                match req.uri().path().strip_prefix("/app-health/") {
+                // The probe's path goes on to the app with its query.
+                let target = req.uri().path_and_query().map_or("", |p| p.as_str());
+                match target.strip_prefix("/app-health/") {
                     Some(rest) => crate::app_health::probe(&shared, rest).await,
                     None => metrics_route(&shared, req.uri().path()),
                 }

@@ -36,7 +36,8 @@ const CLOSE_READ_LIMIT: usize = 64 * 1024;
 pub async fn probe(shared: &Shared, rest: &str) -> http::Response<Body> {
     let (port, path) = match rest.split_once('/') {
         Some((port, path)) => (port, Some(path)),
-        None => (rest, None),
+        // A query without a path has nothing to go to: a TCP probe.
+        None => (rest.split_once('?').map_or(rest, |(port, _)| port), None),
     };
     let Some(port) = port.parse::<u16>().ok().filter(|p| *p != 0) else {
         return text(

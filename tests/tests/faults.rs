@@ -569,6 +569,12 @@ fn a_dead_app_is_withdrawn_and_comes_back(mode: Mode) {
         (status, body.trim()),
         (503, "app answered 500 on /status/500")
     );
+    // A check's query goes on to the app with its path.
+    let (status, body) = probe(&fleet, &format!("{app}/status/500?probe=1"));
+    assert_eq!(
+        (status, body.trim()),
+        (503, "app answered 500 on /status/500?probe=1")
+    );
     assert_eq!(probe(&fleet, "/app-health/x").0, 400);
 
     fleet.kill_app(0);

@@ -106,7 +106,7 @@ pub fn status(state_dir: &Path) -> Result<()> {
         .map(|p| {
             let proxy = match podhttp::get(&p.netns, PROXY_METRICS, "/ready") {
                 Ok((200, _)) => "ready".to_owned(),
-                Ok((code, _)) => format!("not ready ({code})"),
+                Ok((code, body)) => not_ready(code, &body),
                 Err(_) => "unreachable".to_owned(),
             };
             vec![
@@ -171,6 +171,15 @@ pub fn status(state_dir: &Path) -> Result<()> {
         Err(e) => println!("controller {}: unreachable: {e:#}", mesh.controller_http),
     }
     Ok(())
+}
+
+/// A proxy's `/ready` that did not answer 200, with the reason it gave (draining,
+/// no routes yet, its app port not answering), which is what the operator acts on.
+fn not_ready(code: u16, body: &str) -> String {
+    match body.lines().map(str::trim).find(|l| !l.is_empty()) {
+        Some(why) => format!("not ready: {why}"),
+        None => format!("not ready ({code})"),
+    }
 }
 
 fn controller_view(mesh: &MeshState) -> Result<(Value, ServicesAnswer)> {
@@ -325,17 +334,26 @@ mod tests {
     }
 
     #[test]
+    fn a_proxy_not_ready_says_why() {
+        assert_eq!(
+            not_ready(503, "app port 8080: connect_refused\n"),
+            "not ready: app port 8080: connect_refused"
+        );
+        assert_eq!(not_ready(503, ""), "not ready (503)");
+    }
+
+    #[test]
     fn withheld_endpoints_say_why() {
         let parse = |v: serde_json::Value| -> KnownEndpoint { serde_json::from_value(v).unwrap() };
         let served = parse(serde_json::json!({"address": "10.211.0.3", "served": true}));
         assert_eq!(served.withdrawn(), None);
         let unhealthy = parse(serde_json::json!({
             "address": "10.211.0.4", "served": false, "draining": false,
-            "check": {"last_error": "HTTP 503: app port 8080: connect_refused"}
+            "check": {"last_error": "GET /app-health/8080: status 503: app port 8080: connect_refused"}
         }));
         assert_eq!(
             unhealthy.withdrawn().as_deref(),
-            Some("10.211.0.4 (withdrawn: HTTP 503: app port 8080: connect_refused)")
+            Some("10.211.0.4 (withdrawn: GET /app-health/8080: status 503: app port 8080: connect_refused)")
         );
         let draining =
             parse(serde_json::json!({"address": "10.211.0.5", "served": false, "draining": true}));
