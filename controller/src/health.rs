@@ -144,7 +144,9 @@ pub fn probes(
     meshed: &BTreeSet<IpAddr>,
 ) -> BTreeMap<(Name, IpAddr), Probe> {
     let mut out = BTreeMap::new();
-    for (name, entry, ep) in catalog.endpoints() {
+    // An endpoint its source says is not ready is not served anyway: its readiness
+    // is that source's business (the kubelet's probes).
+    for (name, entry, ep) in catalog.endpoints().filter(|(_, _, e)| e.ready) {
         let policy = entry.service.policy.health_check.as_ref();
         let via_sidecar = meshed.contains(&ep.address);
         let checked = match policy {
@@ -600,6 +602,7 @@ mod tests {
         };
         let regs = Contribution {
             services: BTreeMap::new(),
+            not_ready: BTreeMap::new(),
             registrations: vec![
                 reg("plain", "127.0.0.4", Some(8080)),
                 reg("plain", "127.0.0.5", None),

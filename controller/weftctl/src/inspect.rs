@@ -59,10 +59,17 @@ struct ServicesAnswer {
 struct KnownEndpoint {
     address: String,
     served: bool,
+    /// Its source (Kubernetes) says it is ready.
+    #[serde(default = "yes")]
+    ready: bool,
     #[serde(default)]
     draining: bool,
     #[serde(default)]
     check: Option<Value>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl KnownEndpoint {
@@ -71,7 +78,9 @@ impl KnownEndpoint {
         if self.served {
             return None;
         }
-        let why = if self.draining {
+        let why = if !self.ready {
+            "not ready".to_owned()
+        } else if self.draining {
             "draining".to_owned()
         } else {
             let error = self
@@ -360,6 +369,13 @@ mod tests {
         assert_eq!(
             draining.withdrawn().as_deref(),
             Some("10.211.0.5 (draining)")
+        );
+        let terminating = parse(serde_json::json!({
+            "address": "10.244.1.5", "served": false, "ready": false, "draining": true
+        }));
+        assert_eq!(
+            terminating.withdrawn().as_deref(),
+            Some("10.244.1.5 (not ready)")
         );
     }
 }
