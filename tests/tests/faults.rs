@@ -612,3 +612,55 @@ fn a_dead_app_is_withdrawn_and_comes_back_iptables() {
 fn a_dead_app_is_withdrawn_and_comes_back_ebpf() {
     a_dead_app_is_withdrawn_and_comes_back(Mode::Ebpf);
 }
+
+/// The sidecar's own `/ready` follows its app: 503 naming the port while the app
+/// does not accept, 200 once it is back; `/ready/proxy` and `/live`, which need no
+/// app, stay 200. A sidecar whose pod is no endpoint of its service (no app port to
+/// check) is ready without any app.
+fn a_sidecars_ready_follows_its_app(mode: Mode) {
+    let _serial = serial();
+    let mut fleet = Fleet::new(mode, 3, 2);
+    let get = |fleet: &Fleet, i: usize, path: &str| {
+        let addr = std::net::SocketAddr::new(fleet.replicas[i].pod.ipv4().into(), 15020);
+        let (status, body) = fleet.front.http_get(addr, path).unwrap();
+        (status, body.trim().to_owned())
+    };
+    assert_eq!(get(&fleet, 0, "/ready"), (200, "ready".to_owned()));
+
+    fleet.kill_app(0);
+    let mut last = (0, String::new());
+    wait_until(SECS(5), MS(100), || {
+        last = get(&fleet, 0, "/ready");
+        last.0 == 503
+    })
+    .unwrap_or_else(|e| panic!("/ready stayed {last:?}: {e}"));
+    assert_eq!(last, (503, format!("app port {APP_PORT}: connect_refused")));
+    assert_eq!(get(&fleet, 0, "/ready/proxy"), (200, "ready".to_owned()));
+    assert_eq!(get(&fleet, 0, "/live").0, 200);
+    assert_eq!(
+        get(&fleet, 1, "/ready").0,
+        200,
+        "the other replica's app lives"
+    );
+
+    fleet.start_app(0);
+    wait_until(SECS(5), MS(100), || {
+        last = get(&fleet, 0, "/ready");
+        last.0 == 200
+    })
+    .unwrap_or_else(|e| panic!("/ready stayed {last:?} after the app came back: {e}"));
+
+    // Pod 3 is no endpoint of `web`: its sidecar has no app port to check.
+    fleet.start_sidecar(2);
+    assert_eq!(get(&fleet, 2, "/ready"), (200, "ready".to_owned()));
+}
+
+#[test]
+fn a_sidecars_ready_follows_its_app_iptables() {
+    a_sidecars_ready_follows_its_app(Mode::Iptables);
+}
+
+#[test]
+fn a_sidecars_ready_follows_its_app_ebpf() {
+    a_sidecars_ready_follows_its_app(Mode::Ebpf);
+}

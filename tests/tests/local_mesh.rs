@@ -326,9 +326,9 @@ fn status_endpoints(up: &Up, service: &str) -> String {
 }
 
 /// The "weftctl up with an app that exits": `weftctl status` shows the
-/// endpoint withdrawn, and why, within 3 health intervals of the app's exit, the
-/// other replica alone serves the service meanwhile, and the endpoint is served
-/// again once the app is back.
+/// endpoint withdrawn, and why, within 3 health intervals of the app's exit (and the
+/// pod's proxy not ready, naming the port), the other replica alone serves the
+/// service meanwhile, and the endpoint is served again once the app is back.
 #[test]
 fn weftctl_status_shows_an_exited_app_withdrawn_and_back() {
     exited_app_withdrawn_and_back("iptables");
@@ -397,6 +397,23 @@ fn exited_app_withdrawn_and_back(mode: &str) {
         last.contains(&ip1) && !last.contains(&format!("{ip1} (")),
         "{last}"
     );
+    // The pod's own sidecar says the same in the pods table (its `/ready`).
+    let proxy_column = || {
+        let status = up.weftctl_ok(&["status"]);
+        status
+            .lines()
+            .find(|l| l.starts_with("backend-0 "))
+            .map(|l| l.split_whitespace().skip(4).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|| panic!("no backend-0 in status:\n{status}"))
+    };
+    let mut proxy = String::new();
+    // `/ready` keeps a check's result for a second.
+    wait_until(Duration::from_secs(3), Duration::from_millis(100), || {
+        proxy = proxy_column();
+        proxy != "ready"
+    })
+    .unwrap_or_else(|e| panic!("backend-0's proxy still ready: {e}"));
+    assert_eq!(proxy, "not ready: app port 8080: connect_refused");
     for _ in 0..2 {
         assert_eq!(
             up.curl("backend-1", "http://backend/"),
@@ -415,6 +432,7 @@ fn exited_app_withdrawn_and_back(mode: &str) {
         exited.elapsed()
     );
     assert!(last.contains(&ip0) && last.contains(&ip1), "{last}");
+    assert_eq!(proxy_column(), "ready");
     // And the proxies send to it again.
     wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         up.curl("backend-1", "http://backend/") == "hello from backend-0"
