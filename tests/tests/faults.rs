@@ -196,10 +196,7 @@ fn a_dead_app_is_withdrawn_and_comes_back(mode: Mode) {
     let _serial = serial();
     let interval = SECS(1);
     let mut fleet = Fleet::with_controller_args(mode, 2, 2, &["--health-interval", "1s"]);
-    let probe = |fleet: &Fleet, path: &str| {
-        let addr = std::net::SocketAddr::new(fleet.replicas[0].pod.ipv4().into(), 15020);
-        fleet.front.http_get(addr, path).unwrap()
-    };
+    let probe = |fleet: &Fleet, path: &str| fleet.sidecar_get(0, path);
     let app = format!("/app-health/{APP_PORT}");
     assert_eq!(probe(&fleet, &app).0, 200);
     assert_eq!(probe(&fleet, &format!("{app}/status/204")).0, 200);
@@ -259,11 +256,7 @@ fn a_dead_app_is_withdrawn_and_comes_back_ebpf() {
 fn a_sidecars_ready_follows_its_app(mode: Mode) {
     let _serial = serial();
     let mut fleet = Fleet::new(mode, 3, 2);
-    let get = |fleet: &Fleet, i: usize, path: &str| {
-        let addr = std::net::SocketAddr::new(fleet.replicas[i].pod.ipv4().into(), 15020);
-        let (status, body) = fleet.front.http_get(addr, path).unwrap();
-        (status, body.trim().to_owned())
-    };
+    let get = |fleet: &Fleet, i: usize, path: &str| fleet.sidecar_get(i, path);
     assert_eq!(get(&fleet, 0, "/ready"), (200, "ready".to_owned()));
 
     fleet.kill_app(0);

@@ -9,8 +9,9 @@
 //! local mesh's pods) and streams the slice updates this test makes, in the order
 //! the EndpointSlice controller publishes them during a rollout:
 //!
-//! 1. the new pod's endpoint appears not ready (`ready: false, serving: false`),
-//!    then ready once its readiness probe passes;
+//! 1. the new pod's endpoint appears not ready (`ready: false, serving: false`)
+//!    while its sidecar runs and its app does not yet (the sidecar's `/ready`, the
+//!    kubelet's readiness probe, says so), then ready once the app is up;
 //! 2. the old pod is deleted: its endpoint stays in the slice with `ready: false,
 //!    serving: true, terminating: true` while it drains, and no new request may
 //!    reach it from then on;
@@ -207,9 +208,9 @@ fn roll(f: &mut Fleet, leaving: &mut Vec<Leaving>) {
     let routed = |f: &Fleet, i: usize| f.front_endpoints().contains(&f.endpoint(i));
     std::thread::sleep(SECS(1));
     for (old, new) in [(0, 3), (1, 4), (2, 5)] {
-        // The new pod runs; the slice lists it, not ready yet.
+        // The new pod has its address and its sidecar (the app container waits
+        // for the sidecar's startup probe): the slice lists it, not ready.
         f.start_sidecar(new);
-        f.start_app(new);
         endpoints.push(Endpoint::starting(new));
         publish(f, &endpoints);
         wait_until(SECS(5), MS(20), || {
@@ -217,6 +218,24 @@ fn roll(f: &mut Fleet, leaving: &mut Vec<Leaving>) {
         })
         .unwrap_or_else(|e| panic!("the starting pod never known: {e}\n{}", f.logs()));
         assert!(!routed(f, new), "a pod that is not ready got traffic");
+        // Its sidecar knows its pod is one of web.shop's, not ready: its `/ready`
+        // (the kubelet's readiness probe) waits for the app, then passes.
+        let mut ready = (0, String::new());
+        wait_until(SECS(5), MS(50), || {
+            ready = f.sidecar_get(new, "/ready");
+            ready.0 == 503
+        })
+        .unwrap_or_else(|e| panic!("/ready stayed {ready:?} without an app: {e}"));
+        assert_eq!(
+            ready.1,
+            format!("app port {}: connect_refused", fleet::APP_PORT)
+        );
+        f.start_app(new);
+        wait_until(SECS(5), MS(50), || {
+            ready = f.sidecar_get(new, "/ready");
+            ready.0 == 200
+        })
+        .unwrap_or_else(|e| panic!("/ready stayed {ready:?} with the app up: {e}"));
 
         // Its readiness probe passes.
         if let Some(e) = endpoints.iter_mut().find(|e| e.replica == new) {

@@ -359,6 +359,14 @@ impl Fleet {
             .collect()
     }
 
+    /// `GET path` on replica `i`'s sidecar's metrics and health port (`/ready`,
+    /// `/app-health/<port>`...), from the frontend pod: status and trimmed body.
+    pub fn sidecar_get(&self, i: usize, path: &str) -> (u16, String) {
+        let addr = SocketAddr::new(self.replicas[i].pod.ipv4().into(), 15020);
+        let (status, body) = self.front.http_get(addr, path).unwrap();
+        (status, body.trim().to_owned())
+    }
+
     /// Replica `i`'s endpoint as the proxies route to it.
     pub fn endpoint(&self, i: usize) -> String {
         format!("{}:{APP_PORT}", self.replicas[i].pod.ipv4())
