@@ -41,7 +41,7 @@ pub const APP_PORT: u16 = 8080;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// One fleet at a time: the suites' loads and timings must not share the CPU.
+/// One fleet at a time in a suite: their loads and timings must not share the CPU.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
