@@ -16,13 +16,14 @@
 //! - Every endpoint is withdrawn when every one fails: proxies then fail fast (`503`,
 //!   `no_endpoints`) rather than send traffic to endpoints known to be down.
 //! - A meshed endpoint (a sidecar serves it: see `State::sidecar`) is checked
-//!   through its sidecar by default, `GET <endpoint>:15020/app-health/<port>`, which
+//!   through its sidecar, `GET <endpoint>:15020/app-health/<port>[<http_path>]`, which
 //!   the sidecar answers by connecting to its app from inside the pod: a TCP connect
-//!   to the endpoint would reach the sidecar, not the app, and pass while the app is
-//!   dead. This applies to meshed endpoints of the mesh file and the registration API
-//!   under the `registered` scope too (Kubernetes endpoints carry the kubelet's
-//!   readiness; `all` checks them as well). A service's own `health_check` policy
-//!   still wins.
+//!   (or a `GET`) to the endpoint would reach the sidecar, not the app, and pass
+//!   while the app is dead. This applies to meshed endpoints of the mesh file and the
+//!   registration API under the `registered` scope too (Kubernetes endpoints carry
+//!   the kubelet's readiness; `all` checks them as well), and to a service's own
+//!   `health_check` policy: its port, path, interval and thresholds are kept, only
+//!   the way to the app changes.
 //!
 //! One task per checked endpoint; the [`HealthTable`] holds every result and is what
 //! `/v1/services` and `/metrics` show.
@@ -143,9 +144,11 @@ pub fn probes(
     meshed: &BTreeSet<IpAddr>,
 ) -> BTreeMap<(Name, IpAddr), Probe> {
     let mut out = BTreeMap::new();
-    for (name, entry, ep) in catalog.endpoints() {
+    // An endpoint its source says is not ready is not served anyway: its readiness
+    // is that source's business (the kubelet's probes).
+    for (name, entry, ep) in catalog.endpoints().filter(|(_, _, e)| e.ready) {
         let policy = entry.service.policy.health_check.as_ref();
-        let via_sidecar = policy.is_none() && meshed.contains(&ep.address);
+        let via_sidecar = meshed.contains(&ep.address);
         let checked = match policy {
             Some(p) => p.enabled,
             None => match defaults.scope {
@@ -169,9 +172,11 @@ pub fn probes(
         let Some(port) = port else { continue };
         let interval = p.interval.unwrap_or(defaults.interval);
         let (target, http_path) = if via_sidecar {
+            // The sidecar sends the app `GET <http_path>` when the path goes on.
+            let app_path = p.http_path.as_deref().unwrap_or("");
             (
                 SocketAddr::new(ep.address, defaults.sidecar_health_port),
-                Some(format!("/app-health/{port}")),
+                Some(format!("/app-health/{port}{app_path}")),
             )
         } else {
             (SocketAddr::new(ep.address, port.get()), p.http_path.clone())
@@ -476,16 +481,62 @@ async fn check_inner(probe: &Probe) -> Result<(), String> {
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let line = String::from_utf8_lossy(&buf);
-    let line = line.lines().next().unwrap_or("");
+    let text = String::from_utf8_lossy(&buf);
+    let line = text.lines().next().unwrap_or("");
     let code = line
         .strip_prefix("HTTP/1.")
         .and_then(|rest| rest.get(2..5))
         .and_then(|c| c.parse::<u16>().ok());
     match code {
         Some(c) if (200..300).contains(&c) => Ok(()),
-        Some(c) => Err(format!("GET {path}: status {c}")),
+        Some(c) => {
+            // Why, in the answer's first body line: a sidecar's `/app-health` says
+            // which app port failed and how, which is what an operator acts on.
+            let reason = tokio::time::timeout(REASON_WAIT, body_first_line(&mut conn, buf))
+                .await
+                .ok()
+                .flatten();
+            Err(match reason {
+                Some(r) => format!("GET {path}: status {c}: {r}"),
+                None => format!("GET {path}: status {c}"),
+            })
+        }
         None => Err(format!("GET {path}: not an HTTP response: {line:?}")),
+    }
+}
+
+/// How long a failed check waits for the answer's body, to say why.
+const REASON_WAIT: Duration = Duration::from_millis(200);
+/// The most of a failed answer read (head and body), and of its reason kept.
+const REASON_READ_LIMIT: usize = 4096;
+const REASON_MAX_CHARS: usize = 200;
+
+/// The first non-empty line of the body of the answer begun in `buf` (read on from
+/// `conn`, bounded), if there is one.
+async fn body_first_line(conn: &mut TcpStream, mut buf: Vec<u8>) -> Option<String> {
+    let mut chunk = [0u8; 512];
+    let body_line = |buf: &[u8]| -> Option<String> {
+        let start = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let body = &buf[start..];
+        let end = body.iter().position(|&b| b == b'\n')?;
+        Some(String::from_utf8_lossy(&body[..end]).trim().to_owned())
+    };
+    loop {
+        if let Some(line) = body_line(&buf) {
+            return (!line.is_empty()).then(|| line.chars().take(REASON_MAX_CHARS).collect());
+        }
+        if buf.len() >= REASON_READ_LIMIT {
+            return None;
+        }
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                // The body ended without a newline: what there is of it.
+                let start = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+                let line = String::from_utf8_lossy(&buf[start..]).trim().to_owned();
+                return (!line.is_empty()).then(|| line.chars().take(REASON_MAX_CHARS).collect());
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
     }
 }
 
@@ -551,6 +602,7 @@ mod tests {
         };
         let regs = Contribution {
             services: BTreeMap::new(),
+            not_ready: BTreeMap::new(),
             registrations: vec![
                 reg("plain", "127.0.0.4", Some(8080)),
                 reg("plain", "127.0.0.5", None),
@@ -597,8 +649,9 @@ mod tests {
         );
         assert_eq!(off.len(), 1, "the policy still applies");
 
-        // Meshed: the file's endpoint of plain is checked through its sidecar; web's
-        // own policy still wins; `off` still checks nothing by default.
+        // Meshed: the file's endpoint of plain is checked through its sidecar, and so
+        // is web's, with its own policy's port, path and interval (a check of the pod
+        // from outside would reach the sidecar); `off` still checks nothing by default.
         let meshed: BTreeSet<IpAddr> = ["127.0.0.2", "127.0.0.3"]
             .iter()
             .map(|a| a.parse().expect("ip"))
@@ -611,7 +664,10 @@ mod tests {
         assert_eq!(plain.target.to_string(), "127.0.0.2:15020");
         assert_eq!(plain.http_path.as_deref(), Some("/app-health/8080"));
         let web = &p[&(Name::try_from("web").expect("name"), meshed_ip("127.0.0.3"))];
-        assert_eq!(web.target.to_string(), "127.0.0.3:9000");
+        assert_eq!(web.target.to_string(), "127.0.0.3:15020");
+        assert_eq!(web.http_path.as_deref(), Some("/app-health/9000/healthz"));
+        assert_eq!(web.interval, Duration::from_secs(2));
+        assert!(web.via_sidecar);
         let off = probes(
             &catalog,
             &Defaults {
@@ -640,14 +696,18 @@ mod tests {
                     let mut buf = [0u8; 1024];
                     let n = s.read(&mut buf).await.unwrap_or(0);
                     let req = String::from_utf8_lossy(&buf[..n]);
-                    let status = if req.starts_with("GET /ok ") {
-                        "200 OK"
+                    let (status, body) = if req.starts_with("GET /ok ") {
+                        ("200 OK", "")
                     } else {
-                        "503 No"
+                        ("503 No", "app port 8080: connect_refused\n")
                     };
                     let _ = s
                         .write_all(
-                            format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+                            format!(
+                                "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .as_bytes(),
                         )
                         .await;
                 });
@@ -656,7 +716,7 @@ mod tests {
         assert_eq!(check(&probe(addr, None)).await, Ok(()));
         assert_eq!(check(&probe(addr, Some("/ok"))).await, Ok(()));
         let e = check(&probe(addr, Some("/bad"))).await.expect_err("503");
-        assert!(e.contains("status 503"), "{e}");
+        assert_eq!(e, "GET /bad: status 503: app port 8080: connect_refused");
         // Nothing listens on a port just released.
         let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let gone = closed.local_addr().expect("addr");

@@ -2,7 +2,7 @@
 //!
 //! | method and path | what |
 //! | --- | --- |
-//! | `GET /v1/services` | the served services (`services`: what proxies receive), every known endpoint with its origins, health and whether its sidecar is draining (`endpoints`), registrations waiting for their service (`unattached`), clashes between sources (`conflicts`) |
+//! | `GET /v1/services` | the served services (`services`: what proxies receive), every known endpoint with its origins, health, whether its source says it is ready and whether its sidecar is draining (`endpoints`), registrations waiting for their service (`unattached`), clashes between sources (`conflicts`) |
 //! | `GET /v1/services/{service}` | one service the same way |
 //! | `PUT /v1/services/{service}/endpoints/{address}` | registers an endpoint; optional JSON body `{"port": 8080, "weight": 1, "labels": {"zone": "a"}}`; `201` new, `200` updated or unchanged |
 //! | `DELETE /v1/services/{service}/endpoints/{address}` | deregisters it; `204`, or `404` when it is not registered |
@@ -98,7 +98,10 @@ fn endpoint_view(api: &Api, name: &Name, entry: &CatalogService) -> Vec<serde_js
             let mut v = json!({
                 "address": ep.address,
                 "sources": ep.sources,
-                "served": !is_draining && check.as_ref().is_none_or(|h| h.status == Health::Healthy),
+                "served": ep.ready
+                    && !is_draining
+                    && check.as_ref().is_none_or(|h| h.status == Health::Healthy),
+                "ready": ep.ready,
                 "health": health,
                 "draining": is_draining,
             });

@@ -32,7 +32,10 @@
 //!   containers and the app (so their first connections have a proxy to go to), and
 //!   it does not keep a Job's pod alive. uid/gid 1337 (the uid capture excludes), no
 //!   capabilities, read-only root; `startupProbe` on `:15020/live` (the app starts once
-//!   the listeners are up), `readinessProbe` on `:15020/ready` (routes received);
+//!   the listeners are up: it must not wait on anything that needs the app, and not
+//!   on the controller either, so pods still start while it is away),
+//!   `readinessProbe` on `:15020/ready` (routes received, and the app accepts on its
+//!   service's ports: the pod is not ready while its app does not answer);
 //!   resource requests; environment `WEFT_SERVICE`, `WEFT_CONTROLLER`,
 //!   `WEFT_PROXY_ID` (the pod's name), which weft-proxy reads as its flags.
 //! - the annotation `weft.dev/status: injected`.
@@ -431,6 +434,11 @@ mod tests {
             .expect("flag");
         assert_eq!(args[i + 1], "8081,9000");
         assert_eq!(ops[0]["value"]["env"][0]["value"], "web.shop");
+        // The probe that holds the app container back needs neither the app (it
+        // starts after) nor the controller; readiness includes the app.
+        let probe = |kind: &str| ops[0]["value"][kind]["httpGet"]["path"].clone();
+        assert_eq!(probe("startupProbe"), "/live");
+        assert_eq!(probe("readinessProbe"), "/ready");
         // Applied, the result is injected already.
         let mut applied = p.clone();
         let inits = applied["spec"]["initContainers"]

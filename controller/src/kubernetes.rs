@@ -20,7 +20,10 @@
 //! - Endpoints: the addresses of the Service's EndpointSlices (label
 //!   `kubernetes.io/service-name`) of the VIP's family, `ready` ones only (`ready`
 //!   unset counts as ready, as the API says it must). If the VIP's family has none,
-//!   the other family's ready addresses are used.
+//!   the other family's ready addresses are used. The same family's addresses with
+//!   `ready: false` — a pod not ready yet, or terminating (`serving` may still be
+//!   true while it drains) — are the service's *not ready* endpoints: never sent
+//!   new traffic, but still its pods ([`Contribution::not_ready`]).
 //! - Limits, said plainly: one target port per service port (pods of one Service
 //!   that resolve a named port to different numbers get the first slice's number);
 //!   a dual-stack Service is routed on its primary ClusterIP only.
@@ -101,8 +104,11 @@ pub fn map<'a>(
         let name = svc.name_any();
         let key = format!("{ns}/{name}");
         match map_one(svc, by_service.get(&(ns.clone(), name.clone()))) {
-            Ok(service) => match service_name(&ns, &name) {
+            Ok((service, not_ready)) => match service_name(&ns, &name) {
                 Ok(n) => {
+                    if !not_ready.is_empty() {
+                        out.contribution.not_ready.insert(n.clone(), not_ready);
+                    }
                     out.contribution.services.insert(n, service);
                 }
                 Err(e) => out.skipped.push(format!("{key}: {e}")),
@@ -113,7 +119,11 @@ pub fn map<'a>(
     out
 }
 
-fn map_one(svc: &K8sService, slices: Option<&Vec<&EndpointSlice>>) -> Result<Service, String> {
+/// The service, and its not-ready endpoint addresses.
+fn map_one(
+    svc: &K8sService,
+    slices: Option<&Vec<&EndpointSlice>>,
+) -> Result<(Service, Vec<IpAddr>), String> {
     let spec = svc.spec.as_ref().ok_or("no spec")?;
     if spec.type_.as_deref() == Some("ExternalName") {
         return Err("ExternalName: no VIP".to_owned());
@@ -161,27 +171,38 @@ fn map_one(svc: &K8sService, slices: Option<&Vec<&EndpointSlice>>) -> Result<Ser
     if ports.is_empty() {
         return Err("no TCP port".to_owned());
     }
-    let ready = |want_v4: bool| -> BTreeSet<IpAddr> {
+    // The addresses of one family whose `ready` is (or is not) false.
+    let addresses = |want_v4: bool, ready: bool| -> BTreeSet<IpAddr> {
         slices
             .iter()
             .filter(|s| family_of(&s.address_type) == Some(want_v4))
             .flat_map(|s| s.endpoints.iter())
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .filter(|e| (e.conditions.as_ref().and_then(|c| c.ready) != Some(false)) == ready)
             .flat_map(|e| e.addresses.iter())
             .filter_map(|a| a.parse::<IpAddr>().ok())
             .filter(|ip| ip.is_ipv4() == want_v4)
             .collect()
     };
-    let mut endpoints = ready(vip.is_ipv4());
-    if endpoints.is_empty() {
-        endpoints = ready(!vip.is_ipv4());
+    let mut v4 = vip.is_ipv4();
+    let mut endpoints = addresses(v4, true);
+    if endpoints.is_empty() && !addresses(!v4, true).is_empty() {
+        v4 = !v4;
+        endpoints = addresses(v4, true);
     }
-    Ok(Service {
-        vip,
-        ports,
-        endpoints: endpoints.into_iter().collect(),
-        policy: Policy::default(),
-    })
+    // An address ready in one slice and not in another is ready.
+    let not_ready = addresses(v4, false)
+        .into_iter()
+        .filter(|ip| !endpoints.contains(ip))
+        .collect();
+    Ok((
+        Service {
+            vip,
+            ports,
+            endpoints: endpoints.into_iter().collect(),
+            policy: Policy::default(),
+        },
+        not_ready,
+    ))
 }
 
 /// Objects of one kind as a watch has delivered them, keyed by namespace/name.

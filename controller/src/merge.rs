@@ -15,6 +15,8 @@
 //!   one endpoint with both origins.
 //! - A registration naming a service no source defines is kept (the registry is
 //!   durable) but not served; it is listed as `unattached` until the service appears.
+//! - Endpoints a defining source says are not ready (Kubernetes) are known, not
+//!   served: an address another source adds stays a ready endpoint.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +36,9 @@ pub struct CatalogEndpoint {
     /// The registration, when it was registered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registration: Option<Registration>,
+    /// Ready to be served. `false`: its source knows it but says it is not ready
+    /// (see [`Contribution::not_ready`]); never served, never health-checked.
+    pub ready: bool,
 }
 
 /// One service as the catalog knows it.
@@ -43,7 +48,8 @@ pub struct CatalogService {
     pub defined_by: SourceKind,
     /// The service with every known endpoint (before health checks).
     pub service: Service,
-    /// Every known endpoint, in `service.endpoints` order, with its origins.
+    /// Every known endpoint, in `service.endpoints` order, with its origins; then
+    /// those its source says are not ready (not in `service.endpoints`).
     pub endpoints: Vec<CatalogEndpoint>,
 }
 
@@ -94,6 +100,7 @@ pub fn merge<'a>(parts: impl IntoIterator<Item = (SourceKind, &'a Contribution)>
                     address,
                     sources: vec![*kind],
                     registration: None,
+                    ready: true,
                 })
                 .collect();
             catalog.services.insert(
@@ -129,8 +136,32 @@ pub fn merge<'a>(parts: impl IntoIterator<Item = (SourceKind, &'a Contribution)>
                         address: reg.address,
                         sources: vec![*kind],
                         registration: Some(reg.clone()),
+                        ready: true,
                     });
                 }
+            }
+        }
+    }
+    // Last, so that a ready endpoint at the same address (another source's) wins.
+    for (kind, part) in &parts {
+        for (name, addresses) in &part.not_ready {
+            let Some(entry) = catalog
+                .services
+                .get_mut(name)
+                .filter(|e| e.defined_by == *kind)
+            else {
+                continue;
+            };
+            for &address in addresses {
+                if entry.endpoints.iter().any(|e| e.address == address) {
+                    continue;
+                }
+                entry.endpoints.push(CatalogEndpoint {
+                    address,
+                    sources: vec![*kind],
+                    registration: None,
+                    ready: false,
+                });
             }
         }
     }
@@ -203,6 +234,7 @@ mod tests {
         let f = file(FILE);
         let r = Contribution {
             services: BTreeMap::new(),
+            not_ready: BTreeMap::new(),
             registrations: vec![
                 reg("a", "10.1.0.2"),
                 reg("a", "10.1.0.1"),
@@ -252,5 +284,57 @@ mod tests {
         assert_eq!(c.conflicts.len(), 2, "{:?}", c.conflicts);
         assert!(c.conflicts[0].contains("already defined by file"));
         assert!(c.conflicts[1].contains("10.0.0.2:80 is already used by service b"));
+    }
+
+    #[test]
+    fn not_ready_endpoints_are_known_but_never_served() {
+        let mut k = file(
+            "services:
+  web: { vip: 10.0.0.5, ports: [{ port: 80 }], endpoints: [10.1.0.1] }
+",
+        );
+        k.not_ready.insert(
+            name("web"),
+            vec![
+                "10.1.0.2".parse().expect("ip"),
+                "10.1.0.1".parse().expect("ip"),
+            ],
+        );
+        // Not ready for a service another source defines: ignored.
+        k.not_ready
+            .insert(name("a"), vec!["10.1.0.9".parse().expect("ip")]);
+        let r = Contribution {
+            registrations: vec![reg("web", "10.1.0.3")],
+            ..Contribution::default()
+        };
+        let f = file(FILE);
+        let c = merge([
+            (SourceKind::File, &f),
+            (SourceKind::Registry, &r),
+            (SourceKind::Kubernetes, &k),
+        ]);
+        let web = &c.services[&name("web")];
+        let known: Vec<(String, bool)> = web
+            .endpoints
+            .iter()
+            .map(|e| (e.address.to_string(), e.ready))
+            .collect();
+        assert_eq!(
+            known,
+            [
+                ("10.1.0.1".to_owned(), true),
+                ("10.1.0.3".to_owned(), true),
+                ("10.1.0.2".to_owned(), false)
+            ],
+            "a ready address is not made unready"
+        );
+        let served = c.served(|_, _| false);
+        assert_eq!(
+            served.services[&name("web")].endpoints,
+            ["10.1.0.1", "10.1.0.3"]
+                .map(|a| a.parse::<IpAddr>().expect("ip"))
+                .to_vec()
+        );
+        assert_eq!(c.services[&name("a")].endpoints.len(), 1);
     }
 }

@@ -264,8 +264,8 @@ impl Source for RegistrySource {
         }
         let list = self.updates.borrow_and_update().clone();
         Ok(Contribution {
-            services: BTreeMap::new(),
             registrations: list.as_ref().clone(),
+            ..Contribution::default()
         })
     }
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
@@ -22,6 +23,12 @@ pub struct Contribution {
     pub services: BTreeMap<Name, Service>,
     /// Endpoints this source adds to services that any source defines.
     pub registrations: Vec<Registration>,
+    /// Endpoints of this source's own services that exist but are not ready
+    /// (Kubernetes: an EndpointSlice endpoint with `ready: false`, a pod starting or
+    /// terminating). Known, so still their service's pods for the proxies' peer →
+    /// service map (and a sidecar there still knows its pod backs the service), but
+    /// never served.
+    pub not_ready: BTreeMap<Name, Vec<IpAddr>>,
 }
 
 impl Contribution {
@@ -30,7 +37,7 @@ impl Contribution {
     pub fn services(services: BTreeMap<Name, Service>) -> Self {
         Contribution {
             services,
-            registrations: Vec::new(),
+            ..Contribution::default()
         }
     }
 }

@@ -215,6 +215,12 @@ fn services_and_slices_map_to_the_mesh() {
         ["10.244.1.5", "10.244.3.9"],
         "ready (or unset) IPv4 only: not the unready one, not the IPv6 slice"
     );
+    let not_ready: Vec<String> = mapped.contribution.not_ready[&name("web.shop")]
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(not_ready, ["10.244.2.7"], "known, not served");
+    assert_eq!(mapped.contribution.not_ready.len(), 1, "only web has one");
 
     let db = &m[&name("db.shop")];
     assert!(db.vip.is_ipv6());
@@ -249,6 +255,26 @@ fn the_cache_follows_watch_events_and_relists() {
     let web = &cache.map().contribution.services[&name("web.shop")];
     let eps: Vec<String> = web.endpoints.iter().map(|e| e.to_string()).collect();
     assert_eq!(eps, ["10.244.2.7", "10.244.3.9"]);
+
+    // 10.244.3.9's pod terminates: the kubelet keeps it `serving` while it drains,
+    // but not `ready`: no new traffic, still web's pod.
+    let mut slice = web_v4_slice(false, true);
+    slice["endpoints"][2]["conditions"] =
+        json!({ "ready": false, "serving": true, "terminating": true });
+    let line = json!({ "type": "MODIFIED", "object": slice }).to_string();
+    assert!(cache.slices.apply(watch_event(&line)));
+    let mapped = cache.map().contribution;
+    let eps: Vec<String> = mapped.services[&name("web.shop")]
+        .endpoints
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(eps, ["10.244.2.7"]);
+    let not_ready: Vec<String> = mapped.not_ready[&name("web.shop")]
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(not_ready, ["10.244.1.5", "10.244.3.9"]);
 
     // A re-list after a broken watch forgets what was deleted meanwhile.
     cache.services.apply(Event::Init);
@@ -346,6 +372,11 @@ async fn a_subscribed_proxy_gets_the_cluster_and_follows_its_changes() {
     assert_eq!(web.ports[0].protocol(), PbProtocol::Http);
     let eps: Vec<&str> = web.endpoints.iter().map(|e| e.address.as_str()).collect();
     assert_eq!(eps, ["10.244.1.5", "10.244.3.9"]);
+    assert_eq!(
+        web.withheld,
+        ["10.244.2.7"],
+        "the pod not ready yet: web's, not served"
+    );
     assert_eq!(by_name["db.shop"].endpoints[0].address, "fd00:244::7");
 
     // Readiness changes: only web, with its new endpoints.
@@ -364,6 +395,7 @@ async fn a_subscribed_proxy_gets_the_cluster_and_follows_its_changes() {
         (update.services[0].name.as_str(), eps),
         ("web.shop", vec!["10.244.2.7", "10.244.3.9"])
     );
+    assert_eq!(update.services[0].withheld, ["10.244.1.5"]);
 
     // The db Service is deleted: removed by name.
     let db = &service_list()["items"][1];

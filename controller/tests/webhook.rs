@@ -277,7 +277,11 @@ async fn opted_in_pods_get_both_containers_others_nothing_and_garbage_a_400() {
     assert_eq!(proxy["restartPolicy"], "Always", "a native sidecar");
     assert_eq!(proxy["securityContext"]["runAsUser"], 1337);
     assert_eq!(proxy["readinessProbe"]["httpGet"]["port"], 15020);
+    // `/ready` is 503 while the app does not answer; the startup probe, which holds
+    // the app container back, must not wait for the app.
     assert_eq!(proxy["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(proxy["startupProbe"]["httpGet"]["port"], 15020);
+    assert_eq!(proxy["startupProbe"]["httpGet"]["path"], "/live");
     assert!(proxy["resources"]["requests"]["cpu"].is_string());
     assert!(proxy["resources"]["requests"]["memory"].is_string());
     let env: Vec<(&str, &Value)> = proxy["env"]

@@ -1,8 +1,18 @@
 //! The proxy's own HTTP endpoints: admin (`/connections`, `/config`, `/routes`) on
-//! loopback, and metrics and health (`/metrics`, `/ready`, `/live`, and the
-//! application probe `/app-health/<port>` of [`crate::app_health`]) for the kubelet,
-//! the controller and Prometheus. Read-only views of [`Shared`]; the serve loop is
-//! `weft_runtime::http`.
+//! loopback, and metrics and health (`/metrics`, `/ready`, `/ready/proxy`, `/live`,
+//! and the application probe `/app-health/<port>` of [`crate::app_health`]) for the
+//! kubelet, the controller and Prometheus. Read-only views of [`Shared`]; the serve
+//! loop is `weft_runtime::http`.
+//!
+//! Which probe means what (ARCHITECTURE.md, Ports):
+//!
+//! - `/live`: the process serves. 200 from the start to the exit.
+//! - `/ready/proxy`: the proxy itself is ready: not draining, and the first
+//!   discovery snapshot arrived (always, without a controller). Needs no app: what
+//!   starts the app after the sidecar waits on this (or on `/live`).
+//! - `/ready`: the pod should get traffic: `/ready/proxy`, and the app accepts
+//!   connections on the ports its service sends to, when this pod backs its
+//!   service ([`crate::readiness`]); else 503 saying which port and why.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -12,6 +22,7 @@ use http::StatusCode;
 use tokio::net::TcpListener;
 
 use crate::discovery::StatusReport;
+use crate::readiness;
 use crate::state::Shared;
 use weft_runtime::http::{self as http_endpoint, respond, text};
 
@@ -36,8 +47,11 @@ pub async fn serve_metrics(shared: Arc<Shared>, listener: TcpListener) {
                 if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
                     return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
                 }
-                match req.uri().path().strip_prefix("/app-health/") {
+                // The probe's path goes on to the app with its query.
+                let target = req.uri().path_and_query().map_or("", |p| p.as_str());
+                match target.strip_prefix("/app-health/") {
                     Some(rest) => crate::app_health::probe(&shared, rest).await,
+                    None if req.uri().path() == "/ready" => ready(&shared).await,
                     None => metrics_route(&shared, req.uri().path()),
                 }
             }
@@ -97,15 +111,51 @@ fn metrics_route(shared: &Shared, path: &str) -> http::Response<http_endpoint::B
             shared.metrics.render(),
         ),
         "/live" => text(StatusCode::OK, "live\n"),
-        "/ready" if shared.draining.load(Ordering::SeqCst) => {
-            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-        }
-        "/ready" if !shared.synced.load(Ordering::SeqCst) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the first discovery snapshot\n",
-        ),
-        "/ready" => text(StatusCode::OK, "ready\n"),
+        "/ready/proxy" => match proxy_not_ready(shared) {
+            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+            None => text(StatusCode::OK, "ready\n"),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Why the proxy itself is not ready, if it is not.
+fn proxy_not_ready(shared: &Shared) -> Option<&'static str> {
+    if shared.draining.load(Ordering::SeqCst) {
+        Some("draining\n")
+    } else if !shared.synced.load(Ordering::SeqCst) {
+        Some("waiting for the first discovery snapshot\n")
+    } else {
+        None
+    }
+}
+
+/// How long `/ready` waits for the app to accept (the kubelet's default probe
+/// timeout is 1 s).
+const APP_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `/ready`: the proxy's own readiness, then the app's ports this pod serves.
+async fn ready(shared: &Shared) -> http::Response<http_endpoint::Body> {
+    if let Some(why) = proxy_not_ready(shared) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, why);
+    }
+    let pod: Vec<std::net::IpAddr> = crate::discovery::pod_addresses()
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let ports = readiness::app_ports(&shared.routes.load(), &shared.own_service, &pod);
+    if ports.is_empty() {
+        return text(StatusCode::OK, "ready\n");
+    }
+    let checked = shared
+        .app_check
+        .check(&ports, |port| {
+            crate::app_health::accepts(&shared.connector, port, APP_CONNECT_TIMEOUT)
+        })
+        .await;
+    match checked {
+        Ok(()) => text(StatusCode::OK, "ready\n"),
+        Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 

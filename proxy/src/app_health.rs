@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::addr::EndpointAddr;
 use crate::state::Shared;
+use crate::tcp::connect::{Connector, Upstream};
 use weft_runtime::http::{text, Body};
 
 /// Bound on one probe, connect and answer included (the controller's default check
@@ -36,7 +37,8 @@ const CLOSE_READ_LIMIT: usize = 64 * 1024;
 pub async fn probe(shared: &Shared, rest: &str) -> http::Response<Body> {
     let (port, path) = match rest.split_once('/') {
         Some((port, path)) => (port, Some(path)),
-        None => (rest, None),
+        // A query without a path has nothing to go to: a TCP probe.
+        None => (rest.split_once('?').map_or(rest, |(port, _)| port), None),
     };
     let Some(port) = port.parse::<u16>().ok().filter(|p| *p != 0) else {
         return text(
@@ -47,13 +49,8 @@ pub async fn probe(shared: &Shared, rest: &str) -> http::Response<Body> {
     if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
         return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
     }
-    let app = EndpointAddr(SocketAddr::new(app_address(), port));
     let checked = tokio::time::timeout(PROBE_TIMEOUT, async {
-        let mut upstream = shared
-            .connector
-            .connect(app, PROBE_TIMEOUT)
-            .await
-            .map_err(|reason| format!("app port {port}: {reason}"))?;
+        let (app, mut upstream) = dial(&shared.connector, port, PROBE_TIMEOUT).await?;
         let Some(path) = path else {
             close_gently(upstream.stream).await;
             return Ok(format!("app port {port} accepts connections\n"));
@@ -77,6 +74,30 @@ pub async fn probe(shared: &Shared, rest: &str) -> http::Response<Body> {
         Ok(why) => text(StatusCode::OK, why),
         Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
+}
+
+/// Whether the pod's application accepts a connection on `port` (dialled within
+/// `timeout`, then closed gently); else `app port <port>: <reason>`. `/ready` asks
+/// this ([`crate::readiness`]).
+pub async fn accepts(connector: &Connector, port: u16, timeout: Duration) -> Result<(), String> {
+    let (_, upstream) = dial(connector, port, timeout).await?;
+    close_gently(upstream.stream).await;
+    Ok(())
+}
+
+/// Connects to the application's `port` where inbound traffic reaches it (the
+/// socket stays registered as the proxy's own while the [`Upstream`] lives).
+async fn dial(
+    connector: &Connector,
+    port: u16,
+    timeout: Duration,
+) -> Result<(EndpointAddr, Upstream), String> {
+    let app = EndpointAddr(SocketAddr::new(app_address(), port));
+    let upstream = connector
+        .connect(app, timeout)
+        .await
+        .map_err(|reason| format!("app port {port}: {reason}"))?;
+    Ok((app, upstream))
 }
 
 /// Ends a probe connection the way a polite client does: our FIN first, then what

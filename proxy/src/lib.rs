@@ -6,7 +6,7 @@
 //! picks the upstream, connects (as the proxy uid, which capture excludes, so no
 //! loop), and either relays bytes with TCP semantics intact or proxies HTTP per
 //! request. Admin (`/connections`, `/config`, `/routes`) listens on 127.0.0.1:15000,
-//! metrics and health (`/metrics`, `/ready`, `/live`) on :15020.
+//! metrics and health (`/metrics`, `/ready`, `/ready/proxy`, `/live`) on :15020.
 //!
 //! Layout, in the order a connection meets it:
 //! - [`server`]: binds the listeners, accepts, drains on shutdown.
@@ -27,7 +27,8 @@
 //! - [`error`]: why the proxy failed something, and how a connection ended.
 //! - `state`: what every task of one proxy shares.
 //! - `admin`: the admin, metrics and health routes; `app_health`: the probe of the
-//!   pod's application they serve (`/app-health/<port>`).
+//!   pod's application they serve (`/app-health/<port>`); `readiness`: the app's
+//!   part of `/ready` (which ports, and a short-lived cache of the check).
 //! - [`conntable`]: live and recently closed connections for `/connections`.
 //! - [`metrics`]: OpenTelemetry instruments, exported through weft-runtime's
 //!   Prometheus pipeline (which adds the `process_*` series).
@@ -47,6 +48,7 @@ pub mod l7;
 pub mod metrics;
 pub mod orig_dst;
 pub mod policy;
+pub(crate) mod readiness;
 pub mod routes;
 pub mod server;
 pub(crate) mod state;

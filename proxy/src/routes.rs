@@ -194,6 +194,11 @@ impl RouteTable {
             .map(|p| p.protocol)
     }
 
+    /// The service named `name`, as discovery described it.
+    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services.get(name).map(|(spec, _)| spec)
+    }
+
     /// Number of services known.
     pub fn service_count(&self) -> usize {
         self.services.len()

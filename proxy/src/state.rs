@@ -16,6 +16,7 @@ use crate::l7::telemetry::HttpInstruments;
 use crate::l7::{Registry, L7};
 use crate::metrics::{Metrics, MetricsError};
 use crate::orig_dst::OrigDstSource;
+use crate::readiness::AppCheck;
 use crate::routes::Routes;
 use crate::tcp::connect::Connector;
 
@@ -45,6 +46,8 @@ pub struct Shared {
     pub synced: Arc<AtomicBool>,
     /// What discovery has done, for `/routes` (idle without discovery).
     pub discovery: Arc<DiscoveryStatus>,
+    /// The last check of the app's ports, for `/ready`.
+    pub app_check: AppCheck,
 }
 
 impl Shared {
@@ -89,6 +92,7 @@ impl Shared {
             draining,
             stop: watch::channel(false).0,
             discovery,
+            app_check: AppCheck::default(),
         })
     }
 }

@@ -196,6 +196,8 @@ async fn follows_the_controller_and_survives_its_absence() {
 
     // No controller yet: not ready, and the VIP is passthrough (nothing listens there).
     assert_eq!(get(metrics, "/ready").await, 503);
+    assert_eq!(get(metrics, "/ready/proxy").await, 503);
+    assert_eq!(get(metrics, "/live").await, 200);
     let doc = routes(admin).await;
     let d = &doc["discovery"];
     assert_eq!(d["controller"], format!("http://{ctl_addr}"), "{doc}");
@@ -230,6 +232,8 @@ async fn follows_the_controller_and_survives_its_absence() {
         async || get(metrics, "/ready").await == 200,
     )
     .await;
+    // No app port to check: this host is no endpoint of the proxy's service.
+    assert_eq!(get(metrics, "/ready/proxy").await, 200);
     assert_eq!(who(outbound).await, "127.0.0.1");
     let doc = routes(admin).await;
     let d = &doc["discovery"];
@@ -394,6 +398,7 @@ async fn a_draining_proxy_tells_the_controller_and_keeps_serving_through_the_del
     assert_eq!(told.proxy_id, "draining-test");
     // Announced: not ready, but still accepting and carrying connections.
     assert_eq!(get(metrics, "/ready").await, 503);
+    assert_eq!(get(metrics, "/ready/proxy").await, 503);
     assert_eq!(who(outbound).await, "127.0.0.1");
     assert!(!run.is_finished(), "still in the drain delay");
 

@@ -18,11 +18,15 @@
 //!   helper in the pod's cgroup that hands the socket over).
 //! - [`weftctl`]: [`WeftctlUp`](weftctl::WeftctlUp) — `weftctl up` in the background
 //!   with its own state directory, and `weftctl` commands against it.
+//! - [`fakekube`]: [`FakeKube`](fakekube::FakeKube) — a fake Kubernetes API server
+//!   in a mesh's node namespace (recorded lists, watch events the test drives) for
+//!   the controller's Kubernetes source.
 //! - re-exported from `weft-localmesh`: [`mesh`], [`pod`], [`process`], [`netns`],
 //!   [`cgroup`], [`sidecar`], [`controller`], [`naming`], [`http`], [`logs`],
 //!   [`cmd`], [`wait`], [`bins`].
 
 pub mod dialer;
+pub mod fakekube;
 pub mod mode;
 pub mod weftctl;
 

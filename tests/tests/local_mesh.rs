@@ -293,3 +293,149 @@ fn down_cleans_up_after_a_crashed_up(mode: &str) {
     assert_cgroups_gone(&cgroups);
     assert!(!up.state_dir().join("local-mesh.json").exists());
 }
+
+/// A backend whose app exits and is started again 5 s later by its own command (a
+/// restart loop, as a container runtime restarts a crashed container), with a 1 s
+/// health interval in the mesh file.
+const RESTARTING_MESH: &str = "\
+services:
+  backend:
+    vip: 10.96.0.10
+    ports: [{ port: 80, target_port: 8080 }]
+    policy: { health_check: { interval: 1s } }
+workloads:
+  backend:
+    service: backend
+    replicas: 2
+    command: echo \"hello from $WEFT_POD\" > index.html; while :; do python3 -m http.server 8080 & echo $! > app.pid; wait; sleep 5; done
+";
+
+/// The health interval `RESTARTING_MESH` asks for.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The ENDPOINTS cell of `service`'s row in `weftctl status`.
+fn status_endpoints(up: &Up, service: &str) -> String {
+    let status = up.weftctl_ok(&["status"]);
+    let row = status
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(service))
+        .unwrap_or_else(|| panic!("no row for {service} in status:\n{status}"))
+        .to_owned();
+    // SERVICE VIP PORTS ENDPOINTS...: the endpoints are the rest of the row.
+    row.split_whitespace().skip(3).collect::<Vec<_>>().join(" ")
+}
+
+/// The issue's "weftctl up with an app that exits": `weftctl status` shows the
+/// endpoint withdrawn, and why, within 3 health intervals of the app's exit (and the
+/// pod's proxy not ready, naming the port), the other replica alone serves the
+/// service meanwhile, and the endpoint is served again once the app is back.
+#[test]
+fn weftctl_status_shows_an_exited_app_withdrawn_and_back() {
+    exited_app_withdrawn_and_back("iptables");
+}
+
+/// The same in eBPF mode.
+#[test]
+fn weftctl_status_shows_an_exited_app_withdrawn_and_back_ebpf() {
+    exited_app_withdrawn_and_back("ebpf");
+}
+
+fn exited_app_withdrawn_and_back(mode: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = mesh_file(dir.path(), RESTARTING_MESH);
+    let up = Up::start_ready(&file, mode);
+    let state = up.state();
+    let pod_ip = |name: &str| -> String {
+        state["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["ipv4"].as_str())
+            .unwrap_or_else(|| panic!("no {name} in {state}"))
+            .to_owned()
+    };
+    let (ip0, ip1) = (pod_ip("backend-0"), pod_ip("backend-1"));
+    let served = status_endpoints(&up, "backend");
+    assert!(
+        served.contains(&ip0) && served.contains(&ip1) && !served.contains("withdrawn"),
+        "{served}"
+    );
+
+    // The app of backend-0 exits (its pid is in its working directory).
+    let pid_file = Path::new(state["run_dir"].as_str().unwrap()).join("pods/backend-0/app.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let exited = std::time::Instant::now();
+    wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .unwrap_or_else(|e| panic!("the app did not exit: {e}"));
+
+    let withdrawn = format!("{ip0} (withdrawn: ");
+    let mut last = String::new();
+    wait_until(HEALTH_INTERVAL * 3, Duration::from_millis(50), || {
+        last = status_endpoints(&up, "backend");
+        last.contains(&withdrawn)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "not withdrawn within 3 health intervals: {e}\nlast status: {last}\nup's output:\n{}",
+            up.output()
+        )
+    });
+    println!(
+        "{mode}: app exited -> `weftctl status` shows it withdrawn after {:?} (health interval {HEALTH_INTERVAL:?}): {last}",
+        exited.elapsed()
+    );
+    assert!(last.contains("app port 8080: connect_refused"), "{last}");
+    assert!(
+        last.contains(&ip1) && !last.contains(&format!("{ip1} (")),
+        "{last}"
+    );
+    // The pod's own sidecar says the same in the pods table (its `/ready`).
+    let proxy_column = || {
+        let status = up.weftctl_ok(&["status"]);
+        status
+            .lines()
+            .find(|l| l.starts_with("backend-0 "))
+            .map(|l| l.split_whitespace().skip(4).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|| panic!("no backend-0 in status:\n{status}"))
+    };
+    let mut proxy = String::new();
+    // `/ready` keeps a check's result for a second.
+    wait_until(Duration::from_secs(3), Duration::from_millis(100), || {
+        proxy = proxy_column();
+        proxy != "ready"
+    })
+    .unwrap_or_else(|e| panic!("backend-0's proxy still ready: {e}"));
+    assert_eq!(proxy, "not ready: app port 8080: connect_refused");
+    for _ in 0..2 {
+        assert_eq!(
+            up.curl("backend-1", "http://backend/"),
+            "hello from backend-1"
+        );
+    }
+
+    // The command starts the app again 5 s after it exited.
+    wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        last = status_endpoints(&up, "backend");
+        !last.contains("withdrawn")
+    })
+    .unwrap_or_else(|e| panic!("never served again: {e}\nlast status: {last}"));
+    println!(
+        "{mode}: app back -> served again {:?} after it exited: {last}",
+        exited.elapsed()
+    );
+    assert!(last.contains(&ip0) && last.contains(&ip1), "{last}");
+    assert_eq!(proxy_column(), "ready");
+    // And the proxies send to it again.
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        up.curl("backend-1", "http://backend/") == "hello from backend-0"
+    })
+    .unwrap_or_else(|e| panic!("backend-0 never answered again: {e}"));
+}

@@ -75,7 +75,7 @@ def serve(port, name, log=None):
             length = int(self.headers.get("content-length") or 0)
             if length:
                 self.rfile.read(length)
-            path = self.path
+            path = self.path.split("?", 1)[0]
             if path.startswith("/__mode/"):
                 with lock:
                     state["mode"] = path[len("/__mode/"):]

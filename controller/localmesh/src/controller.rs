@@ -30,12 +30,27 @@ impl Controller {
     /// listeners: 0.0.0.0:15010 and :15014) and waits until `/ready` answers 200;
     /// fails with its log otherwise.
     pub fn start(mesh: &Mesh, file: &Path, args: &[&str]) -> Result<Controller> {
+        Controller::start_with_env(mesh, file, args, &[])
+    }
+
+    /// [`Controller::start`] with environment variables set for it (e.g.
+    /// `KUBECONFIG`, which only the environment gives a Kubernetes client).
+    pub fn start_with_env(
+        mesh: &Mesh,
+        file: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Controller> {
         let node = mesh.node();
         let bin = weft_bin("weft-controller").to_string_lossy().into_owned();
         let config = file.to_string_lossy().into_owned();
         let mut argv = vec![bin.as_str(), "--config", config.as_str()];
         argv.extend_from_slice(args);
-        let proc = node.spawn(ProcSpec::new(argv).name("weft-controller"))?;
+        let mut spec = ProcSpec::new(argv).name("weft-controller");
+        for (key, value) in env {
+            spec = spec.env(key, value);
+        }
+        let proc = node.spawn(spec)?;
         let http = SocketAddr::new(node.ipv4().into(), HTTP_PORT);
         wait_until(READY_TIMEOUT, Duration::from_millis(50), || {
             matches!(node.http_get(http, "/ready"), Ok((200, _)))

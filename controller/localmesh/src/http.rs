@@ -1,4 +1,4 @@
-//! A minimal blocking HTTP/1.1 client: one `GET` with `Connection: close` on a
+//! A minimal blocking HTTP/1.1 client: one request with `Connection: close` on a
 //! stream the caller made (inside a pod), for admin, metrics and test servers.
 //! Bodies framed by Content-Length, chunked encoding, or the end of the stream.
 
@@ -11,10 +11,30 @@ const MAX_RESPONSE: usize = 16 << 20;
 
 /// Sends `GET path` with `Host: host` on `stream` and reads the response:
 /// status code and body (lossy UTF-8).
-pub fn get<S: Read + Write>(mut stream: S, host: &str, path: &str) -> Result<(u16, String)> {
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weft-localmesh\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+pub fn get<S: Read + Write>(stream: S, host: &str, path: &str) -> Result<(u16, String)> {
+    request(stream, "GET", host, path, None)
+}
+
+/// Sends `METHOD path` with `Host: host` on `stream`, with a JSON body if given,
+/// and reads the response: status code and body (lossy UTF-8).
+pub fn request<S: Read + Write>(
+    mut stream: S,
+    method: &str,
+    host: &str,
+    path: &str,
+    json_body: Option<&str>,
+) -> Result<(u16, String)> {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weft-localmesh\r\nAccept: */*\r\nConnection: close\r\n"
     );
+    if let Some(body) = json_body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        req.push_str("\r\n");
+    }
     stream.write_all(req.as_bytes()).context("send request")?;
     stream.flush().context("send request")?;
     let mut buf = Vec::new();

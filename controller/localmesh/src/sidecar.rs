@@ -36,7 +36,7 @@ pub fn weft_init(pod: &Pod, args: &[&str]) -> Result<String> {
 
 impl Sidecar {
     /// Installs capture with `weft-init INIT_ARGS` and starts weft-proxy as uid 1337
-    /// with `--service <pod name>`, then waits until `/ready` answers 200.
+    /// with `--service <pod name>`, then waits until `/ready/proxy` answers 200.
     pub fn start(pod: &Pod, init_args: &[&str]) -> Result<Sidecar> {
         Sidecar::start_with(pod, init_args, pod.name(), &[])
     }
@@ -78,7 +78,7 @@ impl Sidecar {
     }
 
     /// Starts weft-proxy as uid 1337 (in `cgroup`, if given) and waits until
-    /// `/ready` answers 200.
+    /// `/ready/proxy` answers 200 (listening, first routes received).
     fn launch(
         pod: &Pod,
         service: &str,
@@ -112,8 +112,10 @@ impl Sidecar {
             pod: pod.clone(),
             proxy,
         };
+        // `/ready/proxy`, not `/ready`: the pod's app starts after its sidecar, and
+        // `/ready` waits for it when the pod backs its service.
         wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-            matches!(sidecar.pod.http_get(METRICS, "/ready"), Ok((200, _)))
+            matches!(sidecar.pod.http_get(METRICS, "/ready/proxy"), Ok((200, _)))
         })
         .with_context(|| {
             format!(

@@ -59,10 +59,17 @@ struct ServicesAnswer {
 struct KnownEndpoint {
     address: String,
     served: bool,
+    /// Its source (Kubernetes) says it is ready.
+    #[serde(default = "yes")]
+    ready: bool,
     #[serde(default)]
     draining: bool,
     #[serde(default)]
     check: Option<Value>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl KnownEndpoint {
@@ -71,7 +78,9 @@ impl KnownEndpoint {
         if self.served {
             return None;
         }
-        let why = if self.draining {
+        let why = if !self.ready {
+            "not ready".to_owned()
+        } else if self.draining {
             "draining".to_owned()
         } else {
             let error = self
@@ -106,7 +115,7 @@ pub fn status(state_dir: &Path) -> Result<()> {
         .map(|p| {
             let proxy = match podhttp::get(&p.netns, PROXY_METRICS, "/ready") {
                 Ok((200, _)) => "ready".to_owned(),
-                Ok((code, _)) => format!("not ready ({code})"),
+                Ok((code, body)) => not_ready(code, &body),
                 Err(_) => "unreachable".to_owned(),
             };
             vec![
@@ -171,6 +180,15 @@ pub fn status(state_dir: &Path) -> Result<()> {
         Err(e) => println!("controller {}: unreachable: {e:#}", mesh.controller_http),
     }
     Ok(())
+}
+
+/// A proxy's `/ready` that did not answer 200, with the reason it gave (draining,
+/// no routes yet, its app port not answering), which is what the operator acts on.
+fn not_ready(code: u16, body: &str) -> String {
+    match body.lines().map(str::trim).find(|l| !l.is_empty()) {
+        Some(why) => format!("not ready: {why}"),
+        None => format!("not ready ({code})"),
+    }
 }
 
 fn controller_view(mesh: &MeshState) -> Result<(Value, ServicesAnswer)> {
@@ -325,23 +343,39 @@ mod tests {
     }
 
     #[test]
+    fn a_proxy_not_ready_says_why() {
+        assert_eq!(
+            not_ready(503, "app port 8080: connect_refused\n"),
+            "not ready: app port 8080: connect_refused"
+        );
+        assert_eq!(not_ready(503, ""), "not ready (503)");
+    }
+
+    #[test]
     fn withheld_endpoints_say_why() {
         let parse = |v: serde_json::Value| -> KnownEndpoint { serde_json::from_value(v).unwrap() };
         let served = parse(serde_json::json!({"address": "10.211.0.3", "served": true}));
         assert_eq!(served.withdrawn(), None);
         let unhealthy = parse(serde_json::json!({
             "address": "10.211.0.4", "served": false, "draining": false,
-            "check": {"last_error": "HTTP 503: app port 8080: connect_refused"}
+            "check": {"last_error": "GET /app-health/8080: status 503: app port 8080: connect_refused"}
         }));
         assert_eq!(
             unhealthy.withdrawn().as_deref(),
-            Some("10.211.0.4 (withdrawn: HTTP 503: app port 8080: connect_refused)")
+            Some("10.211.0.4 (withdrawn: GET /app-health/8080: status 503: app port 8080: connect_refused)")
         );
         let draining =
             parse(serde_json::json!({"address": "10.211.0.5", "served": false, "draining": true}));
         assert_eq!(
             draining.withdrawn().as_deref(),
             Some("10.211.0.5 (draining)")
+        );
+        let terminating = parse(serde_json::json!({
+            "address": "10.244.1.5", "served": false, "ready": false, "draining": true
+        }));
+        assert_eq!(
+            terminating.withdrawn().as_deref(),
+            Some("10.244.1.5 (not ready)")
         );
     }
 }

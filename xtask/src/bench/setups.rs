@@ -490,7 +490,12 @@ impl Bench {
         for (side, proc) in [Side::Client, Side::Server].into_iter().zip(&procs) {
             let pod = self.pod(side);
             wait_until(SECS(15), Duration::from_millis(50), || {
-                matches!(pod.http_get(local(WEFT_METRICS), "/ready"), Ok((200, _)))
+                // The proxy's own readiness: the client pod backs a service whose
+                // port nothing listens on, so its `/ready` (app-aware) stays 503.
+                matches!(
+                    pod.http_get(local(WEFT_METRICS), "/ready/proxy"),
+                    Ok((200, _))
+                )
             })
             .with_context(|| {
                 format!(

@@ -1,0 +1,538 @@
+//! The fault suites' fleet: a frontend pod sending an open-loop load to `web`'s
+//! replicas, each a plain `httpkit.py serve` behind its sidecar, and the controller;
+//! what the clients saw, classified by whether an application received each failed
+//! request, and the row each suite prints. Shared by `faults.rs` (`web`'s endpoints
+//! in the mesh file) and `faults_kubernetes.rs` (`web.shop`'s from a fake
+//! Kubernetes API server through the controller's Kubernetes source).
+//!
+//! The load: two unmodified HTTP/1.1 clients at once, 50 requests/s each, one that
+//! keeps connections alive and one that opens a connection per request; half the
+//! requests are POSTs. Every request carries an id that the replicas log as they
+//! receive it, so each failure the client sees is *never received* (no
+//! application saw it: the mesh could have sent it elsewhere) or *after receipt*
+//! (an application took it and then died).
+
+// Each suite uses its own subset.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::Value;
+use weft_e2e::fakekube::FakeKube;
+use weft_e2e::{
+    python3, tool, wait_until, Controller, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar,
+};
+
+pub const SECS: fn(u64) -> Duration = Duration::from_secs;
+pub const MS: fn(u64) -> Duration = Duration::from_millis;
+
+/// The load, per client: requests/s, and seconds (longer for the rolling restart).
+pub const RATE: &str = "50";
+pub const LOAD_SECONDS: u64 = 8;
+pub const ROLLING_LOAD_SECONDS: u64 = 22;
+/// `web`'s VIP (in the mesh file, or its ClusterIP from Kubernetes) and its
+/// replicas' app port.
+pub const VIP: &str = "10.96.0.50";
+pub const APP_PORT: u16 = 8080;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One fleet at a time in a suite: their loads and timings must not share the CPU.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One replica: its pod, its sidecar (until drained) and its app (until killed).
+pub struct Replica {
+    pub pod: ModePod,
+    pub sidecar: Option<Sidecar>,
+    pub app: Option<PodProc>,
+}
+
+/// A frontend pod and `web`'s replica pods, the controller serving the mesh file
+/// (and, for a Kubernetes fleet, the fake API server).
+pub struct Fleet {
+    pub mesh: Mesh,
+    pub file: PathBuf,
+    pub front: ModePod,
+    pub front_sidecar: Sidecar,
+    pub replicas: Vec<Replica>,
+    pub controller: Controller,
+    /// The replicas' service: `web` from the mesh file, `web.shop` from Kubernetes.
+    pub service: &'static str,
+    /// The controller's flags and environment, kept for a restart.
+    controller_args: Vec<String>,
+    controller_env: Vec<(String, String)>,
+    /// The fake API server, for a Kubernetes fleet.
+    pub kube: Option<FakeKube>,
+}
+
+/// What a fleet's controller follows for `web`'s endpoints.
+enum WebSource<'a> {
+    /// The mesh file, with the replicas `serving` at the start.
+    File,
+    /// Kubernetes: the fake API server serving the ServiceList and
+    /// EndpointSliceList this makes from the replicas' addresses.
+    Kubernetes(&'a dyn Fn(&[Ipv4Addr]) -> (Value, Value)),
+}
+
+impl Fleet {
+    /// `pods` replica pods, the first `serving` of them with a sidecar, an app and a
+    /// place among `web`'s endpoints.
+    pub fn new(mode: Mode, pods: usize, serving: usize) -> Fleet {
+        Fleet::with_controller_args(mode, pods, serving, &[])
+    }
+
+    /// [`Fleet::new`], the controller started with `controller_args`.
+    pub fn with_controller_args(
+        mode: Mode,
+        pods: usize,
+        serving: usize,
+        controller_args: &[&str],
+    ) -> Fleet {
+        Fleet::build(mode, pods, serving, controller_args, WebSource::File)
+    }
+
+    /// `pods` replica pods of the Kubernetes Service `web` in namespace `shop`
+    /// (the mesh's `web.shop`), the first `serving` of them with a sidecar and an
+    /// app: the controller runs with `--kubernetes` against a fake API server that
+    /// serves what `objects` makes of the replicas' addresses (a ServiceList and
+    /// an EndpointSliceList). The mesh file defines only the frontend.
+    pub fn kubernetes(
+        mode: Mode,
+        pods: usize,
+        serving: usize,
+        objects: &dyn Fn(&[Ipv4Addr]) -> (Value, Value),
+    ) -> Fleet {
+        Fleet::build(mode, pods, serving, &[], WebSource::Kubernetes(objects))
+    }
+
+    fn build(
+        mode: Mode,
+        pods: usize,
+        serving: usize,
+        controller_args: &[&str],
+        web: WebSource<'_>,
+    ) -> Fleet {
+        let mesh = Mesh::new().unwrap();
+        let front = mode.add_pod(&mesh, "front").unwrap();
+        let replicas: Vec<Replica> = (1..=pods)
+            .map(|i| Replica {
+                pod: mode.add_pod(&mesh, &format!("web{i}")).unwrap(),
+                sidecar: None,
+                app: None,
+            })
+            .collect();
+        let file = mesh.run_dir().join("mesh.yaml");
+        let mut args: Vec<String> = controller_args.iter().map(|a| a.to_string()).collect();
+        let mut env = Vec::new();
+        let (service, kube) = match web {
+            WebSource::File => {
+                let serving: Vec<usize> = (0..serving).collect();
+                write_mesh_file(&file, &front, &replicas, Some(&serving));
+                ("web", None)
+            }
+            WebSource::Kubernetes(objects) => {
+                write_mesh_file(&file, &front, &replicas, None);
+                let ips: Vec<Ipv4Addr> = replicas.iter().map(|r| r.pod.ipv4()).collect();
+                let (services, slices) = objects(&ips);
+                let kube = FakeKube::start(&mesh, &services, &slices).unwrap();
+                args.push("--kubernetes".into());
+                env.push((
+                    "KUBECONFIG".to_owned(),
+                    kube.kubeconfig().to_string_lossy().into_owned(),
+                ));
+                ("web.shop", Some(kube))
+            }
+        };
+        let controller = start_controller(&mesh, &file, &args, &env);
+        front.add_route("10.96.0.0/16").unwrap();
+        let front_sidecar = front
+            .sidecar_with(&[], "frontend", &["--controller", controller.url()])
+            .unwrap();
+        let mut fleet = Fleet {
+            mesh,
+            file,
+            front,
+            front_sidecar,
+            replicas,
+            controller,
+            service,
+            controller_args: args,
+            controller_env: env,
+            kube,
+        };
+        for i in 0..serving {
+            fleet.start_sidecar(i);
+            fleet.start_app(i);
+        }
+        fleet
+    }
+
+    /// Makes `web`'s endpoints the replicas `serving` (in the mesh file).
+    pub fn set_endpoints(&self, serving: &[usize]) {
+        assert!(
+            self.kube.is_none(),
+            "a Kubernetes fleet's endpoints are slices"
+        );
+        write_mesh_file(&self.file, &self.front, &self.replicas, Some(serving));
+    }
+
+    /// The fake API server of a Kubernetes fleet.
+    pub fn kube(&self) -> &FakeKube {
+        self.kube.as_ref().expect("a Kubernetes fleet")
+    }
+
+    /// Starts replica `i`'s sidecar (the proxy's default drain delay, 3 s) and
+    /// waits until it is ready (`/ready/proxy`).
+    pub fn start_sidecar(&mut self, i: usize) {
+        let url = self.controller.url().to_owned();
+        let service = self.service;
+        let r = &mut self.replicas[i];
+        r.sidecar = Some(
+            r.pod
+                .sidecar_with(
+                    &[],
+                    service,
+                    // The proxy's default drain delay (the harness sets none).
+                    &[
+                        "--controller",
+                        &url,
+                        "--drain-grace",
+                        "5s",
+                        "--drain-delay",
+                        "3s",
+                    ],
+                )
+                .unwrap(),
+        );
+    }
+
+    /// Starts replica `i`'s app and waits until it listens.
+    pub fn start_app(&mut self, i: usize) {
+        let log = self.received_log(i);
+        let r = &mut self.replicas[i];
+        let name = r.pod.name().to_owned();
+        let app = r
+            .pod
+            .spawn(
+                ProcSpec::new([
+                    python3().to_string_lossy().as_ref(),
+                    tool("httpkit.py").as_str(),
+                    "serve",
+                    &APP_PORT.to_string(),
+                    &name,
+                    &log.to_string_lossy(),
+                ])
+                .name("app"),
+            )
+            .unwrap();
+        wait_until(SECS(10), MS(20), || app.logs().contains("listening"))
+            .unwrap_or_else(|e| panic!("app of {name}: {e}: {}", app.logs()));
+        r.app = Some(app);
+    }
+
+    /// `kill -9` of replica `i`'s app.
+    pub fn kill_app(&mut self, i: usize) {
+        if let Some(app) = self.replicas[i].app.take() {
+            app.kill().unwrap();
+            app.wait_timeout(SECS(5));
+        }
+    }
+
+    /// SIGTERM to replica `i`'s sidecar; waits until it has drained and exited.
+    pub fn drain_sidecar(&mut self, i: usize) {
+        if let Some(sidecar) = self.replicas[i].sidecar.take() {
+            let proxy = sidecar.proxy();
+            proxy.kill_term().unwrap();
+            proxy
+                .wait_timeout(SECS(10))
+                .unwrap_or_else(|| panic!("sidecar still draining: {}", proxy.logs()));
+        }
+    }
+
+    /// `kill -9` of the controller, and a new one on the same mesh file a second
+    /// later (it knows nothing of the old one's health checks or drains).
+    pub fn restart_controller(&mut self) {
+        let old = self.controller.proc();
+        old.kill().unwrap();
+        old.wait_timeout(SECS(5));
+        std::thread::sleep(SECS(1));
+        self.controller = start_controller(
+            &self.mesh,
+            &self.file,
+            &self.controller_args,
+            &self.controller_env,
+        );
+    }
+
+    /// Where replica `i`'s app logs the ids it receives (kept across restarts).
+    pub fn received_log(&self, i: usize) -> PathBuf {
+        self.mesh
+            .run_dir()
+            .join(format!("received-web{}.log", i + 1))
+    }
+
+    /// How many requests replica `i`'s app received.
+    pub fn received_by(&self, i: usize) -> usize {
+        read_ids(&self.received_log(i)).len()
+    }
+
+    /// Every request id any replica's app received.
+    pub fn received(&self) -> BTreeSet<u64> {
+        (0..self.replicas.len())
+            .flat_map(|i| read_ids(&self.received_log(i)))
+            .collect()
+    }
+
+    /// Runs both clients' loads while `fault` acts on the fleet (timing itself with
+    /// sleeps); each client's outcome.
+    pub fn under_load(&mut self, seconds: u64, fault: impl FnOnce(&mut Fleet)) -> [Outcome; 2] {
+        let clients = [
+            ("keep-alive", "keepalive", "0"),
+            ("new-conn", "new", "1000000"),
+        ];
+        let loads: Vec<PodProc> = clients
+            .iter()
+            .map(|(_, mode, first_id)| {
+                self.front
+                    .spawn(
+                        ProcSpec::new([
+                            python3().to_string_lossy().as_ref(),
+                            tool("faultload.py").as_str(),
+                            &format!("http://{VIP}/"),
+                            RATE,
+                            &seconds.to_string(),
+                            mode,
+                            first_id,
+                        ])
+                        .name("load"),
+                    )
+                    .unwrap()
+            })
+            .collect();
+        fault(self);
+        let received = self.received();
+        let mut outcomes = clients.iter().zip(&loads).map(|((client, ..), load)| {
+            let status = load
+                .wait_timeout(SECS(seconds + 40))
+                .unwrap_or_else(|| panic!("the load never ended: {}", load.logs()));
+            assert!(status.success(), "{status:?}: {}", load.logs());
+            let logs = load.logs();
+            let line = logs
+                .lines()
+                .rfind(|l| l.starts_with('{'))
+                .unwrap_or_else(|| panic!("no result from the load: {logs}"));
+            Outcome::classify(client, &serde_json::from_str(line).unwrap(), &received)
+        });
+        [outcomes.next().unwrap(), outcomes.next().unwrap()]
+    }
+
+    /// Every process's log, and the fake API server's requests.
+    pub fn logs(&self) -> String {
+        match &self.kube {
+            Some(kube) => format!("{}\nfakekube:\n{}", self.mesh.logs_report(), kube.logs()),
+            None => self.mesh.logs_report(),
+        }
+    }
+
+    /// The endpoints (`ip:port`) the frontend's sidecar routes `web`'s VIP to now,
+    /// from its `/routes`.
+    pub fn front_endpoints(&self) -> Vec<String> {
+        let admin = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
+        let (status, body) = self.front.http_get(admin, "/routes").unwrap();
+        assert_eq!(status, 200, "{body}");
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        let vip_port = format!("{VIP}:80");
+        doc["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["routes"].as_array().into_iter().flatten())
+            .filter(|r| r["vip_port"] == vip_port.as_str())
+            .flat_map(|r| r["endpoints"].as_array().into_iter().flatten())
+            .filter_map(|e| e.as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// `GET path` on replica `i`'s sidecar's metrics and health port (`/ready`,
+    /// `/app-health/<port>`...), from the frontend pod: status and trimmed body.
+    pub fn sidecar_get(&self, i: usize, path: &str) -> (u16, String) {
+        let addr = SocketAddr::new(self.replicas[i].pod.ipv4().into(), 15020);
+        let (status, body) = self.front.http_get(addr, path).unwrap();
+        (status, body.trim().to_owned())
+    }
+
+    /// Replica `i`'s endpoint as the proxies route to it.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("{}:{APP_PORT}", self.replicas[i].pod.ipv4())
+    }
+
+    /// `/v1/services`: the controller's view.
+    pub fn controller_services(&self) -> Value {
+        let (status, body) = self
+            .mesh
+            .node()
+            .http_get(self.controller.http_addr(), "/v1/services")
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// What the frontend's sidecar counted: retries and ejections, by reason.
+    pub fn recovery(&self) -> Recovery {
+        let metrics = self.front_sidecar.metrics().unwrap();
+        let by_reason = |name: &str, reasons: &[&'static str]| {
+            reasons
+                .iter()
+                .map(|r| {
+                    let v = weft_runtime::prom_text::value(&metrics, name, &[("reason", r)]);
+                    (*r, v.unwrap_or(0.0) as u64)
+                })
+                .collect()
+        };
+        Recovery {
+            retries: by_reason(
+                "weft_http_retries_total",
+                &["unsent", "app_unreachable", "reset", "status"],
+            ),
+            ejections: by_reason(
+                "weft_endpoint_ejections_total",
+                &["unreachable", "failures"],
+            ),
+        }
+    }
+}
+
+fn start_controller(
+    mesh: &Mesh,
+    file: &Path,
+    args: &[String],
+    env: &[(String, String)],
+) -> Controller {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Controller::start_with_env(mesh, file, &args, &env).unwrap()
+}
+
+/// The mesh file: `frontend`, and `web` with the replicas `serving` unless `web`
+/// comes from elsewhere (`None`).
+fn write_mesh_file(file: &Path, front: &ModePod, replicas: &[Replica], serving: Option<&[usize]>) {
+    let mut yaml = format!(
+        "services:\n  frontend:\n    vip: 10.96.0.2\n    ports: [{{ port: 80 }}]\n    endpoints: [{}]\n",
+        front.ipv4()
+    );
+    if let Some(serving) = serving {
+        let endpoints: Vec<String> = serving
+            .iter()
+            .map(|&i| replicas[i].pod.ipv4().to_string())
+            .collect();
+        yaml.push_str(&format!(
+            "  web:\n    vip: {VIP}\n    ports: [{{ port: 80, target_port: {APP_PORT} }}]\n    endpoints: [{}]\n",
+            endpoints.join(", ")
+        ));
+    }
+    // An atomic rename, as an editor or a config manager writes it.
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+fn read_ids(log: &Path) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// What the client-side sidecar did under one fault.
+#[derive(Debug)]
+pub struct Recovery {
+    pub retries: Vec<(&'static str, u64)>,
+    pub ejections: Vec<(&'static str, u64)>,
+}
+
+impl Recovery {
+    pub fn get(list: &[(&'static str, u64)], reason: &str) -> u64 {
+        list.iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// What one client saw under one fault.
+#[derive(Debug)]
+pub struct Outcome {
+    pub client: &'static str,
+    pub sent: u64,
+    pub succeeded: u64,
+    /// Failed, and no application received it.
+    pub never_received: Vec<Value>,
+    /// Failed after an application received it.
+    pub after_receipt: Vec<Value>,
+}
+
+impl Outcome {
+    fn classify(client: &'static str, v: &Value, received: &BTreeSet<u64>) -> Outcome {
+        let (after_receipt, never_received) = v["failures"]
+            .as_array()
+            .expect("failures")
+            .iter()
+            .cloned()
+            .partition(|f| f["id"].as_u64().is_some_and(|id| received.contains(&id)));
+        Outcome {
+            client,
+            sent: v["sent"].as_u64().expect("sent"),
+            succeeded: v["succeeded"].as_u64().expect("succeeded"),
+            never_received,
+            after_receipt,
+        }
+    }
+}
+
+/// Prints each client's row and what the sidecar did, and asserts that no request
+/// failed that no app received; returns the sidecar's counts.
+pub fn report(fault: &str, mode: Mode, outcomes: &[Outcome], fleet: &Fleet) -> Recovery {
+    let recovery = fleet.recovery();
+    let list = |l: &[(&str, u64)]| {
+        l.iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "fault {fault:<28} {mode:<8} sidecar    retried: {}; ejected: {}",
+        list(&recovery.retries),
+        list(&recovery.ejections)
+    );
+    for o in outcomes {
+        println!(
+            "fault {fault:<28} {mode:<8} {:<10} sent {:>4}  succeeded {:>4}  failed never-received {:>3}  failed after receipt {:>3}",
+            o.client,
+            o.sent,
+            o.succeeded,
+            o.never_received.len(),
+            o.after_receipt.len()
+        );
+    }
+    for o in outcomes {
+        assert!(
+            o.never_received.is_empty(),
+            "{fault} ({mode}, {}): {} requests failed that no application received: {:?}\n{}",
+            o.client,
+            o.never_received.len(),
+            o.never_received,
+            fleet.logs()
+        );
+        assert_eq!(
+            o.sent,
+            o.succeeded + o.never_received.len() as u64 + o.after_receipt.len() as u64
+        );
+    }
+    recovery
+}
