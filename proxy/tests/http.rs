@@ -1016,16 +1016,18 @@ async fn read_response(s: &mut TcpStream) -> (String, String) {
     }
 }
 
-/// Between requests an idle HTTP/1 connection is held without hyper (l7::serve):
-/// it must behave exactly as if hyper held it. Idle for longer than the header
-/// timeout, it still answers (the header timeout runs only once a head starts); a
-/// request pipelined in part behind the previous one is completed and answered; a
-/// head split by a pause is answered; and a client that starts a head and stalls
-/// still gets its 408 after the header timeout.
+/// Between requests an idle HTTP/1 connection is held without hyper (l7::serve),
+/// once hyper has waited for a next head for `l7::head_wait::IDLE_PROBE`: it must
+/// behave exactly as if hyper held it. Idle for longer than the header timeout, it
+/// still answers (the header timeout runs only once a head starts); a request
+/// pipelined in part behind the previous one is completed and answered; a head
+/// split by a pause is answered; and a client that starts a head and stalls still
+/// gets its 408 after the header timeout.
 #[tokio::test]
 async fn an_idle_connection_handed_back_by_hyper_serves_on_and_keeps_its_limits() {
     let (port, accepted) = h1_server("127.0.0.1", 0).await;
-    let header_timeout = Duration::from_millis(300);
+    let header_timeout = Duration::from_secs(1);
+    let idle = weft_proxy::l7::head_wait::IDLE_PROBE * 2;
     let p = proxy_with(
         VIP.parse().unwrap(),
         Some(backend(&["127.0.0.1"], port, PortProtocol::Http)),
@@ -1037,32 +1039,34 @@ async fn an_idle_connection_handed_back_by_hyper_serves_on_and_keeps_its_limits(
     let mut s = TcpStream::connect(p.outbound).await.unwrap();
     s.write_all(req("/a").as_bytes()).await.unwrap();
     assert!(read_response(&mut s).await.0.starts_with("HTTP/1.1 200"));
-    // Idle for three header timeouts: still open, still answering.
-    tokio::time::sleep(header_timeout * 3).await;
+    // Idle for longer than the header timeout: still open, still answering.
+    tokio::time::sleep(header_timeout + idle).await;
     s.write_all(req("/b").as_bytes()).await.unwrap();
     assert!(read_response(&mut s).await.0.starts_with("HTTP/1.1 200"));
 
-    // Pipelined: a whole request and the first half of the next in one write.
+    // Pipelined: a whole request and the first bytes of the next in one write; the
+    // connection goes idle in between (hyper has the partial head buffered).
     let second = req("/status/201");
     let (half, rest) = second.split_at(10);
     s.write_all(format!("{}{half}", req("/c")).as_bytes())
         .await
         .unwrap();
     assert!(read_response(&mut s).await.0.starts_with("HTTP/1.1 200"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(idle).await;
     s.write_all(rest.as_bytes()).await.unwrap();
     assert!(read_response(&mut s).await.0.starts_with("HTTP/1.1 201"));
 
-    // A head split by a pause shorter than the header timeout.
+    // A head split by a pause shorter than the header timeout, after an idle spell.
+    tokio::time::sleep(idle).await;
     let third = req("/status/202");
     let (a, b) = third.split_at(7);
     s.write_all(a.as_bytes()).await.unwrap();
-    tokio::time::sleep(header_timeout / 3).await;
+    tokio::time::sleep(idle).await;
     s.write_all(b.as_bytes()).await.unwrap();
     assert!(read_response(&mut s).await.0.starts_with("HTTP/1.1 202"));
 
     // A head started after an idle spell and never finished: 408, then closed.
-    tokio::time::sleep(header_timeout * 2).await;
+    tokio::time::sleep(idle).await;
     s.write_all(b"GET /never HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();

@@ -1,75 +1,104 @@
-//! Knowing when hyper's HTTP/1 server is waiting for the next request head.
+//! Knowing when hyper's HTTP/1 server has been waiting a while for the next
+//! request head.
 //!
 //! hyper arms its header-read timer exactly when it starts reading a request head
 //! (the first one, and each next one on a keep-alive connection) and drops it once
-//! the head is parsed. [`HeadWaitTimer`] is the timer hyper is given: it is
-//! tokio's, and it counts the header-read sleeps alive, so "a sleep is alive" means
-//! "between two requests, no request or response in progress". The serve loop
-//! ([`super::serve`]) uses that to take an idle connection back from hyper and
-//! hold it without hyper's buffers (ARCHITECTURE.md, "Data-plane defaults").
+//! the head is parsed. [`HeadWaitTimer`] is the timer hyper is given: tokio's
+//! clock, with each sleep counted while it exists and waking its task once early,
+//! [`IDLE_PROBE`] after it started, to note that the wait has lasted that long.
+//! So "a sleep has passed its probe" means "between two requests, nothing in
+//! progress, for at least [`IDLE_PROBE`]". The serve loop ([`super::serve`]) then
+//! takes the idle connection back from hyper and holds it without hyper's buffers;
+//! a busy connection, whose next request comes sooner, keeps its hyper connection
+//! (rebuilding one per request would cost more CPU than it saves memory).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::rt::{Sleep, Timer};
-use hyper_util::rt::TokioTimer;
 
-/// hyper's timer, counting the sleeps it has alive.
+/// How long hyper waits for a next head before the connection counts as idle.
+pub const IDLE_PROBE: Duration = Duration::from_millis(50);
+
+/// hyper's timer, counting the sleeps it has alive and those past their probe.
 #[derive(Clone, Debug, Default)]
 pub struct HeadWaitTimer {
-    alive: Arc<AtomicUsize>,
+    counts: Arc<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    alive: AtomicUsize,
+    probed: AtomicUsize,
 }
 
 impl HeadWaitTimer {
-    /// Whether hyper is waiting for a request head (a header-read sleep is alive).
+    /// Whether hyper has been waiting for a request head for [`IDLE_PROBE`] or more.
+    pub fn idle_for_a_while(&self) -> bool {
+        self.counts.probed.load(Relaxed) > 0
+    }
+
+    /// Whether hyper is waiting for a request head at all.
     pub fn waiting_for_head(&self) -> bool {
-        self.alive.load(Ordering::Relaxed) > 0
+        self.counts.alive.load(Relaxed) > 0
     }
 }
 
 impl Timer for HeadWaitTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
-        self.counted(TokioTimer::new().sleep(duration))
+        self.sleep_until(Instant::now() + duration)
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        self.counted(TokioTimer::new().sleep_until(deadline))
-    }
-}
-
-impl HeadWaitTimer {
-    fn counted(&self, inner: Pin<Box<dyn Sleep>>) -> Pin<Box<dyn Sleep>> {
-        self.alive.fetch_add(1, Ordering::Relaxed);
-        Box::pin(CountedSleep {
-            inner,
-            alive: self.alive.clone(),
+        self.counts.alive.fetch_add(1, Relaxed);
+        let first = deadline.min(Instant::now() + IDLE_PROBE);
+        Box::pin(ProbedSleep {
+            sleep: Box::pin(tokio::time::sleep_until(first.into())),
+            deadline,
+            probed: false,
+            counts: self.counts.clone(),
         })
     }
 }
 
-/// A sleep that is counted while it exists.
-struct CountedSleep {
-    inner: Pin<Box<dyn Sleep>>,
-    alive: Arc<AtomicUsize>,
+/// A sleep until `deadline` that is counted while it exists, and counted as probed
+/// once [`IDLE_PROBE`] has passed.
+struct ProbedSleep {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    deadline: Instant,
+    probed: bool,
+    counts: Arc<Counts>,
 }
 
-impl Future for CountedSleep {
+impl Future for ProbedSleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.inner.as_mut().poll(cx)
+        loop {
+            ready!(self.sleep.as_mut().poll(cx));
+            if self.probed || Instant::from(self.sleep.deadline()) >= self.deadline {
+                return Poll::Ready(());
+            }
+            self.probed = true;
+            self.counts.probed.fetch_add(1, Relaxed);
+            let deadline = self.deadline;
+            self.sleep.as_mut().reset(deadline.into());
+        }
     }
 }
 
-impl Sleep for CountedSleep {}
+impl Sleep for ProbedSleep {}
 
-impl Drop for CountedSleep {
+impl Drop for ProbedSleep {
     fn drop(&mut self) {
-        self.alive.fetch_sub(1, Ordering::Relaxed);
+        self.counts.alive.fetch_sub(1, Relaxed);
+        if self.probed {
+            self.counts.probed.fetch_sub(1, Relaxed);
+        }
     }
 }
 
@@ -77,21 +106,26 @@ impl Drop for CountedSleep {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn counts_the_sleeps_alive_including_a_reset() {
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_is_probed_after_the_probe_time_and_ends_at_its_deadline() {
         let timer = HeadWaitTimer::default();
         assert!(!timer.waiting_for_head());
-        let mut sleep = timer.sleep_until(Instant::now() + Duration::from_secs(60));
-        assert!(timer.waiting_for_head());
+        let mut sleep = timer.sleep(Duration::from_secs(10));
+        assert!(timer.waiting_for_head() && !timer.idle_for_a_while());
+        // Polled the way hyper does, whenever its connection is polled.
+        let poll = |s: &mut Pin<Box<dyn Sleep>>| {
+            s.as_mut()
+                .poll(&mut Context::from_waker(std::task::Waker::noop()))
+        };
+        assert!(poll(&mut sleep).is_pending());
+        tokio::time::advance(IDLE_PROBE + Duration::from_millis(1)).await;
+        assert!(poll(&mut sleep).is_pending());
+        assert!(timer.idle_for_a_while());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(poll(&mut sleep).is_ready());
         // hyper's reset (the default: a new sleep replaces the old one).
         timer.reset(&mut sleep, Instant::now() + Duration::from_secs(30));
-        assert!(timer.waiting_for_head());
-        drop(sleep);
-        assert!(!timer.waiting_for_head());
-        // A sleep that fired counts until it is dropped.
-        let mut sleep = timer.sleep(Duration::from_millis(1));
-        sleep.as_mut().await;
-        assert!(timer.waiting_for_head());
+        assert!(timer.waiting_for_head() && !timer.idle_for_a_while());
         drop(sleep);
         assert!(!timer.waiting_for_head());
     }

@@ -10,13 +10,14 @@
 //! [`Salvage`] slot for that), silently if the connection was merely idle between
 //! requests. None of it reaches the upstream.
 //!
-//! Idle HTTP/1 keep-alive connections cost little: between requests, once nothing
-//! is on its way either direction, the connection is taken back from hyper
-//! (`into_parts`, with whatever hyper had read and not parsed) and held as a bare
-//! socket waiting for readiness; hyper's buffers, its boxed request future and its
-//! header timer go with it (about 22 KiB a connection), and a new hyper connection
-//! is made for the next request when the client sends one. An idle connection is
-//! closed after the proxy's idle timeout ([`crate::policy::IDLE_TIMEOUT`]).
+//! Idle HTTP/1 keep-alive connections cost little: between requests, once hyper
+//! has waited [`super::head_wait::IDLE_PROBE`] for a next head and nothing is on its way either
+//! direction, the connection is taken back from hyper (`into_parts`, with whatever
+//! hyper had read and not parsed) and held as a bare socket waiting for readiness;
+//! hyper's buffers, its boxed request future and its header timer go with it (about
+//! 15 KiB a connection), and a new hyper connection is made for the next request
+//! when the client sends one. An idle connection is closed after the proxy's idle
+//! timeout ([`crate::policy::IDLE_TIMEOUT`]).
 //!
 //! Drain: when `stop` fires, HTTP/1 connections stop keep-alive (the response in
 //! progress carries `Connection: close`; an idle connection closes at once) and
@@ -216,7 +217,7 @@ where
 {
     poll_fn(|cx| match Pin::new(&mut *conn).poll(cx) {
         Poll::Ready(r) => Poll::Ready(r.map(|()| false)),
-        Poll::Pending if timer.waiting_for_head() && quiet.is_quiet() => Poll::Ready(Ok(true)),
+        Poll::Pending if timer.idle_for_a_while() && quiet.is_quiet() => Poll::Ready(Ok(true)),
         Poll::Pending => Poll::Pending,
     })
     .await

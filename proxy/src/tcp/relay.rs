@@ -3,8 +3,8 @@
 //! becomes a write shutdown (half-close) of the other, and an error on either side
 //! resets both, so a peer's reset reaches the other peer as a reset instead of a
 //! hang. Memory per connection is bounded: one buffer per direction, allocated only
-//! once that direction has carried data, [`FIRST_BUF`] at first and grown (up to
-//! [`MAX_BUF`]) while reads keep filling it, so bulk transfers move in large chunks
+//! once that direction has carried data, 16 KiB at first and grown (up to
+//! 256 KiB) while reads keep filling it, so bulk transfers move in large chunks
 //! (fewer system calls per byte) and chatty ones stay small; a slow reader stalls
 //! the writer (backpressure).
 
