@@ -67,12 +67,14 @@
 //! - [`configs`]: the setups' configuration files and ports;
 //! - [`load`]: the load generators (oha, iperf3, the idle-connection holder);
 //! - [`measure`]: parsing /proc CPU and RSS and the counters' formats;
-//! - [`report`]: rows, medians, JSON and Markdown; [`plots`]: PNG;
+//! - [`report`]: rows, medians, JSON and Markdown; [`plots`]: PNG; [`goals`]: the
+//!   cost goals (issue 14) with PASS / MISS, in the report and `goals.json`;
 //! - [`discovery`]: `cargo xtask bench-discovery`, a benchmark of its own.
 
 mod configs;
 mod counters;
 pub mod discovery;
+mod goals;
 mod load;
 mod measure;
 mod plots;
@@ -225,12 +227,18 @@ pub fn bench(opts: &Options) -> Result<()> {
         .collect();
     report::write_json(&out_dir.join("results.json"), &medians)?;
     report::write_json(&out_dir.join("rounds.json"), &samples)?;
-    let md = report::markdown(&medians, &plan, started.elapsed());
+    let goals = goals::goals(&medians);
+    std::fs::write(
+        out_dir.join("goals.json"),
+        serde_json::to_string_pretty(&goals)? + "\n",
+    )
+    .context("write goals.json")?;
+    let md = report::markdown(&medians, &plan, started.elapsed()) + &goals::markdown(&goals);
     std::fs::write(out_dir.join("report.md"), &md).context("write report.md")?;
     plots::draw(&out_dir, &medians).context("drawing the plots")?;
     println!("{md}");
     eprintln!(
-        "bench: wrote {}/{{results.json,rounds.json,report.md,throughput.png,latency.png}} in {:.0} s",
+        "bench: wrote {}/{{results.json,rounds.json,goals.json,report.md,throughput.png,latency.png}} in {:.0} s",
         out_dir.display(),
         started.elapsed().as_secs_f64()
     );

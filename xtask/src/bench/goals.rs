@@ -1,0 +1,206 @@
+//! The cost goals weft is measured against (issue 14: "the cheapest sidecar in the
+//! field"), each as weft's value, the bar it must clear and PASS / MISS, computed
+//! from the medians of a run. A goal whose rows this run did not measure (a subset
+//! of setups or `--loads`) says so instead of passing or failing.
+
+use serde::Serialize;
+
+use super::report::Row;
+
+/// One goal for one weft setup.
+#[derive(Debug, Serialize)]
+pub struct Goal {
+    pub goal: &'static str,
+    pub setup: &'static str,
+    /// weft's figure (a ratio, MB or ms, as `unit` says).
+    pub value: Option<f64>,
+    /// What it must be at least (`at_most` false) or at most (true).
+    pub bar: f64,
+    pub at_most: bool,
+    pub unit: &'static str,
+    /// `None`: not measured in this run.
+    pub pass: Option<bool>,
+}
+
+const WEFT: [&str; 2] = ["weft-iptables", "weft-ebpf"];
+
+fn row<'a>(rows: &'a [Row], setup: &str, protocol: &str, load: &str) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.setup == setup && r.protocol == protocol && r.load == load && r.available)
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// Every goal, for each weft setup the run has.
+pub fn goals(rows: &[Row]) -> Vec<Goal> {
+    let mut out = Vec::new();
+    let mut add = |goal, setup, value: Option<f64>, bar, at_most, unit| {
+        let pass = value.map(|v| if at_most { v <= bar } else { v >= bar });
+        out.push(Goal {
+            goal,
+            setup,
+            value,
+            bar,
+            at_most,
+            unit,
+            pass,
+        });
+    };
+    let get = |setup: &str, protocol: &str, load: &str, f: fn(&Row) -> Option<f64>| {
+        row(rows, setup, protocol, load).and_then(f)
+    };
+    for setup in WEFT {
+        let rps = |p: &str, s: &str| get(s, p, "max", |r| r.rps);
+        add(
+            "1. HTTP/1.1 max req/s × nginx",
+            setup,
+            ratio(rps("http1", setup), rps("http1", "nginx")),
+            1.1,
+            false,
+            "×",
+        );
+        add(
+            "1. HTTP/1.1 max req/s × haproxy",
+            setup,
+            ratio(rps("http1", setup), rps("http1", "haproxy")),
+            1.1,
+            false,
+            "×",
+        );
+        let cpu = |p: &str, s: &str| get(s, p, "max", |r| r.cpu_ms_per_1k);
+        add(
+            "2. CPU ms/1k req (HTTP/1.1) × nginx",
+            setup,
+            ratio(cpu("http1", setup), cpu("http1", "nginx")),
+            0.85,
+            true,
+            "×",
+        );
+        add(
+            "2. CPU ms/1k req (h2c) × haproxy",
+            setup,
+            ratio(cpu("h2", setup), cpu("h2", "haproxy")),
+            1.0,
+            true,
+            "×",
+        );
+        add(
+            "3. client proxy RSS, 9,800 idle conns",
+            setup,
+            get(setup, "http1", "idle", |r| r.rss_mb_client_proxy),
+            40.0,
+            true,
+            "MB",
+        );
+        add(
+            "3. idle proxy RSS",
+            setup,
+            get(setup, "http1", "idle", |r| r.rss_mb_before),
+            8.0,
+            true,
+            "MB",
+        );
+        let unanswered = row(rows, setup, "http1", "idle")
+            .and_then(|r| Some(f64::from(r.idle_conns?) - f64::from(r.idle_answered?)));
+        add(
+            "3. idle conns not answering again",
+            setup,
+            unanswered,
+            0.0,
+            true,
+            "conns",
+        );
+        let conns = |s: &str| get(s, "http1", "conn", |r| r.conn_per_s);
+        add(
+            "4. new connections/s × nginx",
+            setup,
+            ratio(conns(setup), conns("nginx")),
+            1.0,
+            false,
+            "×",
+        );
+        let tcp = |s: &str| get(s, "tcp", "bulk", |r| r.gbit_s);
+        if setup == "weft-iptables" {
+            add(
+                "5. TCP bulk × nginx",
+                setup,
+                ratio(tcp(setup), tcp("nginx")),
+                1.2,
+                false,
+                "×",
+            );
+        } else {
+            add(
+                "5. TCP bulk × direct",
+                setup,
+                ratio(tcp(setup), tcp("direct")),
+                0.6,
+                false,
+                "×",
+            );
+        }
+        // No banner row yet: the bench does not measure it.
+        add(
+            "6. banner added delay (server speaks first)",
+            setup,
+            None,
+            2.0,
+            true,
+            "ms",
+        );
+        add(
+            "7. h2c max req/s × haproxy",
+            setup,
+            ratio(rps("h2", setup), rps("h2", "haproxy")),
+            1.0,
+            false,
+            "×",
+        );
+        for (p, load, name) in [
+            ("http1", "1000/s", "8. p50 HTTP/1.1 at 1k req/s × nginx"),
+            ("http1", "5000/s", "8. p50 HTTP/1.1 at 5k req/s × nginx"),
+            ("h2", "1000/s", "8. p50 h2c at 1k req/s × nginx"),
+            ("h2", "5000/s", "8. p50 h2c at 5k req/s × nginx"),
+        ] {
+            let p50 = |s: &str| get(s, p, load, |r| r.p50_ms);
+            add(name, setup, ratio(p50(setup), p50("nginx")), 1.0, true, "×");
+        }
+    }
+    out.retain(|g| rows.iter().any(|r| r.setup == g.setup));
+    out
+}
+
+/// The goals as a markdown table.
+pub fn markdown(goals: &[Goal]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::from(
+        "\n## Goals (issue 14)\n\n| goal | setup | weft | bar | |\n| --- | --- | ---: | ---: | --- |\n",
+    );
+    for g in goals {
+        let value = g
+            .value
+            .map_or("–".to_owned(), |v| format!("{v:.2} {}", g.unit));
+        let bar = format!(
+            "{} {:.2} {}",
+            if g.at_most { "≤" } else { "≥" },
+            g.bar,
+            g.unit
+        );
+        let verdict = match g.pass {
+            Some(true) => "PASS",
+            Some(false) => "MISS",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {value} | {bar} | {verdict} |",
+            g.goal, g.setup
+        );
+    }
+    s
+}
