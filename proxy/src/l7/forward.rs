@@ -250,10 +250,10 @@ async fn send(
                     }
                     _ => None,
                 };
-                match again {
-                    Some((copy, why)) if left > 0 && balancer.budget.withdraw() => {
+                match again.and_then(|(copy, why)| Some((copy.request()?, why))) {
+                    Some((req, why)) if left > 0 && balancer.budget.withdraw() => {
                         discard(resp, lease);
-                        (copy.request(), why)
+                        (req, why)
                     }
                     _ => return Ok((resp, lease)),
                 }
@@ -271,7 +271,7 @@ async fn send(
                         && retry.on.reset
                         && reason == ErrorReason::UpstreamReset =>
                     {
-                        copy.as_ref().map(|c| (c.request(), "reset"))
+                        copy.as_ref().and_then(|c| Some((c.request()?, "reset")))
                     }
                     _ => None,
                 };
@@ -326,17 +326,15 @@ struct RetryCopy {
 }
 
 impl RetryCopy {
-    fn request(&self) -> Request<RequestBody> {
-        let body = self.body.try_clone().unwrap_or(RequestBody::Replay {
-            data: None,
-            trailers: None,
-        });
-        let mut r = Request::new(body);
+    /// The request again, unless its body can no longer be replayed (a recorded
+    /// body that outgrew its tape).
+    fn request(&self) -> Option<Request<RequestBody>> {
+        let mut r = Request::new(self.body.try_clone()?);
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
         *r.version_mut() = self.version;
         *r.headers_mut() = self.headers.clone();
-        r
+        Some(r)
     }
 }
 

@@ -6,8 +6,12 @@
 //! Kubernetes API server through the controller's Kubernetes source).
 //!
 //! The load: two unmodified HTTP/1.1 clients at once, 50 requests/s each, one that
-//! keeps connections alive and one that opens a connection per request; half the
-//! requests are POSTs. Every request carries an id that the replicas log as they
+//! keeps connections alive and one that opens a connection per request, and (for a
+//! mesh-file fleet) an h2c client at 30 requests/s over two long-lived HTTP/2
+//! connections (`h2c-faultload`) to each replica's h2c app (`h2c-app`, port 8081)
+//! and a gRPC client at 30 unary calls/s over one channel (`grpc-faultload`) to
+//! each replica's gRPC app (`grpc-app`, port 9090); half the HTTP requests, and
+//! every gRPC call, are POSTs. Every request carries an id that the replicas log as they
 //! receive it, so each failure the client sees is *never received* (no
 //! application saw it: the mesh could have sent it elsewhere) or *after receipt*
 //! (an application took it and then died).
@@ -38,6 +42,10 @@ pub const ROLLING_LOAD_SECONDS: u64 = 22;
 /// replicas' app port.
 pub const VIP: &str = "10.96.0.50";
 pub const APP_PORT: u16 = 8080;
+/// The replicas' h2c app, `web`'s port 81, and gRPC app, `web`'s port 82.
+pub const H2C_APP_PORT: u16 = 8081;
+pub const GRPC_APP_PORT: u16 = 9090;
+const H2_RATE: &str = "30";
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -46,11 +54,14 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One replica: its pod, its sidecar (until drained) and its app (until killed).
+/// One replica: its pod, its sidecar (until drained) and its apps (until killed):
+/// HTTP/1.1 and h2c.
 pub struct Replica {
     pub pod: ModePod,
     pub sidecar: Option<Sidecar>,
     pub app: Option<PodProc>,
+    pub h2c_app: Option<PodProc>,
+    pub grpc_app: Option<PodProc>,
 }
 
 /// A frontend pod and `web`'s replica pods, the controller serving the mesh file
@@ -69,6 +80,8 @@ pub struct Fleet {
     controller_env: Vec<(String, String)>,
     /// The fake API server, for a Kubernetes fleet.
     pub kube: Option<FakeKube>,
+    /// The gRPC client runs too (see [`Fleet::with_grpc`]).
+    pub grpc: bool,
 }
 
 /// What a fleet's controller follows for `web`'s endpoints.
@@ -125,6 +138,8 @@ impl Fleet {
                 pod: mode.add_pod(&mesh, &format!("web{i}")).unwrap(),
                 sidecar: None,
                 app: None,
+                h2c_app: None,
+                grpc_app: None,
             })
             .collect();
         let file = mesh.run_dir().join("mesh.yaml");
@@ -165,12 +180,19 @@ impl Fleet {
             controller_args: args,
             controller_env: env,
             kube,
+            grpc: false,
         };
         for i in 0..serving {
             fleet.start_sidecar(i);
             fleet.start_app(i);
         }
         fleet
+    }
+
+    /// The gRPC client joins the load (30 unary calls/s over one tonic channel).
+    pub fn with_grpc(mut self) -> Fleet {
+        self.grpc = true;
+        self
     }
 
     /// Makes `web`'s endpoints the replicas `serving` (in the mesh file).
@@ -231,14 +253,45 @@ impl Fleet {
                 .name("app"),
             )
             .unwrap();
-        wait_until(SECS(10), MS(20), || app.logs().contains("listening"))
-            .unwrap_or_else(|e| panic!("app of {name}: {e}: {}", app.logs()));
+        let h2c_app = r
+            .pod
+            .spawn(
+                ProcSpec::new([
+                    env!("CARGO_BIN_EXE_h2c-app"),
+                    &H2C_APP_PORT.to_string(),
+                    &name,
+                    &log.to_string_lossy(),
+                ])
+                .name("h2c-app"),
+            )
+            .unwrap();
+        let grpc_app = r
+            .pod
+            .spawn(
+                ProcSpec::new([
+                    env!("CARGO_BIN_EXE_grpc-app"),
+                    &GRPC_APP_PORT.to_string(),
+                    &log.to_string_lossy(),
+                ])
+                .name("grpc-app"),
+            )
+            .unwrap();
+        for app in [&app, &h2c_app, &grpc_app] {
+            wait_until(SECS(10), MS(20), || app.logs().contains("listening"))
+                .unwrap_or_else(|e| panic!("app of {name}: {e}: {}", app.logs()));
+        }
         r.app = Some(app);
+        r.h2c_app = Some(h2c_app);
+        r.grpc_app = Some(grpc_app);
     }
 
-    /// `kill -9` of replica `i`'s app.
+    /// `kill -9` of replica `i`'s apps.
     pub fn kill_app(&mut self, i: usize) {
-        if let Some(app) = self.replicas[i].app.take() {
+        let r = &mut self.replicas[i];
+        for app in [r.app.take(), r.h2c_app.take(), r.grpc_app.take()]
+            .into_iter()
+            .flatten()
+        {
             app.kill().unwrap();
             app.wait_timeout(SECS(5));
         }
@@ -289,14 +342,14 @@ impl Fleet {
             .collect()
     }
 
-    /// Runs both clients' loads while `fault` acts on the fleet (timing itself with
+    /// Runs the clients' loads while `fault` acts on the fleet (timing itself with
     /// sleeps); each client's outcome.
-    pub fn under_load(&mut self, seconds: u64, fault: impl FnOnce(&mut Fleet)) -> [Outcome; 2] {
+    pub fn under_load(&mut self, seconds: u64, fault: impl FnOnce(&mut Fleet)) -> Vec<Outcome> {
         let clients = [
             ("keep-alive", "keepalive", "0"),
             ("new-conn", "new", "1000000"),
         ];
-        let loads: Vec<PodProc> = clients
+        let mut loads: Vec<PodProc> = clients
             .iter()
             .map(|(_, mode, first_id)| {
                 self.front
@@ -315,21 +368,58 @@ impl Fleet {
                     .unwrap()
             })
             .collect();
+        let mut names: Vec<&'static str> = clients.iter().map(|(client, ..)| *client).collect();
+        // The h2c and gRPC clients, where `web` has their ports (the mesh file's).
+        if self.kube.is_none() {
+            for (client, bin, url, first_id) in [
+                (
+                    "h2c",
+                    env!("CARGO_BIN_EXE_h2c-faultload"),
+                    format!("http://{VIP}:81/"),
+                    "2000000",
+                ),
+                (
+                    "grpc",
+                    env!("CARGO_BIN_EXE_grpc-faultload"),
+                    format!("http://{VIP}:82"),
+                    "3000000",
+                ),
+            ] {
+                loads.push(
+                    self.front
+                        .spawn(
+                            ProcSpec::new([bin, &url, H2_RATE, &seconds.to_string(), first_id])
+                                .name(&format!("{client}-load")),
+                        )
+                        .unwrap(),
+                );
+                names.push(client);
+            }
+        }
         fault(self);
+        let results: Vec<Value> = loads
+            .iter()
+            .map(|load| {
+                let status = load
+                    .wait_timeout(SECS(seconds + 40))
+                    .unwrap_or_else(|| panic!("the load never ended: {}", load.logs()));
+                assert!(status.success(), "{status:?}: {}", load.logs());
+                let logs = load.logs();
+                let line = logs
+                    .lines()
+                    .rfind(|l| l.starts_with('{'))
+                    .unwrap_or_else(|| panic!("no result from the load: {logs}"));
+                serde_json::from_str(line).unwrap()
+            })
+            .collect();
+        // Read once every load has ended: a request an app received late still
+        // counts as received.
         let received = self.received();
-        let mut outcomes = clients.iter().zip(&loads).map(|((client, ..), load)| {
-            let status = load
-                .wait_timeout(SECS(seconds + 40))
-                .unwrap_or_else(|| panic!("the load never ended: {}", load.logs()));
-            assert!(status.success(), "{status:?}: {}", load.logs());
-            let logs = load.logs();
-            let line = logs
-                .lines()
-                .rfind(|l| l.starts_with('{'))
-                .unwrap_or_else(|| panic!("no result from the load: {logs}"));
-            Outcome::classify(client, &serde_json::from_str(line).unwrap(), &received)
-        });
-        [outcomes.next().unwrap(), outcomes.next().unwrap()]
+        names
+            .into_iter()
+            .zip(&results)
+            .map(|(client, v)| Outcome::classify(client, v, &received))
+            .collect()
     }
 
     /// Every process's log, and the fake API server's requests.
@@ -432,7 +522,7 @@ fn write_mesh_file(file: &Path, front: &ModePod, replicas: &[Replica], serving: 
             .map(|&i| replicas[i].pod.ipv4().to_string())
             .collect();
         yaml.push_str(&format!(
-            "  web:\n    vip: {VIP}\n    ports: [{{ port: 80, target_port: {APP_PORT} }}]\n    endpoints: [{}]\n",
+            "  web:\n    vip: {VIP}\n    ports: [{{ port: 80, target_port: {APP_PORT} }}, {{ port: 81, target_port: {H2C_APP_PORT} }}, {{ port: 82, target_port: {GRPC_APP_PORT} }}]\n    endpoints: [{}]\n",
             endpoints.join(", ")
         ));
     }
