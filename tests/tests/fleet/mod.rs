@@ -459,7 +459,7 @@ impl Fleet {
         Recovery {
             retries: by_reason(
                 "weft_http_retries_total",
-                &["unsent", "app_unreachable", "reset", "status"],
+                &["unsent", "refused", "app_unreachable", "reset", "status"],
             ),
             ejections: by_reason(
                 "weft_endpoint_ejections_total",
