@@ -2,8 +2,8 @@
 //! frame (trailers included), or a small fixed body for a response the proxy made.
 //! When the body ends — or is dropped, if the client went away — the request is
 //! recorded in the metrics, and an HTTP/1 upstream connection whose response was
-//! read to its end goes back to its pool. Empty data frames are not passed on
-//! (see [`is_empty_data`]). (The body sent upstream is [`super::request_body`]'s.)
+//! read to its end goes back to its pool. (The body sent upstream is
+//! [`super::request_body`]'s.)
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,7 +14,6 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::pool::Lease;
-use super::request_body::is_empty_data;
 use super::ConnCtx;
 
 /// What is recorded when the response ends.
@@ -84,23 +83,20 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         match &mut this.inner {
-            Inner::Upstream(body) => loop {
-                match ready!(Pin::new(&mut *body).poll_frame(cx)) {
-                    None => {
+            Inner::Upstream(body) => match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                None => {
+                    this.complete(true);
+                    Poll::Ready(None)
+                }
+                Some(Ok(frame)) => {
+                    if body.is_end_stream() {
                         this.complete(true);
-                        return Poll::Ready(None);
                     }
-                    Some(Ok(frame)) if is_empty_data(&frame) && !body.is_end_stream() => {}
-                    Some(Ok(frame)) => {
-                        if body.is_end_stream() {
-                            this.complete(true);
-                        }
-                        return Poll::Ready(Some(Ok(frame)));
-                    }
-                    Some(Err(e)) => {
-                        this.complete(false);
-                        return Poll::Ready(Some(Err(e)));
-                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Some(Err(e)) => {
+                    this.complete(false);
+                    Poll::Ready(Some(Err(e)))
                 }
             },
             Inner::Fixed(data) => {

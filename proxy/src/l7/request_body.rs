@@ -14,8 +14,6 @@
 //! from then on fails (its upstream stream is abandoned anyway). Once more than
 //! [`MAX_REPLAY_BODY`] has gone by, or the client's body failed, there is no copy
 //! to send again.
-//!
-//! Empty data frames are not passed on ([`is_empty_data`]).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -176,9 +174,8 @@ impl Reader {
             self.next += 1;
             return Poll::Ready(Some(Ok(Frame::data(data.clone()))));
         }
-        while let Some(source) = shared.source.as_mut() {
+        if let Some(source) = shared.source.as_mut() {
             match std::task::ready!(Pin::new(source).poll_frame(cx)) {
-                Some(Ok(frame)) if is_empty_data(&frame) => {}
                 Some(Ok(frame)) => {
                     shared.keep(&frame);
                     self.next = shared.kept.len();
@@ -205,9 +202,12 @@ impl Reader {
     }
 
     /// Whether nothing is left to send: what was kept has been, and the client's
-    /// body has ended (as the client said, not only once polled past its end: an
-    /// HTTP/2 upstream gets END_STREAM on the last frame instead of an empty one
-    /// after it), trailers sent if it had any.
+    /// body has ended, trailers sent if it had any. "Ended" as the client's body
+    /// says it, not only once polled past its end: hyper sends HTTP/2 END_STREAM
+    /// on the frame after which this is true, else an empty DATA frame without it,
+    /// and h2 (0.4.20) closes a connection that brings it more than 100 of those
+    /// (GOAWAY `ENHANCE_YOUR_CALM`) — the proxy's one pooled connection to an
+    /// endpoint would die every 100 gRPC calls, failing the calls in flight.
     fn is_end(&self) -> bool {
         let shared = lock(&self.shared);
         shared.reader == self.generation
@@ -227,12 +227,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            RequestBody::Stream(body) => loop {
-                match std::task::ready!(Pin::new(&mut *body).poll_frame(cx)) {
-                    Some(Ok(frame)) if is_empty_data(&frame) => {}
-                    other => return Poll::Ready(other.map(|r| r.map_err(Into::into))),
-                }
-            },
+            RequestBody::Stream(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
             RequestBody::Teed(reader) => reader.poll_next(cx),
         }
     }
@@ -250,16 +247,6 @@ impl Body for RequestBody {
             RequestBody::Teed(reader) => reader.hint,
         }
     }
-}
-
-/// A data frame without data. Not passed on: it carries nothing, and an HTTP/2
-/// upstream counts the empty DATA frames a connection brings it (h2 answers more
-/// than 100 with GOAWAY `ENHANCE_YOUR_CALM`, a defence against floods) — over the
-/// proxy's one pooled connection per endpoint, the empty frames of every client
-/// would add up. (An empty frame that ends the stream is made again by hyper
-/// when the body ends.)
-pub fn is_empty_data(frame: &Frame<Bytes>) -> bool {
-    frame.data_ref().is_some_and(|d| d.is_empty())
 }
 
 fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
