@@ -256,7 +256,11 @@ async fn send(
                 // The budget is asked before the copy is taken: taking it retires
                 // this attempt's body, which must go on if its answer stands.
                 match again {
-                    Some((copy, why)) if left > 0 && balancer.budget.withdraw() => {
+                    Some((copy, why))
+                        if left > 0
+                            && copy.replay.is_replayable()
+                            && balancer.budget.withdraw() =>
+                    {
                         match copy.request() {
                             Some(req) => {
                                 discard(resp, lease);
@@ -283,14 +287,15 @@ async fn send(
                     return Err(ErrorReason::ClientBody);
                 }
                 // What to send again: the request handed back, or the copy.
+                let replayable = copy.as_ref().is_some_and(|c| c.replay.is_replayable());
                 let again = match unsent {
                     // Never sent: safe whatever the method.
                     Some(unsent) if retry.on.connect_failure => Some((Some(unsent), "unsent")),
                     // Refused by the upstream before any processing: the same.
-                    None if copy.is_some() && refused && retry.on.connect_failure => {
+                    None if replayable && refused && retry.on.connect_failure => {
                         Some((None, "refused"))
                     }
-                    None if copy.is_some()
+                    None if replayable
                         && idempotent
                         && retry.on.reset
                         && reason == ErrorReason::UpstreamReset =>

@@ -114,6 +114,12 @@ impl Replay {
         }))
     }
 
+    /// Whether [`Replay::body`] would give a body now.
+    pub fn is_replayable(&self) -> bool {
+        let shared = lock(&self.shared);
+        !shared.overflowed && !shared.client_failed
+    }
+
     /// Whether the client's body failed while an attempt read it (the request
     /// failed because of the client, not the upstream).
     pub fn client_failed(&self) -> bool {
