@@ -32,8 +32,9 @@ use serde_json::{json, Value};
 use weft_e2e::{wait_until, Mode};
 
 /// `GET /api/v1/services`, trimmed of managedFields, as a 1.30 API server answers:
-/// `web` in `shop` (ClusterIP `fleet::VIP`, a named target port) and the cluster's
-/// DNS, which no pod here calls.
+/// `web` in `shop` (ClusterIP `fleet::VIP`, named target ports: HTTP/1.1, h2c and
+/// gRPC, the last two with their `appProtocol`) and the cluster's DNS, which no
+/// pod here calls.
 fn service_list() -> Value {
     json!({
       "kind": "ServiceList", "apiVersion": "v1",
@@ -46,7 +47,13 @@ fn service_list() -> Value {
             "labels": { "app": "web" }
           },
           "spec": {
-            "ports": [ { "name": "http", "protocol": "TCP", "port": 80, "targetPort": "http" } ],
+            "ports": [
+              { "name": "http", "protocol": "TCP", "port": fleet::HTTP1_VIP_PORT, "targetPort": "http" },
+              { "name": "h2c", "protocol": "TCP", "appProtocol": "kubernetes.io/h2c",
+                "port": fleet::H2C_VIP_PORT, "targetPort": "h2c" },
+              { "name": "grpc", "protocol": "TCP", "appProtocol": "grpc",
+                "port": fleet::GRPC_VIP_PORT, "targetPort": "grpc" }
+            ],
             "selector": { "app": "web" },
             "clusterIP": fleet::VIP, "clusterIPs": [fleet::VIP],
             "type": "ClusterIP", "sessionAffinity": "None",
@@ -145,7 +152,11 @@ fn web_slice(ips: &[Ipv4Addr], endpoints: &[Endpoint]) -> Value {
       },
       "addressType": "IPv4",
       "endpoints": eps,
-      "ports": [ { "name": "http", "protocol": "TCP", "port": fleet::APP_PORT } ]
+      "ports": [
+        { "name": "http", "protocol": "TCP", "port": fleet::APP_PORT },
+        { "name": "h2c", "protocol": "TCP", "appProtocol": "kubernetes.io/h2c", "port": fleet::H2C_PORT },
+        { "name": "grpc", "protocol": "TCP", "appProtocol": "grpc", "port": fleet::GRPC_PORT }
+      ]
     })
 }
 

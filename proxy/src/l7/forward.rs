@@ -5,21 +5,28 @@
 //! between the two upgraded connections. Failures become the proxy's own
 //! 400/502/503/504.
 //!
-//! Retries (services only; inbound traffic has one application to go to):
+//! Retries (services only; inbound traffic has one application to go to), of
+//! HTTP/1.1 and HTTP/2 (h2c, gRPC) alike:
 //! - a request that was never sent (connect failure, or a fresh connection that
 //!   closed before taking it) is retried whatever its method, when `on` has
-//!   `connect-failure`;
+//!   `connect-failure` (`unsent`);
+//! - so is an HTTP/2 request the upstream refused before processing it: a stream
+//!   reset with `REFUSED_STREAM`, or above the last stream id of the upstream's
+//!   GOAWAY (`refused`; RFC 9113, section 8.7);
 //! - one that a meshed endpoint's sidecar answered with its own 502/503 saying its
 //!   application could not be reached (`x-weft-error: connect_refused`,
 //!   `connect_timeout` or `connect_error`) never reached the application either,
-//!   and is retried whatever its method (when its body was small enough to keep a
-//!   copy of, [`MAX_REPLAY_BODY`]). Only a meshed endpoint's answer is read that way:
-//!   a weft sidecar removes `x-weft-error` from its application's responses, so
-//!   the header there can only be the sidecar's own;
-//! - one that was sent is retried only when its method is idempotent and its body
-//!   was small enough to keep a copy of: on a reset (`reset`; a meshed endpoint's
-//!   sidecar answering 502 `upstream_reset`, its application having reset under
-//!   the request, counts as one) or a listed 5xx status (`503`, `gateway-error`);
+//!   and is retried whatever its method (`app_unreachable`). Only a meshed
+//!   endpoint's answer is read that way: a weft sidecar removes `x-weft-error`
+//!   from its application's responses, so the header there can only be the
+//!   sidecar's own;
+//! - one that was sent is retried only when its method is idempotent: on a reset
+//!   (`reset`; a meshed endpoint's sidecar answering 502 `upstream_reset`, its
+//!   application having reset under the request, counts as one) or a listed 5xx
+//!   status (`503`, `gateway-error`);
+//! - a request that was sent is sent again from a copy of its body kept as it
+//!   streams (at most [`MAX_REPLAY_BODY`]; a gRPC body, which has no length, too),
+//!   so a body larger than that is only retried when it was never sent;
 //! - each retry takes one from the route's [`RetryBudget`](crate::balance::RetryBudget)
 //!   and goes to another endpoint when there is one; none beyond `attempts`, none
 //!   past the request timeout (which covers every attempt).
@@ -42,7 +49,7 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{Completion, ProxyBody};
 use super::pool::{EndpointPool, Lease, SendError, SendOpts};
-use super::request_body::{RequestBody, MAX_REPLAY_BODY};
+use super::request_body::{Replay, RequestBody, MAX_REPLAY_BODY};
 use super::telemetry::method_label;
 use super::{errors, headers, ConnCtx, HttpEndpoint, HttpVersion, ServiceBalancer, Target};
 use crate::error::ErrorReason;
@@ -174,35 +181,31 @@ async fn send(
     balancer.budget.deposit();
     let retry = &policy.retries;
     let (parts, body) = req.into_parts();
-    // A copy to send again after a failure that happened once the request was sent:
-    // for a small body, with retries that look at such failures, and while the
-    // budget could pay for one. Any method when a meshed endpoint may answer that
-    // its application never got the request; otherwise idempotent ones only.
+    // A copy to send again after a failure that happened once the request was sent
+    // (kept as the body streams, up to MAX_REPLAY_BODY): with retries that look at
+    // such failures, and while the budget could pay for one. Any method when the
+    // upstream may say the request was never processed — a meshed endpoint's
+    // sidecar answering that its application never got it, or an HTTP/2
+    // upstream refusing the stream — otherwise idempotent ones only.
     let idempotent = is_idempotent(&parts.method);
     let keep_copy = retry.attempts > 0
         && !upgrade
         && ((idempotent && (retry.on.reset || retry.on.statuses != 0))
-            || (retry.on.connect_failure && balancer.any_meshed()))
+            || (retry.on.connect_failure
+                && (balancer.any_meshed() || ctx.version == HttpVersion::H2)))
         && balancer.budget.has_room();
-    let body = if keep_copy {
-        match RequestBody::replayable(body).await {
-            Ok(Some(b)) => b,
-            Ok(None) => return Err(ErrorReason::ClientBody),
-            Err(stream) => RequestBody::Stream(stream),
-        }
+    let (body, replay) = if keep_copy {
+        RequestBody::teed(body)
     } else {
-        RequestBody::Stream(body)
+        (RequestBody::Stream(body), None)
     };
-    let copy = match body.try_clone() {
-        Some(body) if keep_copy => Some(RetryCopy {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
-            body,
-        }),
-        _ => None,
-    };
+    let copy = replay.map(|replay| RetryCopy {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        replay,
+    });
     let mut req = Request::from_parts(parts, body);
     let mut left = retry.attempts;
     let mut last: Option<&Arc<HttpEndpoint>> = None;
@@ -250,33 +253,64 @@ async fn send(
                     }
                     _ => None,
                 };
-                match again.and_then(|(copy, why)| Some((copy.request()?, why))) {
-                    Some((req, why)) if left > 0 && balancer.budget.withdraw() => {
-                        discard(resp, lease);
-                        (req, why)
+                // The budget is asked before the copy is taken: taking it retires
+                // this attempt's body, which must go on if its answer stands.
+                match again {
+                    Some((copy, why))
+                        if left > 0
+                            && copy.replay.is_replayable()
+                            && balancer.budget.withdraw() =>
+                    {
+                        match copy.request() {
+                            Some(req) => {
+                                discard(resp, lease);
+                                (req, why)
+                            }
+                            None => return Ok((resp, lease)),
+                        }
                     }
                     _ => return Ok((resp, lease)),
                 }
             }
-            Err(SendError { reason, unsent }) => {
+            Err(SendError {
+                reason,
+                unsent,
+                refused,
+            }) => {
                 if reason == ErrorReason::ConnectRefused {
                     attempt.finish_unreachable();
                 } else {
                     attempt.finish(false);
                 }
+                if copy.as_ref().is_some_and(|c| c.replay.client_failed()) {
+                    // The client's body broke off: nothing the upstream did.
+                    return Err(ErrorReason::ClientBody);
+                }
+                // What to send again: the request handed back, or the copy.
+                let replayable = copy.as_ref().is_some_and(|c| c.replay.is_replayable());
                 let again = match unsent {
                     // Never sent: safe whatever the method.
-                    Some(unsent) if retry.on.connect_failure => Some((unsent, "unsent")),
-                    None if idempotent
+                    Some(unsent) if retry.on.connect_failure => Some((Some(unsent), "unsent")),
+                    // Refused by the upstream before any processing: the same.
+                    None if replayable && refused && retry.on.connect_failure => {
+                        Some((None, "refused"))
+                    }
+                    None if replayable
+                        && idempotent
                         && retry.on.reset
                         && reason == ErrorReason::UpstreamReset =>
                     {
-                        copy.as_ref().and_then(|c| Some((c.request()?, "reset")))
+                        Some((None, "reset"))
                     }
                     _ => None,
                 };
                 match again {
-                    Some(r) if left > 0 && balancer.budget.withdraw() => r,
+                    Some((unsent, why)) if left > 0 && balancer.budget.withdraw() => {
+                        match unsent.or_else(|| copy.as_ref().and_then(RetryCopy::request)) {
+                            Some(req) => (req, why),
+                            None => return Err(reason),
+                        }
+                    }
                     _ => return Err(reason),
                 }
             }
@@ -322,14 +356,15 @@ struct RetryCopy {
     uri: Uri,
     version: Version,
     headers: HeaderMap,
-    body: RequestBody,
+    replay: Replay,
 }
 
 impl RetryCopy {
-    /// The request again, unless its body can no longer be replayed (a recorded
-    /// body that outgrew its tape).
+    /// The request once more (retiring the previous attempt's body); `None` when
+    /// its body can no longer be sent again.
     fn request(&self) -> Option<Request<RequestBody>> {
-        let mut r = Request::new(self.body.try_clone()?);
+        let body = self.replay.body()?;
+        let mut r = Request::new(body);
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
         *r.version_mut() = self.version;

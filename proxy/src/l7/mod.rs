@@ -15,8 +15,8 @@
 //! - [`pool`]: pooled HTTP/1.1 and h2c connections to one endpoint (what the
 //!   balancer keeps per endpoint for HTTP), and the inbound pools.
 //! - [`body`]: the response body (streaming, metrics on completion, pool return);
-//!   [`request_body`]: the request body (streamed, or a bounded copy kept for
-//!   retries); [`telemetry`]: the `weft_http_*` instruments and labels.
+//!   [`request_body`]: the request body (streamed, with a bounded copy kept as it
+//!   streams for retries); [`telemetry`]: the `weft_http_*` instruments and labels.
 
 pub mod body;
 pub mod errors;

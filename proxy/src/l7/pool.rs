@@ -9,10 +9,14 @@
 //!   per request; replaced when it closes.
 //!
 //! A request that a pooled connection did not accept (it closed between being
-//! pooled and being used: the upstream's idle timeout) is sent again on a fresh
-//! connection — it was never written, so this is safe for any method. A request
-//! that was never sent for any other reason (the connection could not be made) is
-//! handed back in [`SendError::unsent`], so the caller may try another endpoint.
+//! pooled and being used: the upstream's idle timeout, or an HTTP/2 upstream's
+//! GOAWAY) is sent again on a fresh connection — it was never written, so this is
+//! safe for any method. A request that was never sent for any other reason (the
+//! connection could not be made) is handed back in [`SendError::unsent`], so the
+//! caller may try another endpoint. An HTTP/2 request the upstream refused after
+//! it was sent — `REFUSED_STREAM`, or a stream above the last one a GOAWAY says
+//! the upstream processes — was never processed either (RFC 9113, section 8.7):
+//! [`SendError::refused`] says so, so the caller may send its copy elsewhere.
 //! An idle HTTP/1 connection older than the policy's idle timeout is closed when
 //! met instead of being used.
 //!
@@ -90,6 +94,8 @@ impl InboundPools {
 pub struct SendError {
     pub reason: ErrorReason,
     pub unsent: Option<Request<RequestBody>>,
+    /// Sent, but refused by the upstream before any processing (HTTP/2).
+    pub refused: bool,
 }
 
 /// How to reach the endpoint for one request.
@@ -167,6 +173,7 @@ impl EndpointPool {
                         return Err(SendError {
                             reason,
                             unsent: Some(req),
+                            refused: false,
                         })
                     }
                 },
@@ -185,6 +192,7 @@ impl EndpointPool {
                         return Err(SendError {
                             reason: send_error(e.error()),
                             unsent,
+                            refused: false,
                         })
                     }
                 },
@@ -209,6 +217,7 @@ impl EndpointPool {
                         return Err(SendError {
                             reason,
                             unsent: Some(req),
+                            refused: false,
                         })
                     }
                 },
@@ -223,6 +232,7 @@ impl EndpointPool {
                     unsent => {
                         return Err(SendError {
                             reason: send_error(e.error()),
+                            refused: unsent.is_none() && refused_stream(e.error()),
                             unsent,
                         })
                     }
@@ -298,7 +308,7 @@ impl EndpointPool {
         let endpoint = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection");
+                tracing::debug!(%endpoint, error = ?e, "upstream HTTP/2 connection");
             }
             drop(own);
         });
@@ -315,12 +325,25 @@ impl EndpointPool {
 /// Why sending failed, as a reason label: a malformed response, or the connection
 /// failing under the request.
 fn send_error(e: &hyper::Error) -> ErrorReason {
-    tracing::debug!(error = %e, "upstream request failed");
+    tracing::debug!(error = ?e, "upstream request failed");
     if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
         ErrorReason::BadUpstreamResponse
     } else {
         ErrorReason::UpstreamReset
     }
+}
+
+/// Whether an HTTP/2 upstream refused the request's stream without processing
+/// it: reset with `REFUSED_STREAM`, or failed by the upstream's GOAWAY because its
+/// id is above the GOAWAY's last stream id (h2 reports exactly those streams as a
+/// remote GOAWAY error; the ones at or below it go on, or fail as resets or I/O
+/// errors).
+fn refused_stream(e: &hyper::Error) -> bool {
+    let Some(h2) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>()) else {
+        return false;
+    };
+    h2.is_remote()
+        && (h2.is_go_away() || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -105,10 +105,9 @@ impl RequestLabels {
             .add(1, &[d, s, t, KeyValue::new("method", method), c]);
     }
 
-    /// A response the proxy made itself.
     /// A request is sent again after its attempt failed for `reason` (the words of
-    /// [`crate::l7::forward`]'s retry rules: `unsent`, `app_unreachable`, `reset`,
-    /// `status`).
+    /// [`crate::l7::forward`]'s retry rules: `unsent`, `refused`,
+    /// `app_unreachable`, `reset`, `status`).
     pub fn retry(&self, instruments: &HttpInstruments, reason: &'static str) {
         if !instruments.enabled {
             return;
@@ -123,6 +122,7 @@ impl RequestLabels {
         );
     }
 
+    /// A response the proxy made itself.
     pub fn error(&self, instruments: &HttpInstruments, reason: ErrorReason) {
         if !instruments.enabled {
             return;

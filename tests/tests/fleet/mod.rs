@@ -1,20 +1,25 @@
 //! The fault suites' fleet: a frontend pod sending an open-loop load to `web`'s
-//! replicas, each a plain `httpkit.py serve` behind its sidecar, and the controller;
-//! what the clients saw, classified by whether an application received each failed
-//! request, and the row each suite prints. Shared by `faults.rs` (`web`'s endpoints
-//! in the mesh file) and `faults_kubernetes.rs` (`web.shop`'s from a fake
-//! Kubernetes API server through the controller's Kubernetes source).
+//! replicas and the controller; what the clients saw, classified by whether an
+//! application received each failed request, and the rows each suite prints.
+//! Shared by `faults.rs` (`web`'s endpoints in the mesh file) and
+//! `faults_kubernetes.rs` (`web.shop`'s from a fake Kubernetes API server through
+//! the controller's Kubernetes source).
 //!
-//! The load: two unmodified HTTP/1.1 clients at once, 50 requests/s each, one that
-//! keeps connections alive and one that opens a connection per request, and (for a
-//! mesh-file fleet) an h2c client at 30 requests/s over two long-lived HTTP/2
-//! connections (`h2c-faultload`) to each replica's h2c app (`h2c-app`, port 8081)
-//! and a gRPC client at 30 unary calls/s over one channel (`grpc-faultload`) to
-//! each replica's gRPC app (`grpc-app`, port 9090); half the HTTP requests, and
-//! every gRPC call, are POSTs. Every request carries an id that the replicas log as they
-//! receive it, so each failure the client sees is *never received* (no
-//! application saw it: the mesh could have sent it elsewhere) or *after receipt*
-//! (an application took it and then died).
+//! A replica is its sidecar and two unmodified apps, both killed together:
+//! `httpkit.py serve` (HTTP/1.1, port 8080) and `h2kit serve` (plain h2c on 8081,
+//! gRPC on 8082; `src/bin/h2kit`). `web` has a port for each: 80 (HTTP/1.1,
+//! `auto`), 81 (h2c, `auto`: detected from the HTTP/2 preface) and 82 (gRPC,
+//! declared `http`).
+//!
+//! The load: four unmodified clients at once, 25 requests/s each (100/s in all):
+//! two HTTP/1.1 ones (`faultload.py`), one keeping connections alive and one
+//! opening a connection per request; an h2c one (`h2kit h2c-load`, a few
+//! long-lived HTTP/2 connections); a gRPC one (`h2kit grpc-load`, unary calls over
+//! a few tonic channels). Half the HTTP requests are POSTs; every gRPC call is
+//! one. Every request carries an id that the replicas log as they receive it, so
+//! each failure a client sees is *never received* (no application saw it: the
+//! mesh could have sent it elsewhere) or *after receipt* (an application took it
+//! and then died).
 
 // Each suite uses its own subset.
 #![allow(dead_code)]
@@ -34,18 +39,22 @@ use weft_e2e::{
 pub const SECS: fn(u64) -> Duration = Duration::from_secs;
 pub const MS: fn(u64) -> Duration = Duration::from_millis;
 
-/// The load, per client: requests/s, and seconds (longer for the rolling restart).
-pub const RATE: &str = "50";
+/// The load, per client: requests/s (four clients: 100/s in all), and seconds
+/// (longer for the rolling restart).
+pub const RATE: &str = "25";
 pub const LOAD_SECONDS: u64 = 8;
 pub const ROLLING_LOAD_SECONDS: u64 = 22;
 /// `web`'s VIP (in the mesh file, or its ClusterIP from Kubernetes) and its
-/// replicas' app port.
+/// replicas' app ports: HTTP/1.1 (the first: the one the controller's health
+/// checks probe), h2c and gRPC, behind `web`'s ports 80, 81 and 82.
 pub const VIP: &str = "10.96.0.50";
 pub const APP_PORT: u16 = 8080;
-/// The replicas' h2c app, `web`'s port 81, and gRPC app, `web`'s port 82.
-pub const H2C_APP_PORT: u16 = 8081;
-pub const GRPC_APP_PORT: u16 = 9090;
-const H2_RATE: &str = "30";
+pub const H2C_PORT: u16 = 8081;
+pub const GRPC_PORT: u16 = 8082;
+/// `web`'s ports (on the VIP) in front of them.
+pub const HTTP1_VIP_PORT: u16 = 80;
+pub const H2C_VIP_PORT: u16 = 81;
+pub const GRPC_VIP_PORT: u16 = 82;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -55,13 +64,11 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// One replica: its pod, its sidecar (until drained) and its apps (until killed):
-/// HTTP/1.1 and h2c.
+/// `httpkit.py serve` and `h2kit serve`.
 pub struct Replica {
     pub pod: ModePod,
     pub sidecar: Option<Sidecar>,
-    pub app: Option<PodProc>,
-    pub h2c_app: Option<PodProc>,
-    pub grpc_app: Option<PodProc>,
+    pub apps: Vec<PodProc>,
 }
 
 /// A frontend pod and `web`'s replica pods, the controller serving the mesh file
@@ -80,8 +87,6 @@ pub struct Fleet {
     controller_env: Vec<(String, String)>,
     /// The fake API server, for a Kubernetes fleet.
     pub kube: Option<FakeKube>,
-    /// The gRPC client runs too (see [`Fleet::with_grpc`]).
-    pub grpc: bool,
 }
 
 /// What a fleet's controller follows for `web`'s endpoints.
@@ -137,9 +142,7 @@ impl Fleet {
             .map(|i| Replica {
                 pod: mode.add_pod(&mesh, &format!("web{i}")).unwrap(),
                 sidecar: None,
-                app: None,
-                h2c_app: None,
-                grpc_app: None,
+                apps: Vec::new(),
             })
             .collect();
         let file = mesh.run_dir().join("mesh.yaml");
@@ -180,19 +183,12 @@ impl Fleet {
             controller_args: args,
             controller_env: env,
             kube,
-            grpc: false,
         };
         for i in 0..serving {
             fleet.start_sidecar(i);
             fleet.start_app(i);
         }
         fleet
-    }
-
-    /// The gRPC client joins the load (30 unary calls/s over one tonic channel).
-    pub fn with_grpc(mut self) -> Fleet {
-        self.grpc = true;
-        self
     }
 
     /// Makes `web`'s endpoints the replicas `serving` (in the mesh file).
@@ -234,65 +230,47 @@ impl Fleet {
         );
     }
 
-    /// Starts replica `i`'s app and waits until it listens.
+    /// Starts replica `i`'s apps (HTTP/1.1; h2c and gRPC) and waits until they
+    /// listen. Both log the ids they receive to the same file.
     pub fn start_app(&mut self, i: usize) {
         let log = self.received_log(i);
+        let log = log.to_string_lossy();
         let r = &mut self.replicas[i];
         let name = r.pod.name().to_owned();
-        let app = r
-            .pod
-            .spawn(
-                ProcSpec::new([
-                    python3().to_string_lossy().as_ref(),
-                    tool("httpkit.py").as_str(),
-                    "serve",
-                    &APP_PORT.to_string(),
-                    &name,
-                    &log.to_string_lossy(),
-                ])
-                .name("app"),
-            )
-            .unwrap();
-        let h2c_app = r
-            .pod
-            .spawn(
-                ProcSpec::new([
-                    env!("CARGO_BIN_EXE_h2c-app"),
-                    &H2C_APP_PORT.to_string(),
-                    &name,
-                    &log.to_string_lossy(),
-                ])
-                .name("h2c-app"),
-            )
-            .unwrap();
-        let grpc_app = r
-            .pod
-            .spawn(
-                ProcSpec::new([
-                    env!("CARGO_BIN_EXE_grpc-app"),
-                    &GRPC_APP_PORT.to_string(),
-                    &log.to_string_lossy(),
-                ])
-                .name("grpc-app"),
-            )
-            .unwrap();
-        for app in [&app, &h2c_app, &grpc_app] {
+        let python = python3();
+        let httpkit = tool("httpkit.py");
+        let (app_port, h2c_port, grpc_port) = (
+            APP_PORT.to_string(),
+            H2C_PORT.to_string(),
+            GRPC_PORT.to_string(),
+        );
+        let specs = [
+            ProcSpec::new([
+                python.to_string_lossy().as_ref(),
+                httpkit.as_str(),
+                "serve",
+                &app_port,
+                &name,
+                &log,
+            ])
+            .name("app"),
+            ProcSpec::new([H2KIT, "serve", &h2c_port, &grpc_port, &name, &log]).name("app-h2"),
+        ];
+        for spec in specs {
+            let app = r.pod.spawn(spec).unwrap();
             wait_until(SECS(10), MS(20), || app.logs().contains("listening"))
-                .unwrap_or_else(|e| panic!("app of {name}: {e}: {}", app.logs()));
+                .unwrap_or_else(|e| panic!("app {} of {name}: {e}: {}", app.name(), app.logs()));
+            r.apps.push(app);
         }
-        r.app = Some(app);
-        r.h2c_app = Some(h2c_app);
-        r.grpc_app = Some(grpc_app);
     }
 
-    /// `kill -9` of replica `i`'s apps.
+    /// `kill -9` of replica `i`'s apps, all at once (each its own process group).
     pub fn kill_app(&mut self, i: usize) {
-        let r = &mut self.replicas[i];
-        for app in [r.app.take(), r.h2c_app.take(), r.grpc_app.take()]
-            .into_iter()
-            .flatten()
-        {
+        let apps = std::mem::take(&mut self.replicas[i].apps);
+        for app in &apps {
             app.kill().unwrap();
+        }
+        for app in &apps {
             app.wait_timeout(SECS(5));
         }
     }
@@ -342,60 +320,20 @@ impl Fleet {
             .collect()
     }
 
-    /// Runs the clients' loads while `fault` acts on the fleet (timing itself with
-    /// sleeps); each client's outcome.
+    /// Runs every client's load while `fault` acts on the fleet (timing itself
+    /// with sleeps); each client's outcome, in [`CLIENTS`] order. Before the fault,
+    /// it waits until the frontend's sidecar carries the h2c and gRPC loads as
+    /// HTTP/2 (L7, not opaque bytes).
     pub fn under_load(&mut self, seconds: u64, fault: impl FnOnce(&mut Fleet)) -> Vec<Outcome> {
-        let clients = [
-            ("keep-alive", "keepalive", "0"),
-            ("new-conn", "new", "1000000"),
-        ];
-        let mut loads: Vec<PodProc> = clients
+        let seconds_arg = seconds.to_string();
+        let loads: Vec<PodProc> = CLIENTS
             .iter()
-            .map(|(_, mode, first_id)| {
-                self.front
-                    .spawn(
-                        ProcSpec::new([
-                            python3().to_string_lossy().as_ref(),
-                            tool("faultload.py").as_str(),
-                            &format!("http://{VIP}/"),
-                            RATE,
-                            &seconds.to_string(),
-                            mode,
-                            first_id,
-                        ])
-                        .name("load"),
-                    )
-                    .unwrap()
+            .map(|client| {
+                let argv = client.argv(&seconds_arg);
+                self.front.spawn(ProcSpec::new(&argv).name("load")).unwrap()
             })
             .collect();
-        let mut names: Vec<&'static str> = clients.iter().map(|(client, ..)| *client).collect();
-        // The h2c and gRPC clients, where `web` has their ports (the mesh file's).
-        if self.kube.is_none() {
-            for (client, bin, url, first_id) in [
-                (
-                    "h2c",
-                    env!("CARGO_BIN_EXE_h2c-faultload"),
-                    format!("http://{VIP}:81/"),
-                    "2000000",
-                ),
-                (
-                    "grpc",
-                    env!("CARGO_BIN_EXE_grpc-faultload"),
-                    format!("http://{VIP}:82"),
-                    "3000000",
-                ),
-            ] {
-                loads.push(
-                    self.front
-                        .spawn(
-                            ProcSpec::new([bin, &url, H2_RATE, &seconds.to_string(), first_id])
-                                .name(&format!("{client}-load")),
-                        )
-                        .unwrap(),
-                );
-                names.push(client);
-            }
-        }
+        self.wait_for_h2_loads();
         fault(self);
         let results: Vec<Value> = loads
             .iter()
@@ -415,11 +353,44 @@ impl Fleet {
         // Read once every load has ended: a request an app received late still
         // counts as received.
         let received = self.received();
-        names
-            .into_iter()
+        CLIENTS
+            .iter()
             .zip(&results)
-            .map(|(client, v)| Outcome::classify(client, v, &received))
+            .map(|(client, v)| Outcome::classify(client.name, v, &received))
             .collect()
+    }
+
+    /// Waits until the frontend's sidecar has a live `h2` connection (detected
+    /// HTTP/2, proxied per request) from the h2c and from the gRPC load, from its
+    /// `/connections`.
+    fn wait_for_h2_loads(&self) {
+        let mut last = Value::Null;
+        let vip_ports = [H2C_VIP_PORT, GRPC_VIP_PORT].map(|p| format!("{VIP}:{p}"));
+        wait_until(SECS(5), MS(20), || {
+            last = self.front_connections();
+            vip_ports.iter().all(|vp| {
+                last["connections"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        c["state"] == "open"
+                            && c["original_destination"] == vp.as_str()
+                            && c["protocol"] == "h2"
+                    })
+            })
+        })
+        .unwrap_or_else(|e| {
+            panic!("the h2c and gRPC loads are not proxied as HTTP/2 ({e}): {last:#}")
+        });
+    }
+
+    /// The frontend's sidecar's `/connections`.
+    pub fn front_connections(&self) -> Value {
+        let admin = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
+        let (status, body) = self.front.http_get(admin, "/connections").unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
     }
 
     /// Every process's log, and the fake API server's requests.
@@ -437,7 +408,7 @@ impl Fleet {
         let (status, body) = self.front.http_get(admin, "/routes").unwrap();
         assert_eq!(status, 200, "{body}");
         let doc: Value = serde_json::from_str(&body).unwrap();
-        let vip_port = format!("{VIP}:80");
+        let vip_port = format!("{VIP}:{HTTP1_VIP_PORT}");
         doc["services"]
             .as_array()
             .into_iter()
@@ -488,7 +459,7 @@ impl Fleet {
         Recovery {
             retries: by_reason(
                 "weft_http_retries_total",
-                &["unsent", "app_unreachable", "reset", "status"],
+                &["unsent", "refused", "app_unreachable", "reset", "status"],
             ),
             ejections: by_reason(
                 "weft_endpoint_ejections_total",
@@ -521,8 +492,13 @@ fn write_mesh_file(file: &Path, front: &ModePod, replicas: &[Replica], serving: 
             .iter()
             .map(|&i| replicas[i].pod.ipv4().to_string())
             .collect();
+        // h2c on `auto` (detected by its preface), gRPC declared `http`.
         yaml.push_str(&format!(
-            "  web:\n    vip: {VIP}\n    ports: [{{ port: 80, target_port: {APP_PORT} }}, {{ port: 81, target_port: {H2C_APP_PORT} }}, {{ port: 82, target_port: {GRPC_APP_PORT} }}]\n    endpoints: [{}]\n",
+            "  web:\n    vip: {VIP}\n    ports:\n      \
+             - {{ port: {HTTP1_VIP_PORT}, target_port: {APP_PORT} }}\n      \
+             - {{ port: {H2C_VIP_PORT}, target_port: {H2C_PORT} }}\n      \
+             - {{ port: {GRPC_VIP_PORT}, target_port: {GRPC_PORT}, protocol: http }}\n    \
+             endpoints: [{}]\n",
             endpoints.join(", ")
         ));
     }
@@ -538,6 +514,77 @@ fn read_ids(log: &Path) -> Vec<u64> {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
+}
+
+/// The h2kit tool binary (`src/bin/h2kit`), built with the tests.
+pub const H2KIT: &str = env!("CARGO_BIN_EXE_h2kit");
+
+/// One load client: its row's name and how it is run.
+pub struct Client {
+    pub name: &'static str,
+    kind: ClientKind,
+    /// Its ids count from here, so every client's are apart.
+    first_id: &'static str,
+}
+
+enum ClientKind {
+    /// `faultload.py` in a mode: `keepalive` or `new`.
+    Http1(&'static str),
+    H2c,
+    Grpc,
+}
+
+/// The clients every fault runs under, all at once.
+pub const CLIENTS: [Client; 4] = [
+    Client {
+        name: "keep-alive",
+        kind: ClientKind::Http1("keepalive"),
+        first_id: "0",
+    },
+    Client {
+        name: "new-conn",
+        kind: ClientKind::Http1("new"),
+        first_id: "1000000",
+    },
+    Client {
+        name: "h2c",
+        kind: ClientKind::H2c,
+        first_id: "2000000",
+    },
+    Client {
+        name: "grpc",
+        kind: ClientKind::Grpc,
+        first_id: "3000000",
+    },
+];
+
+impl Client {
+    /// Its command line, for a load of `seconds`.
+    fn argv(&self, seconds: &str) -> Vec<String> {
+        let mut argv: Vec<String> = match self.kind {
+            ClientKind::Http1(_) => vec![
+                python3().to_string_lossy().into_owned(),
+                tool("faultload.py"),
+                format!("http://{VIP}:{HTTP1_VIP_PORT}/"),
+            ],
+            ClientKind::H2c => vec![
+                H2KIT.to_owned(),
+                "h2c-load".to_owned(),
+                format!("http://{VIP}:{H2C_VIP_PORT}/"),
+            ],
+            ClientKind::Grpc => vec![
+                H2KIT.to_owned(),
+                "grpc-load".to_owned(),
+                format!("http://{VIP}:{GRPC_VIP_PORT}"),
+            ],
+        };
+        argv.extend([RATE.to_owned(), seconds.to_owned()]);
+        if let ClientKind::Http1(mode) = self.kind {
+            argv.push(mode.to_owned());
+        }
+        argv.push(self.first_id.to_owned());
+        argv
+    }
 }
 
 /// What the client-side sidecar did under one fault.
