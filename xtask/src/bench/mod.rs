@@ -11,10 +11,10 @@
 //! needs it; the other setups do not care). The node runs weft-controller, whose mesh
 //! file names the service `bench` (VIP 10.96.0.10, endpoint the server pod). The
 //! server pod runs the app for the whole run: nginx returning a fixed 64-byte body
-//! (HTTP/1.1 on 8080, h2c on 8081; its `stub_status` counts every request it saw)
+//! (HTTP/1.1 on 8080, h2c on 8081; its `stub_status` counts every request it saw),
 //! `iperf3 -s` on 5201, and a banner server on 2525 that speaks first (see
-//! [`banner`]). Release builds of weft-proxy, weft-init and
-//! weft-controller; the load generator is oha (see [`load`]).
+//! [`banner`]). Release builds of weft-proxy, weft-init and weft-controller; the
+//! load generator is oha (see [`load`]).
 //!
 //! Setups ([`setups`]), each two hops where proxied — client pod → server pod:
 //! `direct`; `weft-iptables`; `weft-ebpf` (skipped with "not available: <reason>"
@@ -30,7 +30,9 @@
 //! keep-alive, h2c): a warm-up, a closed-loop maximum-throughput run, and open-loop
 //! runs at fixed rates with coordinated-omission correction; then the connection
 //! setup rate (closed loop, HTTP/1.1 with a new connection per request), a TCP bulk
-//! transfer (iperf3, the receiver's throughput), and once per setup the proxies' RSS while 10,000 idle keep-alive
+//! transfer (iperf3, the receiver's throughput), the time to a server-first banner
+//! (200 sequential connections: p50/p99, and the p50 added to `direct`'s in the same
+//! round), and once per setup the proxies' RSS while 10,000 idle keep-alive
 //! connections are open. Setups are interleaved over rounds (A B C A B C), every
 //! setup started afresh each round, and the median over rounds is reported.
 //!
@@ -109,8 +111,8 @@ pub struct Options {
     setups: Vec<String>,
     /// Only these loads (comma-separated): `http1` and `h2` (warm-up, max and fixed
     /// rates), `conns` (new connection per request), `tcp` (bulk), `banner` (time to
-    /// a server-first banner), `idle` (idle connections, round 1). Default: all. For profiling one row; a report of a
-    /// subset is not comparable with a full one.
+    /// a server-first banner), `idle` (idle connections, round 1). Default: all. For
+    /// profiling one row; a report of a subset is not comparable with a full one.
     #[arg(long, value_delimiter = ',')]
     loads: Vec<String>,
     /// Give up, and clean up, after this long (not counting builds and installs).

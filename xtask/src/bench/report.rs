@@ -260,7 +260,8 @@ fn setups(rows: &[Row]) -> Vec<String> {
 }
 
 /// `report.md`: throughput with ratios to direct and to nginx, latency at fixed
-/// rates, the proxies' CPU and memory, and setups that could not run.
+/// rates, the time to a server-first banner, the proxies' CPU and memory, and setups
+/// that could not run.
 pub fn markdown(rows: &[Row], plan: &Plan, took: Duration) -> String {
     let mut s = String::new();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
