@@ -9,12 +9,16 @@ pub const APP_H1: u16 = 8080;
 pub const APP_H2: u16 = 8081;
 pub const APP_STATUS: u16 = 8090;
 pub const APP_TCP: u16 = 5201;
+/// The server-speaks-first app ([`super::banner`]), on a port weft detects (`auto`).
+pub const APP_BANNER: u16 = 2525;
 pub const LOCAL_H1: u16 = 10080;
 pub const LOCAL_H2: u16 = 10081;
 pub const LOCAL_TCP: u16 = 10201;
+pub const LOCAL_BANNER: u16 = 10525;
 pub const HOP_H1: u16 = 18080;
 pub const HOP_H2: u16 = 18081;
 pub const HOP_TCP: u16 = 18201;
+pub const HOP_BANNER: u16 = 18525;
 pub const NGINX_STATUS: u16 = 9101;
 pub const HAPROXY_STATS: u16 = 9102;
 pub const WEFT_METRICS: u16 = 15020;
@@ -26,6 +30,18 @@ pub const CLIENT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 /// `port` on the pod's loopback, 127.0.0.1.
 pub fn local(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
+/// What a proxy hop listens on and where it forwards to, per kind of traffic; each
+/// pair is (listen, upstream).
+#[derive(Debug, Clone, Copy)]
+pub struct Hops {
+    pub h1: (SocketAddr, SocketAddr),
+    pub h2: (SocketAddr, SocketAddr),
+    /// iperf3's bulk TCP.
+    pub tcp: (SocketAddr, SocketAddr),
+    /// The banner app: opaque TCP where the server speaks first.
+    pub banner: (SocketAddr, SocketAddr),
 }
 
 /// The app's response body: 64 bytes.
@@ -73,11 +89,17 @@ pub fn app_nginx_conf(run_dir: &Path) -> String {
     )
 }
 
-/// A reverse-proxy hop: `[h1, h2, tcp]` pairs of (listen, upstream). HTTP/1.1 and
-/// h2c in, HTTP/1.1 keep-alive upstream (nginx proxies only HTTP/1.x upstream);
-/// TCP through the stream module.
-pub fn nginx_proxy_conf(run_dir: &Path, name: &str, hops: [(SocketAddr, SocketAddr); 3]) -> String {
-    let [(h1_in, h1_up), (h2_in, h2_up), (tcp_in, tcp_up)] = hops;
+/// A reverse-proxy hop. HTTP/1.1 and h2c in, HTTP/1.1 keep-alive upstream (nginx
+/// proxies only HTTP/1.x upstream); TCP and the banner through the stream module,
+/// each with an access log of its own (a line per finished session: the proxy's
+/// connection counter for that traffic).
+pub fn nginx_proxy_conf(run_dir: &Path, name: &str, hops: Hops) -> String {
+    let Hops {
+        h1: (h1_in, h1_up),
+        h2: (h2_in, h2_up),
+        tcp: (tcp_in, tcp_up),
+        banner: (banner_in, banner_up),
+    } = hops;
     let dir = run_dir.display();
     format!(
         "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n{main}\
@@ -90,16 +112,23 @@ pub fn nginx_proxy_conf(run_dir: &Path, name: &str, hops: [(SocketAddr, SocketAd
          stream {{\n\
          \x20 log_format session '$remote_addr $bytes_sent $bytes_received';\n\
          \x20 access_log {dir}/{name}-stream.log session;\n\
-         \x20 server {{ listen {tcp_in} backlog=4096; proxy_pass {tcp_up}; }}\n}}\n",
+         \x20 server {{ listen {tcp_in} backlog=4096; proxy_pass {tcp_up}; }}\n\
+         \x20 server {{ listen {banner_in} backlog=4096; proxy_pass {banner_up}; \
+         access_log {dir}/{name}-banner.log session; }}\n}}\n",
         main = nginx_main(run_dir, name),
         common = nginx_http_common(),
     )
 }
 
-/// A haproxy hop: `[h1, h2, tcp]` pairs of (listen, upstream); h2c on both sides of
-/// the h2 frontend, idle upstream connections shared (`http-reuse always`).
-pub fn haproxy_conf(maxconn: u32, hops: [(SocketAddr, SocketAddr); 3]) -> String {
-    let [(h1_in, h1_up), (h2_in, h2_up), (tcp_in, tcp_up)] = hops;
+/// A haproxy hop: h2c on both sides of the h2 frontend, idle upstream connections
+/// shared (`http-reuse always`); TCP and the banner in `mode tcp`.
+pub fn haproxy_conf(maxconn: u32, hops: Hops) -> String {
+    let Hops {
+        h1: (h1_in, h1_up),
+        h2: (h2_in, h2_up),
+        tcp: (tcp_in, tcp_up),
+        banner: (banner_in, banner_up),
+    } = hops;
     format!(
         "global\n  nbthread 1\n  maxconn {maxconn}\n\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  \
@@ -110,18 +139,23 @@ pub fn haproxy_conf(maxconn: u32, hops: [(SocketAddr, SocketAddr); 3]) -> String
          backend up_h2\n  http-reuse always\n  server app {h2_up} proto h2\n\n\
          frontend tcp\n  mode tcp\n  bind {tcp_in} backlog 4096\n  default_backend up_tcp\n\n\
          backend up_tcp\n  mode tcp\n  server app {tcp_up}\n\n\
+         frontend banner\n  mode tcp\n  bind {banner_in} backlog 4096\n  default_backend up_banner\n\n\
+         backend up_banner\n  mode tcp\n  server app {banner_up}\n\n\
          listen stats\n  bind 127.0.0.1:{HAPROXY_STATS}\n  stats enable\n  stats uri /stats\n"
     )
 }
 
-/// The controller's mesh file: `bench` (the server pod's app: HTTP/1.1, h2c and
-/// iperf3's TCP) and `client` (so the server side names its caller).
+/// The controller's mesh file: `bench` (the server pod's app: HTTP/1.1, h2c,
+/// iperf3's TCP, and the banner on an `auto` port, so that both sidecars run
+/// protocol detection on a connection whose server speaks first) and `client` (so
+/// the server side names its caller).
 pub fn mesh_yaml(server: Ipv4Addr, client: Ipv4Addr) -> String {
     format!(
         "# cargo xtask bench\nservices:\n  bench:\n    vip: {VIP}\n    ports:\n      \
          - {{ port: {APP_H1}, target_port: {APP_H1}, protocol: auto }}\n      \
          - {{ port: {APP_H2}, target_port: {APP_H2}, protocol: auto }}\n      \
-         - {{ port: {APP_TCP}, target_port: {APP_TCP}, protocol: tcp }}\n    \
+         - {{ port: {APP_TCP}, target_port: {APP_TCP}, protocol: tcp }}\n      \
+         - {{ port: {APP_BANNER}, target_port: {APP_BANNER}, protocol: auto }}\n    \
          endpoints: [{server}]\n  client:\n    vip: {CLIENT_VIP}\n    ports:\n      \
          - {{ port: 9, target_port: 9, protocol: tcp }}\n    endpoints: [{client}]\n"
     )

@@ -1,7 +1,7 @@
 //! What a running setup's counters say, read before and after each bench run: the
 //! app's request count, the connections accepted by what the load generator dials,
 //! both proxies' request or connection counters (weft's `/metrics`, nginx's
-//! `stub_status` and stream access log, haproxy's stats CSV), the client pod's sk_msg
+//! `stub_status` and stream access logs, haproxy's stats CSV), the client pod's sk_msg
 //! redirect count, and the proxies' CPU time and memory. [`super::measure`] parses
 //! what is read here.
 
@@ -84,13 +84,23 @@ pub fn accepted(bench: &Bench, r: &Running) -> Result<f64> {
     })
 }
 
+/// Which traffic a proxy counter is read for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    /// HTTP requests of this version.
+    Http(Proto),
+    /// iperf3's TCP connections.
+    Tcp,
+    /// The banner app's connections.
+    Banner,
+}
+
 /// The (client-side, server-side) counters that prove the proxies carried the
-/// traffic: HTTP requests for `Some(proto)`, TCP connections for `None`.
-pub fn proxy_counters(
-    bench: &Bench,
-    r: &Running,
-    proto: Option<Proto>,
-) -> Result<Option<[f64; 2]>> {
+/// traffic: HTTP requests, or TCP connections for [`Traffic::Tcp`] and
+/// [`Traffic::Banner`]. weft counts connections across ports (the runs never
+/// overlap, so a difference over one run is that run's); nginx and haproxy count
+/// per port.
+pub fn proxy_counters(bench: &Bench, r: &Running, traffic: Traffic) -> Result<Option<[f64; 2]>> {
     let mut out = [0.0; 2];
     for (i, side) in [Side::Client, Side::Server].into_iter().enumerate() {
         let pod = bench.pod(side);
@@ -105,14 +115,14 @@ pub fn proxy_counters(
                     Side::Client => "outbound",
                     Side::Server => "inbound",
                 };
-                let name = match proto {
-                    Some(_) => "weft_http_requests_total",
-                    None => "weft_tcp_connections_opened_total",
+                let name = match traffic {
+                    Traffic::Http(_) => "weft_http_requests_total",
+                    Traffic::Tcp | Traffic::Banner => "weft_tcp_connections_opened_total",
                 };
                 measure::prom_sum(&body, name, &[("direction", direction)])
             }
-            SetupKind::Nginx => match proto {
-                Some(_) => {
+            SetupKind::Nginx => match traffic {
+                Traffic::Http(_) => {
                     let (status, body) = pod.http_get(local(NGINX_STATUS), "/")?;
                     if status != 200 {
                         bail!("nginx stub_status answered {status}");
@@ -120,10 +130,15 @@ pub fn proxy_counters(
                     // Minus the read itself, counted before it is answered.
                     measure::stub_status_requests(&body)? as f64 - 1.0
                 }
-                None => {
+                Traffic::Tcp | Traffic::Banner => {
+                    let log = if traffic == Traffic::Tcp {
+                        "stream"
+                    } else {
+                        "banner"
+                    };
                     let log = bench
                         .run_dir()
-                        .join(format!("nginx-{}-stream.log", side.name()));
+                        .join(format!("nginx-{}-{log}.log", side.name()));
                     std::fs::read_to_string(&log)
                         .map(|s| s.lines().count())
                         .unwrap_or(0) as f64
@@ -134,10 +149,11 @@ pub fn proxy_counters(
                 if status != 200 {
                     bail!("haproxy stats answered {status}");
                 }
-                let (frontend, field) = match proto {
-                    Some(Proto::Http1) => ("h1", "req_tot"),
-                    Some(Proto::H2) => ("h2", "req_tot"),
-                    None => ("tcp", "stot"),
+                let (frontend, field) = match traffic {
+                    Traffic::Http(Proto::Http1) => ("h1", "req_tot"),
+                    Traffic::Http(Proto::H2) => ("h2", "req_tot"),
+                    Traffic::Tcp => ("tcp", "stot"),
+                    Traffic::Banner => ("banner", "stot"),
                 };
                 measure::haproxy_frontend(&body, frontend, field)?
             }

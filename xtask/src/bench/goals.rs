@@ -144,11 +144,10 @@ pub fn goals(rows: &[Row]) -> Vec<Goal> {
                 "×",
             );
         }
-        // No banner row yet: the bench does not measure it.
         add(
-            "6. banner added delay (server speaks first)",
+            "6. banner added p50 vs direct (server speaks first)",
             setup,
-            None,
+            get(setup, "tcp", "banner", |r| r.added_p50_ms),
             2.0,
             true,
             "ms",

@@ -215,7 +215,12 @@ pub fn run_oha(
 
 /// Waits for `proc` to exit successfully within `limit`, killing it on timeout or
 /// Ctrl-C.
-fn wait_exit(proc: &PodProc, limit: Duration, deadline: &Deadline, what: &str) -> Result<()> {
+pub(super) fn wait_exit(
+    proc: &PodProc,
+    limit: Duration,
+    deadline: &Deadline,
+    what: &str,
+) -> Result<()> {
     let until = Instant::now() + limit;
     loop {
         if let Some(status) = proc.try_wait() {
@@ -236,7 +241,8 @@ fn wait_exit(proc: &PodProc, limit: Duration, deadline: &Deadline, what: &str) -
     }
 }
 
-fn unique() -> String {
+/// A number for a unique output file name in the run directory.
+pub(super) fn unique() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{:04}", N.fetch_add(1, Ordering::SeqCst))

@@ -11,9 +11,10 @@
 //! needs it; the other setups do not care). The node runs weft-controller, whose mesh
 //! file names the service `bench` (VIP 10.96.0.10, endpoint the server pod). The
 //! server pod runs the app for the whole run: nginx returning a fixed 64-byte body
-//! (HTTP/1.1 on 8080, h2c on 8081; its `stub_status` counts every request it saw)
-//! and `iperf3 -s` on 5201. Release builds of weft-proxy, weft-init and
-//! weft-controller; the load generator is oha (see [`load`]).
+//! (HTTP/1.1 on 8080, h2c on 8081; its `stub_status` counts every request it saw),
+//! `iperf3 -s` on 5201, and a banner server on 2525 that speaks first (see
+//! [`banner`]). Release builds of weft-proxy, weft-init and weft-controller; the
+//! load generator is oha (see [`load`]).
 //!
 //! Setups ([`setups`]), each two hops where proxied — client pod → server pod:
 //! `direct`; `weft-iptables`; `weft-ebpf` (skipped with "not available: <reason>"
@@ -29,7 +30,9 @@
 //! keep-alive, h2c): a warm-up, a closed-loop maximum-throughput run, and open-loop
 //! runs at fixed rates with coordinated-omission correction; then the connection
 //! setup rate (closed loop, HTTP/1.1 with a new connection per request), a TCP bulk
-//! transfer (iperf3, the receiver's throughput), and once per setup the proxies' RSS while 10,000 idle keep-alive
+//! transfer (iperf3, the receiver's throughput), the time to a server-first banner
+//! (200 sequential connections: p50/p99, and the p50 added to `direct`'s in the same
+//! round), and once per setup the proxies' RSS while 10,000 idle keep-alive
 //! connections are open. Setups are interleaved over rounds (A B C A B C), every
 //! setup started afresh each round, and the median over rounds is reported.
 //!
@@ -40,6 +43,8 @@
 //! - For proxied setups, both proxies' request counters (weft's `/metrics`, nginx's
 //!   `stub_status`, haproxy's stats CSV) moved by at least that number — a setup that
 //!   bypassed its proxies cannot pass. For TCP: both proxies saw the connections.
+//! - The banner run: every connection got a banner, byte for byte the one sent, and
+//!   both proxies' connection counters for it moved by at least as many.
 //! - The connection-rate run: what the generator dials (the app, or the client-side
 //!   proxy) accepted at least one connection per request.
 //! - `weft-ebpf-sockmap`: the client pod's sk_msg redirect counter moved.
@@ -66,11 +71,13 @@
 //!   proxies' CPU and RSS;
 //! - [`configs`]: the setups' configuration files and ports;
 //! - [`load`]: the load generators (oha, iperf3, the idle-connection holder);
+//! - [`banner`]: the server-speaks-first app and its timing client;
 //! - [`measure`]: parsing /proc CPU and RSS and the counters' formats;
 //! - [`report`]: rows, medians, JSON and Markdown; [`plots`]: PNG; [`goals`]: the
 //!   cost goals (issue 14) with PASS / MISS, in the report and `goals.json`;
 //! - [`discovery`]: `cargo xtask bench-discovery`, a benchmark of its own.
 
+mod banner;
 mod configs;
 mod counters;
 pub mod discovery;
@@ -103,9 +110,9 @@ pub struct Options {
     #[arg(long, value_delimiter = ',')]
     setups: Vec<String>,
     /// Only these loads (comma-separated): `http1` and `h2` (warm-up, max and fixed
-    /// rates), `conns` (new connection per request), `tcp` (bulk), `idle` (idle
-    /// connections, round 1). Default: all. For profiling one row; a report of a
-    /// subset is not comparable with a full one.
+    /// rates), `conns` (new connection per request), `tcp` (bulk), `banner` (time to
+    /// a server-first banner), `idle` (idle connections, round 1). Default: all. For
+    /// profiling one row; a report of a subset is not comparable with a full one.
     #[arg(long, value_delimiter = ',')]
     loads: Vec<String>,
     /// Give up, and clean up, after this long (not counting builds and installs).
@@ -115,6 +122,14 @@ pub struct Options {
     /// pod (ADDR COUNT SECONDS GO).
     #[arg(long, hide = true, num_args = 4, value_names = ["ADDR", "COUNT", "SECONDS", "GO"])]
     hold_idle: Option<Vec<String>>,
+    /// Internal: the banner server that the benchmark starts in the server pod
+    /// (PORT SECONDS).
+    #[arg(long, hide = true, num_args = 2, value_names = ["PORT", "SECONDS"])]
+    serve_banner: Option<Vec<String>>,
+    /// Internal: the banner timing client that the benchmark starts in the client
+    /// pod (ADDR COUNT SECONDS OUT).
+    #[arg(long, hide = true, num_args = 4, value_names = ["ADDR", "COUNT", "SECONDS", "OUT"])]
+    time_banner: Option<Vec<String>>,
 }
 
 /// How long each kind of load runs.
@@ -133,6 +148,8 @@ pub(crate) struct Plan {
     /// iperf3 seconds.
     pub tcp_secs: u32,
     pub idle_conns: u32,
+    /// Sequential connections timed to their banner.
+    pub banner_conns: u32,
     pub timeout: Duration,
     /// The loads to run (`--loads`; all when empty).
     pub loads: Vec<String>,
@@ -146,7 +163,7 @@ impl Plan {
 }
 
 /// The names `--loads` accepts.
-const LOADS: [&str; 5] = ["http1", "h2", "conns", "tcp", "idle"];
+const LOADS: [&str; 6] = ["http1", "h2", "conns", "tcp", "banner", "idle"];
 
 impl Plan {
     fn new(opts: &Options) -> Plan {
@@ -161,6 +178,7 @@ impl Plan {
             rates: vec![1_000, 5_000],
             tcp_secs: if quick { 1 } else { 3 },
             idle_conns: idle_conns_that_fit(),
+            banner_conns: 200,
             timeout: opts
                 .timeout
                 .unwrap_or(Duration::from_secs(if quick { 270 } else { 1_140 })),
@@ -169,10 +187,17 @@ impl Plan {
     }
 }
 
-/// Runs the benchmark (or, with the hidden `--hold-idle`, the idle-connection holder).
+/// Runs the benchmark (or, with a hidden option, one of its helpers inside a pod:
+/// the idle-connection holder, the banner server or the banner client).
 pub fn bench(opts: &Options) -> Result<()> {
     if let Some(args) = &opts.hold_idle {
         return load::hold_idle_main(args);
+    }
+    if let Some(args) = &opts.serve_banner {
+        return banner::serve_main(args);
+    }
+    if let Some(args) = &opts.time_banner {
+        return banner::time_main(args);
     }
     let started = Instant::now();
     let plan = Plan::new(opts);
@@ -195,7 +220,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     crate::interrupt::catch_signals()?;
     let deadline = Deadline(Instant::now() + plan.timeout);
     eprintln!(
-        "bench: {} round(s) of {}; loads: warm-up {:?}, max {:?}, fixed rates {:?} req/s for {:?}, new connections {:?}, tcp {} s",
+        "bench: {} round(s) of {}; loads: warm-up {:?}, max {:?}, fixed rates {:?} req/s for {:?}, new connections {:?}, tcp {} s, banner {} connections",
         plan.rounds,
         kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(" "),
         plan.warmup,
@@ -203,10 +228,12 @@ pub fn bench(opts: &Options) -> Result<()> {
         plan.rates,
         plan.fixed,
         plan.conns,
-        plan.tcp_secs
+        plan.tcp_secs,
+        plan.banner_conns
     );
 
-    let bench = Bench::new(bins, &kinds)?;
+    // The banner server ends by itself a little after the run would have timed out.
+    let bench = Bench::new(bins, &kinds, plan.timeout + Duration::from_secs(60))?;
     let result = runs::rounds(&bench, &plan, &kinds, &deadline);
     if result.is_err() && !interrupted() {
         eprint!("{}", bench.mesh.logs_report());

@@ -17,7 +17,8 @@ pub struct Row {
     /// `http1`, `h2` or `tcp`.
     pub protocol: String,
     /// `max` (closed loop), `<rate>/s` (open loop), `conn` (closed loop, a new
-    /// connection per request), `bulk` (TCP) or `idle` (10,000 idle connections).
+    /// connection per request), `bulk` (TCP), `banner` (TCP, the server speaks
+    /// first) or `idle` (10,000 idle connections).
     pub load: String,
     /// The round; 0 for a median.
     pub round: usize,
@@ -27,11 +28,20 @@ pub struct Row {
     pub available: bool,
     pub note: Option<String>,
     pub rate: Option<u32>,
+    /// Responses; for `banner`, connections timed to their banner.
     pub requests: Option<u64>,
     pub rps: Option<f64>,
+    /// Latency percentiles; for `banner`, from before connect() to the first
+    /// banner byte.
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
+    /// `banner`: p50 minus `direct`'s banner p50 in the same round (for a median,
+    /// the median of those): the delay the setup adds before a server-first
+    /// protocol's greeting reaches the client.
+    pub added_p50_ms: Option<f64>,
+    /// `banner`: connections whose banner arrived byte for byte as sent.
+    pub banner_intact: Option<u64>,
     /// `conn`: connections set up per second (one request each).
     pub conn_per_s: Option<f64>,
     /// CPU per 1,000 requests, per proxy (mean of the two hops).
@@ -77,6 +87,8 @@ impl Row {
             p50_ms: None,
             p99_ms: None,
             p999_ms: None,
+            added_p50_ms: None,
+            banner_intact: None,
             conn_per_s: None,
             cpu_ms_per_1k: None,
             cpu_ms_per_1k_client_proxy: None,
@@ -109,6 +121,7 @@ impl Row {
         }
         rows.push(Row::new(setup, "http1", "conn", round));
         rows.push(Row::new(setup, "tcp", "bulk", round));
+        rows.push(Row::new(setup, "tcp", "banner", round));
         if round == 1 {
             rows.push(Row::new(setup, "http1", "idle", round));
         }
@@ -169,6 +182,8 @@ pub fn medians(samples: &[Row]) -> Vec<Row> {
                 p50_ms: m(|r| r.p50_ms),
                 p99_ms: m(|r| r.p99_ms),
                 p999_ms: m(|r| r.p999_ms),
+                added_p50_ms: m(|r| r.added_p50_ms),
+                banner_intact: mu(|r| r.banner_intact),
                 conn_per_s: m(|r| r.conn_per_s),
                 cpu_ms_per_1k: m(|r| r.cpu_ms_per_1k),
                 cpu_ms_per_1k_client_proxy: m(|r| r.cpu_ms_per_1k_client_proxy),
@@ -188,6 +203,25 @@ pub fn medians(samples: &[Row]) -> Vec<Row> {
             }
         })
         .collect()
+}
+
+/// Sets each banner row's `added_p50_ms`: its p50 minus `direct`'s banner p50 of
+/// the same round (left unset when that round has no `direct` banner row).
+pub fn banner_added_vs_direct(rows: &mut [Row]) {
+    let direct: Vec<(usize, f64)> = rows
+        .iter()
+        .filter(|r| r.setup == "direct" && r.load == "banner" && r.available)
+        .filter_map(|r| Some((r.round, r.p50_ms?)))
+        .collect();
+    for r in rows
+        .iter_mut()
+        .filter(|r| r.load == "banner" && r.available)
+    {
+        let base = direct.iter().find(|(round, _)| *round == r.round);
+        if let (Some(p50), Some((_, base))) = (r.p50_ms, base) {
+            r.added_p50_ms = Some(p50 - base);
+        }
+    }
 }
 
 pub fn write_json(path: &Path, rows: &[Row]) -> Result<()> {
@@ -226,7 +260,8 @@ fn setups(rows: &[Row]) -> Vec<String> {
 }
 
 /// `report.md`: throughput with ratios to direct and to nginx, latency at fixed
-/// rates, the proxies' CPU and memory, and setups that could not run.
+/// rates, the time to a server-first banner, the proxies' CPU and memory, and setups
+/// that could not run.
 pub fn markdown(rows: &[Row], plan: &Plan, took: Duration) -> String {
     let mut s = String::new();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -340,6 +375,8 @@ pub fn markdown(rows: &[Row], plan: &Plan, took: Duration) -> String {
         }
     }
 
+    banner_table(&mut s, rows, &names, plan);
+
     let _ = writeln!(s, "\n## Cost of the proxies (per proxy)\n");
     let _ = writeln!(
         s,
@@ -415,6 +452,46 @@ pub fn markdown(rows: &[Row], plan: &Plan, took: Duration) -> String {
     s
 }
 
+/// The banner rows: time from connect() to a server-first greeting, and what each
+/// setup adds to `direct`'s.
+fn banner_table(s: &mut String, rows: &[Row], names: &[String], plan: &Plan) {
+    if !names
+        .iter()
+        .any(|n| find(rows, n, "tcp", "banner").is_some())
+    {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n## Server speaks first (tcp / banner, ms)\n\n\
+         {} sequential connections to a server that writes a {}-byte banner on accept \
+         (weft: an `auto` port, detection on); time from connect() to the first banner \
+         byte; +p50 is the p50 minus `direct`'s in the same round.\n",
+        plan.banner_conns,
+        super::banner::BANNER.len()
+    );
+    let _ = writeln!(s, "| setup | p50 | +p50 vs direct | p99 | banners intact |");
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: |");
+    for n in names {
+        let Some(r) = find(rows, n, "tcp", "banner") else {
+            continue;
+        };
+        let intact = match (r.banner_intact, r.requests) {
+            (Some(i), Some(c)) => format!("{i}/{c}"),
+            _ => "–".into(),
+        };
+        let added = r
+            .added_p50_ms
+            .map_or("–".to_owned(), |a| format!("{a:+.3}"));
+        let _ = writeln!(
+            s,
+            "| {n} | {} | {added} | {} | {intact} |",
+            f(r.p50_ms, 3),
+            f(r.p99_ms, 3),
+        );
+    }
+}
+
 /// TCP rows whose sender wrote more than 10% more (or less) than the receiver got:
 /// one line each.
 fn sender_receiver_gaps(rows: &[Row]) -> Vec<String> {
@@ -462,6 +539,32 @@ mod tests {
             (Some(200.0), 2, 1)
         );
         assert_eq!(m[1].setup, "nginx");
+    }
+
+    #[test]
+    fn banner_rows_get_their_delay_over_direct_in_the_same_round() {
+        let banner = |setup: &str, round, p50| {
+            let mut r = Row::new(setup, "tcp", "banner", round);
+            r.p50_ms = Some(p50);
+            r
+        };
+        let mut rows = vec![
+            banner("direct", 1, 0.25),
+            banner("weft-iptables", 1, 20.75),
+            banner("direct", 2, 0.5),
+            banner("weft-iptables", 2, 21.5),
+            // A round without direct: nothing to subtract.
+            banner("nginx", 3, 0.75),
+            Row::new("weft-iptables", "http1", "1000/s", 1),
+        ];
+        banner_added_vs_direct(&mut rows);
+        let added: Vec<Option<f64>> = rows.iter().map(|r| r.added_p50_ms).collect();
+        assert_eq!(
+            added,
+            vec![Some(0.0), Some(20.5), Some(0.0), Some(21.0), None, None]
+        );
+        let m = medians(&rows);
+        assert_eq!(m[1].added_p50_ms, Some(20.75));
     }
 
     #[test]

@@ -3,20 +3,23 @@
 //! measured, and stopped again. Against a running setup, per protocol (HTTP/1.1, then
 //! h2c): a warm-up, the closed-loop maximum-throughput run, the open-loop runs at
 //! each fixed rate; then the connection-rate run (HTTP/1.1, a new connection per
-//! request), the TCP bulk transfer and, in round 1 for proxied setups only, the
-//! idle-connection run. Each run becomes a [`Row`] with the sanity checks of the
-//! module docs of [`super`] attached; the counters they compare come from
-//! [`super::counters`].
+//! request), the TCP bulk transfer, the banner run (time to a server-first banner,
+//! [`super::banner`]) and, in round 1 for proxied setups only, the idle-connection
+//! run. Each run becomes a [`Row`] with the sanity checks of the module docs of
+//! [`super`] attached; the counters they compare come from [`super::counters`].
+//! Once all rounds are in, each banner row gets its added delay against `direct`'s
+//! in the same round.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use super::counters;
+use super::banner;
+use super::counters::{self, Traffic};
 use super::load::{self, HttpLoad, Proto};
 use super::measure::ProcUsage;
-use super::report::Row;
+use super::report::{self, Row};
 use super::setups::{Bench, Running, SetupKind};
 use super::{interrupted, Deadline, Plan};
 
@@ -60,6 +63,7 @@ pub fn rounds(
             rows.append(&mut got);
         }
     }
+    report::banner_added_vs_direct(&mut rows);
     Ok(rows)
 }
 
@@ -135,6 +139,10 @@ fn measure_running(
         deadline.check("the TCP run")?;
         rows.push(tcp_run(bench, r, round, plan, deadline)?);
     }
+    if plan.runs("banner") {
+        deadline.check("the banner run")?;
+        rows.push(banner_run(bench, r, round, plan, deadline)?);
+    }
     if let (Some(a), Some(b), Some(first)) = (
         redirected0,
         counters::msg_redirected(bench, r)?,
@@ -170,12 +178,12 @@ fn http_run(
         None
     };
     let app0 = counters::app_requests(bench)?;
-    let px0 = counters::proxy_counters(bench, r, Some(proto))?;
+    let px0 = counters::proxy_counters(bench, r, Traffic::Http(proto))?;
     let use0 = counters::usage(r);
     let res = load::run_oha(bench, url, proto, l, deadline)?;
     let use1 = counters::usage(r);
     let app1 = counters::app_requests(bench)?;
-    let px1 = counters::proxy_counters(bench, r, Some(proto))?;
+    let px1 = counters::proxy_counters(bench, r, Traffic::Http(proto))?;
     let accepted1 = if new_conns {
         Some(counters::accepted(bench, r)?)
     } else {
@@ -256,13 +264,13 @@ fn tcp_run(
     plan: &Plan,
     deadline: &Deadline,
 ) -> Result<Row> {
-    let px0 = counters::proxy_counters(bench, r, None)?;
+    let px0 = counters::proxy_counters(bench, r, Traffic::Tcp)?;
     let use0 = counters::usage(r);
     let res = load::run_iperf3(bench, r.tcp, plan.tcp_secs, deadline)?;
     let use1 = counters::usage(r);
     // iperf3 closes its connections as it ends; access logs and counters follow.
     std::thread::sleep(Duration::from_millis(200));
-    let px1 = counters::proxy_counters(bench, r, None)?;
+    let px1 = counters::proxy_counters(bench, r, Traffic::Tcp)?;
     let mut row = Row::new(r.kind.name(), "tcp", "bulk", round);
     // Receiver side: what the app got, not what the sender handed to its socket.
     row.gbit_s = Some(res.gbit_s);
@@ -288,6 +296,59 @@ fn tcp_run(
         let s = (u1.1.cpu_ms - u0.1.cpu_ms) / gb.max(1e-9);
         row.cpu_ms_per_gb = Some((c + s) / 2.0);
         row.rss_mb = Some(u1.0.peak_rss_mb.max(u1.1.peak_rss_mb));
+    }
+    Ok(row)
+}
+
+/// Time to a server-first banner over `plan.banner_conns` sequential connections,
+/// each banner checked byte for byte, and both proxies' connection counters moved.
+fn banner_run(
+    bench: &Bench,
+    r: &Running,
+    round: usize,
+    plan: &Plan,
+    deadline: &Deadline,
+) -> Result<Row> {
+    let px0 = counters::proxy_counters(bench, r, Traffic::Banner)?;
+    let res = banner::run(bench, r.banner, plan.banner_conns, deadline)?;
+    // nginx logs a session when it ends, a moment after the client closed.
+    std::thread::sleep(Duration::from_millis(200));
+    let px1 = counters::proxy_counters(bench, r, Traffic::Banner)?;
+    let mut row = Row::new(r.kind.name(), "tcp", "banner", round);
+    row.requests = Some(res.connections);
+    row.banner_intact = Some(res.intact);
+    row.p50_ms = res.p50_ms;
+    row.p99_ms = res.p99_ms;
+    let wanted = u64::from(plan.banner_conns);
+    if res.errors > 0 {
+        row.sanity.push(format!(
+            "{} of {wanted} banner connections failed: {}",
+            res.errors, res.error_text
+        ));
+    } else if res.connections < wanted {
+        row.sanity.push(format!(
+            "only {} of {wanted} banner connections were made before the client's time ran out",
+            res.connections
+        ));
+    }
+    if res.intact < res.connections {
+        row.sanity.push(format!(
+            "{} of {} banners arrived altered: {}",
+            res.connections - res.intact,
+            res.connections,
+            res.error_text
+        ));
+    }
+    if let (Some(a), Some(b)) = (px0, px1) {
+        for (i, hop) in ["client-side", "server-side"].iter().enumerate() {
+            let moved = b[i] - a[i];
+            if moved < res.connections as f64 {
+                row.sanity.push(format!(
+                    "the {hop} proxy saw {moved} banner connections, fewer than the {} made: bypassed?",
+                    res.connections
+                ));
+            }
+        }
     }
     Ok(row)
 }

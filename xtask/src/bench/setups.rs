@@ -10,13 +10,14 @@
 //! | server pod | 8080 / 8081 | the app: nginx, 64-byte body, HTTP/1.1 / h2c |
 //! | server pod | 127.0.0.1:8090 | the app's `stub_status` (its request counter) |
 //! | server pod | 5201 | `iperf3 -s` |
-//! | client pod | 127.0.0.1:10080 / 10081 / 10201 | nginx/haproxy client-side proxy: HTTP/1.1, h2c, TCP |
-//! | server pod | 18080 / 18081 / 18201 | nginx/haproxy server-side proxy: HTTP/1.1, h2c, TCP |
+//! | server pod | 2525 | the banner server: speaks first ([`super::banner`]) |
+//! | client pod | 127.0.0.1:10080 / 10081 / 10201 / 10525 | nginx/haproxy client-side proxy: HTTP/1.1, h2c, TCP, banner |
+//! | server pod | 18080 / 18081 / 18201 / 18525 | nginx/haproxy server-side proxy: HTTP/1.1, h2c, TCP, banner |
 //! | both pods | 127.0.0.1:9101 / 9102 | nginx `stub_status` / haproxy stats |
 //! | node | 10.211.0.1:15010 / 15014 | weft-controller |
 //!
-//! weft setups dial the service VIP 10.96.0.10 (ports 8080, 8081: protocol `auto`;
-//! 5201: `tcp`) and are captured transparently; nginx and haproxy are dialled
+//! weft setups dial the service VIP 10.96.0.10 (ports 8080, 8081 and 2525: protocol
+//! `auto`; 5201: `tcp`) and are captured transparently; nginx and haproxy are dialled
 //! explicitly on the client pod's loopback, as a user of a non-transparent proxy
 //! would configure them. `weft-ebpf` is eBPF capture as weft-init installs it by
 //! default (no sk_msg); `weft-ebpf-sockmap` adds `--sockmap` in the client pod, so
@@ -33,6 +34,7 @@ use weft_localmesh::cgroup::PodCgroup;
 use weft_localmesh::sidecar::PROXY_UID;
 use weft_localmesh::{wait_until, Mesh, Pod, PodProc, ProcSpec};
 
+use super::banner;
 use super::configs::*;
 use super::load;
 use super::Plan;
@@ -168,16 +170,19 @@ pub struct Running {
     pub kind: SetupKind,
     /// (client-side, server-side) proxies.
     pub proxies: Option<(PodProc, PodProc)>,
-    /// The HTTP/1.1 and h2c URLs and the TCP address the client pod dials.
+    /// The HTTP/1.1 and h2c URLs and the TCP and banner addresses the client pod
+    /// dials.
     pub h1: String,
     pub h2: String,
     pub tcp: SocketAddr,
+    pub banner: SocketAddr,
 }
 
 impl Bench {
-    /// Creates the pods, starts the app, iperf3 and (for weft setups) the controller,
-    /// and finds out whether eBPF mode is available.
-    pub fn new(bins: Bins, kinds: &[SetupKind]) -> Result<Bench> {
+    /// Creates the pods, starts the app, iperf3, the banner server (which exits by
+    /// itself after `lifetime`, if the pods have not gone first) and, for weft
+    /// setups, the controller, and finds out whether eBPF mode is available.
+    pub fn new(bins: Bins, kinds: &[SetupKind], lifetime: Duration) -> Result<Bench> {
         let mesh = Mesh::new().context("creating the benchmark's network namespaces")?;
         let client = mesh.add_pod("client")?;
         let server = mesh.add_pod("server")?;
@@ -210,7 +215,7 @@ impl Bench {
             ebpf: Ok(()),
             ebpf_sockmap: Ok(()),
         };
-        bench.start_app()?;
+        bench.start_app(lifetime)?;
         if kinds.iter().any(|k| k.is_weft()) {
             bench.start_controller()?;
         }
@@ -287,8 +292,9 @@ impl Bench {
         Ok(path.display().to_string())
     }
 
-    /// The app (nginx, 64-byte body) and iperf3's server, on the server CPU.
-    fn start_app(&self) -> Result<()> {
+    /// The app (nginx, 64-byte body), iperf3's server and the banner server, on the
+    /// server CPU.
+    fn start_app(&self, banner_lifetime: Duration) -> Result<()> {
         let conf = self.write("app-nginx.conf", &app_nginx_conf(&self.run_dir))?;
         let argv = nginx_argv(&self.run_dir, "app", &conf);
         self.pod_spawn(Side::Server, "app-nginx", &argv)?;
@@ -296,7 +302,8 @@ impl Bench {
             .map(String::from)
             .to_vec();
         self.pod_spawn(Side::Server, "iperf3-server", &iperf)?;
-        for port in [APP_H1, APP_H2, APP_STATUS, APP_TCP] {
+        banner::start_server(self, banner_lifetime)?;
+        for port in [APP_H1, APP_H2, APP_STATUS, APP_TCP, APP_BANNER] {
             self.server.wait_listening(local(port), SECS(10))?;
         }
         Ok(())
@@ -401,6 +408,7 @@ impl Bench {
                 h1: url(server, APP_H1),
                 h2: url(server, APP_H2),
                 tcp: SocketAddr::new(IpAddr::V4(server), APP_TCP),
+                banner: SocketAddr::new(IpAddr::V4(server), APP_BANNER),
             }),
             SetupKind::WeftIptables | SetupKind::WeftEbpf | SetupKind::WeftEbpfSockmap => {
                 let mut running = Running {
@@ -409,6 +417,7 @@ impl Bench {
                     h1: url(VIP, APP_H1),
                     h2: url(VIP, APP_H2),
                     tcp: SocketAddr::new(IpAddr::V4(VIP), APP_TCP),
+                    banner: SocketAddr::new(IpAddr::V4(VIP), APP_BANNER),
                 };
                 let proxies = self.start_weft(kind);
                 match proxies {
@@ -434,6 +443,7 @@ impl Bench {
                     h1: url(Ipv4Addr::LOCALHOST, LOCAL_H1),
                     h2: url(Ipv4Addr::LOCALHOST, LOCAL_H2),
                     tcp: local(LOCAL_TCP),
+                    banner: local(LOCAL_BANNER),
                 })
             }
         }
@@ -516,23 +526,32 @@ impl Bench {
         for side in [Side::Client, Side::Server] {
             let name = format!("nginx-{}", side.name());
             let conf = match side {
+                // h2c goes on as HTTP/1.1 (nginx proxies only HTTP/1.x upstream).
                 Side::Client => nginx_proxy_conf(
                     &self.run_dir,
                     &name,
-                    [
-                        (local(LOCAL_H1), SocketAddr::new(IpAddr::V4(s), HOP_H1)),
-                        (local(LOCAL_H2), SocketAddr::new(IpAddr::V4(s), HOP_H1)),
-                        (local(LOCAL_TCP), SocketAddr::new(IpAddr::V4(s), HOP_TCP)),
-                    ],
+                    Hops {
+                        h1: (local(LOCAL_H1), SocketAddr::new(IpAddr::V4(s), HOP_H1)),
+                        h2: (local(LOCAL_H2), SocketAddr::new(IpAddr::V4(s), HOP_H1)),
+                        tcp: (local(LOCAL_TCP), SocketAddr::new(IpAddr::V4(s), HOP_TCP)),
+                        banner: (
+                            local(LOCAL_BANNER),
+                            SocketAddr::new(IpAddr::V4(s), HOP_BANNER),
+                        ),
+                    },
                 ),
                 Side::Server => nginx_proxy_conf(
                     &self.run_dir,
                     &name,
-                    [
-                        (SocketAddr::new(IpAddr::V4(s), HOP_H1), local(APP_H1)),
-                        (SocketAddr::new(IpAddr::V4(s), HOP_H2), local(APP_H1)),
-                        (SocketAddr::new(IpAddr::V4(s), HOP_TCP), local(APP_TCP)),
-                    ],
+                    Hops {
+                        h1: (SocketAddr::new(IpAddr::V4(s), HOP_H1), local(APP_H1)),
+                        h2: (SocketAddr::new(IpAddr::V4(s), HOP_H2), local(APP_H1)),
+                        tcp: (SocketAddr::new(IpAddr::V4(s), HOP_TCP), local(APP_TCP)),
+                        banner: (
+                            SocketAddr::new(IpAddr::V4(s), HOP_BANNER),
+                            local(APP_BANNER),
+                        ),
+                    },
                 ),
             };
             let path = self.write(&format!("{name}.conf"), &conf)?;
@@ -554,19 +573,21 @@ impl Bench {
             let conf = match side {
                 Side::Client => haproxy_conf(
                     maxconn,
-                    [
-                        (local(LOCAL_H1), SocketAddr::new(s, HOP_H1)),
-                        (local(LOCAL_H2), SocketAddr::new(s, HOP_H2)),
-                        (local(LOCAL_TCP), SocketAddr::new(s, HOP_TCP)),
-                    ],
+                    Hops {
+                        h1: (local(LOCAL_H1), SocketAddr::new(s, HOP_H1)),
+                        h2: (local(LOCAL_H2), SocketAddr::new(s, HOP_H2)),
+                        tcp: (local(LOCAL_TCP), SocketAddr::new(s, HOP_TCP)),
+                        banner: (local(LOCAL_BANNER), SocketAddr::new(s, HOP_BANNER)),
+                    },
                 ),
                 Side::Server => haproxy_conf(
                     maxconn,
-                    [
-                        (SocketAddr::new(s, HOP_H1), local(APP_H1)),
-                        (SocketAddr::new(s, HOP_H2), local(APP_H2)),
-                        (SocketAddr::new(s, HOP_TCP), local(APP_TCP)),
-                    ],
+                    Hops {
+                        h1: (SocketAddr::new(s, HOP_H1), local(APP_H1)),
+                        h2: (SocketAddr::new(s, HOP_H2), local(APP_H2)),
+                        tcp: (SocketAddr::new(s, HOP_TCP), local(APP_TCP)),
+                        banner: (SocketAddr::new(s, HOP_BANNER), local(APP_BANNER)),
+                    },
                 ),
             };
             let path = self.write(&format!("{name}.cfg"), &conf)?;
@@ -585,10 +606,12 @@ impl Bench {
             (Side::Client, local(LOCAL_H1)),
             (Side::Client, local(LOCAL_H2)),
             (Side::Client, local(LOCAL_TCP)),
+            (Side::Client, local(LOCAL_BANNER)),
             (Side::Client, local(status_port)),
             (Side::Server, SocketAddr::new(IpAddr::V4(s), HOP_H1)),
             (Side::Server, SocketAddr::new(IpAddr::V4(s), HOP_H2)),
             (Side::Server, SocketAddr::new(IpAddr::V4(s), HOP_TCP)),
+            (Side::Server, SocketAddr::new(IpAddr::V4(s), HOP_BANNER)),
             (Side::Server, local(status_port)),
         ];
         for (side, addr) in checks {
