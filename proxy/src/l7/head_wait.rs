@@ -4,9 +4,9 @@
 //! hyper arms its header-read timer exactly when it starts reading a request head
 //! (the first one, and each next one on a keep-alive connection) and drops it once
 //! the head is parsed. [`HeadWaitTimer`] is the timer hyper is given: tokio's
-//! clock, with each sleep counted while it exists and waking its task once early,
-//! [`IDLE_PROBE`] after it started, to note that the wait has lasted that long.
-//! So "a sleep has passed its probe" means "between two requests, nothing in
+//! clock, each sleep waking its task once early, [`IDLE_PROBE`] after it started,
+//! and counted from then until it is dropped. So "a sleep has passed its probe"
+//! means "between two requests, nothing in
 //! progress, for at least [`IDLE_PROBE`]". The serve loop ([`super::serve`]) then
 //! takes the idle connection back from hyper and holds it without hyper's buffers;
 //! a busy connection, whose next request comes sooner, keeps its hyper connection
@@ -24,27 +24,16 @@ use hyper::rt::{Sleep, Timer};
 /// How long hyper waits for a next head before the connection counts as idle.
 pub const IDLE_PROBE: Duration = Duration::from_millis(50);
 
-/// hyper's timer, counting the sleeps it has alive and those past their probe.
+/// hyper's timer, counting its sleeps that are past their probe.
 #[derive(Clone, Debug, Default)]
 pub struct HeadWaitTimer {
-    counts: Arc<Counts>,
-}
-
-#[derive(Debug, Default)]
-struct Counts {
-    alive: AtomicUsize,
-    probed: AtomicUsize,
+    probed: Arc<AtomicUsize>,
 }
 
 impl HeadWaitTimer {
     /// Whether hyper has been waiting for a request head for [`IDLE_PROBE`] or more.
     pub fn idle_for_a_while(&self) -> bool {
-        self.counts.probed.load(Relaxed) > 0
-    }
-
-    /// Whether hyper is waiting for a request head at all.
-    pub fn waiting_for_head(&self) -> bool {
-        self.counts.alive.load(Relaxed) > 0
+        self.probed.load(Relaxed) > 0
     }
 }
 
@@ -54,24 +43,23 @@ impl Timer for HeadWaitTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        self.counts.alive.fetch_add(1, Relaxed);
         let first = deadline.min(Instant::now() + IDLE_PROBE);
         Box::pin(ProbedSleep {
             sleep: Box::pin(tokio::time::sleep_until(first.into())),
             deadline,
             probed: false,
-            counts: self.counts.clone(),
+            count: self.probed.clone(),
         })
     }
 }
 
-/// A sleep until `deadline` that is counted while it exists, and counted as probed
-/// once [`IDLE_PROBE`] has passed.
+/// A sleep until `deadline`, counted in `count` from [`IDLE_PROBE`] after it
+/// started until it is dropped.
 struct ProbedSleep {
     sleep: Pin<Box<tokio::time::Sleep>>,
     deadline: Instant,
     probed: bool,
-    counts: Arc<Counts>,
+    count: Arc<AtomicUsize>,
 }
 
 impl Future for ProbedSleep {
@@ -84,7 +72,7 @@ impl Future for ProbedSleep {
                 return Poll::Ready(());
             }
             self.probed = true;
-            self.counts.probed.fetch_add(1, Relaxed);
+            self.count.fetch_add(1, Relaxed);
             let deadline = self.deadline;
             self.sleep.as_mut().reset(deadline.into());
         }
@@ -95,9 +83,8 @@ impl Sleep for ProbedSleep {}
 
 impl Drop for ProbedSleep {
     fn drop(&mut self) {
-        self.counts.alive.fetch_sub(1, Relaxed);
         if self.probed {
-            self.counts.probed.fetch_sub(1, Relaxed);
+            self.count.fetch_sub(1, Relaxed);
         }
     }
 }
@@ -109,9 +96,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_wait_is_probed_after_the_probe_time_and_ends_at_its_deadline() {
         let timer = HeadWaitTimer::default();
-        assert!(!timer.waiting_for_head());
         let mut sleep = timer.sleep(Duration::from_secs(10));
-        assert!(timer.waiting_for_head() && !timer.idle_for_a_while());
+        assert!(!timer.idle_for_a_while());
         // Polled the way hyper does, whenever its connection is polled.
         let poll = |s: &mut Pin<Box<dyn Sleep>>| {
             s.as_mut()
@@ -125,8 +111,11 @@ mod tests {
         assert!(poll(&mut sleep).is_ready());
         // hyper's reset (the default: a new sleep replaces the old one).
         timer.reset(&mut sleep, Instant::now() + Duration::from_secs(30));
-        assert!(timer.waiting_for_head() && !timer.idle_for_a_while());
+        assert!(!timer.idle_for_a_while());
+        tokio::time::advance(IDLE_PROBE + Duration::from_millis(1)).await;
+        assert!(poll(&mut sleep).is_pending());
+        assert!(timer.idle_for_a_while());
         drop(sleep);
-        assert!(!timer.waiting_for_head());
+        assert!(!timer.idle_for_a_while());
     }
 }

@@ -232,17 +232,13 @@ fn http_run(
             ));
         }
     }
-    if let (Some(a), Some(b)) = (px0, px1) {
-        for (i, hop) in ["client-side", "server-side"].iter().enumerate() {
-            let moved = b[i] - a[i];
-            if moved < res.responses as f64 {
-                row.sanity.push(format!(
-                    "the {hop} proxy's request counter moved by {moved}, fewer than the {} requests: bypassed?",
-                    res.responses
-                ));
-            }
-        }
-    }
+    check_proxies_saw(
+        &mut row,
+        px0.zip(px1),
+        res.responses as f64,
+        "request counter moved by",
+        "requests",
+    );
     if let (Some(u0), Some(u1)) = (use0, use1) {
         let per_1k = |a: &ProcUsage, b: &ProcUsage| {
             (b.cpu_ms - a.cpu_ms) / res.responses.max(1) as f64 * 1000.0
@@ -279,17 +275,14 @@ fn tcp_run(
     if res.bytes_received == 0 {
         row.sanity.push("iperf3's server received nothing".into());
     }
-    if let (Some(a), Some(b)) = (px0, px1) {
-        for (i, hop) in ["client-side", "server-side"].iter().enumerate() {
-            // iperf3: a control and a data connection.
-            if b[i] - a[i] < 2.0 {
-                row.sanity.push(format!(
-                    "the {hop} proxy saw {} TCP connections, fewer than iperf3's 2: bypassed?",
-                    b[i] - a[i]
-                ));
-            }
-        }
-    }
+    // iperf3: a control and a data connection.
+    check_proxies_saw(
+        &mut row,
+        px0.zip(px1),
+        2.0,
+        "TCP connections seen:",
+        "of iperf3",
+    );
     if let (Some(u0), Some(u1)) = (use0, use1) {
         let gb = res.bytes_received as f64 / 1e9;
         let c = (u1.0.cpu_ms - u0.0.cpu_ms) / gb.max(1e-9);
@@ -339,17 +332,13 @@ fn banner_run(
             res.error_text
         ));
     }
-    if let (Some(a), Some(b)) = (px0, px1) {
-        for (i, hop) in ["client-side", "server-side"].iter().enumerate() {
-            let moved = b[i] - a[i];
-            if moved < res.connections as f64 {
-                row.sanity.push(format!(
-                    "the {hop} proxy saw {moved} banner connections, fewer than the {} made: bypassed?",
-                    res.connections
-                ));
-            }
-        }
-    }
+    check_proxies_saw(
+        &mut row,
+        px0.zip(px1),
+        res.connections as f64,
+        "banner connections seen:",
+        "connections made",
+    );
     Ok(row)
 }
 
@@ -397,4 +386,26 @@ fn idle_run(bench: &Bench, r: &Running, plan: &Plan, deadline: &Deadline) -> Res
         ));
     }
     Ok(row)
+}
+
+/// Each proxy's counter (before, after) must have moved by at least `expected`:
+/// else the traffic went around it.
+fn check_proxies_saw(
+    row: &mut Row,
+    counters: Option<([f64; 2], [f64; 2])>,
+    expected: f64,
+    what: &str,
+    of: &str,
+) {
+    let Some((a, b)) = counters else {
+        return;
+    };
+    for (i, hop) in ["client-side", "server-side"].iter().enumerate() {
+        let moved = b[i] - a[i];
+        if moved < expected {
+            row.sanity.push(format!(
+                "the {hop} proxy's {what} {moved}, fewer than the {expected} {of}: bypassed?"
+            ));
+        }
+    }
 }
