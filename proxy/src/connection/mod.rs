@@ -55,7 +55,15 @@ pub async fn serve(
         }
     };
     let routing = Routing::of(&shared, direction, client_addr, orig_dst);
-    serve_routed(shared, client, client_addr, orig_dst, routing, None).await;
+    serve_routed(
+        shared,
+        client,
+        client_addr,
+        orig_dst,
+        routing,
+        Entry::Captured,
+    )
+    .await;
 }
 
 /// Serves a connection a peer sidecar opened on the tunnel port: its preface names
@@ -85,14 +93,19 @@ pub async fn serve_tunnelled(
         client_addr,
         target,
         routing,
-        Some(Tunnelled),
+        Entry::Tunnelled,
     )
     .await;
 }
 
-/// A connection that came through the tunnel: it is answered once its upstream is
-/// dialled.
-struct Tunnelled;
+/// How a connection came to the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    /// Redirected by capture.
+    Captured,
+    /// Through the tunnel: answered once its upstream is dialled.
+    Tunnelled,
+}
 
 /// Serves a connection whose destination and routing are known, to its end.
 async fn serve_routed(
@@ -101,7 +114,7 @@ async fn serve_routed(
     client_addr: ClientAddr,
     orig_dst: OrigDstAddr,
     routing: Routing,
-    tunnelled: Option<Tunnelled>,
+    entry: Entry,
 ) {
     let direction = routing.direction();
     let _ = client.set_nodelay(true);
@@ -131,14 +144,16 @@ async fn serve_routed(
     let end = match routing.detection() {
         None => {
             let dialed = Box::pin(dial(&shared, &routing)).await;
-            match tunnelled {
-                Some(Tunnelled) => {
+            match entry {
+                Entry::Tunnelled => {
                     Box::pin(answer_then_relay(
                         &client, dialed, &routing, &conn, &observer,
                     ))
                     .await
                 }
-                None => Box::pin(opaque(&client, &[], dialed, &routing, &conn, &observer)).await,
+                Entry::Captured => {
+                    Box::pin(opaque(&client, &[], dialed, &routing, &conn, &observer)).await
+                }
             }
         }
         Some(detection) => {

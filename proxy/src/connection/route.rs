@@ -86,8 +86,8 @@ impl Routing {
         }
     }
 
-    /// The same routing, opaque from the first byte (no detection): a tunnelled
-    /// connection, which the peer sidecar already found not to be HTTP.
+    /// The same routing, opaque from the first byte (no detection), for a
+    /// tunnelled connection: its peer sidecar already found it not to be HTTP.
     pub fn opaque(self) -> Routing {
         match self {
             Routing::Local {
@@ -97,20 +97,7 @@ impl Routing {
                 peer_service,
                 detection: None,
             },
-            Routing::Service {
-                route,
-                balancer,
-                generation,
-                orig_dst,
-                ..
-            } => Routing::Service {
-                route,
-                balancer,
-                generation,
-                orig_dst,
-                detection: None,
-            },
-            passthrough @ Routing::Passthrough(_) => passthrough,
+            other => other,
         }
     }
 
