@@ -36,6 +36,7 @@
 //!   on the controller either, so pods still start while it is away),
 //!   `readinessProbe` on `:15020/ready` (routes received, and the app accepts on its
 //!   service's ports: the pod is not ready while its app does not answer);
+//!   ports 15020 (metrics, health) and 15008 (the tunnel peer sidecars dial);
 //!   resource requests; environment `WEFT_SERVICE`, `WEFT_CONTROLLER`,
 //!   `WEFT_PROXY_ID` (the pod's name), which weft-proxy reads as its flags.
 //! - the annotation `weft.dev/status: injected`.
@@ -234,7 +235,13 @@ pub fn decide(pod: &Value, namespace: &str, via: Via, config: &InjectConfig) -> 
             { "name": "WEFT_CONTROLLER", "value": config.controller_url },
             { "name": "WEFT_PROXY_ID", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
         ],
-        "ports": [{ "name": "weft-metrics", "containerPort": 15020, "protocol": "TCP" }],
+        // 15008: where peer sidecars open opaque connections to the pod's apps
+        // (weft-init keeps it out of capture); declared so that NetworkPolicies
+        // and readers of the pod see it.
+        "ports": [
+            { "name": "weft-metrics", "containerPort": 15020, "protocol": "TCP" },
+            { "name": "weft-tunnel", "containerPort": 15008, "protocol": "TCP" },
+        ],
         "startupProbe": {
             "httpGet": { "path": "/live", "port": 15020 },
             "periodSeconds": 1,
@@ -439,6 +446,25 @@ mod tests {
         let probe = |kind: &str| ops[0]["value"][kind]["httpGet"]["path"].clone();
         assert_eq!(probe("startupProbe"), "/live");
         assert_eq!(probe("readinessProbe"), "/ready");
+        // Its ports: metrics, and the tunnel peer sidecars dial.
+        let ports: Vec<(String, u64)> = ops[0]["value"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or_default().to_owned(),
+                    p["containerPort"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("weft-metrics".to_owned(), 15020),
+                ("weft-tunnel".to_owned(), 15008)
+            ]
+        );
         // Applied, the result is injected already.
         let mut applied = p.clone();
         let inits = applied["spec"]["initContainers"]

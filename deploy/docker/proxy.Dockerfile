@@ -20,6 +20,6 @@ COPY --from=build /src/target/release/weft-init /usr/local/bin/weft-init
 # The injected containers set command (weft-init or weft-proxy) and their own
 # securityContext (uid 0 with NET_ADMIN/NET_RAW for weft-init, 1337 for the proxy).
 USER 1337:1337
-EXPOSE 15001 15006 15020
+EXPOSE 15001 15006 15008 15020
 ENTRYPOINT []
 CMD ["weft-proxy"]

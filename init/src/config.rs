@@ -17,6 +17,9 @@ pub const DEFAULT_INBOUND_PORT: u16 = 15006;
 pub const DEFAULT_ADMIN_PORT: u16 = 15000;
 /// Default proxy metrics and health port (never captured inbound).
 pub const DEFAULT_METRICS_PORT: u16 = 15020;
+/// Default proxy tunnel port, where peer sidecars open opaque connections to the
+/// pod's apps (never captured inbound).
+pub const DEFAULT_TUNNEL_PORT: u16 = 15008;
 /// Default uid the proxy runs as; its own connections are never captured.
 pub const DEFAULT_PROXY_UID: u32 = 1337;
 
@@ -64,6 +67,12 @@ pub struct Cli {
     #[arg(long, env = "WEFT_METRICS_PORT", value_name = "PORT", default_value_t = DEFAULT_METRICS_PORT,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub metrics_port: u16,
+
+    /// The proxy's tunnel port, where peer sidecars connect to the pod's apps
+    /// (always excluded from inbound capture).
+    #[arg(long, env = "WEFT_TUNNEL_PORT", value_name = "PORT", default_value_t = DEFAULT_TUNNEL_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub tunnel_port: u16,
 
     /// Destination TCP ports whose outbound connections are not captured.
     #[arg(
@@ -186,6 +195,8 @@ pub struct Capture {
     pub admin_port: u16,
     /// Proxy metrics port, excluded from inbound capture.
     pub metrics_port: u16,
+    /// Proxy tunnel port, excluded from inbound capture.
+    pub tunnel_port: u16,
     /// Destination ports not captured outbound (deduplicated, in flag order).
     pub exclude_outbound_ports: Vec<u16>,
     /// Local ports not captured inbound (deduplicated, in flag order).
@@ -205,6 +216,7 @@ impl Default for Capture {
             inbound_port: DEFAULT_INBOUND_PORT,
             admin_port: DEFAULT_ADMIN_PORT,
             metrics_port: DEFAULT_METRICS_PORT,
+            tunnel_port: DEFAULT_TUNNEL_PORT,
             exclude_outbound_ports: Vec::new(),
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),
@@ -314,6 +326,7 @@ impl TryFrom<Cli> for Config {
                 inbound_port: cli.inbound_port,
                 admin_port: cli.admin_port,
                 metrics_port: cli.metrics_port,
+                tunnel_port: cli.tunnel_port,
                 exclude_outbound_ports,
                 exclude_inbound_ports,
                 exclude_outbound_cidrs,
@@ -398,6 +411,7 @@ mod tests {
         assert_eq!(c.capture.inbound_port, 15006);
         assert_eq!(c.capture.admin_port, 15000);
         assert_eq!(c.capture.metrics_port, 15020);
+        assert_eq!(c.capture.tunnel_port, 15008);
     }
 
     #[test]
@@ -417,6 +431,8 @@ mod tests {
             "16000",
             "--metrics-port",
             "16020",
+            "--tunnel-port",
+            "16008",
             "--exclude-outbound-ports",
             "22, 3306,22",
             "--exclude-inbound-ports",
@@ -444,9 +460,10 @@ mod tests {
                 k.outbound_port,
                 k.inbound_port,
                 k.admin_port,
-                k.metrics_port
+                k.metrics_port,
+                k.tunnel_port
             ),
-            (16001, 16006, 16000, 16020)
+            (16001, 16006, 16000, 16020, 16008)
         );
         assert_eq!(k.exclude_outbound_ports, vec![22, 3306]);
         assert_eq!(k.exclude_inbound_ports, vec![8443, 9090]);

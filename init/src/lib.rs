@@ -4,9 +4,10 @@
 //! Kubernetes init container) and installs nat-table REDIRECT rules that send the
 //! pod's outbound TCP to the sidecar's outbound listener (15001) and its inbound TCP to
 //! the inbound listener (15006), except the proxy's own traffic (uid 1337), loopback,
-//! the proxy's own ports (15000, 15020, and both listeners), and whatever ports and
-//! CIDRs the operator excludes. IPv4 and IPv6 (when the namespace has it) get the same
-//! rules. `--cleanup` removes every trace; `--dry-run` prints instead of applying.
+//! the proxy's own ports (15000, 15020, the tunnel's 15008, and both capture
+//! listeners), and whatever ports and CIDRs the operator excludes. IPv4 and IPv6
+//! (when the namespace has it) get the same rules. `--cleanup` removes every trace;
+//! `--dry-run` prints instead of applying.
 //!
 //! It owns the chains `WEFT_OUTPUT` and `WEFT_INBOUND` in the nat table and the two
 //! jumps into them (`OUTPUT -p tcp -j WEFT_OUTPUT`, `PREROUTING -p tcp -j

@@ -164,6 +164,7 @@ impl Ruleset {
             capture.outbound_port,
             capture.admin_port,
             capture.metrics_port,
+            capture.tunnel_port,
         ];
         inbound_ports.extend(&capture.exclude_inbound_ports);
         let mut seen = Vec::with_capacity(inbound_ports.len());
@@ -281,7 +282,7 @@ mod tests {
 -A WEFT_OUTPUT -p tcp -m multiport --dports 100,200,300,400,500,600,700,800,900,1000,1100,1200,1300,1400,1500 -j RETURN
 -A WEFT_OUTPUT -p tcp -m multiport --dports 1600,1700 -j RETURN
 -A WEFT_OUTPUT -p tcp -j REDIRECT --to-ports 15001
--A WEFT_INBOUND -p tcp -m multiport --dports 15006,15001,15000,15020,22 -j RETURN
+-A WEFT_INBOUND -p tcp -m multiport --dports 15006,15001,15000,15020,15008,22 -j RETURN
 -A WEFT_INBOUND -s 192.168.0.0/16 -j RETURN
 -A WEFT_INBOUND -p tcp -j REDIRECT --to-ports 15006
 -A OUTPUT -p tcp -j WEFT_OUTPUT
@@ -309,7 +310,7 @@ COMMIT
 -A WEFT_OUTPUT -p tcp -m multiport --dports 100,200,300,400,500,600,700,800,900,1000,1100,1200,1300,1400,1500 -j RETURN
 -A WEFT_OUTPUT -p tcp -m multiport --dports 1600,1700 -j RETURN
 -A WEFT_OUTPUT -p tcp -j REDIRECT --to-ports 15001
--A WEFT_INBOUND -p tcp -m multiport --dports 15006,15001,15000,15020,22 -j RETURN
+-A WEFT_INBOUND -p tcp -m multiport --dports 15006,15001,15000,15020,15008,22 -j RETURN
 -A WEFT_INBOUND -s fe80::/10 -j RETURN
 -A WEFT_INBOUND -p tcp -j REDIRECT --to-ports 15006
 -A OUTPUT -p tcp -j WEFT_OUTPUT
@@ -331,7 +332,7 @@ COMMIT
 -A WEFT_OUTPUT -m owner --uid-owner 1337 -j RETURN
 -A WEFT_OUTPUT -d 127.0.0.0/8 -j RETURN
 -A WEFT_OUTPUT -p tcp -j REDIRECT --to-ports 15001
--A WEFT_INBOUND -p tcp -m multiport --dports 15006,15001,15000,15020 -j RETURN
+-A WEFT_INBOUND -p tcp -m multiport --dports 15006,15001,15000,15020,15008 -j RETURN
 -A WEFT_INBOUND -p tcp -j REDIRECT --to-ports 15006
 COMMIT
 "

@@ -21,6 +21,14 @@ pub struct ProxyConfig {
     /// Where inbound-captured connections arrive (all addresses: PREROUTING REDIRECT
     /// targets the receiving interface's address).
     pub inbound_listen: Vec<SocketAddr>,
+    /// Where peer sidecars open tunnelled connections to this pod's applications
+    /// (all addresses: peers dial the pod's address; kept out of inbound capture).
+    /// Empty: no tunnel served.
+    pub tunnel_listen: Vec<SocketAddr>,
+    /// The tunnel port of peer sidecars, through which opaque connections to meshed
+    /// endpoints are dialled (the mesh's convention, the one this proxy serves on);
+    /// 0: every endpoint is dialled directly.
+    pub tunnel_port: u16,
     /// Admin endpoint (`/connections`, `/config`); local only.
     pub admin_listen: SocketAddr,
     /// Metrics and health endpoint (`/metrics`, `/ready`, `/live`).
@@ -68,8 +76,9 @@ fn controller_url<S: serde::Serializer>(
 
 impl ProxyConfig {
     /// The defaults of ARCHITECTURE.md, Ports: outbound 15001 on loopback, inbound 15006 on all
-    /// addresses, admin 127.0.0.1:15000, metrics 0.0.0.0:15020.
-    pub fn with_ports(outbound_port: u16, inbound_port: u16) -> Self {
+    /// addresses, the tunnel 15008 on all addresses (0: none, neither served nor
+    /// dialled), admin 127.0.0.1:15000, metrics 0.0.0.0:15020.
+    pub fn with_ports(outbound_port: u16, inbound_port: u16, tunnel_port: u16) -> Self {
         ProxyConfig {
             service: "unknown".to_string(),
             outbound_listen: vec![
@@ -80,6 +89,15 @@ impl ProxyConfig {
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), inbound_port),
                 SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), inbound_port),
             ],
+            tunnel_listen: if tunnel_port == 0 {
+                Vec::new()
+            } else {
+                vec![
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), tunnel_port),
+                    SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), tunnel_port),
+                ]
+            },
+            tunnel_port,
             admin_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000),
             metrics_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15020),
             connect_timeout: Duration::from_secs(5),
@@ -107,6 +125,6 @@ impl ProxyConfig {
 
 impl Default for ProxyConfig {
     fn default() -> Self {
-        ProxyConfig::with_ports(15001, 15006)
+        ProxyConfig::with_ports(15001, 15006, 15008)
     }
 }

@@ -34,6 +34,9 @@ pub enum ErrorReason {
     AllEjected,
     /// HTTP: the client failed while sending a request body the proxy was reading.
     ClientBody,
+    /// A connection to the tunnel port sent no valid preface (or asked for a port
+    /// the tunnel does not reach).
+    BadTunnelPreface,
 }
 
 impl ErrorReason {
@@ -52,6 +55,7 @@ impl ErrorReason {
             ErrorReason::RequestTimeout => "request_timeout",
             ErrorReason::AllEjected => "all_endpoints_ejected",
             ErrorReason::ClientBody => "client_body_error",
+            ErrorReason::BadTunnelPreface => "bad_tunnel_preface",
         }
     }
 }

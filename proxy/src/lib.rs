@@ -2,7 +2,8 @@
 //!
 //! Connections captured in a pod (by iptables REDIRECT or by eBPF) arrive on the
 //! outbound listener (15001, the app dialled out) or the inbound listener (15006, a
-//! peer dialled the app). For each, the proxy recovers the original destination,
+//! peer dialled the app); peer sidecars' opaque connections to the pod's apps
+//! arrive on the tunnel listener (15008). For each, the proxy recovers the original destination,
 //! picks the upstream, connects (as the proxy uid, which capture excludes, so no
 //! loop), and either relays bytes with TCP semantics intact or proxies HTTP per
 //! request. Admin (`/connections`, `/config`, `/routes`) listens on 127.0.0.1:15000,
@@ -15,6 +16,8 @@
 //! - [`detect`]: protocol detection (the byte classifier and the wait for it).
 //! - [`tcp`]: the L4 path: dialling upstreams ([`tcp::connect`]) and the byte relay
 //!   ([`tcp::relay`]).
+//! - [`tunnel`]: the sidecar-to-sidecar connect handshake of opaque TCP (port
+//!   15008): its wire format, the client's handshake, the server's preface.
 //! - [`l7`]: the HTTP/1.1 + h2c path (per-request balancing, pooled upstream
 //!   connections, retries, the proxy's own 4xx/5xx).
 //! - [`balance`]: the one endpoint picker for TCP and HTTP (round robin or
@@ -53,6 +56,7 @@ pub mod routes;
 pub mod server;
 pub(crate) mod state;
 pub mod tcp;
+pub mod tunnel;
 
 pub use config::ProxyConfig;
 pub use server::{BoundProxy, DrainOutcome, StartError};

@@ -34,6 +34,11 @@ struct Args {
     /// Port of the inbound capture listener (bound on 0.0.0.0 and ::).
     #[arg(long, env = "WEFT_INBOUND_PORT", default_value_t = 15006)]
     inbound_port: u16,
+    /// Port of the tunnel listener (bound on 0.0.0.0 and ::), through which peer
+    /// sidecars reach this pod's applications, and the port opaque connections to
+    /// meshed endpoints are dialled on; 0: no tunnel, neither served nor dialled.
+    #[arg(long, env = "WEFT_TUNNEL_PORT", default_value_t = 15008)]
+    tunnel_port: u16,
     /// Admin endpoint: /connections, /config.
     #[arg(long, env = "WEFT_ADMIN_LISTEN", default_value = "127.0.0.1:15000")]
     admin_listen: SocketAddr,
@@ -79,7 +84,8 @@ struct Args {
 
 impl Args {
     fn into_config(self) -> ProxyConfig {
-        let mut config = ProxyConfig::with_ports(self.outbound_port, self.inbound_port);
+        let mut config =
+            ProxyConfig::with_ports(self.outbound_port, self.inbound_port, self.tunnel_port);
         config.service = self.service;
         config.admin_listen = self.admin_listen;
         config.metrics_listen = self.metrics_listen;
@@ -117,6 +123,7 @@ fn main() -> anyhow::Result<()> {
             uid = nix::unistd::getuid().as_raw(),
             outbound = ?proxy.outbound_addrs(),
             inbound = ?proxy.inbound_addrs(),
+            tunnel = ?proxy.tunnel_addrs(),
             admin = %proxy.admin_addr()?,
             metrics = %proxy.metrics_addr()?,
             "weft-proxy serving"

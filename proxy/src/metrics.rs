@@ -29,6 +29,7 @@ pub struct Metrics {
     tcp_sent: Counter<u64>,
     tcp_received: Counter<u64>,
     errors: Counter<u64>,
+    tcp_connect_retries: Counter<u64>,
     /// False: the traffic series are not recorded (`--no-traffic-metrics`).
     enabled: bool,
 }
@@ -105,6 +106,12 @@ impl Metrics {
             tcp_received: meter
                 .u64_counter("weft_tcp_received_bytes")
                 .with_description("Bytes the proxy read from the application side")
+                .build(),
+            tcp_connect_retries: meter
+                .u64_counter("weft_tcp_connect_retries")
+                .with_description(
+                    "Opaque TCP connects tried again on another endpoint, by why the last one failed",
+                )
                 .build(),
             errors,
             enabled,
@@ -206,6 +213,29 @@ impl Metrics {
                 KeyValue::new("direction", direction.as_str()),
                 KeyValue::new("destination_service", destination_service.to_string()),
                 KeyValue::new("reason", reason.as_str()),
+            ],
+        );
+    }
+
+    /// An opaque connection's connect is tried on another endpoint after one failed
+    /// for `reason` (`connect_refused`, `connect_timeout`, `connect_error`,
+    /// `app_unreachable`: a peer sidecar's tunnel answered that its application did
+    /// not accept, `tunnel_reset`: the tunnel broke before answering).
+    pub fn tcp_connect_retry(
+        &self,
+        direction: Direction,
+        destination_service: &Arc<str>,
+        reason: &'static str,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        self.tcp_connect_retries.add(
+            1,
+            &[
+                KeyValue::new("direction", direction.as_str()),
+                KeyValue::new("destination_service", Arc::clone(destination_service)),
+                KeyValue::new("reason", reason),
             ],
         );
     }

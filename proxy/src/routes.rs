@@ -226,6 +226,7 @@ impl RouteTable {
                             .collect(),
                     })
                     .collect(),
+                meshed: &spec.meshed,
             })
             .collect();
         out.sort_unstable_by(|a, b| a.name.cmp(b.name));
@@ -239,6 +240,10 @@ pub struct ServiceView<'a> {
     pub name: &'a str,
     pub policy: Policy,
     pub routes: Vec<RouteView>,
+    /// The endpoints a weft sidecar serves (opaque TCP reaches them through its
+    /// tunnel); left out when none is.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub meshed: &'a [IpAddr],
 }
 
 /// One VIP:port of a service and where it leads.
@@ -416,7 +421,10 @@ mod tests {
     fn view_lists_services_by_name_with_target_ports() {
         let t = RouteTable::from_services([
             spec("b", "fd00:96::2", &["fd00:211::3"]),
-            spec("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"]),
+            ServiceSpec {
+                meshed: vec!["10.0.0.2".parse().expect("ip")],
+                ..spec("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"])
+            },
         ]);
         let mut json = serde_json::to_value(t.view()).expect("serializable");
         for service in json.as_array_mut().expect("list") {
@@ -430,7 +438,7 @@ mod tests {
                     "vip_port": "10.96.0.1:80",
                     "protocol": "auto",
                     "endpoints": ["10.0.0.1:8080", "10.0.0.2:8080"],
-                }]},
+                }], "meshed": ["10.0.0.2"]},
                 { "name": "b", "routes": [{
                     "vip_port": "[fd00:96::2]:80",
                     "protocol": "auto",

@@ -1,6 +1,6 @@
-//! The running proxy's sockets: binds the capture listeners and the admin and
-//! metrics endpoints, accepts captured connections (each is then
-//! `connection`'s), and drains on shutdown.
+//! The running proxy's sockets: binds the capture listeners, the tunnel listener
+//! and the admin and metrics endpoints, accepts captured and tunnelled connections
+//! (each is then `connection`'s), and drains on shutdown.
 
 use std::future::Future;
 use std::io;
@@ -40,6 +40,7 @@ pub struct BoundProxy {
     shared: Arc<Shared>,
     outbound: Vec<TcpListener>,
     inbound: Vec<TcpListener>,
+    tunnel: Vec<TcpListener>,
     admin: TcpListener,
     metrics: TcpListener,
 }
@@ -49,6 +50,7 @@ impl std::fmt::Debug for BoundProxy {
         f.debug_struct("BoundProxy")
             .field("outbound", &self.outbound_addrs())
             .field("inbound", &self.inbound_addrs())
+            .field("tunnel", &self.tunnel_addrs())
             .finish()
     }
 }
@@ -69,13 +71,24 @@ impl BoundProxy {
     ) -> Result<Self, StartError> {
         let outbound = bind_all("outbound listener", &config.outbound_listen)?;
         let inbound = bind_all("inbound listener", &config.inbound_listen)?;
+        let tunnel = bind_all("tunnel listener", &config.tunnel_listen)?;
         let admin = bind_one("admin endpoint", config.admin_listen)?;
         let metrics_listener = bind_one("metrics endpoint", config.metrics_listen)?;
-        let shared = Arc::new(Shared::new(config, orig_dst)?);
+        // As bound (a port 0 of the configuration is the kernel's pick).
+        let mut own_ports: Vec<u16> = [&outbound, &inbound, &tunnel]
+            .into_iter()
+            .flatten()
+            .chain([&admin, &metrics_listener])
+            .filter_map(|l| l.local_addr().ok().map(|a| a.port()))
+            .collect();
+        own_ports.sort_unstable();
+        own_ports.dedup();
+        let shared = Arc::new(Shared::new(config, orig_dst, own_ports)?);
         Ok(BoundProxy {
             shared,
             outbound,
             inbound,
+            tunnel,
             admin,
             metrics: metrics_listener,
         })
@@ -98,6 +111,14 @@ impl BoundProxy {
     /// Addresses the inbound listeners are bound to.
     pub fn inbound_addrs(&self) -> Vec<SocketAddr> {
         self.inbound
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Addresses the tunnel listeners are bound to.
+    pub fn tunnel_addrs(&self) -> Vec<SocketAddr> {
+        self.tunnel
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()
@@ -128,15 +149,16 @@ impl BoundProxy {
             ))
         });
         let mut accept_tasks = Vec::new();
-        for (listeners, direction) in [
-            (self.outbound, Direction::Outbound),
-            (self.inbound, Direction::Inbound),
+        for (listeners, arrival) in [
+            (self.outbound, Arrival::Captured(Direction::Outbound)),
+            (self.inbound, Arrival::Captured(Direction::Inbound)),
+            (self.tunnel, Arrival::Tunnel),
         ] {
             for listener in listeners {
                 accept_tasks.push(tokio::spawn(accept_loop(
                     self.shared.clone(),
                     listener,
-                    direction,
+                    arrival,
                     stop_rx.clone(),
                 )));
             }
@@ -249,12 +271,25 @@ fn bind_one(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartEr
     TcpListener::from_std(socket.into()).map_err(err)
 }
 
+/// How connections reach a listener.
+#[derive(Clone, Copy, Debug)]
+enum Arrival {
+    /// Redirected by capture (outbound or inbound).
+    Captured(Direction),
+    /// Opened by a peer sidecar on the tunnel port (inbound, with a preface).
+    Tunnel,
+}
+
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
-    direction: Direction,
+    arrival: Arrival,
     mut stop: watch::Receiver<bool>,
 ) {
+    let direction = match arrival {
+        Arrival::Captured(direction) => direction,
+        Arrival::Tunnel => Direction::Inbound,
+    };
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -279,12 +314,14 @@ async fn accept_loop(
                 continue;
             }
         };
-        tokio::spawn(crate::connection::serve(
-            shared.clone(),
-            direction,
-            stream,
-            ClientAddr(peer),
-            permit,
-        ));
+        let (shared, peer) = (shared.clone(), ClientAddr(peer));
+        match arrival {
+            Arrival::Captured(direction) => tokio::spawn(crate::connection::serve(
+                shared, direction, stream, peer, permit,
+            )),
+            Arrival::Tunnel => tokio::spawn(crate::connection::serve_tunnelled(
+                shared, stream, peer, permit,
+            )),
+        };
     }
 }

@@ -48,21 +48,24 @@ pub struct Shared {
     pub discovery: Arc<DiscoveryStatus>,
     /// The last check of the app's ports, for `/ready`.
     pub app_check: AppCheck,
+    /// The proxy's own ports, which the tunnel does not reach.
+    pub own_ports: Vec<u16>,
 }
 
 impl Shared {
     /// The state of a proxy running `config`, recovering original destinations
-    /// with `orig_dst`.
+    /// with `orig_dst`, its listeners bound on `own_ports`.
     pub fn new(
         config: ProxyConfig,
         orig_dst: Arc<dyn OrigDstSource>,
+        own_ports: Vec<u16>,
     ) -> Result<Self, MetricsError> {
         let metrics = Metrics::new(&config.service, config.traffic_metrics)?;
         let discovery = Arc::new(DiscoveryStatus::default());
         if config.discovery.is_some() {
             metrics.observe_discovery(discovery.clone());
         }
-        let connector = Connector::default();
+        let connector = Connector::new(config.tunnel_port);
         let instruments = HttpInstruments::new(
             &metrics.meter(),
             metrics.errors_counter().clone(),
@@ -82,7 +85,6 @@ impl Shared {
             conns: Arc::new(ConnTable::new(config.closed_history)),
             permits: Arc::new(Semaphore::new(config.max_connections as usize)),
             synced: Arc::new(AtomicBool::new(config.discovery.is_none())),
-            config,
             metrics,
             orig_dst,
             routes: Arc::new(Routes::default()),
@@ -93,6 +95,8 @@ impl Shared {
             stop: watch::channel(false).0,
             discovery,
             app_check: AppCheck::default(),
+            own_ports,
+            config,
         })
     }
 }

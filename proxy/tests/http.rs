@@ -918,7 +918,7 @@ async fn drain_closes_http1_with_connection_close_and_http2_with_goaway() {
         }
     });
     let local = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut config = ProxyConfig::with_ports(0, 0);
+    let mut config = ProxyConfig::with_ports(0, 0, 0);
     config.outbound_listen = vec![local];
     config.inbound_listen = vec![local];
     config.admin_listen = local;

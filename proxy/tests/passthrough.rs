@@ -237,7 +237,7 @@ async fn a_connection_to_the_listener_itself_is_refused_as_a_loop() {
     let p = start_proxy(placeholder, Duration::from_secs(5)).await;
     drop(p);
     let local = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut config = ProxyConfig::with_ports(0, 0);
+    let mut config = ProxyConfig::with_ports(0, 0, 0);
     let l = std::net::TcpListener::bind(local).unwrap();
     let fixed_port = l.local_addr().unwrap();
     drop(l);

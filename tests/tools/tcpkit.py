@@ -32,6 +32,17 @@ carry faithfully. Each prints one result line on stdout that the test reads.
                                down, read to EOF (a slow, long-lived download)
   ask HOST PORT TEXT           send TEXT and a newline, read to EOF; print
                                "sent=N received=M"
+  serve-echo-log PORT LOGFILE  echo every client's bytes until EOF (asyncio, many
+                               clients), appending the first line each sends (an
+                               id) to LOGFILE once read, so a test knows which
+                               connections an application received
+  echo-load HOST PORT RATE SECONDS [FIRST_ID]
+                               an open-loop load of short connections: RATE a second
+                               for SECONDS whatever the answers do, each sending its
+                               id (counting from FIRST_ID, default 0) and a newline
+                               and expecting the line back, 10 s at most; prints one
+                               JSON line {"sent", "succeeded", "failed",
+                               "failures": [{"id", "error"}]}
   blocking HOST PORT N         N connections, one after another, on plain blocking
                                sockets (no timeout): send a line, half-close, read the
                                echo to EOF; print "ok=K eagain=M errors=E" (EAGAIN from
@@ -163,6 +174,75 @@ def serve_echo(port):
             await server.serve_forever()
 
     asyncio.run(main())
+
+
+def serve_echo_log(port, logfile):
+    raise_nofile()
+    log = open(logfile, "a", buffering=1)
+
+    async def handle(reader, writer):
+        try:
+            first = await reader.readline()
+            if first:
+                log.write(first.decode(errors="replace").strip() + "\n")
+                writer.write(first)
+                await writer.drain()
+            while data := await reader.read(CHUNK):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, host=None, port=port, backlog=4096)
+        print("listening", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def echo_load(host, port, rate, seconds, first_id=0):
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+    raise_nofile()
+    lock = threading.Lock()
+    failures = []
+
+    def one(i):
+        line = f"{i}\n".encode()
+        try:
+            with socket.create_connection((host, port), timeout=10) as conn:
+                conn.sendall(line)
+                got = b""
+                while not got.endswith(b"\n"):
+                    b = conn.recv(64)
+                    if not b:
+                        raise ConnectionError(f"closed after {got!r}")
+                    got += b
+                if got != line:
+                    raise ValueError(f"echoed {got!r}")
+        except (OSError, ValueError) as e:
+            with lock:
+                failures.append({"id": i, "error": f"{type(e).__name__}: {e}"})
+
+    total = int(rate * seconds)
+    start = time.monotonic() + 0.05
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        for k in range(total):
+            pause = start + k / rate - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            pool.submit(one, first_id + k)
+    failures.sort(key=lambda f: f["id"])
+    print(json.dumps({
+        "sent": total,
+        "succeeded": total - len(failures),
+        "failed": len(failures),
+        "failures": failures,
+    }), flush=True)
 
 
 def fetch(host, port):
@@ -426,6 +506,10 @@ def main(argv):
         serve_trickle(int(args[0]), int(args[1]), int(args[2]), float(args[3]))
     elif cmd == "ask":
         ask(args[0], int(args[1]), args[2])
+    elif cmd == "serve-echo-log":
+        serve_echo_log(int(args[0]), args[1])
+    elif cmd == "echo-load":
+        echo_load(args[0], int(args[1]), float(args[2]), float(args[3]), *map(int, args[4:5]))
     elif cmd == "blocking":
         blocking(args[0], int(args[1]), int(args[2]))
     elif cmd == "digest":

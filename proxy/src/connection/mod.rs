@@ -3,6 +3,12 @@
 //! protocol when the port asks for it ([`crate::detect`]), then hand it to the
 //! opaque relay ([`crate::tcp`]) or the HTTP path ([`crate::l7`]). The flow only
 //! goes forward: nothing hands a connection back here.
+//!
+//! A connection a peer sidecar opened on the tunnel port ([`serve_tunnelled`])
+//! takes the same path as an inbound one redirected to the application port its
+//! preface names, opaque from the first byte (the peer decided that), with the
+//! tunnel's answer written once the application is dialled: one inbound path, one
+//! set of telemetry and `/connections` rows for both.
 
 pub mod destination;
 pub mod route;
@@ -13,16 +19,17 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::addr::{ClientAddr, Direction};
+use crate::addr::{ClientAddr, Direction, OrigDstAddr};
 use crate::balance::Follow;
 use crate::conntable::{ByteCounters, ConnGuard, ConnInfo};
 use crate::detect::{self, Sniffed};
-use crate::error::{ConnEnd, Side};
+use crate::error::{ConnEnd, ErrorReason, Side};
 use crate::l7::{Dest, Edge};
 use crate::metrics::TcpLabels;
 use crate::state::Shared;
 use crate::tcp::connect::Dialed;
 use crate::tcp::relay::{self, RelayObserver};
+use crate::tunnel;
 use route::{Routing, UNKNOWN_SERVICE};
 
 /// Serves one accepted connection to its end; `_permit` counts it as in service
@@ -47,8 +54,70 @@ pub async fn serve(
             return;
         }
     };
-    let _ = client.set_nodelay(true);
     let routing = Routing::of(&shared, direction, client_addr, orig_dst);
+    serve_routed(
+        shared,
+        client,
+        client_addr,
+        orig_dst,
+        routing,
+        Entry::Captured,
+    )
+    .await;
+}
+
+/// Serves a connection a peer sidecar opened on the tunnel port: its preface names
+/// the pod's application port; a bad preface is counted, logged and closed.
+pub async fn serve_tunnelled(
+    shared: Arc<Shared>,
+    mut client: TcpStream,
+    client_addr: ClientAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let target = match tunnel::listen::read_target(&mut client, &shared.own_ports).await {
+        Ok(target) => OrigDstAddr(target),
+        Err(e) => {
+            tracing::warn!(%client_addr, error = %e, "tunnel connection refused");
+            shared.metrics.error(
+                Direction::Inbound,
+                &shared.own_service,
+                ErrorReason::BadTunnelPreface,
+            );
+            return;
+        }
+    };
+    let routing = Routing::of(&shared, Direction::Inbound, client_addr, target).opaque();
+    serve_routed(
+        shared,
+        client,
+        client_addr,
+        target,
+        routing,
+        Entry::Tunnelled,
+    )
+    .await;
+}
+
+/// How a connection came to the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    /// Redirected by capture.
+    Captured,
+    /// Through the tunnel: answered once its upstream is dialled.
+    Tunnelled,
+}
+
+/// Serves a connection whose destination and routing are known, to its end.
+async fn serve_routed(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    client_addr: ClientAddr,
+    orig_dst: OrigDstAddr,
+    routing: Routing,
+    entry: Entry,
+) {
+    let direction = routing.direction();
+    let _ = client.set_nodelay(true);
     let source = routing.source_service(&shared.own_service);
     let destination = routing.destination_service(&shared.own_service);
     let labels = Arc::new(TcpLabels::new(direction, &source, &destination));
@@ -75,7 +144,17 @@ pub async fn serve(
     let end = match routing.detection() {
         None => {
             let dialed = Box::pin(dial(&shared, &routing)).await;
-            Box::pin(opaque(&client, &[], dialed, &routing, &conn, &observer)).await
+            match entry {
+                Entry::Tunnelled => {
+                    Box::pin(answer_then_relay(
+                        &client, dialed, &routing, &conn, &observer,
+                    ))
+                    .await
+                }
+                Entry::Captured => {
+                    Box::pin(opaque(&client, &[], dialed, &routing, &conn, &observer)).await
+                }
+            }
         }
         Some(detection) => {
             let sniffed = Box::pin(detect::sniff(&client, detection, || {
@@ -161,12 +240,56 @@ async fn opaque(
     relay::relay_opaque(client, prefix, dialed.upstream, observer).await
 }
 
+/// A tunnelled connection: tells the peer sidecar whether the application accepted,
+/// then relays as any opaque connection. A refusal is counted as an inbound
+/// connection's failed dial is, and the connection closed normally (a reset could
+/// overtake the answer).
+async fn answer_then_relay(
+    client: &TcpStream,
+    dialed: Dialed,
+    routing: &Routing,
+    conn: &ConnGuard,
+    observer: &ConnObserver,
+) -> ConnEnd {
+    let outcome = dialed.upstream.as_ref().map(drop).map_err(|reason| *reason);
+    if let Err(error) = tunnel::listen::answer(client, tunnel::listen::status_of(outcome)).await {
+        if let Ok(up) = &dialed.upstream {
+            relay::reset(&up.stream);
+        }
+        relay::reset(client);
+        return ConnEnd::Failed {
+            side: Side::Client,
+            error,
+        };
+    }
+    match dialed.upstream {
+        Err(reason) => {
+            observer
+                .shared
+                .metrics
+                .error(observer.direction, &observer.destination, reason);
+            ConnEnd::Refused(reason)
+        }
+        Ok(_) => opaque(client, &[], dialed, routing, conn, observer).await,
+    }
+}
+
 /// Dials the upstream of an opaque connection (or, during detection, speculatively):
-/// a service's endpoint through its balancer, else the one fixed address.
+/// a service's endpoint through its balancer (each retry on another endpoint
+/// counted), else the one fixed address.
 async fn dial(shared: &Shared, routing: &Routing) -> Dialed {
     let timeout = routing.connect_timeout(shared.config.connect_timeout);
     match routing {
-        Routing::Service { balancer, .. } => shared.connector.dial(balancer, timeout).await,
+        Routing::Service {
+            balancer, route, ..
+        } => {
+            let retried = |reason| {
+                shared
+                    .metrics
+                    .tcp_connect_retry(Direction::Outbound, &route.service, reason)
+            };
+            shared.connector.dial(balancer, timeout, &retried).await
+        }
         Routing::Passthrough(addr) | Routing::Local { app: addr, .. } => {
             shared.connector.dial_addr(*addr, timeout).await
         }

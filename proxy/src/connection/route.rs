@@ -78,6 +78,29 @@ impl Routing {
         }
     }
 
+    /// Outbound for a service or passthrough, inbound to the local application.
+    pub fn direction(&self) -> Direction {
+        match self {
+            Routing::Service { .. } | Routing::Passthrough(_) => Direction::Outbound,
+            Routing::Local { .. } => Direction::Inbound,
+        }
+    }
+
+    /// The same routing, opaque from the first byte (no detection), for a
+    /// tunnelled connection: its peer sidecar already found it not to be HTTP.
+    pub fn opaque(self) -> Routing {
+        match self {
+            Routing::Local {
+                app, peer_service, ..
+            } => Routing::Local {
+                app,
+                peer_service,
+                detection: None,
+            },
+            other => other,
+        }
+    }
+
     /// The `source_service` label.
     pub fn source_service(&self, own: &Arc<str>) -> Arc<str> {
         match self {

@@ -6,6 +6,9 @@
 //! registered while its [`OwnGuard`] lives: one way to register, so none is missed.
 //! A service's endpoint is chosen by its balancer ([`Connector::dial`]), the same
 //! picker HTTP requests use, and the connect's outcome feeds that endpoint's breaker.
+//! An opaque connection to a *meshed* endpoint is dialled through the peer
+//! sidecar's tunnel ([`crate::tunnel`]), so that "connected" means its application
+//! accepted; a peer without a tunnel (an older sidecar) is dialled directly.
 
 use std::collections::HashSet;
 use std::io;
@@ -18,6 +21,7 @@ use tokio::net::TcpStream;
 use crate::addr::EndpointAddr;
 use crate::balance::{Balancer, Endpoint};
 use crate::error::ErrorReason;
+use crate::tunnel::dial::{handshake, Handshake, TunnelClient};
 
 /// The proxy's upstream sockets as (local, peer) address pairs, shared by the
 /// opaque relay and the HTTP pools. The pair, not the local address alone: the
@@ -63,13 +67,87 @@ pub struct Dialed {
     pub upstream: Result<Upstream, ErrorReason>,
 }
 
+/// Why a connect to one endpoint failed, as its breaker and the retry counter hear
+/// it.
+#[derive(Clone, Copy, Debug)]
+struct Failure {
+    /// What the connection ends with when no other endpoint takes it.
+    reason: ErrorReason,
+    via: Via,
+}
+
+/// Where a connect failed.
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    /// Connecting to the endpoint (or to its sidecar's tunnel port) itself.
+    Direct,
+    /// The peer sidecar answered that its application could not be reached.
+    TunnelAnswer,
+    /// The tunnel closed, failed or timed out before answering, on a peer that
+    /// speaks it.
+    TunnelBroken,
+}
+
+impl Failure {
+    fn direct(reason: ErrorReason) -> Self {
+        Failure {
+            reason,
+            via: Via::Direct,
+        }
+    }
+
+    /// Whether nothing is known to listen there: the endpoint is ejected at once. A
+    /// refused connect, and any tunnel failure (ARCHITECTURE.md, Data-plane
+    /// defaults): a tunnel peer that does not answer in time is as useless.
+    fn unreachable(self) -> bool {
+        match self.via {
+            Via::Direct => self.reason == ErrorReason::ConnectRefused,
+            Via::TunnelAnswer | Via::TunnelBroken => true,
+        }
+    }
+
+    /// The `reason` label of `weft_tcp_connect_retries_total` when another endpoint
+    /// is tried after it.
+    fn retry_reason(self) -> &'static str {
+        match (self.via, self.reason) {
+            (Via::TunnelAnswer, _) => "app_unreachable",
+            (Via::TunnelBroken, ErrorReason::ConnectTimeout) | (Via::Direct, _) => {
+                self.reason.as_str()
+            }
+            (Via::TunnelBroken, _) => "tunnel_reset",
+        }
+    }
+}
+
+/// How a connect through a peer's tunnel ended.
+enum Tunnelled {
+    /// Connected, or failed for good (the tunnel spoke, or broke after the peer had
+    /// spoken it before).
+    Done(Result<Upstream, Failure>),
+    /// The peer speaks no tunnel (refused its port, or answered something else):
+    /// dial the endpoint directly.
+    Absent,
+}
+
 /// Dials upstreams and registers the sockets as the proxy's own.
 #[derive(Clone, Debug, Default)]
 pub struct Connector {
     own: OwnUpstreams,
+    /// Dials meshed endpoints of opaque connections through their sidecar's tunnel;
+    /// `None`: never (`--tunnel-port 0`).
+    tunnel: Option<Arc<TunnelClient>>,
 }
 
 impl Connector {
+    /// A connector that dials opaque connections to meshed endpoints through the
+    /// peer sidecars' tunnel port `tunnel_port` (0: directly).
+    pub fn new(tunnel_port: u16) -> Self {
+        Connector {
+            own: OwnUpstreams::default(),
+            tunnel: (tunnel_port != 0).then(|| Arc::new(TunnelClient::new(tunnel_port))),
+        }
+    }
+
     /// Connects within `timeout`; the returned guard keeps the socket registered
     /// until dropped.
     pub async fn connect(
@@ -99,13 +177,19 @@ impl Connector {
         }
     }
 
-    /// Connects to the endpoint `balancer` picks; a failed connect counts as a
-    /// failure of that endpoint (a refused one ejects it at once), a connect as a
-    /// success (the breaker applies to TCP as to HTTP). A connect that failed is
-    /// tried on another endpoint, as the route's retry policy allows for connect
-    /// failures (nothing was sent: safe for any protocol), each retry paid from its
-    /// budget.
-    pub async fn dial<C>(&self, balancer: &Balancer<C>, timeout: Duration) -> Dialed {
+    /// Connects an opaque connection to the endpoint `balancer` picks (through its
+    /// sidecar's tunnel when it is meshed); a failed connect counts as a failure of
+    /// that endpoint (a refused one, or a tunnel's refusal, ejects it at once), a
+    /// connect as a success (the breaker applies to TCP as to HTTP). A connect that
+    /// failed is tried on another endpoint, as the route's retry policy allows for
+    /// connect failures (nothing was sent: safe for any protocol), each retry paid
+    /// from its budget and told to `retried` with why the last one failed.
+    pub async fn dial<C>(
+        &self,
+        balancer: &Balancer<C>,
+        timeout: Duration,
+        retried: &(dyn Fn(&'static str) + Sync),
+    ) -> Dialed {
         let retry = &balancer.policy.retries;
         let mut left = if retry.on.connect_failure {
             retry.attempts
@@ -142,28 +226,112 @@ impl Connector {
                 done: false,
             };
             balancer.start(pick.endpoint);
-            let upstream = self.connect(endpoint, timeout).await;
+            let meshed = self.tunnel.is_some() && balancer.is_meshed(pick.endpoint);
+            let upstream = self.connect_endpoint(endpoint, meshed, timeout).await;
             attempt.finish(&upstream);
             match upstream {
-                Err(reason) if left > 0 && balancer.endpoints().len() > 1 => {
+                Err(failure) if left > 0 && balancer.endpoints().len() > 1 => {
                     if !balancer.budget.withdraw() {
                         return Dialed {
                             endpoint: Some(endpoint),
-                            upstream: Err(reason),
+                            upstream: Err(failure.reason),
                         };
                     }
-                    tracing::debug!(%endpoint, ?reason, left, "connect failed; trying another endpoint");
+                    tracing::debug!(%endpoint, ?failure, left, "connect failed; trying another endpoint");
+                    retried(failure.retry_reason());
                     left -= 1;
-                    failed = Some((pick.endpoint, reason));
+                    failed = Some((pick.endpoint, failure.reason));
                 }
                 upstream => {
                     return Dialed {
                         endpoint: Some(endpoint),
-                        upstream,
+                        upstream: upstream.map_err(|f| f.reason),
                     }
                 }
             }
         }
+    }
+
+    /// Connects to `endpoint` within `timeout`: through its sidecar's tunnel when it
+    /// is `meshed` and the sidecar is not known to lack one, else directly.
+    async fn connect_endpoint(
+        &self,
+        endpoint: EndpointAddr,
+        meshed: bool,
+        timeout: Duration,
+    ) -> Result<Upstream, Failure> {
+        let started = Instant::now();
+        let peer = endpoint.0.ip();
+        let tunnel = self
+            .tunnel
+            .as_deref()
+            .filter(|t| meshed && t.worth_trying(peer));
+        let Some(tunnel) = tunnel else {
+            return self
+                .connect(endpoint, timeout)
+                .await
+                .map_err(Failure::direct);
+        };
+        match self.through_tunnel(tunnel, endpoint, timeout).await {
+            Tunnelled::Done(outcome) => outcome,
+            Tunnelled::Absent => {
+                let left = timeout.saturating_sub(started.elapsed());
+                let direct = self.connect(endpoint, left).await.map_err(Failure::direct);
+                // Only a sidecar that is there is an older one; a pod that refuses
+                // both ports is just down, and may come back with a tunnel.
+                if direct.is_ok() {
+                    tunnel.absent(peer);
+                }
+                direct
+            }
+        }
+    }
+
+    /// Connects to `endpoint`'s sidecar's tunnel port and asks it for the endpoint's
+    /// port, the connect and the answer both within `timeout`.
+    async fn through_tunnel(
+        &self,
+        tunnel: &TunnelClient,
+        endpoint: EndpointAddr,
+        timeout: Duration,
+    ) -> Tunnelled {
+        let peer = endpoint.0.ip();
+        let port = EndpointAddr(std::net::SocketAddr::new(peer, tunnel.port()));
+        let handshaken = tokio::time::timeout(timeout, async {
+            let mut upstream = match self.connect(port, timeout).await {
+                Ok(upstream) => upstream,
+                // Nothing listens on the tunnel port: an older sidecar (or none).
+                Err(ErrorReason::ConnectRefused) => return Tunnelled::Absent,
+                Err(reason) => return Tunnelled::Done(Err(Failure::direct(reason))),
+            };
+            let broken = Failure {
+                reason: ErrorReason::ConnectError,
+                via: Via::TunnelBroken,
+            };
+            match handshake(&mut upstream.stream, endpoint.0.port()).await {
+                Handshake::Connected => {
+                    tunnel.answered(peer);
+                    Tunnelled::Done(Ok(upstream))
+                }
+                Handshake::Refused(reason) => {
+                    tunnel.answered(peer);
+                    Tunnelled::Done(Err(Failure {
+                        reason,
+                        via: Via::TunnelAnswer,
+                    }))
+                }
+                // A peer that answered before broke: it failed (it is dying, or
+                // overloaded). One that never did may be an older sidecar whose
+                // capture took the tunnel port for an application port and reset it.
+                Handshake::Broken if tunnel.answered_before(peer) => Tunnelled::Done(Err(broken)),
+                Handshake::Broken | Handshake::NotTunnel => Tunnelled::Absent,
+            }
+        })
+        .await;
+        handshaken.unwrap_or(Tunnelled::Done(Err(Failure {
+            reason: ErrorReason::ConnectTimeout,
+            via: Via::TunnelBroken,
+        })))
     }
 
     /// Whether `(local, peer)` is one of the proxy's own upstream sockets.
@@ -183,12 +351,12 @@ struct ConnectAttempt<'a, C> {
 }
 
 impl<C> ConnectAttempt<'_, C> {
-    fn finish<T>(&mut self, upstream: &Result<T, ErrorReason>) {
+    fn finish<T>(&mut self, upstream: &Result<T, Failure>) {
         self.done = true;
         self.balancer.end(self.endpoint);
         let latency = self.started.elapsed();
         match upstream {
-            Err(ErrorReason::ConnectRefused) => {
+            Err(failure) if failure.unreachable() => {
                 self.balancer
                     .observe_unreachable(self.endpoint, self.probe, latency)
             }
@@ -240,6 +408,12 @@ mod tests {
             .await
             .expect("bind");
         let port = up.local_addr().expect("addr").port();
+        (up, balancer(port, &[], policy))
+    }
+
+    /// A balancer over 127.0.0.1 and 127.0.0.2 at `port`, the `meshed` ones served
+    /// by a sidecar.
+    fn balancer(port: u16, meshed: &[&str], policy: Policy) -> Arc<Balancer<()>> {
         let table = RouteTable::from_services([ServiceSpec {
             name: "b".into(),
             vip: "10.96.0.1".parse().expect("vip"),
@@ -252,7 +426,7 @@ mod tests {
                 "127.0.0.1".parse().expect("ip"),
                 "127.0.0.2".parse().expect("ip"),
             ],
-            meshed: Vec::new(),
+            meshed: meshed.iter().map(|ip| ip.parse().expect("ip")).collect(),
             withheld: Vec::new(),
             policy,
         }]);
@@ -261,8 +435,11 @@ mod tests {
         else {
             panic!("no route");
         };
-        (up, Registry::<()>::default().balancer(&route))
+        Registry::<()>::default().balancer(&route)
     }
+
+    /// Retries are not counted here.
+    fn uncounted(_: &'static str) {}
 
     fn ip_of(d: &Dialed) -> Option<String> {
         d.endpoint.map(|e| e.0.ip().to_string())
@@ -275,14 +452,14 @@ mod tests {
         let (_up, balancer) = one_dead_one_alive(Policy::default()).await;
         let connector = Connector::default();
         let timeout = Duration::from_secs(1);
-        let first = connector.dial(&balancer, timeout).await;
+        let first = connector.dial(&balancer, timeout, &uncounted).await;
         assert_eq!(ip_of(&first).as_deref(), Some("127.0.0.2"), "tried again");
         assert!(first.upstream.is_ok());
         assert!(balancer.endpoints()[0].health.ejected(), "out at once");
         // Ejected: the next connections all go to the endpoint that accepts, and
         // every socket is the proxy's own while it lives.
         for _ in 0..4 {
-            let next = connector.dial(&balancer, timeout).await;
+            let next = connector.dial(&balancer, timeout, &uncounted).await;
             assert_eq!(ip_of(&next).as_deref(), Some("127.0.0.2"));
             let own = next.upstream.expect("connected");
             let pair = socket_pair(&own.stream).expect("pair");
@@ -301,7 +478,7 @@ mod tests {
         policy.retries.attempts = 0;
         let (_up, balancer) = one_dead_one_alive(policy).await;
         let first = Connector::default()
-            .dial(&balancer, Duration::from_secs(1))
+            .dial(&balancer, Duration::from_secs(1), &uncounted)
             .await;
         assert_eq!(ip_of(&first).as_deref(), Some("127.0.0.1"));
         assert_eq!(
@@ -309,5 +486,106 @@ mod tests {
             Some("connect_refused")
         );
         assert!(balancer.endpoints()[0].health.ejected());
+    }
+
+    /// A sidecar's tunnel listener on `ip:port`, as [`crate::server`] serves it
+    /// without the relay: it reads the preface, dials the target and answers.
+    async fn tunnel_peer(ip: &str, port: u16) -> tokio::task::JoinHandle<()> {
+        let l = tokio::net::TcpListener::bind((ip, port))
+            .await
+            .expect("bind tunnel");
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let target = crate::tunnel::listen::read_target(&mut s, &[port])
+                        .await
+                        .expect("preface");
+                    let app = TcpStream::connect(target).await;
+                    let status = crate::tunnel::listen::status_of(
+                        app.as_ref()
+                            .map(drop)
+                            .map_err(|_| ErrorReason::ConnectRefused),
+                    );
+                    crate::tunnel::listen::answer(&s, status)
+                        .await
+                        .expect("answer");
+                    // Held until the client closes.
+                    let mut sink = Vec::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut sink).await;
+                });
+            }
+        })
+    }
+
+    /// A port free on 127.0.0.1 and 127.0.0.2 alike (both are asked).
+    fn free_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_refusal_ejects_at_once_and_another_endpoint_takes_the_connection() {
+        // Only 127.0.0.2's application listens; both sidecars answer on the tunnel.
+        let app = tokio::net::TcpListener::bind("127.0.0.2:0")
+            .await
+            .expect("bind");
+        let tunnel_port = free_port();
+        let _peers = [
+            tunnel_peer("127.0.0.1", tunnel_port).await,
+            tunnel_peer("127.0.0.2", tunnel_port).await,
+        ];
+        let balancer = balancer(
+            app.local_addr().expect("addr").port(),
+            &["127.0.0.1", "127.0.0.2"],
+            Policy::default(),
+        );
+        let connector = Connector::new(tunnel_port);
+        let retries = Mutex::new(Vec::new());
+        let first = connector
+            .dial(&balancer, Duration::from_secs(1), &|r| {
+                lock(&retries).push(r)
+            })
+            .await;
+        assert_eq!(ip_of(&first).as_deref(), Some("127.0.0.2"), "tried again");
+        let up = first.upstream.expect("connected through the tunnel");
+        assert_eq!(
+            up.stream.peer_addr().expect("peer").port(),
+            tunnel_port,
+            "through the peer's tunnel, not straight to the app"
+        );
+        assert!(app.accept().await.is_ok(), "the app took it");
+        assert_eq!(*lock(&retries), ["app_unreachable"]);
+        assert!(
+            balancer.endpoints()[0].health.ejected(),
+            "out at the first refusal"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sidecar_without_a_tunnel_is_dialled_directly_and_not_ejected() {
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let app_port = app.local_addr().expect("addr").port();
+        // Nothing listens on the tunnel port: an older sidecar.
+        let tunnel_port = free_port();
+        let balancer = balancer(app_port, &["127.0.0.1"], Policy::default());
+        let connector = Connector::new(tunnel_port);
+        // Round robin picks 127.0.0.1 first.
+        let dialed = connector
+            .dial(&balancer, Duration::from_secs(1), &|r| {
+                panic!("retried ({r}): the direct dial works")
+            })
+            .await;
+        assert_eq!(ip_of(&dialed).as_deref(), Some("127.0.0.1"));
+        let up = dialed.upstream.expect("connected directly");
+        assert_eq!(up.stream.peer_addr().expect("peer").port(), app_port);
+        assert!(!balancer.endpoints()[0].health.ejected());
+        let peer = "127.0.0.1".parse().expect("ip");
+        let tunnel = connector.tunnel.as_ref().expect("tunnel");
+        assert!(!tunnel.worth_trying(peer), "remembered as without a tunnel");
     }
 }

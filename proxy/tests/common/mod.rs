@@ -17,7 +17,7 @@ use weft_proxy::ProxyConfig;
 /// are all on 127.0.0.1 at ports the kernel picks.
 pub fn loopback_config(service: &str) -> ProxyConfig {
     let local = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut config = ProxyConfig::with_ports(0, 0);
+    let mut config = ProxyConfig::with_ports(0, 0, 0);
     config.service = service.into();
     config.outbound_listen = vec![local];
     config.inbound_listen = vec![local];
