@@ -2,12 +2,14 @@
 //! replica's app dies, a sidecar drains, or the service scales down and up, with
 //! `web`'s endpoints in the mesh file.
 //!
-//! A frontend pod sends 100 requests/s to `web` (three replicas, each behind its
-//! sidecar an unmodified HTTP/1.1 app, `httpkit.py serve`, and an h2c + gRPC app,
-//! `h2kit serve`) from four unmodified clients at once, 25/s each, all under the
-//! same fault run: two HTTP/1.1 ones, one that keeps connections alive and one that
-//! opens a connection per request; an h2c one over a few long-lived HTTP/2
-//! connections; a gRPC one making unary calls over a few tonic channels. Half the
+//! A frontend pod sends 125 requests/s to `web` (three replicas, each behind its
+//! sidecar an unmodified HTTP/1.1 app, `httpkit.py serve`, an h2c + gRPC app,
+//! `h2kit serve`, and a TCP echo server, `tcpkit.py serve-echo-log`) from five
+//! unmodified clients at once, 25/s each, all under the same fault run: two
+//! HTTP/1.1 ones, one that keeps connections alive and one that opens a connection
+//! per request; an h2c one over a few long-lived HTTP/2 connections; a gRPC one
+//! making unary calls over a few tonic channels; an opaque TCP one opening a
+//! connection per id (carried through the replicas' tunnel port). Half the
 //! HTTP requests are POSTs, every gRPC call is one. Before each fault the frontend's
 //! sidecar must carry the h2c and gRPC loads as HTTP/2 (L7, `/connections`), not as
 //! opaque bytes. Every request carries an id that the replicas log as they receive
@@ -16,8 +18,9 @@
 //! (an application took it and then died). The first kind must be zero for every
 //! client, whatever the method or protocol; the test prints a row per fault, mode
 //! and client (sent / succeeded / failed never-received / failed after receipt),
-//! and what the frontend's sidecar did to get there (its `weft_http_retries_total`
-//! by reason, `weft_endpoint_ejections_total` by reason). The fleet, the load and
+//! and what the frontend's sidecar did to get there (its `weft_http_retries_total`,
+//! `weft_tcp_connect_retries_total` and `weft_endpoint_ejections_total`, each by
+//! reason). The fleet, the load and
 //! the report are `fleet/` (shared with `faults_kubernetes.rs`).
 //!
 //! Every test runs in both capture modes (`_iptables`, `_ebpf`).

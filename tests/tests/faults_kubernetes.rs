@@ -32,8 +32,8 @@ use serde_json::{json, Value};
 use weft_e2e::{wait_until, Mode};
 
 /// `GET /api/v1/services`, trimmed of managedFields, as a 1.30 API server answers:
-/// `web` in `shop` (ClusterIP `fleet::VIP`, named target ports: HTTP/1.1, h2c and
-/// gRPC, the last two with their `appProtocol`) and the cluster's DNS, which no
+/// `web` in `shop` (ClusterIP `fleet::VIP`, named target ports: HTTP/1.1, h2c,
+/// gRPC and a TCP echo, the last three with their `appProtocol`) and the cluster's DNS, which no
 /// pod here calls.
 fn service_list() -> Value {
     json!({
@@ -52,7 +52,9 @@ fn service_list() -> Value {
               { "name": "h2c", "protocol": "TCP", "appProtocol": "kubernetes.io/h2c",
                 "port": fleet::H2C_VIP_PORT, "targetPort": "h2c" },
               { "name": "grpc", "protocol": "TCP", "appProtocol": "grpc",
-                "port": fleet::GRPC_VIP_PORT, "targetPort": "grpc" }
+                "port": fleet::GRPC_VIP_PORT, "targetPort": "grpc" },
+              { "name": "echo", "protocol": "TCP", "appProtocol": "tcp",
+                "port": fleet::TCP_VIP_PORT, "targetPort": "echo" }
             ],
             "selector": { "app": "web" },
             "clusterIP": fleet::VIP, "clusterIPs": [fleet::VIP],
@@ -155,7 +157,8 @@ fn web_slice(ips: &[Ipv4Addr], endpoints: &[Endpoint]) -> Value {
       "ports": [
         { "name": "http", "protocol": "TCP", "port": fleet::APP_PORT },
         { "name": "h2c", "protocol": "TCP", "appProtocol": "kubernetes.io/h2c", "port": fleet::H2C_PORT },
-        { "name": "grpc", "protocol": "TCP", "appProtocol": "grpc", "port": fleet::GRPC_PORT }
+        { "name": "grpc", "protocol": "TCP", "appProtocol": "grpc", "port": fleet::GRPC_PORT },
+        { "name": "echo", "protocol": "TCP", "appProtocol": "tcp", "port": fleet::TCP_PORT }
       ]
     })
 }

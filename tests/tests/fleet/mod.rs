@@ -5,21 +5,24 @@
 //! `faults_kubernetes.rs` (`web.shop`'s from a fake Kubernetes API server through
 //! the controller's Kubernetes source).
 //!
-//! A replica is its sidecar and two unmodified apps, both killed together:
-//! `httpkit.py serve` (HTTP/1.1, port 8080) and `h2kit serve` (plain h2c on 8081,
-//! gRPC on 8082; `src/bin/h2kit`). `web` has a port for each: 80 (HTTP/1.1,
-//! `auto`), 81 (h2c, `auto`: detected from the HTTP/2 preface) and 82 (gRPC,
-//! declared `http`).
+//! A replica is its sidecar and three unmodified apps, all killed together:
+//! `httpkit.py serve` (HTTP/1.1, port 8080), `h2kit serve` (plain h2c on 8081,
+//! gRPC on 8082; `src/bin/h2kit`) and `tcpkit.py serve-echo-log` (a TCP echo
+//! server on 8083). `web` has a port for each: 80 (HTTP/1.1, `auto`), 81 (h2c,
+//! `auto`: detected from the HTTP/2 preface), 82 (gRPC, declared `http`) and 83
+//! (declared `tcp`: opaque bytes, carried through the replicas' tunnel).
 //!
-//! The load: four unmodified clients at once, 25 requests/s each (100/s in all):
+//! The load: five unmodified clients at once, 25 requests/s each (125/s in all):
 //! two HTTP/1.1 ones (`faultload.py`), one keeping connections alive and one
 //! opening a connection per request; an h2c one (`h2kit h2c-load`, a few
 //! long-lived HTTP/2 connections); a gRPC one (`h2kit grpc-load`, unary calls over
-//! a few tonic channels). Half the HTTP requests are POSTs; every gRPC call is
-//! one. Every request carries an id that the replicas log as they receive it, so
-//! each failure a client sees is *never received* (no application saw it: the
-//! mesh could have sent it elsewhere) or *after receipt* (an application took it
-//! and then died).
+//! a few tonic channels); an opaque TCP one (`tcpkit.py echo-load`, a new
+//! connection each time that writes its id and expects it echoed). Half the HTTP
+//! requests are POSTs; every gRPC call is one. Every request (and every TCP
+//! connection) carries an id that the replicas log as they receive it, so each
+//! failure a client sees is *never received* (no application saw it: the mesh
+//! could have sent it elsewhere) or *after receipt* (an application took it and
+//! then died).
 
 // Each suite uses its own subset.
 #![allow(dead_code)]
@@ -51,10 +54,12 @@ pub const VIP: &str = "10.96.0.50";
 pub const APP_PORT: u16 = 8080;
 pub const H2C_PORT: u16 = 8081;
 pub const GRPC_PORT: u16 = 8082;
+pub const TCP_PORT: u16 = 8083;
 /// `web`'s ports (on the VIP) in front of them.
 pub const HTTP1_VIP_PORT: u16 = 80;
 pub const H2C_VIP_PORT: u16 = 81;
 pub const GRPC_VIP_PORT: u16 = 82;
+pub const TCP_VIP_PORT: u16 = 83;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -64,7 +69,7 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// One replica: its pod, its sidecar (until drained) and its apps (until killed):
-/// `httpkit.py serve` and `h2kit serve`.
+/// `httpkit.py serve`, `h2kit serve` and `tcpkit.py serve-echo-log`.
 pub struct Replica {
     pub pod: ModePod,
     pub sidecar: Option<Sidecar>,
@@ -230,19 +235,20 @@ impl Fleet {
         );
     }
 
-    /// Starts replica `i`'s apps (HTTP/1.1; h2c and gRPC) and waits until they
-    /// listen. Both log the ids they receive to the same file.
+    /// Starts replica `i`'s apps (HTTP/1.1; h2c and gRPC; TCP echo) and waits
+    /// until they listen. All log the ids they receive to the same file.
     pub fn start_app(&mut self, i: usize) {
         let log = self.received_log(i);
         let log = log.to_string_lossy();
         let r = &mut self.replicas[i];
         let name = r.pod.name().to_owned();
         let python = python3();
-        let httpkit = tool("httpkit.py");
-        let (app_port, h2c_port, grpc_port) = (
+        let (httpkit, tcpkit) = (tool("httpkit.py"), tool("tcpkit.py"));
+        let (app_port, h2c_port, grpc_port, tcp_port) = (
             APP_PORT.to_string(),
             H2C_PORT.to_string(),
             GRPC_PORT.to_string(),
+            TCP_PORT.to_string(),
         );
         let specs = [
             ProcSpec::new([
@@ -255,6 +261,14 @@ impl Fleet {
             ])
             .name("app"),
             ProcSpec::new([H2KIT, "serve", &h2c_port, &grpc_port, &name, &log]).name("app-h2"),
+            ProcSpec::new([
+                python.to_string_lossy().as_ref(),
+                tcpkit.as_str(),
+                "serve-echo-log",
+                &tcp_port,
+                &log,
+            ])
+            .name("app-tcp"),
         ];
         for spec in specs {
             let app = r.pod.spawn(spec).unwrap();
@@ -461,6 +475,16 @@ impl Fleet {
                 "weft_http_retries_total",
                 &["unsent", "refused", "app_unreachable", "reset", "status"],
             ),
+            connect_retries: by_reason(
+                "weft_tcp_connect_retries_total",
+                &[
+                    "connect_refused",
+                    "connect_timeout",
+                    "connect_error",
+                    "app_unreachable",
+                    "tunnel_reset",
+                ],
+            ),
             ejections: by_reason(
                 "weft_endpoint_ejections_total",
                 &["unreachable", "failures"],
@@ -492,12 +516,14 @@ fn write_mesh_file(file: &Path, front: &ModePod, replicas: &[Replica], serving: 
             .iter()
             .map(|&i| replicas[i].pod.ipv4().to_string())
             .collect();
-        // h2c on `auto` (detected by its preface), gRPC declared `http`.
+        // h2c on `auto` (detected by its preface), gRPC declared `http`, the echo
+        // `tcp`.
         yaml.push_str(&format!(
             "  web:\n    vip: {VIP}\n    ports:\n      \
              - {{ port: {HTTP1_VIP_PORT}, target_port: {APP_PORT} }}\n      \
              - {{ port: {H2C_VIP_PORT}, target_port: {H2C_PORT} }}\n      \
-             - {{ port: {GRPC_VIP_PORT}, target_port: {GRPC_PORT}, protocol: http }}\n    \
+             - {{ port: {GRPC_VIP_PORT}, target_port: {GRPC_PORT}, protocol: http }}\n      \
+             - {{ port: {TCP_VIP_PORT}, target_port: {TCP_PORT}, protocol: tcp }}\n    \
              endpoints: [{}]\n",
             endpoints.join(", ")
         ));
@@ -532,10 +558,12 @@ enum ClientKind {
     Http1(&'static str),
     H2c,
     Grpc,
+    /// `tcpkit.py echo-load`: opaque TCP, a connection per id.
+    Tcp,
 }
 
 /// The clients every fault runs under, all at once.
-pub const CLIENTS: [Client; 4] = [
+pub const CLIENTS: [Client; 5] = [
     Client {
         name: "keep-alive",
         kind: ClientKind::Http1("keepalive"),
@@ -555,6 +583,11 @@ pub const CLIENTS: [Client; 4] = [
         name: "grpc",
         kind: ClientKind::Grpc,
         first_id: "3000000",
+    },
+    Client {
+        name: "tcp",
+        kind: ClientKind::Tcp,
+        first_id: "4000000",
     },
 ];
 
@@ -577,6 +610,13 @@ impl Client {
                 "grpc-load".to_owned(),
                 format!("http://{VIP}:{GRPC_VIP_PORT}"),
             ],
+            ClientKind::Tcp => vec![
+                python3().to_string_lossy().into_owned(),
+                tool("tcpkit.py"),
+                "echo-load".to_owned(),
+                VIP.to_owned(),
+                TCP_VIP_PORT.to_string(),
+            ],
         };
         argv.extend([RATE.to_owned(), seconds.to_owned()]);
         if let ClientKind::Http1(mode) = self.kind {
@@ -590,7 +630,10 @@ impl Client {
 /// What the client-side sidecar did under one fault.
 #[derive(Debug)]
 pub struct Recovery {
+    /// HTTP requests sent again (`weft_http_retries_total`).
     pub retries: Vec<(&'static str, u64)>,
+    /// Opaque connections established elsewhere (`weft_tcp_connect_retries_total`).
+    pub connect_retries: Vec<(&'static str, u64)>,
     pub ejections: Vec<(&'static str, u64)>,
 }
 
@@ -643,8 +686,9 @@ pub fn report(fault: &str, mode: Mode, outcomes: &[Outcome], fleet: &Fleet) -> R
             .join(", ")
     };
     println!(
-        "fault {fault:<28} {mode:<8} sidecar    retried: {}; ejected: {}",
+        "fault {fault:<28} {mode:<8} sidecar    retried: {}; tcp connects retried: {}; ejected: {}",
         list(&recovery.retries),
+        list(&recovery.connect_retries),
         list(&recovery.ejections)
     );
     for o in outcomes {
