@@ -40,7 +40,7 @@ pub mod registry;
 
 use std::cell::Cell;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,6 +112,8 @@ pub struct Balancer<C> {
     pub policy: Policy,
     pub budget: RetryBudget,
     ejections: Ejections,
+    /// Whether the route's servers were last seen to speak first.
+    server_first: AtomicBool,
 }
 
 /// Where a route's ejections are counted: `weft_endpoint_ejections_total`, labelled
@@ -169,6 +171,25 @@ impl<C> Balancer<C> {
             budget: RetryBudget::new(policy.retries.budget_percent, policy.retries.min_per_second),
             policy,
             ejections,
+            server_first: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the route's last connection whose client was silent at first had a
+    /// server that spoke first (a banner), so that the next silent client's
+    /// upstream is worth dialling early ([`crate::detect::SPECULATE_AFTER_KNOWN`]).
+    /// Kept for the route's life: a new version of the route learns again.
+    pub fn server_first(&self) -> bool {
+        self.server_first.load(Ordering::Relaxed)
+    }
+
+    /// Records what detection saw of a silent client's connection: the server
+    /// spoke first, or the client went on to speak HTTP.
+    pub fn note_server_first(&self, server_first: bool) {
+        // Read first: a port whose answer does not change is not written per
+        // connection (the line is shared by every connection's pick).
+        if self.server_first() != server_first {
+            self.server_first.store(server_first, Ordering::Relaxed);
         }
     }
 

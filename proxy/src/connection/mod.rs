@@ -157,18 +157,27 @@ async fn serve_routed(
             }
         }
         Some(detection) => {
-            let sniffed = Box::pin(detect::sniff(&client, detection, || {
-                dial(&shared, &routing)
-            }));
-            match sniffed.await {
-                Sniffed::Opaque { prefix, upstream } => {
+            let sniffed = Box::pin(detect::sniff(
+                &client,
+                detection,
+                routing.speculate_after(),
+                || dial(&shared, &routing),
+            ));
+            let sniffed = sniffed.await;
+            routing.learn(&sniffed);
+            match sniffed {
+                Sniffed::Opaque {
+                    prefix, upstream, ..
+                } => {
                     conn.set_protocol("tcp");
                     Box::pin(opaque(
                         &client, &prefix, upstream, &routing, &conn, &observer,
                     ))
                     .await
                 }
-                Sniffed::Http { version, prefix } => {
+                Sniffed::Http {
+                    version, prefix, ..
+                } => {
                     conn.set_protocol(version.as_str());
                     let dest = match &routing {
                         Routing::Service {

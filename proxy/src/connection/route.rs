@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::addr::{ClientAddr, Direction, EndpointAddr, OrigDstAddr};
-use crate::detect::Detection;
+use crate::detect::{self, Detection, Sniffed};
 use crate::l7::ServiceBalancer;
 use crate::routes::{PortProtocol, Resolved, ServiceRoute};
 use crate::state::Shared;
@@ -126,6 +126,34 @@ impl Routing {
         }
     }
 
+    /// How long a silent client is given before its upstream is dialled: shorter
+    /// for a service port whose server was last seen to speak first.
+    pub fn speculate_after(&self) -> Duration {
+        match self {
+            Routing::Service { balancer, .. } if balancer.server_first() => {
+                detect::SPECULATE_AFTER_KNOWN
+            }
+            _ => detect::SPECULATE_AFTER,
+        }
+    }
+
+    /// Remembers, for a service port, what detection saw of a client that was
+    /// silent at first: its server spoke first, or it went on to speak HTTP.
+    pub fn learn(&self, sniffed: &Sniffed) {
+        let Routing::Service { balancer, .. } = self else {
+            return;
+        };
+        match sniffed {
+            Sniffed::Opaque {
+                server_first: true, ..
+            } => balancer.note_server_first(true),
+            Sniffed::Http {
+                speculated: true, ..
+            } => balancer.note_server_first(false),
+            _ => {}
+        }
+    }
+
     /// The upstream address when it is known before any pick.
     pub fn fixed_endpoint(&self) -> Option<EndpointAddr> {
         match self {
@@ -140,5 +168,74 @@ impl Routing {
             Routing::Service { route, .. } => route.policy.connect_timeout,
             Routing::Passthrough(_) | Routing::Local { .. } => proxy_default,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorReason;
+    use crate::l7::Registry;
+    use crate::routes::{test_spec, RouteTable};
+    use crate::tcp::connect::Dialed;
+    use bytes::BytesMut;
+
+    fn service_routing() -> Routing {
+        let table = RouteTable::from_services([test_spec("b", "10.96.0.1", &["127.0.0.1"])]);
+        let orig_dst = OrigDstAddr("10.96.0.1:80".parse().expect("addr"));
+        let Resolved::Service(route) = table.resolve(orig_dst) else {
+            panic!("no route");
+        };
+        Routing::Service {
+            balancer: Registry::default().balancer(&route),
+            generation: 0,
+            orig_dst,
+            detection: Some(Detection::Auto),
+            route,
+        }
+    }
+
+    fn opaque(server_first: bool) -> Sniffed {
+        Sniffed::Opaque {
+            prefix: BytesMut::new(),
+            upstream: Dialed {
+                endpoint: None,
+                upstream: Err(ErrorReason::ConnectRefused),
+            },
+            server_first,
+        }
+    }
+
+    fn http(speculated: bool) -> Sniffed {
+        Sniffed::Http {
+            version: crate::detect::HttpVersion::Http1,
+            prefix: BytesMut::new(),
+            speculated,
+        }
+    }
+
+    #[test]
+    fn a_port_whose_server_spoke_first_is_dialled_at_once_until_a_client_speaks_http() {
+        let routing = service_routing();
+        assert_eq!(routing.speculate_after(), detect::SPECULATE_AFTER);
+        // A client that spoke first, opaque or HTTP, teaches nothing.
+        routing.learn(&opaque(false));
+        routing.learn(&http(false));
+        assert_eq!(routing.speculate_after(), detect::SPECULATE_AFTER);
+        routing.learn(&opaque(true));
+        assert_eq!(routing.speculate_after(), detect::SPECULATE_AFTER_KNOWN);
+        // A fast HTTP client on the same port does not unlearn it...
+        routing.learn(&http(false));
+        assert_eq!(routing.speculate_after(), detect::SPECULATE_AFTER_KNOWN);
+        // ...one whose upstream was dialled for nothing does.
+        routing.learn(&http(true));
+        assert_eq!(routing.speculate_after(), detect::SPECULATE_AFTER);
+    }
+
+    #[test]
+    fn inbound_and_passthrough_always_wait_the_full_time() {
+        let passthrough = Routing::Passthrough(EndpointAddr("10.0.0.1:25".parse().expect("a")));
+        passthrough.learn(&opaque(true));
+        assert_eq!(passthrough.speculate_after(), detect::SPECULATE_AFTER);
     }
 }

@@ -15,6 +15,13 @@
 //! and the client turns out to speak HTTP, it is simply closed (HTTP traffic is
 //! balanced per request over pooled connections instead).
 //!
+//! The caller says how long to wait before speculating: [`SPECULATE_AFTER`], or
+//! [`SPECULATE_AFTER_KNOWN`] for a destination whose server was last seen to speak
+//! first, which the caller learns from what [`sniff`] reports (`server_first`,
+//! `speculated`). So a banner port costs its first connection the full wait and
+//! the next ones none, while a port whose clients speak HTTP never gets a
+//! connection dialled for nothing.
+//!
 //! A client that stays silent while the server does too goes opaque after
 //! [`DETECT_TIMEOUT`]; one that sent an inconclusive prefix gets [`PARTIAL_TIMEOUT`]
 //! to complete it.
@@ -37,6 +44,10 @@ use classify::Verdict;
 
 /// How long a silent client is given before the upstream is dialled speculatively.
 pub const SPECULATE_AFTER: Duration = Duration::from_millis(10);
+/// The same, for a destination whose server was last seen to speak first: no wait.
+/// Its clients wait for the server, so any wait only delays the banner; bytes a
+/// client has already sent when detection starts are still read first.
+pub const SPECULATE_AFTER_KNOWN: Duration = Duration::ZERO;
 /// How long a connection where neither side speaks is held in detection.
 pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client that sent an inconclusive prefix has to complete it.
@@ -87,13 +98,20 @@ impl Detection {
 /// What detection decided.
 #[derive(Debug)]
 pub enum Sniffed {
-    /// Serve as HTTP; `prefix` is what the client has sent so far.
+    /// Serve as HTTP; `prefix` is what the client has sent so far. `speculated`:
+    /// an upstream was dialled while the client was silent, and then closed.
     Http {
         version: HttpVersion,
         prefix: BytesMut,
+        speculated: bool,
     },
-    /// Relay as TCP: write `prefix` upstream first.
-    Opaque { prefix: BytesMut, upstream: Dialed },
+    /// Relay as TCP: write `prefix` upstream first. `server_first`: the upstream
+    /// spoke (or closed) before the client said anything.
+    Opaque {
+        prefix: BytesMut,
+        upstream: Dialed,
+        server_first: bool,
+    },
     /// The client's socket failed (typically a reset) during detection.
     ClientFailed {
         error: io::Error,
@@ -102,8 +120,14 @@ pub enum Sniffed {
 }
 
 /// Reads the client's first bytes and decides. `connect` dials the upstream (at most
-/// once): speculatively, or when the connection turns out to be opaque.
-pub async fn sniff<F, Fut>(client: &TcpStream, mode: Detection, connect: F) -> Sniffed
+/// once): speculatively once the client has been silent for `speculate_after`, or
+/// when the connection turns out to be opaque.
+pub async fn sniff<F, Fut>(
+    client: &TcpStream,
+    mode: Detection,
+    speculate_after: Duration,
+    connect: F,
+) -> Sniffed
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Dialed>,
@@ -115,6 +139,7 @@ where
     let mut connecting = pin!(None::<Fut>);
     let mut upstream: Option<Dialed> = None;
     let speculate = mode == Detection::Auto;
+    let mut server_first = false;
 
     let verdict = loop {
         let connected = upstream
@@ -125,6 +150,7 @@ where
             biased;
             // The server spoke first (or closed): this is no client-first protocol.
             _ = async { connected.expect("guarded").readable().await }, if connected.is_some() => {
+                server_first = true;
                 break Verdict::Opaque;
             }
             up = async { connecting.as_mut().as_pin_mut().expect("guarded").await }, if connecting.is_some() => {
@@ -155,7 +181,13 @@ where
                     v => break v,
                 }
             }
-            _ = sleep_until(started + SPECULATE_AFTER), if speculate && connect.is_some() => {
+            // No timer for no wait: a timer's deadline rounds up to the next
+            // millisecond tick.
+            _ = async {
+                if !speculate_after.is_zero() {
+                    sleep_until(started + speculate_after).await;
+                }
+            }, if speculate && connect.is_some() => {
                 if let Some(connect) = connect.take() {
                     connecting.set(Some(connect()));
                 }
@@ -163,16 +195,20 @@ where
             _ = sleep_until(deadline) => break Verdict::Opaque,
         }
     };
+    // Dialled, or being dialled, while the client was silent.
+    let speculated = connect.is_none();
     match (verdict, mode) {
         (Verdict::Http1, _) | (Verdict::Opaque | Verdict::NeedMore, Detection::Http) => {
             Sniffed::Http {
                 version: HttpVersion::Http1,
                 prefix: buf,
+                speculated,
             }
         }
         (Verdict::H2, _) => Sniffed::Http {
             version: HttpVersion::H2,
             prefix: buf,
+            speculated,
         },
         (Verdict::Opaque | Verdict::NeedMore, Detection::Auto) => {
             let upstream = match (upstream, connecting.as_mut().as_pin_mut(), connect) {
@@ -187,6 +223,7 @@ where
             Sniffed::Opaque {
                 prefix: buf,
                 upstream,
+                server_first,
             }
         }
     }
@@ -222,10 +259,15 @@ mod tests {
         c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .expect("write");
-        match sniff(&s, Detection::Auto, no_upstream).await {
-            Sniffed::Http { version, prefix } => {
+        match sniff(&s, Detection::Auto, SPECULATE_AFTER, no_upstream).await {
+            Sniffed::Http {
+                version,
+                prefix,
+                speculated,
+            } => {
                 assert_eq!(version, HttpVersion::Http1);
                 assert_eq!(&prefix[..], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+                assert!(!speculated, "the request was there before any wait");
             }
             other => panic!("{other:?}"),
         }
@@ -241,10 +283,17 @@ mod tests {
             }
             c
         });
-        match sniff(&s, Detection::Auto, no_upstream).await {
-            Sniffed::Http { version, prefix } => {
+        match sniff(&s, Detection::Auto, SPECULATE_AFTER, no_upstream).await {
+            Sniffed::Http {
+                version,
+                prefix,
+                speculated,
+            } => {
                 assert_eq!(version, HttpVersion::Http1);
                 assert_eq!(&prefix[..], b"GET /x HTTP/1.1\r\n");
+                // Each part came 20 ms after the last: the upstream was dialled
+                // while the client seemed silent, and is reported wasted.
+                assert!(speculated);
             }
             other => panic!("{other:?}"),
         }
@@ -266,15 +315,20 @@ mod tests {
         });
         let connector = Connector::default();
         let t = Instant::now();
-        let out = sniff(&s, Detection::Auto, || {
+        let out = sniff(&s, Detection::Auto, SPECULATE_AFTER_KNOWN, || {
             connector.dial_addr(server_addr, Duration::from_secs(1))
         })
         .await;
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
         match out {
-            Sniffed::Opaque { prefix, upstream } => {
+            Sniffed::Opaque {
+                prefix,
+                upstream,
+                server_first,
+            } => {
                 assert!(prefix.is_empty());
                 assert!(upstream.upstream.is_ok());
+                assert!(server_first);
             }
             other => panic!("{other:?}"),
         }
@@ -285,7 +339,7 @@ mod tests {
     async fn declared_http_takes_garbage_as_http1() {
         let (mut c, s) = pair().await;
         c.write_all(b"\x16\x03\x01garbage").await.expect("write");
-        match sniff(&s, Detection::Http, no_upstream).await {
+        match sniff(&s, Detection::Http, SPECULATE_AFTER, no_upstream).await {
             Sniffed::Http { version, .. } => assert_eq!(version, HttpVersion::Http1),
             other => panic!("{other:?}"),
         }
