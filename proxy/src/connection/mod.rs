@@ -38,32 +38,39 @@ use route::{Routing, UNKNOWN_SERVICE};
 /// Each path's future is boxed: the task of a connection is as large as the
 /// largest state of this function, and an idle HTTP connection (the most common
 /// state by far) should not carry the detection's and the opaque relay's.
-pub async fn serve(
+#[allow(clippy::manual_async_fn)] // see the comment in the body
+pub fn serve(
     shared: Arc<Shared>,
     direction: Direction,
     client: TcpStream,
     client_addr: ClientAddr,
     _permit: OwnedSemaphorePermit,
-) {
-    let orig_dst = match destination::recover(&shared, &client, client_addr) {
-        Ok(o) => o,
-        Err(reason) => {
-            tracing::debug!(%client_addr, %direction, reason = reason.as_str(), "refused");
-            shared.metrics.error(direction, UNKNOWN_SERVICE, reason);
-            relay::reset(&client);
-            return;
-        }
-    };
-    let routing = Routing::of(&shared, direction, client_addr, orig_dst);
-    serve_routed(
-        shared,
-        client,
-        client_addr,
-        orig_dst,
-        routing,
-        Entry::Captured,
-    )
-    .await;
+) -> impl std::future::Future<Output = ()> {
+    // An async block, not an async fn: its captures are used in place, where an
+    // async fn's arguments take room twice in every state of the future (once as
+    // arguments, once as the locals they are moved into), which every idle
+    // connection pays.
+    async move {
+        let orig_dst = match destination::recover(&shared, &client, client_addr) {
+            Ok(o) => o,
+            Err(reason) => {
+                tracing::debug!(%client_addr, %direction, reason = reason.as_str(), "refused");
+                shared.metrics.error(direction, UNKNOWN_SERVICE, reason);
+                relay::reset(&client);
+                return;
+            }
+        };
+        let routing = Routing::of(&shared, direction, client_addr, orig_dst);
+        serve_routed(
+            shared,
+            client,
+            client_addr,
+            orig_dst,
+            routing,
+            Entry::Captured,
+        )
+        .await;
+    }
 }
 
 /// Serves a connection a peer sidecar opened on the tunnel port: its preface names
@@ -108,122 +115,129 @@ enum Entry {
 }
 
 /// Serves a connection whose destination and routing are known, to its end.
-async fn serve_routed(
+#[allow(clippy::manual_async_fn)] // see the comment in the body
+fn serve_routed(
     shared: Arc<Shared>,
     client: TcpStream,
     client_addr: ClientAddr,
     orig_dst: OrigDstAddr,
     routing: Routing,
     entry: Entry,
-) {
-    let direction = routing.direction();
-    let _ = client.set_nodelay(true);
-    let source = routing.source_service(&shared.own_service);
-    let destination = routing.destination_service(&shared.own_service);
-    let labels = Arc::new(TcpLabels::new(direction, &source, &destination));
-    let mut conn = shared.conns.open(ConnInfo {
-        direction,
-        client: client_addr,
-        orig_dst,
-        service: destination.to_string(),
-        endpoint: routing.fixed_endpoint(),
-        protocol: if routing.detection().is_some() {
-            "detecting"
-        } else {
-            "tcp"
-        },
-    });
-    shared.metrics.tcp_opened(&labels);
-    let observer = ConnObserver {
-        direction,
-        destination: destination.clone(),
-        shared: shared.clone(),
-        labels: labels.clone(),
-        bytes: conn.bytes().clone(),
-    };
-    let end = match routing.detection() {
-        None => {
-            let dialed = Box::pin(dial(&shared, &routing)).await;
-            match entry {
-                Entry::Tunnelled => {
-                    Box::pin(answer_then_relay(
-                        &client, dialed, &routing, &conn, &observer,
-                    ))
-                    .await
-                }
-                Entry::Captured => {
-                    Box::pin(opaque(&client, &[], dialed, &routing, &conn, &observer)).await
+) -> impl std::future::Future<Output = ()> {
+    // An async block, not an async fn: its captures are used in place, where an
+    // async fn's arguments take room twice in every state of the future (once as
+    // arguments, once as the locals they are moved into), which every idle
+    // connection pays.
+    async move {
+        let direction = routing.direction();
+        let _ = client.set_nodelay(true);
+        let source = routing.source_service(&shared.own_service);
+        let destination = routing.destination_service(&shared.own_service);
+        let labels = Arc::new(TcpLabels::new(direction, &source, &destination));
+        let mut conn = shared.conns.open(ConnInfo {
+            direction,
+            client: client_addr,
+            orig_dst,
+            service: destination.to_string(),
+            endpoint: routing.fixed_endpoint(),
+            protocol: if routing.detection().is_some() {
+                "detecting"
+            } else {
+                "tcp"
+            },
+        });
+        shared.metrics.tcp_opened(&labels);
+        let observer = ConnObserver {
+            direction,
+            destination: destination.clone(),
+            shared: shared.clone(),
+            labels: labels.clone(),
+            bytes: conn.bytes().clone(),
+        };
+        let end = match routing.detection() {
+            None => {
+                let dialed = Box::pin(dial(&shared, &routing)).await;
+                match entry {
+                    Entry::Tunnelled => {
+                        Box::pin(answer_then_relay(
+                            &client, dialed, &routing, &conn, &observer,
+                        ))
+                        .await
+                    }
+                    Entry::Captured => {
+                        Box::pin(opaque(&client, &[], dialed, &routing, &conn, &observer)).await
+                    }
                 }
             }
-        }
-        Some(detection) => {
-            let sniffed = Box::pin(detect::sniff(
-                &client,
-                detection,
-                routing.speculate_after(),
-                || dial(&shared, &routing),
-            ));
-            let sniffed = sniffed.await;
-            routing.learn(&sniffed);
-            match sniffed {
-                Sniffed::Opaque {
-                    prefix, upstream, ..
-                } => {
-                    conn.set_protocol("tcp");
-                    Box::pin(opaque(
-                        &client, &prefix, upstream, &routing, &conn, &observer,
-                    ))
-                    .await
-                }
-                Sniffed::Http {
-                    version, prefix, ..
-                } => {
-                    conn.set_protocol(version.as_str());
-                    let dest = match &routing {
-                        Routing::Service {
-                            balancer,
-                            generation,
-                            orig_dst,
-                            ..
-                        } => Dest::Service(Follow::new(
-                            shared.routes.clone(),
-                            shared.balancers.clone(),
-                            *orig_dst,
-                            *generation,
-                            balancer.clone(),
-                        )),
-                        Routing::Passthrough(addr) | Routing::Local { app: addr, .. } => {
-                            Dest::Address(*addr)
+            Some(detection) => {
+                let sniffed = Box::pin(detect::sniff(
+                    &client,
+                    detection,
+                    routing.speculate_after(),
+                    || dial(&shared, &routing),
+                ));
+                let sniffed = sniffed.await;
+                routing.learn(&sniffed);
+                match sniffed {
+                    Sniffed::Opaque {
+                        prefix, upstream, ..
+                    } => {
+                        conn.set_protocol("tcp");
+                        Box::pin(opaque(
+                            &client, &prefix, upstream, &routing, &conn, &observer,
+                        ))
+                        .await
+                    }
+                    Sniffed::Http {
+                        version, prefix, ..
+                    } => {
+                        conn.set_protocol(version.as_str());
+                        let dest = match &routing {
+                            Routing::Service {
+                                balancer,
+                                generation,
+                                orig_dst,
+                                ..
+                            } => Dest::Service(Follow::new(
+                                shared.routes.clone(),
+                                shared.balancers.clone(),
+                                *orig_dst,
+                                *generation,
+                                balancer.clone(),
+                            )),
+                            Routing::Passthrough(addr) | Routing::Local { app: addr, .. } => {
+                                Dest::Address(*addr)
+                            }
+                        };
+                        let edge = Edge {
+                            direction,
+                            source: &source,
+                            destination: &destination,
+                        };
+                        let ctx = shared
+                            .l7
+                            .conn_ctx(version, dest, edge, observer.bytes.clone());
+                        let stop = shared.stop.subscribe();
+                        let observer = Arc::new(observer);
+                        Box::pin(crate::l7::serve::serve(client, prefix, ctx, observer, stop)).await
+                    }
+                    Sniffed::ClientFailed { error, upstream } => {
+                        if let Some(Ok(up)) = upstream.as_ref().map(|u| &u.upstream) {
+                            relay::reset(&up.stream);
                         }
-                    };
-                    let edge = Edge {
-                        direction,
-                        source: &source,
-                        destination: &destination,
-                    };
-                    let ctx = shared
-                        .l7
-                        .conn_ctx(version, dest, edge, observer.bytes.clone());
-                    let stop = shared.stop.subscribe();
-                    let observer = Arc::new(observer);
-                    Box::pin(crate::l7::serve::serve(client, prefix, ctx, observer, stop)).await
-                }
-                Sniffed::ClientFailed { error, upstream } => {
-                    if let Some(Ok(up)) = upstream.as_ref().map(|u| &u.upstream) {
-                        relay::reset(&up.stream);
-                    }
-                    relay::reset(&client);
-                    ConnEnd::Failed {
-                        side: Side::Client,
-                        error,
+                        relay::reset(&client);
+                        ConnEnd::Failed {
+                            side: Side::Client,
+                            error,
+                        }
                     }
                 }
             }
-        }
-    };
-    tracing::debug!(id = conn.id(), %client_addr, %orig_dst, %direction, end = %end, "closed");
-    conn.set_end(end);
-    shared.metrics.tcp_closed(&labels);
+        };
+        tracing::debug!(id = conn.id(), %client_addr, %orig_dst, %direction, end = %end, "closed");
+        conn.set_end(end);
+        shared.metrics.tcp_closed(&labels);
+    }
 }
 
 /// Relays an opaque connection to what was dialled for it (after `prefix`, what

@@ -62,53 +62,60 @@ const REQUEST_TIMEOUT_408: &[u8] =
 
 /// Serves HTTP on `stream` until the client closes (or, after `stop`, until the
 /// requests in flight are done); returns how it ended, for `/connections`.
-pub async fn serve(
+#[allow(clippy::manual_async_fn)] // see the comment in the body
+pub fn serve(
     stream: TcpStream,
     prefix: BytesMut,
     ctx: Arc<ConnCtx>,
     observer: Observer,
     mut stop: watch::Receiver<bool>,
-) -> ConnEnd {
-    let salvage: Salvage = Arc::new(Mutex::new(None));
-    let io = ClientIo::new(stream, prefix, observer, salvage.clone());
-    let svc = Forward(ctx.clone());
-    let served = match ctx.version {
-        HttpVersion::Http1 => serve_h1(io, svc, &ctx, &mut stop).await,
-        HttpVersion::H2 => {
-            // Boxed: the connection task stays small whichever protocol it serves.
-            let mut conn = Box::pin(
-                http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .auto_date_header(false)
-                    .serve_connection(TokioIo::new(io), svc),
-            );
-            tokio::select! {
-                biased;
-                r = conn.as_mut() => r,
-                () = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+) -> impl std::future::Future<Output = ConnEnd> {
+    // An async block, not an async fn: its captures are used in place, where an
+    // async fn's arguments take room twice in every state of the future (once as
+    // arguments, once as the locals they are moved into), which every idle
+    // connection pays.
+    async move {
+        let salvage: Salvage = Arc::new(Mutex::new(None));
+        let io = ClientIo::new(stream, prefix, observer, salvage.clone());
+        let svc = Forward(ctx.clone());
+        let served = match ctx.version {
+            HttpVersion::Http1 => serve_h1(io, svc, &ctx, &mut stop).await,
+            HttpVersion::H2 => {
+                // Boxed: the connection task stays small whichever protocol it serves.
+                let mut conn = Box::pin(
+                    http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .auto_date_header(false)
+                        .serve_connection(TokioIo::new(io), svc),
+                );
+                tokio::select! {
+                    biased;
+                    r = conn.as_mut() => r,
+                    () = stopped(&mut stop) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
                 }
+                .map_err(Served::Hyper)
             }
-            .map_err(Served::Hyper)
+        };
+        for tunnel in ctx.take_tunnels() {
+            let _ = tunnel.await;
         }
-    };
-    for tunnel in ctx.take_tunnels() {
-        let _ = tunnel.await;
-    }
-    let left = salvage.lock().unwrap_or_else(|e| e.into_inner()).take();
-    match served {
-        Ok(()) => ConnEnd::Eof,
-        Err(Served::Hyper(e)) if e.is_timeout() => match left {
-            Some((stream, true)) => {
-                // Small enough for any socket buffer: one non-blocking write.
-                let _ = stream.try_write(REQUEST_TIMEOUT_408);
-                ConnEnd::HeaderTimeout
-            }
-            _ => ConnEnd::IdleTimeout,
-        },
-        Err(Served::Idle) => ConnEnd::IdleTimeout,
-        Err(Served::Hyper(e)) => ConnEnd::Http(e),
+        let left = salvage.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match served {
+            Ok(()) => ConnEnd::Eof,
+            Err(Served::Hyper(e)) if e.is_timeout() => match left {
+                Some((stream, true)) => {
+                    // Small enough for any socket buffer: one non-blocking write.
+                    let _ = stream.try_write(REQUEST_TIMEOUT_408);
+                    ConnEnd::HeaderTimeout
+                }
+                _ => ConnEnd::IdleTimeout,
+            },
+            Err(Served::Idle) => ConnEnd::IdleTimeout,
+            Err(Served::Hyper(e)) => ConnEnd::Http(e),
+        }
     }
 }
 
@@ -136,61 +143,73 @@ impl Service<Request<Incoming>> for Forward {
 
 /// HTTP/1: hyper serves the connection while requests come; between them, once
 /// the connection is quiet, it is held without hyper (see the module docs).
-async fn serve_h1(
+#[allow(clippy::manual_async_fn)] // see the comment in the body
+fn serve_h1<'a>(
     mut io: ClientIo,
     mut svc: Forward,
-    ctx: &ConnCtx,
-    stop: &mut watch::Receiver<bool>,
-) -> Result<(), Served> {
-    loop {
-        let timer = HeadWaitTimer::default();
-        let quiet = io.quiet();
-        // Boxed: it exists only while the connection is busy; the task holding an
-        // idle connection stays small.
-        let mut conn = Box::new(
-            http1::Builder::new()
-                .timer(timer.clone())
-                .header_read_timeout(ctx.common.header_read_timeout)
-                .max_header_size(MAX_HEADER_BYTES)
-                // A client may shut its write side after the request (nc -N).
-                .half_close(true)
-                // Responses are the upstream's: no Date added that it did not send.
-                .auto_date_header(false)
-                .serve_connection(TokioIo::new(io), svc)
-                .with_upgrades(),
-        );
-        // The connection is polled first, so that a request already read by
-        // detection is parsed (and answered) even when the drain has begun.
-        let idle = tokio::select! {
-            biased;
-            r = until_idle(&mut *conn, &timer, &quiet) => r.map_err(Served::Hyper)?,
-            () = stopped(stop) => {
-                Pin::new(&mut *conn).graceful_shutdown();
-                return Pin::new(&mut *conn).await.map_err(Served::Hyper);
-            }
-        };
-        if !idle {
-            return Ok(());
-        }
-        let parts = unbox_parts(conn);
-        io = parts.io.into_inner();
-        svc = parts.service;
-        // Even empty, hyper's read buffer holds its allocation: not kept while idle.
-        let unparsed = parts.read_buf;
-        if !unparsed.is_empty() {
-            // Part of a next request came with the last one: hyper goes on with it.
-            io.replay(BytesMut::from(&unparsed[..]));
-            continue;
-        }
-        drop(unparsed);
-        tokio::select! {
-            r = io.readable() => {
-                if r.is_err() {
-                    return Ok(());
+    ctx: &'a ConnCtx,
+    stop: &'a mut watch::Receiver<bool>,
+) -> impl std::future::Future<Output = Result<(), Served>> + 'a {
+    // An async block for the reason given in `serve`.
+    async move {
+        loop {
+            let timer = HeadWaitTimer::default();
+            let quiet = io.quiet();
+            // Boxed: it exists only while the connection is busy; the task holding an
+            // idle connection stays small.
+            let mut conn = Box::new(
+                http1::Builder::new()
+                    .timer(timer.clone())
+                    .header_read_timeout(ctx.common.header_read_timeout)
+                    .max_header_size(MAX_HEADER_BYTES)
+                    // A client may shut its write side after the request (nc -N).
+                    .half_close(true)
+                    // Responses are the upstream's: no Date added that it did not send.
+                    .auto_date_header(false)
+                    .serve_connection(TokioIo::new(io), svc)
+                    .with_upgrades(),
+            );
+            // The connection is polled first, so that a request already read by
+            // detection is parsed (and answered) even when the drain has begun.
+            let idle = tokio::select! {
+                biased;
+                r = until_idle(&mut *conn, &timer, &quiet) => r.map_err(Served::Hyper)?,
+                () = stopped(stop) => {
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    return Pin::new(&mut *conn).await.map_err(Served::Hyper);
                 }
+            };
+            if !idle {
+                return Ok(());
             }
-            () = stopped(stop) => return Ok(()),
-            () = tokio::time::sleep(ctx.common.policy.idle_timeout) => return Err(Served::Idle),
+            // In a block: nothing of hyper's parts may live in the task across the
+            // idle wait (a moved-from local still takes its room there).
+            let replayed = {
+                let parts = unbox_parts(conn);
+                io = parts.io.into_inner();
+                svc = parts.service;
+                // Even empty, hyper's read buffer holds its allocation: not kept while
+                // idle.
+                let unparsed = parts.read_buf;
+                // Part of a next request came with the last one: hyper goes on with it.
+                let replayed = !unparsed.is_empty();
+                if replayed {
+                    io.replay(BytesMut::from(&unparsed[..]));
+                }
+                replayed
+            };
+            if replayed {
+                continue;
+            }
+            tokio::select! {
+                r = io.readable() => {
+                    if r.is_err() {
+                        return Ok(());
+                    }
+                }
+                () = stopped(stop) => return Ok(()),
+                () = tokio::time::sleep(ctx.common.policy.idle_timeout) => return Err(Served::Idle),
+            }
         }
     }
 }
