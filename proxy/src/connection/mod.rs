@@ -44,13 +44,17 @@ pub fn serve(
     direction: Direction,
     client: TcpStream,
     client_addr: ClientAddr,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) -> impl std::future::Future<Output = ()> {
     // An async block, not an async fn: its captures are used in place, where an
     // async fn's arguments take room twice in every state of the future (once as
     // arguments, once as the locals they are moved into), which every idle
     // connection pays.
     async move {
+        // Named, so that the block captures it: a block takes only what it uses,
+        // and the permit must be held until the connection ends (the drain waits
+        // for it).
+        let _permit = permit;
         let orig_dst = match destination::recover(&shared, &client, client_addr) {
             Ok(o) => o,
             Err(reason) => {
