@@ -30,7 +30,8 @@ pub struct ConnInfo {
     pub direction: Direction,
     pub client: ClientAddr,
     pub orig_dst: OrigDstAddr,
-    pub service: String,
+    /// Shared with the connection's labels: no copy per connection.
+    pub service: Arc<str>,
     pub endpoint: Option<EndpointAddr>,
     pub protocol: &'static str,
 }
@@ -172,7 +173,7 @@ fn snapshot_of(
         direction: conn.info.direction,
         source: conn.info.client,
         original_destination: conn.info.orig_dst,
-        service: conn.info.service.clone(),
+        service: conn.info.service.to_string(),
         endpoint: conn.info.endpoint,
         protocol: conn.info.protocol,
         bytes_from_client: conn.bytes.from_client.load(Ordering::Relaxed),
@@ -239,7 +240,7 @@ mod tests {
             direction: Direction::Outbound,
             client: ClientAddr(a),
             orig_dst: OrigDstAddr(b),
-            service: "passthrough".into(),
+            service: Arc::from("passthrough"),
             endpoint: Some(EndpointAddr(b)),
             protocol: "tcp",
         }

@@ -142,7 +142,7 @@ fn serve_routed(
             direction,
             client: client_addr,
             orig_dst,
-            service: destination.to_string(),
+            service: destination.clone(),
             endpoint: routing.fixed_endpoint(),
             protocol: if routing.detection().is_some() {
                 "detecting"
