@@ -497,10 +497,10 @@ workloads:
       timeout: 5s
       connect_timeout: 1s
       idle_timeout: 300s
-      half_close_timeout: 20s
       retries: { attempts: 2, budget_percent: 20, min_per_second: 10, on: [connect-failure, reset, 503, gateway-error] }
       circuit_breaker: { consecutive_failures: 5, base_ejection: 10s, max_ejection_percent: 50 }
-      lb: p2c_ewma";
+      lb: p2c_ewma
+      half_close_timeout: 20s";
 
     #[test]
     fn l7_policy_parses_with_defaults_left_unset() {

@@ -387,7 +387,10 @@ async fn an_idle_opaque_connection_is_closed_after_the_idle_timeout_and_counted(
     assert!(res.is_err(), "expected a reset, got {res:?}");
     assert_eq!(seen.recv().await.unwrap(), "ConnectionReset");
     assert_eq!(closed_end(p.admin).await, "idle_timeout");
-    assert_eq!(errors_counted(p.metrics, "tcp_idle_timeout").await, Some(1.0));
+    assert_eq!(
+        errors_counted(p.metrics, "tcp_idle_timeout").await,
+        Some(1.0)
+    );
 }
 
 #[tokio::test]

@@ -9,9 +9,9 @@ use crate::addr::{ClientAddr, Direction, EndpointAddr, OrigDstAddr};
 use crate::detect::{self, Detection, Sniffed};
 use crate::l7::ServiceBalancer;
 use crate::policy::Policy;
-use crate::tcp::relay::RelayLimits;
 use crate::routes::{PortProtocol, Resolved, ServiceRoute};
 use crate::state::Shared;
+use crate::tcp::relay::RelayLimits;
 
 /// Outbound destinations that are no known service are forwarded as-is and labelled so.
 pub const PASSTHROUGH_SERVICE: &str = "passthrough";

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
+use super::liveness::Liveness;
 use crate::addr::EndpointAddr;
 use crate::balance::{Balancer, Endpoint};
 use crate::error::ErrorReason;
 use crate::tunnel::dial::{handshake, Handshake, TunnelClient};
-use super::liveness::Liveness;
 
 /// The proxy's upstream sockets as (local, peer) address pairs, shared by the
 /// opaque relay and the HTTP pools. The pair, not the local address alone: the
