@@ -1,6 +1,7 @@
 //! Tier 2: TCP semantics survive two proxies (A's outbound, B's inbound): large
 //! transfers arrive byte-identical both ways, half-close works, a server's reset
-//! reaches the client as a reset, and 1,000 concurrent connections all complete.
+//! reaches the client as a reset, 1,000 concurrent connections all complete, and
+//! an opaque connection idle past A's idle timeout is reset and counted.
 //! The applications are tests/tools/tcpkit.py and nc — plain sockets, no weft.
 //!
 //! Every test runs in both capture modes (`_iptables`, `_ebpf`); the 100 MB transfers
@@ -77,6 +78,11 @@ struct Setup {
 }
 
 fn setup(capture: Capture, port: u16, server_args: &[&str]) -> Setup {
+    setup_with(capture, port, server_args, &[])
+}
+
+/// [`setup`], A's proxy started with `a_proxy_args` too.
+fn setup_with(capture: Capture, port: u16, server_args: &[&str], a_proxy_args: &[&str]) -> Setup {
     let mesh = Mesh::new().unwrap();
     let a = capture.mode.add_pod(&mesh, "a").unwrap();
     let b = capture.mode.add_pod(&mesh, "b").unwrap();
@@ -93,7 +99,9 @@ fn setup(capture: Capture, port: u16, server_args: &[&str]) -> Setup {
         server.logs().contains("listening")
     })
     .unwrap();
-    let sa = a.sidecar(capture.init_args()).unwrap();
+    let sa = a
+        .sidecar_with(capture.init_args(), a.name(), a_proxy_args)
+        .unwrap();
     let sb = b.sidecar(capture.init_args()).unwrap();
     Setup {
         capture,
@@ -277,6 +285,36 @@ fn server_reset(capture: Capture) {
     );
     s.check_ebpf_after(1);
 }
+
+fn idle_bound(capture: Capture) {
+    let s = setup_with(
+        capture,
+        9010,
+        &["serve-echo"],
+        &["--tcp-idle-timeout", "2s"],
+    );
+    // A line echoed, then silence both ways: A's proxy resets both sides.
+    assert_eq!(s.client(&["read-expect-error", "9010"], SECS(30)), "reset");
+    let (out, inb) = s.assert_through_both_proxies(9010, 1);
+    assert_eq!(out[0]["end"], "idle_timeout", "{out:#?}");
+    assert_eq!(
+        inb[0]["end"], "reset_by_client",
+        "B saw A's reset: {inb:#?}"
+    );
+    let metrics = s.sa.metrics().unwrap();
+    let counted = weft_runtime::prom_text::value(
+        &metrics,
+        "weft_proxy_errors_total",
+        &[("direction", "outbound"), ("reason", "tcp_idle_timeout")],
+    );
+    assert_eq!(counted, Some(1.0), "{metrics}");
+    s.check_ebpf_after(1);
+}
+
+per_capture!(idle_bound:
+    an_idle_opaque_connection_is_reset_and_counted_iptables => IPTABLES,
+    an_idle_opaque_connection_is_reset_and_counted_ebpf => EBPF,
+);
 
 per_capture!(server_reset:
     server_reset_reaches_the_client_as_a_reset_iptables => IPTABLES,
