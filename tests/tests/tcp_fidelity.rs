@@ -1,7 +1,9 @@
 //! Tier 2: TCP semantics survive two proxies (A's outbound, B's inbound): large
 //! transfers arrive byte-identical both ways, half-close works, a server's reset
 //! reaches the client as a reset, 1,000 concurrent connections all complete, and
-//! an opaque connection idle past A's idle timeout is reset and counted.
+//! an opaque connection idle past A's idle timeout is reset and counted, and one
+//! whose server vanishes (its pod's link down, no FIN, no RST) is cut by A's
+//! `TCP_USER_TIMEOUT` instead of the kernel's ~15 minutes of retransmission.
 //! The applications are tests/tools/tcpkit.py and nc — plain sockets, no weft.
 //!
 //! Every test runs in both capture modes (`_iptables`, `_ebpf`); the 100 MB transfers
@@ -310,6 +312,56 @@ fn idle_bound(capture: Capture) {
     assert_eq!(counted, Some(1.0), "{metrics}");
     s.check_ebpf_after(1);
 }
+
+fn vanished_peer(capture: Capture) {
+    let s = setup_with(
+        capture,
+        9011,
+        &["serve-echo"],
+        &["--tcp-user-timeout", "2s"],
+    );
+    let go = s._mesh.run_dir().join("link-down");
+    let py = python3().to_string_lossy().into_owned();
+    let argv = [
+        py,
+        tcpkit(),
+        "echo-then-again".into(),
+        s.b.ipv4().to_string(),
+        "9011".into(),
+        go.to_string_lossy().into_owned(),
+    ];
+    let client = s.a.spawn(ProcSpec::new(argv).name("client")).unwrap();
+    wait_until(SECS(10), Duration::from_millis(50), || {
+        client.logs().contains("echoed")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", client.logs()));
+    // B goes away without a word: its link down inside its namespace.
+    s.b.run_ok(
+        ["ip", "link", "set", "dev", s.b.dev(), "down"],
+        None,
+        SECS(5),
+    )
+    .unwrap();
+    std::fs::write(&go, "").unwrap();
+    let status = client
+        .wait_timeout(SECS(40))
+        .unwrap_or_else(|| panic!("the client never finished: {}", client.logs()));
+    assert!(status.success(), "{status:?}: {}", client.logs());
+    // The data A's proxy wrote went unacknowledged for the user timeout: the
+    // upstream socket was aborted and the client reset, long before the kernel's
+    // own retransmission time.
+    assert!(client.logs().contains("reset"), "{}", client.logs());
+    let out = s.sa.wait_closed(s.dst(9011)).unwrap();
+    assert_eq!(out.len(), 1, "{out:#?}");
+    let end = out[0]["end"].as_str().unwrap();
+    assert!(end.starts_with("error_upstream"), "{end}");
+    assert!(end.contains("timed out"), "{end}");
+}
+
+per_capture!(vanished_peer:
+    a_vanished_server_is_noticed_by_the_user_timeout_iptables => IPTABLES,
+    a_vanished_server_is_noticed_by_the_user_timeout_ebpf => EBPF,
+);
 
 per_capture!(idle_bound:
     an_idle_opaque_connection_is_reset_and_counted_iptables => IPTABLES,
