@@ -80,11 +80,18 @@ struct Setup {
 }
 
 fn setup(capture: Capture, port: u16, server_args: &[&str]) -> Setup {
-    setup_with(capture, port, server_args, &[])
+    setup_with(capture, port, server_args, &[], &[])
 }
 
-/// [`setup`], A's proxy started with `a_proxy_args` too.
-fn setup_with(capture: Capture, port: u16, server_args: &[&str], a_proxy_args: &[&str]) -> Setup {
+/// [`setup`], A's and B's proxies started with `a_proxy_args` and `b_proxy_args`
+/// too.
+fn setup_with(
+    capture: Capture,
+    port: u16,
+    server_args: &[&str],
+    a_proxy_args: &[&str],
+    b_proxy_args: &[&str],
+) -> Setup {
     let mesh = Mesh::new().unwrap();
     let a = capture.mode.add_pod(&mesh, "a").unwrap();
     let b = capture.mode.add_pod(&mesh, "b").unwrap();
@@ -104,7 +111,9 @@ fn setup_with(capture: Capture, port: u16, server_args: &[&str], a_proxy_args: &
     let sa = a
         .sidecar_with(capture.init_args(), a.name(), a_proxy_args)
         .unwrap();
-    let sb = b.sidecar(capture.init_args()).unwrap();
+    let sb = b
+        .sidecar_with(capture.init_args(), b.name(), b_proxy_args)
+        .unwrap();
     Setup {
         capture,
         a,
@@ -294,6 +303,7 @@ fn idle_bound(capture: Capture) {
         9010,
         &["serve-echo"],
         &["--tcp-idle-timeout", "2s"],
+        &[],
     );
     // A line echoed, then silence both ways: A's proxy resets both sides.
     assert_eq!(s.client(&["read-expect-error", "9010"], SECS(30)), "reset");
@@ -319,6 +329,7 @@ fn vanished_peer(capture: Capture) {
         9011,
         &["serve-echo"],
         &["--tcp-user-timeout", "2s"],
+        &[],
     );
     let go = s._mesh.run_dir().join("link-down");
     let py = python3().to_string_lossy().into_owned();
@@ -361,6 +372,76 @@ fn vanished_peer(capture: Capture) {
 per_capture!(vanished_peer:
     a_vanished_server_is_noticed_by_the_user_timeout_iptables => IPTABLES,
     a_vanished_server_is_noticed_by_the_user_timeout_ebpf => EBPF,
+);
+
+/// Open descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Resident memory of process `pid`, in MB (printed, not asserted).
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn silent_flood(capture: Capture) {
+    // B's app listens with a backlog of 1 and never accepts; 500 clients connect
+    // to it through both proxies, say nothing, and close after a while.
+    let s = setup_with(
+        capture,
+        9012,
+        &["serve-no-accept"],
+        &["--half-close-timeout", "2s"],
+        &["--half-close-timeout", "2s"],
+    );
+    let (a_pid, b_pid) = (s.sa.proxy().pid(), s.sb.proxy().pid());
+    let (a_base, b_base) = (open_fds(a_pid), open_fds(b_pid));
+    let rss_base = (rss_mb(a_pid), rss_mb(b_pid));
+    let held = s.client(&["hold", "9012", "500", "3"], SECS(120));
+    assert!(held.contains("open=500"), "{held}");
+    let (a_peak, b_peak) = (open_fds(a_pid), open_fds(b_pid));
+    let rss_peak = (rss_mb(a_pid), rss_mb(b_pid));
+    // Back to the baseline once the clients are gone: what B connected to the app
+    // is bounded by the connect timeout (5 s), what it relays half-closed by the
+    // half-close timeout, whatever the app does.
+    let mut now = (0, 0);
+    wait_until(SECS(30), Duration::from_millis(200), || {
+        now = (open_fds(a_pid), open_fds(b_pid));
+        now.0 <= a_base + 2 && now.1 <= b_base + 2
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: descriptors A {a_base} -> {a_peak} -> {}, B {b_base} -> {b_peak} -> {}",
+            now.0, now.1
+        )
+    });
+    let rss_after = (rss_mb(a_pid), rss_mb(b_pid));
+    println!(
+        "silent flood ({}): descriptors A {a_base} -> {a_peak} -> {}, B {b_base} -> {b_peak} -> {}; \
+         RSS MB A {:.1} -> {:.1} -> {:.1}, B {:.1} -> {:.1} -> {:.1}",
+        s.capture.label(),
+        now.0,
+        now.1,
+        rss_base.0,
+        rss_peak.0,
+        rss_after.0,
+        rss_base.1,
+        rss_peak.1,
+        rss_after.1
+    );
+}
+
+per_capture!(silent_flood:
+    a_silent_flood_gives_its_descriptors_back_iptables => IPTABLES,
+    a_silent_flood_gives_its_descriptors_back_ebpf => EBPF,
 );
 
 per_capture!(idle_bound:

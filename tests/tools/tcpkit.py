@@ -18,6 +18,9 @@ carry faithfully. Each prints one result line on stdout that the test reads.
                                at most), send another line, then read until the
                                connection ends; print "reset", "eof" or "timeout"
                                (30 s)
+  serve-no-accept PORT         listen with a backlog of 1 and never accept: the
+                               kernel completes a couple of handshakes, then drops
+                               SYNs (an application that fell behind)
   many HOST PORT N             hold N concurrent connections, echo one line on each,
                                print "completed=K"
   digest BYTES                 print "sha256=H" of the deterministic stream
@@ -280,6 +283,17 @@ def read_expect_error(host, port):
         print("timeout", flush=True)
 
 
+def serve_no_accept(port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", port))
+    s.listen(1)
+    print("listening", flush=True)
+    while True:
+        time.sleep(3600)
+
+
 def echo_then_again(host, port, gofile):
     import os
     conn = connect(host, port)
@@ -525,6 +539,8 @@ def main(argv):
         push(args[0], int(args[1]), int(args[2]))
     elif cmd == "read-expect-error":
         read_expect_error(args[0], int(args[1]))
+    elif cmd == "serve-no-accept":
+        serve_no_accept(int(args[0]))
     elif cmd == "echo-then-again":
         echo_then_again(args[0], int(args[1]), args[2])
     elif cmd == "many":
