@@ -122,7 +122,7 @@ impl ProxyConfig {
             tcp_idle_timeout: crate::policy::TCP_IDLE_TIMEOUT,
             half_close_timeout: crate::policy::HALF_CLOSE_TIMEOUT,
             tcp_keepalive: crate::tcp::liveness::KEEPALIVE,
-            tcp_user_timeout: crate::tcp::liveness::USER_TIMEOUT,
+            tcp_user_timeout: Duration::ZERO,
             drain_grace: Duration::from_secs(10),
             drain_delay: Duration::from_secs(3),
             traffic_metrics: true,

@@ -67,8 +67,10 @@ struct Args {
     #[arg(long, env = "WEFT_TCP_KEEPALIVE", default_value = "60s", value_parser = humantime::parse_duration)]
     tcp_keepalive: Duration,
     /// How long sent data (and keepalive probes) may go unacknowledged on a relayed
-    /// socket before it is aborted (TCP_USER_TIMEOUT); 0: the kernel's ~15 minutes.
-    #[arg(long, env = "WEFT_TCP_USER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    /// socket before it is aborted (TCP_USER_TIMEOUT); 0 (the default): the
+    /// kernel's ~15 minutes. Linux also aborts on a zero window held this long, so a
+    /// reader that pauses longer loses its connection.
+    #[arg(long, env = "WEFT_TCP_USER_TIMEOUT", default_value = "0s", value_parser = humantime::parse_duration)]
     tcp_user_timeout: Duration,
     /// After SIGTERM, how long open connections may keep going before the proxy exits.
     #[arg(long, env = "WEFT_DRAIN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]

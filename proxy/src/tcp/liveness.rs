@@ -4,10 +4,16 @@
 //! A peer that vanishes without a FIN or RST (its node powered off, its link cut)
 //! leaves an idle socket open forever and a socket with unacknowledged data (a FIN
 //! included) retransmitting for the kernel's full time, about 15 minutes. Keepalive
-//! probes an idle connection after [`Liveness::keepalive`]; the user timeout bounds
-//! how long sent data (and keepalive probes, when both are set) may go
-//! unacknowledged before the kernel aborts the connection, which the relay then
-//! sees as an error and counts.
+//! probes an idle connection after [`Liveness::keepalive`] (on by default); the
+//! user timeout, when set (`--tcp-user-timeout`), bounds how long sent data (and
+//! keepalive probes) may go unacknowledged before the kernel aborts the
+//! connection, which the relay then sees as an error and counts.
+//!
+//! The user timeout is off by default: Linux also aborts a connection whose peer
+//! keeps a zero window past it, so a reader that pauses (back-pressure, for
+//! minutes) would lose its connection through the mesh. A half-closed connection
+//! stuck retransmitting its FIN is bounded without it, by the relay's half-close
+//! timeout.
 
 use std::time::Duration;
 
@@ -16,8 +22,6 @@ use tokio::net::TcpStream;
 
 /// Default time a connection is idle before the first keepalive probe.
 pub const KEEPALIVE: Duration = Duration::from_secs(60);
-/// Default bound on unacknowledged data.
-pub const USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Between keepalive probes.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Unanswered probes before the peer is declared dead (without a user timeout).
@@ -31,11 +35,11 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    /// The proxy's defaults.
+    /// The proxy's defaults: keepalive, no user timeout.
     pub fn defaults() -> Self {
         Liveness {
             keepalive: Some(KEEPALIVE),
-            user_timeout: Some(USER_TIMEOUT),
+            user_timeout: None,
         }
     }
 
@@ -71,7 +75,12 @@ mod tests {
         let c = TcpStream::connect(l.local_addr().expect("addr"))
             .await
             .expect("connect");
-        Liveness::defaults().apply(&c);
+        let user_timeout = Duration::from_secs(30);
+        Liveness {
+            user_timeout: Some(user_timeout),
+            ..Liveness::defaults()
+        }
+        .apply(&c);
         let sock = SockRef::from(&c);
         assert!(sock.keepalive().expect("SO_KEEPALIVE"));
         assert_eq!(sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"), KEEPALIVE);
@@ -85,7 +94,7 @@ mod tests {
         );
         assert_eq!(
             sock.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),
-            Some(USER_TIMEOUT)
+            Some(user_timeout)
         );
     }
 
