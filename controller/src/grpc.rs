@@ -88,6 +88,7 @@ fn policy_to_proto(p: &crate::model::Policy) -> pb::Policy {
         timeout_ms: ms(p.timeout),
         connect_timeout_ms: ms(p.connect_timeout),
         idle_timeout_ms: ms(p.idle_timeout),
+        half_close_timeout_ms: ms(p.half_close_timeout),
         retries: p.retries.as_ref().map(|r| pb::RetryPolicy {
             attempts: r.attempts,
             budget_percent: r.budget_percent,

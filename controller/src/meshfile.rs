@@ -499,7 +499,8 @@ workloads:
       idle_timeout: 300s
       retries: { attempts: 2, budget_percent: 20, min_per_second: 10, on: [connect-failure, reset, 503, gateway-error] }
       circuit_breaker: { consecutive_failures: 5, base_ejection: 10s, max_ejection_percent: 50 }
-      lb: p2c_ewma";
+      lb: p2c_ewma
+      half_close_timeout: 20s";
 
     #[test]
     fn l7_policy_parses_with_defaults_left_unset() {
@@ -509,6 +510,7 @@ workloads:
         let p = &mesh.services[&name("backend")].policy;
         assert_eq!(p.timeout, Some(Duration::from_secs(5)));
         assert_eq!(p.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(p.half_close_timeout, Some(Duration::from_secs(20)));
         let r = p.retries.as_ref().expect("retries");
         assert_eq!(
             (r.attempts, r.budget_percent, r.min_per_second),

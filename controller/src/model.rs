@@ -153,7 +153,8 @@ pub struct Policy {
     // The proxies' part (ARCHITECTURE.md, Data-plane defaults), carried as the
     // discovery API's `Policy`.
     // Unset fields take the proxy's defaults: timeout 15s, connect_timeout 5s,
-    // idle_timeout 300s; retries 2 on connect-failure, reset and 503 within 20% +
+    // idle_timeout 300s (HTTP; opaque TCP 1h unless set), half_close_timeout 60s;
+    // retries 2 on connect-failure, reset and 503 within 20% +
     // 10/s; breaker after 5 consecutive failures, 10s growing to 300s, at most 50%
     // of the endpoints; lb round_robin.
     /// The whole request, from arrival to response head, retries included.
@@ -170,13 +171,23 @@ pub struct Policy {
         skip_serializing_if = "Option::is_none"
     )]
     pub connect_timeout: Option<std::time::Duration>,
-    /// How long a pooled upstream connection may stay idle.
+    /// How long a connection may stay idle: a pooled upstream or a client's
+    /// keep-alive HTTP connection between requests, and (when set) an opaque TCP
+    /// connection that carries no byte either way.
     #[serde(
         default,
         with = "opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<std::time::Duration>,
+    /// Opaque TCP: once one direction has ended, how long the other may carry no
+    /// byte before the connection is closed.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub half_close_timeout: Option<std::time::Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<RetryPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -309,6 +320,7 @@ impl Policy {
             ("timeout", self.timeout),
             ("connect_timeout", self.connect_timeout),
             ("idle_timeout", self.idle_timeout),
+            ("half_close_timeout", self.half_close_timeout),
         ] {
             if d.is_some_and(|d| d.is_zero()) {
                 return Some(format!("{what} must be more than 0"));

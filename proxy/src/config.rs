@@ -43,6 +43,22 @@ pub struct ProxyConfig {
     /// HTTP/1: how long a client has to send a request head (then 408 and close).
     #[serde(with = "crate::policy::humantime_serde_compat")]
     pub header_read_timeout: Duration,
+    /// Opaque TCP: closed after carrying no byte either way for this long, unless
+    /// the service's policy sets `idle_timeout`.
+    #[serde(with = "crate::policy::humantime_serde_compat")]
+    pub tcp_idle_timeout: Duration,
+    /// Opaque TCP: once one direction has ended, closed after the other carried
+    /// no byte for this long, unless the service's policy sets it.
+    #[serde(with = "crate::policy::humantime_serde_compat")]
+    pub half_close_timeout: Duration,
+    /// Idle time before a relayed socket's first keepalive probe (0: no keepalive).
+    #[serde(with = "crate::policy::humantime_serde_compat")]
+    pub tcp_keepalive: Duration,
+    /// How long data (and keepalive probes) sent on a relayed socket may go
+    /// unacknowledged before the kernel aborts it (`TCP_USER_TIMEOUT`; 0: the
+    /// kernel's default, about 15 minutes).
+    #[serde(with = "crate::policy::humantime_serde_compat")]
+    pub tcp_user_timeout: Duration,
     /// How long open connections may keep going after SIGTERM.
     #[serde(with = "crate::policy::humantime_serde_compat")]
     pub drain_grace: Duration,
@@ -103,6 +119,10 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: crate::policy::REQUEST_TIMEOUT,
             header_read_timeout: crate::l7::serve::HEADER_READ_TIMEOUT,
+            tcp_idle_timeout: crate::policy::TCP_IDLE_TIMEOUT,
+            half_close_timeout: crate::policy::HALF_CLOSE_TIMEOUT,
+            tcp_keepalive: crate::tcp::liveness::KEEPALIVE,
+            tcp_user_timeout: Duration::ZERO,
             drain_grace: Duration::from_secs(10),
             drain_delay: Duration::from_secs(3),
             traffic_metrics: true,
@@ -119,6 +139,17 @@ impl ProxyConfig {
         crate::policy::Defaults {
             timeout: self.request_timeout,
             connect_timeout: self.connect_timeout,
+            tcp_idle_timeout: self.tcp_idle_timeout,
+            half_close_timeout: self.half_close_timeout,
+        }
+    }
+
+    /// The dead-peer options of every relayed socket (a zero setting is off).
+    pub fn liveness(&self) -> crate::tcp::liveness::Liveness {
+        let set = |d: Duration| (!d.is_zero()).then_some(d);
+        crate::tcp::liveness::Liveness {
+            keepalive: set(self.tcp_keepalive),
+            user_timeout: set(self.tcp_user_timeout),
         }
     }
 }

@@ -37,6 +37,11 @@ pub enum ErrorReason {
     /// A connection to the tunnel port sent no valid preface (or asked for a port
     /// the tunnel does not reach).
     BadTunnelPreface,
+    /// Opaque TCP: no byte either way for the idle timeout; closed by the proxy.
+    TcpIdleTimeout,
+    /// Opaque TCP: half-closed, and no byte for the half-close timeout; closed by
+    /// the proxy.
+    HalfCloseTimeout,
 }
 
 impl ErrorReason {
@@ -56,6 +61,8 @@ impl ErrorReason {
             ErrorReason::AllEjected => "all_endpoints_ejected",
             ErrorReason::ClientBody => "client_body_error",
             ErrorReason::BadTunnelPreface => "bad_tunnel_preface",
+            ErrorReason::TcpIdleTimeout => "tcp_idle_timeout",
+            ErrorReason::HalfCloseTimeout => "half_close_timeout",
         }
     }
 }
@@ -87,8 +94,12 @@ pub enum ConnEnd {
     Refused(ErrorReason),
     /// HTTP: a client did not finish a request head in time and was told 408.
     HeaderTimeout,
-    /// HTTP: a keep-alive connection stayed idle past the header timeout.
+    /// Idle past the idle timeout: an HTTP keep-alive connection between requests,
+    /// or an opaque one that carried no byte either way (reset on both sides).
     IdleTimeout,
+    /// Opaque: one direction had ended and the other carried no byte for the
+    /// half-close timeout (reset on both sides).
+    HalfCloseTimeout,
     /// HTTP: hyper ended the connection with an error.
     Http(hyper::Error),
     /// The task ended without saying why (it was aborted).
@@ -113,6 +124,7 @@ impl fmt::Display for ConnEnd {
             ConnEnd::Refused(reason) => f.write_str(reason.as_str()),
             ConnEnd::HeaderTimeout => f.write_str("header_timeout_408"),
             ConnEnd::IdleTimeout => f.write_str("idle_timeout"),
+            ConnEnd::HalfCloseTimeout => f.write_str("half_close_timeout"),
             ConnEnd::Http(e) => write!(f, "http_error: {e}"),
             ConnEnd::Aborted => f.write_str("aborted"),
         }

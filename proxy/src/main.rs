@@ -54,6 +54,24 @@ struct Args {
     /// HTTP/1: how long a client has to send a request head; then 408 and close.
     #[arg(long, env = "WEFT_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     header_read_timeout: Duration,
+    /// Opaque TCP: close a connection that carried no byte either way for this
+    /// long (a service's policy `idle_timeout` overrides it).
+    #[arg(long, env = "WEFT_TCP_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    tcp_idle_timeout: Duration,
+    /// Opaque TCP: once one direction has ended, close the connection after the
+    /// other carried no byte for this long (a service's policy overrides it).
+    #[arg(long, env = "WEFT_HALF_CLOSE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    half_close_timeout: Duration,
+    /// Idle time before the first keepalive probe on every relayed socket (client
+    /// and upstream), so that a peer gone without a FIN is noticed; 0: none.
+    #[arg(long, env = "WEFT_TCP_KEEPALIVE", default_value = "60s", value_parser = humantime::parse_duration)]
+    tcp_keepalive: Duration,
+    /// How long sent data (and keepalive probes) may go unacknowledged on a relayed
+    /// socket before it is aborted (TCP_USER_TIMEOUT); 0 (the default): the
+    /// kernel's ~15 minutes. Linux also aborts on a zero window held this long, so a
+    /// reader that pauses longer loses its connection.
+    #[arg(long, env = "WEFT_TCP_USER_TIMEOUT", default_value = "0s", value_parser = humantime::parse_duration)]
+    tcp_user_timeout: Duration,
     /// After SIGTERM, how long open connections may keep going before the proxy exits.
     #[arg(long, env = "WEFT_DRAIN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     drain_grace: Duration,
@@ -92,6 +110,10 @@ impl Args {
         config.connect_timeout = self.connect_timeout;
         config.request_timeout = self.request_timeout;
         config.header_read_timeout = self.header_read_timeout;
+        config.tcp_idle_timeout = self.tcp_idle_timeout;
+        config.half_close_timeout = self.half_close_timeout;
+        config.tcp_keepalive = self.tcp_keepalive;
+        config.tcp_user_timeout = self.tcp_user_timeout;
         config.drain_grace = self.drain_grace;
         config.drain_delay = self.drain_delay;
         config.traffic_metrics = !self.no_traffic_metrics;

@@ -91,6 +91,12 @@ pub struct Policy {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde_compat")]
     pub idle_timeout: Duration,
+    /// Opaque TCP's idle timeout: the policy's `idle_timeout` when it sets one,
+    /// else [`TCP_IDLE_TIMEOUT`].
+    #[serde(with = "humantime_serde_compat")]
+    pub tcp_idle_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub half_close_timeout: Duration,
     pub retries: RetryPolicy,
     pub circuit_breaker: BreakerPolicy,
     pub lb: Lb,
@@ -101,6 +107,8 @@ pub struct Policy {
 pub struct Defaults {
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    pub tcp_idle_timeout: Duration,
+    pub half_close_timeout: Duration,
 }
 
 impl Default for Defaults {
@@ -108,6 +116,8 @@ impl Default for Defaults {
         Defaults {
             timeout: REQUEST_TIMEOUT,
             connect_timeout: Duration::from_secs(5),
+            tcp_idle_timeout: TCP_IDLE_TIMEOUT,
+            half_close_timeout: HALF_CLOSE_TIMEOUT,
         }
     }
 }
@@ -116,6 +126,11 @@ impl Default for Defaults {
 /// (connecting and retries included), when no policy sets it.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Opaque TCP's idle timeout when no policy sets one: long, as Envoy's tcp_proxy
+/// (1 h), since pooled database connections idle for minutes.
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Opaque TCP: how long a half-closed connection may carry no byte.
+pub const HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const RETRY_ATTEMPTS: u32 = 2;
 pub const RETRY_BUDGET_PERCENT: u32 = 20;
 pub const RETRY_MIN_PER_SECOND: u32 = 10;
@@ -151,6 +166,8 @@ impl Policy {
             timeout: d.timeout,
             connect_timeout: d.connect_timeout,
             idle_timeout: IDLE_TIMEOUT,
+            tcp_idle_timeout: d.tcp_idle_timeout,
+            half_close_timeout: d.half_close_timeout,
             retries: RetryPolicy {
                 attempts: RETRY_ATTEMPTS,
                 budget_percent: RETRY_BUDGET_PERCENT,
@@ -180,6 +197,8 @@ impl Policy {
         out.timeout = dur(p.timeout_ms, out.timeout);
         out.connect_timeout = dur(p.connect_timeout_ms, out.connect_timeout);
         out.idle_timeout = dur(p.idle_timeout_ms, out.idle_timeout);
+        out.tcp_idle_timeout = dur(p.idle_timeout_ms, out.tcp_idle_timeout);
+        out.half_close_timeout = dur(p.half_close_timeout_ms, out.half_close_timeout);
         if let Some(r) = &p.retries {
             let rp = &mut out.retries;
             rp.attempts = r.attempts.unwrap_or(rp.attempts).min(MAX_RETRIES);
@@ -250,6 +269,7 @@ mod tests {
             timeout_ms: Some(500),
             connect_timeout_ms: Some(0),
             idle_timeout_ms: None,
+            half_close_timeout_ms: None,
             retries: Some(api::RetryPolicy {
                 attempts: Some(99),
                 budget_percent: Some(300),

@@ -16,6 +16,7 @@ use crate::l7::telemetry::HttpInstruments;
 use crate::l7::{Registry, L7};
 use crate::metrics::{Metrics, MetricsError};
 use crate::orig_dst::OrigDstSource;
+use crate::policy::Policy;
 use crate::readiness::AppCheck;
 use crate::routes::Routes;
 use crate::tcp::connect::Connector;
@@ -50,6 +51,9 @@ pub struct Shared {
     pub app_check: AppCheck,
     /// The proxy's own ports, which the tunnel does not reach.
     pub own_ports: Vec<u16>,
+    /// The policy of opaque connections that no service's policy covers
+    /// (passthrough, inbound): the proxy's defaults.
+    pub tcp_policy: Policy,
 }
 
 impl Shared {
@@ -65,7 +69,7 @@ impl Shared {
         if config.discovery.is_some() {
             metrics.observe_discovery(discovery.clone());
         }
-        let connector = Connector::new(config.tunnel_port);
+        let connector = Connector::new(config.tunnel_port).with_liveness(config.liveness());
         let instruments = HttpInstruments::new(
             &metrics.meter(),
             metrics.errors_counter().clone(),
@@ -96,6 +100,7 @@ impl Shared {
             discovery,
             app_check: AppCheck::default(),
             own_ports,
+            tcp_policy: Policy::defaults(config.policy_defaults()),
             config,
         })
     }

@@ -319,3 +319,132 @@ async fn drain_gives_up_after_the_grace_period() {
         .unwrap();
     assert_eq!(outcome, DrainOutcome { abandoned: 1 });
 }
+
+/// The end `/connections` shows for the proxy's only connection, once closed.
+async fn closed_end(admin: SocketAddr) -> String {
+    let mut end = String::new();
+    eventually("the closed connection in /connections", async || {
+        let (_, body) = http_get(admin, "/connections").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let conns = v["connections"].as_array().unwrap().clone();
+        match conns.as_slice() {
+            [c] if c["state"] == "closed" => {
+                end = c["end"].as_str().unwrap().to_owned();
+                true
+            }
+            _ => false,
+        }
+    })
+    .await;
+    end
+}
+
+/// `weft_proxy_errors_total` for outbound passthrough with `reason`.
+async fn errors_counted(metrics: SocketAddr, reason: &str) -> Option<f64> {
+    let (_, page) = http_get(metrics, "/metrics").await;
+    let labels = [
+        ("direction", "outbound"),
+        ("destination_service", "passthrough"),
+        ("reason", reason),
+    ];
+    prom_text::value(&page, "weft_proxy_errors_total", &labels)
+}
+
+/// A server that accepts and then neither reads nor writes nor closes, until the
+/// test ends; what it saw last (EOF, a reset) it sends on `seen`.
+async fn silent_server() -> (SocketAddr, tokio::sync::mpsc::Receiver<String>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        // Read only to learn how the proxy left: never answer, never close.
+        let mut buf = Vec::new();
+        let seen = match s.read_to_end(&mut buf).await {
+            Ok(_) => "eof".to_owned(),
+            Err(e) => format!("{:?}", e.kind()),
+        };
+        let _ = tx.send(seen).await;
+        std::future::pending::<()>().await;
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn an_idle_opaque_connection_is_closed_after_the_idle_timeout_and_counted() {
+    let (upstream, mut seen) = silent_server().await;
+    let p = start_proxy_with(upstream, Duration::from_secs(5), |c| {
+        c.tcp_idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut c = TcpStream::connect(p.outbound).await.unwrap();
+    c.write_all(b"hello").await.unwrap();
+    // Nothing more either way: the proxy resets both sides.
+    let mut buf = Vec::new();
+    let res = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf))
+        .await
+        .expect("the idle connection was never closed");
+    assert!(res.is_err(), "expected a reset, got {res:?}");
+    assert_eq!(seen.recv().await.unwrap(), "ConnectionReset");
+    assert_eq!(closed_end(p.admin).await, "idle_timeout");
+    assert_eq!(
+        errors_counted(p.metrics, "tcp_idle_timeout").await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_half_closed_connection_whose_peer_never_finishes_is_closed_and_counted() {
+    let (upstream, mut seen) = silent_server().await;
+    let p = start_proxy_with(upstream, Duration::from_secs(5), |c| {
+        c.half_close_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut c = TcpStream::connect(p.outbound).await.unwrap();
+    c.write_all(b"hello").await.unwrap();
+    c.shutdown().await.unwrap();
+    // The server saw the half-close, then the reset when the bound fired.
+    assert_eq!(seen.recv().await.unwrap(), "eof");
+    let mut buf = Vec::new();
+    let res = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf))
+        .await
+        .expect("the half-closed connection was never closed");
+    assert!(res.is_err(), "expected a reset, got {res:?}");
+    assert_eq!(closed_end(p.admin).await, "half_close_timeout");
+    assert_eq!(
+        errors_counted(p.metrics, "half_close_timeout").await,
+        Some(1.0)
+    );
+    assert_eq!(errors_counted(p.metrics, "tcp_idle_timeout").await, None);
+}
+
+#[tokio::test]
+async fn a_half_closed_connection_lives_while_bytes_flow() {
+    // After the client's half-close the server streams for several half-close
+    // timeouts, a chunk at a time, then closes: nothing is cut.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut req = Vec::new();
+        s.read_to_end(&mut req).await.unwrap();
+        for _ in 0..12 {
+            s.write_all(&[7u8; 100]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        s.shutdown().await.unwrap();
+    });
+    let p = start_proxy_with(upstream, Duration::from_secs(5), |c| {
+        c.half_close_timeout = Duration::from_millis(300);
+        c.tcp_idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut c = TcpStream::connect(p.outbound).await.unwrap();
+    c.write_all(b"download").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got.len(), 1200);
+    assert_eq!(closed_end(p.admin).await, "eof");
+    assert_eq!(errors_counted(p.metrics, "half_close_timeout").await, None);
+}

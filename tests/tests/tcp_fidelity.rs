@@ -1,6 +1,9 @@
 //! Tier 2: TCP semantics survive two proxies (A's outbound, B's inbound): large
 //! transfers arrive byte-identical both ways, half-close works, a server's reset
-//! reaches the client as a reset, and 1,000 concurrent connections all complete.
+//! reaches the client as a reset, 1,000 concurrent connections all complete, and
+//! an opaque connection idle past A's idle timeout is reset and counted, and one
+//! whose server vanishes (its pod's link down, no FIN, no RST) is cut by A's
+//! `TCP_USER_TIMEOUT` instead of the kernel's ~15 minutes of retransmission.
 //! The applications are tests/tools/tcpkit.py and nc — plain sockets, no weft.
 //!
 //! Every test runs in both capture modes (`_iptables`, `_ebpf`); the 100 MB transfers
@@ -77,6 +80,18 @@ struct Setup {
 }
 
 fn setup(capture: Capture, port: u16, server_args: &[&str]) -> Setup {
+    setup_with(capture, port, server_args, &[], &[])
+}
+
+/// [`setup`], A's and B's proxies started with `a_proxy_args` and `b_proxy_args`
+/// too.
+fn setup_with(
+    capture: Capture,
+    port: u16,
+    server_args: &[&str],
+    a_proxy_args: &[&str],
+    b_proxy_args: &[&str],
+) -> Setup {
     let mesh = Mesh::new().unwrap();
     let a = capture.mode.add_pod(&mesh, "a").unwrap();
     let b = capture.mode.add_pod(&mesh, "b").unwrap();
@@ -93,8 +108,12 @@ fn setup(capture: Capture, port: u16, server_args: &[&str]) -> Setup {
         server.logs().contains("listening")
     })
     .unwrap();
-    let sa = a.sidecar(capture.init_args()).unwrap();
-    let sb = b.sidecar(capture.init_args()).unwrap();
+    let sa = a
+        .sidecar_with(capture.init_args(), a.name(), a_proxy_args)
+        .unwrap();
+    let sb = b
+        .sidecar_with(capture.init_args(), b.name(), b_proxy_args)
+        .unwrap();
     Setup {
         capture,
         a,
@@ -277,6 +296,158 @@ fn server_reset(capture: Capture) {
     );
     s.check_ebpf_after(1);
 }
+
+fn idle_bound(capture: Capture) {
+    let s = setup_with(
+        capture,
+        9010,
+        &["serve-echo"],
+        &["--tcp-idle-timeout", "2s"],
+        &[],
+    );
+    // A line echoed, then silence both ways: A's proxy resets both sides.
+    assert_eq!(s.client(&["read-expect-error", "9010"], SECS(30)), "reset");
+    let (out, inb) = s.assert_through_both_proxies(9010, 1);
+    assert_eq!(out[0]["end"], "idle_timeout", "{out:#?}");
+    assert_eq!(
+        inb[0]["end"], "reset_by_client",
+        "B saw A's reset: {inb:#?}"
+    );
+    let metrics = s.sa.metrics().unwrap();
+    let counted = weft_runtime::prom_text::value(
+        &metrics,
+        "weft_proxy_errors_total",
+        &[("direction", "outbound"), ("reason", "tcp_idle_timeout")],
+    );
+    assert_eq!(counted, Some(1.0), "{metrics}");
+    s.check_ebpf_after(1);
+}
+
+fn vanished_peer(capture: Capture) {
+    let s = setup_with(
+        capture,
+        9011,
+        &["serve-echo"],
+        &["--tcp-user-timeout", "2s"],
+        &[],
+    );
+    let go = s._mesh.run_dir().join("link-down");
+    let py = python3().to_string_lossy().into_owned();
+    let argv = [
+        py,
+        tcpkit(),
+        "echo-then-again".into(),
+        s.b.ipv4().to_string(),
+        "9011".into(),
+        go.to_string_lossy().into_owned(),
+    ];
+    let client = s.a.spawn(ProcSpec::new(argv).name("client")).unwrap();
+    wait_until(SECS(10), Duration::from_millis(50), || {
+        client.logs().contains("echoed")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", client.logs()));
+    // B goes away without a word: its link down inside its namespace.
+    s.b.run_ok(
+        ["ip", "link", "set", "dev", s.b.dev(), "down"],
+        None,
+        SECS(5),
+    )
+    .unwrap();
+    std::fs::write(&go, "").unwrap();
+    let status = client
+        .wait_timeout(SECS(40))
+        .unwrap_or_else(|| panic!("the client never finished: {}", client.logs()));
+    assert!(status.success(), "{status:?}: {}", client.logs());
+    // The data A's proxy wrote went unacknowledged for the user timeout: the
+    // upstream socket was aborted and the client reset, long before the kernel's
+    // own retransmission time.
+    assert!(client.logs().contains("reset"), "{}", client.logs());
+    let out = s.sa.wait_closed(s.dst(9011)).unwrap();
+    assert_eq!(out.len(), 1, "{out:#?}");
+    let end = out[0]["end"].as_str().unwrap();
+    assert!(end.starts_with("error_upstream"), "{end}");
+    assert!(end.contains("timed out"), "{end}");
+}
+
+per_capture!(vanished_peer:
+    a_vanished_server_is_noticed_by_the_user_timeout_iptables => IPTABLES,
+    a_vanished_server_is_noticed_by_the_user_timeout_ebpf => EBPF,
+);
+
+/// Open descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Resident memory of process `pid`, in MB (printed, not asserted).
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn silent_flood(capture: Capture) {
+    // B's app listens with a backlog of 1 and never accepts; 500 clients connect
+    // to it through both proxies, say nothing, and close after a while.
+    let s = setup_with(
+        capture,
+        9012,
+        &["serve-no-accept"],
+        &["--half-close-timeout", "2s"],
+        &["--half-close-timeout", "2s"],
+    );
+    let (a_pid, b_pid) = (s.sa.proxy().pid(), s.sb.proxy().pid());
+    let (a_base, b_base) = (open_fds(a_pid), open_fds(b_pid));
+    let rss_base = (rss_mb(a_pid), rss_mb(b_pid));
+    let held = s.client(&["hold", "9012", "500", "3"], SECS(120));
+    assert!(held.contains("open=500"), "{held}");
+    let (a_peak, b_peak) = (open_fds(a_pid), open_fds(b_pid));
+    let rss_peak = (rss_mb(a_pid), rss_mb(b_pid));
+    // Back to the baseline once the clients are gone: what B connected to the app
+    // is bounded by the connect timeout (5 s), what it relays half-closed by the
+    // half-close timeout, whatever the app does.
+    let mut now = (0, 0);
+    wait_until(SECS(30), Duration::from_millis(200), || {
+        now = (open_fds(a_pid), open_fds(b_pid));
+        now.0 <= a_base + 2 && now.1 <= b_base + 2
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: descriptors A {a_base} -> {a_peak} -> {}, B {b_base} -> {b_peak} -> {}",
+            now.0, now.1
+        )
+    });
+    let rss_after = (rss_mb(a_pid), rss_mb(b_pid));
+    println!(
+        "silent flood ({}): descriptors A {a_base} -> {a_peak} -> {}, B {b_base} -> {b_peak} -> {}; \
+         RSS MB A {:.1} -> {:.1} -> {:.1}, B {:.1} -> {:.1} -> {:.1}",
+        s.capture.label(),
+        now.0,
+        now.1,
+        rss_base.0,
+        rss_peak.0,
+        rss_after.0,
+        rss_base.1,
+        rss_peak.1,
+        rss_after.1
+    );
+}
+
+per_capture!(silent_flood:
+    a_silent_flood_gives_its_descriptors_back_iptables => IPTABLES,
+    a_silent_flood_gives_its_descriptors_back_ebpf => EBPF,
+);
+
+per_capture!(idle_bound:
+    an_idle_opaque_connection_is_reset_and_counted_iptables => IPTABLES,
+    an_idle_opaque_connection_is_reset_and_counted_ebpf => EBPF,
+);
 
 per_capture!(server_reset:
     server_reset_reaches_the_client_as_a_reset_iptables => IPTABLES,

@@ -12,6 +12,15 @@ carry faithfully. Each prints one result line on stdout that the test reads.
   fetch HOST PORT              read to EOF, print "received=N sha256=H"
   push HOST PORT BYTES         send BYTES deterministic bytes, shut down, wait for EOF
   read-expect-error HOST PORT  send a line, read; print "reset", "eof" or "timeout"
+  echo-then-again HOST PORT GOFILE
+                               send a line and read its echo (an echo server is the
+                               peer), print "echoed", wait until GOFILE exists (20 s
+                               at most), send another line, then read until the
+                               connection ends; print "reset", "eof" or "timeout"
+                               (30 s)
+  serve-no-accept PORT         listen with a backlog of 1 and never accept: the
+                               kernel completes a couple of handshakes, then drops
+                               SYNs (an application that fell behind)
   many HOST PORT N             hold N concurrent connections, echo one line on each,
                                print "completed=K"
   digest BYTES                 print "sha256=H" of the deterministic stream
@@ -274,6 +283,46 @@ def read_expect_error(host, port):
         print("timeout", flush=True)
 
 
+def serve_no_accept(port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", port))
+    s.listen(1)
+    print("listening", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def echo_then_again(host, port, gofile):
+    import os
+    conn = connect(host, port)
+    conn.settimeout(10)
+    conn.sendall(b"one\n")
+    got = b""
+    while not got.endswith(b"\n"):
+        b = conn.recv(64)
+        if not b:
+            raise SystemExit(f"closed after {got!r}")
+        got += b
+    print("echoed", flush=True)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(gofile):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no {gofile}")
+        time.sleep(0.05)
+    conn.settimeout(30)
+    try:
+        conn.sendall(b"two\n")
+        while conn.recv(CHUNK):
+            pass
+        print("eof", flush=True)
+    except ConnectionResetError:
+        print("reset", flush=True)
+    except socket.timeout:
+        print("timeout", flush=True)
+
+
 def many(host, port, count):
     raise_nofile()
 
@@ -490,6 +539,10 @@ def main(argv):
         push(args[0], int(args[1]), int(args[2]))
     elif cmd == "read-expect-error":
         read_expect_error(args[0], int(args[1]))
+    elif cmd == "serve-no-accept":
+        serve_no_accept(int(args[0]))
+    elif cmd == "echo-then-again":
+        echo_then_again(args[0], int(args[1]), args[2])
     elif cmd == "many":
         many(args[0], int(args[1]), int(args[2]))
     elif cmd == "serve-zeros":

@@ -135,6 +135,7 @@ fn serve_routed(
     async move {
         let direction = routing.direction();
         let _ = client.set_nodelay(true);
+        shared.connector.liveness().apply(&client);
         let source = routing.source_service(&shared.own_service);
         let destination = routing.destination_service(&shared.own_service);
         let labels = Arc::new(TcpLabels::new(direction, &source, &destination));
@@ -264,7 +265,21 @@ async fn opaque(
             .metrics
             .error(observer.direction, &observer.destination, *reason);
     }
-    relay::relay_opaque(client, prefix, dialed.upstream, observer).await
+    let limits = routing.relay_limits(&observer.shared.tcp_policy);
+    let end = relay::relay_opaque(client, prefix, dialed.upstream, limits, observer).await;
+    // A bound that fired is the proxy's doing: counted like its other errors.
+    let bound = match end {
+        ConnEnd::IdleTimeout => Some(ErrorReason::TcpIdleTimeout),
+        ConnEnd::HalfCloseTimeout => Some(ErrorReason::HalfCloseTimeout),
+        _ => None,
+    };
+    if let Some(reason) = bound {
+        observer
+            .shared
+            .metrics
+            .error(observer.direction, &observer.destination, reason);
+    }
+    end
 }
 
 /// A tunnelled connection: tells the peer sidecar whether the application accepted,

@@ -8,8 +8,10 @@ use std::time::Duration;
 use crate::addr::{ClientAddr, Direction, EndpointAddr, OrigDstAddr};
 use crate::detect::{self, Detection, Sniffed};
 use crate::l7::ServiceBalancer;
+use crate::policy::Policy;
 use crate::routes::{PortProtocol, Resolved, ServiceRoute};
 use crate::state::Shared;
+use crate::tcp::relay::RelayLimits;
 
 /// Outbound destinations that are no known service are forwarded as-is and labelled so.
 pub const PASSTHROUGH_SERVICE: &str = "passthrough";
@@ -159,6 +161,19 @@ impl Routing {
         match self {
             Routing::Service { .. } => None,
             Routing::Passthrough(addr) | Routing::Local { app: addr, .. } => Some(*addr),
+        }
+    }
+
+    /// How long the opaque relay may go without a byte: the service's policy, or
+    /// `defaults` (the proxy's) for passthrough and inbound.
+    pub fn relay_limits(&self, defaults: &Policy) -> RelayLimits {
+        let policy = match self {
+            Routing::Service { route, .. } => &route.policy,
+            Routing::Passthrough(_) | Routing::Local { .. } => defaults,
+        };
+        RelayLimits {
+            idle: policy.tcp_idle_timeout,
+            half_close: policy.half_close_timeout,
         }
     }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
+use super::liveness::Liveness;
 use crate::addr::EndpointAddr;
 use crate::balance::{Balancer, Endpoint};
 use crate::error::ErrorReason;
@@ -133,6 +134,8 @@ enum Tunnelled {
 #[derive(Clone, Debug, Default)]
 pub struct Connector {
     own: OwnUpstreams,
+    /// Set on every upstream socket.
+    liveness: Liveness,
     /// Dials meshed endpoints of opaque connections through their sidecar's tunnel;
     /// `None`: never (`--tunnel-port 0`).
     tunnel: Option<Arc<TunnelClient>>,
@@ -144,8 +147,20 @@ impl Connector {
     pub fn new(tunnel_port: u16) -> Self {
         Connector {
             own: OwnUpstreams::default(),
+            liveness: Liveness::default(),
             tunnel: (tunnel_port != 0).then(|| Arc::new(TunnelClient::new(tunnel_port))),
         }
+    }
+
+    /// What is set on every socket the proxy relays (clients' too).
+    pub fn liveness(&self) -> Liveness {
+        self.liveness
+    }
+
+    /// The same connector, setting `liveness` on every upstream socket.
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = liveness;
+        self
     }
 
     /// Connects within `timeout`; the returned guard keeps the socket registered
@@ -156,6 +171,7 @@ impl Connector {
         timeout: Duration,
     ) -> Result<Upstream, ErrorReason> {
         let stream = connect(endpoint, timeout).await?;
+        self.liveness.apply(&stream);
         let pair = socket_pair(&stream);
         if let Some(pair) = pair {
             lock(&self.own).insert(pair);

@@ -5,7 +5,10 @@
 //! - [`connect`]: dialling (the endpoint from the service's balancer, the connect
 //!   timeout, the registry of the proxy's own upstream sockets); the HTTP pools dial
 //!   through it too.
-//! - [`relay`]: the bidirectional byte copy (half-close, reset propagation).
+//! - [`relay`]: the bidirectional byte copy (half-close, reset propagation, the
+//!   idle and half-close timeouts).
+//! - [`liveness`]: keepalive and `TCP_USER_TIMEOUT`, so dead peers are noticed.
 
 pub mod connect;
+pub mod liveness;
 pub mod relay;

@@ -7,11 +7,21 @@
 //! 256 KiB) while reads keep filling it, so bulk transfers move in large chunks
 //! (fewer system calls per byte) and chatty ones stay small; a slow reader stalls
 //! the writer (backpressure).
+//!
+//! Time is bounded too ([`RelayLimits`]): a connection that carries no byte either
+//! way for the idle timeout, or for the half-close timeout once one direction has
+//! ended (haproxy's `timeout client-fin` / `server-fin`: an inactivity bound, so a
+//! long download after the request's half-close goes on while bytes flow), is reset
+//! on both sides and ends as [`ConnEnd::IdleTimeout`] or
+//! [`ConnEnd::HalfCloseTimeout`]. One timer per connection, re-armed only when it
+//! fires: the pumps just note the time of their last byte.
 
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use socket2::SockRef;
 use tokio::net::TcpStream;
@@ -23,6 +33,85 @@ use crate::error::{ConnEnd, ErrorReason, Side};
 const FIRST_BUF: usize = 16 * 1024;
 /// The largest a copy buffer grows to.
 const MAX_BUF: usize = 256 * 1024;
+/// The activity clock counts milliseconds: a re-check never comes sooner.
+const MIN_RECHECK: Duration = Duration::from_millis(1);
+
+/// How long a relayed connection may go without carrying a byte (zero: no bound).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Neither direction carried a byte for this long.
+    pub idle: Duration,
+    /// One direction has ended and the other carried no byte for this long.
+    pub half_close: Duration,
+}
+
+impl RelayLimits {
+    /// No bound at all.
+    pub const NONE: RelayLimits = RelayLimits {
+        idle: Duration::ZERO,
+        half_close: Duration::ZERO,
+    };
+}
+
+/// When each direction last moved a byte (or ended), in milliseconds since the
+/// relay began, and whether one direction has ended.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    half_closed: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            half_closed: AtomicBool::new(false),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection has been inactive past its bound. The timer
+    /// is set for the idle bound after the last byte, or sooner: while both
+    /// directions are open, at most a half-close timeout ahead (so a direction
+    /// ending meanwhile is seen in time); once one has ended, the half-close bound
+    /// after the last byte. Bytes moving in between only move the next deadline.
+    async fn expired(&self, limits: RelayLimits) -> ConnEnd {
+        let bound = |d: Duration| (!d.is_zero()).then_some(d);
+        let (idle, half_close) = (bound(limits.idle), bound(limits.half_close));
+        if idle.is_none() && half_close.is_none() {
+            return std::future::pending().await;
+        }
+        loop {
+            let now = Instant::now();
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let quiet = now.saturating_duration_since(last);
+            let half_closed = self.half_closed.load(Ordering::Relaxed);
+            if idle.is_some_and(|d| quiet >= d) {
+                return ConnEnd::IdleTimeout;
+            }
+            if half_closed && half_close.is_some_and(|d| quiet >= d) {
+                return ConnEnd::HalfCloseTimeout;
+            }
+            let idle_at = idle.and_then(|d| last.checked_add(d));
+            let half_close_at = half_close.and_then(|d| {
+                if half_closed {
+                    last.checked_add(d)
+                } else {
+                    now.checked_add(d)
+                }
+            });
+            match [idle_at, half_close_at].into_iter().flatten().min() {
+                Some(at) => tokio::time::sleep_until(at.max(now + MIN_RECHECK)).await,
+                None => return std::future::pending().await,
+            }
+        }
+    }
+}
 
 /// Observes bytes as they are relayed (live counters, metrics).
 pub trait RelayObserver: Sync {
@@ -42,23 +131,31 @@ impl RelayObserver for (AtomicU64, AtomicU64) {
     }
 }
 
-/// Relays until both directions end or one fails. On failure both sockets are reset
-/// (SO_LINGER 0) when the caller drops them.
-pub async fn relay(client: &TcpStream, upstream: &TcpStream, obs: &dyn RelayObserver) -> ConnEnd {
+/// Relays until both directions end, one fails or `limits` run out. On failure or
+/// timeout both sockets are reset (SO_LINGER 0) when the caller drops them.
+pub async fn relay(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    limits: RelayLimits,
+    obs: &dyn RelayObserver,
+) -> ConnEnd {
+    let activity = Activity::new();
     let up = async {
-        pump(client, upstream, |n| obs.relayed_from_client(n))
+        pump(client, upstream, &activity, |n| obs.relayed_from_client(n))
             .await
             .map_err(|(side, error)| (flip(side), error))
     };
-    let down = pump(upstream, client, |n| obs.relayed_to_client(n));
-    match tokio::try_join!(up, down) {
-        Ok(((), ())) => ConnEnd::Eof,
-        Err((side, error)) => {
-            reset(client);
-            reset(upstream);
-            ConnEnd::Failed { side, error }
-        }
-    }
+    let down = pump(upstream, client, &activity, |n| obs.relayed_to_client(n));
+    let end = tokio::select! {
+        done = async { tokio::try_join!(up, down) } => match done {
+            Ok(((), ())) => return ConnEnd::Eof,
+            Err((side, error)) => ConnEnd::Failed { side, error },
+        },
+        end = activity.expired(limits) => end,
+    };
+    reset(client);
+    reset(upstream);
+    end
 }
 
 /// [`relay`], after first writing `prefix` upstream: bytes already read from the
@@ -67,10 +164,11 @@ pub async fn relay_after(
     prefix: &[u8],
     client: &TcpStream,
     upstream: &TcpStream,
+    limits: RelayLimits,
     obs: &dyn RelayObserver,
 ) -> ConnEnd {
     if !prefix.is_empty() {
-        if let Err(error) = write_all(upstream, prefix).await {
+        if let Err(error) = write_all(upstream, prefix, || {}).await {
             reset(client);
             reset(upstream);
             return ConnEnd::Failed {
@@ -80,7 +178,7 @@ pub async fn relay_after(
         }
         obs.relayed_from_client(prefix.len() as u64);
     }
-    relay(client, upstream, obs).await
+    relay(client, upstream, limits, obs).await
 }
 
 /// An opaque connection: relays `client` to `upstream` after writing `prefix` (bytes
@@ -91,10 +189,11 @@ pub async fn relay_opaque(
     client: &TcpStream,
     prefix: &[u8],
     upstream: Result<Upstream, ErrorReason>,
+    limits: RelayLimits,
     obs: &dyn RelayObserver,
 ) -> ConnEnd {
     match upstream {
-        Ok(upstream) => relay_after(prefix, client, &upstream.stream, obs).await,
+        Ok(upstream) => relay_after(prefix, client, &upstream.stream, limits, obs).await,
         Err(reason) => {
             reset(client);
             ConnEnd::Refused(reason)
@@ -122,6 +221,7 @@ pub fn reset(stream: &TcpStream) {
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
+    activity: &Activity,
     mut count: impl FnMut(u64),
 ) -> Result<(), (Side, io::Error)> {
     let mut buf: Option<Box<[u8]>> = None;
@@ -136,13 +236,16 @@ async fn pump(
             Err(e) => return Err((Side::Upstream, e)),
         };
         let full = n == cur.len();
+        activity.touch();
         if n == 0 {
+            activity.half_closed.store(true, Ordering::Relaxed);
             match SockRef::from(to).shutdown(Shutdown::Write) {
                 Err(e) if e.kind() != io::ErrorKind::NotConnected => return Err((Side::Client, e)),
                 _ => return Ok(()),
             }
         }
-        write_all(to, &cur[..n])
+        // Each write that moves bytes counts as activity: a slow reader is not idle.
+        write_all(to, &cur[..n], || activity.touch())
             .await
             .map_err(|e| (Side::Client, e))?;
         count(n as u64);
@@ -153,11 +256,14 @@ async fn pump(
     }
 }
 
-async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+async fn write_all(to: &TcpStream, mut data: &[u8], progress: impl Fn()) -> io::Result<()> {
     while !data.is_empty() {
         to.writable().await?;
         match to.try_write(data) {
-            Ok(n) => data = &data[n..],
+            Ok(n) => {
+                data = &data[n..];
+                progress();
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
