@@ -3,7 +3,11 @@
 //! loopback (original destination faked) in front of real hyper and h2 servers:
 //!
 //! - a gRPC-shaped request (a body of unknown length) that a meshed peer's sidecar
-//!   answers `502 connect_refused` is sent to another endpoint with its whole body;
+//!   answers `502 connect_refused`, or `grpc-status: 14` with that
+//!   `x-weft-error` (its gRPC form), is sent to another endpoint with its whole
+//!   body;
+//! - a gRPC call the proxy cannot forward gets a trailers-only `grpc-status: 14`
+//!   (HTTP 200) naming the reason, not an HTTP 502 a gRPC client cannot read;
 //! - a stream the upstream refuses (`REFUSED_STREAM`) is sent elsewhere, POST or
 //!   not, since it was never processed;
 //! - a body kept for a retry ends on its last frame upstream, not with one more
@@ -20,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Body;
 use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http2 as client2;
 use hyper::server::conn::http2 as server2;
@@ -102,7 +107,7 @@ async fn h2_upstream(
     ip: &str,
     port: u16,
     status: StatusCode,
-    header: Option<(&'static str, &'static str)>,
+    headers: &'static [(&'static str, &'static str)],
 ) -> (u16, Arc<Seen>) {
     let l = TcpListener::bind((ip.parse::<IpAddr>().unwrap(), port))
         .await
@@ -125,13 +130,19 @@ async fn h2_upstream(
                         .unwrap()
                         .entry(req.method().to_string())
                         .or_default() += 1;
-                    let body = req.into_body().collect().await.unwrap().to_bytes();
-                    let mut resp =
-                        Response::new(Full::new(Bytes::from(format!("{me} body={}", body.len()))));
+                    // An error answered without reading the body, and with none:
+                    // a sidecar's own trailers-only gRPC error.
+                    let text = if status == StatusCode::OK && !headers.is_empty() {
+                        Bytes::new()
+                    } else {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        Bytes::from(format!("{me} body={}", body.len()))
+                    };
+                    let mut resp = Response::new(Full::new(text));
                     *resp.status_mut() = status;
-                    if let Some((name, value)) = header {
+                    for (name, value) in headers {
                         resp.headers_mut()
-                            .insert(name, HeaderValue::from_static(value));
+                            .insert(*name, HeaderValue::from_static(value));
                     }
                     Ok::<_, Infallible>(resp)
                 }
@@ -205,12 +216,12 @@ async fn metric(metrics: SocketAddr, name: &str, reason: &str) -> Option<f64> {
 #[tokio::test]
 async fn a_grpc_request_whose_peer_app_is_down_goes_elsewhere_with_its_body() {
     // 127.0.0.1 answers like a meshed sidecar whose app is gone; 127.0.0.2 is well.
-    let (port, good) = h2_upstream("127.0.0.2", 0, StatusCode::OK, None).await;
+    let (port, good) = h2_upstream("127.0.0.2", 0, StatusCode::OK, &[]).await;
     let (_, dead) = h2_upstream(
         "127.0.0.1",
         port,
         StatusCode::BAD_GATEWAY,
-        Some(("x-weft-error", "connect_refused")),
+        &[("x-weft-error", "connect_refused")],
     )
     .await;
     let (outbound, metrics) = proxy(&["127.0.0.1", "127.0.0.2"], &["127.0.0.1"], port).await;
@@ -229,8 +240,69 @@ async fn a_grpc_request_whose_peer_app_is_down_goes_elsewhere_with_its_body() {
 }
 
 #[tokio::test]
+async fn a_grpc_request_a_peer_fails_in_grpc_form_goes_elsewhere() {
+    // 127.0.0.1 answers as a meshed sidecar answers a gRPC call its app refused.
+    let (port, good) = h2_upstream("127.0.0.2", 0, StatusCode::OK, &[]).await;
+    let (_, dead) = h2_upstream(
+        "127.0.0.1",
+        port,
+        StatusCode::OK,
+        &[
+            ("grpc-status", "14"),
+            ("grpc-message", "connect_refused"),
+            ("x-weft-error", "connect_refused"),
+        ],
+    )
+    .await;
+    let (outbound, metrics) = proxy(&["127.0.0.1", "127.0.0.2"], &["127.0.0.1"], port).await;
+    let mut c = h2_client(outbound).await;
+    for _ in 0..4 {
+        let (status, body) = post(&mut c, framed(&[b"hello ", b"grpc"])).await;
+        assert_eq!((status, body.as_str()), (200, "127.0.0.2 body=10"));
+    }
+    assert_eq!(dead.requests("POST"), 1, "ejected at the first such answer");
+    assert_eq!(good.requests("POST"), 4);
+    assert_eq!(
+        metric(metrics, "weft_http_retries_total", "app_unreachable").await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_grpc_call_the_proxy_cannot_forward_gets_a_grpc_status() {
+    // Nothing listens on the only endpoint's port.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (outbound, _) = proxy(&["127.0.0.1"], &[], port).await;
+    let mut c = h2_client(outbound).await;
+    c.ready().await.unwrap();
+    let req = Request::post("http://backend.mesh/grpc.Svc/Call")
+        .header("content-type", "application/grpc")
+        .body(framed(&[b"payload"]))
+        .unwrap();
+    let resp = c.send_request(req).await.unwrap();
+    // Trailers-only: the status in the headers, and the stream already ended.
+    assert_eq!(resp.status(), StatusCode::OK);
+    let h = resp.headers();
+    assert_eq!(h["content-type"], "application/grpc");
+    assert_eq!(h["grpc-status"], "14");
+    assert_eq!(h["grpc-message"], "connect_refused");
+    assert_eq!(h["x-weft-error"], "connect_refused");
+    assert!(resp.body().is_end_stream());
+    // A plain h2c request to the same place still gets the HTTP error.
+    c.ready().await.unwrap();
+    let plain = Request::post("http://backend.mesh/upload")
+        .body(framed(&[b"payload"]))
+        .unwrap();
+    let resp = c.send_request(plain).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(resp.headers()["x-weft-error"], "connect_refused");
+}
+
+#[tokio::test]
 async fn a_stream_the_upstream_refused_goes_elsewhere_whatever_its_method() {
-    let (port, good) = h2_upstream("127.0.0.2", 0, StatusCode::OK, None).await;
+    let (port, good) = h2_upstream("127.0.0.2", 0, StatusCode::OK, &[]).await;
     let refused = h2_refusing("127.0.0.1", port).await;
     // Neither endpoint is meshed: a refused stream needs no sidecar's word.
     let (outbound, metrics) = proxy(&["127.0.0.1", "127.0.0.2"], &[], port).await;
@@ -251,7 +323,7 @@ async fn a_stream_the_upstream_refused_goes_elsewhere_whatever_its_method() {
 #[tokio::test]
 async fn grpc_calls_end_on_their_last_frame_and_keep_the_upstream_connection() {
     // A meshed endpoint: every request body is kept for a retry as it streams.
-    let (port, upstream) = h2_upstream("127.0.0.1", 0, StatusCode::OK, None).await;
+    let (port, upstream) = h2_upstream("127.0.0.1", 0, StatusCode::OK, &[]).await;
     let (outbound, _) = proxy(&["127.0.0.1"], &["127.0.0.1"], port).await;
     let mut c = h2_client(outbound).await;
     // Each body a message, then its end (hyper, like tonic, sends an empty

@@ -21,6 +21,8 @@
 //! - [`fakekube`]: [`FakeKube`](fakekube::FakeKube) — a fake Kubernetes API server
 //!   in a mesh's node namespace (recorded lists, watch events the test drives) for
 //!   the controller's Kubernetes source.
+//! - [`receipt`]: which failed opaque TCP connections of a fault suite's load had
+//!   been established to an app (from the client's sidecar's `/connections`).
 //! - re-exported from `weft-localmesh`: [`mesh`], [`pod`], [`process`], [`netns`],
 //!   [`cgroup`], [`sidecar`], [`controller`], [`naming`], [`http`], [`logs`],
 //!   [`cmd`], [`wait`], [`bins`].
@@ -28,6 +30,7 @@
 pub mod dialer;
 pub mod fakekube;
 pub mod mode;
+pub mod receipt;
 pub mod weftctl;
 
 pub use mode::{Mode, ModePod};

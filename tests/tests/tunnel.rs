@@ -11,7 +11,9 @@
 //!
 //! - Under a replica fault (its echo server killed with `kill -9`, then started
 //!   again) an open-loop load of short connections (each writes its id and expects
-//!   it back) loses no connection that no application received: the dead replica's
+//!   it back) loses no connection that no application received (one established
+//!   to an app that died with it in its accept queue counts as received:
+//!   `weft_e2e::receipt`): the dead replica's
 //!   sidecar answers the tunnel that its application refused, and the frontend's
 //!   sidecar establishes the connection to another replica. Prints the row (sent /
 //!   succeeded / failed never-received / failed after receipt) and what the
@@ -31,7 +33,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::Value;
-use weft_e2e::{python3, tool, wait_until, Controller, Mesh, Mode, ModePod, PodProc, ProcSpec};
+use weft_e2e::{
+    python3, receipt, tool, wait_until, Controller, Mesh, Mode, ModePod, PodProc, ProcSpec,
+};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -42,6 +46,8 @@ const ECHO_VIP_PORT: u16 = 90;
 const ECHO_PORT: u16 = 9000;
 const BANNER_VIP_PORT: u16 = 91;
 const BANNER_PORT: u16 = 9001;
+/// The frontend sidecar's admin listener (`/routes`, `/connections`).
+const ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15000);
 /// The fault run's load: new connections a second, for how long.
 const RATE: u64 = 50;
 const LOAD_SECONDS: u64 = 8;
@@ -129,7 +135,12 @@ impl Fleet {
         front.add_route("10.96.0.0/16").unwrap();
         let url = controller.url().to_owned();
         let front_sidecar = front
-            .sidecar_with(&[], "frontend", &["--controller", &url])
+            .sidecar_with(
+                &[],
+                "frontend",
+                // Every connection of a run stays in `/connections` (`receipt`).
+                &["--controller", &url, "--closed-history", "8192"],
+            )
             .unwrap();
         let mut fleet = Fleet {
             replicas: Vec::new(),
@@ -197,10 +208,9 @@ impl Fleet {
             .iter()
             .map(|r| r.pod.ipv4().to_string())
             .collect();
-        let admin = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 15000);
         let mut last = Value::Null;
         wait_until(SECS(10), MS(50), || {
-            let (_, body) = self.front.http_get(admin, "/routes").unwrap();
+            let (_, body) = self.front.http_get(ADMIN, "/routes").unwrap();
             last = serde_json::from_str(&body).unwrap();
             let meshed: BTreeSet<String> = last["services"]
                 .as_array()
@@ -242,12 +252,18 @@ impl Fleet {
             .rfind(|l| l.starts_with('{'))
             .unwrap_or_else(|| panic!("no result from the load: {logs}"));
         let result: Value = serde_json::from_str(line).unwrap();
-        // Read once the load has ended: an id an app logged late still counts.
-        let received: BTreeSet<u64> = self
+        // Read once the load has ended: an id an app logged late still counts,
+        // and so does a connection established to an app that died with it in
+        // its accept queue.
+        let mut received: BTreeSet<u64> = self
             .replicas
             .iter()
             .flat_map(|r| read_ids(&self.received_log(r.pod.name())))
             .collect();
+        let (_, body) = self.front.http_get(ADMIN, "/connections").unwrap();
+        let table: Value = serde_json::from_str(&body).unwrap();
+        let vip_port = format!("{VIP}:{ECHO_VIP_PORT}");
+        received.extend(receipt::established_then_reset(&table, &vip_port, &result));
         Outcome::classify(&result, &received)
     }
 

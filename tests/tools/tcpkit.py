@@ -51,7 +51,8 @@ carry faithfully. Each prints one result line on stdout that the test reads.
                                id (counting from FIRST_ID, default 0) and a newline
                                and expecting the line back, 10 s at most; prints one
                                JSON line {"sent", "succeeded", "failed",
-                               "failures": [{"id", "error"}]}
+                               "failures": [{"id", "port", "error"}]} (port: the
+                               connection's local port, null if it never connected)
   blocking HOST PORT N         N connections, one after another, on plain blocking
                                sockets (no timeout): send a line, half-close, read the
                                echo to EOF; print "ok=K eagain=M errors=E" (EAGAIN from
@@ -222,8 +223,10 @@ def echo_load(host, port, rate, seconds, first_id=0):
 
     def one(i):
         line = f"{i}\n".encode()
+        local_port = None
         try:
             with socket.create_connection((host, port), timeout=10) as conn:
+                local_port = conn.getsockname()[1]
                 conn.sendall(line)
                 got = b""
                 while not got.endswith(b"\n"):
@@ -235,7 +238,9 @@ def echo_load(host, port, rate, seconds, first_id=0):
                     raise ValueError(f"echoed {got!r}")
         except (OSError, ValueError) as e:
             with lock:
-                failures.append({"id": i, "error": f"{type(e).__name__}: {e}"})
+                # The local port names the connection in the sidecar's /connections.
+                failures.append({"id": i, "port": local_port,
+                                 "error": f"{type(e).__name__}: {e}"})
 
     total = int(rate * seconds)
     start = time.monotonic() + 0.05

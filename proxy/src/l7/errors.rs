@@ -1,9 +1,17 @@
 //! Responses the proxy makes itself: 502 when the upstream could not be reached or
 //! failed under the request, 503 when the service has no endpoints or every one is
 //! ejected by the circuit breaker, 504 when the request timed out, 400 when the
-//! client's body broke off while the proxy read it for a retry. Each names its reason in `x-weft-error` (the same word as the
-//! `reason` label) and is counted in `weft_proxy_errors_total`; the request is also
-//! counted with the status the client saw, like any other.
+//! client's body broke off while the proxy read it for a retry. Each names its
+//! reason in `x-weft-error` (the same word as the `reason` label) and is counted in
+//! `weft_proxy_errors_total`; the request is also counted with the status the
+//! client saw, like any other.
+//!
+//! A gRPC call gets the error as gRPC speaks it, since a gRPC client reads only
+//! `grpc-status` (an HTTP 502 becomes a transport error whose cause is lost): a
+//! trailers-only response, HTTP 200 with `grpc-status` 14 (`UNAVAILABLE`: nothing
+//! answered, try again), 4 (`DEADLINE_EXCEEDED`) for the request timeout, or 13
+//! (`INTERNAL`) for a broken request body, `grpc-message` the reason, and the same
+//! `x-weft-error`; the mapping Envoy and Linkerd use for HTTP errors.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,17 +40,39 @@ pub fn status_of(reason: ErrorReason) -> StatusCode {
     }
 }
 
+/// The `grpc-status` a gRPC call gets for a proxy-made error.
+pub fn grpc_status_of(reason: ErrorReason) -> &'static str {
+    match status_of(reason) {
+        StatusCode::GATEWAY_TIMEOUT => "4",
+        StatusCode::BAD_REQUEST => "13",
+        _ => "14",
+    }
+}
+
+/// How the client asked: the form the proxy's error takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorForm {
+    /// An HTTP status with the reason as a plain-text body.
+    Http,
+    /// A gRPC trailers-only response.
+    Grpc,
+}
+
 /// The proxy's own answer to a request it could not forward, counted.
 pub fn respond(
     ctx: &Arc<ConnCtx>,
     reason: ErrorReason,
+    form: ErrorForm,
     method: &'static str,
     started: Instant,
 ) -> Response<ProxyBody> {
     ctx.labels.error(&ctx.common.instruments, reason);
-    let status = status_of(reason);
+    let (status, body) = match form {
+        ErrorForm::Http => (status_of(reason), reason.as_str().as_bytes()),
+        ErrorForm::Grpc => (StatusCode::OK, &b""[..]),
+    };
     let body = ProxyBody::fixed(
-        Bytes::from_static(reason.as_str().as_bytes()),
+        Bytes::from_static(body),
         Completion {
             ctx: ctx.clone(),
             method,
@@ -58,6 +88,24 @@ pub fn respond(
         X_WEFT_ERROR.clone(),
         HeaderValue::from_static(reason.as_str()),
     );
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    match form {
+        ErrorForm::Http => {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
+        ErrorForm::Grpc => {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            headers.insert(
+                GRPC_STATUS.clone(),
+                HeaderValue::from_static(grpc_status_of(reason)),
+            );
+            headers.insert(
+                GRPC_MESSAGE.clone(),
+                HeaderValue::from_static(reason.as_str()),
+            );
+        }
+    }
     resp
 }
+
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");

@@ -63,6 +63,11 @@ pub async fn forward(
     let started = Instant::now();
     ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
     let method = method_label(req.method());
+    let form = if headers::is_grpc(req.headers()) {
+        errors::ErrorForm::Grpc
+    } else {
+        errors::ErrorForm::Http
+    };
     let upgrade = ctx.version == HttpVersion::Http1 && headers::wants_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     headers::strip(req.headers_mut(), upgrade);
@@ -80,6 +85,7 @@ pub async fn forward(
                     return Ok(errors::respond(
                         &ctx,
                         ErrorReason::NoEndpoints,
+                        form,
                         method,
                         started,
                     ))
@@ -97,11 +103,12 @@ pub async fn forward(
             return Ok(errors::respond(
                 &ctx,
                 ErrorReason::RequestTimeout,
+                form,
                 method,
                 started,
             ));
         }
-        Ok(Err(reason)) => return Ok(errors::respond(&ctx, reason, method, started)),
+        Ok(Err(reason)) => return Ok(errors::respond(&ctx, reason, form, method, started)),
         Ok(Ok(r)) => r,
     };
     if let Target::Fixed(_) = ctx.target {
@@ -231,7 +238,8 @@ async fn send(
                 let peer = peer_error(&resp).filter(|_| balancer.is_meshed(pick.endpoint));
                 match peer {
                     Some(ErrorReason::ConnectRefused) => attempt.finish_unreachable(),
-                    _ => attempt.finish(status < 500),
+                    // A peer's gRPC-form error is a failure whatever its status.
+                    _ => attempt.finish(status < 500 && peer.is_none()),
                 }
                 let again = match (&copy, peer) {
                     // The application never saw it: safe whatever the method.
@@ -323,14 +331,17 @@ async fn send(
     }
 }
 
-/// Why a weft sidecar failed the request itself, when `resp` is its own 502/503:
-/// its application could not be reached (so never received the request), or
-/// reset under it. Trusted only from a meshed endpoint (the caller checks).
+/// Why a weft sidecar failed the request itself, when `resp` is its own 502/503
+/// (or, for a gRPC call, its own trailers-only error): its application could not
+/// be reached (so never received the request), or reset under it. Trusted only
+/// from a meshed endpoint (the caller checks).
 fn peer_error(resp: &Response<Incoming>) -> Option<ErrorReason> {
-    if !matches!(
-        resp.status(),
-        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
-    ) {
+    let own = match resp.status() {
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => true,
+        StatusCode::OK => resp.headers().contains_key("grpc-status"),
+        _ => false,
+    };
+    if !own {
         return None;
     }
     match resp.headers().get(&errors::X_WEFT_ERROR)?.as_bytes() {

@@ -53,6 +53,15 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
+/// Whether a request is a gRPC call (`content-type: application/grpc`, alone or
+/// with a `+codec` or parameters; not gRPC-Web, whose errors travel differently).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.as_bytes().strip_prefix(b"application/grpc"))
+        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
+}
+
 /// Headers named by `Connection` beyond the ones [`strip`] removes anyway.
 fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut out = Vec::new();
@@ -111,6 +120,21 @@ mod tests {
         names.sort_unstable();
         assert_eq!(names, ["content-length", "host", "te", "trailer"]);
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn grpc_calls_are_told_by_their_content_type() {
+        for ct in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc;x=y",
+        ] {
+            assert!(is_grpc(&map(&[("content-type", ct)])), "{ct}");
+        }
+        for ct in ["application/grpc-web", "application/json", "text/plain"] {
+            assert!(!is_grpc(&map(&[("content-type", ct)])), "{ct}");
+        }
+        assert!(!is_grpc(&map(&[])));
     }
 
     #[test]

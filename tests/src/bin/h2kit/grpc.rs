@@ -3,7 +3,8 @@
 //! over [`CONNECTIONS`] tonic channels, each one long-lived HTTP/2 connection that
 //! tonic makes again after it broke. A call succeeds with status OK; any other
 //! status, including the ones tonic makes of a transport error or of an HTTP
-//! error status from a proxy, is a failure.
+//! error status from a proxy, is a failure; a weft sidecar's own error (its
+//! `x-weft-error`) is recorded as `weft_error`.
 
 use std::time::Duration;
 
@@ -48,6 +49,13 @@ async fn call(mut client: EchoClient<Channel>, id: u64) -> Outcome {
         Err(status) => {
             let mut detail = Map::new();
             detail.insert("message".into(), status.message().into());
+            // A proxy's gRPC-form error names its reason, as its HTTP one does.
+            if let Some(e) = status.metadata().get("x-weft-error") {
+                detail.insert(
+                    "weft_error".into(),
+                    String::from_utf8_lossy(e.as_bytes()).into(),
+                );
+            }
             Outcome::Answer {
                 status: format!("{:?}", status.code()).into(),
                 ok: false,
