@@ -42,6 +42,9 @@ pub enum ErrorReason {
     /// Opaque TCP: half-closed, and no byte for the half-close timeout; closed by
     /// the proxy.
     HalfCloseTimeout,
+    /// Opaque TCP: the kernel gave a peer up (`ETIMEDOUT`: keepalive probes or the
+    /// user timeout went unanswered): it vanished without a FIN or RST.
+    PeerUnresponsive,
 }
 
 impl ErrorReason {
@@ -63,6 +66,7 @@ impl ErrorReason {
             ErrorReason::BadTunnelPreface => "bad_tunnel_preface",
             ErrorReason::TcpIdleTimeout => "tcp_idle_timeout",
             ErrorReason::HalfCloseTimeout => "half_close_timeout",
+            ErrorReason::PeerUnresponsive => "peer_unresponsive",
         }
     }
 }

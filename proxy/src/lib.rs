@@ -33,6 +33,8 @@
 //!   pod's application they serve (`/app-health/<port>`); `readiness`: the app's
 //!   part of `/ready` (which ports, and a short-lived cache of the check).
 //! - [`conntable`]: live and recently closed connections for `/connections`.
+//! - `memory`: hands freed memory back to the kernel once a wave of connections
+//!   has receded.
 //! - [`metrics`]: OpenTelemetry instruments, exported through weft-runtime's
 //!   Prometheus pipeline (which adds the `process_*` series).
 //! - [`config`]: the configuration a proxy runs with.
@@ -48,6 +50,7 @@ pub mod detect;
 pub mod discovery;
 pub mod error;
 pub mod l7;
+pub(crate) mod memory;
 pub mod metrics;
 pub mod orig_dst;
 pub mod policy;

@@ -63,7 +63,8 @@ struct Args {
     #[arg(long, env = "WEFT_HALF_CLOSE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     half_close_timeout: Duration,
     /// Idle time before the first keepalive probe on every relayed socket (client
-    /// and upstream), so that a peer gone without a FIN is noticed; 0: none.
+    /// and upstream), so that a peer gone without a FIN is noticed (probes then
+    /// every 10 s, or at this pace when shorter; 3 unanswered: gone); 0: none.
     #[arg(long, env = "WEFT_TCP_KEEPALIVE", default_value = "60s", value_parser = humantime::parse_duration)]
     tcp_keepalive: Duration,
     /// How long sent data (and keepalive probes) may go unacknowledged on a relayed

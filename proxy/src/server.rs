@@ -172,6 +172,9 @@ impl BoundProxy {
             self.shared.clone(),
             self.metrics,
         ));
+        let reclaim = tokio::spawn(crate::memory::reclaim_after_waves(
+            self.shared.conns.clone(),
+        ));
 
         shutdown.await;
         self.shared.draining.store(true, Ordering::SeqCst);
@@ -183,6 +186,7 @@ impl BoundProxy {
         if let Some(task) = discovery_task {
             task.abort();
         }
+        reclaim.abort();
         let max = self.shared.config.max_connections;
         tracing::info!(
             open = self.shared.conns.live_count(),

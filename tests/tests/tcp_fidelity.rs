@@ -3,7 +3,12 @@
 //! reaches the client as a reset, 1,000 concurrent connections all complete, and
 //! an opaque connection idle past A's idle timeout is reset and counted, and one
 //! whose server vanishes (its pod's link down, no FIN, no RST) is cut by A's
-//! `TCP_USER_TIMEOUT` instead of the kernel's ~15 minutes of retransmission.
+//! `TCP_USER_TIMEOUT` instead of the kernel's ~15 minutes of retransmission, and
+//! one whose server vanishes while the connection is idle is noticed by keepalive
+//! alone; both counted as `peer_unresponsive`.
+//! 500 silent clients to an app that never accepts, then gone: both proxies'
+//! descriptors return to their baseline within the half-close timeout and their
+//! RSS to within 10% of it (printed: before, during, after).
 //! The applications are tests/tools/tcpkit.py and nc — plain sockets, no weft.
 //!
 //! Every test runs in both capture modes (`_iptables`, `_ebpf`); the 100 MB transfers
@@ -126,6 +131,23 @@ fn setup_with(
 }
 
 impl Setup {
+    /// A's one connection to B's `port` ended because the kernel gave B up
+    /// (`ETIMEDOUT`), and A counted it as `peer_unresponsive`.
+    fn assert_peer_given_up(&self, port: u16) {
+        let out = self.sa.wait_closed(self.dst(port)).unwrap();
+        assert_eq!(out.len(), 1, "{out:#?}");
+        let end = out[0]["end"].as_str().unwrap();
+        assert!(end.starts_with("error_upstream"), "{end}");
+        assert!(end.contains("timed out"), "{end}");
+        let metrics = self.sa.metrics().unwrap();
+        let counted = weft_runtime::prom_text::value(
+            &metrics,
+            "weft_proxy_errors_total",
+            &[("direction", "outbound"), ("reason", "peer_unresponsive")],
+        );
+        assert_eq!(counted, Some(1.0), "{metrics}");
+    }
+
     fn dst(&self, port: u16) -> SocketAddr {
         SocketAddr::new(IpAddr::from(self.b.ipv4()), port)
     }
@@ -362,12 +384,53 @@ fn vanished_peer(capture: Capture) {
     // upstream socket was aborted and the client reset, long before the kernel's
     // own retransmission time.
     assert!(client.logs().contains("reset"), "{}", client.logs());
-    let out = s.sa.wait_closed(s.dst(9011)).unwrap();
-    assert_eq!(out.len(), 1, "{out:#?}");
-    let end = out[0]["end"].as_str().unwrap();
-    assert!(end.starts_with("error_upstream"), "{end}");
-    assert!(end.contains("timed out"), "{end}");
+    s.assert_peer_given_up(9011);
 }
+
+/// A peer that vanishes from an idle connection (no byte in flight, so no
+/// retransmission to time out) is noticed by keepalive alone: B's link goes down
+/// while A's proxy, with a 1 s keepalive and no user timeout, holds the connection
+/// idle; three unanswered probes later the kernel gives the peer up and the
+/// client is reset.
+fn idle_peer_vanished(capture: Capture) {
+    let s = setup_with(
+        capture,
+        9013,
+        &["serve-echo"],
+        &["--tcp-keepalive", "1s"],
+        &[],
+    );
+    let py = python3().to_string_lossy().into_owned();
+    let argv = [
+        py,
+        tcpkit(),
+        "echo-then-idle".into(),
+        s.b.ipv4().to_string(),
+        "9013".into(),
+    ];
+    let client = s.a.spawn(ProcSpec::new(argv).name("client")).unwrap();
+    wait_until(SECS(10), Duration::from_millis(50), || {
+        client.logs().contains("echoed")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", client.logs()));
+    s.b.run_ok(
+        ["ip", "link", "set", "dev", s.b.dev(), "down"],
+        None,
+        SECS(5),
+    )
+    .unwrap();
+    let status = client
+        .wait_timeout(SECS(40))
+        .unwrap_or_else(|| panic!("the client never finished: {}", client.logs()));
+    assert!(status.success(), "{status:?}: {}", client.logs());
+    assert!(client.logs().contains("reset"), "{}", client.logs());
+    s.assert_peer_given_up(9013);
+}
+
+per_capture!(idle_peer_vanished:
+    an_idle_vanished_server_is_noticed_by_keepalive_iptables => IPTABLES,
+    an_idle_vanished_server_is_noticed_by_keepalive_ebpf => EBPF,
+);
 
 per_capture!(vanished_peer:
     a_vanished_server_is_noticed_by_the_user_timeout_iptables => IPTABLES,
@@ -381,7 +444,7 @@ fn open_fds(pid: u32) -> usize {
         .count()
 }
 
-/// Resident memory of process `pid`, in MB (printed, not asserted).
+/// Resident memory of process `pid`, in MB.
 fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: f64 = status
@@ -423,7 +486,19 @@ fn silent_flood(capture: Capture) {
             now.0, now.1
         )
     });
-    let rss_after = (rss_mb(a_pid), rss_mb(b_pid));
+    // And the memory: within 10% of the baseline once the wave has receded (the
+    // proxy trims its allocator then: proxy/src/memory.rs).
+    let mut rss_after = (0.0, 0.0);
+    wait_until(SECS(10), Duration::from_millis(200), || {
+        rss_after = (rss_mb(a_pid), rss_mb(b_pid));
+        rss_after.0 <= rss_base.0 * 1.10 && rss_after.1 <= rss_base.1 * 1.10
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: RSS MB A {:.1} -> {:.1} -> {:.1}, B {:.1} -> {:.1} -> {:.1}",
+            rss_base.0, rss_peak.0, rss_after.0, rss_base.1, rss_peak.1, rss_after.1
+        )
+    });
     println!(
         "silent flood ({}): descriptors A {a_base} -> {a_peak} -> {}, B {b_base} -> {b_peak} -> {}; \
          RSS MB A {:.1} -> {:.1} -> {:.1}, B {:.1} -> {:.1} -> {:.1}",
@@ -440,8 +515,8 @@ fn silent_flood(capture: Capture) {
 }
 
 per_capture!(silent_flood:
-    a_silent_flood_gives_its_descriptors_back_iptables => IPTABLES,
-    a_silent_flood_gives_its_descriptors_back_ebpf => EBPF,
+    a_silent_flood_gives_its_descriptors_and_memory_back_iptables => IPTABLES,
+    a_silent_flood_gives_its_descriptors_and_memory_back_ebpf => EBPF,
 );
 
 per_capture!(idle_bound:

@@ -18,6 +18,10 @@ carry faithfully. Each prints one result line on stdout that the test reads.
                                at most), send another line, then read until the
                                connection ends; print "reset", "eof" or "timeout"
                                (30 s)
+  echo-then-idle HOST PORT     send a line and read its echo, print "echoed", then
+                               send nothing and read until the connection ends;
+                               print "reset", "eof", "timed-out" (the kernel gave
+                               the peer up) or "timeout" (30 s)
   serve-no-accept PORT         listen with a backlog of 1 and never accept: the
                                kernel completes a couple of handshakes, then drops
                                SYNs (an application that fell behind)
@@ -300,6 +304,7 @@ def serve_no_accept(port):
 
 
 def echo_then_again(host, port, gofile):
+    """gofile None: send nothing more (echo-then-idle)."""
     import os
     conn = connect(host, port)
     conn.settimeout(10)
@@ -312,20 +317,22 @@ def echo_then_again(host, port, gofile):
         got += b
     print("echoed", flush=True)
     deadline = time.monotonic() + 20
-    while not os.path.exists(gofile):
+    while gofile is not None and not os.path.exists(gofile):
         if time.monotonic() > deadline:
             raise SystemExit(f"no {gofile}")
         time.sleep(0.05)
     conn.settimeout(30)
     try:
-        conn.sendall(b"two\n")
+        if gofile is not None:
+            conn.sendall(b"two\n")
         while conn.recv(CHUNK):
             pass
         print("eof", flush=True)
     except ConnectionResetError:
         print("reset", flush=True)
-    except socket.timeout:
-        print("timeout", flush=True)
+    except TimeoutError as e:
+        # socket.timeout is TimeoutError; ETIMEDOUT from the kernel is one too.
+        print("timeout" if e.errno is None else "timed-out", flush=True)
 
 
 def many(host, port, count):
@@ -548,6 +555,8 @@ def main(argv):
         serve_no_accept(int(args[0]))
     elif cmd == "echo-then-again":
         echo_then_again(args[0], int(args[1]), args[2])
+    elif cmd == "echo-then-idle":
+        echo_then_again(args[0], int(args[1]), None)
     elif cmd == "many":
         many(args[0], int(args[1]), int(args[2]))
     elif cmd == "serve-zeros":

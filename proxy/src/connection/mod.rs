@@ -267,10 +267,14 @@ async fn opaque(
     }
     let limits = routing.relay_limits(&observer.shared.tcp_policy);
     let end = relay::relay_opaque(client, prefix, dialed.upstream, limits, observer).await;
-    // A bound that fired is the proxy's doing: counted like its other errors.
-    let bound = match end {
+    // A bound that fired is the proxy's doing, and a peer the kernel gave up on
+    // (keepalive, user timeout) a dead one: counted like the proxy's other errors.
+    let bound = match &end {
         ConnEnd::IdleTimeout => Some(ErrorReason::TcpIdleTimeout),
         ConnEnd::HalfCloseTimeout => Some(ErrorReason::HalfCloseTimeout),
+        ConnEnd::Failed { error, .. } if error.kind() == std::io::ErrorKind::TimedOut => {
+            Some(ErrorReason::PeerUnresponsive)
+        }
         _ => None,
     };
     if let Some(reason) = bound {

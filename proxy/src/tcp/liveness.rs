@@ -22,7 +22,9 @@ use tokio::net::TcpStream;
 
 /// Default time a connection is idle before the first keepalive probe.
 pub const KEEPALIVE: Duration = Duration::from_secs(60);
-/// Between keepalive probes.
+/// Between keepalive probes at most; a shorter keepalive time probes at its own
+/// pace (`--tcp-keepalive 5s`: a probe every 5 s), so the setting alone says how
+/// soon an idle dead peer is noticed: about the time times 1 + probes.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Unanswered probes before the peer is declared dead (without a user timeout).
 const KEEPALIVE_PROBES: u32 = 3;
@@ -50,7 +52,7 @@ impl Liveness {
         if let Some(idle) = self.keepalive {
             let probes = TcpKeepalive::new()
                 .with_time(idle)
-                .with_interval(KEEPALIVE_INTERVAL)
+                .with_interval(idle.min(KEEPALIVE_INTERVAL))
                 .with_retries(KEEPALIVE_PROBES);
             if let Err(e) = sock.set_tcp_keepalive(&probes) {
                 tracing::debug!(error = %e, "TCP keepalive");
@@ -96,6 +98,23 @@ mod tests {
             sock.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),
             Some(user_timeout)
         );
+    }
+
+    #[tokio::test]
+    async fn a_short_keepalive_probes_at_its_own_pace() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let c = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let short = Duration::from_secs(2);
+        Liveness {
+            keepalive: Some(short),
+            user_timeout: None,
+        }
+        .apply(&c);
+        let sock = SockRef::from(&c);
+        assert_eq!(sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"), short);
+        assert_eq!(sock.tcp_keepalive_interval().expect("TCP_KEEPINTVL"), short);
     }
 
     #[tokio::test]
