@@ -93,7 +93,7 @@ struct Args {
     /// Closed connections remembered by /connections.
     #[arg(long, env = "WEFT_CLOSED_HISTORY", default_value_t = 100)]
     closed_history: usize,
-    /// Worker threads of the data-path runtime.
+    /// Worker threads of the data-path runtime (1: a current-thread runtime).
     #[arg(long, env = "WEFT_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     workers: u16,
     /// Log filter (tracing's EnvFilter syntax), e.g. info or weft_proxy=debug.
@@ -134,11 +134,19 @@ fn main() -> anyhow::Result<()> {
     weft_runtime::logging::init(&args.log)
         .with_context(|| format!("bad --log filter {:?}", args.log))?;
     raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.workers.into())
-        .enable_all()
-        .build()
-        .context("building the runtime")?;
+    // One worker: a current-thread runtime, as linkerd2-proxy runs on one core.
+    // Every task then runs on this thread, with none of the multi-thread
+    // scheduler's cross-thread wakeups.
+    let runtime = match args.workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.into())
+            .enable_all()
+            .build(),
+    }
+    .context("building the runtime")?;
     let config = args.into_config();
     runtime.block_on(async move {
         let proxy = BoundProxy::bind(config, Arc::new(KernelOrigDst)).await?;
