@@ -131,6 +131,38 @@ fn setup_with(
 }
 
 impl Setup {
+    /// Runs `tcpkit.py MODE PORT [ARGS]` in A against B (`args`: MODE, PORT and
+    /// the rest, B's address put in between) until it has printed "echoed"; then
+    /// B goes away without a word (its link down inside its namespace), `then`
+    /// runs, and the client's logs are returned once it has ended (40 s at most).
+    fn client_while_b_vanishes(&self, args: &[&str], then: impl FnOnce()) -> String {
+        let mut argv = vec![
+            python3().to_string_lossy().into_owned(),
+            tcpkit(),
+            args[0].to_owned(),
+            self.b.ipv4().to_string(),
+        ];
+        argv.extend(args[1..].iter().map(|a| a.to_string()));
+        let client = self.a.spawn(ProcSpec::new(argv).name("client")).unwrap();
+        wait_until(SECS(10), Duration::from_millis(50), || {
+            client.logs().contains("echoed")
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", client.logs()));
+        self.b
+            .run_ok(
+                ["ip", "link", "set", "dev", self.b.dev(), "down"],
+                None,
+                SECS(5),
+            )
+            .unwrap();
+        then();
+        let status = client
+            .wait_timeout(SECS(40))
+            .unwrap_or_else(|| panic!("the client never finished: {}", client.logs()));
+        assert!(status.success(), "{status:?}: {}", client.logs());
+        client.logs()
+    }
+
     /// A's one connection to B's `port` ended because the kernel gave B up
     /// (`ETIMEDOUT`), and A counted it as `peer_unresponsive`.
     fn assert_peer_given_up(&self, port: u16) {
@@ -354,36 +386,14 @@ fn vanished_peer(capture: Capture) {
         &[],
     );
     let go = s._mesh.run_dir().join("link-down");
-    let py = python3().to_string_lossy().into_owned();
-    let argv = [
-        py,
-        tcpkit(),
-        "echo-then-again".into(),
-        s.b.ipv4().to_string(),
-        "9011".into(),
-        go.to_string_lossy().into_owned(),
-    ];
-    let client = s.a.spawn(ProcSpec::new(argv).name("client")).unwrap();
-    wait_until(SECS(10), Duration::from_millis(50), || {
-        client.logs().contains("echoed")
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}", client.logs()));
-    // B goes away without a word: its link down inside its namespace.
-    s.b.run_ok(
-        ["ip", "link", "set", "dev", s.b.dev(), "down"],
-        None,
-        SECS(5),
-    )
-    .unwrap();
-    std::fs::write(&go, "").unwrap();
-    let status = client
-        .wait_timeout(SECS(40))
-        .unwrap_or_else(|| panic!("the client never finished: {}", client.logs()));
-    assert!(status.success(), "{status:?}: {}", client.logs());
-    // The data A's proxy wrote went unacknowledged for the user timeout: the
-    // upstream socket was aborted and the client reset, long before the kernel's
-    // own retransmission time.
-    assert!(client.logs().contains("reset"), "{}", client.logs());
+    let go_arg = go.to_string_lossy().into_owned();
+    // Once B is gone the client sends again: that data A's proxy writes goes
+    // unacknowledged for the user timeout, so the upstream socket is aborted and
+    // the client reset, long before the kernel's own retransmission time.
+    let logs = s.client_while_b_vanishes(&["echo-then-again", "9011", &go_arg], || {
+        std::fs::write(&go, "").unwrap()
+    });
+    assert!(logs.contains("reset"), "{logs}");
     s.assert_peer_given_up(9011);
 }
 
@@ -400,30 +410,8 @@ fn idle_peer_vanished(capture: Capture) {
         &["--tcp-keepalive", "1s"],
         &[],
     );
-    let py = python3().to_string_lossy().into_owned();
-    let argv = [
-        py,
-        tcpkit(),
-        "echo-then-idle".into(),
-        s.b.ipv4().to_string(),
-        "9013".into(),
-    ];
-    let client = s.a.spawn(ProcSpec::new(argv).name("client")).unwrap();
-    wait_until(SECS(10), Duration::from_millis(50), || {
-        client.logs().contains("echoed")
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}", client.logs()));
-    s.b.run_ok(
-        ["ip", "link", "set", "dev", s.b.dev(), "down"],
-        None,
-        SECS(5),
-    )
-    .unwrap();
-    let status = client
-        .wait_timeout(SECS(40))
-        .unwrap_or_else(|| panic!("the client never finished: {}", client.logs()));
-    assert!(status.success(), "{status:?}: {}", client.logs());
-    assert!(client.logs().contains("reset"), "{}", client.logs());
+    let logs = s.client_while_b_vanishes(&["echo-then-idle", "9013"], || {});
+    assert!(logs.contains("reset"), "{logs}");
     s.assert_peer_given_up(9013);
 }
 
