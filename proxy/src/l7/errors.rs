@@ -41,7 +41,7 @@ pub fn status_of(reason: ErrorReason) -> StatusCode {
 }
 
 /// The `grpc-status` a gRPC call gets for a proxy-made error.
-pub fn grpc_status_of(reason: ErrorReason) -> &'static str {
+fn grpc_status_of(reason: ErrorReason) -> &'static str {
     match status_of(reason) {
         StatusCode::GATEWAY_TIMEOUT => "4",
         StatusCode::BAD_REQUEST => "13",
