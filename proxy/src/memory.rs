@@ -4,8 +4,8 @@
 //! needs no extra code in the binary and is what the idle-RSS figures were taken
 //! with. glibc returns freed memory to the kernel only from the top of its heaps,
 //! so after a flood of connections (each with its task, buffers and table rows)
-//! closes, the freed chunks in the middle stay resident: 1,000 silent clients left
-//! a sidecar 7 MB larger for good. `malloc_trim(0)` hands every free page of every
+//! closes, the freed chunks in the middle stay resident: 500 silent clients left
+//! a sidecar 6.5 MB larger for good. `malloc_trim(0)` hands every free page of every
 //! arena back (`MADV_DONTNEED`), and is called here when the number of live
 //! connections has fallen to an eighth of its high point since the last trim, and
 //! that high point was a wave (at least [`WAVE`] connections) — not on a timer in
