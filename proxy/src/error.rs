@@ -110,6 +110,22 @@ pub enum ConnEnd {
     Aborted,
 }
 
+impl ConnEnd {
+    /// The error an opaque connection that ended this way is counted as: a bound
+    /// the proxy enforced (idle, half-close), or a peer the kernel gave up on
+    /// (`ETIMEDOUT`: keepalive or the user timeout went unanswered).
+    pub fn opaque_error(&self) -> Option<ErrorReason> {
+        match self {
+            ConnEnd::IdleTimeout => Some(ErrorReason::TcpIdleTimeout),
+            ConnEnd::HalfCloseTimeout => Some(ErrorReason::HalfCloseTimeout),
+            ConnEnd::Failed { error, .. } if error.kind() == io::ErrorKind::TimedOut => {
+                Some(ErrorReason::PeerUnresponsive)
+            }
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for ConnEnd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -166,6 +182,30 @@ mod tests {
         ];
         for (end, word) in cases {
             assert_eq!(end.to_string(), word);
+        }
+    }
+
+    #[test]
+    fn bounds_and_dead_peers_are_counted_other_ends_are_not() {
+        let failed = |kind| ConnEnd::Failed {
+            side: Side::Upstream,
+            error: io::Error::from(kind),
+        };
+        let cases = [
+            (ConnEnd::IdleTimeout, Some(ErrorReason::TcpIdleTimeout)),
+            (
+                ConnEnd::HalfCloseTimeout,
+                Some(ErrorReason::HalfCloseTimeout),
+            ),
+            (
+                failed(io::ErrorKind::TimedOut),
+                Some(ErrorReason::PeerUnresponsive),
+            ),
+            (failed(io::ErrorKind::ConnectionReset), None),
+            (ConnEnd::Eof, None),
+        ];
+        for (end, reason) in cases {
+            assert_eq!(end.opaque_error(), reason, "{end}");
         }
     }
 }

@@ -16,10 +16,10 @@ use crate::l7::telemetry::HttpInstruments;
 use crate::l7::{Registry, L7};
 use crate::metrics::{Metrics, MetricsError};
 use crate::orig_dst::OrigDstSource;
-use crate::policy::Policy;
 use crate::readiness::AppCheck;
 use crate::routes::Routes;
 use crate::tcp::connect::Connector;
+use crate::tcp::relay::RelayLimits;
 
 /// State shared by every task of one proxy.
 pub struct Shared {
@@ -51,9 +51,9 @@ pub struct Shared {
     pub app_check: AppCheck,
     /// The proxy's own ports, which the tunnel does not reach.
     pub own_ports: Vec<u16>,
-    /// The policy of opaque connections that no service's policy covers
+    /// The time bounds of opaque connections that no service's policy covers
     /// (passthrough, inbound): the proxy's defaults.
-    pub tcp_policy: Policy,
+    pub tcp_limits: RelayLimits,
 }
 
 impl Shared {
@@ -100,7 +100,10 @@ impl Shared {
             discovery,
             app_check: AppCheck::default(),
             own_ports,
-            tcp_policy: Policy::defaults(config.policy_defaults()),
+            tcp_limits: RelayLimits {
+                idle: config.tcp_idle_timeout,
+                half_close: config.half_close_timeout,
+            },
             config,
         })
     }

@@ -11,17 +11,17 @@ carry faithfully. Each prints one result line on stdout that the test reads.
   serve-echo PORT              echo everything until EOF (asyncio, many clients)
   fetch HOST PORT              read to EOF, print "received=N sha256=H"
   push HOST PORT BYTES         send BYTES deterministic bytes, shut down, wait for EOF
-  read-expect-error HOST PORT  send a line, read; print "reset", "eof" or "timeout"
+  read-expect-error HOST PORT  send a line, read until the connection ends; print
+                               "reset", "eof", "timed-out" or "timeout" (10 s)
   echo-then-again HOST PORT GOFILE
                                send a line and read its echo (an echo server is the
                                peer), print "echoed", wait until GOFILE exists (20 s
                                at most), send another line, then read until the
-                               connection ends; print "reset", "eof" or "timeout"
-                               (30 s)
+                               connection ends; print as read-expect-error (30 s)
   echo-then-idle HOST PORT     send a line and read its echo, print "echoed", then
                                send nothing and read until the connection ends;
-                               print "reset", "eof", "timed-out" (the kernel gave
-                               the peer up) or "timeout" (30 s)
+                               print as read-expect-error ("timed-out": the kernel
+                               gave the peer up) (30 s)
   serve-no-accept PORT         listen with a backlog of 1 and never accept: the
                                kernel completes a couple of handshakes, then drops
                                SYNs (an application that fell behind)
@@ -100,12 +100,12 @@ def digest(total):
     return h.hexdigest()
 
 
-def listener(port):
+def listener(port, backlog=1024):
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("::", port))
-    s.listen(1024)
+    s.listen(backlog)
     print("listening", flush=True)
     return s
 
@@ -278,27 +278,29 @@ def push(host, port, total):
     print(f"sent={total} sha256={digest(total)}", flush=True)
 
 
-def read_expect_error(host, port):
-    conn = connect(host, port)
-    conn.settimeout(10)
-    conn.sendall(b"hello\n")
+def print_how_it_ends(conn):
+    """Reads until the connection ends; prints "eof", "reset", "timed-out" (the
+    kernel gave the peer up: ETIMEDOUT) or "timeout" (the socket's own)."""
     try:
         while conn.recv(CHUNK):
             pass
         print("eof", flush=True)
     except ConnectionResetError:
         print("reset", flush=True)
-    except socket.timeout:
-        print("timeout", flush=True)
+    except TimeoutError as e:
+        # socket.timeout is TimeoutError; ETIMEDOUT from the kernel is one too.
+        print("timeout" if e.errno is None else "timed-out", flush=True)
+
+
+def read_expect_error(host, port):
+    conn = connect(host, port)
+    conn.settimeout(10)
+    conn.sendall(b"hello\n")
+    print_how_it_ends(conn)
 
 
 def serve_no_accept(port):
-    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("::", port))
-    s.listen(1)
-    print("listening", flush=True)
+    _held = listener(port, backlog=1)
     while True:
         time.sleep(3600)
 
@@ -322,17 +324,13 @@ def echo_then_again(host, port, gofile):
             raise SystemExit(f"no {gofile}")
         time.sleep(0.05)
     conn.settimeout(30)
-    try:
-        if gofile is not None:
+    if gofile is not None:
+        try:
             conn.sendall(b"two\n")
-        while conn.recv(CHUNK):
-            pass
-        print("eof", flush=True)
-    except ConnectionResetError:
-        print("reset", flush=True)
-    except TimeoutError as e:
-        # socket.timeout is TimeoutError; ETIMEDOUT from the kernel is one too.
-        print("timeout" if e.errno is None else "timed-out", flush=True)
+        except ConnectionResetError:
+            print("reset", flush=True)
+            return
+    print_how_it_ends(conn)
 
 
 def many(host, port, count):

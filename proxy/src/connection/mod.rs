@@ -265,19 +265,10 @@ async fn opaque(
             .metrics
             .error(observer.direction, &observer.destination, *reason);
     }
-    let limits = routing.relay_limits(&observer.shared.tcp_policy);
+    let limits = routing.relay_limits(observer.shared.tcp_limits);
     let end = relay::relay_opaque(client, prefix, dialed.upstream, limits, observer).await;
-    // A bound that fired is the proxy's doing, and a peer the kernel gave up on
-    // (keepalive, user timeout) a dead one: counted like the proxy's other errors.
-    let bound = match &end {
-        ConnEnd::IdleTimeout => Some(ErrorReason::TcpIdleTimeout),
-        ConnEnd::HalfCloseTimeout => Some(ErrorReason::HalfCloseTimeout),
-        ConnEnd::Failed { error, .. } if error.kind() == std::io::ErrorKind::TimedOut => {
-            Some(ErrorReason::PeerUnresponsive)
-        }
-        _ => None,
-    };
-    if let Some(reason) = bound {
+    // A bound that fired, or a dead peer: counted like the proxy's other errors.
+    if let Some(reason) = end.opaque_error() {
         observer
             .shared
             .metrics

@@ -8,7 +8,6 @@ use std::time::Duration;
 use crate::addr::{ClientAddr, Direction, EndpointAddr, OrigDstAddr};
 use crate::detect::{self, Detection, Sniffed};
 use crate::l7::ServiceBalancer;
-use crate::policy::Policy;
 use crate::routes::{PortProtocol, Resolved, ServiceRoute};
 use crate::state::Shared;
 use crate::tcp::relay::RelayLimits;
@@ -166,14 +165,13 @@ impl Routing {
 
     /// How long the opaque relay may go without a byte: the service's policy, or
     /// `defaults` (the proxy's) for passthrough and inbound.
-    pub fn relay_limits(&self, defaults: &Policy) -> RelayLimits {
-        let policy = match self {
-            Routing::Service { route, .. } => &route.policy,
+    pub fn relay_limits(&self, defaults: RelayLimits) -> RelayLimits {
+        match self {
+            Routing::Service { route, .. } => RelayLimits {
+                idle: route.policy.tcp_idle_timeout,
+                half_close: route.policy.half_close_timeout,
+            },
             Routing::Passthrough(_) | Routing::Local { .. } => defaults,
-        };
-        RelayLimits {
-            idle: policy.tcp_idle_timeout,
-            half_close: policy.half_close_timeout,
         }
     }
 

@@ -236,15 +236,16 @@ async fn pump(
             Err(e) => return Err((Side::Upstream, e)),
         };
         let full = n == cur.len();
-        activity.touch();
         if n == 0 {
+            activity.touch();
             activity.half_closed.store(true, Ordering::Relaxed);
             match SockRef::from(to).shutdown(Shutdown::Write) {
                 Err(e) if e.kind() != io::ErrorKind::NotConnected => return Err((Side::Client, e)),
                 _ => return Ok(()),
             }
         }
-        // Each write that moves bytes counts as activity: a slow reader is not idle.
+        // Activity is bytes moved: each write that moves some (a slow reader is not
+        // idle), one clock read per write.
         write_all(to, &cur[..n], || activity.touch())
             .await
             .map_err(|e| (Side::Client, e))?;
