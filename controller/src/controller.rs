@@ -13,6 +13,8 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::auth::review::Reviewer;
+use crate::auth::{Auth, AuthConfig};
 use crate::error::ConfigError;
 use crate::grpc::DiscoveryService;
 use crate::health::{self, Checker, HealthTable};
@@ -21,7 +23,7 @@ use crate::kubernetes::KubernetesSource;
 use crate::merge::{merge, Catalog};
 use crate::metrics::Metrics;
 use crate::model::SourceKind;
-use crate::registry::Registry;
+use crate::registry::{Caps, Registry};
 use crate::source::{Contribution, DynSource, FileSource, DEFAULT_POLL_INTERVAL};
 use crate::state::State;
 use crate::webhook::Webhook;
@@ -39,8 +41,12 @@ pub struct Options {
     /// Health-check defaults.
     pub health: health::Defaults,
     /// Also follow Kubernetes Services and EndpointSlices (in-cluster config or
-    /// kubeconfig).
+    /// kubeconfig); ServiceAccount tokens are then checked with TokenReviews.
     pub kubernetes: bool,
+    /// Who may call the APIs.
+    pub auth: AuthConfig,
+    /// How many registrations the registry takes.
+    pub caps: Caps,
 }
 
 impl Options {
@@ -52,6 +58,8 @@ impl Options {
             state_dir: None,
             health: health::Defaults::default(),
             kubernetes: false,
+            auth: AuthConfig::off(),
+            caps: Caps::default(),
         }
     }
 }
@@ -68,21 +76,25 @@ pub struct Controller {
     health: Arc<HealthTable>,
     defaults: health::Defaults,
     webhook: Option<(TcpListener, Webhook)>,
+    auth: Arc<Auth>,
 }
 
 impl Controller {
     /// Loads the mesh file, with a state directory the registry, and with
-    /// `kubernetes` the cluster's Services (in that priority order). Fails, with
-    /// file:line, when the mesh file is missing or bad, and when the registry cannot
-    /// be read: there is nothing good to serve yet.
+    /// `kubernetes` the cluster's Services (in that priority order), and the API
+    /// credentials. Fails, with file:line, when the mesh file or the token file is
+    /// missing or bad, when the registry cannot be read (there is nothing good to
+    /// serve yet), and when authentication is required with no way to pass it.
     pub async fn load(options: &Options) -> Result<Self, ConfigError> {
+        let mut auth = Auth::new(&options.auth)?;
         let mut sources: Vec<Box<dyn DynSource>> = vec![Box::new(FileSource::new(
             &options.config,
             options.poll_interval,
         ))];
         let registry = match &options.state_dir {
             Some(dir) => {
-                let registry = Arc::new(Registry::open(dir).map_err(|e| e.to_config_error())?);
+                let registry = Registry::open(dir).map_err(|e| e.to_config_error())?;
+                let registry = Arc::new(registry.with_caps(options.caps));
                 sources.push(Box::new(registry.source()));
                 Some(registry)
             }
@@ -90,9 +102,21 @@ impl Controller {
         };
         if options.kubernetes {
             tracing::info!("waiting for the first lists of Services and EndpointSlices");
-            sources.push(Box::new(KubernetesSource::connect().await?));
+            let client = KubernetesSource::client().await?;
+            let source = KubernetesSource::watch(client.clone());
+            let reviewer = Reviewer::new(client, options.auth.audience.clone());
+            auth = auth.with_kubernetes(reviewer, source.registrants());
+            sources.push(Box::new(source));
         }
-        Controller::from_sources(sources, registry, options.health.clone()).await
+        if !auth.has_source() {
+            return Err(ConfigError::new(
+                "authentication",
+                "no way to authenticate API callers: give --api-tokens FILE (or --kubernetes), or --api-auth off to let anyone change the mesh",
+            ));
+        }
+        let controller =
+            Controller::from_sources(sources, registry, options.health.clone()).await?;
+        Ok(controller.with_auth(auth))
     }
 
     /// Takes the first state from each of `sources` (in priority order: the first
@@ -131,7 +155,14 @@ impl Controller {
             health: Arc::new(HealthTable::default()),
             defaults,
             webhook: None,
+            auth: Arc::new(Auth::new(&AuthConfig::off())?),
         })
+    }
+
+    /// Authenticates API callers with `auth` (by default: anyone may call).
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Arc::new(auth);
+        self
     }
 
     /// Serves the admission webhook on `listener` too.
@@ -162,8 +193,11 @@ impl Controller {
             health,
             defaults,
             webhook,
+            auth,
         } = self;
-        let metrics = Arc::new(Metrics::new(state.clone(), health.clone()).context("metrics")?);
+        let metrics =
+            Arc::new(Metrics::new(state.clone(), health.clone(), auth.clone()).context("metrics")?);
+        let token_file = tokio::spawn(auth.clone().follow_token_file(state.closed()));
         let grpc_addr: SocketAddr = grpc.local_addr().context("gRPC listener address")?;
         let http_addr: SocketAddr = http.local_addr().context("HTTP listener address")?;
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "weft-controller serving");
@@ -193,7 +227,7 @@ impl Controller {
 
         let closed = state.closed();
         let grpc_server = tonic::transport::Server::builder()
-            .add_service(DiscoveryService::new(state.clone()).into_server())
+            .add_service(DiscoveryService::new(state.clone(), auth.clone()).into_server())
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(grpc),
                 closed,
@@ -203,6 +237,7 @@ impl Controller {
             metrics,
             registry,
             health,
+            auth,
         };
         let http_server = crate::http::serve(http, api, state.closed());
         let grpc_task = tokio::spawn(grpc_server);
@@ -218,6 +253,7 @@ impl Controller {
         }
         merger.abort();
         state.close();
+        token_file.abort();
         let grpc_result = grpc_task.await.context("gRPC server task")?;
         http_task.await.context("HTTP server task")?;
         if let Some(task) = webhook_task {

@@ -5,6 +5,10 @@
 //! from that to the current mesh. The `watch` channel coalesces changes, so a slow
 //! subscriber is never dropped and never sent stale intermediate states: it gets one
 //! update that brings it from what it has to what is current.
+//!
+//! Both calls need a credential (`authorization: Bearer TOKEN` metadata, see
+//! [`crate::auth`]): without one a caller gets `UNAUTHENTICATED` and no topology;
+//! one caller's open Watches are capped (`RESOURCE_EXHAUSTED`).
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -16,6 +20,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use weft_api::discovery as pb;
 
+use crate::auth::{Api, Auth, Caller, Denial};
 use crate::model::{Name, Protocol, Service};
 use crate::state::{diff_snapshots, Snapshot, State};
 
@@ -23,12 +28,34 @@ use crate::state::{diff_snapshots, Snapshot, State};
 #[derive(Debug, Clone)]
 pub struct DiscoveryService {
     state: Arc<State>,
+    auth: Arc<Auth>,
 }
 
 impl DiscoveryService {
-    /// Serves `state`.
-    pub fn new(state: Arc<State>) -> Self {
-        DiscoveryService { state }
+    /// Serves `state` to the callers `auth` lets in.
+    pub fn new(state: Arc<State>, auth: Arc<Auth>) -> Self {
+        DiscoveryService { state, auth }
+    }
+
+    /// The caller of `request`, or the status refusing it (counted and logged).
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        self.auth
+            .authenticate(authorization)
+            .await
+            .map_err(|denial| self.refuse(request.remote_addr(), &denial))
+    }
+
+    fn refuse(&self, peer: Option<std::net::SocketAddr>, denial: &Denial) -> Status {
+        self.auth.denied(Api::Grpc, peer, denial);
+        match denial {
+            Denial::Missing | Denial::Bad(_) => Status::unauthenticated(denial.message()),
+            Denial::OutOfScope { .. } => Status::permission_denied(denial.message()),
+            _ => Status::resource_exhausted(denial.message()),
+        }
     }
 
     /// The tonic server for this service.
@@ -133,6 +160,11 @@ impl weft_api::Discovery for DiscoveryService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let peer = request.remote_addr();
+        let caller = self.caller(&request).await?;
+        let slot = self
+            .auth
+            .open_watch(&caller)
+            .map_err(|denial| self.refuse(peer, &denial))?;
         let req = request.into_inner();
         let mut addresses: Vec<IpAddr> = req
             .addresses
@@ -155,8 +187,9 @@ impl weft_api::Discovery for DiscoveryService {
         let guard = self.state.subscriber();
         let closed = self.state.closed();
         let state = self.state.clone();
-        tracing::info!(service = %req.service, proxy_id = %req.proxy_id, ?peer, "proxy subscribed");
+        tracing::info!(service = %req.service, proxy_id = %req.proxy_id, ?peer, %caller, "proxy subscribed");
         tokio::spawn(async move {
+            let _slot = slot;
             let _guard = guard;
             let _sidecar = sidecar;
             tokio::pin!(closed);
@@ -207,6 +240,7 @@ impl weft_api::Discovery for DiscoveryService {
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let peer = request.remote_addr().map(|p| p.ip().to_canonical());
         let req = request.into_inner();
         // A caller drains its own address only; one on the controller's host
@@ -222,7 +256,7 @@ impl weft_api::Discovery for DiscoveryService {
         if addresses.is_empty() {
             return Err(Status::invalid_argument("no address to drain"));
         }
-        tracing::info!(proxy_id = %req.proxy_id, ?addresses, "sidecar draining");
+        tracing::info!(proxy_id = %req.proxy_id, ?addresses, %caller, "sidecar draining");
         self.state.drain(&addresses);
         Ok(Response::new(pb::DrainResponse {}))
     }

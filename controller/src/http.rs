@@ -6,9 +6,15 @@
 //! | `GET /v1/services/{service}` | one service the same way |
 //! | `PUT /v1/services/{service}/endpoints/{address}` | registers an endpoint; optional JSON body `{"port": 8080, "weight": 1, "labels": {"zone": "a"}}`; `201` new, `200` updated or unchanged |
 //! | `DELETE /v1/services/{service}/endpoints/{address}` | deregisters it; `204`, or `404` when it is not registered |
-//! | `GET /v1/status` | version, sources and their errors (file:line), conflicts, subscribers |
+//! | `GET /v1/status` | version, sources and their errors (file:line), conflicts, subscribers, the API credentials in force (`auth`) |
 //! | `GET /metrics` | Prometheus |
 //! | `GET /ready`, `/live` | `200` once serving |
+//!
+//! Everything but `/metrics`, `/ready` and `/live` needs `Authorization: Bearer
+//! TOKEN`, and writes a token scoped to the service ([`crate::auth`]): `401` without
+//! a valid credential, `403` out of scope, `429` (with `Retry-After`) over the
+//! caller's write rate, `409` over a registry cap (`--max-registrations`,
+//! `--max-endpoints-per-service`). Credentials are checked before the body is read.
 //!
 //! Errors are JSON `{"error": "..."}` with a 4xx saying what is wrong with the
 //! request (`400` malformed, `404` no such service or registration, `413` body over
@@ -31,15 +37,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::auth::{Api as ApiKind, Auth, Caller, Denial};
 use crate::health::{HealthTable, Status as Health};
 use crate::merge::{Catalog, CatalogService};
 use crate::metrics::Metrics;
 use crate::model::{Name, Registration};
-use crate::registry::{PutOutcome, Registry};
+use crate::registry::{PutOutcome, Registry, RegistryError};
 use crate::state::State;
-use weft_runtime::http::respond;
 /// The body type of every response served here.
 pub use weft_runtime::http::Body;
+use weft_runtime::http::{respond, RemoteAddr};
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -52,6 +59,8 @@ pub struct Api {
     /// The registry; `None` without a state directory.
     pub registry: Option<Arc<Registry>>,
     pub health: Arc<HealthTable>,
+    /// Who may call what.
+    pub auth: Arc<Auth>,
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -145,7 +154,11 @@ pub fn route(api: &Api, path: &str) -> Response<Body> {
     let state = &api.state;
     match path {
         "/v1/services" => ok_json(&services_view(api, &state.catalog())),
-        "/v1/status" => ok_json(&state.status()),
+        "/v1/status" => {
+            let mut status = serde_json::to_value(state.status()).unwrap_or_default();
+            status["auth"] = json!(api.auth.status());
+            ok_json(&status)
+        }
         "/metrics" => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -247,7 +260,54 @@ fn parse_endpoint(service: &str, address: &str) -> Result<(Name, IpAddr), String
     Ok((parse_name(service)?, parse_address(address)?))
 }
 
-async fn put_endpoint(api: &Api, service: &str, address: &str, body: Bytes) -> Response<Body> {
+/// The refusal of a call from `peer`, counted and logged.
+fn deny(api: &Api, peer: Option<std::net::SocketAddr>, denial: &Denial) -> Response<Body> {
+    api.auth.denied(ApiKind::Http, peer, denial);
+    let status = match denial {
+        Denial::Missing | Denial::Bad(_) => StatusCode::UNAUTHORIZED,
+        Denial::OutOfScope { .. } => StatusCode::FORBIDDEN,
+        Denial::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        Denial::WatchCap { .. } | Denial::Cap { .. } => StatusCode::CONFLICT,
+    };
+    let mut response = refuse(status, denial.message());
+    let headers = response.headers_mut();
+    match denial {
+        Denial::Missing | Denial::Bad(_) => {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"weft-controller\""),
+            );
+        }
+        Denial::RateLimited(wait) => {
+            // Whole seconds, rounded up: a client that waits that long gets through.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(secs.max(1)),
+            );
+        }
+        _ => {}
+    }
+    response
+}
+
+/// A write's checks before its body is read: the caller's rate, then its scope.
+fn admit_write(api: &Api, caller: &Caller, raw_service: &str) -> Result<(), Denial> {
+    api.auth.take_write(caller)?;
+    // A service name that does not parse is a 400, answered later.
+    match parse_name(raw_service) {
+        Ok(service) => api.auth.may_register(caller, &service),
+        Err(_) => Ok(()),
+    }
+}
+
+async fn put_endpoint(
+    api: &Api,
+    peer: Option<std::net::SocketAddr>,
+    service: &str,
+    address: &str,
+    body: Bytes,
+) -> Response<Body> {
     let (service, address) = match parse_endpoint(service, address) {
         Ok(parsed) => parsed,
         Err(reason) => return bad(reason),
@@ -312,6 +372,9 @@ async fn put_endpoint(api: &Api, service: &str, address: &str, body: Bytes) -> R
             }
             json_with(code, &json!({ "registered": reg, "outcome": word }))
         }
+        Err(RegistryError::Cap { reason, message }) => {
+            deny(api, peer, &Denial::Cap { reason, message })
+        }
         Err(e) => {
             tracing::error!(error = %e, "persisting a registration");
             refuse(
@@ -372,11 +435,36 @@ fn no_registry() -> Response<Body> {
     )
 }
 
+/// Paths anyone may read: probes and scrapers.
+fn is_open(path: &str) -> bool {
+    matches!(path, "/metrics" | "/ready" | "/live")
+}
+
 /// Answers one request.
 pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let peer = req.extensions().get::<RemoteAddr>().map(|r| r.0);
+    let reading = matches!(method, Method::GET | Method::HEAD);
+    if reading && is_open(&path) {
+        return route(api, &path);
+    }
+    let authorization = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let caller = match api.auth.authenticate(authorization).await {
+        Ok(caller) => caller,
+        Err(denial) => return deny(api, peer, &denial),
+    };
     let endpoint = endpoint_path(&path);
+    if let (false, Some((service, _))) = (reading, endpoint) {
+        if matches!(method, Method::PUT | Method::DELETE) {
+            if let Err(denial) = admit_write(api, &caller, service) {
+                return deny(api, peer, &denial);
+            }
+        }
+    }
     match (&method, endpoint) {
         (&Method::GET | &Method::HEAD, _) => route(api, &path),
         (&Method::PUT, Some((service, address))) => {
@@ -396,7 +484,7 @@ pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
                     };
                 }
             };
-            put_endpoint(api, service, address, body).await
+            put_endpoint(api, peer, service, address, body).await
         }
         (&Method::DELETE, Some((service, address))) => delete_endpoint(api, service, address).await,
         (_, Some(_)) => refuse(

@@ -267,6 +267,11 @@ impl<K: kube::Resource + Clone> Store<K> {
     pub fn items(&self) -> impl Iterator<Item = &K> {
         self.items.values()
     }
+
+    /// The object `name` in `namespace`.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&K> {
+        self.items.get(&(namespace.to_owned(), name.to_owned()))
+    }
 }
 
 /// Services and EndpointSlices as watched.
@@ -321,12 +326,16 @@ impl std::fmt::Debug for Note {
 const SETTLE: Duration = Duration::from_millis(100);
 
 impl KubernetesSource {
-    /// Connects with the in-cluster configuration or the kubeconfig
-    /// (`KUBECONFIG`, `~/.kube/config`) and starts watching.
-    pub async fn connect() -> Result<Self, ConfigError> {
-        let client = kube::Client::try_default()
+    /// A client with the in-cluster configuration or the kubeconfig (`KUBECONFIG`,
+    /// `~/.kube/config`).
+    pub async fn client() -> Result<kube::Client, ConfigError> {
+        kube::Client::try_default()
             .await
-            .map_err(|e| ConfigError::new("kubernetes", format!("no API client: {e}")))?;
+            .map_err(|e| ConfigError::new("kubernetes", format!("no API client: {e}")))
+    }
+
+    /// Starts watching through `client`.
+    pub fn watch(client: kube::Client) -> Self {
         let cache = Arc::new(Mutex::new(Cache::default()));
         let (tx, notes) = mpsc::channel(64);
         let tasks = vec![
@@ -343,13 +352,18 @@ impl KubernetesSource {
                 |c: &mut Cache, e| c.slices.apply(e),
             )),
         ];
-        Ok(KubernetesSource {
+        KubernetesSource {
             cache,
             notes,
             last: None,
             failed: false,
             tasks,
-        })
+        }
+    }
+
+    /// The Services as watched, for the registration API's scope rule.
+    pub fn registrants(&self) -> crate::auth::review::Registrants {
+        crate::auth::review::Registrants::new(self.cache.clone())
     }
 }
 

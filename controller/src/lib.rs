@@ -16,8 +16,11 @@
 //! - [`inject`]: which pods get the sidecar, and the JSONPatch that adds it.
 //! - [`webhook`]: the mutating admission webhook serving [`inject`] over TLS.
 //! - [`metrics`]: the `weft_controller_*` series, observed from the state.
+//! - [`auth`]: who may call the APIs (tokens, Kubernetes ServiceAccounts), their
+//!   scopes and per-caller limits.
 //! - [`controller`]: ties them together.
 
+pub mod auth;
 pub mod controller;
 pub mod error;
 pub mod grpc;

@@ -10,8 +10,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use tokio::net::TcpListener;
+use weft_controller::auth::limits::LimitConfig;
+use weft_controller::auth::AuthConfig;
 use weft_controller::health::{Defaults, Scope};
 use weft_controller::inject::InjectConfig;
+use weft_controller::registry::Caps;
 use weft_controller::webhook::Webhook;
 use weft_controller::{Controller, Options};
 use weft_runtime::signals::shutdown_signal;
@@ -80,9 +83,49 @@ struct Args {
     /// imagePullPolicy of the injected containers.
     #[arg(long, env = "WEFT_INJECT_PULL_POLICY", default_value = "IfNotPresent")]
     inject_pull_policy: String,
+    /// Bearer tokens API callers may present, with the services each may register
+    /// into (YAML; followed on change). See ARCHITECTURE.md, Who may call what.
+    #[arg(long, env = "WEFT_API_TOKENS")]
+    api_tokens: Option<PathBuf>,
+    /// `required`: every API call but /metrics, /ready and /live needs a credential
+    /// (a token of --api-tokens, or with --kubernetes a ServiceAccount token).
+    /// `off`: anyone who reaches the controller may change the mesh (a lab only).
+    #[arg(long, env = "WEFT_API_AUTH", default_value = "required")]
+    api_auth: AuthMode,
+    /// The audience ServiceAccount tokens must be issued for (with --kubernetes).
+    #[arg(long, env = "WEFT_TOKEN_AUDIENCE", default_value = weft_controller::auth::review::DEFAULT_AUDIENCE)]
+    token_audience: String,
+    /// Registration API writes per second one caller may make, sustained.
+    #[arg(long, env = "WEFT_API_WRITE_RATE", default_value_t = LimitConfig::default().write_rate, value_parser = positive_rate)]
+    api_write_rate: f64,
+    /// Writes one caller may make at once after being quiet.
+    #[arg(long, env = "WEFT_API_WRITE_BURST", default_value_t = LimitConfig::default().write_burst)]
+    api_write_burst: NonZeroU32,
+    /// Discovery Watches one caller (token, or ServiceAccount and pod) may hold open.
+    #[arg(long, env = "WEFT_MAX_WATCHES_PER_CALLER", default_value_t = LimitConfig::default().watches_per_caller)]
+    max_watches_per_caller: NonZeroU32,
+    /// Registrations the registry takes in all.
+    #[arg(long, env = "WEFT_MAX_REGISTRATIONS", default_value_t = Caps::default().total)]
+    max_registrations: usize,
+    /// Registered endpoints one service takes.
+    #[arg(long, env = "WEFT_MAX_ENDPOINTS_PER_SERVICE", default_value_t = Caps::default().per_service)]
+    max_endpoints_per_service: usize,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AuthMode {
+    Required,
+    Off,
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err("a number of writes per second above 0".to_owned()),
+    }
 }
 
 fn interval(s: &str) -> Result<Duration, String> {
@@ -120,7 +163,24 @@ fn run(args: Args) -> anyhow::Result<()> {
         if args.state_dir.is_none() {
             tracing::info!("no --state-dir: the registration API refuses changes");
         }
+        if args.api_auth == AuthMode::Off {
+            tracing::warn!("--api-auth off: anyone who reaches the controller may change the mesh");
+        }
         let options = Options {
+            auth: AuthConfig {
+                required: args.api_auth == AuthMode::Required,
+                tokens: args.api_tokens,
+                audience: args.token_audience,
+                limits: LimitConfig {
+                    write_rate: args.api_write_rate,
+                    write_burst: args.api_write_burst,
+                    watches_per_caller: args.max_watches_per_caller,
+                },
+            },
+            caps: Caps {
+                total: args.max_registrations,
+                per_service: args.max_endpoints_per_service,
+            },
             config: args.config,
             poll_interval: args.poll_interval,
             state_dir: args.state_dir,

@@ -76,7 +76,7 @@ struct MeshDoc {
 
 /// A map whose keys must be distinct (YAML forbids duplicates; a plain map would keep
 /// the last silently).
-fn unique_keys<'de, D, T>(de: D) -> Result<BTreeMap<String, T>, D::Error>
+pub(crate) fn unique_keys<'de, D, T>(de: D) -> Result<BTreeMap<String, T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -165,7 +165,7 @@ impl MeshDoc {
     }
 }
 
-fn yaml_error(origin: &str, text: &str, e: &serde_norway::Error) -> ConfigError {
+pub(crate) fn yaml_error(origin: &str, text: &str, e: &serde_norway::Error) -> ConfigError {
     let mut message = e.to_string();
     let loc = e.location();
     let mut line = loc.as_ref().map(|l| l.line());
@@ -233,7 +233,7 @@ fn positions_in(message: &str) -> Vec<MessagePosition> {
 
 /// One step of a path into the document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step<'a> {
+pub(crate) enum Step<'a> {
     Key(&'a str),
     /// The second occurrence of a key (a duplicate).
     Again(&'a str),
@@ -268,7 +268,7 @@ struct Line<'a> {
 /// The 1-based line of the deepest prefix of `path` found in block-style YAML `text`.
 /// Flow-style values (`{...}`, `[...]`) are not entered: the line of the key holding
 /// them is returned instead, which still points at the right place.
-fn locate(text: &str, path: &[Step<'_>]) -> Option<usize> {
+pub(crate) fn locate(text: &str, path: &[Step<'_>]) -> Option<usize> {
     let lines: Vec<Line<'_>> = text
         .lines()
         .enumerate()

@@ -13,6 +13,7 @@
 //! | `weft_controller_endpoints` (served: health checks passed or not checked) | `service` |
 //! | `weft_controller_endpoints_checked` (under active health checks) | `service` |
 //! | `weft_controller_endpoints_withdrawn` (failing their health checks) | `service` |
+//! | `weft_controller_api_denied_total` (API calls refused; nothing changed) | `api` = `http` or `grpc`; `reason` = `missing_credential`, `bad_credential`, `out_of_scope`, `rate_limited`, `endpoint_cap`, `registration_cap`, `watch_cap` |
 //!
 //! Every instrument is observable: it is read from [`State`] at scrape time. The
 //! state already counts reloads, errors and subscribers for `/v1/status`, so the two
@@ -28,6 +29,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 use weft_runtime::metrics::Exporter;
 
+use crate::auth::Auth;
 use crate::health::{HealthTable, Status};
 use crate::state::State;
 
@@ -46,15 +48,22 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Builds the pipeline and the instruments observing `state` and `health`.
-    pub fn new(state: Arc<State>, health: Arc<HealthTable>) -> Result<Self, MetricsError> {
+    /// Builds the pipeline and the instruments observing `state`, `health` and
+    /// `auth`.
+    pub fn new(
+        state: Arc<State>,
+        health: Arc<HealthTable>,
+        auth: Arc<Auth>,
+    ) -> Result<Self, MetricsError> {
         let exporter = Exporter::new(
             Resource::builder()
                 .with_service_name("weft-controller")
                 .build(),
         )
         .map_err(|e| MetricsError::Exporter(e.to_string()))?;
-        register(&exporter.meter("weft-controller"), &state, &health);
+        let meter = exporter.meter("weft-controller");
+        register(&meter, &state, &health);
+        register_auth(&meter, auth);
         Ok(Metrics { exporter })
     }
 
@@ -146,6 +155,27 @@ fn register(meter: &opentelemetry::metrics::Meter, state: &Arc<State>, health: &
                     .filter(|((svc, _), e)| svc == name && e.status == Status::Unhealthy)
                     .count();
                 o.observe(count(n), &[KeyValue::new("service", name.to_string())]);
+            }
+        })
+        .build();
+}
+
+/// The denial counter, read from [`Auth`]'s counts.
+fn register_auth(meter: &opentelemetry::metrics::Meter, auth: Arc<Auth>) {
+    let _ = meter
+        .u64_observable_counter("weft_controller_api_denied")
+        .with_description(
+            "API calls refused (401, 403, 429, a registry cap, a Watch cap); nothing was changed",
+        )
+        .with_callback(move |o| {
+            for (api, reason, n) in auth.denied_counts() {
+                o.observe(
+                    n,
+                    &[
+                        KeyValue::new("api", api.as_str()),
+                        KeyValue::new("reason", reason),
+                    ],
+                );
             }
         })
         .build();

@@ -64,6 +64,13 @@ pub enum RegistryError {
     /// The file does not hold a registry.
     #[error("{path}: not a weft registry: {message}")]
     Corrupt { path: PathBuf, message: String },
+    /// A new registration over one of the [`Caps`]; nothing was written.
+    #[error("{message}")]
+    Cap {
+        /// `registration_cap` or `endpoint_cap`.
+        reason: &'static str,
+        message: String,
+    },
 }
 
 impl RegistryError {
@@ -76,10 +83,13 @@ impl RegistryError {
 
     /// As a configuration error (for the controller's start-up and status).
     pub fn to_config_error(&self) -> ConfigError {
-        let path = match self {
-            RegistryError::Io { path, .. } | RegistryError::Corrupt { path, .. } => path,
+        let origin = match self {
+            RegistryError::Io { path, .. } | RegistryError::Corrupt { path, .. } => {
+                path.display().to_string()
+            }
+            RegistryError::Cap { .. } => "registry".to_owned(),
         };
-        ConfigError::new(path.display().to_string(), self.to_string())
+        ConfigError::new(origin, self.to_string())
     }
 }
 
@@ -96,6 +106,25 @@ pub enum PutOutcome {
 
 type Key = (Name, IpAddr);
 
+/// How many registrations the registry takes: a caller with write access still
+/// cannot grow the controller's memory and every proxy's table without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// In all (`--max-registrations`).
+    pub total: usize,
+    /// Into one service (`--max-endpoints-per-service`).
+    pub per_service: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Caps {
+            total: 10_000,
+            per_service: 1_000,
+        }
+    }
+}
+
 /// The registrations, persisted in a state directory.
 #[derive(Debug)]
 pub struct Registry {
@@ -104,6 +133,7 @@ pub struct Registry {
     entries: Mutex<BTreeMap<Key, Registration>>,
     /// Follows the entries, for the source and for readers.
     published: watch::Sender<Arc<Vec<Registration>>>,
+    caps: Caps,
 }
 
 impl Registry {
@@ -123,7 +153,14 @@ impl Registry {
             path,
             entries: Mutex::new(entries),
             published: watch::Sender::new(list),
+            caps: Caps::default(),
         })
+    }
+
+    /// With `caps` on new registrations (those already in the file stay).
+    pub fn with_caps(mut self, caps: Caps) -> Self {
+        self.caps = caps;
+        self
     }
 
     /// The file the registry is persisted in.
@@ -144,7 +181,10 @@ impl Registry {
         let outcome = match entries.get(&key) {
             Some(old) if *old == reg => return Ok(PutOutcome::Unchanged),
             Some(_) => PutOutcome::Updated,
-            None => PutOutcome::Created,
+            None => {
+                self.check_caps(&entries, &reg.service)?;
+                PutOutcome::Created
+            }
         };
         let mut next = entries.clone();
         next.insert(key, reg);
@@ -152,6 +192,36 @@ impl Registry {
         *entries = next;
         self.publish(&entries);
         Ok(outcome)
+    }
+
+    fn check_caps(
+        &self,
+        entries: &BTreeMap<Key, Registration>,
+        service: &Name,
+    ) -> Result<(), RegistryError> {
+        if entries.len() >= self.caps.total {
+            return Err(RegistryError::Cap {
+                reason: "registration_cap",
+                message: format!(
+                    "the registry holds {} registrations, the most --max-registrations allows",
+                    entries.len()
+                ),
+            });
+        }
+        let first = (service.clone(), IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let in_service = entries
+            .range(first..)
+            .take_while(|((s, _), _)| s == service)
+            .count();
+        if in_service >= self.caps.per_service {
+            return Err(RegistryError::Cap {
+                reason: "endpoint_cap",
+                message: format!(
+                    "service {service} has {in_service} registered endpoints, the most --max-endpoints-per-service allows"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Deregisters `address` from `service`: `Ok(false)` when it was not registered.

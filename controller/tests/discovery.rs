@@ -249,6 +249,8 @@ fn the_binary_exits_non_zero_on_an_invalid_file() {
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
+            "--api-auth",
+            "off",
         ])
         .output()
         .expect("run weft-controller");

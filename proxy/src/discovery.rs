@@ -27,6 +27,10 @@ pub struct DiscoveryConfig {
     pub service: String,
     /// A free-form id for the controller's logs, e.g. the pod name.
     pub proxy_id: String,
+    /// The file holding this proxy's bearer token for the controller; read on every
+    /// (re)connect. `None`: calls carry no credential (a controller that requires
+    /// one refuses them, and `/routes` says so).
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -138,12 +142,52 @@ pub async fn run(
                 tracing::warn!(controller = %config.controller, "discovery stream ended; reconnecting")
             }
             Err(e) => {
-                status.set_error(e.message().to_owned());
-                tracing::warn!(controller = %config.controller, error = %e, retry_in = ?backoff, "discovery unavailable; keeping the last known routes")
+                let why = describe(&e);
+                tracing::warn!(controller = %config.controller, error = %why, retry_in = ?backoff, "discovery unavailable; keeping the last known routes");
+                status.set_error(why);
             }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// `message` with the proxy's credential attached (`authorization: Bearer`), or
+/// why it cannot be: the token file cannot be read or holds no token.
+fn with_credential<T>(
+    config: &DiscoveryConfig,
+    message: T,
+) -> Result<tonic::Request<T>, tonic::Status> {
+    let mut request = tonic::Request::new(message);
+    let Some(path) = &config.token_file else {
+        return Ok(request);
+    };
+    let token = std::fs::read_to_string(path).map_err(|e| {
+        tonic::Status::unauthenticated(format!("controller token file {}: {e}", path.display()))
+    })?;
+    let value = format!("Bearer {}", token.trim())
+        .parse()
+        .ok()
+        .filter(|_| !token.trim().is_empty())
+        .ok_or_else(|| {
+            tonic::Status::unauthenticated(format!(
+                "controller token file {}: no token in it",
+                path.display()
+            ))
+        })?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+/// What `/routes` and the log say of a failed subscription: a refused credential
+/// is named as such, with what to do.
+fn describe(e: &tonic::Status) -> String {
+    match e.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => format!(
+            "the controller refused this proxy (no routes until it accepts): {} (see --controller-token-file)",
+            e.message()
+        ),
+        _ => e.message().to_owned(),
     }
 }
 
@@ -170,20 +214,21 @@ async fn watch_once(
     defaults: Defaults,
     draining: bool,
 ) -> Result<(), tonic::Status> {
+    let request = with_credential(
+        config,
+        WatchRequest {
+            service: config.service.clone(),
+            proxy_id: config.proxy_id.clone(),
+            addresses: pod_addresses(),
+            draining,
+        },
+    )?;
     let channel = controller_endpoint(&config.controller)?
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(error_chain(&e)))?;
     let mut client = DiscoveryClient::new(channel);
-    let mut stream = client
-        .watch(WatchRequest {
-            service: config.service.clone(),
-            proxy_id: config.proxy_id.clone(),
-            addresses: pod_addresses(),
-            draining,
-        })
-        .await?
-        .into_inner();
+    let mut stream = client.watch(request).await?.into_inner();
     status.connected.store(true, Ordering::Relaxed);
     while let Some(update) = stream.message().await? {
         apply(routes, &update, defaults);
@@ -211,18 +256,23 @@ async fn watch_once(
 /// `timeout`; an error means nobody was told.
 pub async fn announce_drain(config: &DiscoveryConfig, timeout: Duration) -> Result<(), String> {
     let call = async {
+        let request = with_credential(
+            config,
+            DrainRequest {
+                proxy_id: config.proxy_id.clone(),
+                addresses: pod_addresses(),
+            },
+        )
+        .map_err(|e| e.message().to_owned())?;
         let channel = controller_endpoint(&config.controller)
             .map_err(|e| e.message().to_owned())?
             .connect()
             .await
             .map_err(|e| error_chain(&e))?;
         DiscoveryClient::new(channel)
-            .drain(DrainRequest {
-                proxy_id: config.proxy_id.clone(),
-                addresses: pod_addresses(),
-            })
+            .drain(request)
             .await
-            .map_err(|e| e.message().to_owned())?;
+            .map_err(|e| describe(&e))?;
         Ok(())
     };
     tokio::time::timeout(timeout, call)

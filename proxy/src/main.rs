@@ -28,6 +28,12 @@ struct Args {
     /// An id for the controller's logs (e.g. the pod name).
     #[arg(long, env = "WEFT_PROXY_ID", default_value = "")]
     proxy_id: String,
+    /// A file holding this proxy's credential for the controller (a bearer token:
+    /// one of the controller's --api-tokens, or on Kubernetes the pod's projected
+    /// ServiceAccount token). Read again on every (re)connect, so a rotated token
+    /// is picked up.
+    #[arg(long, env = "WEFT_CONTROLLER_TOKEN_FILE", requires = "controller")]
+    controller_token_file: Option<std::path::PathBuf>,
     /// Port of the outbound capture listener (bound on 127.0.0.1 and ::1).
     #[arg(long, env = "WEFT_OUTBOUND_PORT", default_value_t = 15001)]
     outbound_port: u16,
@@ -124,6 +130,7 @@ impl Args {
             controller,
             service: config.service.clone(),
             proxy_id: self.proxy_id,
+            token_file: self.controller_token_file,
         });
         config
     }

@@ -117,6 +117,7 @@ async fn frontend_proxy(
         controller: format!("http://{ctl_addr}"),
         service: "frontend".into(),
         proxy_id: proxy_id.into(),
+        token_file: None,
     });
     tweak(&mut config);
     let vip = "10.96.0.10:80".parse().unwrap();

@@ -483,7 +483,7 @@ impl Live {
     fn api(&self, path: &str) -> Value {
         let node = self.mesh.node();
         let (status, body) = node
-            .http_get(SocketAddr::new(node.ipv4().into(), API_PORT), path)
+            .http_get_as_operator(SocketAddr::new(node.ipv4().into(), API_PORT), path)
             .unwrap();
         assert_eq!(status, 200, "{path}: {body}");
         serde_json::from_str(&body).unwrap()

@@ -116,7 +116,8 @@ impl Setup {
     fn api(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         let addr = SocketAddr::new(self.mesh.node().ipv4().into(), API_PORT);
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{body}",
+            self.mesh.credentials().operator_token(),
             body.len()
         );
         let answer = self

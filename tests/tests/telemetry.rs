@@ -34,7 +34,7 @@ use std::time::Duration;
 use serde_json::Value;
 use weft_e2e::weftctl::WeftctlUp as Up;
 use weft_e2e::{
-    python3, tool, wait_until, weft_bin, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar,
+    python3, tool, wait_until, Controller, Mesh, Mode, ModePod, PodProc, ProcSpec, Sidecar,
 };
 use weft_runtime::prom_text;
 
@@ -282,29 +282,8 @@ const FIRST: usize = 10;
 fn start_controller(mesh: &Mesh, text: &str) -> (PodProc, String) {
     let file = mesh.run_dir().join("mesh.yaml");
     std::fs::write(&file, text).unwrap();
-    let controller = mesh
-        .node()
-        .spawn(
-            ProcSpec::new([
-                weft_bin("weft-controller").to_string_lossy().as_ref(),
-                "--config",
-                file.to_str().unwrap(),
-                "--health-checks",
-                "off",
-            ])
-            .name("weft-controller"),
-        )
-        .unwrap();
-    let node_ip = mesh.node().ipv4();
-    wait_until(SECS(20), MS(100), || {
-        matches!(
-            mesh.node()
-                .http_get(SocketAddr::new(node_ip.into(), 15014), "/ready"),
-            Ok((200, _))
-        )
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}", controller.logs()));
-    (controller, format!("http://{node_ip}:15010"))
+    let controller = Controller::start(mesh, &file, &["--health-checks", "off"]).unwrap();
+    (controller.proc().clone(), controller.url().to_owned())
 }
 
 fn spawn_listening(pod: &ModePod, argv: &[&str], name: &str, port: u16) -> PodProc {

@@ -1,5 +1,7 @@
 //! weft-controller in a mesh's node namespace (10.211.0.1), where every pod reaches
-//! it: started on a mesh file and waited for until its API answers `/ready`.
+//! it: started on a mesh file with the mesh's token file (see [`crate::credentials`])
+//! and waited for until its API answers `/ready`; [`Controller::api`] calls its API
+//! as the operator.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,8 +23,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone)]
 pub struct Controller {
     proc: PodProc,
+    node: crate::Pod,
     http: SocketAddr,
     grpc_url: String,
+    operator_token: String,
 }
 
 impl Controller {
@@ -44,7 +48,18 @@ impl Controller {
         let node = mesh.node();
         let bin = weft_bin("weft-controller").to_string_lossy().into_owned();
         let config = file.to_string_lossy().into_owned();
+        let tokens = mesh
+            .credentials()
+            .token_file()
+            .to_string_lossy()
+            .into_owned();
         let mut argv = vec![bin.as_str(), "--config", config.as_str()];
+        if !args
+            .iter()
+            .any(|a| a.starts_with("--api-tokens") || a.starts_with("--api-auth"))
+        {
+            argv.extend(["--api-tokens", tokens.as_str()]);
+        }
         argv.extend_from_slice(args);
         let mut spec = ProcSpec::new(argv).name("weft-controller");
         for (key, value) in env {
@@ -58,9 +73,47 @@ impl Controller {
         .with_context(|| format!("weft-controller never became ready:\n{}", proc.logs()))?;
         Ok(Controller {
             proc,
+            node: node.clone(),
             http,
             grpc_url: format!("http://{}:{GRPC_PORT}", node.ipv4()),
+            operator_token: mesh.credentials().operator_token(),
         })
+    }
+
+    /// `METHOD path` on the HTTP API as the operator (with a JSON body if given):
+    /// status and body.
+    pub fn api(&self, method: &str, path: &str, json_body: Option<&str>) -> Result<(u16, String)> {
+        self.api_as(Some(&self.operator_token), method, path, json_body)
+    }
+
+    /// [`Controller::api`] with `token` (or no credential at all).
+    pub fn api_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        json_body: Option<&str>,
+    ) -> Result<(u16, String)> {
+        let stream = self.node.tcp_connect_blocking(self.http)?;
+        let auth = token.map(crate::credentials::bearer);
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        crate::http::request_with(
+            stream,
+            method,
+            &self.http.to_string(),
+            path,
+            &headers,
+            json_body,
+        )
+        .with_context(|| format!("{method} http://{}{path}", self.http))
+    }
+
+    /// `GET path` on the HTTP API as the operator, a 200 answer parsed as JSON.
+    pub fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let (status, body) = self.api("GET", path, None)?;
+        anyhow::ensure!(status == 200, "GET {path} answered {status}: {body}");
+        serde_json::from_str(&body).with_context(|| format!("{path} did not answer JSON"))
     }
 
     /// The process.

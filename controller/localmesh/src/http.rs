@@ -18,15 +18,30 @@ pub fn get<S: Read + Write>(stream: S, host: &str, path: &str) -> Result<(u16, S
 /// Sends `METHOD path` with `Host: host` on `stream`, with a JSON body if given,
 /// and reads the response: status code and body (lossy UTF-8).
 pub fn request<S: Read + Write>(
-    mut stream: S,
+    stream: S,
     method: &str,
     host: &str,
     path: &str,
     json_body: Option<&str>,
 ) -> Result<(u16, String)> {
+    request_with(stream, method, host, path, &[], json_body)
+}
+
+/// [`request`] with more header fields (e.g. `Authorization`).
+pub fn request_with<S: Read + Write>(
+    mut stream: S,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    json_body: Option<&str>,
+) -> Result<(u16, String)> {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weft-localmesh\r\nAccept: */*\r\nConnection: close\r\n"
     );
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(body) = json_body {
         req.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

@@ -39,7 +39,9 @@
 //! - [`sidecar`]: [`Sidecar`] — weft-init plus weft-proxy (uid 1337) in a pod, and
 //!   reading its `/connections` and `/metrics`.
 //! - [`controller`]: [`Controller`] — weft-controller in the node namespace, started
-//!   on a mesh file and waited for.
+//!   on a mesh file and waited for; its API called with the operator's token.
+//! - [`credentials`]: the controller's token file, the operator's token and one
+//!   token per sidecar, scoped to its service.
 //! - [`naming`]: the per-mesh unique name prefix and pod-name checks.
 //! - [`http`]: a minimal blocking HTTP/1.1 GET client (admin and metrics endpoints).
 //! - [`logs`]: tails of captured process logs.
@@ -52,6 +54,7 @@ pub mod bins;
 pub mod cgroup;
 pub mod cmd;
 pub mod controller;
+pub mod credentials;
 pub mod http;
 pub mod logs;
 pub mod mesh;

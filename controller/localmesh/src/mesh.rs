@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::credentials::Credentials;
 use crate::pod::{Pod, Shared};
 use crate::{cmd, logs, naming, netns, process};
 
@@ -66,11 +67,13 @@ impl Mesh {
     pub fn new() -> Result<Mesh> {
         cmd::require_root()?;
         let (prefix, run_dir) = claim_prefix()?;
+        let credentials = Credentials::create(&run_dir)?;
         let shared = Arc::new(Shared {
             prefix: prefix.clone(),
             run_dir,
             procs: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            credentials,
         });
         let node = Pod::new("node", BRIDGE, ipv4_of(1), ipv6_of(1), Arc::clone(&shared));
         // From here on, Drop cleans up whatever was made.
@@ -110,6 +113,11 @@ impl Mesh {
     /// The directory of this mesh's process logs: `$TMPDIR/<prefix>/`.
     pub fn run_dir(&self) -> &Path {
         &self.shared.run_dir
+    }
+
+    /// The controller's API credentials: its token file, the operator's token.
+    pub fn credentials(&self) -> &Credentials {
+        &self.shared.credentials
     }
 
     /// The node namespace, as a pod (interface `br0`, 10.211.0.1, fd00:211::1),

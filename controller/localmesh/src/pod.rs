@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub(crate) run_dir: PathBuf,
     pub(crate) procs: Mutex<Vec<Arc<ProcEntry>>>,
     pub(crate) closed: AtomicBool,
+    /// The controller's token file and the tokens issued.
+    pub(crate) credentials: crate::credentials::Credentials,
 }
 
 impl Shared {
@@ -74,6 +76,11 @@ impl Pod {
 
     /// The pod's name as given to [`Mesh::add_pod`](crate::Mesh::add_pod) (`node`
     /// for the node).
+    /// The mesh's API credentials.
+    pub fn credentials(&self) -> &crate::credentials::Credentials {
+        &self.inner.shared.credentials
+    }
+
     pub fn name(&self) -> &str {
         &self.inner.name
     }
@@ -254,6 +261,23 @@ impl Pod {
             Ok(s)
         })
         .with_context(|| format!("connect to {addr} from pod {}", self.name()))
+    }
+
+    /// `GET path` on `addr` from inside the pod as the mesh's operator
+    /// (`Authorization: Bearer`, the token the mesh's controller knows): for the
+    /// controller's API.
+    pub fn http_get_as_operator(&self, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+        let stream = self.tcp_connect_blocking(addr)?;
+        let auth = crate::credentials::bearer(&self.credentials().operator_token());
+        http::request_with(
+            stream,
+            "GET",
+            &addr.to_string(),
+            path,
+            &[("Authorization", &auth)],
+            None,
+        )
+        .with_context(|| format!("GET http://{addr}{path} from pod {}", self.name()))
     }
 
     /// `GET path` on `addr` from inside the pod (HTTP/1.1, `Connection: close`):

@@ -103,6 +103,21 @@ impl Sidecar {
             "info,weft_proxy=debug",
         ];
         argv.extend_from_slice(proxy_args);
+        // A sidecar of the controller gets its own token, scoped to its service,
+        // unless the caller says which (or that there is none).
+        let token_file;
+        if proxy_args.contains(&"--controller")
+            && !proxy_args
+                .iter()
+                .any(|a| a.starts_with("--controller-token-file"))
+        {
+            token_file = pod
+                .credentials()
+                .issue(&format!("pod-{}", pod.name()), &[service], Some(PROXY_UID))?
+                .to_string_lossy()
+                .into_owned();
+            argv.extend(["--controller-token-file", token_file.as_str()]);
+        }
         let mut spec = ProcSpec::new(argv).uid(PROXY_UID).name("weft-proxy");
         if let Some(cg) = cgroup {
             spec = spec.cgroup(cg);

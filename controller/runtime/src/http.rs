@@ -87,6 +87,10 @@ pub async fn serve_requests<H, F>(
     .await
 }
 
+/// The address a request came from: in every request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteAddr(pub SocketAddr);
+
 /// The serve loop: accepts on `listener` until `shutdown` resolves; `accept` turns
 /// each stream into the connection's I/O (or `None` to drop it, having logged why);
 /// `handler` answers every request on it. Each connection runs in a task of its own.
@@ -120,7 +124,8 @@ pub async fn serve_with<A, AF, Io, H, F>(
         let handler = handler.clone();
         tokio::spawn(async move {
             let Some(io) = io.await else { return };
-            let svc = service_fn(move |req: Request<Incoming>| {
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(RemoteAddr(peer));
                 let answer = handler(req);
                 async move { Ok::<_, Infallible>(answer.await) }
             });

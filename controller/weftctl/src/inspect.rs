@@ -191,9 +191,13 @@ fn not_ready(code: u16, body: &str) -> String {
     }
 }
 
+/// The controller's `/v1/status` and `/v1/services`, read with the mesh's operator
+/// token.
 fn controller_view(mesh: &MeshState) -> Result<(Value, ServicesAnswer)> {
-    let status = podhttp::get_json(&mesh.node_netns, mesh.controller_http, "/v1/status")?;
-    let services = podhttp::get_json(&mesh.node_netns, mesh.controller_http, "/v1/services")?;
+    let token = weft_localmesh::credentials::operator_token(&mesh.run_dir)?;
+    let get = |path| podhttp::get_json(&mesh.node_netns, mesh.controller_http, path, Some(&token));
+    let status = get("/v1/status")?;
+    let services = get("/v1/services")?;
     let services = serde_json::from_value(services).context("/v1/services")?;
     Ok((status, services))
 }
@@ -201,7 +205,7 @@ fn controller_view(mesh: &MeshState) -> Result<(Value, ServicesAnswer)> {
 /// The pod's proxy's `/connections` list.
 pub fn connections(mesh: &MeshState, pod: &str) -> Result<Vec<Value>> {
     let pod = mesh.pod(pod)?;
-    let v = podhttp::get_json(&pod.netns, PROXY_ADMIN, "/connections")?;
+    let v = podhttp::get_json(&pod.netns, PROXY_ADMIN, "/connections", None)?;
     Ok(v["connections"].as_array().cloned().unwrap_or_default())
 }
 

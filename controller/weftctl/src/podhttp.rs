@@ -10,6 +10,16 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `GET path` on `addr` from inside the namespace `netns`: status and body.
 pub fn get(netns: &str, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    get_as(netns, addr, path, None)
+}
+
+/// [`get`] with `Authorization: Bearer token` when a token is given.
+pub fn get_as(
+    netns: &str,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String)> {
     let ns_path = weft_localmesh::netns::path(netns);
     let stream = weft_localmesh::netns::run_in(&ns_path, || -> std::io::Result<TcpStream> {
         let s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
@@ -18,13 +28,20 @@ pub fn get(netns: &str, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
         Ok(s)
     })?
     .with_context(|| format!("connect to {addr} in {netns}"))?;
-    weft_localmesh::http::get(stream, &addr.to_string(), path)
+    let auth = token.map(weft_localmesh::credentials::bearer);
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    weft_localmesh::http::request_with(stream, "GET", &addr.to_string(), path, &headers, None)
         .with_context(|| format!("GET http://{addr}{path} in {netns}"))
 }
 
-/// Like [`get`], parsing a 200 answer as JSON.
-pub fn get_json(netns: &str, addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
-    let (status, body) = get(netns, addr, path)?;
+/// Like [`get_as`], parsing a 200 answer as JSON.
+pub fn get_json(
+    netns: &str,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<serde_json::Value> {
+    let (status, body) = get_as(netns, addr, path, token)?;
     if status != 200 {
         bail!("GET http://{addr}{path} in {netns} answered {status}: {body}");
     }

@@ -469,7 +469,7 @@ impl Fleet {
         let (status, body) = self
             .mesh
             .node()
-            .http_get(self.controller.http_addr(), "/v1/services")
+            .http_get_as_operator(self.controller.http_addr(), "/v1/services")
             .unwrap();
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()

@@ -235,7 +235,7 @@ struct Applied {
 }
 
 fn read_json(node: &Pod, addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
-    let (code, body) = node.http_get(addr, path)?;
+    let (code, body) = node.http_get_as_operator(addr, path)?;
     if code != 200 {
         bail!("GET {addr}{path}: {code} {body}");
     }
@@ -293,6 +293,8 @@ fn start_controller(node: &Pod, bins: &Bins, file: &Path, poll: Duration) -> Res
         CONTROLLER_HTTP.to_string(),
         "--poll-interval".into(),
         poll,
+        "--api-tokens".into(),
+        node.credentials().token_file().display().to_string(),
         "--log".into(),
         "warn".into(),
     ];
@@ -306,6 +308,7 @@ fn start_proxy(node: &Pod, bins: &Bins, i: usize) -> Result<Proxy> {
     let name = format!("bench-{i:02}");
     let admin = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), base + 2);
     let metrics = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), base + 3);
+    let token = node.credentials().issue(&name, &[&name], None)?;
     let argv: Vec<String> = vec![
         bins.proxy.display().to_string(),
         "--service".into(),
@@ -314,6 +317,8 @@ fn start_proxy(node: &Pod, bins: &Bins, i: usize) -> Result<Proxy> {
         name.clone(),
         "--controller".into(),
         format!("http://{CONTROLLER_GRPC}"),
+        "--controller-token-file".into(),
+        token.display().to_string(),
         "--outbound-port".into(),
         base.to_string(),
         "--inbound-port".into(),

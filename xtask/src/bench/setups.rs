@@ -327,6 +327,8 @@ impl Bench {
             SocketAddr::new(IpAddr::V4(node.ipv4()), CONTROLLER_GRPC).to_string(),
             "--http-listen".into(),
             SocketAddr::new(IpAddr::V4(node.ipv4()), CONTROLLER_HTTP).to_string(),
+            "--api-tokens".into(),
+            node.credentials().token_file().display().to_string(),
             "--log".into(),
             "warn".into(),
             // The benchmark measures the data path. Its sidecars stop and start
@@ -478,6 +480,11 @@ impl Bench {
                         .collect()
                 })
                 .unwrap_or_default();
+            let token = self.pod(side).credentials().issue(
+                &format!("pod-{}", side.name()),
+                &[service],
+                Some(PROXY_UID),
+            )?;
             argv.extend([
                 self.bins.proxy.display().to_string(),
                 "--service".into(),
@@ -486,6 +493,8 @@ impl Bench {
                 side.name().into(),
                 "--controller".into(),
                 controller.clone(),
+                "--controller-token-file".into(),
+                token.display().to_string(),
                 "--workers".into(),
                 "1".into(),
                 "--drain-grace".into(),
