@@ -222,44 +222,10 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
-    /// What a 1.30 API server answers for a pod-bound token (trimmed).
-    const AUTHENTICATED: &str = r#"{
-      "kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
-      "metadata": {"creationTimestamp": null},
-      "spec": {"token": "x", "audiences": ["weft-controller"]},
-      "status": {
-        "authenticated": true,
-        "user": {
-          "username": "system:serviceaccount:shop:vm-agent",
-          "uid": "3b1c2d10-8f7e-4d7a-9f53-1d2c3b4a5e6f",
-          "groups": ["system:serviceaccounts", "system:serviceaccounts:shop", "system:authenticated"],
-          "extra": {
-            "authentication.kubernetes.io/credential-id": ["JTI=9d7a"],
-            "authentication.kubernetes.io/node-name": ["node-1"],
-            "authentication.kubernetes.io/pod-name": ["vm-agent-7c9d8"],
-            "authentication.kubernetes.io/pod-uid": ["a1b2c3d4-0000-4000-8000-000000000001"]
-          }
-        },
-        "audiences": ["weft-controller"]
-      }
-    }"#;
-
-    /// An expired token.
-    const UNAUTHENTICATED: &str = r#"{
-      "kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
-      "metadata": {"creationTimestamp": null},
-      "spec": {"token": "x", "audiences": ["weft-controller"]},
-      "status": {"user": {}, "error": "[invalid bearer token, service account token has expired]"}
-    }"#;
-
-    /// A token for the API server's own audience, reviewed by a server that ignores
-    /// `spec.audiences` in its answer.
-    const OTHER_AUDIENCE: &str = r#"{
-      "kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
-      "metadata": {"creationTimestamp": null},
-      "spec": {"token": "x"},
-      "status": {"authenticated": true, "user": {"username": "system:serviceaccount:shop:vm-agent"}}
-    }"#;
+    // Recorded answers, shared with the HTTP-level test (controller/tests/auth.rs).
+    const AUTHENTICATED: &str = include_str!("../../tests/data/tokenreview-authenticated.json");
+    const UNAUTHENTICATED: &str = include_str!("../../tests/data/tokenreview-unauthenticated.json");
+    const OTHER_AUDIENCE: &str = include_str!("../../tests/data/tokenreview-no-audience.json");
 
     const NOT_AN_ACCOUNT: &str = r#"{
       "kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
