@@ -174,6 +174,24 @@ impl ModePod {
         .with_context(|| format!("sidecar of pod {} in {} mode", self.name(), self.mode))
     }
 
+    /// Like [`sidecar_with`](Self::sidecar_with), waiting only until the proxy
+    /// serves, not for its first routes (see [`Sidecar::start_unsynced`]).
+    pub fn sidecar_unsynced(
+        &self,
+        init_args: &[&str],
+        service: &str,
+        proxy_args: &[&str],
+    ) -> Result<Sidecar> {
+        Sidecar::start_unsynced(
+            &self.pod,
+            self.cgroup_path(),
+            init_args,
+            service,
+            proxy_args,
+        )
+        .with_context(|| format!("sidecar of pod {} in {} mode", self.name(), self.mode))
+    }
+
     /// A [`Dialer`]: TCP connections the test process makes as an app of this pod
     /// (captured by the pod's sidecar in either mode). In eBPF mode the first call
     /// starts the dialer helper in the pod's cgroup.

@@ -15,6 +15,9 @@ use crate::{wait_until, weft_bin, Pod, PodProc, ProcSpec};
 /// The uid weft-proxy runs as and capture excludes.
 pub const PROXY_UID: u32 = 1337;
 
+/// The proxy's readiness without its app: listening, first routes received.
+const READY_PROXY: &str = "/ready/proxy";
+
 const ADMIN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
 const METRICS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 15020);
 
@@ -50,7 +53,28 @@ impl Sidecar {
         proxy_args: &[&str],
     ) -> Result<Sidecar> {
         weft_init(pod, init_args).context("weft-init")?;
-        Sidecar::launch(pod, service, proxy_args, None)
+        Sidecar::launch(pod, service, proxy_args, None, READY_PROXY)
+    }
+
+    /// Like [`Sidecar::start_with`] (or [`Sidecar::start_ebpf_with`] with a
+    /// `cgroup`), but waits only until the proxy serves (`/live`), not for its first
+    /// routes: for a proxy that is not meant to get any (a credential the
+    /// controller refuses).
+    pub fn start_unsynced(
+        pod: &Pod,
+        cgroup: Option<&Path>,
+        init_args: &[&str],
+        service: &str,
+        proxy_args: &[&str],
+    ) -> Result<Sidecar> {
+        let path = cgroup.map(|c| c.to_string_lossy().into_owned());
+        let mut args = Vec::new();
+        if let Some(path) = &path {
+            args.extend(["--mode", "ebpf", "--cgroup", path.as_str()]);
+        }
+        args.extend_from_slice(init_args);
+        weft_init(pod, &args).context("weft-init")?;
+        Sidecar::launch(pod, service, proxy_args, cgroup, "/live")
     }
 
     /// An eBPF-mode sidecar: `weft-init --mode ebpf --cgroup <cgroup> INIT_ARGS`,
@@ -74,16 +98,17 @@ impl Sidecar {
         let mut args = vec!["--mode", "ebpf", "--cgroup", path.as_str()];
         args.extend_from_slice(init_args);
         weft_init(pod, &args).context("weft-init --mode ebpf")?;
-        Sidecar::launch(pod, service, proxy_args, Some(cgroup))
+        Sidecar::launch(pod, service, proxy_args, Some(cgroup), READY_PROXY)
     }
 
-    /// Starts weft-proxy as uid 1337 (in `cgroup`, if given) and waits until
-    /// `/ready/proxy` answers 200 (listening, first routes received).
+    /// Starts weft-proxy as uid 1337 (in `cgroup`, if given) and waits until `ready`
+    /// answers 200 ([`READY_PROXY`]: listening, first routes received).
     fn launch(
         pod: &Pod,
         service: &str,
         proxy_args: &[&str],
         cgroup: Option<&Path>,
+        ready: &str,
     ) -> Result<Sidecar> {
         let bin = weft_bin("weft-proxy").to_string_lossy().into_owned();
         let mut argv = vec![
@@ -130,7 +155,7 @@ impl Sidecar {
         // `/ready/proxy`, not `/ready`: the pod's app starts after its sidecar, and
         // `/ready` waits for it when the pod backs its service.
         wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-            matches!(sidecar.pod.http_get(METRICS, "/ready/proxy"), Ok((200, _)))
+            matches!(sidecar.pod.http_get(METRICS, ready), Ok((200, _)))
         })
         .with_context(|| {
             format!(
