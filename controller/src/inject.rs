@@ -38,7 +38,13 @@
 //!   service's ports: the pod is not ready while its app does not answer);
 //!   ports 15020 (metrics, health) and 15008 (the tunnel peer sidecars dial);
 //!   resource requests; environment `WEFT_SERVICE`, `WEFT_CONTROLLER`,
-//!   `WEFT_PROXY_ID` (the pod's name), which weft-proxy reads as its flags.
+//!   `WEFT_PROXY_ID` (the pod's name), `WEFT_CONTROLLER_TOKEN_FILE`, which
+//!   weft-proxy reads as its flags.
+//! - the volume `weft-token`: the pod's ServiceAccount token projected for the
+//!   controller's audience (`--token-audience`, one hour, renewed by the kubelet),
+//!   mounted read-only in the proxy at [`TOKEN_DIR`]: the proxy's credential for
+//!   the controller, checked there with a TokenReview. It names the pod, so the
+//!   controller counts each pod's Watches apart.
 //! - the annotation `weft.dev/status: injected`.
 
 use std::net::IpAddr;
@@ -57,6 +63,12 @@ pub const INIT_NAME: &str = "weft-init";
 pub const PROXY_NAME: &str = "weft-proxy";
 /// The proxy's uid and gid.
 pub const PROXY_UID: u32 = 1337;
+/// Where the proxy finds its controller token (file `token`).
+pub const TOKEN_DIR: &str = "/var/run/secrets/weft";
+/// The projected token's volume.
+pub const TOKEN_VOLUME: &str = "weft-token";
+/// The projected token's lifetime; the kubelet renews it at 80%.
+const TOKEN_SECONDS: u32 = 3600;
 
 /// The exclusion annotations and the weft-init flag each becomes.
 pub const EXCLUSIONS: [(&str, &str, Kind); 4] = [
@@ -107,6 +119,9 @@ pub struct InjectConfig {
     pub controller_url: String,
     /// `imagePullPolicy` of the injected containers.
     pub pull_policy: String,
+    /// The audience the proxies' projected tokens are issued for (the controller's
+    /// `--token-audience`).
+    pub token_audience: String,
 }
 
 impl Default for InjectConfig {
@@ -115,6 +130,7 @@ impl Default for InjectConfig {
             image: format!("weft/weft-proxy:{}", env!("CARGO_PKG_VERSION")),
             controller_url: "http://weft-controller.weft-system.svc:15010".to_owned(),
             pull_policy: "IfNotPresent".to_owned(),
+            token_audience: crate::auth::review::DEFAULT_AUDIENCE.to_owned(),
         }
     }
 }
@@ -234,6 +250,10 @@ pub fn decide(pod: &Value, namespace: &str, via: Via, config: &InjectConfig) -> 
             { "name": "WEFT_SERVICE", "value": service },
             { "name": "WEFT_CONTROLLER", "value": config.controller_url },
             { "name": "WEFT_PROXY_ID", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+            { "name": "WEFT_CONTROLLER_TOKEN_FILE", "value": format!("{TOKEN_DIR}/token") },
+        ],
+        "volumeMounts": [
+            { "name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true },
         ],
         // 15008: where peer sidecars open opaque connections to the pod's apps
         // (weft-init keeps it out of capture); declared so that NetworkPolicies
@@ -276,6 +296,25 @@ pub fn decide(pod: &Value, namespace: &str, via: Via, config: &InjectConfig) -> 
         ops.push(json!({ "op": "add", "path": "/spec/initContainers/0", "value": init }));
     } else {
         ops.push(json!({ "op": "add", "path": "/spec/initContainers", "value": [init, proxy] }));
+    }
+    let token = json!({
+        "name": TOKEN_VOLUME,
+        "projected": {
+            // Readable by the proxy's uid whatever the pod's fsGroup; the pod's
+            // other containers run as the same ServiceAccount and could ask the
+            // kubelet for such a token anyway.
+            "defaultMode": 0o444,
+            "sources": [{ "serviceAccountToken": {
+                "audience": config.token_audience,
+                "expirationSeconds": TOKEN_SECONDS,
+                "path": "token",
+            } }],
+        },
+    });
+    if pod.pointer("/spec/volumes").is_some_and(Value::is_array) {
+        ops.push(json!({ "op": "add", "path": "/spec/volumes/-", "value": token }));
+    } else {
+        ops.push(json!({ "op": "add", "path": "/spec/volumes", "value": [token] }));
     }
     if pod
         .pointer("/metadata/annotations")
@@ -433,7 +472,15 @@ mod tests {
         assert_eq!(ops[0]["path"], "/spec/initContainers/0");
         assert_eq!(ops[0]["value"]["name"], PROXY_NAME);
         assert_eq!(ops[1]["value"]["name"], INIT_NAME);
-        assert_eq!(ops[2]["path"], "/metadata/annotations/weft.dev~1status");
+        assert_eq!(ops[2]["path"], "/spec/volumes");
+        let projected = &ops[2]["value"][0]["projected"]["sources"][0]["serviceAccountToken"];
+        assert_eq!(projected["audience"], "weft-controller");
+        assert_eq!(ops[0]["value"]["volumeMounts"][0]["name"], TOKEN_VOLUME);
+        assert_eq!(
+            ops[0]["value"]["env"][3]["value"],
+            "/var/run/secrets/weft/token"
+        );
+        assert_eq!(ops[3]["path"], "/metadata/annotations/weft.dev~1status");
         let args = ops[1]["value"]["args"].as_array().expect("args");
         let i = args
             .iter()

@@ -170,7 +170,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             auth: AuthConfig {
                 required: args.api_auth == AuthMode::Required,
                 tokens: args.api_tokens,
-                audience: args.token_audience,
+                audience: args.token_audience.clone(),
                 limits: LimitConfig {
                     write_rate: args.api_write_rate,
                     write_burst: args.api_write_burst,
@@ -202,6 +202,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 image: args.inject_image,
                 controller_url: args.inject_controller,
                 pull_policy: args.inject_pull_policy,
+                token_audience: args.token_audience,
             };
             let webhook = Webhook::from_pem_files(cert, key, inject)?;
             let listener = TcpListener::bind(addr)

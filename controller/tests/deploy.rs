@@ -1,6 +1,7 @@
 //! deploy/: every Kubernetes manifest parses (multi-document YAML, with serde_norway)
 //! and holds sane objects; the kustomizations name files that exist; the RBAC is
-//! read-only on exactly what the controller watches; the webhook configuration
+//! read-only on exactly what the controller watches (plus creating TokenReviews,
+//! which change nothing); the webhook configuration
 //! points at the controller's Service and at the paths the webhook serves; the
 //! Deployment's flags are ones the real weft-controller accepts; the Dockerfiles put
 //! the binaries the injected containers run on their PATH.
@@ -130,10 +131,14 @@ fn rbac_is_read_only_on_what_the_controller_watches() {
     let mut covered = BTreeSet::new();
     for rule in role["rules"].as_array().expect("rules") {
         let verbs = strs(&rule["verbs"]);
+        let reviews = strs(&rule["resources"]).iter().eq(["tokenreviews"].iter());
+        let allowed: &[&str] = if reviews {
+            &["create"]
+        } else {
+            &["get", "list", "watch"]
+        };
         assert!(
-            verbs
-                .iter()
-                .all(|v| ["get", "list", "watch"].contains(&v.as_str())),
+            verbs.iter().all(|v| allowed.contains(&v.as_str())),
             "{rule}"
         );
         for group in strs(&rule["apiGroups"]) {
@@ -142,10 +147,15 @@ fn rbac_is_read_only_on_what_the_controller_watches() {
             }
         }
     }
-    let want: BTreeSet<String> = ["/services", "/pods", "discovery.k8s.io/endpointslices"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let want: BTreeSet<String> = [
+        "/services",
+        "/pods",
+        "discovery.k8s.io/endpointslices",
+        "authentication.k8s.io/tokenreviews",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(covered, want, "exactly these, nothing else");
     let binding = get(&b, "ClusterRoleBinding", "weft-controller");
     assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
