@@ -8,8 +8,9 @@
 //! four structs). The pod stays a `serde_json::Value`: the webhook must pass through
 //! every field it does not touch, including ones newer than any typed model.
 //!
-//! Whatever is wrong with a request — not JSON, not an AdmissionReview v1, no `uid`
-//! — is answered `400` with the reason, and the server goes on serving. A pod the
+//! Whatever is wrong with a request — not JSON, not an AdmissionReview v1, no `uid`,
+//! an object other than a Pod (which it was not asked about) — is answered `400`
+//! with the reason, and the server goes on serving. A pod the
 //! webhook refuses (a bad exclusion annotation) gets `allowed: false` with the reason
 //! as its status message, which `kubectl` shows.
 
@@ -172,9 +173,18 @@ pub fn review(body: &[u8], via: Via, config: &InjectConfig) -> Result<Value, Str
         .kind
         .as_ref()
         .is_some_and(|k| k.group.is_empty() && k.version == "v1" && k.kind == "Pod");
-    let decision = if !is_pod {
-        Decision::Skip("not a pod")
-    } else if request.operation != "CREATE" {
+    if !is_pod {
+        // The webhook is registered for Pods only: anything else was sent by a
+        // misconfigured webhook configuration, and is refused rather than waved
+        // through unseen (failurePolicy Ignore still admits it; the API server logs
+        // the refusal).
+        let kind = request.kind.as_ref().map_or_else(
+            || "an object without a kind".to_owned(),
+            |k| format!("{}/{} {}", k.group, k.version, k.kind),
+        );
+        return Err(format!("this webhook admits Pods only, not {kind}"));
+    }
+    let decision = if request.operation != "CREATE" {
         Decision::Skip("not a creation")
     } else if !request.object.is_object() {
         return Err("the request's object is not a pod".to_owned());

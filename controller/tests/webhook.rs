@@ -374,6 +374,16 @@ async fn opted_in_pods_get_both_containers_others_nothing_and_garbage_a_400() {
         assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
         assert!(!body.is_empty());
     }
+    // An object it was not asked about (a Deployment, from a misconfigured webhook
+    // configuration): refused, not waved through unseen.
+    let mut deployment = review("deploy-uid", json!({ "weft.dev/inject": "enabled" }), None);
+    deployment["request"]["kind"] =
+        json!({ "group": "apps", "version": "v1", "kind": "Deployment" });
+    let (code, body) = s.post("/inject", deployment.to_string().as_bytes()).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("Pods only, not apps/v1 Deployment"), "{body}");
+
     // Plain HTTP on the TLS port fails that connection only.
     let mut plain = TcpStream::connect(s.addr).await.expect("connect");
     let _ = plain.write_all(b"POST /inject HTTP/1.1\r\n\r\n").await;

@@ -334,6 +334,7 @@ impl LocalMesh {
             out,
             "weft local mesh {} is up ({} mode): {} pods, {} services (file {}; logs in {})\n\n{}\n{}\n\
              Try:\n{example}  weftctl status\n  weftctl conns POD\n\
+             The controller's API wants a token: the operator's is in {}\n\
              Edits to the file apply at once. Ctrl-C tears the mesh down.\n\
              weft: mesh ready\n",
             self.mesh.prefix(),
@@ -344,6 +345,7 @@ impl LocalMesh {
             self.state.run_dir.display(),
             table::render(&["POD", "SERVICE", "IPV4", "IPV6"], &pods),
             table::render(&["SERVICE", "VIP", "PORTS", "ENDPOINTS"], &services),
+            weft_localmesh::credentials::operator_token_file(&self.state.run_dir).display(),
         );
         let _ = out.flush();
     }
