@@ -16,8 +16,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use k8s_openapi::api::core::v1::Service as K8sService;
 use kube::runtime::watcher::Event;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use weft_api::discovery::WatchRequest;
 use weft_api::DiscoveryClient;
 use weft_controller::auth::limits::LimitConfig;
@@ -29,7 +28,7 @@ use weft_controller::registry::Caps;
 use weft_controller::Options;
 
 mod common;
-use common::{start_in, IN_TIME};
+use common::{request_as as call, start_in, IN_TIME};
 
 const MESH: &str = "\
 services:
@@ -67,47 +66,6 @@ const TOKENS: [(&str, &str, &str); 3] = [
     ("pod-b1", BACKEND, "[backend]"),
     ("dashboard", READER, "[]"),
 ];
-
-/// An answer: status, head (lowercased) and body.
-struct Answer {
-    code: u16,
-    head: String,
-    body: String,
-}
-
-/// `method path` with `body`, and `Authorization: Bearer token` when given.
-async fn call(
-    addr: SocketAddr,
-    token: Option<&str>,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> Answer {
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let mut conn = TcpStream::connect(addr).await.expect("connect http");
-    conn.write_all(
-        format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .expect("request");
-    let mut resp = String::new();
-    conn.read_to_string(&mut resp).await.expect("response");
-    let (head, body) = resp.split_once("\r\n\r\n").expect("headers end");
-    Answer {
-        code: head
-            .get(9..12)
-            .and_then(|c| c.parse().ok())
-            .expect("status code"),
-        head: head.to_ascii_lowercase(),
-        body: body.to_owned(),
-    }
-}
 
 fn dir_with(tokens: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -162,15 +162,17 @@ fn with_credential<T>(
     let Some(path) = &config.token_file else {
         return Ok(request);
     };
+    // Not the controller's refusal but this proxy's own problem: another code, so
+    // that `describe` does not blame the controller.
     let token = std::fs::read_to_string(path).map_err(|e| {
-        tonic::Status::unauthenticated(format!("controller token file {}: {e}", path.display()))
+        tonic::Status::failed_precondition(format!("controller token file {}: {e}", path.display()))
     })?;
     let value = format!("Bearer {}", token.trim())
         .parse()
         .ok()
         .filter(|_| !token.trim().is_empty())
         .ok_or_else(|| {
-            tonic::Status::unauthenticated(format!(
+            tonic::Status::failed_precondition(format!(
                 "controller token file {}: no token in it",
                 path.display()
             ))

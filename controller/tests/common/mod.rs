@@ -28,10 +28,32 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// `method path` with `body` on the HTTP API: status code and body.
 pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let answer = request_as(addr, None, method, path, body).await;
+    (answer.code, answer.body)
+}
+
+/// An answer: status, head (lowercased) and body.
+pub struct Answer {
+    pub code: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// `method path` with `body`, and `Authorization: Bearer token` when given.
+pub async fn request_as(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Answer {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let mut conn = TcpStream::connect(addr).await.expect("connect http");
     conn.write_all(
         format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .as_bytes(),
@@ -41,11 +63,14 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> 
     let mut resp = String::new();
     conn.read_to_string(&mut resp).await.expect("response");
     let (head, body) = resp.split_once("\r\n\r\n").expect("headers end");
-    let code = head
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    (code, body.to_owned())
+    Answer {
+        code: head
+            .get(9..12)
+            .and_then(|c| c.parse().ok())
+            .expect("status code"),
+        head: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    }
 }
 
 /// `GET path` on the HTTP API, which must answer 200, as JSON.
