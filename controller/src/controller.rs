@@ -33,7 +33,8 @@ use crate::webhook::Webhook;
 pub struct Options {
     /// The mesh file.
     pub config: PathBuf,
-    /// How often the mesh file is checked for changes.
+    /// How often the mesh file is read for changes where inotify is unavailable
+    /// (elsewhere inotify reports them at once).
     pub poll_interval: Duration,
     /// Where registrations are persisted; `None`: the registration API refuses
     /// changes (`503`), since they could not survive a restart.

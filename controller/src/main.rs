@@ -33,7 +33,8 @@ struct Args {
     /// HTTP API listen address (/v1/services, /v1/status, /metrics, /ready, /live).
     #[arg(long, env = "WEFT_HTTP_LISTEN", default_value = "0.0.0.0:15014")]
     http_listen: SocketAddr,
-    /// How often the mesh file is checked for changes.
+    /// How often the mesh file is read for changes where inotify is unavailable
+    /// (elsewhere inotify reports them at once).
     #[arg(long, env = "WEFT_POLL_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
     /// Directory where registered endpoints are persisted (registry.json). Without

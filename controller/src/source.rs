@@ -93,29 +93,142 @@ impl std::fmt::Debug for dyn DynSource {
 
 /// The mesh file, watched by path.
 ///
-/// Every `interval` the file is read by path and compared with the last content seen.
-/// Reading by path (rather than watching an open file or inode) follows an editor's or
-/// tool's atomic rename-over; comparing content rather than mtime catches edits within
-/// one timestamp tick and ignores touches. The file is small, so this is cheap.
+/// The file is read by path and compared with the last content seen whenever
+/// inotify reports a change in its directory ([`DirEvents`]), or, where inotify is
+/// unavailable, every `interval`. Watching the directory rather than the file (an
+/// inode) follows an editor's or tool's atomic rename-over and a Kubernetes
+/// ConfigMap's symlink swap (`..data` renamed, the file's own name untouched);
+/// comparing content rather than mtime catches edits within one timestamp tick and
+/// ignores touches and the directory's other files. The file is small, so a read is
+/// cheap.
 #[derive(Debug)]
 pub struct FileSource {
     path: PathBuf,
     interval: Duration,
     /// What the last read gave: the content, or the read error's text.
     last: Option<Result<Vec<u8>, String>>,
+    /// inotify on the file's directory; `None`: polling every `interval`.
+    events: Option<DirEvents>,
 }
 
-/// The default polling interval.
+/// The polling interval where inotify is unavailable.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
+/// After a write that is not known to be finished (a modification without its
+/// close), the file is read once this long passes without another event.
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// What an inotify event in the file's directory says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Notice {
+    /// A change that is complete: a file written and closed, a rename, a removal.
+    Settled,
+    /// A change under way: a file created or modified, not yet closed.
+    Writing,
+}
+
+impl Notice {
+    /// What `kind` says; `None` for events that change nothing (opens, reads,
+    /// metadata: among them the source's own reads).
+    fn of(kind: &notify::EventKind) -> Option<Notice> {
+        use notify::event::{AccessKind, AccessMode, ModifyKind};
+        use notify::EventKind;
+        match kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Notice::Settled),
+            EventKind::Access(_) => None,
+            EventKind::Modify(ModifyKind::Metadata(_)) => None,
+            EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => Some(Notice::Settled),
+            _ => Some(Notice::Writing),
+        }
+    }
+}
+
+/// inotify on a directory, its events as [`Notice`]s.
+#[derive(Debug)]
+pub struct DirEvents {
+    notices: tokio::sync::mpsc::UnboundedReceiver<Notice>,
+    // Watching stops when it is dropped.
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl DirEvents {
+    /// Watches the directory `dir` (not its subdirectories).
+    fn watch(dir: &Path) -> notify::Result<DirEvents> {
+        use notify::Watcher as _;
+        let (tx, notices) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let notice = match event {
+                    Ok(event) => Notice::of(&event.kind),
+                    // Lost events (a queue overflow): read, to be sure.
+                    Err(_) => Some(Notice::Settled),
+                };
+                if let Some(notice) = notice {
+                    let _ = tx.send(notice);
+                }
+            })?;
+        watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+        Ok(DirEvents {
+            notices,
+            _watcher: watcher,
+        })
+    }
+
+    /// Waits until a change has likely completed: a settled notice, or a quiet
+    /// [`SETTLE`] after writing; then takes every notice queued meanwhile. `false`
+    /// when the watcher has stopped.
+    async fn changed(&mut self) -> bool {
+        let Some(mut notice) = self.notices.recv().await else {
+            return false;
+        };
+        while notice == Notice::Writing {
+            match tokio::time::timeout(SETTLE, self.notices.recv()).await {
+                Ok(Some(next)) => notice = next,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        while self.notices.try_recv().is_ok() {}
+        true
+    }
+}
+
 impl FileSource {
-    /// Watches `path`, reading it every `interval`.
+    /// Watches `path`: with inotify on its directory, else reading it every
+    /// `interval`.
     pub fn new(path: impl Into<PathBuf>, interval: Duration) -> Self {
+        let path = path.into();
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let events = match DirEvents::watch(&dir) {
+            Ok(events) => Some(events),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, ?interval, "no inotify on the mesh file's directory; polling");
+                None
+            }
+        };
+        FileSource {
+            path,
+            interval,
+            last: None,
+            events,
+        }
+    }
+
+    /// Polling only (as where inotify is unavailable).
+    pub fn polling(path: impl Into<PathBuf>, interval: Duration) -> Self {
         FileSource {
             path: path.into(),
             interval,
             last: None,
+            events: None,
         }
+    }
+
+    /// Whether changes are noticed by inotify (else by polling).
+    pub fn is_notified(&self) -> bool {
+        self.events.is_some()
     }
 
     /// The watched path.
@@ -151,7 +264,15 @@ impl Source for FileSource {
             if let Some(read) = self.changed().await {
                 break read;
             }
-            tokio::time::sleep(self.interval).await;
+            match &mut self.events {
+                Some(events) => {
+                    if !events.changed().await {
+                        tracing::warn!(path = %self.path.display(), "inotify stopped; polling the mesh file");
+                        self.events = None;
+                    }
+                }
+                None => tokio::time::sleep(self.interval).await,
+            }
         };
         let bytes = read.map_err(|msg| ConfigError::new(&origin, msg))?;
         let text = String::from_utf8(bytes)
@@ -169,10 +290,21 @@ mod tests {
 
     #[tokio::test]
     async fn follows_rename_over_and_ignores_rewrites_of_the_same_content() {
+        let notified =
+            follows_rename_over(|path| FileSource::new(path, Duration::from_secs(3600))).await;
+        assert!(notified, "inotify, not the (hour-long) poll");
+        follows_rename_over(|path| FileSource::polling(path, Duration::from_millis(20))).await;
+    }
+
+    /// Drives a source made by `make` through a rename-over, a rewrite of the same
+    /// content, an in-place rewrite and a removal; each change must be seen within
+    /// 2 s. Returns whether the source used inotify.
+    async fn follows_rename_over(make: impl Fn(&Path) -> FileSource) -> bool {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("mesh.yaml");
         std::fs::write(&path, A).expect("write");
-        let mut src = FileSource::new(&path, Duration::from_millis(20));
+        let mut src = make(&path);
+        let notified = src.is_notified();
         let first = src.next().await.expect("valid");
         assert_eq!(first.services.len(), 1);
 
@@ -190,11 +322,59 @@ mod tests {
             .expect("valid");
         assert!(next.services.keys().any(|n| n.as_str() == "b"));
 
+        // In place, in two writes (truncate, then the content): one good state,
+        // never the empty file in between.
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&path).expect("truncate");
+            f.write_all(&A.as_bytes()[..10]).expect("write");
+            f.flush().expect("flush");
+            std::thread::sleep(Duration::from_millis(5));
+            f.write_all(&A.as_bytes()[10..]).expect("write");
+        }
+        let next = tokio::time::timeout(Duration::from_secs(2), src.next())
+            .await
+            .expect("in time")
+            .expect("the whole file, not a part of it");
+        assert!(next.services.keys().any(|n| n.as_str() == "a"));
+
         std::fs::remove_file(&path).expect("rm");
         let gone = tokio::time::timeout(Duration::from_secs(2), src.next())
             .await
             .expect("in time")
             .expect_err("missing file is an error");
         assert!(gone.message.contains("cannot read"), "{gone}");
+        notified
+    }
+
+    #[tokio::test]
+    async fn follows_a_configmap_symlink_swap() {
+        // A ConfigMap volume: mesh.yaml -> ..data/mesh.yaml, ..data -> ..v1; an
+        // update makes ..v2 and renames a new ..data symlink over the old one. The
+        // file's own name sees no event.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::create_dir(d.join("..v1")).expect("mkdir");
+        std::fs::write(d.join("..v1/mesh.yaml"), A).expect("write");
+        std::os::unix::fs::symlink("..v1", d.join("..data")).expect("symlink");
+        std::os::unix::fs::symlink("..data/mesh.yaml", d.join("mesh.yaml")).expect("symlink");
+        let mut src = FileSource::new(d.join("mesh.yaml"), Duration::from_secs(3600));
+        assert!(src.is_notified());
+        assert!(src
+            .next()
+            .await
+            .expect("valid")
+            .services
+            .keys()
+            .any(|n| n.as_str() == "a"));
+        std::fs::create_dir(d.join("..v2")).expect("mkdir");
+        std::fs::write(d.join("..v2/mesh.yaml"), B).expect("write");
+        std::os::unix::fs::symlink("..v2", d.join("..data_tmp")).expect("symlink");
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).expect("swap");
+        let next = tokio::time::timeout(Duration::from_secs(2), src.next())
+            .await
+            .expect("in time")
+            .expect("valid");
+        assert!(next.services.keys().any(|n| n.as_str() == "b"));
     }
 }
