@@ -22,6 +22,7 @@ use weft_api::discovery as pb;
 
 use crate::auth::{Api, Auth, Caller, Denial};
 use crate::model::{Name, Protocol, Service};
+use crate::proxies::ProxyInfo;
 use crate::state::{diff_snapshots, Snapshot, State};
 
 /// The discovery service over the controller's [`State`].
@@ -47,6 +48,114 @@ impl DiscoveryService {
             .authenticate(authorization)
             .await
             .map_err(|denial| self.refuse(request.remote_addr(), &denial))
+    }
+
+    /// Starts the stream of updates to a proxy: a snapshot, then the changes; with
+    /// `acks` (a `Subscribe`), the proxy's Acks are read alongside and recorded.
+    fn open_stream(
+        &self,
+        caller: Caller,
+        peer: Option<std::net::SocketAddr>,
+        req: pb::WatchRequest,
+        acks: Option<tonic::Streaming<pb::SubscribeRequest>>,
+    ) -> Result<UpdateStream, Status> {
+        let slot = self
+            .auth
+            .open_watch(&caller)
+            .map_err(|denial| self.refuse(peer, &denial))?;
+        let mut addresses: Vec<IpAddr> = req
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .chain(peer.map(|p| p.ip().to_canonical()))
+            .filter(|ip: &IpAddr| !ip.is_loopback() && !ip.is_unspecified())
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        let (tx, rx) = mpsc::channel(1);
+        // Marked meshed before the first snapshot is taken, so that it already says so.
+        if req.draining {
+            // A draining sidecar that reconnects (to a controller that restarted,
+            // perhaps): still drained.
+            self.state.drain(&addresses);
+        }
+        let sidecar = self.state.sidecar(addresses, req.draining);
+        let mut updates = self.state.subscribe();
+        let proxy = self.state.proxies().join(ProxyInfo {
+            proxy_id: req.proxy_id.clone(),
+            service: req.service.clone(),
+            peer,
+            caller: caller.to_string(),
+            acknowledging: acks.is_some(),
+        });
+        let closed = self.state.closed();
+        let state = self.state.clone();
+        let epoch = state.epoch();
+        tracing::info!(service = %req.service, proxy_id = %req.proxy_id, ?peer, %caller, acknowledging = acks.is_some(), "proxy subscribed");
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _sidecar = sidecar;
+            tokio::pin!(closed);
+            let mut acks = acks;
+            let mut sent = updates.borrow_and_update().clone();
+            if tx.send(Ok(full_snapshot(&sent, epoch))).await.is_err() {
+                return;
+            }
+            proxy.sent(sent.version);
+            state.record_push();
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => break,
+                    _ = &mut closed => break,
+                    changed = updates.changed() => if changed.is_err() { break },
+                    ack = next_ack(&mut acks) => {
+                        match ack {
+                            Ok(Some(ack)) if ack.epoch == epoch => {
+                                if !ack.error.is_empty() {
+                                    tracing::warn!(proxy_id = %req.proxy_id, version = ack.version, reason = %ack.error, "proxy rejected an update");
+                                }
+                                proxy.acked(ack.version, &ack.error);
+                            }
+                            // An Ack for another controller's state: not ours.
+                            Ok(Some(_)) => {}
+                            // The proxy closed its side: it is gone.
+                            Ok(None) | Err(_) => break,
+                        }
+                        continue;
+                    }
+                }
+                let current = updates.borrow_and_update().clone();
+                let delta = diff_snapshots(&sent, &current);
+                if !delta.is_empty() {
+                    let update = pb::MeshUpdate {
+                        full_snapshot: false,
+                        services: delta
+                            .upserted
+                            .iter()
+                            .map(|(n, s)| to_proto(n, s, &current))
+                            .collect(),
+                        removed: delta.removed.iter().map(Name::to_string).collect(),
+                        version: current.version,
+                        epoch,
+                    };
+                    tracing::debug!(
+                        service = %req.service,
+                        version = current.version,
+                        upserted = delta.upserted.len(),
+                        removed = delta.removed.len(),
+                        "sending update"
+                    );
+                    if tx.send(Ok(update)).await.is_err() {
+                        break;
+                    }
+                    proxy.sent(current.version);
+                    state.record_push();
+                }
+                sent = current;
+            }
+            tracing::info!(service = %req.service, proxy_id = %req.proxy_id, "proxy unsubscribed");
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
     }
 
     fn refuse(&self, peer: Option<std::net::SocketAddr>, denial: &Denial) -> Status {
@@ -135,8 +244,9 @@ fn policy_to_proto(p: &crate::model::Policy) -> pb::Policy {
     }
 }
 
-fn full_snapshot(snap: &Snapshot) -> pb::MeshUpdate {
+fn full_snapshot(snap: &Snapshot, epoch: u64) -> pb::MeshUpdate {
     pb::MeshUpdate {
+        epoch,
         full_snapshot: true,
         services: snap
             .mesh
@@ -151,6 +261,28 @@ fn full_snapshot(snap: &Snapshot) -> pb::MeshUpdate {
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::MeshUpdate, Status>> + Send>>;
 
+/// A `Subscribe` stream's first request (the `watch`) must come within this.
+const FIRST_REQUEST_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The next Ack of a `Subscribe` stream; never resolves for a `Watch` (no acks),
+/// and skips requests that are not Acks.
+async fn next_ack(
+    acks: &mut Option<tonic::Streaming<pb::SubscribeRequest>>,
+) -> Result<Option<pb::Ack>, Status> {
+    let Some(requests) = acks else {
+        return std::future::pending().await;
+    };
+    loop {
+        match requests.message().await? {
+            None => return Ok(None),
+            Some(pb::SubscribeRequest {
+                kind: Some(pb::subscribe_request::Kind::Ack(ack)),
+            }) => return Ok(Some(ack)),
+            Some(_) => continue,
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl weft_api::Discovery for DiscoveryService {
     type WatchStream = UpdateStream;
@@ -161,79 +293,32 @@ impl weft_api::Discovery for DiscoveryService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let peer = request.remote_addr();
         let caller = self.caller(&request).await?;
-        let slot = self
-            .auth
-            .open_watch(&caller)
-            .map_err(|denial| self.refuse(peer, &denial))?;
-        let req = request.into_inner();
-        let mut addresses: Vec<IpAddr> = req
-            .addresses
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .chain(peer.map(|p| p.ip().to_canonical()))
-            .filter(|ip: &IpAddr| !ip.is_loopback() && !ip.is_unspecified())
-            .collect();
-        addresses.sort();
-        addresses.dedup();
-        let (tx, rx) = mpsc::channel(1);
-        // Marked meshed before the first snapshot is taken, so that it already says so.
-        if req.draining {
-            // A draining sidecar that reconnects (to a controller that restarted,
-            // perhaps): still drained.
-            self.state.drain(&addresses);
-        }
-        let sidecar = self.state.sidecar(addresses, req.draining);
-        let mut updates = self.state.subscribe();
-        let guard = self.state.subscriber();
-        let closed = self.state.closed();
-        let state = self.state.clone();
-        tracing::info!(service = %req.service, proxy_id = %req.proxy_id, ?peer, %caller, "proxy subscribed");
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _guard = guard;
-            let _sidecar = sidecar;
-            tokio::pin!(closed);
-            let mut sent = updates.borrow_and_update().clone();
-            if tx.send(Ok(full_snapshot(&sent))).await.is_err() {
-                return;
+        let stream = self.open_stream(caller, peer, request.into_inner(), None)?;
+        Ok(Response::new(stream))
+    }
+
+    type SubscribeStream = UpdateStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<tonic::Streaming<pb::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = request.remote_addr();
+        let caller = self.caller(&request).await?;
+        let mut requests = request.into_inner();
+        let first = tokio::time::timeout(FIRST_REQUEST_WITHIN, requests.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no watch request within 10 s"))??;
+        let watch = match first.and_then(|r| r.kind) {
+            Some(pb::subscribe_request::Kind::Watch(w)) => w,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first request must be `watch`",
+                ))
             }
-            state.record_push();
-            loop {
-                tokio::select! {
-                    _ = tx.closed() => break,
-                    _ = &mut closed => break,
-                    changed = updates.changed() => if changed.is_err() { break },
-                }
-                let current = updates.borrow_and_update().clone();
-                let delta = diff_snapshots(&sent, &current);
-                if !delta.is_empty() {
-                    let update = pb::MeshUpdate {
-                        full_snapshot: false,
-                        services: delta
-                            .upserted
-                            .iter()
-                            .map(|(n, s)| to_proto(n, s, &current))
-                            .collect(),
-                        removed: delta.removed.iter().map(Name::to_string).collect(),
-                        version: current.version,
-                    };
-                    tracing::debug!(
-                        service = %req.service,
-                        version = current.version,
-                        upserted = delta.upserted.len(),
-                        removed = delta.removed.len(),
-                        "sending update"
-                    );
-                    if tx.send(Ok(update)).await.is_err() {
-                        break;
-                    }
-                    state.record_push();
-                }
-                sent = current;
-            }
-            tracing::info!(service = %req.service, proxy_id = %req.proxy_id, "proxy unsubscribed");
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        };
+        let stream = self.open_stream(caller, peer, watch, Some(requests))?;
+        Ok(Response::new(stream))
     }
 
     async fn drain(

@@ -10,6 +10,7 @@
 //! - [`merge`]: the sources' contributions merged into one [`merge::Catalog`].
 //! - [`health`]: active health checks; failing endpoints are withdrawn.
 //! - [`state`]: the served mesh and version, diffs between meshes, status.
+//! - [`proxies`]: the subscribed proxies, what each was sent and applied (Acks).
 //! - [`grpc`]: the `Discovery` service (full snapshot, then incremental updates).
 //! - [`http`]: `/v1/services` (and registration under it), `/v1/status`, `/metrics`,
 //!   `/ready`, `/live`.
@@ -32,6 +33,7 @@ pub mod merge;
 pub mod meshfile;
 pub mod metrics;
 pub mod model;
+pub mod proxies;
 pub mod registry;
 pub mod source;
 pub mod state;

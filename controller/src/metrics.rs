@@ -7,8 +7,11 @@
 //! | --- | --- |
 //! | `weft_controller_config_reloads_total` | `result` = `ok` or `error` |
 //! | `weft_controller_config_version` | |
-//! | `weft_controller_subscribed_proxies` | |
+//! | `weft_controller_subscribed_proxies` (applied a snapshot) | |
+//! | `weft_controller_proxies` (discovery streams open) | `state` = `current` (at the served version), `behind`, `rejecting` (last answer a rejection; also counted in its other state) |
+//! | `weft_controller_proxy_lag_max_seconds` (the longest a sent version waits for its Ack) | |
 //! | `weft_controller_pushes_total` (updates sent to proxies, snapshots included) | |
+//! | `weft_controller_acks_total` (the proxies' answers to updates) | `result` = `applied` or `rejected` |
 //! | `weft_controller_services` | |
 //! | `weft_controller_endpoints` (served: health checks passed or not checked) | `service` |
 //! | `weft_controller_endpoints_checked` (under active health checks) | `service` |
@@ -100,8 +103,43 @@ fn register(meter: &opentelemetry::metrics::Meter, state: &Arc<State>, health: &
     let s = state.clone();
     let _ = meter
         .u64_observable_gauge("weft_controller_subscribed_proxies")
-        .with_description("Proxies subscribed to the discovery API")
+        .with_description("Proxies subscribed to the discovery API that applied a snapshot")
         .with_callback(move |o| o.observe(count(s.subscribers()), &[]))
+        .build();
+    let s = state.clone();
+    let _ = meter
+        .u64_observable_gauge("weft_controller_proxies")
+        .with_description("Discovery streams open, by whether the proxy is at the served version")
+        .with_callback(move |o| {
+            let t = s.proxies().totals(s.snapshot().version);
+            o.observe(count(t.current), &[KeyValue::new("state", "current")]);
+            o.observe(
+                count(t.connected - t.current),
+                &[KeyValue::new("state", "behind")],
+            );
+            o.observe(count(t.rejecting), &[KeyValue::new("state", "rejecting")]);
+        })
+        .build();
+    let s = state.clone();
+    let _ = meter
+        .f64_observable_gauge("weft_controller_proxy_lag_max_seconds")
+        .with_description("The longest a version sent to a proxy has waited for its Ack")
+        .with_callback(move |o| {
+            o.observe(
+                s.proxies().totals(s.snapshot().version).max_lag_seconds,
+                &[],
+            )
+        })
+        .build();
+    let s = state.clone();
+    let _ = meter
+        .u64_observable_counter("weft_controller_acks")
+        .with_description("Proxies' answers to discovery updates: applied or rejected")
+        .with_callback(move |o| {
+            let (applied, rejected) = s.proxies().acks();
+            o.observe(applied, &[KeyValue::new("result", "applied")]);
+            o.observe(rejected, &[KeyValue::new("result", "rejected")]);
+        })
         .build();
     let s = state.clone();
     let _ = meter

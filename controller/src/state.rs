@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -15,6 +15,7 @@ use tokio::sync::{watch, Notify};
 use crate::error::ConfigError;
 use crate::merge::Catalog;
 use crate::model::{Mesh, Name, Service};
+use crate::proxies::Proxies;
 
 /// One version of the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,8 +134,11 @@ pub struct Status {
     pub current_error: Option<TimedError>,
     /// The most recent bad configuration ever seen.
     pub last_error: Option<TimedError>,
-    /// Proxies subscribed to the discovery API.
+    /// Proxies subscribed to the discovery API that applied a snapshot.
     pub subscribers: usize,
+    /// This controller's epoch (its start, ms since the Unix epoch): versions count
+    /// up within it.
+    pub epoch: u64,
 }
 
 /// The current mesh, its subscribers and the status.
@@ -144,7 +148,8 @@ pub struct State {
     catalog: Mutex<Arc<Catalog>>,
     closing: watch::Sender<bool>,
     status: Mutex<Status>,
-    subscribers: AtomicUsize,
+    proxies: Arc<Proxies>,
+    epoch: u64,
     pushes: AtomicU64,
     /// Subscribed proxies per pod address (a pod's proxy may hold two streams for a
     /// moment while it reconnects).
@@ -165,6 +170,9 @@ impl State {
     /// of `sources` (named as in [`SourceStatus::name`]).
     pub fn new(sources: Vec<String>, mesh: Mesh) -> Self {
         let services = mesh.services.len();
+        let epoch = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let reloads = u64::try_from(sources.len()).unwrap_or(u64::MAX);
         State {
             snapshot: watch::Sender::new(Arc::new(Snapshot {
@@ -193,8 +201,10 @@ impl State {
                 current_error: None,
                 last_error: None,
                 subscribers: 0,
+                epoch,
             }),
-            subscribers: AtomicUsize::new(0),
+            proxies: Arc::default(),
+            epoch,
             pushes: AtomicU64::new(0),
             sidecars: Mutex::new(HashMap::new()),
             draining: Mutex::new(BTreeSet::new()),
@@ -404,15 +414,19 @@ impl State {
         self.snapshot.subscribe()
     }
 
-    /// Counts a subscriber for as long as the guard lives.
-    pub fn subscriber(self: &Arc<Self>) -> SubscriberGuard {
-        self.subscribers.fetch_add(1, Ordering::Relaxed);
-        SubscriberGuard(self.clone())
+    /// The subscribed proxies: what each was sent and applied.
+    pub fn proxies(&self) -> &Arc<Proxies> {
+        &self.proxies
     }
 
-    /// Proxies subscribed now.
+    /// This controller's epoch: its start, ms since the Unix epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Proxies subscribed now that applied a snapshot.
     pub fn subscribers(&self) -> usize {
-        self.subscribers.load(Ordering::Relaxed)
+        self.proxies.synced()
     }
 
     /// Counts one update (snapshot or incremental) sent to a proxy.
@@ -468,16 +482,6 @@ impl Drop for SidecarGuard {
             }
         }
         self.state.publish_with(None);
-    }
-}
-
-/// Keeps a subscriber counted; see [`State::subscriber`].
-#[derive(Debug)]
-pub struct SubscriberGuard(Arc<State>);
-
-impl Drop for SubscriberGuard {
-    fn drop(&mut self) {
-        self.0.subscribers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -563,7 +567,20 @@ mod tests {
         assert!(s.current_error.is_none());
         assert!(s.last_error.is_some());
         assert_eq!((s.version, s.services, s.reloads_total), (2, 0, 5));
-        let g = state.subscriber();
+        let g = state.proxies().join(crate::proxies::ProxyInfo {
+            proxy_id: "p".into(),
+            service: "s".into(),
+            peer: None,
+            caller: "anyone".into(),
+            acknowledging: true,
+        });
+        assert_eq!(
+            state.status().subscribers,
+            0,
+            "not before it applied a snapshot"
+        );
+        g.sent(2);
+        g.acked(2, "");
         assert_eq!(state.status().subscribers, 1);
         drop(g);
         assert_eq!(state.status().subscribers, 0);

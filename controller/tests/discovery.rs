@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use weft_api::discovery::{MeshUpdate, Protocol, WatchRequest};
+use weft_api::discovery::{
+    subscribe_request, Ack, MeshUpdate, Protocol, SubscribeRequest, WatchRequest,
+};
 use weft_api::DiscoveryClient;
 use weft_controller::{Controller, Options};
 
@@ -260,4 +262,137 @@ fn the_binary_exits_non_zero_on_an_invalid_file() {
         stderr.contains(&format!("{}:8:", path.display())),
         "{stderr}"
     );
+}
+
+/// A `Subscribe` stream: the watch request, then the test's Acks.
+async fn subscribe(
+    grpc: std::net::SocketAddr,
+    proxy_id: &str,
+) -> (
+    tokio::sync::mpsc::Sender<SubscribeRequest>,
+    tonic::Streaming<MeshUpdate>,
+) {
+    let mut client = DiscoveryClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect grpc");
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(SubscribeRequest {
+        kind: Some(subscribe_request::Kind::Watch(WatchRequest {
+            service: "frontend".into(),
+            proxy_id: proxy_id.into(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("queue watch");
+    let updates = client
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    (tx, updates)
+}
+
+fn ack(update: &MeshUpdate, error: &str) -> SubscribeRequest {
+    SubscribeRequest {
+        kind: Some(subscribe_request::Kind::Ack(Ack {
+            epoch: update.epoch,
+            version: update.version,
+            error: error.into(),
+        })),
+    }
+}
+
+/// The entry of `/v1/status`'s `proxies` for `proxy_id`.
+async fn proxy_status(c: &common::Running, proxy_id: &str) -> serde_json::Value {
+    let status = get_json(c.http, "/v1/status").await;
+    status["proxies"]
+        .as_array()
+        .expect("proxies")
+        .iter()
+        .find(|p| p["proxy_id"] == proxy_id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {proxy_id} in {status}"))
+}
+
+async fn eventually(
+    c: &common::Running,
+    proxy_id: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + IN_TIME;
+    loop {
+        let p = proxy_status(c, proxy_id).await;
+        if check(&p) {
+            return p;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{p}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_updates_count_subscribers_and_show_rejections() {
+    let c = start(V1).await;
+    let (acks, mut updates) = subscribe(c.grpc, "p1").await;
+    let snapshot = tokio::time::timeout(IN_TIME, updates.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("snapshot");
+    let status = get_json(c.http, "/v1/status").await;
+    assert_eq!(snapshot.epoch, status["epoch"].as_u64().expect("epoch"));
+    assert!(snapshot.epoch > 1_700_000_000_000, "an epoch in ms");
+    // Sent, not applied: not a subscriber yet.
+    let p = proxy_status(&c, "p1").await;
+    assert_eq!(p["sent_version"], snapshot.version);
+    assert!(p["applied_version"].is_null(), "{p}");
+    assert_eq!(status["subscribers"], 0);
+    acks.send(ack(&snapshot, "")).await.expect("ack");
+    let p = eventually(&c, "p1", |p| p["applied_version"] == snapshot.version).await;
+    assert_eq!(p["lag_versions"], 0);
+    assert_eq!(get_json(c.http, "/v1/status").await["subscribers"], 1);
+
+    // An update the proxy rejects: shown with the reason, still at the old version.
+    replace(&c.path, V2);
+    let update = tokio::time::timeout(IN_TIME, updates.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("update");
+    acks.send(ack(&update, "service \"db\": bad vip"))
+        .await
+        .expect("nack");
+    let p = eventually(&c, "p1", |p| !p["rejected"].is_null()).await;
+    assert_eq!(p["rejected"]["version"], update.version);
+    assert_eq!(p["rejected"]["reason"], "service \"db\": bad vip");
+    assert_eq!(p["applied_version"], snapshot.version);
+    assert_eq!(p["lag_versions"], update.version - snapshot.version);
+    let metrics = common::get(c.http, "/metrics").await.1;
+    assert!(
+        metrics.contains("weft_controller_acks_total{result=\"rejected\""),
+        "{metrics}"
+    );
+    // An Ack of another epoch (a previous controller's state) changes nothing.
+    let mut stale = update.clone();
+    stale.epoch -= 1;
+    acks.send(ack(&stale, "")).await.expect("stale ack");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        proxy_status(&c, "p1").await["applied_version"],
+        snapshot.version
+    );
+    // Applied after all: clears the rejection.
+    acks.send(ack(&update, "")).await.expect("ack");
+    let p = eventually(&c, "p1", |p| p["applied_version"] == update.version).await;
+    assert!(p["rejected"].is_null(), "{p}");
+
+    // Gone: not counted.
+    drop((acks, updates));
+    let deadline = tokio::time::Instant::now() + IN_TIME;
+    while get_json(c.http, "/v1/status").await["subscribers"] != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "still counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.stop().await;
 }

@@ -1,5 +1,8 @@
-//! The discovery client: subscribes to the controller's `Watch` stream and keeps the
-//! routing table current. The controller being away never stops the data path:
+//! The discovery client: subscribes to the controller's `Subscribe` stream (its
+//! `Watch` where the controller has no `Subscribe`) and keeps the routing table
+//! current, answering each update with an Ack: applied, or rejected with the reason
+//! (an invalid service, or more services than `--max-services`), in which case the
+//! previous table stays whole. The controller being away never stops the data path:
 //! the last known table stays in force while the client reconnects with backoff.
 //!
 //! What the client has done is kept in a [`DiscoveryStatus`] (connected, updates
@@ -12,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use weft_api::discovery::{self as api, DrainRequest, MeshUpdate, WatchRequest};
+use weft_api::discovery::{
+    self as api, subscribe_request, Ack, DrainRequest, MeshUpdate, SubscribeRequest, WatchRequest,
+};
 use weft_api::DiscoveryClient;
 
 use crate::policy::{Defaults, Policy};
@@ -31,7 +36,13 @@ pub struct DiscoveryConfig {
     /// (re)connect. `None`: calls carry no credential (a controller that requires
     /// one refuses them, and `/routes` says so).
     pub token_file: Option<std::path::PathBuf>,
+    /// An update that would leave more services than this is rejected: the
+    /// proxy's discovery state is bounded.
+    pub max_services: usize,
 }
+
+/// The default of [`DiscoveryConfig::max_services`].
+pub const DEFAULT_MAX_SERVICES: usize = 20_000;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -48,7 +59,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct DiscoveryStatus {
     connected: AtomicBool,
     updates_applied: AtomicU64,
+    updates_rejected: AtomicU64,
     last_error: Mutex<Option<String>>,
+    last_rejection: Mutex<Option<String>>,
 }
 
 impl DiscoveryStatus {
@@ -74,6 +87,27 @@ impl DiscoveryStatus {
     fn set_error(&self, error: String) {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
     }
+
+    /// Updates rejected since the proxy started.
+    pub fn updates_rejected(&self) -> u64 {
+        self.updates_rejected.load(Ordering::Relaxed)
+    }
+
+    /// Why the last rejected update was rejected (history, like the last error).
+    pub fn last_rejection(&self) -> Option<String> {
+        self.last_rejection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn rejected(&self, why: String) {
+        self.updates_rejected.fetch_add(1, Ordering::Relaxed);
+        *self
+            .last_rejection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
 }
 
 /// The `discovery` object of `/routes`.
@@ -84,12 +118,15 @@ pub struct StatusReport {
     pub connected: bool,
     /// The first snapshot has been applied (always true without discovery).
     pub synced: bool,
-    /// The controller's mesh version the routes are at.
+    /// The controller's epoch and mesh version the routes are at.
+    pub epoch: Option<u64>,
     pub version: Option<u64>,
     /// When that version was applied (ms since the Unix epoch).
     pub applied_at_unix_ms: Option<u64>,
     pub updates_applied: u64,
+    pub updates_rejected: u64,
     pub last_error: Option<String>,
+    pub last_rejection: Option<String>,
 }
 
 impl StatusReport {
@@ -104,10 +141,13 @@ impl StatusReport {
             controller: controller.map(str::to_owned),
             connected: status.connected(),
             synced,
+            epoch: applied.map(|a| a.epoch),
             version: applied.map(|a| a.version),
             applied_at_unix_ms: applied.map(|a| a.applied_at_unix_ms),
             updates_applied: status.updates_applied(),
+            updates_rejected: status.updates_rejected(),
             last_error: status.last_error(),
+            last_rejection: status.last_rejection(),
         }
     }
 }
@@ -216,38 +256,77 @@ async fn watch_once(
     defaults: Defaults,
     draining: bool,
 ) -> Result<(), tonic::Status> {
-    let request = with_credential(
-        config,
-        WatchRequest {
-            service: config.service.clone(),
-            proxy_id: config.proxy_id.clone(),
-            addresses: pod_addresses(),
-            draining,
-        },
-    )?;
+    let watch = WatchRequest {
+        service: config.service.clone(),
+        proxy_id: config.proxy_id.clone(),
+        addresses: pod_addresses(),
+        draining,
+    };
+    // Read first: a token file it cannot read is known before connecting.
+    with_credential(config, ())?;
     let channel = controller_endpoint(&config.controller)?
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(error_chain(&e)))?;
     let mut client = DiscoveryClient::new(channel);
-    let mut stream = client.watch(request).await?.into_inner();
+    // Acks go up the same stream; the channel holds what the reader has not sent.
+    let (acks, requests) = tokio::sync::mpsc::channel::<SubscribeRequest>(16);
+    let first = SubscribeRequest {
+        kind: Some(subscribe_request::Kind::Watch(watch.clone())),
+    };
+    let _ = acks.try_send(first);
+    let subscribe = with_credential(
+        config,
+        tokio_stream::wrappers::ReceiverStream::new(requests),
+    )?;
+    let (mut stream, acknowledging) = match client.subscribe(subscribe).await {
+        Ok(s) => (s.into_inner(), true),
+        // A controller without `Subscribe`: `Watch`, unacknowledged.
+        Err(e) if e.code() == tonic::Code::Unimplemented => {
+            let request = with_credential(config, watch)?;
+            (client.watch(request).await?.into_inner(), false)
+        }
+        Err(e) => return Err(e),
+    };
     status.connected.store(true, Ordering::Relaxed);
     while let Some(update) = stream.message().await? {
-        apply(routes, &update, defaults);
-        status.updates_applied.fetch_add(1, Ordering::Relaxed);
+        let answer = apply(routes, &update, defaults, config.max_services);
         *backoff = BACKOFF_MIN;
-        if update.full_snapshot && !synced.swap(true, Ordering::SeqCst) {
-            tracing::info!(
-                services = routes.load().service_count(),
-                version = update.version,
-                "first discovery snapshot applied"
-            );
-        } else {
-            tracing::debug!(
-                version = update.version,
-                full = update.full_snapshot,
-                "discovery update applied"
-            );
+        let error = match answer {
+            Ok(_) => {
+                status.updates_applied.fetch_add(1, Ordering::Relaxed);
+                if update.full_snapshot && !synced.swap(true, Ordering::SeqCst) {
+                    tracing::info!(
+                        services = routes.load().service_count(),
+                        version = update.version,
+                        "first discovery snapshot applied"
+                    );
+                } else {
+                    tracing::debug!(
+                        version = update.version,
+                        full = update.full_snapshot,
+                        "discovery update applied"
+                    );
+                }
+                String::new()
+            }
+            Err(why) => {
+                tracing::warn!(version = update.version, %why, "discovery update rejected; the previous routes stay");
+                status.rejected(why.clone());
+                why
+            }
+        };
+        if acknowledging {
+            let ack = SubscribeRequest {
+                kind: Some(subscribe_request::Kind::Ack(Ack {
+                    epoch: update.epoch,
+                    version: update.version,
+                    error,
+                })),
+            };
+            if acks.send(ack).await.is_err() {
+                break;
+            }
         }
     }
     Ok(())
@@ -324,19 +403,31 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Applies one update to the routing table, recording its version.
-pub fn apply(routes: &Routes, update: &MeshUpdate, defaults: Defaults) -> Applied {
-    let specs = update.services.iter().filter_map(|s| match spec_of(s, defaults) {
-        Ok(spec) => Some(spec),
-        Err(why) => {
-            tracing::warn!(service = %s.name, why, "ignoring an invalid service from discovery");
-            None
-        }
-    });
+/// Applies one update to the routing table, recording its version; or rejects it
+/// whole, saying why, and leaves the table as it was: a service it cannot read (the
+/// controller validated it, but a proxy never trusts the wire blindly), or a table
+/// of more than `max_services` services.
+pub fn apply(
+    routes: &Routes,
+    update: &MeshUpdate,
+    defaults: Defaults,
+    max_services: usize,
+) -> Result<Applied, String> {
+    let specs = update
+        .services
+        .iter()
+        .map(|s| spec_of(s, defaults).map_err(|why| format!("service {:?}: {why}", s.name)))
+        .collect::<Result<Vec<_>, String>>()?;
     let next = routes
         .load()
         .updated(update.full_snapshot, specs, update.removed.iter());
-    routes.store_version(next, update.version)
+    if next.service_count() > max_services {
+        return Err(format!(
+            "the update makes {} services; this proxy takes at most {max_services} (--max-services)",
+            next.service_count()
+        ));
+    }
+    Ok(routes.store_version(next, update.epoch, update.version))
 }
 
 /// The routing view of a discovery service; the controller validated it, but a

@@ -34,6 +34,11 @@ struct Args {
     /// is picked up.
     #[arg(long, env = "WEFT_CONTROLLER_TOKEN_FILE", requires = "controller")]
     controller_token_file: Option<std::path::PathBuf>,
+    /// A discovery update that would leave more services than this is rejected
+    /// (the controller shows why; the previous routes stay): discovery state is
+    /// bounded.
+    #[arg(long, env = "WEFT_MAX_SERVICES", default_value_t = weft_proxy::discovery::DEFAULT_MAX_SERVICES)]
+    max_services: usize,
     /// Port of the outbound capture listener (bound on 127.0.0.1 and ::1).
     #[arg(long, env = "WEFT_OUTBOUND_PORT", default_value_t = 15001)]
     outbound_port: u16,
@@ -131,6 +136,7 @@ impl Args {
             service: config.service.clone(),
             proxy_id: self.proxy_id,
             token_file: self.controller_token_file,
+            max_services: self.max_services,
         });
         config
     }

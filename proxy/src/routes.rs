@@ -280,6 +280,8 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 /// Which discovery version a table is, and when this proxy applied that version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Applied {
+    /// The controller's epoch (its start): versions count up within one.
+    pub epoch: u64,
     /// The controller's mesh version.
     pub version: u64,
     /// When this proxy first applied that version (milliseconds since the Unix epoch;
@@ -330,14 +332,16 @@ impl Routes {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// Replaces the current table with discovery's `version` of it. The applied time
-    /// is kept when the version is the one already applied (a reconnect re-sends the
-    /// current version as a snapshot), so it stays the time that version arrived.
-    pub fn store_version(&self, table: RouteTable, version: u64) -> Applied {
+    /// Replaces the current table with discovery's `version` (of `epoch`) of it. The
+    /// applied time is kept when the version is the one already applied (a reconnect
+    /// re-sends the current version as a snapshot), so it stays the time that
+    /// version arrived; a restarted controller's versions are of another epoch.
+    pub fn store_version(&self, table: RouteTable, epoch: u64, version: u64) -> Applied {
         let mut current = self.write();
         let applied = match current.applied {
-            Some(a) if a.version == version => a,
+            Some(a) if a.version == version && a.epoch == epoch => a,
             _ => Applied {
+                epoch,
                 version,
                 applied_at_unix_ms: unix_ms_now(),
             },
@@ -452,13 +456,17 @@ mod tests {
     fn applied_time_belongs_to_the_version() {
         let routes = Routes::default();
         assert_eq!(routes.load_applied().1, None);
-        let v1 = routes.store_version(RouteTable::default(), 1);
+        let v1 = routes.store_version(RouteTable::default(), 7, 1);
         std::thread::sleep(std::time::Duration::from_millis(5));
         // The same version again (a reconnect's snapshot): same applied time.
-        assert_eq!(routes.store_version(RouteTable::default(), 1), v1);
-        let v2 = routes.store_version(RouteTable::default(), 2);
+        assert_eq!(routes.store_version(RouteTable::default(), 7, 1), v1);
+        let v2 = routes.store_version(RouteTable::default(), 7, 2);
         assert!(v2.applied_at_unix_ms > v1.applied_at_unix_ms);
         assert_eq!(routes.load_applied().1, Some(v2));
+        // A restarted controller's version 2 is another state.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let other = routes.store_version(RouteTable::default(), 8, 2);
+        assert!(other.applied_at_unix_ms > v2.applied_at_unix_ms);
         routes.store(RouteTable::default());
         assert_eq!(routes.load_applied().1, None, "a table not from discovery");
     }

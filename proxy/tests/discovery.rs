@@ -50,6 +50,15 @@ impl Discovery for FakeController {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    // An older controller: no acknowledged stream, so the proxy falls back to Watch.
+    type SubscribeStream = UpdateStream;
+    async fn subscribe(
+        &self,
+        _: Request<tonic::Streaming<weft_api::discovery::SubscribeRequest>>,
+    ) -> Result<Response<UpdateStream>, Status> {
+        Err(Status::unimplemented("no Subscribe here"))
+    }
+
     async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<DrainResponse>, Status> {
         let _ = self.drains.send(req.into_inner());
         Ok(Response::new(DrainResponse {}))
@@ -83,6 +92,7 @@ async fn start_controller(
 
 fn backend(endpoint: &str, port: u16, version: u64) -> MeshUpdate {
     MeshUpdate {
+        epoch: 1,
         full_snapshot: true,
         services: vec![Service {
             name: "backend".into(),
@@ -118,6 +128,7 @@ async fn frontend_proxy(
         service: "frontend".into(),
         proxy_id: proxy_id.into(),
         token_file: None,
+        max_services: weft_proxy::discovery::DEFAULT_MAX_SERVICES,
     });
     tweak(&mut config);
     let vip = "10.96.0.10:80".parse().unwrap();
@@ -355,10 +366,13 @@ async fn without_a_controller_routes_shows_an_empty_table_and_no_discovery_metri
                 "controller": null,
                 "connected": false,
                 "synced": true,
+                "epoch": null,
                 "version": null,
                 "applied_at_unix_ms": null,
                 "updates_applied": 0,
+                "updates_rejected": 0,
                 "last_error": null,
+                "last_rejection": null,
             },
             "services": [],
         })
