@@ -2,10 +2,12 @@
 //! `proto/discovery.proto` at build time by `protox` + `tonic-prost-build` (no system
 //! `protoc` needed).
 //!
-//! A proxy calls [`discovery::discovery_client::DiscoveryClient::watch`] with its own
-//! service name and keeps the stream open: the first [`discovery::MeshUpdate`] is a
-//! full snapshot, later ones upsert changed services and name removed ones. The
-//! controller implements [`discovery::discovery_server::Discovery`].
+//! A proxy calls [`discovery::discovery_client::DiscoveryClient::subscribe`] with
+//! its own service name and keeps the stream open: the first
+//! [`discovery::MeshUpdate`] is a full snapshot, later ones upsert changed services
+//! and name removed ones, and the proxy answers each with an [`discovery::Ack`]
+//! (`watch` is the same without Acks). The controller implements
+//! [`discovery::discovery_server::Discovery`].
 
 /// Messages, client and server of `weft.discovery.v1`.
 #[allow(
