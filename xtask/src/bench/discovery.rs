@@ -4,7 +4,7 @@
 //!
 //! Set-up: release binaries; ONE throwaway network namespace — the node namespace of
 //! a weft-e2e [`Mesh`], with no pods — holding a weft-controller over a generated mesh
-//! file of 1,000 services × 10 endpoints and 20 weft-proxy processes subscribed to it,
+//! file of 1,000 services × 10 endpoints and `--proxies` (20) weft-proxy processes subscribed to it,
 //! each with its own ports. VIPs (10.96.0.0/16) and endpoints (10.128.0.0/14) exist
 //! only in the file: nothing routes to them and no traffic flows but loopback gRPC and
 //! HTTP inside the namespace.
@@ -37,7 +37,6 @@ use weft_localmesh::{Mesh, Pod, PodProc, ProcSpec};
 
 const SERVICES: usize = 1_000;
 const ENDPOINTS: u8 = 10;
-const PROXIES: usize = 20;
 /// Services changed by the last, wide round.
 const WIDE_EDIT: usize = 100;
 const CONTROLLER_GRPC: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15010);
@@ -58,7 +57,11 @@ pub struct Options {
     /// Rounds of one-service edits.
     #[arg(long, default_value_t = 20)]
     rounds: usize,
-    /// The controller's mesh-file polling interval: it bounds propagation from below.
+    /// Proxies subscribed (each its own process and ports).
+    #[arg(long, default_value_t = 20)]
+    proxies: usize,
+    /// The controller's mesh-file polling interval, where inotify is unavailable
+    /// (with inotify it plays no part).
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
     /// Give up, and clean up, after this long (not counting the build).
@@ -464,6 +467,10 @@ struct Report {
     wide: Samples,
     controller_rss_kib: Option<u64>,
     proxy_rss_kib: Option<u64>,
+    /// The controller's CPU time (user + system) per 1-service edit round, and for
+    /// the wide one: parsing, merging, diffing and pushing to every proxy.
+    controller_cpu_ms_per_edit: Option<f64>,
+    controller_cpu_ms_wide: Option<f64>,
 }
 
 fn run(mesh: &Mesh, bins: &Bins, opts: &Options, seed: u64, deadline: &Deadline) -> Result<Report> {
@@ -475,13 +482,14 @@ fn run(mesh: &Mesh, bins: &Bins, opts: &Options, seed: u64, deadline: &Deadline)
     let version = wait_controller(node, &controller, 0, deadline)?.version;
 
     let started = Instant::now();
-    let proxies = (0..PROXIES)
+    let proxies = (0..opts.proxies)
         .map(|i| start_proxy(node, bins, i))
         .collect::<Result<Vec<_>>>()?;
     wait_proxies(node, &proxies, version, deadline)?;
     let initial_sync = started.elapsed();
     eprintln!(
-        "bench-discovery: {PROXIES} proxies synced at version {version} in {} ms; {} rounds to go",
+        "bench-discovery: {} proxies synced at version {version} in {} ms; {} rounds to go",
+        opts.proxies,
         initial_sync.as_millis(),
         opts.rounds + 1
     );
@@ -497,12 +505,18 @@ fn run(mesh: &Mesh, bins: &Bins, opts: &Options, seed: u64, deadline: &Deadline)
         poll_interval: opts.poll_interval,
         deadline,
     };
+    let cpu_before = cpu_ms(bench.controller.pid());
     let mut single = Samples::default();
     for _ in 0..opts.rounds {
         single.add(&bench.round(1)?);
     }
+    let single_cpu = cpu_ms(bench.controller.pid());
     let mut wide = Samples::default();
     wide.add(&bench.round(WIDE_EDIT)?);
+    let wide_cpu = cpu_ms(bench.controller.pid());
+    let per = |a: Option<u64>, b: Option<u64>, n: usize| {
+        Some((b?.saturating_sub(a?)) as f64 / n.max(1) as f64)
+    };
 
     Ok(Report {
         file_bytes,
@@ -510,6 +524,8 @@ fn run(mesh: &Mesh, bins: &Bins, opts: &Options, seed: u64, deadline: &Deadline)
         single,
         wide,
         controller_rss_kib: rss_kib(bench.controller.pid()),
+        controller_cpu_ms_per_edit: per(cpu_before, single_cpu, opts.rounds),
+        controller_cpu_ms_wide: per(single_cpu, wide_cpu, 1),
         proxy_rss_kib: bench.proxies.first().and_then(|p| rss_kib(p.proc.pid())),
     })
 }
@@ -521,6 +537,18 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// CPU time (user + system) `pid` has used, in ms (from /proc/PID/stat, in clock
+/// ticks of 10 ms: a coarse figure, meant over several rounds).
+fn cpu_ms(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) close with ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * 10)
 }
 
 /// Nearest-rank percentile `p` (0-100) of sorted `v`.
@@ -553,8 +581,9 @@ impl Report {
     fn print(&self, opts: &Options, seed: u64) {
         let poll = humantime::format_duration(opts.poll_interval);
         println!(
-            "bench-discovery: {SERVICES} services x {ENDPOINTS} endpoints ({} KiB mesh file), {PROXIES} proxies, controller --poll-interval {poll}, seed {seed}",
-            self.file_bytes / 1024
+            "bench-discovery: {SERVICES} services x {ENDPOINTS} endpoints ({} KiB mesh file), {} proxies, controller --poll-interval {poll} (inotify when available), seed {seed}",
+            self.file_bytes / 1024,
+            opts.proxies
         );
         println!(
             "initial snapshot: all proxies synced {} ms after the first was started",
@@ -574,9 +603,15 @@ impl Report {
             mib(self.controller_rss_kib),
             mib(self.proxy_rss_kib)
         );
+        let ms = |v: Option<f64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v:.0} ms"));
         println!(
-            "rerun: cargo xtask bench-discovery --rounds {} --poll-interval {poll} --seed {seed}",
-            opts.rounds
+            "controller CPU: {} per 1-service edit, {} for the {WIDE_EDIT}-service edit",
+            ms(self.controller_cpu_ms_per_edit),
+            ms(self.controller_cpu_ms_wide)
+        );
+        println!(
+            "rerun: cargo xtask bench-discovery --rounds {} --proxies {} --poll-interval {poll} --seed {seed}",
+            opts.rounds, opts.proxies
         );
     }
 }
