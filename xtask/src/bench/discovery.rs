@@ -326,6 +326,9 @@ fn start_proxy(node: &Pod, bins: &Bins, i: usize) -> Result<Proxy> {
         base.to_string(),
         "--inbound-port".into(),
         (base + 1).to_string(),
+        // Many proxies share the namespace, and no traffic flows: no tunnel.
+        "--tunnel-port".into(),
+        "0".into(),
         "--admin-listen".into(),
         admin.to_string(),
         "--metrics-listen".into(),
