@@ -66,9 +66,10 @@ fn admin_route(shared: &Shared, path: &str) -> http::Response<http_endpoint::Bod
         "/connections" => json(&serde_json::json!({ "connections": shared.conns.snapshot() })),
         "/config" => json(&shared.config),
         "/routes" => routes_report(shared),
+        "/discovery" => json(&discovery_report(shared)),
         "/" => text(
             StatusCode::OK,
-            "weft-proxy admin\n  /connections  live and recently closed connections (JSON)\n  /config       the running configuration (JSON)\n  /routes       discovery status and the route table it applied (JSON)\n",
+            "weft-proxy admin\n  /connections  live and recently closed connections (JSON)\n  /config       the running configuration (JSON)\n  /routes       discovery status and the route table it applied (JSON)\n  /discovery    discovery status alone: epoch, version, when applied, rejections (JSON)\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -78,21 +79,29 @@ fn admin_route(shared: &Shared, path: &str) -> http::Response<http_endpoint::Bod
 /// itself, read as one snapshot so the version matches the table shown.
 fn routes_report(shared: &Shared) -> http::Response<http_endpoint::Body> {
     let (table, applied) = shared.routes.load_applied();
+    json(&RoutesReport {
+        discovery: status_report(shared, applied),
+        services: table.view(),
+    })
+}
+
+/// `/discovery`: `/routes` without the table (small, whatever the mesh's size).
+fn discovery_report(shared: &Shared) -> StatusReport {
+    status_report(shared, shared.routes.load_applied().1)
+}
+
+fn status_report(shared: &Shared, applied: Option<crate::routes::Applied>) -> StatusReport {
     let controller = shared
         .config
         .discovery
         .as_ref()
         .map(|d| d.controller.as_str());
-    let discovery = StatusReport::new(
+    StatusReport::new(
         controller,
         &shared.discovery,
         shared.synced.load(Ordering::SeqCst),
         applied,
-    );
-    json(&RoutesReport {
-        discovery,
-        services: table.view(),
-    })
+    )
 }
 
 /// The body of `/routes`; serialized straight from the table (no intermediate JSON

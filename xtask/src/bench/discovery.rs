@@ -11,12 +11,12 @@
 //!
 //! Method: each round edits one random service (adds or removes an endpoint), writes
 //! the file atomically (a temporary file renamed over it) and notes the wall-clock
-//! time. Every proxy records on `/routes` the version it applied and when
+//! time. Every proxy records on `/discovery` the version it applied and when
 //! (`applied_at_unix_ms`), so a sample is that time minus the write time, whenever the
-//! bench reads it. `/routes` carries the whole table (large), so the bench reads it
-//! only once the controller shows the new version, plus a short settle: reading then
-//! competes as little as possible with the proxies still applying. A last round edits
-//! 100 services at once.
+//! bench reads it. The bench waits until the controller's `/v1/status` shows every
+//! proxy's Ack of the new version (one small answer), then reads each proxy's
+//! `/discovery` once: reading competes as little as possible with the proxies still
+//! applying. A last round edits 100 services at once.
 //!
 //! Output: p50 / p99 / max over every proxy × round sample, split into
 //! file → controller (the controller's polling and parsing, from `last_reload` on its
@@ -46,8 +46,6 @@ const PORT_BASE: u16 = 20_000;
 /// How often the controller's status is read while waiting for a new version (small
 /// answers, so frequent reads cost nothing measurable).
 const STATUS_POLL: Duration = Duration::from_millis(10);
-/// Pause after the controller has the new version before reading any `/routes`.
-const SETTLE: Duration = Duration::from_millis(100);
 /// Pause between reads of the proxies still behind.
 const SWEEP_PAUSE: Duration = Duration::from_millis(50);
 
@@ -250,8 +248,7 @@ fn proxy_applied(node: &Pod, proxy: &Proxy) -> Result<Option<Applied>> {
     if let Some(status) = proxy.proc.try_wait() {
         bail!("proxy {} exited: {status}", proxy.proc.name());
     }
-    let doc = read_json(node, proxy.admin, "/routes")?;
-    let d = &doc["discovery"];
+    let d = read_json(node, proxy.admin, "/discovery")?;
     Ok(d["version"]
         .as_u64()
         .zip(d["applied_at_unix_ms"].as_i64())
@@ -359,6 +356,35 @@ fn wait_controller(
     }
 }
 
+/// Waits until the controller's `/v1/status` shows `count` proxies that applied
+/// `version` (their Acks).
+fn wait_acks(
+    node: &Pod,
+    controller: &PodProc,
+    version: u64,
+    count: usize,
+    deadline: &Deadline,
+) -> Result<()> {
+    loop {
+        deadline.check(&format!("every proxy to acknowledge version {version}"))?;
+        if let Some(status) = controller.try_wait() {
+            bail!("weft-controller exited: {status}");
+        }
+        let status = read_json(node, CONTROLLER_HTTP, "/v1/status")?;
+        let applied = status["proxies"]
+            .as_array()
+            .map_or(0, |ps| {
+                ps.iter()
+                    .filter(|p| p["applied_version"].as_u64() >= Some(version))
+                    .count()
+            });
+        if applied >= count {
+            return Ok(());
+        }
+        std::thread::sleep(STATUS_POLL);
+    }
+}
+
 /// Waits until every proxy has applied `version`; returns each one's applied time.
 fn wait_proxies(
     node: &Pod,
@@ -425,7 +451,13 @@ impl Bench<'_> {
         let written = unix_ms_now();
         let at_controller =
             wait_controller(self.node, &self.controller, self.version, self.deadline)?;
-        std::thread::sleep(SETTLE);
+        wait_acks(
+            self.node,
+            &self.controller,
+            at_controller.version,
+            self.proxies.len(),
+            self.deadline,
+        )?;
         let applied = wait_proxies(
             self.node,
             &self.proxies,
