@@ -107,10 +107,27 @@ pub enum Resolved {
     Passthrough,
 }
 
+/// One service of a table: what discovery said, and its routes. Shared between
+/// successive tables while unchanged, so an update copies pointers, not services.
+#[derive(Debug)]
+struct ServiceEntry {
+    spec: ServiceSpec,
+    name: Arc<str>,
+    routes: Vec<Arc<ServiceRoute>>,
+}
+
+impl ServiceEntry {
+    fn new(spec: ServiceSpec) -> Arc<Self> {
+        let name: Arc<str> = Arc::from(spec.name.as_str());
+        let routes = routes_of(&spec, &name);
+        Arc::new(ServiceEntry { spec, name, routes })
+    }
+}
+
 /// One consistent state of the mesh, as this proxy knows it.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    services: HashMap<String, (ServiceSpec, Vec<Arc<ServiceRoute>>)>,
+    services: HashMap<String, Arc<ServiceEntry>>,
     by_vip_port: HashMap<SocketAddr, Arc<ServiceRoute>>,
     by_endpoint_ip: HashMap<IpAddr, Arc<str>>,
 }
@@ -138,30 +155,36 @@ impl RouteTable {
             services.remove(name.as_ref());
         }
         for spec in upserted {
-            // An unchanged service keeps its routes (and so their balancers).
-            let routes = match self.services.get(&spec.name) {
-                Some((old, routes)) if *old == spec => routes.clone(),
-                _ => routes_of(&spec),
+            // An unchanged service keeps its entry (its routes, and so their
+            // balancers).
+            let entry = match self.services.get(&spec.name) {
+                Some(old) if old.spec == spec => old.clone(),
+                _ => ServiceEntry::new(spec),
             };
-            services.insert(spec.name.clone(), (spec, routes));
+            services.insert(entry.spec.name.clone(), entry);
         }
-        let mut by_vip_port = HashMap::new();
-        let mut by_endpoint_ip = HashMap::new();
-        for (spec, routes) in services.values() {
-            for (port, route) in spec.ports.iter().zip(routes) {
-                by_vip_port.insert(SocketAddr::new(spec.vip, port.port), route.clone());
+        // The indexes are rebuilt whole (an endpoint's service depends on every
+        // service: see the withheld rule below), sized once, from shared names.
+        let ports = services.values().map(|e| e.spec.ports.len()).sum();
+        let addresses = services
+            .values()
+            .map(|e| e.spec.endpoints.len() + e.spec.withheld.len())
+            .sum();
+        let mut by_vip_port = HashMap::with_capacity(ports);
+        let mut by_endpoint_ip = HashMap::with_capacity(addresses);
+        for e in services.values() {
+            for (port, route) in e.spec.ports.iter().zip(&e.routes) {
+                by_vip_port.insert(SocketAddr::new(e.spec.vip, port.port), route.clone());
             }
-            let name: Arc<str> = Arc::from(spec.name.as_str());
-            for ip in &spec.endpoints {
-                by_endpoint_ip.insert(*ip, name.clone());
+            for ip in &e.spec.endpoints {
+                by_endpoint_ip.insert(*ip, e.name.clone());
             }
         }
         // A withheld endpoint is still its service's pod, unless another service
         // serves that address.
-        for (spec, _) in services.values() {
-            let name: Arc<str> = Arc::from(spec.name.as_str());
-            for ip in &spec.withheld {
-                by_endpoint_ip.entry(*ip).or_insert_with(|| name.clone());
+        for e in services.values() {
+            for ip in &e.spec.withheld {
+                by_endpoint_ip.entry(*ip).or_insert_with(|| e.name.clone());
             }
         }
         RouteTable {
@@ -187,7 +210,7 @@ impl RouteTable {
     /// The declared protocol of `service`'s port whose target port is `target_port`
     /// (inbound traffic arrives on target ports); `None` when not declared.
     pub fn target_port_protocol(&self, service: &str, target_port: u16) -> Option<PortProtocol> {
-        let (spec, _) = self.services.get(service)?;
+        let spec = &self.services.get(service)?.spec;
         spec.ports
             .iter()
             .find(|p| p.target_port == target_port)
@@ -196,7 +219,7 @@ impl RouteTable {
 
     /// The service named `name`, as discovery described it.
     pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
-        self.services.get(name).map(|(spec, _)| spec)
+        self.services.get(name).map(|e| &e.spec)
     }
 
     /// Number of services known.
@@ -210,7 +233,8 @@ impl RouteTable {
         let mut out: Vec<ServiceView<'_>> = self
             .services
             .values()
-            .map(|(spec, _)| ServiceView {
+            .map(|e| &e.spec)
+            .map(|spec| ServiceView {
                 name: &spec.name,
                 policy: spec.policy,
                 routes: spec
@@ -255,8 +279,7 @@ pub struct RouteView {
     pub endpoints: Vec<SocketAddr>,
 }
 
-fn routes_of(spec: &ServiceSpec) -> Vec<Arc<ServiceRoute>> {
-    let service: Arc<str> = Arc::from(spec.name.as_str());
+fn routes_of(spec: &ServiceSpec, service: &Arc<str>) -> Vec<Arc<ServiceRoute>> {
     spec.ports
         .iter()
         .map(|p| {
