@@ -30,12 +30,53 @@ use crate::state::{diff_snapshots, Snapshot, State};
 pub struct DiscoveryService {
     state: Arc<State>,
     auth: Arc<Auth>,
+    updates: Arc<UpdateCache>,
+}
+
+/// Updates already made, by (from, to) version: subscribers that need the same one
+/// (all of them, after an edit) share one diff and one conversion instead of making
+/// their own.
+#[derive(Debug, Default)]
+struct UpdateCache {
+    recent: std::sync::Mutex<std::collections::VecDeque<((u64, u64), Arc<pb::MeshUpdate>)>>,
+}
+
+/// Updates kept: a few versions' worth (subscribers that lag further make theirs).
+const CACHED_UPDATES: usize = 8;
+
+impl UpdateCache {
+    /// The update from `from` to `to`, made by `make` unless already made.
+    fn get_or_make(
+        &self,
+        from: u64,
+        to: u64,
+        make: impl FnOnce() -> pb::MeshUpdate,
+    ) -> Arc<pb::MeshUpdate> {
+        let lock = || self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, u)) = lock().iter().find(|(k, _)| *k == (from, to)) {
+            return u.clone();
+        }
+        // Made outside the lock; two subscribers may both make it, once.
+        let made = Arc::new(make());
+        let mut recent = lock();
+        if !recent.iter().any(|(k, _)| *k == (from, to)) {
+            if recent.len() == CACHED_UPDATES {
+                recent.pop_front();
+            }
+            recent.push_back(((from, to), made.clone()));
+        }
+        made
+    }
 }
 
 impl DiscoveryService {
     /// Serves `state` to the callers `auth` lets in.
     pub fn new(state: Arc<State>, auth: Arc<Auth>) -> Self {
-        DiscoveryService { state, auth }
+        DiscoveryService {
+            state,
+            auth,
+            updates: Arc::default(),
+        }
     }
 
     /// The caller of `request`, or the status refusing it (counted and logged).
@@ -90,6 +131,7 @@ impl DiscoveryService {
         });
         let closed = self.state.closed();
         let state = self.state.clone();
+        let cache = self.updates.clone();
         let epoch = state.epoch();
         tracing::info!(service = %req.service, proxy_id = %req.proxy_id, ?peer, %caller, acknowledging = acks.is_some(), "proxy subscribed");
         tokio::spawn(async move {
@@ -98,7 +140,8 @@ impl DiscoveryService {
             tokio::pin!(closed);
             let mut acks = acks;
             let mut sent = updates.borrow_and_update().clone();
-            if tx.send(Ok(full_snapshot(&sent, epoch))).await.is_err() {
+            let snapshot = cache.get_or_make(0, sent.version, || full_snapshot(&sent, epoch));
+            if tx.send(Ok((*snapshot).clone())).await.is_err() {
                 return;
             }
             proxy.sent(sent.version);
@@ -125,9 +168,9 @@ impl DiscoveryService {
                     }
                 }
                 let current = updates.borrow_and_update().clone();
-                let delta = diff_snapshots(&sent, &current);
-                if !delta.is_empty() {
-                    let update = pb::MeshUpdate {
+                let update = cache.get_or_make(sent.version, current.version, || {
+                    let delta = diff_snapshots(&sent, &current);
+                    pb::MeshUpdate {
                         full_snapshot: false,
                         services: delta
                             .upserted
@@ -137,15 +180,17 @@ impl DiscoveryService {
                         removed: delta.removed.iter().map(Name::to_string).collect(),
                         version: current.version,
                         epoch,
-                    };
+                    }
+                });
+                if !update.services.is_empty() || !update.removed.is_empty() {
                     tracing::debug!(
                         service = %req.service,
                         version = current.version,
-                        upserted = delta.upserted.len(),
-                        removed = delta.removed.len(),
+                        upserted = update.services.len(),
+                        removed = update.removed.len(),
                         "sending update"
                     );
-                    if tx.send(Ok(update)).await.is_err() {
+                    if tx.send(Ok((*update).clone())).await.is_err() {
                         break;
                     }
                     proxy.sent(current.version);
