@@ -38,8 +38,11 @@ pub struct DiscoveryService {
 /// their own.
 #[derive(Debug, Default)]
 struct UpdateCache {
-    recent: std::sync::Mutex<std::collections::VecDeque<((u64, u64), Arc<pb::MeshUpdate>)>>,
+    recent: std::sync::Mutex<std::collections::VecDeque<(VersionStep, Arc<pb::MeshUpdate>)>>,
 }
+
+/// An update's (from, to) versions; a snapshot's is (0, to).
+type VersionStep = (u64, u64);
 
 /// Updates kept: a few versions' worth (subscribers that lag further make theirs).
 const CACHED_UPDATES: usize = 8;
