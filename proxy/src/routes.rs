@@ -127,7 +127,7 @@ impl ServiceEntry {
 /// One consistent state of the mesh, as this proxy knows it.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    services: HashMap<String, Arc<ServiceEntry>>,
+    services: HashMap<Arc<str>, Arc<ServiceEntry>>,
     by_vip_port: HashMap<SocketAddr, Arc<ServiceRoute>>,
     by_endpoint_ip: HashMap<IpAddr, Arc<str>>,
 }
@@ -157,11 +157,11 @@ impl RouteTable {
         for spec in upserted {
             // An unchanged service keeps its entry (its routes, and so their
             // balancers).
-            let entry = match self.services.get(&spec.name) {
+            let entry = match self.services.get(spec.name.as_str()) {
                 Some(old) if old.spec == spec => old.clone(),
                 _ => ServiceEntry::new(spec),
             };
-            services.insert(entry.spec.name.clone(), entry);
+            services.insert(entry.name.clone(), entry);
         }
         // The indexes are rebuilt whole (an endpoint's service depends on every
         // service: see the withheld rule below), sized once, from shared names.
