@@ -47,6 +47,51 @@ type VersionStep = (u64, u64);
 /// Updates kept: a few versions' worth (subscribers that lag further make theirs).
 const CACHED_UPDATES: usize = 8;
 
+/// Services per message of a snapshot sent in parts (on `Subscribe`). A stream's
+/// encoding buffer keeps the size of the largest message it sent: whole snapshots
+/// (about 300 KB at 1,000 services) made every subscriber cost that much for good.
+const SNAPSHOT_PART: usize = 64;
+
+/// `update` as the messages to send: whole, or (`in_parts`) a snapshot in parts of
+/// [`SNAPSHOT_PART`] services, every part but the last marked `more`.
+fn messages(update: &pb::MeshUpdate, in_parts: bool) -> Vec<pb::MeshUpdate> {
+    if !in_parts || update.services.len() <= SNAPSHOT_PART {
+        return vec![update.clone()];
+    }
+    let parts: Vec<&[pb::Service]> = update.services.chunks(SNAPSHOT_PART).collect();
+    let last = parts.len() - 1;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, services)| pb::MeshUpdate {
+            full_snapshot: update.full_snapshot && i == 0,
+            services: services.to_vec(),
+            removed: if i == 0 {
+                update.removed.clone()
+            } else {
+                Vec::new()
+            },
+            version: update.version,
+            epoch: update.epoch,
+            more: i < last,
+        })
+        .collect()
+}
+
+/// Sends `update` on `tx` (in parts when `in_parts`); `false` when the stream is gone.
+async fn send(
+    tx: &mpsc::Sender<Result<pb::MeshUpdate, Status>>,
+    update: &pb::MeshUpdate,
+    in_parts: bool,
+) -> bool {
+    for message in messages(update, in_parts) {
+        if tx.send(Ok(message)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 impl UpdateCache {
     /// The update from `from` to `to`, made by `make` unless already made.
     fn get_or_make(
@@ -136,6 +181,7 @@ impl DiscoveryService {
         let state = self.state.clone();
         let cache = self.updates.clone();
         let epoch = state.epoch();
+        let in_parts = acks.is_some();
         tracing::info!(service = %req.service, proxy_id = %req.proxy_id, ?peer, %caller, acknowledging = acks.is_some(), "proxy subscribed");
         tokio::spawn(async move {
             let _slot = slot;
@@ -144,7 +190,7 @@ impl DiscoveryService {
             let mut acks = acks;
             let mut sent = updates.borrow_and_update().clone();
             let snapshot = cache.get_or_make(0, sent.version, || full_snapshot(&sent, epoch));
-            if tx.send(Ok((*snapshot).clone())).await.is_err() {
+            if !send(&tx, &snapshot, in_parts).await {
                 return;
             }
             proxy.sent(sent.version);
@@ -183,6 +229,7 @@ impl DiscoveryService {
                         removed: delta.removed.iter().map(Name::to_string).collect(),
                         version: current.version,
                         epoch,
+                        more: false,
                     }
                 });
                 if !update.services.is_empty() || !update.removed.is_empty() {
@@ -193,7 +240,7 @@ impl DiscoveryService {
                         removed = update.removed.len(),
                         "sending update"
                     );
-                    if tx.send(Ok((*update).clone())).await.is_err() {
+                    if !send(&tx, &update, in_parts).await {
                         break;
                     }
                     proxy.sent(current.version);
@@ -303,6 +350,7 @@ fn full_snapshot(snap: &Snapshot, epoch: u64) -> pb::MeshUpdate {
             .map(|(n, s)| to_proto(n, s, snap))
             .collect(),
         removed: Vec::new(),
+        more: false,
         version: snap.version,
     }
 }
@@ -392,5 +440,51 @@ impl weft_api::Discovery for DiscoveryService {
         tracing::info!(proxy_id = %req.proxy_id, ?addresses, %caller, "sidecar draining");
         self.state.drain(&addresses);
         Ok(Response::new(pb::DrainResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn update(services: usize) -> pb::MeshUpdate {
+        pb::MeshUpdate {
+            full_snapshot: true,
+            services: (0..services)
+                .map(|i| pb::Service {
+                    name: format!("s{i}"),
+                    ..pb::Service::default()
+                })
+                .collect(),
+            removed: vec!["gone".into()],
+            version: 7,
+            epoch: 9,
+            more: false,
+        }
+    }
+
+    #[test]
+    fn a_large_snapshot_goes_in_parts_on_subscribe_only() {
+        let u = update(SNAPSHOT_PART * 2 + 1);
+        assert_eq!(messages(&u, false), vec![u.clone()], "Watch: whole");
+        let parts = messages(&u, true);
+        assert_eq!(parts.len(), 3);
+        let flags: Vec<(bool, bool)> = parts.iter().map(|p| (p.full_snapshot, p.more)).collect();
+        assert_eq!(flags, [(true, true), (false, true), (false, false)]);
+        assert!(parts.iter().all(|p| (p.version, p.epoch) == (7, 9)));
+        let names: Vec<&str> = parts
+            .iter()
+            .flat_map(|p| &p.services)
+            .map(|s| s.name.as_str())
+            .collect();
+        let want: Vec<String> = (0..SNAPSHOT_PART * 2 + 1)
+            .map(|i| format!("s{i}"))
+            .collect();
+        assert_eq!(names, want);
+        assert_eq!(parts[0].removed, ["gone"]);
+        assert!(parts[1].removed.is_empty());
+        // Small: one message.
+        assert_eq!(messages(&update(3), true).len(), 1);
     }
 }

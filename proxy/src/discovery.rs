@@ -289,8 +289,15 @@ async fn watch_once(
         Err(e) => return Err(e),
     };
     status.connected.store(true, Ordering::Relaxed);
-    while let Some(update) = stream.message().await? {
-        let answer = apply(routes, &update, defaults, config.max_services);
+    let mut parts = Parts::default();
+    while let Some(message) = stream.message().await? {
+        let Some((update, overflow)) = parts.add(message, config.max_services) else {
+            continue;
+        };
+        let answer = match overflow {
+            Some(why) => Err(why),
+            None => apply(routes, &update, defaults, config.max_services),
+        };
         *backoff = BACKOFF_MIN;
         let error = match answer {
             Ok(_) => {
@@ -330,6 +337,51 @@ async fn watch_once(
         }
     }
     Ok(())
+}
+
+/// An update arriving in parts (`more`: a large snapshot), gathered until its last.
+#[derive(Debug, Default)]
+struct Parts {
+    pending: Option<MeshUpdate>,
+    /// Its parts held more services than the proxy takes; the rest were dropped.
+    overflow: bool,
+}
+
+impl Parts {
+    /// Adds `message`: the whole update once its last part is in, with why it is
+    /// rejected already when its parts held more than `max_services` services (so
+    /// gathering is bounded too); `None` while parts are missing.
+    fn add(
+        &mut self,
+        message: MeshUpdate,
+        max_services: usize,
+    ) -> Option<(MeshUpdate, Option<String>)> {
+        let more = message.more;
+        let whole = match self.pending.take() {
+            None => message,
+            Some(mut pending) => {
+                if !self.overflow {
+                    pending.services.extend(message.services);
+                    pending.removed.extend(message.removed);
+                }
+                pending.version = message.version;
+                pending.epoch = message.epoch;
+                pending.more = message.more;
+                pending
+            }
+        };
+        if whole.services.len() > max_services && !self.overflow {
+            self.overflow = true;
+        }
+        if more {
+            self.pending = Some(whole);
+            return None;
+        }
+        let overflow = std::mem::take(&mut self.overflow).then(|| {
+            format!("the update holds more than {max_services} services; this proxy takes at most {max_services} (--max-services)")
+        });
+        Some((whole, overflow))
+    }
 }
 
 /// Tells the controller this sidecar is draining, so that it withdraws the
@@ -480,4 +532,50 @@ fn spec_of(s: &api::Service, defaults: Defaults) -> Result<ServiceSpec, String> 
         withheld,
         policy: Policy::from_proto(s.policy.as_ref(), defaults),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn part(names: &[&str], full: bool, more: bool) -> MeshUpdate {
+        MeshUpdate {
+            full_snapshot: full,
+            services: names
+                .iter()
+                .map(|n| api::Service {
+                    name: (*n).to_owned(),
+                    ..api::Service::default()
+                })
+                .collect(),
+            removed: Vec::new(),
+            version: 4,
+            epoch: 1,
+            more,
+        }
+    }
+
+    #[test]
+    fn parts_add_up_to_one_update_and_stay_bounded() {
+        let mut parts = Parts::default();
+        assert!(parts.add(part(&["a", "b"], true, true), 10).is_none());
+        assert!(parts.add(part(&["c"], false, true), 10).is_none());
+        let (whole, overflow) = parts.add(part(&["d"], false, false), 10).unwrap();
+        assert!(whole.full_snapshot && !whole.more && overflow.is_none());
+        let names: Vec<&str> = whole.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "d"]);
+        // A whole message is whole at once.
+        let (one, _) = parts.add(part(&["x"], false, false), 10).unwrap();
+        assert_eq!(one.services.len(), 1);
+        // Past the bound: gathering stops and the update is rejected with why.
+        assert!(parts.add(part(&["a", "b", "c"], true, true), 2).is_none());
+        assert!(parts.add(part(&["d", "e"], false, true), 2).is_none());
+        let (whole, overflow) = parts.add(part(&["f"], false, false), 2).unwrap();
+        assert!(whole.services.len() <= 3, "{}", whole.services.len());
+        assert!(overflow.unwrap().contains("--max-services"));
+        // And the next update starts afresh.
+        let (_, overflow) = parts.add(part(&["a"], true, false), 2).unwrap();
+        assert!(overflow.is_none());
+    }
 }

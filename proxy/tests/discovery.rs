@@ -93,6 +93,7 @@ async fn start_controller(
 fn backend(endpoint: &str, port: u16, version: u64) -> MeshUpdate {
     MeshUpdate {
         epoch: 1,
+        more: false,
         full_snapshot: true,
         services: vec![Service {
             name: "backend".into(),

@@ -371,13 +371,11 @@ fn wait_acks(
             bail!("weft-controller exited: {status}");
         }
         let status = read_json(node, CONTROLLER_HTTP, "/v1/status")?;
-        let applied = status["proxies"]
-            .as_array()
-            .map_or(0, |ps| {
-                ps.iter()
-                    .filter(|p| p["applied_version"].as_u64() >= Some(version))
-                    .count()
-            });
+        let applied = status["proxies"].as_array().map_or(0, |ps| {
+            ps.iter()
+                .filter(|p| p["applied_version"].as_u64() >= Some(version))
+                .count()
+        });
         if applied >= count {
             return Ok(());
         }
