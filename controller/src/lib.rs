@@ -20,6 +20,8 @@
 
 pub mod controller;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod health;
 pub mod http;
