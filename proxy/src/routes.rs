@@ -149,11 +149,14 @@ impl RouteTable {
         let mut by_endpoint_ip = HashMap::new();
         for (spec, routes) in services.values() {
             for (port, route) in spec.ports.iter().zip(routes) {
-                by_vip_port.insert(SocketAddr::new(spec.vip, port.port), route.clone());
+                by_vip_port.insert(
+                    canonical(SocketAddr::new(spec.vip, port.port)),
+                    route.clone(),
+                );
             }
             let name: Arc<str> = Arc::from(spec.name.as_str());
             for ip in &spec.endpoints {
-                by_endpoint_ip.insert(*ip, name.clone());
+                by_endpoint_ip.insert(ip.to_canonical(), name.clone());
             }
         }
         // A withheld endpoint is still its service's pod, unless another service
@@ -161,7 +164,9 @@ impl RouteTable {
         for (spec, _) in services.values() {
             let name: Arc<str> = Arc::from(spec.name.as_str());
             for ip in &spec.withheld {
-                by_endpoint_ip.entry(*ip).or_insert_with(|| name.clone());
+                by_endpoint_ip
+                    .entry(ip.to_canonical())
+                    .or_insert_with(|| name.clone());
             }
         }
         RouteTable {
