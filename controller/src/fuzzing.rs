@@ -29,7 +29,8 @@ pub fn meshfile(data: &[u8]) {
         }
         Err(e) => {
             assert!(!e.message.is_empty(), "an error without a message");
-            let lines = text.lines().count().max(1);
+            // Lines as YAML counts them: `\r\n`, `\r` and `\n` each end one.
+            let lines = text.replace("\r\n", "\n").split(['\r', '\n']).count();
             if let Some(line) = e.line {
                 assert!(
                     (1..=lines + 1).contains(&line),
