@@ -240,11 +240,11 @@ fn parse_address(raw: &str) -> Result<IpAddr, String> {
 /// The optional body of a `PUT`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PutBody {
-    port: Option<NonZeroU16>,
-    weight: Option<NonZeroU32>,
+pub(crate) struct PutBody {
+    pub(crate) port: Option<NonZeroU16>,
+    pub(crate) weight: Option<NonZeroU32>,
     #[serde(default)]
-    labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
 }
 
 /// `/v1/services/{service}/endpoints/{address}` split into its two variables.
@@ -257,7 +257,7 @@ fn endpoint_path(path: &str) -> Option<(&str, &str)> {
 }
 
 /// The service and address of an endpoint path, or why one is bad.
-fn parse_endpoint(service: &str, address: &str) -> Result<(Name, IpAddr), String> {
+pub(crate) fn parse_endpoint(service: &str, address: &str) -> Result<(Name, IpAddr), String> {
     Ok((parse_name(service)?, parse_address(address)?))
 }
 

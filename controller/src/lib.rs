@@ -24,6 +24,8 @@
 pub mod auth;
 pub mod controller;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod health;
 pub mod http;

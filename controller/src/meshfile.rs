@@ -35,6 +35,16 @@ pub fn parse(origin: &str, text: &str) -> Result<Mesh, ConfigError> {
             message: "the file is empty: expected a mapping with `services:`".to_owned(),
         });
     }
+    if let Some(line) = flow_too_deep(text) {
+        return Err(ConfigError {
+            origin: origin.to_owned(),
+            line: Some(line),
+            column: None,
+            message: format!(
+                "more than {MAX_FLOW_DEPTH} levels of [ ] and {{ }} nested: not a mesh file"
+            ),
+        });
+    }
     let doc: MeshDoc = serde_norway::from_str(text).map_err(|e| yaml_error(origin, text, &e))?;
     let mesh = doc.into_mesh(origin, text)?;
     let errors = mesh.validate();
@@ -61,6 +71,33 @@ pub fn parse(origin: &str, text: &str) -> Result<Mesh, ConfigError> {
         );
     }
     Err(first)
+}
+
+/// The deepest nesting of flow collections (`[ ]`, `{ }`) read. The YAML parser's
+/// time grows with the square of that depth (40 KB of `[` took seconds, a
+/// megabyte would take an hour), and the deserializer refuses more than 128 levels
+/// anyway, but only after the parser is done.
+const MAX_FLOW_DEPTH: usize = 128;
+
+/// The line where flow nesting first exceeds [`MAX_FLOW_DEPTH`]. Every bracket
+/// counts, even one in a scalar or a comment: a real mesh file is nowhere near.
+fn flow_too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut line = 1;
+    for b in text.bytes() {
+        match b {
+            b'\n' => line += 1,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some(line);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The file as written: names still plain strings, so that a bad name's error can
@@ -365,6 +402,23 @@ workloads:
     service: frontend
     command: ./web
 ";
+
+    #[test]
+    fn deep_flow_nesting_is_refused_at_once() {
+        // Found by the meshfile fuzz target's deep-nesting seed (fuzz/corpus/
+        // meshfile/deep_flow): 20,000 nested `[` took seconds in the YAML parser.
+        let deep = format!("services: {}{}\n", "[".repeat(500_000), "]".repeat(500_000));
+        let started = std::time::Instant::now();
+        let e = err(&deep);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(e.line, Some(1));
+        assert!(e.message.contains("nested"), "{}", e.message);
+        let unclosed = format!("services:\n  a: {}\n", "{a: ".repeat(200));
+        assert_eq!(err(&unclosed).line, Some(2));
+        // As deep as the deserializer goes is still read (and refused by type).
+        let ok_depth = format!("services: {}{}\n", "[".repeat(100), "]".repeat(100));
+        assert!(!err(&ok_depth).message.contains("nested"));
+    }
 
     fn err(text: &str) -> ConfigError {
         match parse("mesh.yaml", text) {

@@ -43,6 +43,8 @@ pub mod cleanup;
 pub mod config;
 pub mod ebpf;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod install;
 pub mod ipv6;
 pub mod net;

@@ -49,6 +49,8 @@ pub mod conntable;
 pub mod detect;
 pub mod discovery;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod l7;
 pub(crate) mod memory;
 pub mod metrics;

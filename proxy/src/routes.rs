@@ -164,7 +164,8 @@ impl RouteTable {
             services.insert(entry.name.clone(), entry);
         }
         // The indexes are rebuilt whole (an endpoint's service depends on every
-        // service: see the withheld rule below), sized once, from shared names.
+        // service: see the withheld rule below), sized once, from shared names, and
+        // keyed canonical as lookups are (an IPv4-mapped address is its IPv4 one).
         let ports = services.values().map(|e| e.spec.ports.len()).sum();
         let addresses = services
             .values()
@@ -174,17 +175,22 @@ impl RouteTable {
         let mut by_endpoint_ip = HashMap::with_capacity(addresses);
         for e in services.values() {
             for (port, route) in e.spec.ports.iter().zip(&e.routes) {
-                by_vip_port.insert(SocketAddr::new(e.spec.vip, port.port), route.clone());
+                by_vip_port.insert(
+                    canonical(SocketAddr::new(e.spec.vip, port.port)),
+                    route.clone(),
+                );
             }
             for ip in &e.spec.endpoints {
-                by_endpoint_ip.insert(*ip, e.name.clone());
+                by_endpoint_ip.insert(ip.to_canonical(), e.name.clone());
             }
         }
         // A withheld endpoint is still its service's pod, unless another service
         // serves that address.
         for e in services.values() {
             for ip in &e.spec.withheld {
-                by_endpoint_ip.entry(*ip).or_insert_with(|| e.name.clone());
+                by_endpoint_ip
+                    .entry(ip.to_canonical())
+                    .or_insert_with(|| e.name.clone());
             }
         }
         RouteTable {

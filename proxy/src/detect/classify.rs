@@ -56,6 +56,17 @@ pub fn classify_at_limit(buf: &[u8]) -> Verdict {
     }
 }
 
+/// What detection decides on `buf`, every byte the client has sent so far (at most
+/// [`MAX_SNIFF`]): `None` while more bytes are needed. Monotone in the prefix, so
+/// the verdict does not depend on how the bytes were split into reads.
+pub fn decide(buf: &[u8]) -> Option<Verdict> {
+    match classify(buf) {
+        Verdict::NeedMore if buf.len() >= MAX_SNIFF => Some(classify_at_limit(buf)),
+        Verdict::NeedMore => None,
+        v => Some(v),
+    }
+}
+
 /// Length of a complete method token followed by a space, if `buf` starts with one.
 fn method_len(buf: &[u8]) -> Option<usize> {
     let n = buf.iter().take_while(|b| is_tchar(**b)).count();

@@ -31,7 +31,7 @@ use std::io;
 use std::pin::pin;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
@@ -161,24 +161,21 @@ where
                 if let Err(error) = ready {
                     return Sniffed::ClientFailed { error, upstream };
                 }
+                // Never more than MAX_SNIFF bytes, whatever capacity the buffer has.
+                let room = classify::MAX_SNIFF - buf.len();
                 if buf.len() == buf.capacity() {
-                    buf.reserve(buf.capacity().min(classify::MAX_SNIFF - buf.len()));
+                    buf.reserve(buf.capacity().min(room));
                 }
-                match client.try_read_buf(&mut buf) {
+                match client.try_read_buf(&mut (&mut buf).limit(room)) {
                     // End of stream before a decision: nothing HTTP to serve.
                     Ok(0) => break Verdict::Opaque,
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(error) => return Sniffed::ClientFailed { error, upstream },
                 }
-                match classify::classify(&buf) {
-                    Verdict::NeedMore if buf.len() >= classify::MAX_SNIFF => {
-                        break classify::classify_at_limit(&buf);
-                    }
-                    Verdict::NeedMore => {
-                        deadline = deadline.min(Instant::now() + PARTIAL_TIMEOUT);
-                    }
-                    v => break v,
+                match classify::decide(&buf) {
+                    Some(v) => break v,
+                    None => deadline = deadline.min(Instant::now() + PARTIAL_TIMEOUT),
                 }
             }
             // No timer for no wait: a timer's deadline rounds up to the next

@@ -4,6 +4,8 @@
 //! itself), `Upgrade` unless an upgrade is being passed through, and `TE` except
 //! `TE: trailers` (which gRPC needs, and which is the only `TE` HTTP/2 allows).
 //!
+//! `Host` is never hop-by-hop, even when `Connection` names it.
+//!
 //! The common case allocates nothing: only a `Connection` header naming
 //! non-standard headers makes a (small) list of names to remove.
 
@@ -67,7 +69,9 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut out = Vec::new();
     for value in headers.get_all(CONNECTION) {
         for token in tokens(value) {
-            let standard = ["close", "keep-alive", "upgrade", "te"]
+            // `host` too: Host is end to end whatever Connection says, and an
+            // HTTP/1.1 request without it must be refused (RFC 9112, section 3.2).
+            let standard = ["close", "keep-alive", "upgrade", "te", "host"]
                 .iter()
                 .any(|s| token.eq_ignore_ascii_case(s));
             if !standard {
@@ -150,6 +154,19 @@ mod tests {
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["sec-websocket-key"], "x");
         assert!(!wants_upgrade(&map(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn connection_naming_host_does_not_remove_it() {
+        // Found by the http1_head fuzz property (fuzz/regressions/http1_head/).
+        let mut h = map(&[
+            ("host", "backend"),
+            ("connection", "close, Host, x-a"),
+            ("x-a", "1"),
+        ]);
+        strip(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["host"], "backend");
     }
 
     #[test]

@@ -1,0 +1,4 @@
+#![no_main]
+//! See `weft_controller::fuzzing::meshfile` for the property checked.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| weft_controller::fuzzing::meshfile(data));

@@ -1,0 +1,4 @@
+#![no_main]
+//! See `weft_proxy::fuzzing::discovery_updates` for the property checked.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| weft_proxy::fuzzing::discovery_updates(data));
