@@ -165,8 +165,10 @@ impl DiscoveryService {
         // Marked meshed before the first snapshot is taken, so that it already says so.
         if req.draining {
             // A draining sidecar that reconnects (to a controller that restarted,
-            // perhaps): still drained.
-            self.state.drain(&addresses);
+            // perhaps): still drained — its own address only, as `Drain` does, so
+            // that no credential can withdraw other pods' endpoints this way.
+            let own = drainable(peer.map(|p| p.ip().to_canonical()), &req.addresses);
+            self.state.drain(&own);
         }
         let sidecar = self.state.sidecar(addresses, req.draining);
         let mut updates = self.state.subscribe();
@@ -357,6 +359,15 @@ fn full_snapshot(snap: &Snapshot, epoch: u64) -> pb::MeshUpdate {
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::MeshUpdate, Status>> + Send>>;
 
+/// The addresses a caller at `peer` may drain: its own only; one on the
+/// controller's host (loopback) names them (`named`).
+fn drainable(peer: Option<IpAddr>, named: &[String]) -> Vec<IpAddr> {
+    match peer {
+        Some(ip) if !ip.is_loopback() => vec![ip],
+        _ => named.iter().filter_map(|a| a.parse().ok()).collect(),
+    }
+}
+
 /// A `Subscribe` stream's first request (the `watch`) must come within this.
 const FIRST_REQUEST_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -424,16 +435,7 @@ impl weft_api::Discovery for DiscoveryService {
         let caller = self.caller(&request).await?;
         let peer = request.remote_addr().map(|p| p.ip().to_canonical());
         let req = request.into_inner();
-        // A caller drains its own address only; one on the controller's host
-        // (loopback) names its addresses.
-        let addresses: Vec<IpAddr> = match peer {
-            Some(ip) if !ip.is_loopback() => vec![ip],
-            _ => req
-                .addresses
-                .iter()
-                .filter_map(|a| a.parse().ok())
-                .collect(),
-        };
+        let addresses = drainable(peer, &req.addresses);
         if addresses.is_empty() {
             return Err(Status::invalid_argument("no address to drain"));
         }
@@ -462,6 +464,17 @@ mod tests {
             epoch: 9,
             more: false,
         }
+    }
+
+    #[test]
+    fn a_caller_drains_its_own_address_unless_on_loopback() {
+        let named = vec!["10.0.0.9".to_owned(), "fd00::9".to_owned()];
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        assert_eq!(drainable(Some(ip("10.0.0.5")), &named), [ip("10.0.0.5")]);
+        assert_eq!(
+            drainable(Some(ip("127.0.0.1")), &named),
+            [ip("10.0.0.9"), ip("fd00::9")]
+        );
     }
 
     #[test]
