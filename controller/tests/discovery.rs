@@ -369,10 +369,15 @@ async fn acknowledged_updates_count_subscribers_and_show_rejections() {
     assert_eq!(p["applied_version"], snapshot.version);
     assert_eq!(p["lag_versions"], update.version - snapshot.version);
     let metrics = common::get(c.http, "/metrics").await.1;
-    assert!(
-        metrics.contains("weft_controller_acks_total{result=\"rejected\""),
-        "{metrics}"
-    );
+    let counted = |result| {
+        weft_runtime::prom_text::value(
+            &metrics,
+            "weft_controller_acks_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!(counted("applied"), Some(1.0), "{metrics}");
+    assert_eq!(counted("rejected"), Some(1.0), "{metrics}");
     // An Ack of another epoch (a previous controller's state) changes nothing.
     let mut stale = update.clone();
     stale.epoch -= 1;

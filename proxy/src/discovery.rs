@@ -192,33 +192,43 @@ pub async fn run(
     }
 }
 
-/// `message` with the proxy's credential attached (`authorization: Bearer`), or
-/// why it cannot be: the token file cannot be read or holds no token.
-fn with_credential<T>(
-    config: &DiscoveryConfig,
-    message: T,
-) -> Result<tonic::Request<T>, tonic::Status> {
-    let mut request = tonic::Request::new(message);
+/// The proxy's credential (`authorization: Bearer TOKEN`), read from its token
+/// file: `None` without one; an error when the file cannot be read or holds no
+/// token. Read once per (re)connect, so a rotated token is picked up.
+fn credential(config: &DiscoveryConfig) -> Result<Option<AuthValue>, tonic::Status> {
     let Some(path) = &config.token_file else {
-        return Ok(request);
+        return Ok(None);
     };
     // Not the controller's refusal but this proxy's own problem: another code, so
     // that `describe` does not blame the controller.
-    let token = std::fs::read_to_string(path).map_err(|e| {
-        tonic::Status::failed_precondition(format!("controller token file {}: {e}", path.display()))
-    })?;
-    let value = format!("Bearer {}", token.trim())
+    let problem = |why: String| {
+        tonic::Status::failed_precondition(format!(
+            "controller token file {}: {why}",
+            path.display()
+        ))
+    };
+    let token = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(problem("no token in it".to_owned()));
+    }
+    format!("Bearer {token}")
         .parse()
-        .ok()
-        .filter(|_| !token.trim().is_empty())
-        .ok_or_else(|| {
-            tonic::Status::failed_precondition(format!(
-                "controller token file {}: no token in it",
-                path.display()
-            ))
-        })?;
-    request.metadata_mut().insert("authorization", value);
-    Ok(request)
+        .map(Some)
+        .map_err(|_| problem("not a token (characters a header cannot carry)".to_owned()))
+}
+
+type AuthValue = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// `message` as a request carrying `credential`, if any.
+fn authorized<T>(message: T, credential: Option<&AuthValue>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = credential {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
+    request
 }
 
 /// What `/routes` and the log say of a failed subscription: a refused credential
@@ -263,7 +273,7 @@ async fn watch_once(
         draining,
     };
     // Read first: a token file it cannot read is known before connecting.
-    with_credential(config, ())?;
+    let credential = credential(config)?;
     let channel = controller_endpoint(&config.controller)?
         .connect()
         .await
@@ -275,15 +285,15 @@ async fn watch_once(
         kind: Some(subscribe_request::Kind::Watch(watch.clone())),
     };
     let _ = acks.try_send(first);
-    let subscribe = with_credential(
-        config,
+    let subscribe = authorized(
         tokio_stream::wrappers::ReceiverStream::new(requests),
-    )?;
+        credential.as_ref(),
+    );
     let (mut stream, acknowledging) = match client.subscribe(subscribe).await {
         Ok(s) => (s.into_inner(), true),
         // A controller without `Subscribe`: `Watch`, unacknowledged.
         Err(e) if e.code() == tonic::Code::Unimplemented => {
-            let request = with_credential(config, watch)?;
+            let request = authorized(watch, credential.as_ref());
             (client.watch(request).await?.into_inner(), false)
         }
         Err(e) => return Err(e),
@@ -389,14 +399,14 @@ impl Parts {
 /// `timeout`; an error means nobody was told.
 pub async fn announce_drain(config: &DiscoveryConfig, timeout: Duration) -> Result<(), String> {
     let call = async {
-        let request = with_credential(
-            config,
+        let credential = credential(config).map_err(|e| e.message().to_owned())?;
+        let request = authorized(
             DrainRequest {
                 proxy_id: config.proxy_id.clone(),
                 addresses: pod_addresses(),
             },
-        )
-        .map_err(|e| e.message().to_owned())?;
+            credential.as_ref(),
+        );
         let channel = controller_endpoint(&config.controller)
             .map_err(|e| e.message().to_owned())?
             .connect()
