@@ -342,12 +342,19 @@ fn banner_run(
     Ok(row)
 }
 
+/// How long the proxies go without traffic before their idle RSS is taken: idle
+/// is a proxy that has had no traffic for a while, not one that has just finished
+/// a load (weft's hands back what a load left after two quiet seconds, see
+/// proxy/src/memory.rs; nginx and haproxy get the same pause).
+const IDLE_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// RSS of each proxy while `plan.idle_conns` idle keep-alive HTTP/1.1 connections
 /// (one request each) are open through it.
 fn idle_run(bench: &Bench, r: &Running, plan: &Plan, deadline: &Deadline) -> Result<Row> {
     let Some((cp, sp)) = &r.proxies else {
         bail!("idle run without proxies");
     };
+    std::thread::sleep(IDLE_SETTLE);
     let target: SocketAddr =
         r.h1.trim_start_matches("http://")
             .trim_end_matches('/')
