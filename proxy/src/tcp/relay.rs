@@ -8,6 +8,10 @@
 //! (fewer system calls per byte) and chatty ones stay small; a slow reader stalls
 //! the writer (backpressure).
 //!
+//! A bulk direction (a read filled the first buffer) moves on through a pipe with
+//! splice(2) instead (see [`splice`](super::splice)): the bytes go socket → pipe →
+//! socket inside the kernel, never copied through this process.
+//!
 //! Time is bounded too ([`RelayLimits`]): a connection that carries no byte either
 //! way for the idle timeout, or for the half-close timeout once one direction has
 //! ended (haproxy's `timeout client-fin` / `server-fin`: an inactivity bound, so a
@@ -27,6 +31,7 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 
 use super::connect::Upstream;
+use super::splice::{self, Pipe, Spliced};
 use crate::error::{ConnEnd, ErrorReason, Side};
 
 /// Size of each direction's copy buffer when it first carries data.
@@ -225,11 +230,37 @@ async fn pump(
     mut count: impl FnMut(u64),
 ) -> Result<(), (Side, io::Error)> {
     let mut buf: Option<Box<[u8]>> = None;
+    let mut pipe: Option<Pipe> = None;
+    // Cleared for good once a socket turned out not to splice (see `splice`).
+    let mut may_splice = true;
     loop {
-        from.readable().await.map_err(|e| (Side::Upstream, e))?;
         // Allocate only once this direction carries data: idle connections hold no
         // buffers.
         let cur = buf.get_or_insert_with(|| vec![0u8; FIRST_BUF].into_boxed_slice());
+        if let Some(p) = &pipe {
+            match splice::step(from, to, p, cur, || activity.touch()).await? {
+                Spliced::Moved(n) => {
+                    count(n as u64);
+                    continue;
+                }
+                Spliced::Eof => return end_of_stream(to, activity),
+                // Read the copy way: relay those bytes so and splice no more.
+                Spliced::Copied(n) => {
+                    tracing::debug!(
+                        bytes = n,
+                        "splice saw no bytes where recv did (a socket paired by sk_msg): copying from here on"
+                    );
+                    pipe = None;
+                    may_splice = false;
+                    write_all(to, &cur[..n], || activity.touch())
+                        .await
+                        .map_err(|e| (Side::Client, e))?;
+                    count(n as u64);
+                    continue;
+                }
+            }
+        }
+        from.readable().await.map_err(|e| (Side::Upstream, e))?;
         let n = match from.try_read(cur) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -237,12 +268,7 @@ async fn pump(
         };
         let full = n == cur.len();
         if n == 0 {
-            activity.touch();
-            activity.half_closed.store(true, Ordering::Relaxed);
-            match SockRef::from(to).shutdown(Shutdown::Write) {
-                Err(e) if e.kind() != io::ErrorKind::NotConnected => return Err((Side::Client, e)),
-                _ => return Ok(()),
-            }
+            return end_of_stream(to, activity);
         }
         // Activity is bytes moved: each write that moves some (a slow reader is not
         // idle), one clock read per write.
@@ -250,14 +276,35 @@ async fn pump(
             .await
             .map_err(|e| (Side::Client, e))?;
         count(n as u64);
-        if full && cur.len() < MAX_BUF {
-            // More was waiting than fitted: a bulk transfer.
-            *cur = vec![0u8; cur.len() * 4].into_boxed_slice();
+        if full {
+            // More was waiting than fitted: a bulk transfer. Splice from here on
+            // (no pipe to be had: larger buffers instead).
+            if may_splice {
+                pipe = Pipe::new(MAX_BUF);
+                may_splice = pipe.is_some();
+            }
+            if pipe.is_none() && cur.len() < MAX_BUF {
+                *cur = vec![0u8; cur.len() * 4].into_boxed_slice();
+            }
         }
     }
 }
 
-async fn write_all(to: &TcpStream, mut data: &[u8], progress: impl Fn()) -> io::Result<()> {
+/// `from` ended: half-closes `to`.
+fn end_of_stream(to: &TcpStream, activity: &Activity) -> Result<(), (Side, io::Error)> {
+    activity.touch();
+    activity.half_closed.store(true, Ordering::Relaxed);
+    match SockRef::from(to).shutdown(Shutdown::Write) {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err((Side::Client, e)),
+        _ => Ok(()),
+    }
+}
+
+pub(super) async fn write_all(
+    to: &TcpStream,
+    mut data: &[u8],
+    progress: impl Fn(),
+) -> io::Result<()> {
     while !data.is_empty() {
         to.writable().await?;
         match to.try_write(data) {
