@@ -23,6 +23,7 @@ mod demo;
 mod ebpf;
 mod interrupt;
 mod leaks;
+mod soak;
 mod system;
 
 #[derive(Debug, Parser)]
@@ -51,6 +52,10 @@ enum Task {
     /// Benchmark (not a test): direct vs weft (iptables, eBPF) vs nginx vs haproxy,
     /// two hops, HTTP/1.1, h2c and TCP; writes target/bench/ (root).
     Bench(bench::Options),
+    /// Long runs CI does not do: `--cycles N` pod lifecycles under one controller
+    /// with nothing left, `--minutes M` of steady load with the proxies' RSS and fd
+    /// slopes (root).
+    Soak(soak::SoakArgs),
     /// Install the eBPF toolchain: pinned nightly + rust-src, llvm-NN-dev, bpf-linker,
     /// bpftool (idempotent).
     SetupEbpf,
@@ -64,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo(args) => demo::demo(&args),
         Task::BenchDiscovery(opts) => bench::discovery::bench_discovery(&opts),
         Task::Bench(opts) => bench::bench(&opts),
+        Task::Soak(args) => soak::soak(&args),
         Task::SetupEbpf => ebpf::setup(),
         Task::BuildEbpf => ebpf::build(),
     }

@@ -27,8 +27,9 @@
 //!
 //! # Layout
 //!
-//! - [`mesh`]: [`Mesh`] — creates the node and the pods; its `Drop` kills every
-//!   process, prints their logs when panicking and deletes every namespace.
+//! - [`mesh`]: [`Mesh`] — creates the node and the pods (and removes a pod, for
+//!   churn); its `Drop` kills every process, prints their logs when panicking and
+//!   deletes every namespace.
 //! - [`pod`]: [`Pod`] — one pod's addresses and routes; spawn and run commands in
 //!   it; socket work and HTTP GETs from the calling process inside it.
 //! - [`process`]: [`ProcSpec`], [`PodProc`] — starting a process inside a

@@ -58,6 +58,8 @@ struct MeshState {
     /// Namespaces created, in order (the node first).
     netns: Vec<String>,
     next_host: u8,
+    /// Host numbers of removed pods, taken again before `next_host`.
+    free_hosts: Vec<u8>,
 }
 
 impl Mesh {
@@ -84,6 +86,7 @@ impl Mesh {
                 pods: Vec::new(),
                 netns: vec![format!("{prefix}-node")],
                 next_host: 2,
+                free_hosts: Vec::new(),
             }),
         };
         let ns = mesh.node.netns_name();
@@ -155,11 +158,14 @@ impl Mesh {
         if st.pods.iter().any(|p| p.name() == name) {
             bail!("pod {name} exists already in mesh {}", self.prefix());
         }
-        let host = st.next_host;
-        if host == 255 {
-            bail!("mesh {} is full (253 pods)", self.prefix());
-        }
-        st.next_host += 1;
+        let host = match st.free_hosts.pop() {
+            Some(host) => host,
+            None if st.next_host == 255 => bail!("mesh {} is full (253 pods)", self.prefix()),
+            None => {
+                st.next_host += 1;
+                st.next_host - 1
+            }
+        };
         let pod = Pod::new(
             name,
             "eth0",
@@ -189,6 +195,51 @@ impl Mesh {
         setup().with_context(|| format!("set up pod {name} ({ns})"))?;
         st.pods.push(pod.clone());
         Ok(pod)
+    }
+
+    /// Removes the pod `name` as its deletion would on a node: stops every process
+    /// started in it (SIGTERM, [`STOP_GRACE`], SIGKILL), kills any straggler inside
+    /// its namespace, deletes its veth (both ends, at once: a namespace's own
+    /// deletion frees them asynchronously) and its namespace, forgets its logs, and
+    /// frees its address for the next [`add_pod`](Self::add_pod). Its cgroup, if it
+    /// has one, is the caller's ([`PodCgroup::close`](crate::cgroup::PodCgroup::close)
+    /// once this returns). For pod churn: `cargo xtask soak` adds and removes
+    /// thousands of pods under one long-lived controller.
+    pub fn remove_pod(&self, name: &str) -> Result<()> {
+        let pod = self
+            .pod(name)
+            .with_context(|| format!("no pod {name} in mesh {}", self.prefix()))?;
+        let procs: Vec<_> = self
+            .shared
+            .procs()
+            .iter()
+            .filter(|p| p.pod == name)
+            .cloned()
+            .collect();
+        process::stop_all(&procs, STOP_GRACE);
+        let ns = pod.netns_name().to_owned();
+        kill_stragglers(std::slice::from_ref(&ns));
+        let host = pod.ipv4().octets()[3];
+        cmd::ip([
+            "-n",
+            self.node.netns_name(),
+            "link",
+            "del",
+            &format!("veth{host}"),
+        ])
+        .with_context(|| format!("delete pod {name}'s veth"))?;
+        netns::delete(&ns)?;
+        self.shared
+            .procs()
+            .retain(|p| !procs.iter().any(|q| Arc::ptr_eq(p, q)));
+        for p in &procs {
+            let _ = std::fs::remove_file(&p.log);
+        }
+        let mut st = self.state();
+        st.pods.retain(|p| p.name() != name);
+        st.netns.retain(|n| *n != ns);
+        st.free_hosts.push(host);
+        Ok(())
     }
 
     /// The tail of every spawned process's log, one block each (what the drop

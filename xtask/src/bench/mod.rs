@@ -96,6 +96,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 
 use setups::{Bench, SetupKind};
+// `cargo xtask soak` runs the same release binaries and load generator.
+pub(crate) use load::parse_oha;
+pub(crate) use setups::Bins;
 
 /// `cargo xtask bench` options.
 #[derive(Debug, Clone, clap::Args)]

@@ -129,6 +129,12 @@ impl Bins {
             oha: load::ensure_oha()?,
         })
     }
+
+    /// The directory of the release binaries (what `WEFT_BIN_DIR` names for
+    /// weft-localmesh).
+    pub fn dir(&self) -> &Path {
+        self.proxy.parent().unwrap_or(Path::new("."))
+    }
 }
 
 /// Which pod a process runs in.
