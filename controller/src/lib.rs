@@ -5,6 +5,7 @@
 //! - [`source`]: the [`source::Source`] trait (one source's [`source::Contribution`])
 //!   and the watched [`source::FileSource`].
 //! - [`registry`]: the registration API's persisted store, a source too.
+//! - [`persist`]: files kept across restarts, replaced crash-safely.
 //! - [`kubernetes`]: Services and EndpointSlices (kube-rs) mapped to the mesh, a
 //!   source too.
 //! - [`merge`]: the sources' contributions merged into one [`merge::Catalog`].
@@ -19,9 +20,12 @@
 //! - [`metrics`]: the `weft_controller_*` series, observed from the state.
 //! - [`auth`]: who may call the APIs (tokens, Kubernetes ServiceAccounts), their
 //!   scopes and per-caller limits.
+//! - [`ca`]: the mesh CA: its key and root in `--ca-dir`, workload certificates
+//!   (SPIFFE IDs) signed from the proxies' CSRs (issue: mutual TLS; not yet served).
 //! - [`controller`]: ties them together.
 
 pub mod auth;
+pub mod ca;
 pub mod controller;
 pub mod error;
 #[doc(hidden)]
@@ -35,6 +39,7 @@ pub mod merge;
 pub mod meshfile;
 pub mod metrics;
 pub mod model;
+pub mod persist;
 pub mod proxies;
 pub mod registry;
 pub mod source;

@@ -26,7 +26,6 @@
 //! crash between write and rename) is ignored and overwritten by the next change.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -296,18 +295,8 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeMap<Key, Registration>, Regis
 
 /// Replaces `path` with `bytes` so that a crash leaves the old or the new content.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
-    let tmp = path.with_extension("json.tmp");
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let step = |e: std::io::Error, what: &Path| RegistryError::io(what, e);
-    let mut file = std::fs::File::create(&tmp).map_err(|e| step(e, &tmp))?;
-    file.write_all(bytes).map_err(|e| step(e, &tmp))?;
-    file.sync_all().map_err(|e| step(e, &tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| step(e, path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| step(e, dir))?;
-    Ok(())
+    crate::persist::write_atomically(path, bytes, 0o666)
+        .map_err(|(what, e)| RegistryError::io(&what, e))
 }
 
 /// The registry as a [`Source`]: contributes registrations, defines no service.

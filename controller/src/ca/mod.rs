@@ -1,0 +1,241 @@
+//! The mesh's certificate authority: it signs each workload's certificate (an
+//! X.509-SVID: the workload's [`SpiffeId`] as the only URI SAN, server and client
+//! auth, short-lived) from a CSR whose key was made in the proxy and never leaves
+//! it. Only the CSR's public key is used: the name, lifetime and usages come from
+//! the CA, so a proxy cannot ask for another workload's identity.
+//!
+//! The CA's key and root live in `--ca-dir` (`ca.key`, mode 0600, and `ca.pem`),
+//! made on first start when the directory holds neither and written like the
+//! registry (temporary file, fsync, rename, fsync of the directory), so a crash
+//! leaves the old file or the new one. A key without its root gets a new root for
+//! the same key; a root without its key is refused (nothing could sign for it).
+
+mod spiffe;
+
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, CertificateSigningRequestParams,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber,
+};
+
+pub use spiffe::{check_trust_domain, SpiffeError, SpiffeId};
+
+/// The CA's private key, PEM (PKCS#8), mode 0600.
+const KEY_FILE: &str = "ca.key";
+/// The CA's self-signed root, PEM: the mesh's trust bundle.
+const ROOT_FILE: &str = "ca.pem";
+/// How long a root made here is valid.
+const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Issued certificates start this much in the past, for clocks a little behind.
+const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+/// The longest lifetime [`Ca::issue`] signs for.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A workload certificate's lifetime unless configured otherwise.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// What went wrong loading the CA or signing.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {reason}", path.display())]
+    Stored { path: PathBuf, reason: String },
+    #[error("certificate signing request: {0}")]
+    Csr(String),
+    #[error("lifetime {0:?}: between one minute and {MAX_LIFETIME:?}")]
+    Lifetime(Duration),
+    #[error("signing: {0}")]
+    Sign(String),
+}
+
+/// A signed workload certificate.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate, PEM (the root is not repeated: it is the trust bundle).
+    pub cert_pem: String,
+    pub not_after: SystemTime,
+}
+
+/// The loaded CA: its key and root.
+pub struct Ca {
+    key: KeyPair,
+    /// The root as rcgen's issuer (re-signed in memory from the stored root's
+    /// parameters: same subject, key and key identifier, so what it signs chains
+    /// to the stored root).
+    issuer: Certificate,
+    root_pem: String,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
+impl Ca {
+    /// Loads the CA from `dir`, making its key and root first if `dir` holds
+    /// neither (and `dir` itself, mode 0700, if missing); the root's subject names
+    /// `trust_domain`.
+    pub fn load_or_create(dir: &Path, trust_domain: &str) -> Result<Ca, CaError> {
+        let (key_path, root_path) = (dir.join(KEY_FILE), dir.join(ROOT_FILE));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CaError::Io { path, source }
+        };
+        let stored = |path: &Path, reason: String| CaError::Stored {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let key = match std::fs::read_to_string(&key_path) {
+            Ok(pem) => KeyPair::from_pem(&pem).map_err(|e| stored(&key_path, e.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if root_path.exists() {
+                    return Err(stored(
+                        &root_path,
+                        format!("a root without its key ({KEY_FILE} is missing): restore the key or remove the root to start a new CA"),
+                    ));
+                }
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(io(dir))?;
+                let key = KeyPair::generate().map_err(|e| CaError::Sign(e.to_string()))?;
+                write_atomically(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+                key
+            }
+            Err(e) => return Err(io(&key_path)(e)),
+        };
+        let root_pem = match std::fs::read_to_string(&root_path) {
+            Ok(pem) => pem,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let root = root_params(trust_domain, SystemTime::now())
+                    .self_signed(&key)
+                    .map_err(|e| CaError::Sign(e.to_string()))?;
+                write_atomically(&root_path, root.pem().as_bytes(), 0o644)?;
+                root.pem()
+            }
+            Err(e) => return Err(io(&root_path)(e)),
+        };
+        let params = CertificateParams::from_ca_cert_pem(&root_pem)
+            .map_err(|e| stored(&root_path, e.to_string()))?;
+        let issuer = params
+            .self_signed(&key)
+            .map_err(|e| stored(&root_path, format!("does not match {KEY_FILE}: {e}")))?;
+        if issuer.params().is_ca == IsCa::NoCa {
+            return Err(stored(&root_path, "not a CA certificate".to_owned()));
+        }
+        Ok(Ca {
+            key,
+            issuer,
+            root_pem,
+        })
+    }
+
+    /// The root, PEM: what peers trust.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// Signs the key of `csr_pem` (whose signature must be valid) for `id`, valid
+    /// from [`CLOCK_SKEW`] before `now` for `lifetime`. Whatever else the CSR asks
+    /// for (names, extensions) is ignored.
+    pub fn issue(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<Issued, CaError> {
+        if lifetime < Duration::from_secs(60) || lifetime > MAX_LIFETIME {
+            return Err(CaError::Lifetime(lifetime));
+        }
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::Csr(e.to_string()))?;
+        let not_after = now + lifetime;
+        let mut params = CertificateParams::default();
+        params.not_before = (now - CLOCK_SKEW).into();
+        params.not_after = not_after.into();
+        params.serial_number = Some(random_serial()?);
+        // X.509-SVID: the identity is the URI SAN. The subject carries only the
+        // organisation: an empty one would need the SAN marked critical (RFC 5280
+        // 4.2.1.6), which rcgen does not do.
+        let mut subject = DistinguishedName::new();
+        subject.push(DnType::OrganizationName, "weft");
+        params.distinguished_name = subject;
+        params.subject_alt_names = vec![SanType::URI(
+            id.as_str()
+                .try_into()
+                .map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?,
+        )];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let request = CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        };
+        let cert = request
+            .signed_by(&self.issuer, &self.key)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            not_after,
+        })
+    }
+}
+
+/// The root's parameters: a CA for end-entity certificates only (path length 0).
+fn root_params(trust_domain: &str, now: SystemTime) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "weft");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("weft mesh CA {trust_domain}"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = (now - CLOCK_SKEW).into();
+    params.not_after = (now + ROOT_LIFETIME).into();
+    params
+}
+
+/// A random, positive 128-bit serial number.
+fn random_serial() -> Result<SerialNumber, CaError> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CaError::Sign("no randomness for a serial number".to_owned()))?;
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01; // no leading zero byte to be stripped
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+/// [`crate::persist::write_atomically`], its error as a [`CaError`].
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
+    crate::persist::write_atomically(path, bytes, mode)
+        .map_err(|(path, source)| CaError::Io { path, source })
+}
+
+#[cfg(test)]
+mod tests;
