@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::review::Reviewer;
 use crate::auth::{Auth, AuthConfig};
+use crate::ca::{Ca, CaConfig, CertificateService};
 use crate::error::ConfigError;
 use crate::grpc::DiscoveryService;
 use crate::health::{self, Checker, HealthTable};
@@ -48,6 +49,8 @@ pub struct Options {
     pub auth: AuthConfig,
     /// How many registrations the registry takes.
     pub caps: Caps,
+    /// The mesh CA, served as the `Certificates` gRPC service (`--ca-dir`).
+    pub ca: Option<CaConfig>,
 }
 
 impl Options {
@@ -61,6 +64,7 @@ impl Options {
             kubernetes: false,
             auth: AuthConfig::off(),
             caps: Caps::default(),
+            ca: None,
         }
     }
 }
@@ -78,6 +82,7 @@ pub struct Controller {
     defaults: health::Defaults,
     webhook: Option<(TcpListener, Webhook)>,
     auth: Arc<Auth>,
+    ca: Option<(Arc<Ca>, CaConfig)>,
 }
 
 impl Controller {
@@ -115,9 +120,20 @@ impl Controller {
                 "no way to authenticate API callers: give --api-tokens FILE (or --kubernetes), or --api-auth off to let anyone change the mesh",
             ));
         }
+        let ca = match &options.ca {
+            Some(config) => {
+                crate::ca::check_trust_domain(&config.trust_domain)
+                    .map_err(|e| ConfigError::new("--trust-domain", e.to_string()))?;
+                let ca = Ca::load_or_create(&config.dir, &config.trust_domain)
+                    .map_err(|e| ConfigError::new("--ca-dir", e.to_string()))?;
+                tracing::info!(dir = %config.dir.display(), trust_domain = %config.trust_domain, "mesh CA loaded");
+                Some((Arc::new(ca), config.clone()))
+            }
+            None => None,
+        };
         let controller =
             Controller::from_sources(sources, registry, options.health.clone()).await?;
-        Ok(controller.with_auth(auth))
+        Ok(controller.with_auth(auth).with_ca(ca))
     }
 
     /// Takes the first state from each of `sources` (in priority order: the first
@@ -157,12 +173,19 @@ impl Controller {
             defaults,
             webhook: None,
             auth: Arc::new(Auth::new(&AuthConfig::off())?),
+            ca: None,
         })
     }
 
     /// Authenticates API callers with `auth` (by default: anyone may call).
     pub fn with_auth(mut self, auth: Auth) -> Self {
         self.auth = Arc::new(auth);
+        self
+    }
+
+    /// Serves `ca` as the `Certificates` gRPC service too (beside discovery).
+    pub fn with_ca(mut self, ca: Option<(Arc<Ca>, CaConfig)>) -> Self {
+        self.ca = ca;
         self
     }
 
@@ -195,6 +218,7 @@ impl Controller {
             defaults,
             webhook,
             auth,
+            ca,
         } = self;
         let metrics =
             Arc::new(Metrics::new(state.clone(), health.clone(), auth.clone()).context("metrics")?);
@@ -229,6 +253,9 @@ impl Controller {
         let closed = state.closed();
         let grpc_server = tonic::transport::Server::builder()
             .add_service(DiscoveryService::new(state.clone(), auth.clone()).into_server())
+            .add_optional_service(ca.map(|(ca, config)| {
+                CertificateService::new(ca, auth.clone(), &config).into_server()
+            }))
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(grpc),
                 closed,

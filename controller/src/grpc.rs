@@ -127,16 +127,8 @@ impl DiscoveryService {
         }
     }
 
-    /// The caller of `request`, or the status refusing it (counted and logged).
     async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.as_bytes());
-        self.auth
-            .authenticate(authorization)
-            .await
-            .map_err(|denial| self.refuse(request.remote_addr(), &denial))
+        caller(&self.auth, request).await
     }
 
     /// Starts the stream of updates to a proxy: a snapshot, then the changes; with
@@ -256,17 +248,34 @@ impl DiscoveryService {
     }
 
     fn refuse(&self, peer: Option<std::net::SocketAddr>, denial: &Denial) -> Status {
-        self.auth.denied(Api::Grpc, peer, denial);
-        match denial {
-            Denial::Missing | Denial::Bad(_) => Status::unauthenticated(denial.message()),
-            Denial::OutOfScope { .. } => Status::permission_denied(denial.message()),
-            _ => Status::resource_exhausted(denial.message()),
-        }
+        refuse(&self.auth, peer, denial)
     }
 
     /// The tonic server for this service.
     pub fn into_server(self) -> weft_api::DiscoveryServer<Self> {
         weft_api::DiscoveryServer::new(self)
+    }
+}
+
+/// The caller of a gRPC `request` (its `authorization` metadata), or the status
+/// refusing it (counted and logged): for every gRPC service of the controller.
+pub(crate) async fn caller<T>(auth: &Auth, request: &Request<T>) -> Result<Caller, Status> {
+    let authorization = request
+        .metadata()
+        .get("authorization")
+        .map(|v| v.as_bytes());
+    auth.authenticate(authorization)
+        .await
+        .map_err(|denial| refuse(auth, request.remote_addr(), &denial))
+}
+
+/// The gRPC status for `denial`, counted and logged.
+pub(crate) fn refuse(auth: &Auth, peer: Option<std::net::SocketAddr>, denial: &Denial) -> Status {
+    auth.denied(Api::Grpc, peer, denial);
+    match denial {
+        Denial::Missing | Denial::Bad(_) => Status::unauthenticated(denial.message()),
+        Denial::OutOfScope { .. } => Status::permission_denied(denial.message()),
+        _ => Status::resource_exhausted(denial.message()),
     }
 }
 

@@ -20,8 +20,9 @@
 //! - [`metrics`]: the `weft_controller_*` series, observed from the state.
 //! - [`auth`]: who may call the APIs (tokens, Kubernetes ServiceAccounts), their
 //!   scopes and per-caller limits.
-//! - [`ca`]: the mesh CA: its key and root in `--ca-dir`, workload certificates
-//!   (SPIFFE IDs) signed from the proxies' CSRs (issue: mutual TLS; not yet served).
+//! - [`ca`]: the mesh CA (`--ca-dir`): its key and root, workload certificates
+//!   (SPIFFE IDs) signed from the proxies' CSRs, served as the `Certificates` gRPC
+//!   service.
 //! - [`controller`]: ties them together.
 
 pub mod auth;

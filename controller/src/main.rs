@@ -12,6 +12,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use weft_controller::auth::limits::LimitConfig;
 use weft_controller::auth::AuthConfig;
+use weft_controller::ca::CaConfig;
 use weft_controller::health::{Defaults, Scope};
 use weft_controller::inject::InjectConfig;
 use weft_controller::registry::Caps;
@@ -105,6 +106,18 @@ struct Args {
     /// Discovery Watches one caller (token, or ServiceAccount and pod) may hold open.
     #[arg(long, env = "WEFT_MAX_WATCHES_PER_CALLER", default_value_t = LimitConfig::default().watches_per_caller)]
     max_watches_per_caller: NonZeroU32,
+    /// The mesh CA's directory (its key `ca.key` and root `ca.pem`, made on first
+    /// start when empty): with it the controller signs workload certificates over
+    /// the `Certificates` gRPC service, for callers whose credential names an
+    /// identity.
+    #[arg(long, env = "WEFT_CA_DIR")]
+    ca_dir: Option<PathBuf>,
+    /// The trust domain of the workloads' SPIFFE IDs.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "weft.local")]
+    trust_domain: String,
+    /// A workload certificate's lifetime (and the longest a proxy may ask for).
+    #[arg(long, env = "WEFT_CERT_LIFETIME", default_value = "24h", value_parser = cert_lifetime)]
+    cert_lifetime: Duration,
     /// Registrations the registry takes in all.
     #[arg(long, env = "WEFT_MAX_REGISTRATIONS", default_value_t = Caps::default().total)]
     max_registrations: usize,
@@ -120,6 +133,17 @@ struct Args {
 enum AuthMode {
     Required,
     Off,
+}
+
+fn cert_lifetime(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(60) || d > weft_controller::ca::MAX_LIFETIME {
+        return Err(format!(
+            "between 1m and {}",
+            humantime::format_duration(weft_controller::ca::MAX_LIFETIME)
+        ));
+    }
+    Ok(d)
 }
 
 fn positive_rate(s: &str) -> Result<f64, String> {
@@ -182,6 +206,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 total: args.max_registrations,
                 per_service: args.max_endpoints_per_service,
             },
+            ca: args.ca_dir.map(|dir| CaConfig {
+                dir,
+                trust_domain: args.trust_domain.clone(),
+                lifetime: args.cert_lifetime,
+            }),
             config: args.config,
             poll_interval: args.poll_interval,
             state_dir: args.state_dir,

@@ -8,6 +8,10 @@
 //! and name removed ones, and the proxy answers each with an [`discovery::Ack`]
 //! (`watch` is the same without Acks). The controller implements
 //! [`discovery::discovery_server::Discovery`].
+//!
+//! The identity API (`weft.identity.v1`, `proto/identity.proto`): a proxy sends a
+//! CSR for a key it keeps to [`identity::certificates_client::CertificatesClient::certify`]
+//! and gets a certificate naming its workload's SPIFFE ID, signed by the mesh CA.
 
 /// Messages, client and server of `weft.discovery.v1`.
 #[allow(
@@ -22,3 +26,17 @@ pub mod discovery {
 
 pub use discovery::discovery_client::DiscoveryClient;
 pub use discovery::discovery_server::{Discovery, DiscoveryServer};
+
+/// Messages, client and server of `weft.identity.v1`.
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    missing_debug_implementations
+)]
+pub mod identity {
+    tonic::include_proto!("weft.identity.v1");
+}
+
+pub use identity::certificates_client::CertificatesClient;
+pub use identity::certificates_server::{Certificates, CertificatesServer};

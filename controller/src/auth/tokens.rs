@@ -10,12 +10,16 @@
 //!   pod-frontend-1:
 //!     token: 9ab1...
 //!     register: [frontend]
+//!     identity: frontend       # may get the workload certificate of `frontend`
 //!   dashboard:
 //!     token: 77de...           # no `register`: reads only
 //! ```
 //!
 //! Every token may read the topology (the discovery Watch, `/v1/services`,
 //! `/v1/status`) and announce its own sidecar's drain; `register` scopes writes.
+//! `identity` names the local workload whose certificate the token may ask the mesh
+//! CA for (`spiffe://<trust-domain>/ns/local/sa/<identity>`, [`crate::ca`]); a
+//! token without one gets none.
 //!
 //! The file is followed while the controller runs: checked every second, and at
 //! once when a token arrives that is not known and the file changed since it was
@@ -65,6 +69,8 @@ pub struct Grant {
     /// The token's name in the file.
     pub name: String,
     pub register: Scope,
+    /// The local workload whose certificate this token may get, if any.
+    pub identity: Option<String>,
 }
 
 /// A token's SHA-256 digest.
@@ -207,6 +213,8 @@ struct Entry {
     token: String,
     #[serde(default)]
     register: Vec<String>,
+    #[serde(default)]
+    identity: Option<String>,
 }
 
 fn read(path: &Path) -> Result<HashMap<Digest, Arc<Grant>>, ConfigError> {
@@ -262,9 +270,14 @@ pub fn parse(origin: &str, text: &str) -> Result<HashMap<Digest, Arc<Grant>>, Co
                 .collect::<Result<BTreeSet<_>, _>>()?;
             Scope::Services(names)
         };
+        if let Some(identity) = &entry.identity {
+            crate::ca::check_name(identity)
+                .map_err(|e| at(&name, "identity", format!("identity: {e}")))?;
+        }
         let grant = Arc::new(Grant {
             name: name.clone(),
             register,
+            identity: entry.identity,
         });
         if let Some(other) = grants.insert(digest(token), grant) {
             return Err(at(
@@ -304,6 +317,24 @@ mod tests {
         assert!(b1.register.allows(&Name::try_from("backend").unwrap()));
         assert!(!b1.register.allows(&Name::try_from("frontend").unwrap()));
         assert!(grant(&map, "cccccccccccccccccccccccccccccccccccc").is_none());
+    }
+
+    #[test]
+    fn an_identity_is_a_checked_workload_name() {
+        let map = parse(
+            "t.yaml",
+            &format!("tokens:\n  pod-b1:\n    token: {A}\n    identity: backend\n  op:\n    token: {B}\n"),
+        )
+        .unwrap();
+        assert_eq!(grant(&map, A).unwrap().identity.as_deref(), Some("backend"));
+        assert_eq!(grant(&map, B).unwrap().identity, None);
+        let err = parse(
+            "t.yaml",
+            &format!("tokens:\n  pod-b1:\n    token: {A}\n    identity: ../admin\n"),
+        )
+        .unwrap_err();
+        assert_eq!(err.line, Some(4), "{err}");
+        assert!(err.message.contains("identity"), "{err}");
     }
 
     #[test]

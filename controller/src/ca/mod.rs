@@ -1,4 +1,5 @@
-//! The mesh's certificate authority: it signs each workload's certificate (an
+//! The mesh's certificate authority, served as the `Certificates` gRPC service
+//! ([`CertificateService`], `weft.identity.v1`) when `--ca-dir` is given: it signs each workload's certificate (an
 //! X.509-SVID: the workload's [`SpiffeId`] as the only URI SAN, server and client
 //! auth, short-lived) from a CSR whose key was made in the proxy and never leaves
 //! it. Only the CSR's public key is used: the name, lifetime and usages come from
@@ -10,6 +11,7 @@
 //! leaves the old file or the new one. A key without its root gets a new root for
 //! the same key; a root without its key is refused (nothing could sign for it).
 
+mod service;
 mod spiffe;
 
 use std::os::unix::fs::DirBuilderExt as _;
@@ -22,7 +24,8 @@ use rcgen::{
     SerialNumber,
 };
 
-pub use spiffe::{check_trust_domain, SpiffeError, SpiffeId};
+pub use service::{CaConfig, CertificateService};
+pub use spiffe::{check_name, check_trust_domain, SpiffeError, SpiffeId};
 
 /// The CA's private key, PEM (PKCS#8), mode 0600.
 const KEY_FILE: &str = "ca.key";

@@ -30,8 +30,8 @@ impl SpiffeId {
         service_account: &str,
     ) -> Result<SpiffeId, SpiffeError> {
         check_trust_domain(trust_domain)?;
-        check_segment(namespace)?;
-        check_segment(service_account)?;
+        check_name(namespace)?;
+        check_name(service_account)?;
         Ok(SpiffeId(format!(
             "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
         )))
@@ -67,7 +67,9 @@ pub fn check_trust_domain(td: &str) -> Result<(), SpiffeError> {
     }
 }
 
-fn check_segment(s: &str) -> Result<(), SpiffeError> {
+/// Checks a name that becomes a path segment (a namespace, a service account, a
+/// local workload).
+pub fn check_name(s: &str) -> Result<(), SpiffeError> {
     let ok = !s.is_empty()
         && s != "."
         && s != ".."
