@@ -67,9 +67,10 @@ fn admin_route(shared: &Shared, path: &str) -> http::Response<http_endpoint::Bod
         "/config" => json(&shared.config),
         "/routes" => routes_report(shared),
         "/discovery" => json(&discovery_report(shared)),
+        "/identity" => json(&shared.identity.report()),
         "/" => text(
             StatusCode::OK,
-            "weft-proxy admin\n  /connections  live and recently closed connections (JSON)\n  /config       the running configuration (JSON)\n  /routes       discovery status and the route table it applied (JSON)\n  /discovery    discovery status alone: epoch, version, when applied, rejections (JSON)\n",
+            "weft-proxy admin\n  /connections  live and recently closed connections (JSON)\n  /config       the running configuration (JSON)\n  /routes       discovery status and the route table it applied (JSON)\n  /discovery    discovery status alone: epoch, version, when applied, rejections (JSON)\n  /identity     the workload certificate (--identity): SPIFFE ID, expiry, renewal (JSON)\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -39,6 +39,9 @@ pub struct DiscoveryConfig {
     /// An update that would leave more services than this is rejected: the
     /// proxy's discovery state is bounded.
     pub max_services: usize,
+    /// Also keep a workload certificate from the controller's CA
+    /// ([`crate::identity`]).
+    pub identity: bool,
 }
 
 /// The default of [`DiscoveryConfig::max_services`].
@@ -195,7 +198,7 @@ pub async fn run(
 /// The proxy's credential (`authorization: Bearer TOKEN`), read from its token
 /// file: `None` without one; an error when the file cannot be read or holds no
 /// token. Read once per (re)connect, so a rotated token is picked up.
-fn credential(config: &DiscoveryConfig) -> Result<Option<AuthValue>, tonic::Status> {
+pub(crate) fn credential(config: &DiscoveryConfig) -> Result<Option<AuthValue>, tonic::Status> {
     let Some(path) = &config.token_file else {
         return Ok(None);
     };
@@ -221,7 +224,7 @@ fn credential(config: &DiscoveryConfig) -> Result<Option<AuthValue>, tonic::Stat
 type AuthValue = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
 
 /// `message` as a request carrying `credential`, if any.
-fn authorized<T>(message: T, credential: Option<&AuthValue>) -> tonic::Request<T> {
+pub(crate) fn authorized<T>(message: T, credential: Option<&AuthValue>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Some(value) = credential {
         request
@@ -247,7 +250,7 @@ fn describe(e: &tonic::Status) -> String {
 /// without a word (a host that died, a network that drops packets, a port that
 /// accepts but never answers) into an error and a reconnect, instead of a stream
 /// that waits forever: a bounded connect, and HTTP/2 pings on the open stream.
-fn controller_endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::Status> {
+pub(crate) fn controller_endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::Status> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .map_err(|e| tonic::Status::invalid_argument(format!("controller URL {url:?}: {e}")))?;
     Ok(endpoint
@@ -454,7 +457,7 @@ pub fn pod_addresses() -> Vec<String> {
 
 /// `error: cause: cause ...` (tonic's transport error alone says only "transport
 /// error"; the cause says what an operator can act on, e.g. connection refused).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

@@ -38,6 +38,8 @@
 //! - [`metrics`]: OpenTelemetry instruments, exported through weft-runtime's
 //!   Prometheus pipeline (which adds the `process_*` series).
 //! - [`config`]: the configuration a proxy runs with.
+//! - [`identity`]: with `--identity`, the workload certificate kept from the
+//!   controller's CA (groundwork for mutual TLS).
 
 pub mod addr;
 pub(crate) mod admin;
@@ -51,6 +53,7 @@ pub mod discovery;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod identity;
 pub mod l7;
 pub(crate) mod memory;
 pub mod metrics;

@@ -34,6 +34,11 @@ struct Args {
     /// is picked up.
     #[arg(long, env = "WEFT_CONTROLLER_TOKEN_FILE", requires = "controller")]
     controller_token_file: Option<std::path::PathBuf>,
+    /// Keep a workload certificate: a key made here, signed by the controller's CA
+    /// (its --ca-dir) for this pod's identity, renewed at 70% of its lifetime;
+    /// shown on the admin /identity (groundwork for mutual TLS: not used yet).
+    #[arg(long, env = "WEFT_IDENTITY", requires = "controller")]
+    identity: bool,
     /// A discovery update that would leave more services than this is rejected
     /// (the controller shows why; the previous routes stay): discovery state is
     /// bounded.
@@ -137,6 +142,7 @@ impl Args {
             proxy_id: self.proxy_id,
             token_file: self.controller_token_file,
             max_services: self.max_services,
+            identity: self.identity,
         });
         config
     }

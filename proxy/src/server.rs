@@ -148,6 +148,20 @@ impl BoundProxy {
                 self.shared.draining.clone(),
             ))
         });
+        let identity_task = self
+            .shared
+            .config
+            .discovery
+            .clone()
+            .filter(|d| d.identity)
+            .map(|config| {
+                let status = self.shared.identity.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = crate::identity::run(config, status).await {
+                        tracing::error!(error = %e, "no key for a workload certificate");
+                    }
+                })
+            });
         let mut accept_tasks = Vec::new();
         for (listeners, arrival) in [
             (self.outbound, Arrival::Captured(Direction::Outbound)),
@@ -183,7 +197,7 @@ impl BoundProxy {
         for task in accept_tasks {
             let _ = task.await;
         }
-        if let Some(task) = discovery_task {
+        for task in discovery_task.into_iter().chain(identity_task) {
             task.abort();
         }
         reclaim.abort();

@@ -47,6 +47,8 @@ pub struct Shared {
     pub synced: Arc<AtomicBool>,
     /// What discovery has done, for `/routes` (idle without discovery).
     pub discovery: Arc<DiscoveryStatus>,
+    /// The workload certificate, for `/identity` (empty without `--identity`).
+    pub identity: Arc<crate::identity::IdentityStatus>,
     /// The last check of the app's ports, for `/ready`.
     pub app_check: AppCheck,
     /// The proxy's own ports, which the tunnel does not reach.
@@ -98,6 +100,7 @@ impl Shared {
             draining,
             stop: watch::channel(false).0,
             discovery,
+            identity: Arc::default(),
             app_check: AppCheck::default(),
             own_ports,
             tcp_limits: RelayLimits {

@@ -125,6 +125,7 @@ async fn frontend_proxy(
 ) -> BoundProxy {
     let mut config = loopback_config("frontend");
     config.discovery = Some(DiscoveryConfig {
+        identity: false,
         controller: format!("http://{ctl_addr}"),
         service: "frontend".into(),
         proxy_id: proxy_id.into(),

@@ -44,6 +44,8 @@ pub fn bearer(token: &str) -> String {
 struct Issued {
     token: String,
     register: Vec<String>,
+    /// The local workload whose certificate the token may get.
+    identity: Option<String>,
 }
 
 /// The tokens of one mesh.
@@ -91,6 +93,18 @@ impl Credentials {
     /// `register`, writes it to `<name>.token` owned by `owner` (mode 0400), and adds
     /// it to the token file; returns the token's file.
     pub fn issue(&self, name: &str, register: &[&str], owner: Option<u32>) -> Result<PathBuf> {
+        self.issue_with_identity(name, register, None, owner)
+    }
+
+    /// [`issue`](Self::issue), the token also naming the local workload `identity`
+    /// whose certificate it may ask the controller's CA for (a sidecar's token).
+    pub fn issue_with_identity(
+        &self,
+        name: &str,
+        register: &[&str],
+        identity: Option<&str>,
+        owner: Option<u32>,
+    ) -> Result<PathBuf> {
         let path = self.dir.join(format!("{name}.token"));
         let mut issued = self.issued();
         if issued.contains_key(name) {
@@ -107,6 +121,7 @@ impl Credentials {
             Issued {
                 token,
                 register: register.iter().map(|s| (*s).to_owned()).collect(),
+                identity: identity.map(str::to_owned),
             },
         );
         self.write_token_file(&issued)?;
@@ -123,6 +138,9 @@ impl Credentials {
                 i.token,
                 register.join(", ")
             ));
+            if let Some(identity) = &i.identity {
+                text.push_str(&format!("    identity: {identity}\n"));
+            }
         }
         let path = self.token_file();
         let tmp = path.with_extension("yaml.tmp");

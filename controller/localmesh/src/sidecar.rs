@@ -138,7 +138,12 @@ impl Sidecar {
         {
             token_file = pod
                 .credentials()
-                .issue(&format!("pod-{}", pod.name()), &[service], Some(PROXY_UID))?
+                .issue_with_identity(
+                    &format!("pod-{}", pod.name()),
+                    &[service],
+                    Some(service),
+                    Some(PROXY_UID),
+                )?
                 .to_string_lossy()
                 .into_owned();
             argv.extend(["--controller-token-file", token_file.as_str()]);
