@@ -5,10 +5,11 @@
 //! (python's http.server behind a sidecar each) and a `client` pod whose sidecar
 //! balances over them; oha in the client pod sends `--rate` requests a second
 //! (open loop, 4 keep-alive connections) to `http://backend/` for M minutes. Every
-//! [`SAMPLE_EVERY`] the four proxies' RSS and open fds are read from /proc; the
-//! report gives, per proxy, the values at the first minute and at the end and the
-//! least-squares slope after the first minute (warm-up: pools, tables, allocator
-//! arenas fill), plus what the client saw: sent / succeeded / failed.
+//! [`SAMPLE_EVERY`] the four proxies' RSS (and its anonymous part: the rest is the
+//! binary's and libraries' pages, shared by every copy) and open fds are read from
+//! /proc; the report gives, per proxy, the values at the first minute and at the
+//! end and the least-squares slope after the first minute (warm-up: pools, tables,
+//! allocator arenas fill), plus what the client saw: sent / succeeded / failed.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -32,12 +33,21 @@ const WARM_UP: Duration = Duration::from_secs(60);
 /// oha's keep-alive connections.
 const CONNECTIONS: u32 = 4;
 
-/// One proxy's samples: (seconds since the load began, RSS KiB, fds).
+/// One proxy's samples.
 #[derive(Debug)]
 struct Series {
     name: String,
     pid: u32,
-    samples: Vec<(f64, u64, u64)>,
+    samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    /// Seconds since the load began.
+    t: f64,
+    rss_kib: u64,
+    anon_kib: u64,
+    fds: u64,
 }
 
 /// Runs the steady load for `minutes` at `rate` requests a second in `mode`
@@ -141,9 +151,14 @@ pub fn run(minutes: f64, rate: u32, mode: &str, oha: &Path) -> Result<()> {
         if Instant::now() >= next {
             let t = began.elapsed().as_secs_f64();
             for s in &mut series {
-                let rss = tally::rss_kib(s.pid)
+                let rss_kib = tally::rss_kib(s.pid)
                     .with_context(|| format!("the {} proxy is gone", s.name))?;
-                s.samples.push((t, rss, tally::fds(s.pid)?));
+                s.samples.push(Sample {
+                    t,
+                    rss_kib,
+                    anon_kib: tally::rss_anon_kib(s.pid)?,
+                    fds: tally::fds(s.pid)?,
+                });
             }
             next += SAMPLE_EVERY;
         }
@@ -209,18 +224,19 @@ fn start_app(mesh: &Mesh, pod: &Pod, cgroup: Option<&Path>) -> Result<()> {
     )
 }
 
-/// One row per proxy: RSS and fds at the end of the warm-up and at the end, and
-/// their slopes per minute after it.
+/// One row per proxy: RSS (all, and its anonymous part) and fds at the end of the
+/// warm-up and at the end, and their slopes per minute after it.
 fn report(series: &[Series]) -> String {
     let mut s = String::from(
-        "| proxy | RSS KiB at 1 min | RSS KiB at end | RSS slope KiB/min | fds at 1 min | fds at end | fd slope /min |\n\
+        "| proxy | RSS KiB at 1 min → end | slope KiB/min | anon RSS KiB at 1 min → end | slope KiB/min | fds at 1 min → end | slope /min |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for p in series {
-        let settled: Vec<_> = p
+        let settled: Vec<Sample> = p
             .samples
             .iter()
-            .filter(|(t, _, _)| *t >= WARM_UP.as_secs_f64())
+            .filter(|x| x.t >= WARM_UP.as_secs_f64())
+            .copied()
             .collect();
         let (Some(first), Some(last)) = (settled.first(), settled.last()) else {
             s.push_str(&format!(
@@ -229,18 +245,23 @@ fn report(series: &[Series]) -> String {
             ));
             continue;
         };
-        let minutes: Vec<f64> = settled.iter().map(|(t, _, _)| t / 60.0).collect();
-        let rss: Vec<f64> = settled.iter().map(|(_, r, _)| *r as f64).collect();
-        let fds: Vec<f64> = settled.iter().map(|(_, _, f)| *f as f64).collect();
+        let minutes: Vec<f64> = settled.iter().map(|x| x.t / 60.0).collect();
+        let per_minute = |f: fn(&Sample) -> u64| {
+            let ys: Vec<f64> = settled.iter().map(|x| f(x) as f64).collect();
+            slope(&minutes, &ys)
+        };
         s.push_str(&format!(
-            "| {} | {} | {} | {:+.1} | {} | {} | {:+.2} |\n",
+            "| {} | {} → {} | {:+.1} | {} → {} | {:+.1} | {} → {} | {:+.2} |\n",
             p.name,
-            first.1,
-            last.1,
-            slope(&minutes, &rss),
-            first.2,
-            last.2,
-            slope(&minutes, &fds)
+            first.rss_kib,
+            last.rss_kib,
+            per_minute(|x| x.rss_kib),
+            first.anon_kib,
+            last.anon_kib,
+            per_minute(|x| x.anon_kib),
+            first.fds,
+            last.fds,
+            per_minute(|x| x.fds),
         ));
     }
     s

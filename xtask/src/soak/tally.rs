@@ -96,13 +96,23 @@ pub fn table(columns: &[(&str, &Tally)]) -> String {
 
 /// Resident set of `pid` in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// The anonymous part of `pid`'s resident set in KiB (`RssAnon`: heap, stacks;
+/// not the binary's and libraries' pages, which every copy of them shares).
+pub fn rss_anon_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "RssAnon")
+}
+
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("read /proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 /// Open descriptors of `pid`.
