@@ -137,7 +137,7 @@ enum AuthMode {
 
 fn cert_lifetime(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    if d < Duration::from_secs(60) || d > weft_controller::ca::MAX_LIFETIME {
+    if d < weft_controller::ca::MIN_LIFETIME || d > weft_controller::ca::MAX_LIFETIME {
         return Err(format!(
             "between 1m and {}",
             humantime::format_duration(weft_controller::ca::MAX_LIFETIME)

@@ -3,9 +3,10 @@
 //! process — and asks the controller's `Certificates` service (`weft.identity.v1`)
 //! to sign it, presenting the same token as discovery. The controller decides the
 //! name (the workload's SPIFFE ID). Each certificate is renewed at 70% of its
-//! lifetime; a failed request is retried with backoff (1 s doubling to 1 min, never
-//! past the renewal point's remaining margin). The current certificate is kept in
-//! [`IdentityStatus`], shown on the admin `/identity`; nothing uses it for TLS yet.
+//! lifetime, for the same key (one key per proxy process); a failed request is
+//! retried with backoff, 1 s doubling to 1 min, while the current certificate stays
+//! in force. The current certificate is kept in [`IdentityStatus`], shown on the
+//! admin `/identity`; nothing uses it for TLS yet.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -35,6 +35,8 @@ const ROOT_FILE: &str = "ca.pem";
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Issued certificates start this much in the past, for clocks a little behind.
 const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+/// The shortest lifetime [`Ca::issue`] signs for.
+pub const MIN_LIFETIME: Duration = Duration::from_secs(60);
 /// The longest lifetime [`Ca::issue`] signs for.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A workload certificate's lifetime unless configured otherwise.
@@ -52,7 +54,7 @@ pub enum CaError {
     Stored { path: PathBuf, reason: String },
     #[error("certificate signing request: {0}")]
     Csr(String),
-    #[error("lifetime {0:?}: between one minute and {MAX_LIFETIME:?}")]
+    #[error("lifetime {0:?}: between {MIN_LIFETIME:?} and {MAX_LIFETIME:?}")]
     Lifetime(Duration),
     #[error("signing: {0}")]
     Sign(String),
@@ -157,7 +159,7 @@ impl Ca {
         lifetime: Duration,
         now: SystemTime,
     ) -> Result<Issued, CaError> {
-        if lifetime < Duration::from_secs(60) || lifetime > MAX_LIFETIME {
+        if lifetime < MIN_LIFETIME || lifetime > MAX_LIFETIME {
             return Err(CaError::Lifetime(lifetime));
         }
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)

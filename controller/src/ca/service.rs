@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use tonic::{Request, Response, Status};
 use weft_api::identity as pb;
 
-use super::{Ca, CaError, SpiffeId};
+use super::{Ca, CaError, SpiffeId, MIN_LIFETIME};
 use crate::auth::{Auth, Caller};
 
 /// What the controller's CA is configured with (`--ca-dir`, `--trust-domain`,
@@ -19,9 +19,6 @@ pub struct CaConfig {
     /// Each certificate's lifetime, and the longest a caller may ask for.
     pub lifetime: Duration,
 }
-
-/// The shortest lifetime a caller may ask for.
-const MIN_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Serves [`Ca`] to the callers `auth` lets in.
 #[derive(Debug, Clone)]

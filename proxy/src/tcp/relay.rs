@@ -300,11 +300,7 @@ fn end_of_stream(to: &TcpStream, activity: &Activity) -> Result<(), (Side, io::E
     }
 }
 
-pub(super) async fn write_all(
-    to: &TcpStream,
-    mut data: &[u8],
-    progress: impl Fn(),
-) -> io::Result<()> {
+async fn write_all(to: &TcpStream, mut data: &[u8], progress: impl Fn()) -> io::Result<()> {
     while !data.is_empty() {
         to.writable().await?;
         match to.try_write(data) {
