@@ -29,7 +29,9 @@ pub fn meshfile(data: &[u8]) {
         }
         Err(e) => {
             assert!(!e.message.is_empty(), "an error without a message");
-            // Lines as YAML counts them: `\r\n`, `\r` and `\n` each end one.
+            // Lines as an editor counts them: `\r\n`, `\r` and `\n` each end one
+            // (the parser's own count, which also ends lines at U+0085, U+2028 and
+            // U+2029, is translated by the mesh-file module).
             let lines = text.replace("\r\n", "\n").split(['\r', '\n']).count();
             if let Some(line) = e.line {
                 assert!(

@@ -217,6 +217,10 @@ pub(crate) fn yaml_error(origin: &str, text: &str, e: &serde_norway::Error) -> C
         (line, column) = (Some(first.line), Some(first.column));
         message.replace_range(first.span.clone(), "");
     }
+    if let (Some(l), Some(c)) = (line, column) {
+        let (l, c) = editor_position(text, l, c);
+        (line, column) = (Some(l), Some(c));
+    }
     // The parser places a duplicate at the start of its map: find the second one.
     if let Some((section, key)) = message.split_once(": duplicate name ") {
         let key = key.trim_matches('"');
@@ -230,6 +234,36 @@ pub(crate) fn yaml_error(origin: &str, text: &str, e: &serde_norway::Error) -> C
         column,
         message,
     }
+}
+
+/// The parser's (1-based) `line` and `column` as an editor shows them. The parser
+/// counts lines as YAML 1.1 does, where NEL (U+0085), LS (U+2028) and PS (U+2029)
+/// end a line too; editors, and the rest of this module, end lines at LF, CR and
+/// CRLF only. Without this, a file holding those characters got errors naming
+/// lines it does not have (found by the meshfile fuzz target).
+fn editor_position(text: &str, line: usize, column: usize) -> (usize, usize) {
+    let (mut yaml_line, mut editor_line) = (1, 1);
+    // Character offsets of the current editor line's start and of the text read.
+    let (mut editor_start, mut at) = (0, 0);
+    let mut chars = text.chars().peekable();
+    while yaml_line < line {
+        let Some(c) = chars.next() else { break };
+        at += 1;
+        match c {
+            '\r' | '\n' => {
+                if c == '\r' && chars.peek() == Some(&'\n') {
+                    chars.next();
+                    at += 1;
+                }
+                yaml_line += 1;
+                editor_line += 1;
+                editor_start = at;
+            }
+            '\u{85}' | '\u{2028}' | '\u{2029}' => yaml_line += 1,
+            _ => {}
+        }
+    }
+    (editor_line, column + (at - editor_start))
 }
 
 /// A position the YAML parser wrote into its message: " at line L column C".
@@ -402,6 +436,18 @@ workloads:
     service: frontend
     command: ./web
 ";
+
+    #[test]
+    fn unicode_line_separators_do_not_shift_error_lines() {
+        // YAML 1.1 ends lines at NEL, LS and PS as well; editors do not. The error
+        // names the line an editor shows (fuzz/regressions/meshfile/
+        // unicode_line_separators: the parser said line 5 of a 3-line file).
+        for sep in ['\u{85}', '\u{2028}', '\u{2029}'] {
+            let text = format!("# one{sep}# still one\nservices:\n  a: {{ vip: [\n");
+            let e = err(&text);
+            assert_eq!(e.line, Some(3), "{sep:?}: {e}");
+        }
+    }
 
     #[test]
     fn deep_flow_nesting_is_refused_at_once() {
