@@ -51,6 +51,36 @@ pub struct Options {
     pub caps: Caps,
     /// The mesh CA, served as the `Certificates` gRPC service (`--ca-dir`).
     pub ca: Option<CaConfig>,
+    /// How the discovery server notices subscribers that vanished.
+    pub keepalive: Keepalive,
+}
+
+/// How the discovery (gRPC) server notices a peer that vanished without closing
+/// (its node lost, a partition: no FIN, no RST). Without it such a Watch, its
+/// task, its buffers and its slot under `--max-watches-per-caller` stay until a
+/// push finds the peer gone, which on a quiet mesh is never. An HTTP/2 PING goes
+/// out after `interval` without a frame and the connection is closed when its
+/// acknowledgement has not come within `timeout`; TCP keepalive (first probe after
+/// `interval`, then every `timeout`, 3 probes) also covers a connection that never
+/// got as far as HTTP/2. Istio's discovery server uses the same figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before a PING (and the first TCP keepalive probe); `None`: off.
+    pub interval: Option<Duration>,
+    /// How long a PING's acknowledgement (and each TCP probe) may take.
+    pub timeout: Duration,
+}
+
+/// TCP keepalive probes unanswered before the kernel gives a peer up.
+const KEEPALIVE_PROBES: u32 = 3;
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            interval: Some(Duration::from_secs(30)),
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Options {
@@ -65,6 +95,7 @@ impl Options {
             auth: AuthConfig::off(),
             caps: Caps::default(),
             ca: None,
+            keepalive: Keepalive::default(),
         }
     }
 }
@@ -83,6 +114,7 @@ pub struct Controller {
     webhook: Option<(TcpListener, Webhook)>,
     auth: Arc<Auth>,
     ca: Option<(Arc<Ca>, CaConfig)>,
+    keepalive: Keepalive,
 }
 
 impl Controller {
@@ -133,7 +165,10 @@ impl Controller {
         };
         let controller =
             Controller::from_sources(sources, registry, options.health.clone()).await?;
-        Ok(controller.with_auth(auth).with_ca(ca))
+        Ok(controller
+            .with_auth(auth)
+            .with_ca(ca)
+            .with_keepalive(options.keepalive))
     }
 
     /// Takes the first state from each of `sources` (in priority order: the first
@@ -174,6 +209,7 @@ impl Controller {
             webhook: None,
             auth: Arc::new(Auth::new(&AuthConfig::off())?),
             ca: None,
+            keepalive: Keepalive::default(),
         })
     }
 
@@ -186,6 +222,13 @@ impl Controller {
     /// Serves `ca` as the `Certificates` gRPC service too (beside discovery).
     pub fn with_ca(mut self, ca: Option<(Arc<Ca>, CaConfig)>) -> Self {
         self.ca = ca;
+        self
+    }
+
+    /// Notices vanished discovery peers as `keepalive` says (by default
+    /// [`Keepalive::default`]).
+    pub fn with_keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.keepalive = keepalive;
         self
     }
 
@@ -219,6 +262,7 @@ impl Controller {
             webhook,
             auth,
             ca,
+            keepalive,
         } = self;
         let metrics =
             Arc::new(Metrics::new(state.clone(), health.clone(), auth.clone()).context("metrics")?);
@@ -252,14 +296,13 @@ impl Controller {
 
         let closed = state.closed();
         let grpc_server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(keepalive.interval)
+            .http2_keepalive_timeout(Some(keepalive.timeout))
             .add_service(DiscoveryService::new(state.clone(), auth.clone()).into_server())
             .add_optional_service(ca.map(|(ca, config)| {
                 CertificateService::new(ca, auth.clone(), &config).into_server()
             }))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc),
-                closed,
-            );
+            .serve_with_incoming_shutdown(incoming(grpc, keepalive), closed);
         let api = Api {
             state: state.clone(),
             metrics,
@@ -273,6 +316,13 @@ impl Controller {
         let webhook_task = webhook.map(|(listener, webhook)| {
             tokio::spawn(crate::webhook::serve(listener, webhook, state.closed()))
         });
+        // Each Watch and API connection holds a task or more: once a wave of them
+        // (a thousand subscribers, gone) has receded, the allocator's free pages
+        // go back to the kernel (weft_runtime::memory).
+        let runtime = tokio::runtime::Handle::current();
+        let reclaim = tokio::spawn(weft_runtime::memory::reclaim_after_waves(move || {
+            runtime.metrics().num_alive_tasks()
+        }));
 
         shutdown.await;
         tracing::info!("shutting down");
@@ -280,6 +330,7 @@ impl Controller {
             reader.abort();
         }
         merger.abort();
+        reclaim.abort();
         state.close();
         token_file.abort();
         let grpc_result = grpc_task.await.context("gRPC server task")?;
@@ -289,6 +340,18 @@ impl Controller {
         }
         grpc_result.context("gRPC server")?;
         Ok(())
+    }
+}
+
+/// The discovery listener's connections, with TCP keepalive as `keepalive` says.
+fn incoming(listener: TcpListener, keepalive: Keepalive) -> tonic::transport::server::TcpIncoming {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    match keepalive.interval {
+        Some(interval) => incoming
+            .with_keepalive(Some(interval))
+            .with_keepalive_interval(Some(keepalive.timeout))
+            .with_keepalive_retries(Some(KEEPALIVE_PROBES)),
+        None => incoming,
     }
 }
 

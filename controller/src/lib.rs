@@ -47,5 +47,5 @@ pub mod source;
 pub mod state;
 pub mod webhook;
 
-pub use controller::{Controller, Options};
+pub use controller::{Controller, Keepalive, Options};
 pub use error::ConfigError;

@@ -17,7 +17,7 @@ use weft_controller::health::{Defaults, Scope};
 use weft_controller::inject::InjectConfig;
 use weft_controller::registry::Caps;
 use weft_controller::webhook::Webhook;
-use weft_controller::{Controller, Options};
+use weft_controller::{Controller, Keepalive, Options};
 use weft_runtime::signals::shutdown_signal;
 
 /// weft's control plane: serves the mesh file's services, and endpoints registered
@@ -118,6 +118,15 @@ struct Args {
     /// A workload certificate's lifetime (and the longest a proxy may ask for).
     #[arg(long, env = "WEFT_CERT_LIFETIME", default_value = "24h", value_parser = cert_lifetime)]
     cert_lifetime: Duration,
+    /// Discovery connections: an HTTP/2 PING after this long without a frame (and
+    /// the first TCP keepalive probe), so a subscriber that vanished without
+    /// closing is noticed and its Watch ended; 0: off.
+    #[arg(long, env = "WEFT_GRPC_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    grpc_keepalive_interval: Duration,
+    /// How long a discovery PING's acknowledgement (and each TCP keepalive probe)
+    /// may take before the connection is closed.
+    #[arg(long, env = "WEFT_GRPC_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    grpc_keepalive_timeout: Duration,
     /// Registrations the registry takes in all.
     #[arg(long, env = "WEFT_MAX_REGISTRATIONS", default_value_t = Caps::default().total)]
     max_registrations: usize,
@@ -150,6 +159,14 @@ fn positive_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
         _ => Err("a number of writes per second above 0".to_owned()),
+    }
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("0: a timeout must be longer".to_owned()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -211,6 +228,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 trust_domain: args.trust_domain.clone(),
                 lifetime: args.cert_lifetime,
             }),
+            keepalive: Keepalive {
+                interval: (!args.grpc_keepalive_interval.is_zero())
+                    .then_some(args.grpc_keepalive_interval),
+                timeout: args.grpc_keepalive_timeout,
+            },
             config: args.config,
             poll_interval: args.poll_interval,
             state_dir: args.state_dir,

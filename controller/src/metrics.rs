@@ -17,6 +17,7 @@
 //! | `weft_controller_endpoints_checked` (under active health checks) | `service` |
 //! | `weft_controller_endpoints_withdrawn` (failing their health checks) | `service` |
 //! | `weft_controller_api_denied_total` (API calls refused; nothing changed) | `api` = `http` or `grpc`; `reason` = `missing_credential`, `bad_credential`, `out_of_scope`, `rate_limited`, `endpoint_cap`, `registration_cap`, `watch_cap` |
+//! | `weft_controller_runtime_tasks` (tasks alive in the controller's tokio runtime: a connection, a Watch each hold some; a count that grows with nothing connected is a leak) | |
 //!
 //! Every instrument is observable: it is read from [`State`] at scrape time. The
 //! state already counts reloads, errors and subscribers for `/v1/status`, so the two
@@ -67,6 +68,7 @@ impl Metrics {
         let meter = exporter.meter("weft-controller");
         register(&meter, &state, &health);
         register_auth(&meter, auth);
+        register_runtime(&meter);
         Ok(Metrics { exporter })
     }
 
@@ -195,6 +197,19 @@ fn register(meter: &opentelemetry::metrics::Meter, state: &Arc<State>, health: &
                 o.observe(count(n), &[KeyValue::new("service", name.to_string())]);
             }
         })
+        .build();
+}
+
+/// The runtime's live task count, when built inside one (the controller always
+/// is; tokio's stable `RuntimeMetrics::num_alive_tasks`).
+fn register_runtime(meter: &opentelemetry::metrics::Meter) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let _ = meter
+        .u64_observable_gauge("weft_controller_runtime_tasks")
+        .with_description("Tasks alive in the controller's runtime")
+        .with_callback(move |o| o.observe(count(runtime.metrics().num_alive_tasks()), &[]))
         .build();
 }
 

@@ -67,6 +67,9 @@ pub struct ConnSnapshot {
     pub end: Option<String>,
 }
 
+/// The live table's capacity below which it is never shrunk.
+const SHRINK_ABOVE: usize = 1024;
+
 #[derive(Debug, Default)]
 struct Inner {
     live: HashMap<u64, LiveConn>,
@@ -144,6 +147,15 @@ impl ConnTable {
     fn close(&self, id: u64, end: String) {
         let mut inner = self.lock();
         if let Some(conn) = inner.live.remove(&id) {
+            // A flood leaves the table its high-water capacity, a row's room per
+            // connection it ever held at once (about 3 MB after 12,000): given back
+            // once it is mostly empty. Each shrink leaves twice the rows there are,
+            // so the next one comes only after another fall by four: amortised O(1).
+            let capacity = inner.live.capacity();
+            if capacity > SHRINK_ABOVE && inner.live.len() < capacity / 8 {
+                let keep = inner.live.len() * 2;
+                inner.live.shrink_to(keep);
+            }
             let snap = snapshot_of(id, &conn, "closed", conn.started.elapsed(), Some(end));
             if self.closed_capacity > 0 {
                 if inner.closed.len() == self.closed_capacity {
@@ -263,5 +275,18 @@ mod tests {
         assert_eq!(snap[2].bytes_from_client, 1);
         assert_eq!(snap[1].end.as_deref(), Some("eof"));
         assert_eq!(table.live_count(), 1);
+    }
+
+    #[test]
+    fn a_flood_gives_the_table_room_back_once_gone() {
+        let table = Arc::new(ConnTable::new(0));
+        let held = table.open(info());
+        let flood: Vec<ConnGuard> = (0..12_000).map(|_| table.open(info())).collect();
+        assert!(table.lock().live.capacity() >= 12_000);
+        drop(flood);
+        assert_eq!(table.live_count(), 1);
+        let capacity = table.lock().live.capacity();
+        assert!(capacity <= 2 * SHRINK_ABOVE, "{capacity}");
+        drop(held);
     }
 }

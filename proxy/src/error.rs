@@ -45,6 +45,9 @@ pub enum ErrorReason {
     /// Opaque TCP: the kernel gave a peer up (`ETIMEDOUT`: keepalive probes or the
     /// user timeout went unanswered): it vanished without a FIN or RST.
     PeerUnresponsive,
+    /// HTTP/1: a client started a request head and did not finish it within the
+    /// header-read timeout (a slow or slowloris client); told 408 and closed.
+    HeaderReadTimeout,
 }
 
 impl ErrorReason {
@@ -67,6 +70,7 @@ impl ErrorReason {
             ErrorReason::TcpIdleTimeout => "tcp_idle_timeout",
             ErrorReason::HalfCloseTimeout => "half_close_timeout",
             ErrorReason::PeerUnresponsive => "peer_unresponsive",
+            ErrorReason::HeaderReadTimeout => "header_read_timeout",
         }
     }
 }
@@ -111,6 +115,17 @@ pub enum ConnEnd {
 }
 
 impl ConnEnd {
+    /// The error an HTTP connection that ended this way is counted as: a client
+    /// cut off at the header-read timeout (slowloris shows here, not only in
+    /// `/connections`). An idle keep-alive connection closed between requests is
+    /// no error.
+    pub fn http_error(&self) -> Option<ErrorReason> {
+        match self {
+            ConnEnd::HeaderTimeout => Some(ErrorReason::HeaderReadTimeout),
+            _ => None,
+        }
+    }
+
     /// The error an opaque connection that ended this way is counted as: a bound
     /// the proxy enforced (idle, half-close), or a peer the kernel gave up on
     /// (`ETIMEDOUT`: keepalive or the user timeout went unanswered).

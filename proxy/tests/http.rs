@@ -1078,4 +1078,20 @@ async fn an_idle_connection_handed_back_by_hyper_serves_on_and_keeps_its_limits(
     assert!(out.starts_with("HTTP/1.1 408"), "{out:?}");
     // Everything went over one upstream connection.
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // The 408 is counted (a slowloris flood shows in the metrics, not only in
+    // `/connections`); the idle spells before it are not errors.
+    eventually("the 408 counted", async || {
+        prom_text::value(
+            &scrape(&p).await,
+            "weft_proxy_errors_total",
+            &[("direction", "outbound"), ("reason", "header_read_timeout")],
+        ) == Some(1.0)
+    })
+    .await;
+    let text = scrape(&p).await;
+    assert_eq!(
+        prom_text::value(&text, "weft_proxy_errors_total", &[]),
+        Some(1.0),
+        "{text}"
+    );
 }

@@ -17,11 +17,14 @@
 //!   path-to-response router or a whole-request handler; small response helpers.
 //! - [`metrics`]: the OpenTelemetry-to-Prometheus exporter set-up and rendering.
 //! - [`process_metrics`]: RSS, CPU, fds and threads from `/proc/self`.
+//! - [`memory`]: handing the allocator's free pages back once a wave (of
+//!   connections, of tasks) has receded.
 //! - [`prom_text`]: reading samples back from a Prometheus text page (weftctl's
 //!   live views, the tests).
 
 pub mod http;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod process_metrics;
 pub mod prom_text;

@@ -224,7 +224,14 @@ fn serve_routed(
                             .conn_ctx(version, dest, edge, observer.bytes.clone());
                         let stop = shared.stop.subscribe();
                         let observer = Arc::new(observer);
-                        Box::pin(crate::l7::serve::serve(client, prefix, ctx, observer, stop)).await
+                        let end =
+                            Box::pin(crate::l7::serve::serve(client, prefix, ctx, observer, stop))
+                                .await;
+                        // A client cut off mid-head: counted like the proxy's other errors.
+                        if let Some(reason) = end.http_error() {
+                            shared.metrics.error(direction, &destination, reason);
+                        }
+                        end
                     }
                     Sniffed::ClientFailed { error, upstream } => {
                         if let Some(Ok(up)) = upstream.as_ref().map(|u| &u.upstream) {
