@@ -31,6 +31,9 @@ pub struct DiscoveryService {
     state: Arc<State>,
     auth: Arc<Auth>,
     updates: Arc<UpdateCache>,
+    /// With a CA: the trust domain in which subscribing sidecars are named (their
+    /// SPIFFE IDs become their endpoints' `identity`).
+    trust_domain: Option<String>,
 }
 
 /// Updates already made, by (from, to) version: subscribers that need the same one
@@ -124,7 +127,15 @@ impl DiscoveryService {
             state,
             auth,
             updates: Arc::default(),
+            trust_domain: None,
         }
+    }
+
+    /// Names each subscribing sidecar's endpoints with the SPIFFE ID its credential
+    /// entitles it to in `trust_domain` (the controller's CA's).
+    pub fn with_identities(mut self, trust_domain: Option<String>) -> Self {
+        self.trust_domain = trust_domain;
+        self
     }
 
     async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
@@ -162,7 +173,11 @@ impl DiscoveryService {
             let own = drainable(peer.map(|p| p.ip().to_canonical()), &req.addresses);
             self.state.drain(&own);
         }
-        let sidecar = self.state.sidecar(addresses, req.draining);
+        let identity = self.trust_domain.as_deref().and_then(|domain| {
+            let id = crate::ca::identity_of(&caller, domain).ok()?;
+            Some(Arc::<str>::from(id.to_string()))
+        });
+        let sidecar = self.state.sidecar(addresses, identity, req.draining);
         let mut updates = self.state.subscribe();
         let proxy = self.state.proxies().join(ProxyInfo {
             proxy_id: req.proxy_id.clone(),
@@ -306,6 +321,10 @@ pub fn to_proto(name: &Name, svc: &Service, snap: &Snapshot) -> pb::Service {
                 address: ip.to_string(),
                 name: String::new(),
                 meshed: meshed.contains(ip),
+                identity: snap
+                    .identities
+                    .get(ip)
+                    .map_or_else(String::new, |id| id.to_string()),
             })
             .collect(),
         policy: Some(policy_to_proto(&svc.policy)),

@@ -28,6 +28,11 @@ pub struct Snapshot {
     /// those that were while they have stayed endpoints (a draining or restarting
     /// sidecar still fronts its pod). See [`State::sidecar`].
     pub meshed: Arc<BTreeSet<IpAddr>>,
+    /// The SPIFFE ID of the sidecar at a meshed address, where its credential
+    /// names one and the controller has a CA (the identity a client-side proxy
+    /// expects of it under mutual TLS). Kept, as `meshed` is, while the address
+    /// stays an endpoint.
+    pub identities: Arc<BTreeMap<IpAddr, Arc<str>>>,
     /// Per service, its known endpoints that are not served (withdrawn or
     /// draining): still its pods, for the proxies' peer → service map.
     pub withheld: Arc<BTreeMap<Name, Vec<IpAddr>>>,
@@ -71,15 +76,15 @@ pub fn diff(old: &Mesh, new: &Mesh) -> Delta {
 /// stopped being so (the discovery API carries that per endpoint).
 pub fn diff_snapshots(old: &Snapshot, new: &Snapshot) -> Delta {
     let mut delta = diff(&old.mesh, &new.mesh);
-    if old.meshed == new.meshed && old.withheld == new.withheld {
+    if old.meshed == new.meshed && old.withheld == new.withheld && old.identities == new.identities
+    {
         return delta;
     }
     for (name, svc) in &new.mesh.services {
-        let flipped = svc
-            .endpoints
-            .iter()
-            .any(|ip| old.meshed.contains(ip) != new.meshed.contains(ip))
-            || old.withheld.get(name) != new.withheld.get(name);
+        let flipped = svc.endpoints.iter().any(|ip| {
+            old.meshed.contains(ip) != new.meshed.contains(ip)
+                || old.identities.get(ip) != new.identities.get(ip)
+        }) || old.withheld.get(name) != new.withheld.get(name);
         if flipped && !delta.upserted.iter().any(|(n, _)| n == name) {
             delta.upserted.push((name.clone(), svc.clone()));
         }
@@ -153,7 +158,7 @@ pub struct State {
     pushes: AtomicU64,
     /// Subscribed proxies per pod address (a pod's proxy may hold two streams for a
     /// moment while it reconnects).
-    sidecars: Mutex<HashMap<IpAddr, usize>>,
+    sidecars: Mutex<HashMap<IpAddr, Sidecars>>,
     /// Addresses whose sidecar is draining: their endpoints are withdrawn. See
     /// [`State::drain`].
     draining: Mutex<BTreeSet<IpAddr>>,
@@ -179,6 +184,7 @@ impl State {
                 version: 1,
                 mesh: Arc::new(mesh),
                 meshed: Arc::default(),
+                identities: Arc::default(),
                 withheld: Arc::default(),
             })),
             catalog: Mutex::new(Arc::new(Catalog::default())),
@@ -236,7 +242,14 @@ impl State {
     /// Publishes `mesh` (or the current mesh again, with `None`) with the meshed
     /// addresses recomputed; a new version when either changed.
     fn publish_with(&self, mesh: Option<Mesh>) -> Option<u64> {
-        let live: BTreeSet<IpAddr> = self.sidecars_mut().keys().copied().collect();
+        let (live, live_identities): (BTreeSet<IpAddr>, BTreeMap<IpAddr, Arc<str>>) = {
+            let sidecars = self.sidecars_mut();
+            let identities = sidecars
+                .iter()
+                .filter_map(|(ip, s)| Some((*ip, s.identity.clone()?)))
+                .collect();
+            (sidecars.keys().copied().collect(), identities)
+        };
         // Every known endpoint, served or not: one withdrawn by its health checks
         // stays meshed (and so checked through its sidecar) until it comes back.
         let catalog = self.catalog();
@@ -262,6 +275,17 @@ impl State {
                 .filter(|ip| endpoints.contains(ip))
                 .copied()
                 .collect();
+            // A live sidecar's identity, else the one last known at a still meshed
+            // address (its sidecar restarting keeps the name it will come back with).
+            let identities: BTreeMap<IpAddr, Arc<str>> = meshed
+                .iter()
+                .filter_map(|ip| {
+                    let id = live_identities
+                        .get(ip)
+                        .or_else(|| snap.identities.get(ip))?;
+                    Some((*ip, id.clone()))
+                })
+                .collect();
             let withheld: BTreeMap<Name, Vec<IpAddr>> = catalog
                 .services
                 .iter()
@@ -278,6 +302,7 @@ impl State {
                 .collect();
             if Arc::ptr_eq(&mesh, &snap.mesh)
                 && meshed == *snap.meshed
+                && identities == *snap.identities
                 && withheld == *snap.withheld
             {
                 return false;
@@ -289,6 +314,7 @@ impl State {
                 version: v,
                 mesh,
                 meshed: Arc::new(meshed),
+                identities: Arc::new(identities),
                 withheld: Arc::new(withheld),
             });
             version = Some(v);
@@ -297,7 +323,7 @@ impl State {
         version
     }
 
-    fn sidecars_mut(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+    fn sidecars_mut(&self) -> MutexGuard<'_, HashMap<IpAddr, Sidecars>> {
         self.sidecars.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -341,7 +367,15 @@ impl State {
     /// from the next version on, for as long as the guard lives (and after, while
     /// they stay endpoints). Unless it says it is `draining`, it is a new sidecar: an
     /// address drained before is served again.
-    pub fn sidecar(self: &Arc<Self>, addresses: Vec<IpAddr>, draining: bool) -> SidecarGuard {
+    ///
+    /// `identity`: the SPIFFE ID its credential entitles it to (see
+    /// [`Snapshot::identities`]).
+    pub fn sidecar(
+        self: &Arc<Self>,
+        addresses: Vec<IpAddr>,
+        identity: Option<Arc<str>>,
+        draining: bool,
+    ) -> SidecarGuard {
         if !draining {
             let removed = {
                 let mut drained = self.draining_mut();
@@ -360,7 +394,13 @@ impl State {
         {
             let mut sidecars = self.sidecars_mut();
             for a in &addresses {
-                *sidecars.entry(*a).or_default() += 1;
+                let at = sidecars.entry(*a).or_default();
+                at.subscribed += 1;
+                // The newest subscriber names the address (a restarted sidecar's
+                // new stream may open before the old one is noticed gone).
+                if identity.is_some() {
+                    at.identity = identity.clone();
+                }
             }
         }
         if let Some(v) = self.publish_with(None) {
@@ -468,14 +508,21 @@ pub struct SidecarGuard {
     addresses: Vec<IpAddr>,
 }
 
+/// The sidecars subscribed at one address.
+#[derive(Debug, Default)]
+struct Sidecars {
+    subscribed: usize,
+    identity: Option<Arc<str>>,
+}
+
 impl Drop for SidecarGuard {
     fn drop(&mut self) {
         {
             let mut sidecars = self.state.sidecars_mut();
             for a in &self.addresses {
-                if let Some(n) = sidecars.get_mut(a) {
-                    *n -= 1;
-                    if *n == 0 {
+                if let Some(at) = sidecars.get_mut(a) {
+                    at.subscribed -= 1;
+                    if at.subscribed == 0 {
                         sidecars.remove(a);
                     }
                 }
@@ -591,7 +638,7 @@ mod tests {
         let state = Arc::new(State::new(vec!["m".into()], mesh(BASE)));
         let ip = |a: &str| -> IpAddr { a.parse().expect("ip") };
         let v1 = state.snapshot();
-        let guard = state.sidecar(vec![ip("10.1.0.1"), ip("10.9.9.9")], false);
+        let guard = state.sidecar(vec![ip("10.1.0.1"), ip("10.9.9.9")], None, false);
         let v2 = state.snapshot();
         assert_eq!(v2.version, v1.version + 1);
         assert!(v2.meshed.contains(&ip("10.1.0.1")));
@@ -619,6 +666,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_sidecar_names_its_endpoints_while_they_stay_meshed() {
+        let state = Arc::new(State::new(vec!["m".into()], mesh(BASE)));
+        let ip = |a: &str| -> IpAddr { a.parse().expect("ip") };
+        let id = |s: &str| Some(Arc::<str>::from(s));
+        let v1 = state.snapshot();
+        let first = state.sidecar(vec![ip("10.1.0.1")], id("spiffe://t/ns/local/sa/a"), false);
+        let v2 = state.snapshot();
+        assert_eq!(
+            v2.identities.get(&ip("10.1.0.1")).map(|s| &**s),
+            Some("spiffe://t/ns/local/sa/a")
+        );
+        // Its sidecar gone, the address is still meshed, and still named.
+        drop(first);
+        let v3 = state.snapshot();
+        assert_eq!(v3.identities, v2.identities);
+        // A new sidecar there under another name renames it: a new version, and
+        // the service is sent again.
+        let _second = state.sidecar(vec![ip("10.1.0.1")], id("spiffe://t/ns/local/sa/b"), false);
+        let v4 = state.snapshot();
+        assert_eq!(
+            v4.identities.get(&ip("10.1.0.1")).map(|s| &**s),
+            Some("spiffe://t/ns/local/sa/b")
+        );
+        assert_eq!(diff_snapshots(&v3, &v4).upserted.len(), 1);
+        assert!(v1.identities.is_empty());
+        // No longer an endpoint: forgotten with its meshing.
+        state.publish(Mesh::default());
+        assert!(state.snapshot().identities.is_empty());
+    }
+
+    #[tokio::test]
     async fn a_drained_address_stays_drained_until_a_new_sidecar_subscribes_there() {
         let state = Arc::new(State::new(vec!["m".into()], mesh(BASE)));
         let ip = |a: &str| -> IpAddr { a.parse().expect("ip") };
@@ -627,13 +705,13 @@ mod tests {
             .await
             .expect("the merge loop is woken");
         assert!(state.draining().contains(&ip("10.1.0.1")));
-        let draining_again = state.sidecar(vec![ip("10.1.0.1")], true);
+        let draining_again = state.sidecar(vec![ip("10.1.0.1")], None, true);
         assert!(
             state.draining().contains(&ip("10.1.0.1")),
             "the draining sidecar reconnecting keeps it drained"
         );
         drop(draining_again);
-        let _new = state.sidecar(vec![ip("10.1.0.1")], false);
+        let _new = state.sidecar(vec![ip("10.1.0.1")], None, false);
         assert!(
             state.draining().is_empty(),
             "a new sidecar there: served again"

@@ -3,7 +3,8 @@
 //! (never what the CSR asks for), returns the trust bundle it keeps in the
 //! directory (the same after a restart), caps lifetimes, and refuses callers
 //! without a credential, with one naming no identity, and every caller when
-//! authentication is off; without `--ca-dir` the service is not there.
+//! authentication is off; without `--ca-dir` the service is not there. Discovery
+//! names a sidecar's endpoints with the identity its token carries.
 
 use std::time::{Duration, SystemTime};
 
@@ -215,6 +216,79 @@ async fn callers_without_an_identity_and_bad_requests_are_refused() {
     assert_eq!(
         code(certify(c.grpc, Some(POD), &good, 0).await),
         Code::Unimplemented
+    );
+    c.stop().await;
+}
+
+/// A Watch as a sidecar at `address` opens it, with `token`.
+async fn subscribe(
+    grpc: std::net::SocketAddr,
+    token: &str,
+    address: &str,
+) -> tonic::Streaming<weft_api::discovery::MeshUpdate> {
+    let mut client = weft_api::DiscoveryClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect grpc");
+    let mut request = tonic::Request::new(weft_api::discovery::WatchRequest {
+        service: "backend".into(),
+        proxy_id: address.into(),
+        addresses: vec![address.into()],
+        draining: false,
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    client.watch(request).await.expect("watch").into_inner()
+}
+
+/// `(address, meshed, identity)` of the backend's endpoints in `update`.
+fn endpoints(update: &weft_api::discovery::MeshUpdate) -> Vec<(String, bool, String)> {
+    let backend = update
+        .services
+        .iter()
+        .find(|s| s.name == "backend")
+        .expect("backend");
+    backend
+        .endpoints
+        .iter()
+        .map(|e| (e.address.clone(), e.meshed, e.identity.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_names_each_sidecars_endpoints_with_its_identity() {
+    let dir = dir();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        "services:\n  backend:\n    vip: 10.96.0.10\n    ports: [{ port: 80 }]\n    \
+         endpoints: [10.211.0.5, 10.211.0.6, 10.211.0.7]\n",
+    )
+    .expect("write mesh");
+    let c = start_in(dir, with_ca(true)).await;
+    // The pod's sidecar: its first snapshot already names its endpoint.
+    let mut pod = subscribe(c.grpc, POD, "10.211.0.5").await;
+    let first = pod.message().await.expect("stream").expect("snapshot");
+    let id = "spiffe://weft.test/ns/local/sa/backend".to_owned();
+    assert_eq!(
+        endpoints(&first),
+        [
+            ("10.211.0.5".into(), true, id.clone()),
+            ("10.211.0.6".into(), false, String::new()),
+            ("10.211.0.7".into(), false, String::new()),
+        ]
+    );
+    // A sidecar whose credential names no identity is meshed, but not named: a
+    // client then has no identity to demand of it.
+    let _operator = subscribe(c.grpc, OPERATOR, "10.211.0.6").await;
+    let next = pod.message().await.expect("stream").expect("update");
+    assert_eq!(
+        endpoints(&next),
+        [
+            ("10.211.0.5".into(), true, id),
+            ("10.211.0.6".into(), true, String::new()),
+            ("10.211.0.7".into(), false, String::new()),
+        ]
     );
     c.stop().await;
 }

@@ -518,6 +518,7 @@ fn spec_of(s: &api::Service, defaults: Defaults) -> Result<ServiceSpec, String> 
         .collect::<Result<_, String>>()?;
     let mut endpoints = Vec::with_capacity(s.endpoints.len());
     let mut meshed = Vec::new();
+    let mut identities = Vec::new();
     for e in &s.endpoints {
         let ip: IpAddr = e
             .address
@@ -526,6 +527,15 @@ fn spec_of(s: &api::Service, defaults: Defaults) -> Result<ServiceSpec, String> 
         endpoints.push(ip);
         if e.meshed {
             meshed.push(ip);
+        }
+        if !e.identity.is_empty() {
+            if !e.meshed || !is_spiffe_id(&e.identity) {
+                return Err(format!(
+                    "endpoint {ip}: bad identity {:?} (a meshed endpoint's spiffe:// ID)",
+                    e.identity
+                ));
+            }
+            identities.push((ip, Arc::from(e.identity.as_str())));
         }
     }
     let withheld = s
@@ -542,9 +552,20 @@ fn spec_of(s: &api::Service, defaults: Defaults) -> Result<ServiceSpec, String> 
         ports,
         endpoints,
         meshed,
+        identities,
         withheld,
         policy: Policy::from_proto(s.policy.as_ref(), defaults),
     })
+}
+
+/// A SPIFFE ID as the controller's CA writes one: `spiffe://` and a path, within the
+/// 2,048 bytes the SPIFFE standard allows, printable ASCII only (it is shown in
+/// `/routes` and compared with a certificate's URI SAN).
+fn is_spiffe_id(id: &str) -> bool {
+    id.len() <= 2048
+        && id
+            .strip_prefix("spiffe://")
+            .is_some_and(|rest| rest.contains('/') && rest.bytes().all(|b| b.is_ascii_graphic()))
 }
 
 #[cfg(test)]
@@ -566,6 +587,51 @@ mod tests {
             version: 4,
             epoch: 1,
             more,
+        }
+    }
+
+    #[test]
+    fn endpoint_identities_are_kept_for_meshed_endpoints_and_checked() {
+        let endpoint = |address: &str, meshed: bool, identity: &str| api::Endpoint {
+            address: address.to_owned(),
+            name: String::new(),
+            meshed,
+            identity: identity.to_owned(),
+        };
+        let service = |endpoints| api::Service {
+            name: "web".to_owned(),
+            vip: "10.96.0.3".to_owned(),
+            endpoints,
+            ..api::Service::default()
+        };
+        let id = "spiffe://weft.local/ns/local/sa/web";
+        let spec = spec_of(
+            &service(vec![
+                endpoint("10.0.0.1", true, id),
+                endpoint("10.0.0.2", true, ""),
+                endpoint("10.0.0.3", false, ""),
+            ]),
+            Defaults::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            spec.identities,
+            [("10.0.0.1".parse().unwrap(), Arc::from(id))]
+        );
+        // Refused (the update is rejected, with why): a name that is no SPIFFE ID,
+        // or one given to an endpoint no sidecar serves.
+        for (meshed, bad) in [
+            (true, "web"),
+            (true, "spiffe://weft.local"),
+            (true, "spiffe://weft.local/ns/local/sa/we b"),
+            (false, id),
+        ] {
+            let e = spec_of(
+                &service(vec![endpoint("10.0.0.1", meshed, bad)]),
+                Defaults::default(),
+            )
+            .unwrap_err();
+            assert!(e.contains("bad identity"), "{bad}: {e}");
         }
     }
 

@@ -12,7 +12,7 @@
 //! applied it, stored together with the table so that `/routes` never shows a table
 //! with another version's number.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -64,6 +64,9 @@ pub struct ServiceSpec {
     /// The endpoints a weft sidecar serves (discovery marks them): their sidecar's
     /// own error answers (`x-weft-error`) can be trusted, see [`crate::l7::forward`].
     pub meshed: Vec<IpAddr>,
+    /// The SPIFFE ID each meshed endpoint's sidecar holds a certificate for, where
+    /// discovery names one: what mutual TLS to it expects.
+    pub identities: Vec<(IpAddr, Arc<str>)>,
     /// Known endpoints not served now (withdrawn or draining): never balanced to,
     /// but still this service's pods, for the peer → service map.
     pub withheld: Vec<IpAddr>,
@@ -82,6 +85,7 @@ pub struct ServiceRoute {
     pub policy: Policy,
     endpoints: Vec<IpAddr>,
     meshed: Vec<IpAddr>,
+    identities: Vec<(IpAddr, Arc<str>)>,
 }
 
 impl ServiceRoute {
@@ -95,6 +99,14 @@ impl ServiceRoute {
     /// Whether a weft sidecar serves `ip` (see [`ServiceSpec::meshed`]).
     pub fn is_meshed(&self, ip: IpAddr) -> bool {
         self.meshed.contains(&ip)
+    }
+
+    /// The SPIFFE ID the sidecar at `ip` is known by (see
+    /// [`ServiceSpec::identities`]).
+    pub fn identity(&self, ip: IpAddr) -> Option<&Arc<str>> {
+        self.identities
+            .iter()
+            .find_map(|(at, id)| (*at == ip).then_some(id))
     }
 }
 
@@ -257,6 +269,11 @@ impl RouteTable {
                     })
                     .collect(),
                 meshed: &spec.meshed,
+                identities: spec
+                    .identities
+                    .iter()
+                    .map(|(ip, id)| (*ip, &**id))
+                    .collect(),
             })
             .collect();
         out.sort_unstable_by(|a, b| a.name.cmp(b.name));
@@ -274,6 +291,9 @@ pub struct ServiceView<'a> {
     /// tunnel); left out when none is.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub meshed: &'a [IpAddr],
+    /// Each meshed endpoint's SPIFFE ID, where discovery names one.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub identities: BTreeMap<IpAddr, &'a str>,
 }
 
 /// One VIP:port of a service and where it leads.
@@ -296,6 +316,7 @@ fn routes_of(spec: &ServiceSpec, service: &Arc<str>) -> Vec<Arc<ServiceRoute>> {
                 policy: spec.policy,
                 endpoints: spec.endpoints.clone(),
                 meshed: spec.meshed.clone(),
+                identities: spec.identities.clone(),
             })
         })
         .collect()
@@ -414,6 +435,7 @@ pub(crate) fn test_spec(name: &str, vip: &str, endpoints: &[&str]) -> ServiceSpe
         }],
         endpoints: endpoints.iter().map(|e| e.parse().expect("ip")).collect(),
         meshed: Vec::new(),
+        identities: Vec::new(),
         withheld: Vec::new(),
         policy: Policy::default(),
     }
@@ -456,6 +478,10 @@ mod tests {
             spec("b", "fd00:96::2", &["fd00:211::3"]),
             ServiceSpec {
                 meshed: vec!["10.0.0.2".parse().expect("ip")],
+                identities: vec![(
+                    "10.0.0.2".parse().expect("ip"),
+                    Arc::from("spiffe://weft.local/ns/local/sa/a"),
+                )],
                 ..spec("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"])
             },
         ]);
@@ -471,7 +497,8 @@ mod tests {
                     "vip_port": "10.96.0.1:80",
                     "protocol": "auto",
                     "endpoints": ["10.0.0.1:8080", "10.0.0.2:8080"],
-                }], "meshed": ["10.0.0.2"]},
+                }], "meshed": ["10.0.0.2"],
+                  "identities": { "10.0.0.2": "spiffe://weft.local/ns/local/sa/a" }},
                 { "name": "b", "routes": [{
                     "vip_port": "[fd00:96::2]:80",
                     "protocol": "auto",

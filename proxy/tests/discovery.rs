@@ -107,6 +107,7 @@ fn backend(endpoint: &str, port: u16, version: u64) -> MeshUpdate {
                 address: endpoint.into(),
                 name: String::new(),
                 meshed: false,
+                identity: String::new(),
             }],
             policy: None,
             withheld: vec![],

@@ -68,6 +68,7 @@ async fn proxy(endpoints: &[&str], meshed: &[&str], port: u16) -> (SocketAddr, S
         }],
         endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
         meshed: meshed.iter().map(|e| e.parse().unwrap()).collect(),
+        identities: Vec::new(),
         withheld: Vec::new(),
         policy: weft_proxy::policy::Policy::default(),
     };

@@ -57,6 +57,7 @@ fn backend(endpoints: &[&str], target_port: u16) -> ServiceSpec {
         }],
         endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
         meshed: Vec::new(),
+        identities: Vec::new(),
         withheld: Vec::new(),
         policy: weft_proxy::policy::Policy::default(),
     }

@@ -76,6 +76,7 @@ async fn client_proxy(
                 protocol,
             }],
             meshed: endpoints.clone(),
+            identities: Vec::new(),
             endpoints,
             withheld: Vec::new(),
             policy: weft_proxy::policy::Policy::default(),

@@ -24,7 +24,7 @@ use rcgen::{
     SerialNumber,
 };
 
-pub use service::{CaConfig, CertificateService};
+pub use service::{identity_of, CaConfig, CertificateService};
 pub use spiffe::{check_name, check_trust_domain, SpiffeError, SpiffeId};
 
 /// The CA's private key, PEM (PKCS#8), mode 0600.

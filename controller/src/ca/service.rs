@@ -20,6 +20,30 @@ pub struct CaConfig {
     pub lifetime: Duration,
 }
 
+/// The identity `caller` may hold a certificate for in `trust_domain`: its token's
+/// `identity:`, or its ServiceAccount. Also what discovery tells peers to expect of
+/// the sidecar a caller runs.
+pub fn identity_of(caller: &Caller, trust_domain: &str) -> Result<SpiffeId, Status> {
+    let id = match caller {
+        Caller::Token(grant) => match &grant.identity {
+            Some(workload) => SpiffeId::local(trust_domain, workload),
+            None => {
+                return Err(Status::permission_denied(format!(
+                    "token {:?} names no identity (`identity:` in the token file)",
+                    grant.name
+                )))
+            }
+        },
+        Caller::ServiceAccount(sa) => SpiffeId::new(trust_domain, &sa.namespace, &sa.name),
+        Caller::Anyone => {
+            return Err(Status::failed_precondition(
+                "authentication is off (--api-auth off): no caller's identity can be trusted, so no certificate is issued",
+            ))
+        }
+    };
+    id.map_err(|e| Status::permission_denied(format!("caller {caller}: {e}")))
+}
+
 /// Serves [`Ca`] to the callers `auth` lets in.
 #[derive(Debug, Clone)]
 pub struct CertificateService {
@@ -41,24 +65,7 @@ impl CertificateService {
 
     /// The identity `caller` may hold a certificate for.
     fn identity_of(&self, caller: &Caller) -> Result<SpiffeId, Status> {
-        let id = match caller {
-            Caller::Token(grant) => match &grant.identity {
-                Some(workload) => SpiffeId::local(&self.trust_domain, workload),
-                None => {
-                    return Err(Status::permission_denied(format!(
-                        "token {:?} names no identity (`identity:` in the token file)",
-                        grant.name
-                    )))
-                }
-            },
-            Caller::ServiceAccount(sa) => SpiffeId::new(&self.trust_domain, &sa.namespace, &sa.name),
-            Caller::Anyone => {
-                return Err(Status::failed_precondition(
-                    "authentication is off (--api-auth off): no caller's identity can be trusted, so no certificate is issued",
-                ))
-            }
-        };
-        id.map_err(|e| Status::permission_denied(format!("caller {caller}: {e}")))
+        identity_of(caller, &self.trust_domain)
     }
 
     /// The lifetime to sign for: the one asked (0: the default), never longer than

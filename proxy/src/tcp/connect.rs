@@ -443,6 +443,7 @@ mod tests {
                 "127.0.0.2".parse().expect("ip"),
             ],
             meshed: meshed.iter().map(|ip| ip.parse().expect("ip")).collect(),
+            identities: Vec::new(),
             withheld: Vec::new(),
             policy,
         }]);
