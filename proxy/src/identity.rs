@@ -6,7 +6,8 @@
 //! lifetime, for the same key (one key per proxy process); a failed request is
 //! retried with backoff, 1 s doubling to 1 min, while the current certificate stays
 //! in force. The current certificate is kept in [`IdentityStatus`], shown on the
-//! admin `/identity`; nothing uses it for TLS yet.
+//! admin `/identity`, and made into the rustls configurations of [`crate::mtls`]
+//! (not on the data path yet).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use weft_api::identity::CertifyRequest;
 use weft_api::CertificatesClient;
 
 use crate::discovery::{authorized, controller_endpoint, credential, error_chain, DiscoveryConfig};
+use crate::mtls::{Credentials, MeshTls};
 
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -45,6 +47,7 @@ pub struct IdentityStatus {
     issued: AtomicU64,
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
+    tls: MeshTls,
 }
 
 impl IdentityStatus {
@@ -54,6 +57,11 @@ impl IdentityStatus {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The certificate as TLS configurations, swapped at each renewal.
+    pub fn tls(&self) -> &MeshTls {
+        &self.tls
     }
 
     /// `/identity`'s JSON.
@@ -86,8 +94,19 @@ pub async fn run(config: DiscoveryConfig, status: Arc<IdentityStatus>) -> anyhow
         .pem()?;
     let mut backoff = BACKOFF_MIN;
     loop {
-        match certify(&config, &csr_pem).await {
-            Ok(cert) => {
+        let issued = certify(&config, &csr_pem).await.and_then(|cert| {
+            let credentials = Credentials::new(
+                &cert.spiffe_id,
+                &cert.cert_pem,
+                key.serialize_der(),
+                &cert.trust_bundle_pem,
+                cert.not_after,
+            )
+            .map_err(|e| tonic::Status::internal(format!("unusable certificate: {e}")))?;
+            Ok((cert, credentials))
+        });
+        match issued {
+            Ok((cert, credentials)) => {
                 let wait = cert
                     .renew_at
                     .duration_since(SystemTime::now())
@@ -100,6 +119,7 @@ pub async fn run(config: DiscoveryConfig, status: Arc<IdentityStatus>) -> anyhow
                 status.issued.fetch_add(1, Ordering::Relaxed);
                 status.set_error(None);
                 *status.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(cert));
+                status.tls.install(credentials);
                 backoff = BACKOFF_MIN;
                 tokio::time::sleep(wait).await;
             }

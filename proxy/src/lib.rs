@@ -40,6 +40,8 @@
 //! - [`config`]: the configuration a proxy runs with.
 //! - [`identity`]: with `--identity`, the workload certificate kept from the
 //!   controller's CA (groundwork for mutual TLS).
+//! - [`mtls`]: that certificate as rustls configurations (TLS 1.3, the peer's
+//!   SPIFFE ID checked); not on the data path yet.
 
 pub mod addr;
 pub(crate) mod admin;
@@ -57,6 +59,7 @@ pub mod identity;
 pub mod l7;
 pub(crate) mod memory;
 pub mod metrics;
+pub mod mtls;
 pub mod orig_dst;
 pub mod policy;
 pub(crate) mod readiness;
