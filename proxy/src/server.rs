@@ -20,6 +20,7 @@ use crate::metrics::MetricsError;
 use crate::orig_dst::OrigDstSource;
 use crate::routes::Routes;
 use crate::state::Shared;
+use crate::tcp::liveness::Liveness;
 use crate::tcp::relay;
 
 /// Errors starting the proxy.
@@ -69,11 +70,14 @@ impl BoundProxy {
         config: ProxyConfig,
         orig_dst: Arc<dyn OrigDstSource>,
     ) -> Result<Self, StartError> {
-        let outbound = bind_all("outbound listener", &config.outbound_listen)?;
-        let inbound = bind_all("inbound listener", &config.inbound_listen)?;
-        let tunnel = bind_all("tunnel listener", &config.tunnel_listen)?;
-        let admin = bind_one("admin endpoint", config.admin_listen)?;
-        let metrics_listener = bind_one("metrics endpoint", config.metrics_listen)?;
+        // The relayed sockets' options are given once to their listeners: accepted
+        // sockets inherit them (tcp::liveness).
+        let relayed = Some(config.liveness());
+        let outbound = bind_all("outbound listener", &config.outbound_listen, relayed)?;
+        let inbound = bind_all("inbound listener", &config.inbound_listen, relayed)?;
+        let tunnel = bind_all("tunnel listener", &config.tunnel_listen, relayed)?;
+        let admin = bind_one("admin endpoint", config.admin_listen, None)?;
+        let metrics_listener = bind_one("metrics endpoint", config.metrics_listen, None)?;
         // As bound (a port 0 of the configuration is the kernel's pick).
         let mut own_ports: Vec<u16> = [&outbound, &inbound, &tunnel]
             .into_iter()
@@ -249,10 +253,16 @@ async fn wait_stop(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-fn bind_all(what: &'static str, addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
+/// Binds a listener on each of `addrs`; `relayed`: the options of the sockets it
+/// accepts, which the proxy relays.
+fn bind_all(
+    what: &'static str,
+    addrs: &[SocketAddr],
+    relayed: Option<Liveness>,
+) -> Result<Vec<TcpListener>, StartError> {
     let mut out = Vec::new();
     for addr in addrs {
-        match bind_one(what, *addr) {
+        match bind_one(what, *addr, relayed) {
             Ok(l) => out.push(l),
             Err(StartError::Bind { source, .. }) if addr.is_ipv6() && ipv6_unavailable(&source) => {
                 tracing::info!(%addr, "no IPv6 in this namespace; {what} serves IPv4 only");
@@ -275,7 +285,11 @@ mod libc_errno {
     pub const EADDRNOTAVAIL: i32 = nix::errno::Errno::EADDRNOTAVAIL as i32;
 }
 
-fn bind_one(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+fn bind_one(
+    what: &'static str,
+    addr: SocketAddr,
+    relayed: Option<Liveness>,
+) -> Result<TcpListener, StartError> {
     let err = |source| StartError::Bind { what, addr, source };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
     if addr.is_ipv6() {
@@ -284,6 +298,9 @@ fn bind_one(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartEr
     }
     socket.set_reuse_address(true).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
+    if let Some(liveness) = relayed {
+        liveness.apply_to_listener(&socket).map_err(err)?;
+    }
     socket.bind(&addr.into()).map_err(err)?;
     socket.listen(4096).map_err(err)?;
     TcpListener::from_std(socket.into()).map_err(err)

@@ -14,13 +14,14 @@ pub fn recover(
     client: &TcpStream,
     client_addr: ClientAddr,
 ) -> Result<OrigDstAddr, ErrorReason> {
+    let local = client.local_addr().map_err(|_| ErrorReason::NoOrigDst)?;
     let orig = shared
         .orig_dst
-        .orig_dst(client)
+        .orig_dst(client, local)
         .map_err(|_| ErrorReason::NoOrigDst)?;
     // A connection made straight to the listener (not redirected) "originally" went
     // to the listener itself; forwarding it would connect back to ourselves.
-    if client.local_addr().ok() == Some(orig.0) {
+    if local == orig.0 {
         return Err(ErrorReason::Loop);
     }
     // The proxy's own upstream connection was captured again: the proxy does not run

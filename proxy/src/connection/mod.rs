@@ -134,8 +134,6 @@ fn serve_routed(
     // connection pays.
     async move {
         let direction = routing.direction();
-        let _ = client.set_nodelay(true);
-        shared.connector.liveness().apply(&client);
         let source = routing.source_service(&shared.own_service);
         let destination = routing.destination_service(&shared.own_service);
         let labels = Arc::new(TcpLabels::new(direction, &source, &destination));

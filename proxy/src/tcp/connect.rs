@@ -152,11 +152,6 @@ impl Connector {
         }
     }
 
-    /// What is set on every socket the proxy relays (clients' too).
-    pub fn liveness(&self) -> Liveness {
-        self.liveness
-    }
-
     /// The same connector, setting `liveness` on every upstream socket.
     pub fn with_liveness(mut self, liveness: Liveness) -> Self {
         self.liveness = liveness;

@@ -1,5 +1,9 @@
 //! Noticing dead peers: TCP keepalive and `TCP_USER_TIMEOUT` on every socket the
 //! proxy relays (the client's, from accept, and the upstream's, from connect).
+//! Accepted sockets get them from their listener, which is given them once
+//! ([`Liveness::apply_to_listener`]): Linux makes an accepted socket as a copy of
+//! its listener, keepalive settings, user timeout and `TCP_NODELAY` included, so
+//! each accept saves five `setsockopt` calls.
 //!
 //! A peer that vanishes without a FIN or RST (its node powered off, its link cut)
 //! leaves an idle socket open forever and a socket with unacknowledged data (a FIN
@@ -17,8 +21,9 @@
 
 use std::time::Duration;
 
+use std::os::fd::AsFd;
+
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::TcpStream;
 
 /// Default time a connection is idle before the first keepalive probe.
 pub const KEEPALIVE: Duration = Duration::from_secs(60);
@@ -45,10 +50,10 @@ impl Liveness {
         }
     }
 
-    /// Sets the options on `stream`; a failure (a socket already closed) is not
+    /// Sets the options on `socket`; a failure (a socket already closed) is not
     /// worth more than a debug line.
-    pub fn apply(&self, stream: &TcpStream) {
-        let sock = SockRef::from(stream);
+    pub fn apply(&self, socket: &impl AsFd) {
+        let sock = SockRef::from(socket);
         if let Some(idle) = self.keepalive {
             let probes = TcpKeepalive::new()
                 .with_time(idle)
@@ -64,12 +69,21 @@ impl Liveness {
             }
         }
     }
+
+    /// Sets the options, and `TCP_NODELAY` (the relays write whole messages, and
+    /// Nagle would hold a response's last segment back), on a listening socket:
+    /// every socket it accepts starts with them.
+    pub fn apply_to_listener(&self, listener: &impl AsFd) -> std::io::Result<()> {
+        SockRef::from(listener).set_tcp_nodelay(true)?;
+        self.apply(listener);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     #[tokio::test]
     async fn the_options_reach_the_socket() {
@@ -90,6 +104,36 @@ mod tests {
             sock.tcp_keepalive_interval().expect("TCP_KEEPINTVL"),
             KEEPALIVE_INTERVAL
         );
+        assert_eq!(
+            sock.tcp_keepalive_retries().expect("TCP_KEEPCNT"),
+            KEEPALIVE_PROBES
+        );
+        assert_eq!(
+            sock.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),
+            Some(user_timeout)
+        );
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_start_with_their_listeners_options() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let user_timeout = Duration::from_secs(30);
+        let short = Duration::from_secs(7);
+        Liveness {
+            keepalive: Some(short),
+            user_timeout: Some(user_timeout),
+        }
+        .apply_to_listener(&l)
+        .expect("listener options");
+        let _c = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (accepted, _) = l.accept().await.expect("accept");
+        let sock = SockRef::from(&accepted);
+        assert!(sock.tcp_nodelay().expect("TCP_NODELAY"));
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"), short);
+        assert_eq!(sock.tcp_keepalive_interval().expect("TCP_KEEPINTVL"), short);
         assert_eq!(
             sock.tcp_keepalive_retries().expect("TCP_KEEPCNT"),
             KEEPALIVE_PROBES
