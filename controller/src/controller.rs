@@ -324,9 +324,10 @@ impl Controller {
         // (a thousand subscribers, gone) has receded, the allocator's free pages
         // go back to the kernel (weft_runtime::memory).
         let runtime = tokio::runtime::Handle::current();
-        let reclaim = tokio::spawn(weft_runtime::memory::reclaim_after_waves(move || {
-            runtime.metrics().num_alive_tasks()
-        }));
+        let reclaim = tokio::spawn(weft_runtime::memory::reclaim_after_waves(
+            move || runtime.metrics().num_alive_tasks(),
+            || {},
+        ));
 
         shutdown.await;
         tracing::info!("shutting down");

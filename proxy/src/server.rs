@@ -190,9 +190,7 @@ impl BoundProxy {
             self.shared.clone(),
             self.metrics,
         ));
-        let reclaim = tokio::spawn(crate::memory::reclaim_after_waves(
-            self.shared.conns.clone(),
-        ));
+        let reclaim = tokio::spawn(crate::memory::reclaim_after_waves(self.shared.clone()));
 
         shutdown.await;
         self.shared.draining.store(true, Ordering::SeqCst);

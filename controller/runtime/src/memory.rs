@@ -73,8 +73,10 @@ impl Receding {
 
 /// Watches `live` (connections, tasks: whatever holds memory per unit) and the
 /// process's CPU time for as long as the process runs, trimming after each wave or
-/// load. Needs a tokio runtime.
-pub async fn reclaim_after_waves(live: impl Fn() -> usize) {
+/// load; `release` runs first, to let go of what the process keeps only for a load
+/// (idle pooled connections, say) so that its memory goes back too. Needs a tokio
+/// runtime.
+pub async fn reclaim_after_waves(live: impl Fn() -> usize, release: impl Fn()) {
     let mut receding = Receding::default();
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -85,6 +87,7 @@ pub async fn reclaim_after_waves(live: impl Fn() -> usize) {
         let cpu = cpu_now.saturating_sub(cpu_before);
         cpu_before = cpu_now;
         if receding.observe(live(), cpu) {
+            release();
             let _ = tokio::task::spawn_blocking(trim).await;
         }
     }

@@ -46,6 +46,15 @@ impl<C> Registry<C> {
     }
 }
 
+impl<C> Registry<C> {
+    /// Calls `f` with what each endpoint still in use keeps (its HTTP pool).
+    pub fn each_conns(&self, mut f: impl FnMut(&C)) {
+        for endpoint in lock(&self.endpoints).values().filter_map(Weak::upgrade) {
+            f(&endpoint.conns);
+        }
+    }
+}
+
 impl<C: Conns> Registry<C> {
     /// The balancer of `route`, made on first use.
     pub fn balancer(&self, route: &Arc<ServiceRoute>) -> Arc<Balancer<C>> {

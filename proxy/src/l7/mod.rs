@@ -141,6 +141,15 @@ pub enum Dest {
 }
 
 impl L7 {
+    /// Closes idle inbound pooled connections beyond a few per application address
+    /// ([`pool::EndpointPool::shed_idle`]); returns how many.
+    pub fn shed_idle_inbound(&self) -> usize {
+        let mut shed = 0;
+        self.inbound
+            .each(|pool| shed += pool.shed_idle(pool::KEEP_IDLE_H1_AFTER_LOAD));
+        shed
+    }
+
     pub fn new(
         draining: Arc<AtomicBool>,
         connector: Connector,

@@ -44,6 +44,10 @@ use crate::tcp::connect::{Connector, Upstream};
 /// Idle HTTP/1 connections kept per endpoint.
 pub const MAX_IDLE_H1: usize = 256;
 
+/// Idle HTTP/1 connections kept per endpoint once a load has ended
+/// ([`EndpointPool::shed_idle`]).
+pub const KEEP_IDLE_H1_AFTER_LOAD: usize = 2;
+
 type H1 = http1::SendRequest<RequestBody>;
 type H2 = http2::SendRequest<RequestBody>;
 
@@ -74,6 +78,13 @@ pub struct InboundPools {
 }
 
 impl InboundPools {
+    /// Calls `f` with each pool.
+    pub fn each(&self, mut f: impl FnMut(&EndpointPool)) {
+        for pool in lock(&self.pools).values() {
+            f(pool);
+        }
+    }
+
     /// The pool of a local application address.
     pub fn get(&self, addr: EndpointAddr) -> Arc<EndpointPool> {
         let mut pools = lock(&self.pools);
@@ -140,6 +151,21 @@ impl EndpointPool {
     /// The endpoint's address.
     pub fn addr(&self) -> EndpointAddr {
         self.addr
+    }
+
+    /// Closes the idle HTTP/1 connections but the `keep` most recently returned.
+    /// After a load of 32 concurrent requests, the pool holds 32 idle connections
+    /// for minutes, each with hyper's read and write buffers: memory the next
+    /// burst can make again for the price of a connect. Returns how many closed.
+    pub fn shed_idle(&self, keep: usize) -> usize {
+        let mut idle = lock(&self.h1_idle);
+        let shed = idle.len().saturating_sub(keep);
+        // Oldest first: the most recently returned stay (as `take_h1` prefers them).
+        idle.drain(..shed);
+        if idle.capacity() > 2 * keep.max(1) {
+            idle.shrink_to(keep);
+        }
+        shed
     }
 
     /// Sends `req` over a pooled (or new) connection of `version`; returns the
@@ -348,4 +374,39 @@ fn refused_stream(e: &hyper::Error) -> bool {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn shedding_closes_the_idle_connections_but_the_most_recent() {
+        let pool = EndpointPool::new(EndpointAddr("10.0.0.1:80".parse().expect("addr")));
+        // Five idle HTTP/1 connections, each over an in-memory pipe whose far end
+        // is held open (nothing closes them but the pool).
+        let mut conns = Vec::new();
+        for _ in 0..5 {
+            let (near, far) = tokio::io::duplex(1024);
+            let (sender, conn) = http1::Builder::new()
+                .handshake::<_, RequestBody>(TokioIo::new(near))
+                .await
+                .expect("handshake");
+            conns.push((tokio::spawn(conn), far));
+            lock(&pool.h1_idle).push((sender, Instant::now()));
+        }
+        assert_eq!(pool.shed_idle(2), 3);
+        assert_eq!(lock(&pool.h1_idle).len(), 2);
+        // The three oldest close (their connection tasks end), the two newest stay.
+        for (task, _far) in conns.drain(..3) {
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("closed once shed")
+                .expect("task")
+                .expect("a clean close");
+        }
+        tokio::task::yield_now().await;
+        assert!(conns.iter().all(|(task, _)| !task.is_finished()));
+        assert_eq!(pool.shed_idle(2), 0, "nothing more to shed");
+    }
 }
