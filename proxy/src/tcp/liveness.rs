@@ -97,12 +97,23 @@ mod tests {
             ..Liveness::defaults()
         }
         .apply(&c);
-        let sock = SockRef::from(&c);
+        assert_options(&c, KEEPALIVE, KEEPALIVE_INTERVAL, user_timeout);
+    }
+
+    /// `socket` probes after `idle`, every `interval`, [`KEEPALIVE_PROBES`] times,
+    /// with `user_timeout`.
+    fn assert_options(
+        socket: &TcpStream,
+        idle: Duration,
+        interval: Duration,
+        user_timeout: Duration,
+    ) {
+        let sock = SockRef::from(socket);
         assert!(sock.keepalive().expect("SO_KEEPALIVE"));
-        assert_eq!(sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"), KEEPALIVE);
+        assert_eq!(sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"), idle);
         assert_eq!(
             sock.tcp_keepalive_interval().expect("TCP_KEEPINTVL"),
-            KEEPALIVE_INTERVAL
+            interval
         );
         assert_eq!(
             sock.tcp_keepalive_retries().expect("TCP_KEEPCNT"),
@@ -129,19 +140,8 @@ mod tests {
             .await
             .expect("connect");
         let (accepted, _) = l.accept().await.expect("accept");
-        let sock = SockRef::from(&accepted);
-        assert!(sock.tcp_nodelay().expect("TCP_NODELAY"));
-        assert!(sock.keepalive().expect("SO_KEEPALIVE"));
-        assert_eq!(sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"), short);
-        assert_eq!(sock.tcp_keepalive_interval().expect("TCP_KEEPINTVL"), short);
-        assert_eq!(
-            sock.tcp_keepalive_retries().expect("TCP_KEEPCNT"),
-            KEEPALIVE_PROBES
-        );
-        assert_eq!(
-            sock.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),
-            Some(user_timeout)
-        );
+        assert!(SockRef::from(&accepted).tcp_nodelay().expect("TCP_NODELAY"));
+        assert_options(&accepted, short, short, user_timeout);
     }
 
     #[tokio::test]
