@@ -483,16 +483,30 @@ pub fn apply(
         .iter()
         .map(|s| spec_of(s, defaults).map_err(|why| format!("service {:?}: {why}", s.name)))
         .collect::<Result<Vec<_>, String>>()?;
-    let next = routes
-        .load()
-        .updated(update.full_snapshot, specs, update.removed.iter());
-    if next.service_count() > max_services {
-        return Err(format!(
-            "the update makes {} services; this proxy takes at most {max_services} (--max-services)",
-            next.service_count()
-        ));
+    let too_many = |count: usize| {
+        format!(
+            "the update makes {count} services; this proxy takes at most {max_services} (--max-services)"
+        )
+    };
+    if update.full_snapshot {
+        let next = routes
+            .load()
+            .updated(true, specs, std::iter::empty::<&str>());
+        if next.service_count() > max_services {
+            return Err(too_many(next.service_count()));
+        }
+        return Ok(routes.store_version(next, update.epoch, update.version));
     }
-    Ok(routes.store_version(next, update.epoch, update.version))
+    // Checked first: the update is applied in place, and a rejected one must
+    // leave the table as it was.
+    let count = routes.load().count_after(
+        specs.iter().map(|s| s.name.as_str()),
+        update.removed.iter().map(String::as_str),
+    );
+    if count > max_services {
+        return Err(too_many(count));
+    }
+    Ok(routes.patch_version(specs, update.removed.iter(), update.epoch, update.version))
 }
 
 /// The routing view of a discovery service; the controller validated it, but a
