@@ -227,14 +227,13 @@ impl RouteTable {
                 _ => ServiceEntry::new(spec),
             })
             .collect();
-        let table = self;
         let mut gone = Vec::new();
         let mut added = Vec::new();
         for name in removed {
-            gone.extend(table.services.remove(name.as_ref()));
+            gone.extend(self.services.remove(name.as_ref()));
         }
         for entry in entries {
-            match table.services.insert(entry.name.clone(), entry.clone()) {
+            match self.services.insert(entry.name.clone(), entry.clone()) {
                 Some(old) if Arc::ptr_eq(&old, &entry) => continue,
                 Some(old) => gone.push(old),
                 None => {}
@@ -244,31 +243,30 @@ impl RouteTable {
         let (mut vacated_ports, mut vacated_ips) = (Vec::new(), Vec::new());
         for old in &gone {
             for (key, route) in old.vip_ports() {
-                if table
+                if self
                     .by_vip_port
                     .get(&key)
                     .is_some_and(|r| Arc::ptr_eq(r, route))
                 {
-                    table.by_vip_port.remove(&key);
+                    self.by_vip_port.remove(&key);
                     vacated_ports.push(key);
                 }
             }
             for ip in old.spec.endpoints.iter().chain(&old.spec.withheld) {
                 let key = ip.to_canonical();
-                if table.by_endpoint_ip.get(&key) == Some(&old.name) {
-                    table.by_endpoint_ip.remove(&key);
+                if self.by_endpoint_ip.get(&key) == Some(&old.name) {
+                    self.by_endpoint_ip.remove(&key);
                     vacated_ips.push(key);
                 }
             }
         }
         // A service named twice in one update: only the last entry stands.
         added.retain(|e| {
-            table
-                .services
+            self.services
                 .get(&e.name)
                 .is_some_and(|now| Arc::ptr_eq(now, e))
         });
-        table.index(&added);
+        self.index(&added);
         // A key a changed service let go of may still be another service's (rare:
         // addresses are shared only by misconfiguration, or by a pod that moved):
         // found by a search among all the services, as a whole rebuild would. Most
@@ -276,18 +274,18 @@ impl RouteTable {
         // none. An address taken again only as a withheld one is searched for a
         // service that serves it, which comes first.
         for key in vacated_ports {
-            if !table.by_vip_port.contains_key(&key) {
-                let owner = (table.services.values())
+            if !self.by_vip_port.contains_key(&key) {
+                let owner = (self.services.values())
                     .find_map(|e| e.vip_ports().find(|(k, _)| *k == key).map(|(_, r)| r));
                 if let Some(route) = owner {
-                    table.by_vip_port.insert(key, route.clone());
+                    self.by_vip_port.insert(key, route.clone());
                 }
             }
         }
         let serves = |ips: &[IpAddr], key: IpAddr| ips.iter().any(|ip| ip.to_canonical() == key);
         for key in vacated_ips {
-            let served = match table.by_endpoint_ip.get(&key) {
-                Some(name) => table
+            let served = match self.by_endpoint_ip.get(&key) {
+                Some(name) => self
                     .services
                     .get(name)
                     .is_some_and(|e| serves(&e.spec.endpoints, key)),
@@ -296,21 +294,20 @@ impl RouteTable {
             if served {
                 continue;
             }
-            let owner = (table.services.values())
+            let owner = (self.services.values())
                 .find(|e| serves(&e.spec.endpoints, key))
                 .or_else(|| {
-                    let held = table.by_endpoint_ip.contains_key(&key);
+                    let held = self.by_endpoint_ip.contains_key(&key);
                     (!held)
                         .then(|| {
-                            table
-                                .services
+                            self.services
                                 .values()
                                 .find(|e| serves(&e.spec.withheld, key))
                         })
                         .flatten()
                 });
             if let Some(e) = owner {
-                table.by_endpoint_ip.insert(key, e.name.clone());
+                self.by_endpoint_ip.insert(key, e.name.clone());
             }
         }
     }
@@ -485,6 +482,22 @@ pub struct Applied {
     pub applied_at_unix_ms: u64,
 }
 
+impl Applied {
+    /// Discovery's `version` (of `epoch`), applied now — or when it first was:
+    /// the time is kept when `current` is that version already (a reconnect
+    /// re-sends the current version as a snapshot).
+    fn stamp(current: Option<Applied>, epoch: u64, version: u64) -> Applied {
+        match current {
+            Some(a) if a.version == version && a.epoch == epoch => a,
+            _ => Applied {
+                epoch,
+                version,
+                applied_at_unix_ms: unix_ms_now(),
+            },
+        }
+    }
+}
+
 /// The proxy's current table, swapped atomically by discovery.
 #[derive(Debug, Default)]
 pub struct Routes {
@@ -534,14 +547,7 @@ impl Routes {
     /// version arrived; a restarted controller's versions are of another epoch.
     pub fn store_version(&self, table: RouteTable, epoch: u64, version: u64) -> Applied {
         let mut current = self.write();
-        let applied = match current.applied {
-            Some(a) if a.version == version && a.epoch == epoch => a,
-            _ => Applied {
-                epoch,
-                version,
-                applied_at_unix_ms: unix_ms_now(),
-            },
-        };
+        let applied = Applied::stamp(current.applied, epoch, version);
         *current = Current {
             table: Arc::new(table),
             applied: Some(applied),
@@ -571,14 +577,7 @@ impl Routes {
                 current.table = Arc::new(next);
             }
         }
-        let applied = match current.applied {
-            Some(a) if a.version == version && a.epoch == epoch => a,
-            _ => Applied {
-                epoch,
-                version,
-                applied_at_unix_ms: unix_ms_now(),
-            },
-        };
+        let applied = Applied::stamp(current.applied, epoch, version);
         current.applied = Some(applied);
         drop(current);
         self.generation.fetch_add(1, Ordering::Release);
