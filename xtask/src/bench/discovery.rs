@@ -499,6 +499,11 @@ struct Report {
     single: Samples,
     wide: Samples,
     controller_rss_kib: Option<u64>,
+    /// The controller's RSS after [`AT_REST`] without an edit: what it keeps, once
+    /// it has given back what the pushes left (weft_runtime::memory). Right after
+    /// the rounds the figure depends on whether that trim has come yet (49 to 117
+    /// MiB between runs of the same command).
+    controller_rest_rss_kib: Option<u64>,
     proxy_rss_kib: Option<u64>,
     /// The controller's CPU time (user + system) per 1-service edit round, and for
     /// the wide one: parsing, merging, diffing and pushing to every proxy.
@@ -551,17 +556,23 @@ fn run(mesh: &Mesh, bins: &Bins, opts: &Options, seed: u64, deadline: &Deadline)
         Some((b?.saturating_sub(a?)) as f64 / n.max(1) as f64)
     };
 
+    let controller_rss_kib = rss_kib(bench.controller.pid());
+    std::thread::sleep(AT_REST);
     Ok(Report {
+        controller_rest_rss_kib: rss_kib(bench.controller.pid()),
         file_bytes,
         initial_sync,
         single,
         wide,
-        controller_rss_kib: rss_kib(bench.controller.pid()),
+        controller_rss_kib,
         controller_cpu_ms_per_edit: per(cpu_before, single_cpu, opts.rounds),
         controller_cpu_ms_wide: per(single_cpu, wide_cpu, 1),
         proxy_rss_kib: bench.proxies.first().and_then(|p| rss_kib(p.proc.pid())),
     })
 }
+
+/// How long the controller goes without an edit before its RSS at rest is read.
+const AT_REST: Duration = Duration::from_secs(5);
 
 /// VmRSS of `pid`, in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -632,8 +643,10 @@ impl Report {
             println!("  controller -> proxy {}", summary(&s.push));
         }
         println!(
-            "RSS after the rounds: weft-controller {}, weft-proxy (bench-00) {}",
+            "RSS after the rounds: weft-controller {} (at rest {} later: {}), weft-proxy (bench-00) {}",
             mib(self.controller_rss_kib),
+            humantime::format_duration(AT_REST),
+            mib(self.controller_rest_rss_kib),
             mib(self.proxy_rss_kib)
         );
         let ms = |v: Option<f64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v:.0} ms"));
