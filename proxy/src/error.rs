@@ -48,6 +48,10 @@ pub enum ErrorReason {
     /// HTTP/1: a client started a request head and did not finish it within the
     /// header-read timeout (a slow or slowloris client); told 408 and closed.
     HeaderReadTimeout,
+    /// A mutual TLS handshake between sidecars failed: the peer's certificate is
+    /// not from the mesh CA or not for the identity discovery names, or the peer
+    /// broke off.
+    TlsHandshake,
 }
 
 impl ErrorReason {
@@ -71,6 +75,7 @@ impl ErrorReason {
             ErrorReason::HalfCloseTimeout => "half_close_timeout",
             ErrorReason::PeerUnresponsive => "peer_unresponsive",
             ErrorReason::HeaderReadTimeout => "header_read_timeout",
+            ErrorReason::TlsHandshake => "tls_handshake",
         }
     }
 }

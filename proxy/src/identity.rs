@@ -47,7 +47,8 @@ pub struct IdentityStatus {
     issued: AtomicU64,
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
-    tls: MeshTls,
+    /// Shared with the dialer ([`crate::tcp::connect::Connector`]).
+    tls: Arc<MeshTls>,
 }
 
 impl IdentityStatus {
@@ -60,7 +61,7 @@ impl IdentityStatus {
     }
 
     /// The certificate as TLS configurations, swapped at each renewal.
-    pub fn tls(&self) -> &MeshTls {
+    pub fn tls(&self) -> &Arc<MeshTls> {
         &self.tls
     }
 

@@ -71,7 +71,10 @@ impl Shared {
         if config.discovery.is_some() {
             metrics.observe_discovery(discovery.clone());
         }
-        let connector = Connector::new(config.tunnel_port).with_liveness(config.liveness());
+        let identity = Arc::new(crate::identity::IdentityStatus::default());
+        let connector = Connector::new(config.tunnel_port)
+            .with_liveness(config.liveness())
+            .with_tls(identity.tls().clone());
         let instruments = HttpInstruments::new(
             &metrics.meter(),
             metrics.errors_counter().clone(),
@@ -100,7 +103,7 @@ impl Shared {
             draining,
             stop: watch::channel(false).0,
             discovery,
-            identity: Arc::default(),
+            identity,
             app_check: AppCheck::default(),
             own_ports,
             tcp_limits: RelayLimits {

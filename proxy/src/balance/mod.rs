@@ -106,8 +106,9 @@ pub struct Pick<'a, C> {
 #[derive(Debug)]
 pub struct Balancer<C> {
     endpoints: Box<[Arc<Endpoint<C>>]>,
-    /// The endpoints a weft sidecar serves ([`crate::routes::ServiceSpec::meshed`]).
-    meshed: Box<[IpAddr]>,
+    /// The endpoints a weft sidecar serves ([`crate::routes::ServiceSpec::meshed`]),
+    /// with the SPIFFE ID its certificate names where discovery gives one.
+    meshed: Box<[(IpAddr, Option<Arc<str>>)]>,
     next: AtomicUsize,
     pub policy: Policy,
     pub budget: RetryBudget,
@@ -160,7 +161,7 @@ fn random() -> u64 {
 impl<C> Balancer<C> {
     pub fn new(
         endpoints: Box<[Arc<Endpoint<C>>]>,
-        meshed: Box<[IpAddr]>,
+        meshed: Box<[(IpAddr, Option<Arc<str>>)]>,
         policy: Policy,
         ejections: Ejections,
     ) -> Self {
@@ -201,7 +202,18 @@ impl<C> Balancer<C> {
     /// Whether a weft sidecar serves `endpoint`, so that its own error answers can be
     /// trusted. Consulted on failures only.
     pub fn is_meshed(&self, endpoint: &Endpoint<C>) -> bool {
-        self.meshed.contains(&endpoint.addr().0.ip())
+        let ip = endpoint.addr().0.ip();
+        self.meshed.iter().any(|(m, _)| *m == ip)
+    }
+
+    /// The SPIFFE ID `endpoint`'s sidecar holds a certificate for, which mutual
+    /// TLS demands of it (`None`: not meshed, or no identity known).
+    pub fn identity(&self, endpoint: &Endpoint<C>) -> Option<&Arc<str>> {
+        let ip = endpoint.addr().0.ip();
+        self.meshed
+            .iter()
+            .find(|(m, _)| *m == ip)
+            .and_then(|(_, id)| id.as_ref())
     }
 
     /// The endpoint for the next attempt; `avoid` (the one that just failed) is

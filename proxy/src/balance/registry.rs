@@ -83,6 +83,7 @@ impl<C: Conns> Registry<C> {
             .endpoints()
             .map(|e| e.0.ip())
             .filter(|ip| route.is_meshed(*ip))
+            .map(|ip| (ip, route.identity(ip).cloned()))
             .collect();
         let b = Arc::new(Balancer::new(endpoints, meshed, route.policy, ejections));
         balancers.insert(key, (Arc::downgrade(route), b.clone()));

@@ -26,9 +26,11 @@ use crate::detect::{self, Sniffed};
 use crate::error::{ConnEnd, ErrorReason, Side};
 use crate::l7::{Dest, Edge};
 use crate::metrics::TcpLabels;
+use crate::mtls::handshake::{self, Hello};
 use crate::state::Shared;
 use crate::tcp::connect::Dialed;
 use crate::tcp::relay::{self, RelayObserver};
+use crate::tcp::stream::Stream;
 use crate::tunnel;
 use route::{Routing, UNKNOWN_SERVICE};
 
@@ -65,6 +67,9 @@ pub fn serve(
             }
         };
         let routing = Routing::of(&shared, direction, client_addr, orig_dst);
+        let Some(client) = Box::pin(take_mesh_tls(&shared, client, &routing)).await else {
+            return;
+        };
         serve_routed(
             shared,
             client,
@@ -77,14 +82,73 @@ pub fn serve(
     }
 }
 
+/// An inbound connection that opens with a peer sidecar's handshake (a ClientHello
+/// offering weft's ALPN), while this proxy holds a certificate, is taken under
+/// mutual TLS; anything else stays as it came. `None`: the handshake failed
+/// (counted, and the socket reset).
+async fn take_mesh_tls(shared: &Shared, client: TcpStream, routing: &Routing) -> Option<Stream> {
+    let credentials = match routing {
+        Routing::Local { .. } => shared.identity.tls().current(),
+        Routing::Service { .. } | Routing::Passthrough(_) => None,
+    };
+    let Some(credentials) = credentials else {
+        return Some(Stream::Plain(client));
+    };
+    match handshake::peek_hello(&client, routing.speculate_after()).await {
+        Ok(Hello::Mesh) => {}
+        Ok(Hello::Other) | Err(_) => return Some(Stream::Plain(client)),
+    }
+    accept_mesh_tls(shared, client, credentials).await
+}
+
+/// Takes a peer sidecar's handshake on `client`; a failure is counted as
+/// `tls_handshake` and the socket reset.
+async fn accept_mesh_tls(
+    shared: &Shared,
+    client: TcpStream,
+    credentials: Arc<crate::mtls::Credentials>,
+) -> Option<Stream> {
+    let peer = client.peer_addr().ok();
+    match handshake::accept(credentials.server_config(), client).await {
+        Ok(stream) => Some(stream),
+        Err((e, socket)) => {
+            tracing::debug!(?peer, error = %e, "mutual TLS handshake refused");
+            if let Some(socket) = &socket {
+                relay::reset(socket);
+            }
+            shared.metrics.error(
+                Direction::Inbound,
+                &shared.own_service,
+                ErrorReason::TlsHandshake,
+            );
+            None
+        }
+    }
+}
+
 /// Serves a connection a peer sidecar opened on the tunnel port: its preface names
 /// the pod's application port; a bad preface is counted, logged and closed.
 pub async fn serve_tunnelled(
     shared: Arc<Shared>,
-    mut client: TcpStream,
+    client: TcpStream,
     client_addr: ClientAddr,
     _permit: OwnedSemaphorePermit,
 ) {
+    // A peer holding a certificate opens the tunnel under mutual TLS; plaintext
+    // from one without is still served (permissive).
+    let mut client = match shared.identity.tls().current() {
+        Some(credentials)
+            if handshake::peek_hello(&client, tunnel::listen::PREFACE_TIMEOUT)
+                .await
+                .is_ok_and(|h| h == Hello::Mesh) =>
+        {
+            match accept_mesh_tls(&shared, client, credentials).await {
+                Some(stream) => stream,
+                None => return,
+            }
+        }
+        _ => Stream::Plain(client),
+    };
     let target = match tunnel::listen::read_target(&mut client, &shared.own_ports).await {
         Ok(target) => OrigDstAddr(target),
         Err(e) => {
@@ -122,7 +186,7 @@ enum Entry {
 #[allow(clippy::manual_async_fn)] // see the comment in the body
 fn serve_routed(
     shared: Arc<Shared>,
-    client: TcpStream,
+    mut client: Stream,
     client_addr: ClientAddr,
     orig_dst: OrigDstAddr,
     routing: Routing,
@@ -163,18 +227,22 @@ fn serve_routed(
                 match entry {
                     Entry::Tunnelled => {
                         Box::pin(answer_then_relay(
-                            &client, dialed, &routing, &conn, &observer,
+                            &mut client,
+                            dialed,
+                            &routing,
+                            &conn,
+                            &observer,
                         ))
                         .await
                     }
                     Entry::Captured => {
-                        Box::pin(opaque(&client, &[], dialed, &routing, &conn, &observer)).await
+                        Box::pin(opaque(&mut client, &[], dialed, &routing, &conn, &observer)).await
                     }
                 }
             }
             Some(detection) => {
                 let sniffed = Box::pin(detect::sniff(
-                    &client,
+                    &mut client,
                     detection,
                     routing.speculate_after(),
                     || dial(&shared, &routing),
@@ -187,7 +255,12 @@ fn serve_routed(
                     } => {
                         conn.set_protocol("tcp");
                         Box::pin(opaque(
-                            &client, &prefix, upstream, &routing, &conn, &observer,
+                            &mut client,
+                            &prefix,
+                            upstream,
+                            &routing,
+                            &conn,
+                            &observer,
                         ))
                         .await
                     }
@@ -233,9 +306,9 @@ fn serve_routed(
                     }
                     Sniffed::ClientFailed { error, upstream } => {
                         if let Some(Ok(up)) = upstream.as_ref().map(|u| &u.upstream) {
-                            relay::reset(&up.stream);
+                            relay::reset(up.stream.tcp());
                         }
-                        relay::reset(&client);
+                        relay::reset(client.tcp());
                         ConnEnd::Failed {
                             side: Side::Client,
                             error,
@@ -253,7 +326,7 @@ fn serve_routed(
 /// Relays an opaque connection to what was dialled for it (after `prefix`, what
 /// detection read), or fails it, counted, when nothing could be.
 async fn opaque(
-    client: &TcpStream,
+    client: &mut Stream,
     prefix: &[u8],
     dialed: Dialed,
     routing: &Routing,
@@ -287,7 +360,7 @@ async fn opaque(
 /// connection's failed dial is, and the connection closed normally (a reset could
 /// overtake the answer).
 async fn answer_then_relay(
-    client: &TcpStream,
+    client: &mut Stream,
     dialed: Dialed,
     routing: &Routing,
     conn: &ConnGuard,
@@ -296,9 +369,9 @@ async fn answer_then_relay(
     let outcome = dialed.upstream.as_ref().map(drop).map_err(|reason| *reason);
     if let Err(error) = tunnel::listen::answer(client, tunnel::listen::status_of(outcome)).await {
         if let Ok(up) = &dialed.upstream {
-            relay::reset(&up.stream);
+            relay::reset(up.stream.tcp());
         }
-        relay::reset(client);
+        relay::reset(client.tcp());
         return ConnEnd::Failed {
             side: Side::Client,
             error,

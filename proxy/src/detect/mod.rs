@@ -32,7 +32,7 @@ use std::pin::pin;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::time::{sleep_until, Instant};
 
 pub mod classify;
@@ -40,6 +40,7 @@ pub mod classify;
 use crate::error::ErrorReason;
 use crate::routes::PortProtocol;
 use crate::tcp::connect::Dialed;
+use crate::tcp::stream::Stream;
 use classify::Verdict;
 
 /// How long a silent client is given before the upstream is dialled speculatively.
@@ -123,7 +124,7 @@ pub enum Sniffed {
 /// once): speculatively once the client has been silent for `speculate_after`, or
 /// when the connection turns out to be opaque.
 pub async fn sniff<F, Fut>(
-    client: &TcpStream,
+    client: &mut Stream,
     mode: Detection,
     speculate_after: Duration,
     connect: F,
@@ -145,7 +146,7 @@ where
         let connected = upstream
             .as_ref()
             .and_then(|u| u.upstream.as_ref().ok())
-            .map(|u| &u.stream);
+            .map(|u| u.stream.tcp());
         tokio::select! {
             biased;
             // The server spoke first (or closed): this is no client-first protocol.
@@ -155,22 +156,28 @@ where
             }
             up = async { connecting.as_mut().as_pin_mut().expect("guarded").await }, if connecting.is_some() => {
                 connecting.set(None);
+                let mut up = up;
+                // A banner that came under TLS with the tunnel's answer is inside the
+                // session already, where the socket's readiness does not see it.
+                let spoke = up.upstream.as_mut().is_ok_and(|u| u.stream.has_buffered());
                 upstream = Some(up);
-            }
-            ready = client.readable() => {
-                if let Err(error) = ready {
-                    return Sniffed::ClientFailed { error, upstream };
+                if spoke {
+                    server_first = true;
+                    break Verdict::Opaque;
                 }
+            }
+            read = async {
                 // Never more than MAX_SNIFF bytes, whatever capacity the buffer has.
                 let room = classify::MAX_SNIFF - buf.len();
                 if buf.len() == buf.capacity() {
                     buf.reserve(buf.capacity().min(room));
                 }
-                match client.try_read_buf(&mut (&mut buf).limit(room)) {
+                client.read_buf(&mut (&mut buf).limit(room)).await
+            } => {
+                match read {
                     // End of stream before a decision: nothing HTTP to serve.
                     Ok(0) => break Verdict::Opaque,
                     Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(error) => return Sniffed::ClientFailed { error, upstream },
                 }
                 match classify::decide(&buf) {
@@ -232,15 +239,15 @@ mod tests {
     use crate::addr::EndpointAddr;
     use crate::tcp::connect::Connector;
     use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
-    async fn pair() -> (TcpStream, TcpStream) {
+    async fn pair() -> (TcpStream, Stream) {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let c = TcpStream::connect(l.local_addr().expect("addr"))
             .await
             .expect("connect");
         let (s, _) = l.accept().await.expect("accept");
-        (c, s)
+        (c, Stream::Plain(s))
     }
 
     fn no_upstream() -> std::future::Ready<Dialed> {
@@ -252,11 +259,11 @@ mod tests {
 
     #[tokio::test]
     async fn http_request_is_http_and_keeps_the_bytes() {
-        let (mut c, s) = pair().await;
+        let (mut c, mut s) = pair().await;
         c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .expect("write");
-        match sniff(&s, Detection::Auto, SPECULATE_AFTER, no_upstream).await {
+        match sniff(&mut s, Detection::Auto, SPECULATE_AFTER, no_upstream).await {
             Sniffed::Http {
                 version,
                 prefix,
@@ -272,7 +279,7 @@ mod tests {
 
     #[tokio::test]
     async fn request_line_split_over_writes_is_waited_for() {
-        let (mut c, s) = pair().await;
+        let (mut c, mut s) = pair().await;
         let writer = tokio::spawn(async move {
             for part in [&b"GE"[..], b"T /x HT", b"TP/1.1\r", b"\n"] {
                 c.write_all(part).await.expect("write");
@@ -280,7 +287,7 @@ mod tests {
             }
             c
         });
-        match sniff(&s, Detection::Auto, SPECULATE_AFTER, no_upstream).await {
+        match sniff(&mut s, Detection::Auto, SPECULATE_AFTER, no_upstream).await {
             Sniffed::Http {
                 version,
                 prefix,
@@ -299,7 +306,7 @@ mod tests {
 
     #[tokio::test]
     async fn server_speaking_first_goes_opaque_promptly() {
-        let (_c, s) = pair().await;
+        let (_c, mut s) = pair().await;
         let server = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let server_addr = EndpointAddr(server.local_addr().expect("addr"));
         let banner = tokio::spawn(async move {
@@ -312,7 +319,7 @@ mod tests {
         });
         let connector = Connector::default();
         let t = Instant::now();
-        let out = sniff(&s, Detection::Auto, SPECULATE_AFTER_KNOWN, || {
+        let out = sniff(&mut s, Detection::Auto, SPECULATE_AFTER_KNOWN, || {
             connector.dial_addr(server_addr, Duration::from_secs(1))
         })
         .await;
@@ -334,9 +341,9 @@ mod tests {
 
     #[tokio::test]
     async fn declared_http_takes_garbage_as_http1() {
-        let (mut c, s) = pair().await;
+        let (mut c, mut s) = pair().await;
         c.write_all(b"\x16\x03\x01garbage").await.expect("write");
-        match sniff(&s, Detection::Http, SPECULATE_AFTER, no_upstream).await {
+        match sniff(&mut s, Detection::Http, SPECULATE_AFTER, no_upstream).await {
             Sniffed::Http { version, .. } => assert_eq!(version, HttpVersion::Http1),
             other => panic!("{other:?}"),
         }

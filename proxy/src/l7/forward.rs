@@ -180,7 +180,12 @@ async fn send(
         Upstream::Balanced(b) => b,
         Upstream::Fixed(pool) => {
             return pool
-                .send(req.map(RequestBody::Stream), opts, &ctx.common.connector)
+                .send(
+                    req.map(RequestBody::Stream),
+                    opts,
+                    None,
+                    &ctx.common.connector,
+                )
                 .await
                 .map_err(|e| e.reason);
         }
@@ -230,7 +235,12 @@ async fn send(
         let (again, why) = match pick
             .endpoint
             .conns
-            .send(req, opts, &ctx.common.connector)
+            .send(
+                req,
+                opts,
+                balancer.identity(pick.endpoint),
+                &ctx.common.connector,
+            )
             .await
         {
             Ok((resp, lease)) => {

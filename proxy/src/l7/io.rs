@@ -16,23 +16,22 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
+use crate::tcp::relay::RelayObserver;
+use crate::tcp::stream::Stream;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-
-use crate::tcp::relay::RelayObserver;
 
 /// Counts what crosses the client socket.
 pub type Observer = Arc<dyn RelayObserver + Send>;
 
 /// Where a [`ClientIo`] leaves its socket when dropped, and whether the client had
 /// sent bytes the proxy has not answered yet.
-pub type Salvage = Arc<Mutex<Option<(TcpStream, bool)>>>;
+pub type Salvage = Arc<Mutex<Option<(Stream, bool)>>>;
 
 /// A client connection with a replayed prefix and byte counting.
 pub struct ClientIo {
     /// `None` only while being dropped.
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     prefix: BytesMut,
     observer: Observer,
     quiet: Arc<Quiet>,
@@ -80,7 +79,7 @@ impl std::fmt::Debug for ClientIo {
 }
 
 impl ClientIo {
-    pub fn new(stream: TcpStream, prefix: BytesMut, observer: Observer, salvage: Salvage) -> Self {
+    pub fn new(stream: Stream, prefix: BytesMut, observer: Observer, salvage: Salvage) -> Self {
         let quiet = Quiet::default();
         quiet.unanswered.store(!prefix.is_empty(), Relaxed);
         ClientIo {
@@ -92,7 +91,7 @@ impl ClientIo {
         }
     }
 
-    fn stream(&mut self) -> Pin<&mut TcpStream> {
+    fn stream(&mut self) -> Pin<&mut Stream> {
         Pin::new(self.stream.as_mut().expect("present until dropped"))
     }
 
@@ -112,9 +111,9 @@ impl ClientIo {
     }
 
     /// Waits until the client sends something (or closes).
-    pub async fn readable(&self) -> io::Result<()> {
+    pub async fn readable(&mut self) -> io::Result<()> {
         self.stream
-            .as_ref()
+            .as_mut()
             .expect("present until dropped")
             .readable()
             .await

@@ -170,15 +170,23 @@ impl EndpointPool {
 
     /// Sends `req` over a pooled (or new) connection of `version`; returns the
     /// response head and, for HTTP/1, the lease to release when the body has ended.
+    ///
+    /// `peer`: the identity of the endpoint's sidecar, when discovery names one: a
+    /// new connection is made under mutual TLS demanding it (when this proxy holds
+    /// a certificate). Pooled connections are kept as they were made.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
         opts: SendOpts,
+        peer: Option<&Arc<str>>,
         connector: &Connector,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         match opts.version {
-            HttpVersion::Http1 => self.send_h1(req, opts, connector).await,
-            HttpVersion::H2 => self.send_h2(req, opts, connector).await.map(|r| (r, None)),
+            HttpVersion::Http1 => self.send_h1(req, opts, peer, connector).await,
+            HttpVersion::H2 => self
+                .send_h2(req, opts, peer, connector)
+                .await
+                .map(|r| (r, None)),
         }
     }
 
@@ -186,6 +194,7 @@ impl EndpointPool {
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
         opts: SendOpts,
+        peer: Option<&Arc<str>>,
         connector: &Connector,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         loop {
@@ -193,7 +202,7 @@ impl EndpointPool {
             let is_pooled = pooled.is_some();
             let mut sender = match pooled {
                 Some(s) => s,
-                None => match self.connect_h1(connector, opts.connect_timeout).await {
+                None => match self.connect_h1(connector, opts.connect_timeout, peer).await {
                     Ok(s) => s,
                     Err(reason) => {
                         return Err(SendError {
@@ -230,6 +239,7 @@ impl EndpointPool {
         &self,
         mut req: Request<RequestBody>,
         opts: SendOpts,
+        peer: Option<&Arc<str>>,
         connector: &Connector,
     ) -> Result<Response<Incoming>, SendError> {
         loop {
@@ -237,7 +247,7 @@ impl EndpointPool {
             let is_pooled = shared.is_some();
             let mut sender = match shared {
                 Some(s) => s,
-                None => match self.connect_h2(connector, opts.connect_timeout).await {
+                None => match self.connect_h2(connector, opts.connect_timeout, peer).await {
                     Ok(s) => s,
                     Err(reason) => {
                         return Err(SendError {
@@ -286,8 +296,13 @@ impl EndpointPool {
         &self,
         connector: &Connector,
         timeout: Duration,
+        peer: Option<&Arc<str>>,
     ) -> Result<H1, ErrorReason> {
-        let Upstream { stream, own } = connector.connect(self.addr, timeout).await?;
+        let Upstream { stream, own } = connector
+            .connect(self.addr, timeout)
+            .await?
+            .secure(connector.tls_for(peer))
+            .await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -321,8 +336,13 @@ impl EndpointPool {
         &self,
         connector: &Connector,
         timeout: Duration,
+        peer: Option<&Arc<str>>,
     ) -> Result<H2, ErrorReason> {
-        let Upstream { stream, own } = connector.connect(self.addr, timeout).await?;
+        let Upstream { stream, own } = connector
+            .connect(self.addr, timeout)
+            .await?
+            .secure(connector.tls_for(peer))
+            .await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))

@@ -36,7 +36,6 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::body::ProxyBody;
@@ -45,6 +44,7 @@ use super::head_wait::HeadWaitTimer;
 use super::io::{ClientIo, Observer, Quiet, Salvage};
 use super::{ConnCtx, HttpVersion};
 use crate::error::ConnEnd;
+use crate::tcp::stream::Stream;
 
 /// Largest request head accepted from a client (Envoy's default is 60 KiB).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -64,7 +64,7 @@ const REQUEST_TIMEOUT_408: &[u8] =
 /// requests in flight are done); returns how it ended, for `/connections`.
 #[allow(clippy::manual_async_fn)] // see the comment in the body
 pub fn serve(
-    stream: TcpStream,
+    stream: Stream,
     prefix: BytesMut,
     ctx: Arc<ConnCtx>,
     observer: Observer,
@@ -107,14 +107,32 @@ pub fn serve(
             Ok(()) => ConnEnd::Eof,
             Err(Served::Hyper(e)) if e.is_timeout() => match left {
                 Some((stream, true)) => {
-                    // Small enough for any socket buffer: one non-blocking write.
-                    let _ = stream.try_write(REQUEST_TIMEOUT_408);
+                    tell_timed_out(stream).await;
                     ConnEnd::HeaderTimeout
                 }
                 _ => ConnEnd::IdleTimeout,
             },
             Err(Served::Idle) => ConnEnd::IdleTimeout,
             Err(Served::Hyper(e)) => ConnEnd::Http(e),
+        }
+    }
+}
+
+/// Writes the 408 to a client that timed out in the middle of a request head,
+/// without waiting on it: small enough for any socket buffer, one non-blocking
+/// write; under TLS, one record sent as far as the socket takes it at once.
+async fn tell_timed_out(mut stream: Stream) {
+    match &stream {
+        Stream::Plain(tcp) => {
+            let _ = tcp.try_write(REQUEST_TIMEOUT_408);
+        }
+        Stream::Tls(_) => {
+            use tokio::io::AsyncWriteExt;
+            let told = async {
+                stream.write_all(REQUEST_TIMEOUT_408).await?;
+                stream.flush().await
+            };
+            let _ = tokio::time::timeout(Duration::ZERO, told).await;
         }
     }
 }

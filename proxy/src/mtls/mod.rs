@@ -13,10 +13,13 @@
 //! - [`credentials`]: one certificate's server and client configurations, and
 //!   [`MeshTls`], the current ones, swapped when the certificate is renewed
 //!   (connections already up keep theirs).
+//! - [`handshake`]: securing a socket to a peer, and telling a peer's handshake
+//!   from anything else on the inbound port.
 //! - [`verify`]: the client's check of the server (chain, usage, SPIFFE ID) and the
 //!   peer identity read from a handshake.
 
 pub mod credentials;
+pub mod handshake;
 pub mod verify;
 
 pub use credentials::{Credentials, MeshTls, MtlsError};

@@ -215,3 +215,115 @@ fn renewed_credentials_replace_the_old_and_expired_ones_are_not_used() {
         "an expired certificate is not used"
     );
 }
+
+/// A connected pair of loopback sockets: (the dialling end, the accepted end).
+async fn socket_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let c = tokio::net::TcpStream::connect(l.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    (c, l.accept().await.expect("accept").0)
+}
+
+#[tokio::test]
+async fn the_inbound_port_tells_a_peers_handshake_from_plaintext_and_other_tls() {
+    use handshake::{peek_hello, Hello};
+    let wait = Duration::from_millis(200);
+    let ca = Ca::new();
+    let a = ca.issue(A, &ca);
+
+    // A sidecar's ClientHello, offering weft's ALPN; peeking consumed nothing, so
+    // the handshake then completes on the same socket.
+    let (c, s) = socket_pair().await;
+    let b = ca.issue(B, &ca);
+    let client = tokio::spawn(handshake::connect(
+        a.client_config(&Arc::from(B)).expect("config"),
+        c,
+    ));
+    assert_eq!(peek_hello(&s, wait).await.expect("peek"), Hello::Mesh);
+    let server = handshake::accept(b.server_config(), s)
+        .await
+        .map_err(|(e, _)| e)
+        .expect("accepted");
+    let client = client.await.expect("task").expect("connected");
+    assert_eq!(server.peer_identity().as_deref(), Some(A));
+    assert_eq!(client.peer_identity().as_deref(), Some(B));
+
+    // Plaintext HTTP, an application's own TLS (no ALPN, or another one), and a
+    // client that says nothing are all left alone.
+    let (mut c, s) = socket_pair().await;
+    c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+    assert_eq!(peek_hello(&s, wait).await.expect("peek"), Hello::Other);
+    for alpn in [vec![], vec![b"h2".to_vec()]] {
+        let (c, s) = socket_pair().await;
+        let mut config = (*a.client_config(&Arc::from(B)).expect("config")).clone();
+        config.alpn_protocols = alpn;
+        let _client = tokio::spawn(TlsConnector::from(Arc::new(config)).connect(server_name(), c));
+        assert_eq!(peek_hello(&s, wait).await.expect("peek"), Hello::Other);
+    }
+    let (_c, s) = socket_pair().await;
+    assert_eq!(peek_hello(&s, wait).await.expect("peek"), Hello::Other);
+}
+
+#[tokio::test]
+async fn a_relay_between_tls_and_plaintext_carries_bytes_and_half_closes() {
+    use crate::tcp::connect::Connector;
+    use crate::tcp::relay::{relay_opaque, RelayLimits};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let ca = Ca::new();
+    let (a, b) = (ca.issue(A, &ca), ca.issue(B, &ca));
+    // A peer sidecar's TLS connection, taken by this proxy...
+    let (c, s) = socket_pair().await;
+    let peer = tokio::spawn(handshake::connect(
+        a.client_config(&Arc::from(B)).expect("config"),
+        c,
+    ));
+    let mut taken = handshake::accept(b.server_config(), s)
+        .await
+        .map_err(|(e, _)| e)
+        .expect("accepted");
+    let mut peer = peer.await.expect("task").expect("connected");
+    // ...relayed to a plaintext application that echoes until end of stream.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let app_addr = crate::addr::EndpointAddr(app.local_addr().expect("addr"));
+    let echo = tokio::spawn(async move {
+        let (mut s, _) = app.accept().await.expect("accept");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.expect("read");
+        s.write_all(&got).await.expect("echo");
+        got.len()
+    });
+    let dialed = Connector::default()
+        .dial_addr(app_addr, Duration::from_secs(1))
+        .await;
+    let counts = (AtomicU64::new(0), AtomicU64::new(0));
+    let relay = async {
+        relay_opaque(
+            &mut taken,
+            b"pre",
+            dialed.upstream,
+            RelayLimits::NONE,
+            &counts,
+        )
+        .await
+    };
+    let talk = async {
+        peer.write_all(&[7u8; 100_000]).await.expect("write");
+        // The peer's half-close reaches the application as end of stream.
+        peer.shutdown().await.expect("shutdown");
+        let mut back = Vec::new();
+        peer.read_to_end(&mut back).await.expect("read back");
+        back
+    };
+    let (end, back) = tokio::join!(relay, talk);
+    assert!(matches!(end, crate::error::ConnEnd::Eof), "{end}");
+    assert_eq!(echo.await.expect("app"), 100_003);
+    assert_eq!(&back[..3], b"pre");
+    assert_eq!(back.len(), 100_003);
+    assert_eq!(counts.0.load(Ordering::Relaxed), 100_003);
+    assert_eq!(counts.1.load(Ordering::Relaxed), 100_003);
+}

@@ -16,12 +16,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustls::ClientConfig;
 use tokio::net::TcpStream;
 
 use super::liveness::Liveness;
+use super::stream::Stream;
 use crate::addr::EndpointAddr;
 use crate::balance::{Balancer, Endpoint};
 use crate::error::ErrorReason;
+use crate::mtls::{self, MeshTls};
 use crate::tunnel::dial::{handshake, Handshake, TunnelClient};
 
 /// The proxy's upstream sockets as (local, peer) address pairs, shared by the
@@ -53,11 +56,44 @@ async fn connect(endpoint: EndpointAddr, timeout: Duration) -> Result<TcpStream,
     }
 }
 
-/// A connected upstream socket, registered as the proxy's own while this lives.
+/// A connected upstream socket (`S`: the socket itself, or a [`Stream`] that may
+/// be under TLS), registered as the proxy's own while this lives.
 #[derive(Debug)]
-pub struct Upstream {
-    pub stream: TcpStream,
+pub struct Upstream<S = TcpStream> {
+    pub stream: S,
     pub own: OwnGuard,
+}
+
+impl Upstream {
+    /// The same upstream, plaintext, as a [`Stream`].
+    fn plain(self) -> Upstream<Stream> {
+        Upstream {
+            stream: Stream::Plain(self.stream),
+            own: self.own,
+        }
+    }
+
+    /// Secures the socket with `tls` (a peer sidecar's mutual TLS) or leaves it
+    /// plaintext (`None`). A failed handshake is counted as `tls_handshake`.
+    pub async fn secure(
+        self,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> Result<Upstream<Stream>, ErrorReason> {
+        let Some(config) = tls else {
+            return Ok(self.plain());
+        };
+        let peer = self.stream.peer_addr().ok();
+        match mtls::handshake::connect(config, self.stream).await {
+            Ok(stream) => Ok(Upstream {
+                stream,
+                own: self.own,
+            }),
+            Err(e) => {
+                tracing::debug!(?peer, error = %e, "mutual TLS handshake failed");
+                Err(ErrorReason::TlsHandshake)
+            }
+        }
+    }
 }
 
 /// The outcome of dialling for one opaque connection.
@@ -65,7 +101,7 @@ pub struct Upstream {
 pub struct Dialed {
     /// The endpoint chosen (`None`: none could be, e.g. a service without endpoints).
     pub endpoint: Option<EndpointAddr>,
-    pub upstream: Result<Upstream, ErrorReason>,
+    pub upstream: Result<Upstream<Stream>, ErrorReason>,
 }
 
 /// Why a connect to one endpoint failed, as its breaker and the retry counter hear
@@ -124,7 +160,7 @@ impl Failure {
 enum Tunnelled {
     /// Connected, or failed for good (the tunnel spoke, or broke after the peer had
     /// spoken it before).
-    Done(Result<Upstream, Failure>),
+    Done(Result<Upstream<Stream>, Failure>),
     /// The peer speaks no tunnel (refused its port, or answered something else):
     /// dial the endpoint directly.
     Absent,
@@ -139,6 +175,9 @@ pub struct Connector {
     /// Dials meshed endpoints of opaque connections through their sidecar's tunnel;
     /// `None`: never (`--tunnel-port 0`).
     tunnel: Option<Arc<TunnelClient>>,
+    /// This proxy's certificate, for mutual TLS to meshed endpoints with an
+    /// identity (none without `--identity`: plaintext).
+    tls: Arc<MeshTls>,
 }
 
 impl Connector {
@@ -149,6 +188,29 @@ impl Connector {
             own: OwnUpstreams::default(),
             liveness: Liveness::default(),
             tunnel: (tunnel_port != 0).then(|| Arc::new(TunnelClient::new(tunnel_port))),
+            tls: Arc::default(),
+        }
+    }
+
+    /// The same connector, securing connections to peers with `tls`'s certificate
+    /// once it has one.
+    pub fn with_tls(mut self, tls: Arc<MeshTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS configuration that dials a peer sidecar holding `identity`: `None`
+    /// (plaintext) for a peer discovery names no identity for, or while this proxy
+    /// holds no valid certificate of its own.
+    pub fn tls_for(&self, identity: Option<&Arc<str>>) -> Option<Arc<ClientConfig>> {
+        let identity = identity?;
+        let credentials = self.tls.current()?;
+        match credentials.client_config(identity) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                tracing::warn!(%identity, error = %e, "no TLS configuration for the peer: plaintext");
+                None
+            }
         }
     }
 
@@ -184,7 +246,7 @@ impl Connector {
     pub async fn dial_addr(&self, endpoint: EndpointAddr, timeout: Duration) -> Dialed {
         Dialed {
             endpoint: Some(endpoint),
-            upstream: self.connect(endpoint, timeout).await,
+            upstream: self.connect(endpoint, timeout).await.map(Upstream::plain),
         }
     }
 
@@ -238,7 +300,10 @@ impl Connector {
             };
             balancer.start(pick.endpoint);
             let meshed = self.tunnel.is_some() && balancer.is_meshed(pick.endpoint);
-            let upstream = self.connect_endpoint(endpoint, meshed, timeout).await;
+            let tls = meshed
+                .then(|| self.tls_for(balancer.identity(pick.endpoint)))
+                .flatten();
+            let upstream = self.connect_endpoint(endpoint, meshed, tls, timeout).await;
             attempt.finish(&upstream);
             match upstream {
                 Err(failure) if left > 0 && balancer.endpoints().len() > 1 => {
@@ -264,13 +329,15 @@ impl Connector {
     }
 
     /// Connects to `endpoint` within `timeout`: through its sidecar's tunnel when it
-    /// is `meshed` and the sidecar is not known to lack one, else directly.
+    /// is `meshed` and the sidecar is not known to lack one (under `tls`, mutual TLS
+    /// with the peer, when given), else directly.
     async fn connect_endpoint(
         &self,
         endpoint: EndpointAddr,
         meshed: bool,
+        tls: Option<Arc<ClientConfig>>,
         timeout: Duration,
-    ) -> Result<Upstream, Failure> {
+    ) -> Result<Upstream<Stream>, Failure> {
         let started = Instant::now();
         let peer = endpoint.0.ip();
         let tunnel = self
@@ -281,13 +348,18 @@ impl Connector {
             return self
                 .connect(endpoint, timeout)
                 .await
+                .map(Upstream::plain)
                 .map_err(Failure::direct);
         };
-        match self.through_tunnel(tunnel, endpoint, timeout).await {
+        match self.through_tunnel(tunnel, endpoint, tls, timeout).await {
             Tunnelled::Done(outcome) => outcome,
             Tunnelled::Absent => {
                 let left = timeout.saturating_sub(started.elapsed());
-                let direct = self.connect(endpoint, left).await.map_err(Failure::direct);
+                let direct = self
+                    .connect(endpoint, left)
+                    .await
+                    .map(Upstream::plain)
+                    .map_err(Failure::direct);
                 // Only a sidecar that is there is an older one; a pod that refuses
                 // both ports is just down, and may come back with a tunnel.
                 if direct.is_ok() {
@@ -299,17 +371,19 @@ impl Connector {
     }
 
     /// Connects to `endpoint`'s sidecar's tunnel port and asks it for the endpoint's
-    /// port, the connect and the answer both within `timeout`.
+    /// port (under `tls`, when given), the connect, the handshakes and the answer
+    /// all within `timeout`.
     async fn through_tunnel(
         &self,
         tunnel: &TunnelClient,
         endpoint: EndpointAddr,
+        tls: Option<Arc<ClientConfig>>,
         timeout: Duration,
     ) -> Tunnelled {
         let peer = endpoint.0.ip();
         let port = EndpointAddr(std::net::SocketAddr::new(peer, tunnel.port()));
         let handshaken = tokio::time::timeout(timeout, async {
-            let mut upstream = match self.connect(port, timeout).await {
+            let upstream = match self.connect(port, timeout).await {
                 Ok(upstream) => upstream,
                 // Nothing listens on the tunnel port: an older sidecar (or none).
                 Err(ErrorReason::ConnectRefused) => return Tunnelled::Absent,
@@ -318,6 +392,30 @@ impl Connector {
             let broken = Failure {
                 reason: ErrorReason::ConnectError,
                 via: Via::TunnelBroken,
+            };
+            // A peer that fails the handshake on a certificate (the wrong identity,
+            // another CA) fails the connect: never a fall back to plaintext. One
+            // that closes on it never having answered the tunnel is an older
+            // sidecar, which reads a ClientHello as a bad preface.
+            let mut upstream = match tls {
+                None => upstream.plain(),
+                Some(config) => match mtls::handshake::connect(config, upstream.stream).await {
+                    Ok(stream) => Upstream {
+                        stream,
+                        own: upstream.own,
+                    },
+                    Err(e)
+                        if e.kind() == io::ErrorKind::InvalidData
+                            || tunnel.answered_before(peer) =>
+                    {
+                        tracing::debug!(%endpoint, error = %e, "mutual TLS handshake with the tunnel failed");
+                        return Tunnelled::Done(Err(Failure {
+                            reason: ErrorReason::TlsHandshake,
+                            via: Via::TunnelBroken,
+                        }));
+                    }
+                    Err(_) => return Tunnelled::Absent,
+                },
             };
             match handshake(&mut upstream.stream, endpoint.0.port()).await {
                 Handshake::Connected => {
@@ -474,7 +572,7 @@ mod tests {
             let next = connector.dial(&balancer, timeout, &uncounted).await;
             assert_eq!(ip_of(&next).as_deref(), Some("127.0.0.2"));
             let own = next.upstream.expect("connected");
-            let pair = socket_pair(&own.stream).expect("pair");
+            let pair = socket_pair(own.stream.tcp()).expect("pair");
             assert!(
                 connector.is_own(pair.0, pair.1),
                 "registered while it lives"
@@ -508,9 +606,10 @@ mod tests {
             .expect("bind tunnel");
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = l.accept().await else {
+                let Ok((s, _)) = l.accept().await else {
                     return;
                 };
+                let mut s = Stream::Plain(s);
                 tokio::spawn(async move {
                     let target = crate::tunnel::listen::read_target(&mut s, &[port])
                         .await
@@ -521,7 +620,7 @@ mod tests {
                             .map(drop)
                             .map_err(|_| ErrorReason::ConnectRefused),
                     );
-                    crate::tunnel::listen::answer(&s, status)
+                    crate::tunnel::listen::answer(&mut s, status)
                         .await
                         .expect("answer");
                     // Held until the client closes.
@@ -564,7 +663,7 @@ mod tests {
         assert_eq!(ip_of(&first).as_deref(), Some("127.0.0.2"), "tried again");
         let up = first.upstream.expect("connected through the tunnel");
         assert_eq!(
-            up.stream.peer_addr().expect("peer").port(),
+            up.stream.tcp().peer_addr().expect("peer").port(),
             tunnel_port,
             "through the peer's tunnel, not straight to the app"
         );
@@ -594,7 +693,7 @@ mod tests {
             .await;
         assert_eq!(ip_of(&dialed).as_deref(), Some("127.0.0.1"));
         let up = dialed.upstream.expect("connected directly");
-        assert_eq!(up.stream.peer_addr().expect("peer").port(), app_port);
+        assert_eq!(up.stream.tcp().peer_addr().expect("peer").port(), app_port);
         assert!(!balancer.endpoints()[0].health.ejected());
         let peer = "127.0.0.1".parse().expect("ip");
         let tunnel = connector.tunnel.as_ref().expect("tunnel");

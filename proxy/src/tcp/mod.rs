@@ -8,9 +8,11 @@
 //! - [`relay`]: the bidirectional byte copy (half-close, reset propagation, the
 //!   idle and half-close timeouts).
 //! - [`splice`]: a bulk direction of the relay moved inside the kernel.
+//! - [`stream`]: a socket, plaintext or under the mesh's TLS.
 //! - [`liveness`]: keepalive and `TCP_USER_TIMEOUT`, so dead peers are noticed.
 
 pub mod connect;
 pub mod liveness;
 pub mod relay;
 pub mod splice;
+pub mod stream;

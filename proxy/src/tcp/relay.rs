@@ -28,10 +28,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::connect::Upstream;
 use super::splice::{self, Pipe, Spliced};
+use super::stream::Stream;
 use crate::error::{ConnEnd, ErrorReason, Side};
 
 /// Size of each direction's copy buffer when it first carries data.
@@ -191,19 +193,105 @@ pub async fn relay_after(
 /// connected. The upstream stays registered as the proxy's own until the relay ends
 /// (its guard is dropped with it).
 pub async fn relay_opaque(
-    client: &TcpStream,
+    client: &mut Stream,
     prefix: &[u8],
-    upstream: Result<Upstream, ErrorReason>,
+    upstream: Result<Upstream<Stream>, ErrorReason>,
     limits: RelayLimits,
     obs: &dyn RelayObserver,
 ) -> ConnEnd {
     match upstream {
-        Ok(upstream) => relay_after(prefix, client, &upstream.stream, limits, obs).await,
+        Ok(mut upstream) => match (&*client, &upstream.stream) {
+            (Stream::Plain(c), Stream::Plain(u)) => relay_after(prefix, c, u, limits, obs).await,
+            _ => relay_secured(prefix, client, &mut upstream.stream, limits, obs).await,
+        },
         Err(reason) => {
-            reset(client);
+            reset(client.tcp());
             ConnEnd::Refused(reason)
         }
     }
+}
+
+/// [`relay_after`] where either side is under TLS: the same semantics (half-close
+/// as a TLS close_notify and a write shutdown, errors resetting both sockets, the
+/// time bounds), through each stream's own reads and writes: the bytes must pass
+/// through the process to be encrypted or decrypted, so nothing is spliced.
+async fn relay_secured(
+    prefix: &[u8],
+    client: &mut Stream,
+    upstream: &mut Stream,
+    limits: RelayLimits,
+    obs: &dyn RelayObserver,
+) -> ConnEnd {
+    let end = {
+        let activity = Activity::new();
+        let (mut client_rx, mut client_tx) = tokio::io::split(&mut *client);
+        let (mut up_rx, mut up_tx) = tokio::io::split(&mut *upstream);
+        let up = async {
+            if !prefix.is_empty() {
+                write_flushed(&mut up_tx, prefix)
+                    .await
+                    .map_err(|e| (Side::Upstream, e))?;
+                obs.relayed_from_client(prefix.len() as u64);
+            }
+            pump_io(&mut client_rx, &mut up_tx, &activity, |n| {
+                obs.relayed_from_client(n)
+            })
+            .await
+            .map_err(|(side, error)| (flip(side), error))
+        };
+        let down = pump_io(&mut up_rx, &mut client_tx, &activity, |n| {
+            obs.relayed_to_client(n)
+        });
+        tokio::select! {
+            done = async { tokio::try_join!(up, down) } => match done {
+                Ok(((), ())) => return ConnEnd::Eof,
+                Err((side, error)) => ConnEnd::Failed { side, error },
+            },
+            end = activity.expired(limits) => end,
+        }
+    };
+    reset(client.tcp());
+    reset(upstream.tcp());
+    end
+}
+
+/// [`pump`] over any stream: copies `from` → `to` until end-of-stream, then shuts
+/// `to`'s write side. Sides are reported as by [`pump`].
+async fn pump_io<R, W>(
+    from: &mut R,
+    to: &mut W,
+    activity: &Activity,
+    mut count: impl FnMut(u64),
+) -> Result<(), (Side, io::Error)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // One buffer for the connection's life: a TLS session holds buffers of its
+    // own anyway (rustls's), so no readiness trick saves much here.
+    let mut buf = vec![0u8; FIRST_BUF].into_boxed_slice();
+    loop {
+        let n = from.read(&mut buf).await.map_err(|e| (Side::Upstream, e))?;
+        if n == 0 {
+            activity.touch();
+            activity.half_closed.store(true, Ordering::Relaxed);
+            return match to.shutdown().await {
+                Err(e) if e.kind() != io::ErrorKind::NotConnected => Err((Side::Client, e)),
+                _ => Ok(()),
+            };
+        }
+        write_flushed(to, &buf[..n])
+            .await
+            .map_err(|e| (Side::Client, e))?;
+        activity.touch();
+        count(n as u64);
+    }
+}
+
+/// Writes `data` and flushes it (a TLS stream holds a record until then).
+async fn write_flushed<W: AsyncWrite + Unpin>(to: &mut W, data: &[u8]) -> io::Result<()> {
+    to.write_all(data).await?;
+    to.flush().await
 }
 
 /// `pump` reports sides relative to its own (from, to) arguments as if `from` were

@@ -9,10 +9,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::preface::{Answer, Preface, Status, ANSWER_LEN};
 use crate::error::ErrorReason;
+use crate::tcp::stream::Stream;
 
 /// How long a peer found without a tunnel is dialled directly before the tunnel is
 /// tried on it again (it may have been upgraded meanwhile).
@@ -38,8 +38,13 @@ pub enum Handshake {
 /// Sends the preface for `port` on `stream` and reads the peer's answer (exactly
 /// its length: what follows it belongs to the application). Unbounded in time: the
 /// caller bounds the whole connect.
-pub async fn handshake(stream: &mut TcpStream, port: u16) -> Handshake {
-    if stream.write_all(&Preface { port }.encode()).await.is_err() {
+pub async fn handshake(stream: &mut Stream, port: u16) -> Handshake {
+    let sent = async {
+        stream.write_all(&Preface { port }.encode()).await?;
+        // Under TLS, the record goes out on flush.
+        stream.flush().await
+    };
+    if sent.await.is_err() {
         return Handshake::Broken;
     }
     let mut answer = [0u8; ANSWER_LEN];
@@ -154,13 +159,10 @@ fn make_room(peers: &mut HashMap<IpAddr, Peer>) {
 mod tests {
     use super::*;
     use crate::tunnel::preface::{Decoded, PREFACE_HEAD};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// A peer that reads a preface and writes `reply`, then `after` (say, a banner).
-    async fn peer(
-        reply: Vec<u8>,
-        after: &'static [u8],
-    ) -> (TcpStream, tokio::task::JoinHandle<u16>) {
+    async fn peer(reply: Vec<u8>, after: &'static [u8]) -> (Stream, tokio::task::JoinHandle<u16>) {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
         let task = tokio::spawn(async move {
@@ -175,7 +177,8 @@ mod tests {
             drop(s);
             preface.port
         });
-        (TcpStream::connect(addr).await.expect("connect"), task)
+        let s = TcpStream::connect(addr).await.expect("connect");
+        (Stream::Plain(s), task)
     }
 
     #[tokio::test]

@@ -12,11 +12,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::preface::{Decoded, Preface, PrefaceError, Status, MAX_EXTENSIONS, PREFACE_HEAD};
 use crate::error::ErrorReason;
+use crate::tcp::stream::Stream;
 
 /// How long a peer has to send its whole preface once connected (a sidecar sends
 /// it at once).
@@ -42,10 +42,7 @@ pub enum Rejected {
 /// the pod's address the peer connected to, with the port it asked for. A port of
 /// the proxy itself (`own_ports`) or 0 is answered `forbidden`, a version this
 /// proxy does not speak `unsupported version`; garbage gets no answer.
-pub async fn read_target(
-    stream: &mut TcpStream,
-    own_ports: &[u16],
-) -> Result<SocketAddr, Rejected> {
+pub async fn read_target(stream: &mut Stream, own_ports: &[u16]) -> Result<SocketAddr, Rejected> {
     let preface = match tokio::time::timeout(PREFACE_TIMEOUT, read_preface(stream)).await {
         Err(_) => return Err(Rejected::Timeout),
         Ok(Err(Rejected::Preface(e @ PrefaceError::UnsupportedVersion(_)))) => {
@@ -58,12 +55,12 @@ pub async fn read_target(
         let _ = answer(stream, Status::Forbidden).await;
         return Err(Rejected::Forbidden(preface.port));
     }
-    let local = stream.local_addr().map_err(Rejected::Io)?;
+    let local = stream.tcp().local_addr().map_err(Rejected::Io)?;
     Ok(SocketAddr::new(local.ip(), preface.port))
 }
 
 /// Reads exactly one preface: never a byte past it.
-async fn read_preface(stream: &mut TcpStream) -> Result<Preface, Rejected> {
+async fn read_preface(stream: &mut Stream) -> Result<Preface, Rejected> {
     let mut buf = [0u8; PREFACE_HEAD + MAX_EXTENSIONS];
     let mut have = 0;
     loop {
@@ -93,36 +90,27 @@ pub fn status_of(outcome: Result<(), ErrorReason>) -> Status {
     }
 }
 
-/// Writes the answer `status`.
-pub async fn answer(stream: &TcpStream, status: Status) -> io::Result<()> {
-    let bytes = status.encode();
-    let mut rest = &bytes[..];
-    while !rest.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(rest) {
-            Ok(n) => rest = &rest[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+/// Writes the answer `status` (and flushes it: under TLS, the record goes out on
+/// flush).
+pub async fn answer(stream: &mut Stream, status: Status) -> io::Result<()> {
+    stream.write_all(&status.encode()).await?;
+    stream.flush().await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tunnel::preface::{Answer, ANSWER_LEN};
-    use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// A client connected to a fresh listener on 127.0.0.2 and the accepted side.
-    async fn pair() -> (TcpStream, TcpStream) {
+    async fn pair() -> (TcpStream, Stream) {
         let l = TcpListener::bind("127.0.0.2:0").await.expect("bind");
         let c = TcpStream::connect(l.local_addr().expect("addr"))
             .await
             .expect("connect");
         let (s, _) = l.accept().await.expect("accept");
-        (c, s)
+        (c, Stream::Plain(s))
     }
 
     async fn read_answer(c: &mut TcpStream) -> Answer {
