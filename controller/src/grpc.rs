@@ -173,10 +173,16 @@ impl DiscoveryService {
             let own = drainable(peer.map(|p| p.ip().to_canonical()), &req.addresses);
             self.state.drain(&own);
         }
-        let identity = self.trust_domain.as_deref().and_then(|domain| {
-            let id = crate::ca::identity_of(&caller, domain).ok()?;
-            Some(Arc::<str>::from(id.to_string()))
-        });
+        // Named only for a sidecar that takes mutual TLS: a client demanding TLS of
+        // one without a certificate could not reach it.
+        let identity = self
+            .trust_domain
+            .as_deref()
+            .filter(|_| req.mtls)
+            .and_then(|domain| {
+                let id = crate::ca::identity_of(&caller, domain).ok()?;
+                Some(Arc::<str>::from(id.to_string()))
+            });
         let sidecar = self.state.sidecar(addresses, identity, req.draining);
         let mut updates = self.state.subscribe();
         let proxy = self.state.proxies().join(ProxyInfo {

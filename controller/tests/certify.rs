@@ -234,6 +234,7 @@ async fn subscribe(
         proxy_id: address.into(),
         addresses: vec![address.into()],
         draining: false,
+        mtls: true,
     });
     request.metadata_mut().insert(
         "authorization",

@@ -34,6 +34,10 @@ pub struct ConnInfo {
     pub service: Arc<str>,
     pub endpoint: Option<EndpointAddr>,
     pub protocol: &'static str,
+    /// The hop between sidecars is mutual TLS: the peer sidecar's SPIFFE ID (the
+    /// client's inbound, the upstream's for opaque outbound; empty if its
+    /// certificate names none). `None`: plaintext, or (outbound HTTP) per request.
+    pub tls_peer: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -55,6 +59,10 @@ pub struct ConnSnapshot {
     pub service: String,
     pub endpoint: Option<EndpointAddr>,
     pub protocol: &'static str,
+    /// Whether the hop between sidecars is mutual TLS, and the peer's identity.
+    pub tls: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_identity: Option<String>,
     pub bytes_from_client: u64,
     pub bytes_to_client: u64,
     pub requests: u64,
@@ -214,6 +222,8 @@ fn live_snapshot(id: u64, conn: &LiveConn) -> ConnSnapshot {
         service: conn.info.service.to_string(),
         endpoint: conn.info.endpoint,
         protocol: conn.info.protocol,
+        tls: conn.info.tls_peer.is_some(),
+        peer_identity: conn.info.tls_peer.as_deref().map(str::to_owned),
         bytes_from_client: conn.bytes.from_client.load(Ordering::Relaxed),
         bytes_to_client: conn.bytes.to_client.load(Ordering::Relaxed),
         requests: conn.bytes.requests.load(Ordering::Relaxed),
@@ -234,6 +244,8 @@ impl ClosedConn {
             service: self.info.service.to_string(),
             endpoint: self.info.endpoint,
             protocol: self.info.protocol,
+            tls: self.info.tls_peer.is_some(),
+            peer_identity: self.info.tls_peer.as_deref().map(str::to_owned),
             bytes_from_client: self.bytes_from_client,
             bytes_to_client: self.bytes_to_client,
             requests: self.requests,
@@ -270,6 +282,12 @@ impl ConnGuard {
         self.table.update(self.id, |info| info.protocol = protocol);
     }
 
+    /// Records that the upstream hop is mutual TLS with the sidecar holding `peer`.
+    pub fn set_tls_peer(&self, peer: Arc<str>) {
+        self.table
+            .update(self.id, |info| info.tls_peer = Some(peer));
+    }
+
     /// Records the endpoint chosen after accept (opaque traffic on a detected port).
     pub fn set_endpoint(&self, endpoint: Option<EndpointAddr>) {
         self.table.update(self.id, |info| info.endpoint = endpoint);
@@ -302,6 +320,7 @@ mod tests {
             service: Arc::from("passthrough"),
             endpoint: Some(EndpointAddr(b)),
             protocol: "tcp",
+            tls_peer: None,
         }
     }
 

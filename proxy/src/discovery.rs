@@ -274,6 +274,7 @@ async fn watch_once(
         proxy_id: config.proxy_id.clone(),
         addresses: pod_addresses(),
         draining,
+        mtls: config.identity,
     };
     // Read first: a token file it cannot read is known before connecting.
     let credential = credential(config)?;

@@ -30,6 +30,9 @@ pub const TIER2_TOOLS: &[Tool] = &[
     tool("h2load", "nghttp2-client"),
     tool("prometheus", "prometheus"),
     tool("promtool", "prometheus"),
+    // The mTLS tests: a capture on the node's bridge, and a handshake by hand.
+    tool("tcpdump", "tcpdump"),
+    tool("openssl", "openssl"),
 ];
 
 /// What `cargo xtask bench` runs besides weft: namespaces and capture, the proxies it

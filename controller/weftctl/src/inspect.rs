@@ -252,6 +252,12 @@ pub fn conns_table(mesh: &MeshState, list: &[Value]) -> String {
                 text(&c["service"]),
                 endpoint,
                 text(&c["protocol"]),
+                // The peer sidecar's identity under mutual TLS, else plaintext.
+                match (&c["tls"], c["peer_identity"].as_str()) {
+                    (Value::Bool(true), Some(id)) if !id.is_empty() => format!("mtls {id}"),
+                    (Value::Bool(true), _) => "mtls".to_owned(),
+                    _ => "-".to_owned(),
+                },
                 text(&c["requests"]),
                 text(&c["bytes_from_client"]),
                 text(&c["bytes_to_client"]),
@@ -270,6 +276,7 @@ pub fn conns_table(mesh: &MeshState, list: &[Value]) -> String {
             "SERVICE",
             "ENDPOINT",
             "PROTO",
+            "TLS",
             "REQS",
             "SENT",
             "RECEIVED",

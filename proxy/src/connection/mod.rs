@@ -212,6 +212,7 @@ fn serve_routed(
             } else {
                 "tcp"
             },
+            tls_peer: tls_peer(&client),
         });
         shared.metrics.tcp_opened(&labels);
         let observer = ConnObserver {
@@ -337,6 +338,14 @@ async fn opaque(
     if dialed.endpoint != routing.fixed_endpoint() {
         conn.set_endpoint(dialed.endpoint);
     }
+    if let Some(peer) = dialed
+        .upstream
+        .as_ref()
+        .ok()
+        .and_then(|u| tls_peer(&u.stream))
+    {
+        conn.set_tls_peer(peer);
+    }
     if let Err(reason) = &dialed.upstream {
         observer
             .shared
@@ -387,6 +396,14 @@ async fn answer_then_relay(
         }
         Ok(_) => opaque(client, &[], dialed, routing, conn, observer).await,
     }
+}
+
+/// The peer sidecar's identity for `/connections`, when `stream` is under mutual
+/// TLS (empty when its certificate names none).
+fn tls_peer(stream: &Stream) -> Option<Arc<str>> {
+    stream
+        .is_tls()
+        .then(|| Arc::from(stream.peer_identity().unwrap_or_default()))
 }
 
 /// Dials the upstream of an opaque connection (or, during detection, speculatively):

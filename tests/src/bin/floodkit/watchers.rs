@@ -74,6 +74,7 @@ async fn subscribe(
         proxy_id: id,
         addresses: Vec::new(),
         draining: false,
+        mtls: true,
     });
     request.metadata_mut().insert("authorization", bearer);
     let mut stream = client
