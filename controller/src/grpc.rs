@@ -334,6 +334,11 @@ pub fn to_proto(name: &Name, svc: &Service, snap: &Snapshot) -> pb::Service {
             })
             .collect(),
         policy: Some(policy_to_proto(&svc.policy)),
+        mtls: match svc.mtls {
+            crate::model::MtlsMode::Permissive => pb::MtlsMode::MtlsPermissive,
+            crate::model::MtlsMode::Strict => pb::MtlsMode::MtlsStrict,
+            crate::model::MtlsMode::Disabled => pb::MtlsMode::MtlsDisabled,
+        } as i32,
         withheld: snap
             .withheld
             .get(name)

@@ -200,6 +200,7 @@ fn map_one(
             ports,
             endpoints: endpoints.into_iter().collect(),
             policy: Policy::default(),
+            mtls: Default::default(),
         },
         not_ready,
     ))

@@ -148,7 +148,8 @@ fn cert_lifetime(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < weft_controller::ca::MIN_LIFETIME || d > weft_controller::ca::MAX_LIFETIME {
         return Err(format!(
-            "between 1m and {}",
+            "between {} and {}",
+            humantime::format_duration(weft_controller::ca::MIN_LIFETIME),
             humantime::format_duration(weft_controller::ca::MAX_LIFETIME)
         ));
     }

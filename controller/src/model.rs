@@ -92,6 +92,29 @@ pub struct Service {
     /// Per-service policy (timeouts, retries, breaker, lb: later).
     #[serde(default)]
     pub policy: Policy,
+    /// Mutual TLS between sidecars for this service's endpoints.
+    #[serde(default, skip_serializing_if = "MtlsMode::is_default")]
+    pub mtls: MtlsMode,
+}
+
+/// How a service's endpoints take traffic from other sidecars (ARCHITECTURE.md,
+/// Mutual TLS).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Mutual TLS from peers that hold a certificate, plaintext from the rest.
+    #[default]
+    Permissive,
+    /// Mutual TLS only: plaintext is refused (reset).
+    Strict,
+    /// Plaintext: clients do not secure connections to the service's endpoints.
+    Disabled,
+}
+
+impl MtlsMode {
+    fn is_default(&self) -> bool {
+        *self == MtlsMode::default()
+    }
 }
 
 /// One port of a service.

@@ -21,7 +21,7 @@ use weft_api::discovery::{
 use weft_api::DiscoveryClient;
 
 use crate::policy::{Defaults, Policy};
-use crate::routes::{Applied, PortProtocol, Routes, ServicePort, ServiceSpec};
+use crate::routes::{Applied, MtlsMode, PortProtocol, Routes, ServicePort, ServiceSpec};
 
 /// Where to subscribe and as whom.
 #[derive(Clone, Debug)]
@@ -570,6 +570,12 @@ fn spec_of(s: &api::Service, defaults: Defaults) -> Result<ServiceSpec, String> 
         identities,
         withheld,
         policy: Policy::from_proto(s.policy.as_ref(), defaults),
+        mtls: match api::MtlsMode::try_from(s.mtls) {
+            Ok(api::MtlsMode::MtlsStrict) => MtlsMode::Strict,
+            Ok(api::MtlsMode::MtlsDisabled) => MtlsMode::Disabled,
+            // Unknown values (a newer controller) are taken as the default.
+            _ => MtlsMode::Permissive,
+        },
     })
 }
 

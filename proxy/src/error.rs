@@ -52,6 +52,9 @@ pub enum ErrorReason {
     /// not from the mesh CA or not for the identity discovery names, or the peer
     /// broke off.
     TlsHandshake,
+    /// Plaintext (or a TLS that is no peer sidecar's) on the inbound or tunnel port
+    /// of a service in `mtls: strict`: reset.
+    PlaintextRefused,
 }
 
 impl ErrorReason {
@@ -76,6 +79,7 @@ impl ErrorReason {
             ErrorReason::PeerUnresponsive => "peer_unresponsive",
             ErrorReason::HeaderReadTimeout => "header_read_timeout",
             ErrorReason::TlsHandshake => "tls_handshake",
+            ErrorReason::PlaintextRefused => "plaintext_refused",
         }
     }
 }

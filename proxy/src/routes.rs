@@ -46,6 +46,20 @@ impl PortProtocol {
     }
 }
 
+/// How a service's endpoints take traffic from other sidecars.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Mutual TLS from peers holding a certificate, plaintext from the rest.
+    #[default]
+    Permissive,
+    /// Mutual TLS only: the service's sidecars refuse plaintext (reset, counted
+    /// `plaintext_refused`).
+    Strict,
+    /// Plaintext: clients do not secure connections to the service's endpoints.
+    Disabled,
+}
+
 /// One port of a service as discovery describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePort {
@@ -72,6 +86,8 @@ pub struct ServiceSpec {
     pub withheld: Vec<IpAddr>,
     /// Timeouts, retries, breaker and lb, defaults applied.
     pub policy: Policy,
+    /// Mutual TLS to and at the service's endpoints.
+    pub mtls: MtlsMode,
 }
 
 /// Where one VIP:port leads. Its endpoints are picked by the route's balancer
@@ -378,6 +394,14 @@ impl RouteTable {
             .map(|p| p.protocol)
     }
 
+    /// How `service`'s endpoints take traffic from other sidecars (permissive for
+    /// a service discovery does not know).
+    pub fn mtls_mode(&self, service: &str) -> MtlsMode {
+        self.services
+            .get(service)
+            .map_or(MtlsMode::default(), |e| e.spec.mtls)
+    }
+
     /// The service named `name`, as discovery described it.
     pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
         self.services.get(name).map(|e| &e.spec)
@@ -398,6 +422,7 @@ impl RouteTable {
             .map(|spec| ServiceView {
                 name: &spec.name,
                 policy: spec.policy,
+                mtls: spec.mtls,
                 routes: spec
                     .ports
                     .iter()
@@ -429,6 +454,7 @@ impl RouteTable {
 pub struct ServiceView<'a> {
     pub name: &'a str,
     pub policy: Policy,
+    pub mtls: MtlsMode,
     pub routes: Vec<RouteView>,
     /// The endpoints a weft sidecar serves (opaque TCP reaches them through its
     /// tunnel); left out when none is.
@@ -459,7 +485,11 @@ fn routes_of(spec: &ServiceSpec, service: &Arc<str>) -> Vec<Arc<ServiceRoute>> {
                 policy: spec.policy,
                 endpoints: spec.endpoints.clone(),
                 meshed: spec.meshed.clone(),
-                identities: spec.identities.clone(),
+                // Disabled: no identity to demand, so clients dial plaintext.
+                identities: match spec.mtls {
+                    MtlsMode::Disabled => Vec::new(),
+                    MtlsMode::Permissive | MtlsMode::Strict => spec.identities.clone(),
+                },
             })
         })
         .collect()
@@ -617,6 +647,7 @@ pub(crate) fn test_spec(name: &str, vip: &str, endpoints: &[&str]) -> ServiceSpe
         identities: Vec::new(),
         withheld: Vec::new(),
         policy: Policy::default(),
+        mtls: MtlsMode::Permissive,
     }
 }
 
@@ -790,8 +821,10 @@ mod tests {
         ]);
         let mut json = serde_json::to_value(t.view()).expect("serializable");
         for service in json.as_array_mut().expect("list") {
-            let policy = service.as_object_mut().expect("object").remove("policy");
+            let service = service.as_object_mut().expect("object");
+            let policy = service.remove("policy");
             assert_eq!(policy.expect("policy")["lb"], "round_robin");
+            assert_eq!(service.remove("mtls").expect("mtls"), "permissive");
         }
         assert_eq!(
             json,

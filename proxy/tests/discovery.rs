@@ -111,6 +111,7 @@ fn backend(endpoint: &str, port: u16, version: u64) -> MeshUpdate {
             }],
             policy: None,
             withheld: vec![],
+            mtls: Default::default(),
         }],
         removed: vec![],
         version,

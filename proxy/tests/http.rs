@@ -80,6 +80,7 @@ fn backend(endpoints: &[&str], target_port: u16, protocol: PortProtocol) -> Serv
         meshed: Vec::new(),
         identities: Vec::new(),
         withheld: Vec::new(),
+        mtls: Default::default(),
         policy: weft_proxy::policy::Policy::default(),
     }
 }

@@ -70,6 +70,7 @@ async fn proxy(endpoints: &[&str], meshed: &[&str], port: u16) -> (SocketAddr, S
         meshed: meshed.iter().map(|e| e.parse().unwrap()).collect(),
         identities: Vec::new(),
         withheld: Vec::new(),
+        mtls: Default::default(),
         policy: weft_proxy::policy::Policy::default(),
     };
     let p = BoundProxy::bind(

@@ -59,6 +59,7 @@ fn backend(endpoints: &[&str], target_port: u16) -> ServiceSpec {
         meshed: Vec::new(),
         identities: Vec::new(),
         withheld: Vec::new(),
+        mtls: Default::default(),
         policy: weft_proxy::policy::Policy::default(),
     }
 }

@@ -79,6 +79,7 @@ async fn client_proxy(
             identities: Vec::new(),
             endpoints,
             withheld: Vec::new(),
+            mtls: Default::default(),
             policy: weft_proxy::policy::Policy::default(),
         }]));
     let addrs = (proxy.outbound_addrs()[0], proxy.metrics_addr().unwrap());

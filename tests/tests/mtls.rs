@@ -12,6 +12,9 @@
 //!   are TLS 1.3 with weft's ALPN; the marker sent to `plain` is there in clear
 //!   (so the check can fail).
 //! - Every request was answered, by the application behind the sidecar.
+//! - `mtls: strict` (`locked`): `front` is served, a pod without a sidecar is
+//!   refused (reset) and counted as `plaintext_refused`; the same client is
+//!   served by the permissive `back`.
 //! - `back`'s sidecar shows its inbound connections as mutual TLS from `front`'s
 //!   identity in `/connections`; `front`'s shows its opaque ones as mutual TLS to
 //!   `back`'s.
@@ -29,6 +32,7 @@ const MS: fn(u64) -> Duration = Duration::from_millis;
 const ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
 const FRONT_ID: &str = "spiffe://weft.local/ns/local/sa/frontend";
 const BACK_ID: &str = "spiffe://weft.local/ns/local/sa/backend";
+const LOCKED_ID: &str = "spiffe://weft.local/ns/local/sa/locked";
 /// The TLS 1.3 `supported_versions` extension as a ServerHello carries it (type
 /// 43, length 2, version 0x0304): only a TLS 1.3 handshake has it.
 const TLS13_SERVER_HELLO_EXT: &[u8] = &[0x00, 0x2b, 0x00, 0x02, 0x03, 0x04];
@@ -48,6 +52,9 @@ fn marker_stays_encrypted(mode: Mode) {
     let front = mode.add_pod(&mesh, "front").unwrap();
     let back = mode.add_pod(&mesh, "back").unwrap();
     let plain = mode.add_pod(&mesh, "plain").unwrap();
+    let locked = mode.add_pod(&mesh, "locked").unwrap();
+    // No sidecar at all: an unmeshed client.
+    let outside = mode.add_pod(&mesh, "outside").unwrap();
     let file = mesh.run_dir().join("mesh.yaml");
     std::fs::write(
         &file,
@@ -56,11 +63,13 @@ fn marker_stays_encrypted(mode: Mode) {
              \x20 frontend:\n    vip: 10.96.0.2\n    ports: [{{ port: 80 }}]\n    endpoints: [{f4}]\n\
              \x20 backend:\n    vip: 10.96.0.10\n    ports:\n      - {{ port: 80, target_port: 8080 }}\n      - {{ port: 90, target_port: 9000, protocol: tcp }}\n    endpoints: [{b4}]\n\
              \x20 backend6:\n    vip: fd00:96::10\n    ports:\n      - {{ port: 80, target_port: 8080 }}\n      - {{ port: 90, target_port: 9000, protocol: tcp }}\n    endpoints: [\"{b6}\"]\n\
-             \x20 plain:\n    vip: 10.96.0.12\n    ports: [{{ port: 80, target_port: 8080 }}]\n    endpoints: [{p4}]\n",
+             \x20 plain:\n    vip: 10.96.0.12\n    ports: [{{ port: 80, target_port: 8080 }}]\n    endpoints: [{p4}]\n\
+             \x20 locked:\n    vip: 10.96.0.13\n    ports: [{{ port: 80, target_port: 8080 }}]\n    endpoints: [{l4}]\n    mtls: strict\n",
             f4 = front.ipv4(),
             b4 = back.ipv4(),
             b6 = back.ipv6(),
             p4 = plain.ipv4(),
+            l4 = locked.ipv4(),
         ),
     )
     .unwrap();
@@ -76,6 +85,7 @@ fn marker_stays_encrypted(mode: Mode) {
     let _plain_sidecar = plain
         .sidecar_with(&[], "plain", &["--controller", url.as_str()])
         .unwrap();
+    let locked_sidecar = locked.sidecar_with(&[], "locked", &with_identity).unwrap();
     let _servers = [
         app(
             &back,
@@ -90,10 +100,18 @@ fn marker_stays_encrypted(mode: Mode) {
             &tool("httpkit.py"),
             &["serve", "8080", "plain"],
         ),
+        app(
+            &locked,
+            "http",
+            &tool("httpkit.py"),
+            &["serve", "8080", "locked"],
+        ),
     ];
-    wait_for_certificate(&front);
-    wait_for_certificate(&back);
-    wait_for_identities(&front, &[back.ipv4().into(), back.ipv6().into()]);
+    for pod in [&front, &back, &locked] {
+        wait_for_certificate(pod);
+    }
+    wait_for_identities(&front, &[back.ipv4().into(), back.ipv6().into()], BACK_ID);
+    wait_for_identities(&front, &[locked.ipv4().into()], LOCKED_ID);
 
     let marker = format!("weft-secret-{}", mesh.prefix());
     let clear = format!("weft-clear-{}", mesh.prefix());
@@ -130,11 +148,59 @@ fn marker_stays_encrypted(mode: Mode) {
     );
     assert!(count(&pcap, b"weft/1") >= 4, "no weft ALPN offered");
 
+    // `mtls: strict`: a meshed client is served (under mutual TLS); an unmeshed
+    // one is refused (reset), and counted, where a permissive service serves it.
+    assert_eq!(curl_post(&front, "http://10.96.0.13/", "hello"), "locked");
+    let refused = outside
+        .run(
+            [
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                &format!("http://{}:8080/", locked.ipv4()),
+            ],
+            None,
+            SECS(20),
+        )
+        .unwrap();
+    assert!(!refused.status.success(), "served in clear: {refused:?}");
+    let counted = locked_sidecar
+        .metric(
+            "weft_proxy_errors_total",
+            &[("reason", "plaintext_refused")],
+        )
+        .unwrap();
+    assert!(counted >= 1.0, "not counted: {counted}");
+    let served = outside
+        .run_ok(
+            [
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                &format!("http://{}:8080/", back.ipv4()),
+            ],
+            None,
+            SECS(20),
+        )
+        .unwrap();
+    assert_eq!(
+        served.trim(),
+        "back",
+        "permissive serves the unmeshed client"
+    );
+
     // Inbound at `back`: every connection from `front` is mutual TLS from its
     // identity.
     let inbound: Vec<Value> = connections(&back)
         .into_iter()
         .filter(|c| c["direction"] == "inbound")
+        .filter(|c| {
+            c["source"]
+                .as_str()
+                .is_some_and(|s| !s.starts_with(&outside.ipv4().to_string()))
+        })
         .collect();
     assert!(inbound.len() >= 4, "{inbound:#?}");
     for c in &inbound {
@@ -145,7 +211,7 @@ fn marker_stays_encrypted(mode: Mode) {
     let opaque: Vec<Value> = connections(&front)
         .into_iter()
         .filter(|c| c["direction"] == "outbound" && c["protocol"] == "tcp")
-        .filter(|c| c["service"] != "plain")
+        .filter(|c| c["service"] == "backend" || c["service"] == "backend6")
         .collect();
     assert_eq!(opaque.len(), 2, "{opaque:#?}");
     for c in &opaque {
@@ -264,8 +330,8 @@ fn wait_for_certificate(pod: &ModePod) {
     });
 }
 
-/// Waits until `pod`'s sidecar knows every address in `ips` by an identity.
-fn wait_for_identities(pod: &ModePod, ips: &[IpAddr]) {
+/// Waits until `pod`'s sidecar knows every address in `ips` by identity `id`.
+fn wait_for_identities(pod: &ModePod, ips: &[IpAddr], id: &str) {
     wait_until(SECS(10), MS(50), || {
         let routes = admin_json(pod, "/routes");
         ips.iter().all(|ip| {
@@ -273,7 +339,7 @@ fn wait_for_identities(pod: &ModePod, ips: &[IpAddr]) {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .any(|s| s["identities"][ip.to_string()].as_str() == Some(BACK_ID))
+                .any(|s| s["identities"][ip.to_string()].as_str() == Some(id))
         })
     })
     .unwrap_or_else(|e| panic!("no identities ({e}): {:#}", admin_json(pod, "/routes")));
@@ -285,4 +351,247 @@ fn connections(pod: &ModePod) -> Vec<Value> {
         .as_array()
         .cloned()
         .unwrap_or_default()
+}
+
+/// `openssl s_client` as a peer sidecar would be, against a pod's application port
+/// (captured to its sidecar's inbound port): with weft's ALPN and a client
+/// certificate from the mesh CA it sees the server's chain and SPIFFE ID and is
+/// served; without a client certificate, or with one from another CA, it gets no
+/// answer. Capture mode plays no part in the handshake: iptables only.
+#[test]
+fn openssl_with_a_mesh_certificate_is_served_and_without_one_is_refused() {
+    let mesh = Mesh::new().unwrap();
+    let back = Mode::Iptables.add_pod(&mesh, "back").unwrap();
+    let outside = Mode::Iptables.add_pod(&mesh, "outside").unwrap();
+    let file = mesh.run_dir().join("mesh.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  backend:\n    vip: 10.96.0.10\n    ports: [{{ port: 80, target_port: 8080 }}]\n    endpoints: [{}]\n",
+            back.ipv4()
+        ),
+    )
+    .unwrap();
+    let dir = mesh.run_dir().to_owned();
+    let ca = dir.join("ca");
+    let ca_arg = ca.to_string_lossy().into_owned();
+    let controller = Controller::start(&mesh, &file, &["--ca-dir", &ca_arg]).unwrap();
+    let _sidecar = back
+        .sidecar_with(
+            &[],
+            "backend",
+            &["--controller", controller.url(), "--identity"],
+        )
+        .unwrap();
+    let _app = app(
+        &back,
+        "http",
+        &tool("httpkit.py"),
+        &["serve", "8080", "back"],
+    );
+    wait_for_certificate(&back);
+
+    // A client certificate signed by the mesh CA (its key and root in --ca-dir),
+    // and one signed by another CA.
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "other-ca.key",
+        "-out",
+        "other-ca.pem",
+        "-subj",
+        "/O=weft",
+        "-days",
+        "1",
+    ]);
+    for (name, ca_cert, ca_key) in [
+        ("mesh", path("ca/ca.pem"), path("ca/ca.key")),
+        ("other", path("other-ca.pem"), path("other-ca.key")),
+    ] {
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}-client.key"),
+            "-out",
+            &format!("{name}-client.csr"),
+            "-subj",
+            "/O=weft",
+            "-addext",
+            "subjectAltName=URI:spiffe://weft.local/ns/local/sa/tester",
+            "-addext",
+            "extendedKeyUsage=clientAuth",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}-client.csr"),
+            "-CA",
+            &ca_cert,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-copy_extensions",
+            "copy",
+            "-out",
+            &format!("{name}-client.pem"),
+        ]);
+    }
+
+    let target = format!("{}:8080", back.ipv4());
+    let s_client = |client: Option<&str>| -> String {
+        let mut script = format!(
+            "printf 'GET / HTTP/1.1\\r\\nHost: back\\r\\nConnection: close\\r\\n\\r\\n' | \
+             openssl s_client -connect {target} -alpn weft/1 -CAfile {} -showcerts -ign_eof",
+            path("ca/ca.pem")
+        );
+        if let Some(name) = client {
+            script += &format!(
+                " -cert {} -key {}",
+                path(&format!("{name}-client.pem")),
+                path(&format!("{name}-client.key"))
+            );
+        }
+        let out = outside
+            .run(["sh", "-c", &format!("{script} 2>&1")], None, SECS(20))
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let served = s_client(Some("mesh"));
+    assert!(served.contains("TLSv1.3"), "{served}");
+    assert!(served.contains("ALPN protocol: weft/1"), "{served}");
+    assert!(served.contains("Verify return code: 0 (ok)"), "{served}");
+    assert!(served.contains("HTTP/1.1 200"), "{served}");
+    // The server's certificate names the backend's SPIFFE ID.
+    let leaf = served
+        .split("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .and_then(|rest| rest.split("-----END CERTIFICATE-----").next())
+        .unwrap_or_else(|| panic!("no certificate shown: {served}"));
+    let pem = format!("-----BEGIN CERTIFICATE-----{leaf}-----END CERTIFICATE-----\n");
+    std::fs::write(dir.join("server.pem"), pem).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(dir.join("server.pem"))
+        .output()
+        .unwrap();
+    let san = String::from_utf8_lossy(&out.stdout);
+    assert!(san.contains(&format!("URI:{BACK_ID}")), "{san}");
+
+    for client in [None, Some("other")] {
+        let refused = s_client(client);
+        assert!(
+            !refused.contains("HTTP/1.1"),
+            "{client:?} was served: {refused}"
+        );
+        assert!(refused.contains("alert"), "{client:?}: {refused}");
+    }
+}
+
+/// Certificates of 12 s, renewed at 70%: a keep-alive load of 200 requests a
+/// second for 30 s through `front`'s and `back`'s sidecars, across at least three
+/// renewals of each, has no failed request, and the serial `openssl s_client`
+/// sees at `back` changes. Capture mode plays no part: iptables only.
+#[test]
+fn renewals_under_load_fail_no_request_and_change_the_certificate() {
+    let mesh = Mesh::new().unwrap();
+    let front = Mode::Iptables.add_pod(&mesh, "front").unwrap();
+    let back = Mode::Iptables.add_pod(&mesh, "back").unwrap();
+    let outside = Mode::Iptables.add_pod(&mesh, "outside").unwrap();
+    let file = mesh.run_dir().join("mesh.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  frontend:\n    vip: 10.96.0.2\n    ports: [{{ port: 80 }}]\n    endpoints: [{}]\n  backend:\n    vip: 10.96.0.10\n    ports: [{{ port: 80, target_port: 8080 }}]\n    endpoints: [{}]\n",
+            front.ipv4(),
+            back.ipv4()
+        ),
+    )
+    .unwrap();
+    let ca = mesh.run_dir().join("ca").to_string_lossy().into_owned();
+    let controller =
+        Controller::start(&mesh, &file, &["--ca-dir", &ca, "--cert-lifetime", "12s"]).unwrap();
+    front.add_route("10.96.0.0/16").unwrap();
+    let args = ["--controller", controller.url(), "--identity"];
+    let _front_sidecar = front.sidecar_with(&[], "frontend", &args).unwrap();
+    let _back_sidecar = back.sidecar_with(&[], "backend", &args).unwrap();
+    let _app = app(
+        &back,
+        "http",
+        &tool("httpkit.py"),
+        &["serve", "8080", "back"],
+    );
+    for pod in [&front, &back] {
+        wait_for_certificate(pod);
+    }
+    wait_for_identities(&front, &[back.ipv4().into()], BACK_ID);
+
+    // The serial of the certificate `back` presents (the handshake itself fails:
+    // no client certificate; the server's has been seen by then).
+    let serial = || -> String {
+        let script = format!(
+            "openssl s_client -connect {}:8080 -alpn weft/1 </dev/null 2>/dev/null | openssl x509 -noout -serial",
+            back.ipv4()
+        );
+        let out = outside
+            .run_ok(["sh", "-c", &script], None, SECS(20))
+            .unwrap();
+        assert!(out.starts_with("serial="), "{out}");
+        out.trim().to_owned()
+    };
+    let first = serial();
+    let issued = |pod: &ModePod| admin_json(pod, "/identity")["issued"].as_u64().unwrap();
+    let before = (issued(&front), issued(&back));
+
+    let out = front
+        .run_ok(
+            [
+                python3().to_string_lossy().as_ref(),
+                &tool("httpkit.py"),
+                "load",
+                "http://10.96.0.10/",
+                "200",
+                "30",
+                "4",
+            ],
+            None,
+            SECS(90),
+        )
+        .unwrap();
+    let result: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let after = (issued(&front), issued(&back));
+    let last = serial();
+    println!("load: {result}; certificates issued (front, back): {before:?} -> {after:?}; serial {first} -> {last}");
+    assert_eq!(result["sent"], 6000, "{result}");
+    assert_eq!(result["errors"], 0, "{result}");
+    assert_eq!(result["statuses"]["200"], 6000, "{result}");
+    assert!(
+        after.0 >= before.0 + 3 && after.1 >= before.1 + 3,
+        "{before:?} -> {after:?}"
+    );
+    assert_ne!(first, last, "the certificate was not renewed");
 }

@@ -27,6 +27,7 @@ use crate::error::{ConnEnd, ErrorReason, Side};
 use crate::l7::{Dest, Edge};
 use crate::metrics::TcpLabels;
 use crate::mtls::handshake::{self, Hello};
+use crate::routes::MtlsMode;
 use crate::state::Shared;
 use crate::tcp::connect::Dialed;
 use crate::tcp::relay::{self, RelayObserver};
@@ -84,21 +85,40 @@ pub fn serve(
 
 /// An inbound connection that opens with a peer sidecar's handshake (a ClientHello
 /// offering weft's ALPN), while this proxy holds a certificate, is taken under
-/// mutual TLS; anything else stays as it came. `None`: the handshake failed
+/// mutual TLS; anything else stays as it came, unless the pod's service is in
+/// `mtls: strict`. `None`: the connection was refused or its handshake failed
 /// (counted, and the socket reset).
 async fn take_mesh_tls(shared: &Shared, client: TcpStream, routing: &Routing) -> Option<Stream> {
-    let credentials = match routing {
-        Routing::Local { .. } => shared.identity.tls().current(),
-        Routing::Service { .. } | Routing::Passthrough(_) => None,
-    };
-    let Some(credentials) = credentials else {
+    let Routing::Local { .. } = routing else {
         return Some(Stream::Plain(client));
     };
-    match handshake::peek_hello(&client, routing.speculate_after()).await {
-        Ok(Hello::Mesh) => {}
-        Ok(Hello::Other) | Err(_) => return Some(Stream::Plain(client)),
+    let credentials = shared.identity.tls().current();
+    let hello = match &credentials {
+        Some(_) => handshake::peek_hello(&client, routing.speculate_after())
+            .await
+            .unwrap_or(Hello::Other),
+        None => Hello::Other,
+    };
+    match (hello, credentials) {
+        (Hello::Mesh, Some(credentials)) => accept_mesh_tls(shared, client, credentials).await,
+        _ => plaintext_allowed(shared, client),
     }
-    accept_mesh_tls(shared, client, credentials).await
+}
+
+/// A connection that is no peer sidecar's mutual TLS: served, or refused (reset
+/// and counted as `plaintext_refused`) when the pod's service is `mtls: strict`.
+fn plaintext_allowed(shared: &Shared, client: TcpStream) -> Option<Stream> {
+    if shared.routes.load().mtls_mode(&shared.own_service) != MtlsMode::Strict {
+        return Some(Stream::Plain(client));
+    }
+    tracing::debug!(peer = ?client.peer_addr().ok(), "plaintext refused: mtls strict");
+    shared.metrics.error(
+        Direction::Inbound,
+        &shared.own_service,
+        ErrorReason::PlaintextRefused,
+    );
+    relay::reset(&client);
+    None
 }
 
 /// Takes a peer sidecar's handshake on `client`; a failure is counted as
@@ -135,19 +155,19 @@ pub async fn serve_tunnelled(
     _permit: OwnedSemaphorePermit,
 ) {
     // A peer holding a certificate opens the tunnel under mutual TLS; plaintext
-    // from one without is still served (permissive).
-    let mut client = match shared.identity.tls().current() {
+    // from one without is still served, unless the service is `mtls: strict`.
+    let taken = match shared.identity.tls().current() {
         Some(credentials)
             if handshake::peek_hello(&client, tunnel::listen::PREFACE_TIMEOUT)
                 .await
                 .is_ok_and(|h| h == Hello::Mesh) =>
         {
-            match accept_mesh_tls(&shared, client, credentials).await {
-                Some(stream) => stream,
-                None => return,
-            }
+            accept_mesh_tls(&shared, client, credentials).await
         }
-        _ => Stream::Plain(client),
+        _ => plaintext_allowed(&shared, client),
+    };
+    let Some(mut client) = taken else {
+        return;
     };
     let target = match tunnel::listen::read_target(&mut client, &shared.own_ports).await {
         Ok(target) => OrigDstAddr(target),

@@ -538,6 +538,7 @@ mod tests {
             meshed: meshed.iter().map(|ip| ip.parse().expect("ip")).collect(),
             identities: Vec::new(),
             withheld: Vec::new(),
+            mtls: Default::default(),
             policy,
         }]);
         let Resolved::Service(route) =

@@ -22,6 +22,8 @@ pub const HOP_BANNER: u16 = 18525;
 pub const NGINX_STATUS: u16 = 9101;
 pub const HAPROXY_STATS: u16 = 9102;
 pub const WEFT_METRICS: u16 = 15020;
+/// weft-proxy's admin listener (`/identity`, `/routes`), on the pod's loopback.
+pub const WEFT_ADMIN: u16 = 15000;
 pub const CONTROLLER_GRPC: u16 = 15010;
 pub const CONTROLLER_HTTP: u16 = 15014;
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);

@@ -56,7 +56,10 @@ pub fn accepted(bench: &Bench, r: &Running) -> Result<f64> {
             }
             measure::stub_status_accepts(&body).context("the app's stub_status")? as f64
         }
-        SetupKind::WeftIptables | SetupKind::WeftEbpf | SetupKind::WeftEbpfSockmap => {
+        SetupKind::WeftIptables
+        | SetupKind::WeftMtls
+        | SetupKind::WeftEbpf
+        | SetupKind::WeftEbpfSockmap => {
             let (status, body) = pod.http_get(local(WEFT_METRICS), "/metrics")?;
             if status != 200 {
                 bail!("weft /metrics answered {status}");
@@ -106,7 +109,10 @@ pub fn proxy_counters(bench: &Bench, r: &Running, traffic: Traffic) -> Result<Op
         let pod = bench.pod(side);
         out[i] = match r.kind {
             SetupKind::Direct => return Ok(None),
-            SetupKind::WeftIptables | SetupKind::WeftEbpf | SetupKind::WeftEbpfSockmap => {
+            SetupKind::WeftIptables
+            | SetupKind::WeftMtls
+            | SetupKind::WeftEbpf
+            | SetupKind::WeftEbpfSockmap => {
                 let (status, body) = pod.http_get(local(WEFT_METRICS), "/metrics")?;
                 if status != 200 {
                     bail!("weft /metrics answered {status}");

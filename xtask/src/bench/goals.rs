@@ -170,6 +170,37 @@ pub fn goals(rows: &[Row]) -> Vec<Goal> {
             add(name, setup, ratio(p50(setup), p50("nginx")), 1.0, true, "×");
         }
     }
+    // Issue 15: what mutual TLS between the sidecars costs, against plaintext weft
+    // (iptables, the same capture) in the same run.
+    let mtls = "weft-mtls";
+    let plain = "weft-iptables";
+    let rps = |s: &str| get(s, "http1", "max", |r| r.rps);
+    add(
+        "15. HTTP/1.1 max req/s × plaintext weft",
+        mtls,
+        ratio(rps(mtls), rps(plain)),
+        0.9,
+        false,
+        "×",
+    );
+    let p50 = |s: &str| get(s, "http1", "1000/s", |r| r.p50_ms);
+    add(
+        "15. p50 HTTP/1.1 at 1k req/s added over plaintext weft",
+        mtls,
+        p50(mtls).zip(p50(plain)).map(|(m, p)| m - p),
+        0.05,
+        true,
+        "ms",
+    );
+    let conns = |s: &str| get(s, "http1", "conn", |r| r.conn_per_s);
+    add(
+        "15. new connections/s × plaintext weft",
+        mtls,
+        ratio(conns(mtls), conns(plain)),
+        0.7,
+        false,
+        "×",
+    );
     out.retain(|g| rows.iter().any(|r| r.setup == g.setup));
     out
 }

@@ -51,6 +51,8 @@ const SECS: fn(u64) -> Duration = Duration::from_secs;
 pub enum SetupKind {
     Direct,
     WeftIptables,
+    /// iptables capture, both hops between the sidecars under mutual TLS.
+    WeftMtls,
     WeftEbpf,
     WeftEbpfSockmap,
     Nginx,
@@ -58,9 +60,10 @@ pub enum SetupKind {
 }
 
 impl SetupKind {
-    pub const ALL: [SetupKind; 6] = [
+    pub const ALL: [SetupKind; 7] = [
         SetupKind::Direct,
         SetupKind::WeftIptables,
+        SetupKind::WeftMtls,
         SetupKind::WeftEbpf,
         SetupKind::WeftEbpfSockmap,
         SetupKind::Nginx,
@@ -71,6 +74,7 @@ impl SetupKind {
         match self {
             SetupKind::Direct => "direct",
             SetupKind::WeftIptables => "weft-iptables",
+            SetupKind::WeftMtls => "weft-mtls",
             SetupKind::WeftEbpf => "weft-ebpf",
             SetupKind::WeftEbpfSockmap => "weft-ebpf-sockmap",
             SetupKind::Nginx => "nginx",
@@ -81,7 +85,10 @@ impl SetupKind {
     fn is_weft(self) -> bool {
         matches!(
             self,
-            SetupKind::WeftIptables | SetupKind::WeftEbpf | SetupKind::WeftEbpfSockmap
+            SetupKind::WeftIptables
+                | SetupKind::WeftMtls
+                | SetupKind::WeftEbpf
+                | SetupKind::WeftEbpfSockmap
         )
     }
 
@@ -343,6 +350,10 @@ impl Bench {
             // well into the next setup's load.
             "--health-checks".into(),
             "off".into(),
+            // The mesh CA, for `weft-mtls` (proxies without --identity ask nothing
+            // of it).
+            "--ca-dir".into(),
+            self.run_dir.join("ca").display().to_string(),
         ];
         node.spawn(ProcSpec::new(argv).name("weft-controller"))?;
         let http = SocketAddr::new(IpAddr::V4(node.ipv4()), CONTROLLER_HTTP);
@@ -418,7 +429,10 @@ impl Bench {
                 tcp: SocketAddr::new(IpAddr::V4(server), APP_TCP),
                 banner: SocketAddr::new(IpAddr::V4(server), APP_BANNER),
             }),
-            SetupKind::WeftIptables | SetupKind::WeftEbpf | SetupKind::WeftEbpfSockmap => {
+            SetupKind::WeftIptables
+            | SetupKind::WeftMtls
+            | SetupKind::WeftEbpf
+            | SetupKind::WeftEbpfSockmap => {
                 let mut running = Running {
                     kind,
                     proxies: None,
@@ -486,9 +500,11 @@ impl Bench {
                         .collect()
                 })
                 .unwrap_or_default();
-            let token = self.pod(side).credentials().issue(
+            let mtls = kind == SetupKind::WeftMtls;
+            let token = self.pod(side).credentials().issue_with_identity(
                 &format!("pod-{}", side.name()),
                 &[service],
+                mtls.then_some(service),
                 Some(PROXY_UID),
             )?;
             argv.extend([
@@ -508,6 +524,9 @@ impl Bench {
                 "--log".into(),
                 "warn".into(),
             ]);
+            if mtls {
+                argv.push("--identity".into());
+            }
             let name = format!("weft-proxy-{}", side.name());
             let spec = self.spec(side, &name, &argv, Some(PROXY_UID));
             procs.push(self.pod(side).spawn(spec)?);
@@ -530,9 +549,41 @@ impl Bench {
                 )
             })?;
         }
+        if kind == SetupKind::WeftMtls {
+            self.wait_mtls_ready()?;
+        }
         let server = procs.pop().context("two proxies")?;
         let client = procs.pop().context("two proxies")?;
         Ok((client, server))
+    }
+
+    /// `weft-mtls`: both proxies hold a certificate and the client's knows the
+    /// server's identity, so that the first request already goes under mutual TLS.
+    fn wait_mtls_ready(&self) -> Result<()> {
+        let admin = local(WEFT_ADMIN);
+        for side in [Side::Client, Side::Server] {
+            let pod = self.pod(side);
+            wait_until(SECS(15), Duration::from_millis(50), || {
+                pod.http_get(admin, "/identity")
+                    .is_ok_and(|(code, body)| code == 200 && body.contains("\"spiffe_id\""))
+            })
+            .with_context(|| format!("weft-proxy in {} got no certificate", pod.name()))?;
+        }
+        let client = self.pod(Side::Client);
+        let server = self.server.ipv4().to_string();
+        wait_until(SECS(15), Duration::from_millis(50), || {
+            client.http_get(admin, "/routes").is_ok_and(|(code, body)| {
+                code == 200
+                    && serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| {
+                        v["services"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|s| s["identities"][&server].is_string())
+                    })
+            })
+        })
+        .context("the client's proxy never learnt the server's identity")
     }
 
     fn start_nginx_proxies(&self) -> Result<(PodProc, PodProc)> {
