@@ -749,7 +749,8 @@ mod tests {
         assert_eq!(s, vec![SetupKind::Direct, SetupKind::Haproxy]);
         assert!(SetupKind::selected(&["envoy".into()]).is_err());
         let all = SetupKind::selected(&[]).unwrap_or_default();
-        assert_eq!(all.len(), 6);
+        assert_eq!(all.len(), 7);
+        assert!(all.contains(&SetupKind::WeftMtls));
         assert!(all.contains(&SetupKind::WeftEbpfSockmap));
         let named = SetupKind::selected(&["weft-ebpf-sockmap".into()]).unwrap_or_default();
         assert_eq!(named, vec![SetupKind::WeftEbpfSockmap]);
