@@ -1,6 +1,7 @@
 //! One captured connection, from accept to its end: recover where it was going (and
 //! refuse loops, [`destination`]), decide where it goes ([`route`]), detect its
-//! protocol when the port asks for it ([`crate::detect`]), then hand it to the
+//! protocol when the port asks for it ([`crate::detect`]), take a peer sidecar's
+//! mutual TLS or refuse plaintext ([`secure`]), then hand it to the
 //! opaque relay ([`crate::tcp`]) or the HTTP path ([`crate::l7`]). The flow only
 //! goes forward: nothing hands a connection back here.
 //!
@@ -12,6 +13,7 @@
 
 pub mod destination;
 pub mod route;
+pub mod secure;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,8 +28,6 @@ use crate::detect::{self, Sniffed};
 use crate::error::{ConnEnd, ErrorReason, Side};
 use crate::l7::{Dest, Edge};
 use crate::metrics::TcpLabels;
-use crate::mtls::handshake::{self, Hello};
-use crate::routes::MtlsMode;
 use crate::state::Shared;
 use crate::tcp::connect::Dialed;
 use crate::tcp::relay::{self, RelayObserver};
@@ -68,7 +68,7 @@ pub fn serve(
             }
         };
         let routing = Routing::of(&shared, direction, client_addr, orig_dst);
-        let Some(client) = Box::pin(take_mesh_tls(&shared, client, &routing)).await else {
+        let Some(client) = Box::pin(secure::take_inbound(&shared, client, &routing)).await else {
             return;
         };
         serve_routed(
@@ -83,69 +83,6 @@ pub fn serve(
     }
 }
 
-/// An inbound connection that opens with a peer sidecar's handshake (a ClientHello
-/// offering weft's ALPN), while this proxy holds a certificate, is taken under
-/// mutual TLS; anything else stays as it came, unless the pod's service is in
-/// `mtls: strict`. `None`: the connection was refused or its handshake failed
-/// (counted, and the socket reset).
-async fn take_mesh_tls(shared: &Shared, client: TcpStream, routing: &Routing) -> Option<Stream> {
-    let Routing::Local { .. } = routing else {
-        return Some(Stream::Plain(client));
-    };
-    let credentials = shared.identity.tls().current();
-    let hello = match &credentials {
-        Some(_) => handshake::peek_hello(&client, routing.speculate_after())
-            .await
-            .unwrap_or(Hello::Other),
-        None => Hello::Other,
-    };
-    match (hello, credentials) {
-        (Hello::Mesh, Some(credentials)) => accept_mesh_tls(shared, client, credentials).await,
-        _ => plaintext_allowed(shared, client),
-    }
-}
-
-/// A connection that is no peer sidecar's mutual TLS: served, or refused (reset
-/// and counted as `plaintext_refused`) when the pod's service is `mtls: strict`.
-fn plaintext_allowed(shared: &Shared, client: TcpStream) -> Option<Stream> {
-    if shared.routes.load().mtls_mode(&shared.own_service) != MtlsMode::Strict {
-        return Some(Stream::Plain(client));
-    }
-    tracing::debug!(peer = ?client.peer_addr().ok(), "plaintext refused: mtls strict");
-    shared.metrics.error(
-        Direction::Inbound,
-        &shared.own_service,
-        ErrorReason::PlaintextRefused,
-    );
-    relay::reset(&client);
-    None
-}
-
-/// Takes a peer sidecar's handshake on `client`; a failure is counted as
-/// `tls_handshake` and the socket reset.
-async fn accept_mesh_tls(
-    shared: &Shared,
-    client: TcpStream,
-    credentials: Arc<crate::mtls::Credentials>,
-) -> Option<Stream> {
-    let peer = client.peer_addr().ok();
-    match handshake::accept(credentials.server_config(), client).await {
-        Ok(stream) => Some(stream),
-        Err((e, socket)) => {
-            tracing::debug!(?peer, error = %e, "mutual TLS handshake refused");
-            if let Some(socket) = &socket {
-                relay::reset(socket);
-            }
-            shared.metrics.error(
-                Direction::Inbound,
-                &shared.own_service,
-                ErrorReason::TlsHandshake,
-            );
-            None
-        }
-    }
-}
-
 /// Serves a connection a peer sidecar opened on the tunnel port: its preface names
 /// the pod's application port; a bad preface is counted, logged and closed.
 pub async fn serve_tunnelled(
@@ -154,18 +91,7 @@ pub async fn serve_tunnelled(
     client_addr: ClientAddr,
     _permit: OwnedSemaphorePermit,
 ) {
-    // A peer holding a certificate opens the tunnel under mutual TLS; plaintext
-    // from one without is still served, unless the service is `mtls: strict`.
-    let taken = match shared.identity.tls().current() {
-        Some(credentials)
-            if handshake::peek_hello(&client, tunnel::listen::PREFACE_TIMEOUT)
-                .await
-                .is_ok_and(|h| h == Hello::Mesh) =>
-        {
-            accept_mesh_tls(&shared, client, credentials).await
-        }
-        _ => plaintext_allowed(&shared, client),
-    };
+    let taken = secure::take_tunnelled(&shared, client).await;
     let Some(mut client) = taken else {
         return;
     };

@@ -501,8 +501,14 @@ impl Bench {
                 })
                 .unwrap_or_default();
             let mtls = kind == SetupKind::WeftMtls;
+            // A token of its own for weft-mtls: one issued before under the same
+            // name keeps the identity (none) it was issued with.
+            let token_name = match mtls {
+                true => format!("pod-{}-mtls", side.name()),
+                false => format!("pod-{}", side.name()),
+            };
             let token = self.pod(side).credentials().issue_with_identity(
-                &format!("pod-{}", side.name()),
+                &token_name,
                 &[service],
                 mtls.then_some(service),
                 Some(PROXY_UID),
