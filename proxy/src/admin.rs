@@ -7,9 +7,12 @@
 //! Which probe means what (ARCHITECTURE.md, Ports):
 //!
 //! - `/live`: the process serves. 200 from the start to the exit.
-//! - `/ready/proxy`: the proxy itself is ready: not draining, and the first
-//!   discovery snapshot arrived (always, without a controller). Needs no app: what
-//!   starts the app after the sidecar waits on this (or on `/live`).
+//! - `/ready/proxy`: the proxy itself is ready: not draining, the first discovery
+//!   snapshot arrived (always, without a controller) and, with `--identity`, it
+//!   holds a valid workload certificate (peers demand mutual TLS of it: without
+//!   one it cannot serve a strict service, and would dial its peers in
+//!   plaintext). Needs no app: what starts the app after the sidecar waits on this
+//!   (or on `/live`).
 //! - `/ready`: the pod should get traffic: `/ready/proxy`, and the app accepts
 //!   connections on the ports its service sends to, when this pod backs its
 //!   service ([`crate::readiness`]); else 503 saying which port and why.
@@ -135,9 +138,16 @@ fn proxy_not_ready(shared: &Shared) -> Option<&'static str> {
         Some("draining\n")
     } else if !shared.synced.load(Ordering::SeqCst) {
         Some("waiting for the first discovery snapshot\n")
+    } else if wants_identity(shared) && shared.identity.tls().current().is_none() {
+        Some("no valid workload certificate (--identity): none issued yet, or it expired\n")
     } else {
         None
     }
+}
+
+/// Whether the proxy keeps a workload certificate (`--identity`).
+fn wants_identity(shared: &Shared) -> bool {
+    shared.config.discovery.as_ref().is_some_and(|d| d.identity)
 }
 
 /// How long `/ready` waits for the app to accept (the kubelet's default probe

@@ -3,7 +3,8 @@
 //! controller signs it for the identity the sidecar's token names, and the proxy's
 //! `/identity` shows the SPIFFE ID, the mesh's trust bundle (the controller's
 //! `ca.pem`) and a renewal at 70% of the lifetime. A sidecar whose token names no
-//! identity gets no certificate, says why, and still routes. Capture mode plays no
+//! identity gets no certificate, says why, is not ready (`/ready/proxy`) and still
+//! routes. Capture mode plays no
 //! part (the certificate travels on the controller connection), so iptables mode
 //! only.
 #![allow(clippy::unwrap_used)]
@@ -85,8 +86,9 @@ fn a_sidecar_keeps_a_certificate_for_its_own_identity() {
         .issue("pod-other", &["other"], Some(1337))
         .unwrap();
     let token_arg = token.to_string_lossy().into_owned();
+    // Not ready without a certificate: started without waiting for /ready/proxy.
     other
-        .sidecar_with(
+        .sidecar_unsynced(
             &[],
             "other",
             &[
@@ -114,6 +116,11 @@ fn a_sidecar_keeps_a_certificate_for_its_own_identity() {
         why.contains("PermissionDenied") && why.contains("identity"),
         "{why}"
     );
+    // Not ready: peers would demand mutual TLS of it.
+    let metrics: SocketAddr = "127.0.0.1:15020".parse().unwrap();
+    let (code, why) = other.http_get(metrics, "/ready/proxy").unwrap();
+    assert_eq!(code, 503, "{why}");
+    assert!(why.contains("no valid workload certificate"), "{why}");
     let (code, routes) = other.http_get(admin, "/routes").unwrap();
     assert_eq!(code, 200);
     let routes: Value = serde_json::from_str(&routes).unwrap();

@@ -18,6 +18,11 @@
 //! - `back`'s sidecar shows its inbound connections as mutual TLS from `front`'s
 //!   identity in `/connections`; `front`'s shows its opaque ones as mutual TLS to
 //!   `back`'s.
+//!
+//! Further tests, iptables only (capture plays no part in them): `openssl
+//! s_client` is served with a mesh-CA client certificate and refused without;
+//! renewals under load fail no request; a certificate that expires while the
+//! controller is away makes the proxy not ready until the controller returns.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -30,6 +35,8 @@ use weft_e2e::{python3, tool, wait_until, Controller, Mesh, Mode, ModePod, PodPr
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
 const ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
+/// The sidecar's metrics and health listener (`/ready/proxy`).
+const METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15020);
 const FRONT_ID: &str = "spiffe://weft.local/ns/local/sa/frontend";
 const BACK_ID: &str = "spiffe://weft.local/ns/local/sa/backend";
 const LOCKED_ID: &str = "spiffe://weft.local/ns/local/sa/locked";
@@ -594,4 +601,53 @@ fn renewals_under_load_fail_no_request_and_change_the_certificate() {
         "{before:?} -> {after:?}"
     );
     assert_ne!(first, last, "the certificate was not renewed");
+}
+
+/// A proxy whose certificate (10 s) expires while the controller is away reports
+/// not ready, and recovers when the controller (its CA persisted in `--ca-dir`)
+/// returns: the new certificate chains to the same root. iptables only.
+#[test]
+fn a_certificate_expired_while_the_controller_was_away_is_not_ready_until_it_returns() {
+    let mesh = Mesh::new().unwrap();
+    let back = Mode::Iptables.add_pod(&mesh, "back").unwrap();
+    let file = mesh.run_dir().join("mesh.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  backend:\n    vip: 10.96.0.10\n    ports: [{{ port: 80, target_port: 8080 }}]\n    endpoints: [{}]\n",
+            back.ipv4()
+        ),
+    )
+    .unwrap();
+    let ca = mesh.run_dir().join("ca");
+    let ca_arg = ca.to_string_lossy().into_owned();
+    let args = ["--ca-dir", ca_arg.as_str(), "--cert-lifetime", "10s"];
+    let controller = Controller::start(&mesh, &file, &args).unwrap();
+    let _sidecar = back
+        .sidecar_with(
+            &[],
+            "backend",
+            &["--controller", controller.url(), "--identity"],
+        )
+        .unwrap();
+    let root = std::fs::read_to_string(ca.join("ca.pem")).unwrap();
+    let ready = || back.http_get(METRICS, "/ready/proxy").unwrap();
+    assert_eq!(ready().0, 200, "{:?}", ready());
+
+    controller.proc().signal(Signal::SIGKILL).unwrap();
+    controller.proc().wait_timeout(SECS(5)).expect("killed");
+    wait_until(SECS(20), MS(100), || ready().0 == 503)
+        .unwrap_or_else(|e| panic!("still ready with the controller away ({e}): {:?}", ready()));
+    let (_, why) = ready();
+    assert!(why.contains("no valid workload certificate"), "{why}");
+
+    let _controller = Controller::start(&mesh, &file, &args).unwrap();
+    wait_until(SECS(60), MS(200), || ready().0 == 200)
+        .unwrap_or_else(|e| panic!("not ready again ({e}): {}", admin_json(&back, "/identity")));
+    let identity = admin_json(&back, "/identity");
+    assert_eq!(
+        identity["certificate"]["trust_bundle_pem"].as_str(),
+        Some(root.as_str()),
+        "the CA's root changed across the restart"
+    );
 }
