@@ -937,7 +937,10 @@ fn proxies_route_through_a_controller_kill_and_follow_its_restart(mode: Mode) {
         Style::Flow,
     );
     let all = live.sidecars.len();
-    assert_eq!(live.status()["subscribers"], all);
+    // A subscriber counts once its Ack of the snapshot is in, which may come just
+    // after its sidecar turned ready (it applied the snapshot first).
+    wait_until(SECS(5), MS(20), || live.status()["subscribers"] == all)
+        .unwrap_or_else(|e| panic!("not every proxy subscribed: {e}: {}", live.status()));
     assert_eq!(
         tally(&live.front, 6),
         counts(&[("b1", 2), ("b2", 2), ("b3", 2)])
