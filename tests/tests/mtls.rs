@@ -601,6 +601,21 @@ fn renewals_under_load_fail_no_request_and_change_the_certificate() {
         "{before:?} -> {after:?}"
     );
     assert_ne!(first, last, "the certificate was not renewed");
+    // The load went under mutual TLS: every connection `back` took from `front`.
+    let from_front = format!("{}:", front.ipv4());
+    let inbound: Vec<Value> = connections(&back)
+        .into_iter()
+        .filter(|c| {
+            c["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(&from_front))
+        })
+        .collect();
+    assert!(!inbound.is_empty(), "no connection from front at back");
+    for c in &inbound {
+        assert_eq!(c["tls"], true, "{c}");
+        assert_eq!(c["peer_identity"], FRONT_ID, "{c}");
+    }
 }
 
 /// A proxy whose certificate (10 s) expires while the controller is away reports

@@ -183,7 +183,7 @@ async fn send(
                 .send(
                     req.map(RequestBody::Stream),
                     opts,
-                    None,
+                    &|| None,
                     &ctx.common.connector,
                 )
                 .await
@@ -238,7 +238,7 @@ async fn send(
             .send(
                 req,
                 opts,
-                balancer.identity(pick.endpoint),
+                &|| balancer.identity(pick.endpoint),
                 &ctx.common.connector,
             )
             .await

@@ -100,6 +100,10 @@ impl InboundPools {
     }
 }
 
+/// Names the identity a new connection to an endpoint demands of its sidecar
+/// (`None`: plaintext); asked per connection made, not per request.
+pub type PeerIdentity<'a> = &'a (dyn Fn() -> Option<&'a Arc<str>> + Sync);
+
 /// Why a request could not be sent, and the request itself when it never left.
 #[derive(Debug)]
 pub struct SendError {
@@ -171,14 +175,15 @@ impl EndpointPool {
     /// Sends `req` over a pooled (or new) connection of `version`; returns the
     /// response head and, for HTTP/1, the lease to release when the body has ended.
     ///
-    /// `peer`: the identity of the endpoint's sidecar, when discovery names one: a
-    /// new connection is made under mutual TLS demanding it (when this proxy holds
-    /// a certificate). Pooled connections are kept as they were made.
+    /// `peer`: the identity of the endpoint's sidecar, when discovery names one,
+    /// asked only when a connection is made: it is made under mutual TLS demanding
+    /// it (when this proxy holds a certificate). Pooled connections are kept as
+    /// they were made.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
         opts: SendOpts,
-        peer: Option<&Arc<str>>,
+        peer: PeerIdentity<'_>,
         connector: &Connector,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         match opts.version {
@@ -194,7 +199,7 @@ impl EndpointPool {
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
         opts: SendOpts,
-        peer: Option<&Arc<str>>,
+        peer: PeerIdentity<'_>,
         connector: &Connector,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         loop {
@@ -239,7 +244,7 @@ impl EndpointPool {
         &self,
         mut req: Request<RequestBody>,
         opts: SendOpts,
-        peer: Option<&Arc<str>>,
+        peer: PeerIdentity<'_>,
         connector: &Connector,
     ) -> Result<Response<Incoming>, SendError> {
         loop {
@@ -296,12 +301,12 @@ impl EndpointPool {
         &self,
         connector: &Connector,
         timeout: Duration,
-        peer: Option<&Arc<str>>,
+        peer: PeerIdentity<'_>,
     ) -> Result<H1, ErrorReason> {
         let Upstream { stream, own } = connector
             .connect(self.addr, timeout)
             .await?
-            .secure(connector.tls_for(peer))
+            .secure(connector.tls_for(peer()))
             .await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -336,12 +341,12 @@ impl EndpointPool {
         &self,
         connector: &Connector,
         timeout: Duration,
-        peer: Option<&Arc<str>>,
+        peer: PeerIdentity<'_>,
     ) -> Result<H2, ErrorReason> {
         let Upstream { stream, own } = connector
             .connect(self.addr, timeout)
             .await?
-            .secure(connector.tls_for(peer))
+            .secure(connector.tls_for(peer()))
             .await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

@@ -153,16 +153,30 @@ pub async fn relay(
             .map_err(|(side, error)| (flip(side), error))
     };
     let down = pump(upstream, client, &activity, |n| obs.relayed_to_client(n));
-    let end = tokio::select! {
+    let end = both_ways(up, down, &activity, limits).await;
+    if !matches!(end, ConnEnd::Eof) {
+        reset(client);
+        reset(upstream);
+    }
+    end
+}
+
+/// Runs both directions of a relay until both end ([`ConnEnd::Eof`]), one fails,
+/// or the connection outlives `limits`; the caller resets both sockets unless
+/// both ended.
+async fn both_ways(
+    up: impl std::future::Future<Output = Result<(), (Side, io::Error)>>,
+    down: impl std::future::Future<Output = Result<(), (Side, io::Error)>>,
+    activity: &Activity,
+    limits: RelayLimits,
+) -> ConnEnd {
+    tokio::select! {
         done = async { tokio::try_join!(up, down) } => match done {
-            Ok(((), ())) => return ConnEnd::Eof,
+            Ok(((), ())) => ConnEnd::Eof,
             Err((side, error)) => ConnEnd::Failed { side, error },
         },
         end = activity.expired(limits) => end,
-    };
-    reset(client);
-    reset(upstream);
-    end
+    }
 }
 
 /// [`relay`], after first writing `prefix` upstream: bytes already read from the
@@ -242,16 +256,13 @@ async fn relay_secured(
         let down = pump_io(&mut up_rx, &mut client_tx, &activity, |n| {
             obs.relayed_to_client(n)
         });
-        tokio::select! {
-            done = async { tokio::try_join!(up, down) } => match done {
-                Ok(((), ())) => return ConnEnd::Eof,
-                Err((side, error)) => ConnEnd::Failed { side, error },
-            },
-            end = activity.expired(limits) => end,
-        }
+        both_ways(up, down, &activity, limits).await
     };
-    reset(client.tcp());
-    reset(upstream.tcp());
+    // The split halves are gone: the sockets are at hand again.
+    if !matches!(end, ConnEnd::Eof) {
+        reset(client.tcp());
+        reset(upstream.tcp());
+    }
     end
 }
 

@@ -503,9 +503,10 @@ impl Bench {
             let mtls = kind == SetupKind::WeftMtls;
             // A token of its own for weft-mtls: one issued before under the same
             // name keeps the identity (none) it was issued with.
-            let token_name = match mtls {
-                true => format!("pod-{}-mtls", side.name()),
-                false => format!("pod-{}", side.name()),
+            let token_name = if mtls {
+                format!("pod-{}-mtls", side.name())
+            } else {
+                format!("pod-{}", side.name())
             };
             let token = self.pod(side).credentials().issue_with_identity(
                 &token_name,
