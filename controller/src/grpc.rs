@@ -300,6 +300,25 @@ pub(crate) fn refuse(auth: &Auth, peer: Option<std::net::SocketAddr>, denial: &D
     }
 }
 
+fn authorization_to_proto(entry: &crate::model::Authorization) -> pb::Authorization {
+    use crate::model::Source;
+    use pb::source::Kind;
+    pb::Authorization {
+        port: entry.port.map_or(0, |p| p.get().into()),
+        allow: entry
+            .allow
+            .iter()
+            .map(|source| pb::Source {
+                kind: Some(match source {
+                    Source::Identity(id) => Kind::Identity(id.clone()),
+                    Source::Service(name) => Kind::Service(name.to_string()),
+                    Source::Namespace(ns) => Kind::Namespace(ns.to_string()),
+                }),
+            })
+            .collect(),
+    }
+}
+
 /// A service in the API's terms at `snap`: its served endpoints (marked meshed as
 /// `snap` says) and the known ones it withholds.
 pub fn to_proto(name: &Name, svc: &Service, snap: &Snapshot) -> pb::Service {
@@ -339,6 +358,11 @@ pub fn to_proto(name: &Name, svc: &Service, snap: &Snapshot) -> pb::Service {
             crate::model::MtlsMode::Strict => pb::MtlsMode::MtlsStrict,
             crate::model::MtlsMode::Disabled => pb::MtlsMode::MtlsDisabled,
         } as i32,
+        authorization: svc
+            .authorization
+            .iter()
+            .map(authorization_to_proto)
+            .collect(),
         withheld: snap
             .withheld
             .get(name)

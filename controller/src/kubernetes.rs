@@ -24,6 +24,8 @@
 //!   `ready: false` — a pod not ready yet, or terminating (`serving` may still be
 //!   true while it drains) — are the service's *not ready* endpoints: never sent
 //!   new traffic, but still its pods ([`Contribution::not_ready`]).
+//! - The Service's annotations `weft.dev/mtls` and `weft.dev/authorization` are its
+//!   mutual TLS mode and authorization entries ([`crate::annotations`]).
 //! - Limits, said plainly: one target port per service port (pods of one Service
 //!   that resolve a named port to different numbers get the first slice's number);
 //!   a dual-stack Service is routed on its primary ClusterIP only.
@@ -60,6 +62,8 @@ pub fn service_name(namespace: &str, name: &str) -> Result<Name, String> {
 pub struct Mapped {
     pub contribution: Contribution,
     pub skipped: Vec<String>,
+    /// Services mapped in spite of a malformed annotation (failed closed).
+    pub warnings: Vec<String>,
 }
 
 fn protocol(app_protocol: Option<&str>) -> Protocol {
@@ -104,8 +108,11 @@ pub fn map<'a>(
         let name = svc.name_any();
         let key = format!("{ns}/{name}");
         match map_one(svc, by_service.get(&(ns.clone(), name.clone()))) {
-            Ok((service, not_ready)) => match service_name(&ns, &name) {
+            Ok((mut service, not_ready)) => match service_name(&ns, &name) {
                 Ok(n) => {
+                    let problems = crate::annotations::apply(svc.annotations(), &mut service);
+                    out.warnings
+                        .extend(problems.into_iter().map(|p| format!("{key}: {p}")));
                     if !not_ready.is_empty() {
                         out.contribution.not_ready.insert(n.clone(), not_ready);
                     }
@@ -201,6 +208,7 @@ fn map_one(
             endpoints: endpoints.into_iter().collect(),
             policy: Policy::default(),
             mtls: Default::default(),
+            authorization: Vec::new(),
         },
         not_ready,
     ))
@@ -425,6 +433,9 @@ impl Source for KubernetesSource {
                     self.failed = false;
                     for s in &mapped.skipped {
                         tracing::debug!("kubernetes: not in the mesh: {s}");
+                    }
+                    for w in &mapped.warnings {
+                        tracing::warn!("kubernetes: {w}");
                     }
                     self.last = Some(mapped.contribution.clone());
                     return Ok(mapped.contribution);

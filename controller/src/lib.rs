@@ -25,6 +25,7 @@
 //!   service.
 //! - [`controller`]: ties them together.
 
+pub mod annotations;
 pub mod auth;
 pub mod ca;
 pub mod controller;

@@ -773,4 +773,54 @@ workloads:
         assert_eq!(locate(text, &[Key("services"), Key("b")]), Some(1));
         assert_eq!(locate(text, &[Key("workloads")]), None);
     }
+
+    #[test]
+    fn authorization_entries_are_read_and_checked() {
+        let text = "\
+services:
+  backend:
+    vip: 10.96.0.10
+    ports: [{ port: 80, target_port: 8080 }, { port: 5432 }]
+    authorization:
+      - port: 80
+        allow:
+          - service: frontend
+          - identity: spiffe://weft.local/ns/tools/sa/ops
+      - allow: [{ namespace: admin }]
+";
+        let mesh = parse("mesh.yaml", text).expect("valid");
+        let entries = &mesh.services[&name("backend")].authorization;
+        use crate::model::Source;
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].port.map(|p| p.get()), Some(80));
+        assert_eq!(
+            entries[0].allow,
+            [
+                Source::Service(name("frontend")),
+                Source::Identity("spiffe://weft.local/ns/tools/sa/ops".to_owned()),
+            ]
+        );
+        assert_eq!(entries[1].port, None);
+        assert_eq!(entries[1].allow, [Source::Namespace(name("admin"))]);
+        // A port the service lacks, an identity that is no SPIFFE ID, an unknown
+        // kind of source: refused, naming the line.
+        for (line, bad, says) in [
+            (6, "      - port: 81", "port 81"),
+            (9, "          - identity: ops", "SPIFFE"),
+            (9, "          - address: 10.0.0.1", "address"),
+            (8, "          - { service: a, namespace: b }", "exactly one"),
+        ] {
+            let text = text
+                .lines()
+                .enumerate()
+                .map(|(i, l)| if i + 1 == line { bad } else { l })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let e = err(&text);
+            assert!(e.message.contains(says), "{bad}: {e}");
+            // A type error names the entry's line; a rule across fields the
+            // `authorization` key's.
+            assert!(e.line.is_some_and(|l| l == line || l == 5), "{bad}: {e}");
+        }
+    }
 }

@@ -95,6 +95,105 @@ pub struct Service {
     /// Mutual TLS between sidecars for this service's endpoints.
     #[serde(default, skip_serializing_if = "MtlsMode::is_default")]
     pub mtls: MtlsMode,
+    /// Who may call the service's endpoints, per port: a port some entry names
+    /// takes only the callers its entries allow (ARCHITECTURE.md, Authorization).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization: Vec<Authorization>,
+}
+
+/// One authorization entry: the callers allowed on a port of the service (or on
+/// every port, without `port`). A port with entries refuses every other caller,
+/// plaintext ones included; `allow: []` refuses all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Authorization {
+    /// A port of the service (its `port`, not the target port); unset: every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<NonZeroU16>,
+    /// The callers allowed: any one of them matching the caller's mutual TLS
+    /// identity lets it in.
+    pub allow: Vec<Source>,
+}
+
+/// A caller an authorization entry allows, by its sidecar's workload identity.
+/// Written as a map with one key (`- service: frontend`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SourceSpec", into = "SourceSpec")]
+pub enum Source {
+    /// One SPIFFE ID (`spiffe://<trust-domain>/ns/<namespace>/sa/<account>`).
+    Identity(String),
+    /// The identities discovery names on the service's endpoints (the sidecars
+    /// that serve it).
+    Service(Name),
+    /// Every identity of a namespace (`.../ns/<namespace>/...`; the local mesh's
+    /// workloads are in `local`).
+    Namespace(Name),
+}
+
+/// A [`Source`] as written: exactly one of the keys.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    identity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    service: Option<Name>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace: Option<Name>,
+}
+
+impl TryFrom<SourceSpec> for Source {
+    type Error = String;
+
+    fn try_from(s: SourceSpec) -> Result<Self, Self::Error> {
+        match (s.identity, s.service, s.namespace) {
+            (Some(id), None, None) => Ok(Source::Identity(id)),
+            (None, Some(name), None) => Ok(Source::Service(name)),
+            (None, None, Some(ns)) => Ok(Source::Namespace(ns)),
+            _ => Err("a source names exactly one of identity, service or namespace".to_owned()),
+        }
+    }
+}
+
+impl From<Source> for SourceSpec {
+    fn from(s: Source) -> Self {
+        let mut spec = SourceSpec {
+            identity: None,
+            service: None,
+            namespace: None,
+        };
+        match s {
+            Source::Identity(id) => spec.identity = Some(id),
+            Source::Service(name) => spec.service = Some(name),
+            Source::Namespace(ns) => spec.namespace = Some(ns),
+        }
+        spec
+    }
+}
+
+impl Source {
+    /// What is wrong with it: an identity that is no SPIFFE ID (`spiffe://`, a
+    /// trust domain and a path, printable ASCII, at most 2,048 bytes), or a
+    /// namespace that is not one DNS label.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Source::Identity(id) => {
+                let ok = id.len() <= 2048
+                    && id.strip_prefix("spiffe://").is_some_and(|rest| {
+                        rest.split_once('/')
+                            .is_some_and(|(domain, path)| !domain.is_empty() && !path.is_empty())
+                            && rest.bytes().all(|b| b.is_ascii_graphic())
+                    });
+                (!ok).then(|| {
+                    format!("identity {id:?} is no SPIFFE ID (spiffe://<trust-domain>/<path>)")
+                })
+            }
+            Source::Namespace(ns) if ns.as_str().contains('.') => {
+                Some(format!("namespace {:?} is not one label", ns.as_str()))
+            }
+            Source::Service(_) | Source::Namespace(_) => None,
+        }
+    }
 }
 
 /// How a service's endpoints take traffic from other sidecars (ARCHITECTURE.md,
@@ -642,6 +741,12 @@ impl Mesh {
                     format!("service {name}: policy: {problem}"),
                 );
             }
+            for problem in svc.authorization_problems() {
+                err(
+                    Locus::ServiceField(name.clone(), "authorization"),
+                    format!("service {name}: authorization: {problem}"),
+                );
+            }
             let mut seen = BTreeSet::new();
             for (i, ep) in svc.endpoints.iter().enumerate() {
                 if !usable(*ep) {
@@ -672,6 +777,23 @@ impl Mesh {
             }
         }
         errors
+    }
+}
+
+impl Service {
+    /// What is wrong with its authorization entries: a port the service does not
+    /// have, a malformed source.
+    pub(crate) fn authorization_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for entry in &self.authorization {
+            if let Some(port) = entry.port {
+                if !self.ports.iter().any(|p| p.port == port) {
+                    problems.push(format!("port {port} is not one of the service's ports"));
+                }
+            }
+            problems.extend(entry.allow.iter().filter_map(Source::problem));
+        }
+        problems
     }
 }
 

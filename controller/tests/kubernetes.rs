@@ -50,7 +50,9 @@ fn service_list() -> Value {
           "status": { "loadBalancer": {} }
         },
         {
-          "metadata": { "name": "db", "namespace": "shop", "uid": "1d2e", "resourceVersion": "47100" },
+          "metadata": { "name": "db", "namespace": "shop", "uid": "1d2e", "resourceVersion": "47100",
+                        "annotations": { "weft.dev/mtls": "strict",
+                                         "weft.dev/authorization": "[{port: 5432, allow: [{service: web.shop}]}]" } },
           "spec": {
             "ports": [ { "protocol": "TCP", "port": 5432, "targetPort": 5432 } ],
             "selector": { "app": "db" },
@@ -232,6 +234,15 @@ fn services_and_slices_map_to_the_mesh() {
         db.endpoints,
         vec!["fd00:244::7".parse::<std::net::IpAddr>().expect("ip")]
     );
+    // Its annotations: strict mutual TLS, port 5432 for `web.shop` only.
+    assert_eq!(db.mtls, weft_controller::model::MtlsMode::Strict);
+    assert_eq!(db.authorization.len(), 1);
+    assert_eq!(db.authorization[0].port.map(|p| p.get()), Some(5432));
+    assert_eq!(
+        db.authorization[0].allow,
+        [weft_controller::model::Source::Service(name("web.shop"))]
+    );
+    assert!(mapped.warnings.is_empty(), "{:?}", mapped.warnings);
 
     let dns = &m[&name("kube-dns.kube-system")];
     assert_eq!(dns.ports.len(), 1, "the TCP port only");

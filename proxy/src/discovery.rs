@@ -20,6 +20,7 @@ use weft_api::discovery::{
 };
 use weft_api::DiscoveryClient;
 
+use crate::authz::{Authorization, Source};
 use crate::policy::{Defaults, Policy};
 use crate::routes::{Applied, MtlsMode, PortProtocol, Routes, ServicePort, ServiceSpec};
 
@@ -576,7 +577,36 @@ fn spec_of(s: &api::Service, defaults: Defaults) -> Result<ServiceSpec, String> 
             // Unknown values (a newer controller) are taken as the default.
             _ => MtlsMode::Permissive,
         },
+        authorization: s
+            .authorization
+            .iter()
+            .map(authorization_of)
+            .collect::<Result<_, String>>()?,
     })
+}
+
+/// An authorization entry as discovery sends it; a port out of range or an
+/// identity that is no SPIFFE ID rejects the update.
+fn authorization_of(a: &api::Authorization) -> Result<Authorization, String> {
+    use api::source::Kind;
+    let port = match a.port {
+        0 => None,
+        p => Some(u16::try_from(p).map_err(|_| format!("authorization: bad port {p}"))?),
+    };
+    let allow = a
+        .allow
+        .iter()
+        .map(|s| match &s.kind {
+            Some(Kind::Identity(id)) if is_spiffe_id(id) => {
+                Ok(Source::Identity(id.as_str().into()))
+            }
+            Some(Kind::Identity(id)) => Err(format!("authorization: bad identity {id:?}")),
+            Some(Kind::Service(name)) => Ok(Source::Service(name.as_str().into())),
+            Some(Kind::Namespace(ns)) => Ok(Source::Namespace(ns.as_str().into())),
+            None => Ok(Source::Unknown),
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(Authorization { port, allow })
 }
 
 /// A SPIFFE ID as the controller's CA writes one: `spiffe://` and a path, within the

@@ -55,6 +55,9 @@ pub enum ErrorReason {
     /// Plaintext (or a TLS that is no peer sidecar's) on the inbound or tunnel port
     /// of a service in `mtls: strict`: reset.
     PlaintextRefused,
+    /// The caller may not reach this port of the service (its authorization
+    /// entries allow no such identity): 403 per HTTP request, a reset for TCP.
+    Unauthorized,
 }
 
 impl ErrorReason {
@@ -80,6 +83,7 @@ impl ErrorReason {
             ErrorReason::HeaderReadTimeout => "header_read_timeout",
             ErrorReason::TlsHandshake => "tls_handshake",
             ErrorReason::PlaintextRefused => "plaintext_refused",
+            ErrorReason::Unauthorized => "unauthorized",
         }
     }
 }

@@ -46,6 +46,7 @@
 pub mod addr;
 pub(crate) mod admin;
 pub(crate) mod app_health;
+pub mod authz;
 pub mod balance;
 pub mod config;
 pub(crate) mod connection;

@@ -21,6 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::addr::{EndpointAddr, OrigDstAddr};
+use crate::authz::Authorization;
 use crate::policy::Policy;
 
 /// How the proxy treats traffic to a service port.
@@ -88,6 +89,8 @@ pub struct ServiceSpec {
     pub policy: Policy,
     /// Mutual TLS to and at the service's endpoints.
     pub mtls: MtlsMode,
+    /// Who may call the service's endpoints ([`crate::authz`]).
+    pub authorization: Vec<Authorization>,
 }
 
 /// Where one VIP:port leads. Its endpoints are picked by the route's balancer
@@ -423,6 +426,7 @@ impl RouteTable {
                 name: &spec.name,
                 policy: spec.policy,
                 mtls: spec.mtls,
+                authorization: &spec.authorization,
                 routes: spec
                     .ports
                     .iter()
@@ -455,6 +459,9 @@ pub struct ServiceView<'a> {
     pub name: &'a str,
     pub policy: Policy,
     pub mtls: MtlsMode,
+    /// Who may call its endpoints; left out when everyone may.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub authorization: &'a [Authorization],
     pub routes: Vec<RouteView>,
     /// The endpoints a weft sidecar serves (opaque TCP reaches them through its
     /// tunnel); left out when none is.
@@ -648,6 +655,7 @@ pub(crate) fn test_spec(name: &str, vip: &str, endpoints: &[&str]) -> ServiceSpe
         withheld: Vec::new(),
         policy: Policy::default(),
         mtls: MtlsMode::Permissive,
+        authorization: Vec::new(),
     }
 }
 

@@ -112,6 +112,7 @@ fn backend(endpoint: &str, port: u16, version: u64) -> MeshUpdate {
             policy: None,
             withheld: vec![],
             mtls: Default::default(),
+            authorization: Vec::new(),
         }],
         removed: vec![],
         version,

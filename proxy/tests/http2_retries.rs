@@ -71,6 +71,7 @@ async fn proxy(endpoints: &[&str], meshed: &[&str], port: u16) -> (SocketAddr, S
         identities: Vec::new(),
         withheld: Vec::new(),
         mtls: Default::default(),
+        authorization: Vec::new(),
         policy: weft_proxy::policy::Policy::default(),
     };
     let p = BoundProxy::bind(

@@ -60,6 +60,7 @@ fn backend(endpoints: &[&str], target_port: u16) -> ServiceSpec {
         identities: Vec::new(),
         withheld: Vec::new(),
         mtls: Default::default(),
+        authorization: Vec::new(),
         policy: weft_proxy::policy::Policy::default(),
     }
 }

@@ -80,6 +80,7 @@ async fn client_proxy(
             endpoints,
             withheld: Vec::new(),
             mtls: Default::default(),
+            authorization: Vec::new(),
             policy: weft_proxy::policy::Policy::default(),
         }]));
     let addrs = (proxy.outbound_addrs()[0], proxy.metrics_addr().unwrap());

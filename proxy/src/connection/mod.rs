@@ -1,7 +1,8 @@
 //! One captured connection, from accept to its end: recover where it was going (and
 //! refuse loops, [`destination`]), decide where it goes ([`route`]), detect its
 //! protocol when the port asks for it ([`crate::detect`]), take a peer sidecar's
-//! mutual TLS or refuse plaintext ([`secure`]), then hand it to the
+//! mutual TLS or refuse plaintext ([`secure`]), take the service's authorization
+//! verdict on the caller ([`crate::authz`]), then hand it to the
 //! opaque relay ([`crate::tcp`]) or the HTTP path ([`crate::l7`]). The flow only
 //! goes forward: nothing hands a connection back here.
 //!
@@ -147,18 +148,24 @@ fn serve_routed(
         let source = routing.source_service(&shared.own_service);
         let destination = routing.destination_service(&shared.own_service);
         let labels = Arc::new(TcpLabels::new(direction, &source, &destination));
+        let peer = tls_peer(&client);
+        // A caller the service does not authorize reaches nothing: nothing is
+        // dialled, its HTTP requests are answered 403 and its TCP reset (through
+        // the tunnel: told so, and its sidecar resets).
+        let refused = refusal(&shared, &routing, peer.as_deref());
         let mut conn = shared.conns.open(ConnInfo {
             direction,
             client: client_addr,
             orig_dst,
             service: destination.clone(),
-            endpoint: routing.fixed_endpoint(),
+            // A refused caller reaches no endpoint.
+            endpoint: routing.fixed_endpoint().filter(|_| refused.is_none()),
             protocol: if routing.detection().is_some() {
                 "detecting"
             } else {
                 "tcp"
             },
-            tls_peer: tls_peer(&client),
+            tls_peer: peer,
         });
         shared.metrics.tcp_opened(&labels);
         let observer = ConnObserver {
@@ -168,9 +175,18 @@ fn serve_routed(
             labels: labels.clone(),
             bytes: conn.bytes().clone(),
         };
+        let dial = || async {
+            match refused {
+                Some(reason) => Dialed {
+                    endpoint: None,
+                    upstream: Err(reason),
+                },
+                None => dial(&shared, &routing).await,
+            }
+        };
         let end = match routing.detection() {
             None => {
-                let dialed = Box::pin(dial(&shared, &routing)).await;
+                let dialed = Box::pin(dial()).await;
                 match entry {
                     Entry::Tunnelled => {
                         Box::pin(answer_then_relay(
@@ -192,7 +208,7 @@ fn serve_routed(
                     &mut client,
                     detection,
                     routing.speculate_after(),
-                    || dial(&shared, &routing),
+                    dial,
                 ));
                 let sniffed = sniffed.await;
                 routing.learn(&sniffed);
@@ -215,22 +231,27 @@ fn serve_routed(
                         version, prefix, ..
                     } => {
                         conn.set_protocol(version.as_str());
-                        let dest = match &routing {
-                            Routing::Service {
-                                balancer,
-                                generation,
-                                orig_dst,
-                                ..
-                            } => Dest::Service(Follow::new(
+                        let dest = match (&routing, refused) {
+                            (_, Some(reason)) => Dest::Refused(reason),
+                            (
+                                Routing::Service {
+                                    balancer,
+                                    generation,
+                                    orig_dst,
+                                    ..
+                                },
+                                None,
+                            ) => Dest::Service(Follow::new(
                                 shared.routes.clone(),
                                 shared.balancers.clone(),
                                 *orig_dst,
                                 *generation,
                                 balancer.clone(),
                             )),
-                            Routing::Passthrough(addr) | Routing::Local { app: addr, .. } => {
-                                Dest::Address(*addr)
-                            }
+                            (
+                                Routing::Passthrough(addr) | Routing::Local { app: addr, .. },
+                                None,
+                            ) => Dest::Address(*addr),
                         };
                         let edge = Edge {
                             direction,
@@ -342,6 +363,23 @@ async fn answer_then_relay(
         }
         Ok(_) => opaque(client, &[], dialed, routing, conn, observer).await,
     }
+}
+
+/// `Some(Unauthorized)` when a caller known as `peer` (its mutual TLS identity,
+/// [`tls_peer`]) may not reach the local application `routing` leads to: the pod's
+/// service allows no such caller on that port. Never for outbound traffic.
+fn refusal(shared: &Shared, routing: &Routing, peer: Option<&str>) -> Option<ErrorReason> {
+    let Routing::Local { app, .. } = routing else {
+        return None;
+    };
+    let peer = peer.filter(|id| !id.is_empty());
+    let allowed = crate::authz::authorizes(
+        &shared.routes.load(),
+        &shared.own_service,
+        app.0.port(),
+        peer,
+    );
+    (!allowed).then_some(ErrorReason::Unauthorized)
 }
 
 /// The peer sidecar's identity for `/connections`, when `stream` is under mutual

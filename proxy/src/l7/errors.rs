@@ -1,7 +1,8 @@
 //! Responses the proxy makes itself: 502 when the upstream could not be reached or
 //! failed under the request, 503 when the service has no endpoints or every one is
 //! ejected by the circuit breaker, 504 when the request timed out, 400 when the
-//! client's body broke off while the proxy read it for a retry. Each names its
+//! client's body broke off while the proxy read it for a retry, 403 when the
+//! caller may not reach the service ([`crate::authz`]). Each names its
 //! reason in `x-weft-error` (the same word as the `reason` label) and is counted in
 //! `weft_proxy_errors_total`; the request is also counted with the status the
 //! client saw, like any other.
@@ -9,8 +10,9 @@
 //! A gRPC call gets the error as gRPC speaks it, since a gRPC client reads only
 //! `grpc-status` (an HTTP 502 becomes a transport error whose cause is lost): a
 //! trailers-only response, HTTP 200 with `grpc-status` 14 (`UNAVAILABLE`: nothing
-//! answered, try again), 4 (`DEADLINE_EXCEEDED`) for the request timeout, or 13
-//! (`INTERNAL`) for a broken request body, `grpc-message` the reason, and the same
+//! answered, try again), 4 (`DEADLINE_EXCEEDED`) for the request timeout, 13
+//! (`INTERNAL`) for a broken request body, or 7 (`PERMISSION_DENIED`) for a
+//! caller refused by authorization, `grpc-message` the reason, and the same
 //! `x-weft-error`; the mapping Envoy and Linkerd use for HTTP errors.
 
 use std::sync::Arc;
@@ -34,6 +36,7 @@ pub fn status_of(reason: ErrorReason) -> StatusCode {
             StatusCode::SERVICE_UNAVAILABLE
         }
         ErrorReason::ClientBody => StatusCode::BAD_REQUEST,
+        ErrorReason::Unauthorized => StatusCode::FORBIDDEN,
         ErrorReason::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
         // Connect failures (refused, timed out, unreachable), resets, bad responses.
         _ => StatusCode::BAD_GATEWAY,
@@ -45,6 +48,7 @@ fn grpc_status_of(reason: ErrorReason) -> &'static str {
     match status_of(reason) {
         StatusCode::GATEWAY_TIMEOUT => "4",
         StatusCode::BAD_REQUEST => "13",
+        StatusCode::FORBIDDEN => "7",
         _ => "14",
     }
 }

@@ -94,6 +94,9 @@ pub async fn forward(
             (Upstream::Balanced(&balancer), balancer.policy)
         }
         Target::Fixed(pool) => (Upstream::Fixed(pool), ctx.common.policy),
+        Target::Refused(reason) => {
+            return Ok(errors::respond(&ctx, *reason, form, method, started));
+        }
     };
     let timeout = policy.timeout;
     let deadline = started + timeout;

@@ -40,6 +40,7 @@ use crate::addr::{Direction, EndpointAddr};
 use crate::balance::{Balancer, Endpoint};
 use crate::conntable::ByteCounters;
 pub use crate::detect::HttpVersion;
+use crate::error::ErrorReason;
 use crate::policy::{Defaults, Policy};
 use crate::tcp::connect::Connector;
 use pool::{EndpointPool, InboundPools};
@@ -62,6 +63,9 @@ pub enum Target {
     Balanced(ServiceFollow),
     /// One address (inbound: the local application).
     Fixed(Arc<EndpointPool>),
+    /// None: every request is answered with this error (inbound: a caller the
+    /// service's authorization refuses).
+    Refused(ErrorReason),
 }
 
 /// What every request of one HTTP connection shares. Kept small: an idle HTTP/1
@@ -138,6 +142,8 @@ pub enum Dest {
     Service(ServiceFollow),
     /// One address (inbound: the local application on the original port).
     Address(EndpointAddr),
+    /// Nowhere: each request is refused with this reason.
+    Refused(ErrorReason),
 }
 
 impl L7 {
@@ -207,6 +213,7 @@ impl L7 {
         let target = match dest {
             Dest::Service(follow) => Target::Balanced(follow),
             Dest::Address(addr) => Target::Fixed(self.inbound.get(addr)),
+            Dest::Refused(reason) => Target::Refused(reason),
         };
         Arc::new(ConnCtx {
             version,

@@ -137,10 +137,20 @@ impl Failure {
     /// refused connect, and any tunnel failure (ARCHITECTURE.md, Data-plane
     /// defaults): a tunnel peer that does not answer in time is as useless.
     fn unreachable(self) -> bool {
+        if self.refused_by_policy() {
+            return false;
+        }
         match self.via {
             Via::Direct => self.reason == ErrorReason::ConnectRefused,
             Via::TunnelAnswer | Via::TunnelBroken => true,
         }
+    }
+
+    /// The peer's sidecar does not let this caller in: the endpoint is up (no
+    /// failure to its breaker), and another of the service's, under the same
+    /// authorization, would say the same (no retry).
+    fn refused_by_policy(self) -> bool {
+        self.reason == ErrorReason::Unauthorized
     }
 
     /// The `reason` label of `weft_tcp_connect_retries_total` when another endpoint
@@ -306,7 +316,11 @@ impl Connector {
             let upstream = self.connect_endpoint(endpoint, meshed, tls, timeout).await;
             attempt.finish(&upstream);
             match upstream {
-                Err(failure) if left > 0 && balancer.endpoints().len() > 1 => {
+                Err(failure)
+                    if left > 0
+                        && balancer.endpoints().len() > 1
+                        && !failure.refused_by_policy() =>
+                {
                     if !balancer.budget.withdraw() {
                         return Dialed {
                             endpoint: Some(endpoint),
@@ -469,6 +483,10 @@ impl<C> ConnectAttempt<'_, C> {
                 self.balancer
                     .observe_unreachable(self.endpoint, self.probe, latency)
             }
+            Err(failure) if failure.refused_by_policy() => {
+                self.balancer
+                    .observe(self.endpoint, self.probe, true, latency)
+            }
             outcome => self
                 .balancer
                 .observe(self.endpoint, self.probe, outcome.is_ok(), latency),
@@ -539,6 +557,7 @@ mod tests {
             identities: Vec::new(),
             withheld: Vec::new(),
             mtls: Default::default(),
+            authorization: Vec::new(),
             policy,
         }]);
         let Resolved::Service(route) =

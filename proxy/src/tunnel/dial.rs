@@ -56,6 +56,7 @@ pub async fn handshake(stream: &mut Stream, port: u16) -> Handshake {
         Answer::Status(Status::Connected) => Handshake::Connected,
         Answer::Status(Status::Refused) => Handshake::Refused(ErrorReason::ConnectRefused),
         Answer::Status(Status::Timeout) => Handshake::Refused(ErrorReason::ConnectTimeout),
+        Answer::Status(Status::Unauthorized) => Handshake::Refused(ErrorReason::Unauthorized),
         Answer::Status(Status::Error | Status::Forbidden) | Answer::UnknownStatus(_) => {
             Handshake::Refused(ErrorReason::ConnectError)
         }
@@ -198,6 +199,7 @@ mod tests {
             (Status::Timeout, ErrorReason::ConnectTimeout),
             (Status::Error, ErrorReason::ConnectError),
             (Status::Forbidden, ErrorReason::ConnectError),
+            (Status::Unauthorized, ErrorReason::Unauthorized),
         ] {
             let (mut s, _task) = peer(status.encode().to_vec(), b"").await;
             assert_eq!(handshake(&mut s, 80).await, Handshake::Refused(reason));

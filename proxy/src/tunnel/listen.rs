@@ -86,6 +86,7 @@ pub fn status_of(outcome: Result<(), ErrorReason>) -> Status {
         Ok(()) => Status::Connected,
         Err(ErrorReason::ConnectRefused) => Status::Refused,
         Err(ErrorReason::ConnectTimeout) => Status::Timeout,
+        Err(ErrorReason::Unauthorized) => Status::Unauthorized,
         Err(_) => Status::Error,
     }
 }

@@ -130,6 +130,9 @@ pub enum Status {
     Forbidden,
     /// The server does not speak the client's version (the answer carries its own).
     UnsupportedVersion,
+    /// The caller may not reach the target (the service's authorization); the
+    /// application was not dialled. An older client reads it as [`Status::Error`].
+    Unauthorized,
 }
 
 impl Status {
@@ -141,6 +144,7 @@ impl Status {
             Status::Error => 3,
             Status::Forbidden => 4,
             Status::UnsupportedVersion => 5,
+            Status::Unauthorized => 6,
         }
     }
 
@@ -152,6 +156,7 @@ impl Status {
             3 => Status::Error,
             4 => Status::Forbidden,
             5 => Status::UnsupportedVersion,
+            6 => Status::Unauthorized,
             _ => return None,
         })
     }
@@ -301,6 +306,7 @@ mod tests {
             Status::Error,
             Status::Forbidden,
             Status::UnsupportedVersion,
+            Status::Unauthorized,
         ] {
             assert_eq!(Answer::decode(&status.encode()), Answer::Status(status));
         }
