@@ -37,24 +37,26 @@ pub struct Metrics {
 /// The pre-built label sets of one connection, so the hot path allocates nothing.
 #[derive(Clone, Debug)]
 pub struct TcpLabels {
-    edge: [KeyValue; 3],
+    edge: [KeyValue; 4],
     active: [KeyValue; 2],
 }
 
 impl TcpLabels {
     /// Labels for a connection in `direction` from `source_service` to
-    /// `destination_service`. The names are shared, not copied: a connection
-    /// allocates no label strings.
+    /// `destination_service`, `tls` when its hop between sidecars is mutual TLS.
+    /// The names are shared, not copied: a connection allocates no label strings.
     pub fn new(
         direction: Direction,
         source_service: &Arc<str>,
         destination_service: &Arc<str>,
+        tls: bool,
     ) -> Self {
         TcpLabels {
             edge: [
                 KeyValue::new("direction", direction.as_str()),
                 KeyValue::new("source_service", Arc::clone(source_service)),
                 KeyValue::new("destination_service", Arc::clone(destination_service)),
+                tls_label(tls),
             ],
             active: [
                 KeyValue::new("direction", direction.as_str()),
@@ -62,6 +64,12 @@ impl TcpLabels {
             ],
         }
     }
+}
+
+/// The `tls` label: whether a connection's (or request's) hop between sidecars is
+/// mutual TLS.
+pub fn tls_label(tls: bool) -> KeyValue {
+    KeyValue::new("tls", if tls { "true" } else { "false" })
 }
 
 /// Errors building the metrics pipeline.

@@ -87,9 +87,9 @@ fn marker_stays_encrypted(mode: Mode) {
     front.add_route("fd00:96::/64").unwrap();
     let url = controller.url().to_owned();
     let with_identity = ["--controller", url.as_str(), "--identity"];
-    let _front_sidecar = front.sidecar_with(&[], "frontend", &with_identity).unwrap();
-    let _back_sidecar = back.sidecar_with(&[], "backend", &with_identity).unwrap();
-    let _plain_sidecar = plain
+    let front_sidecar = front.sidecar_with(&[], "frontend", &with_identity).unwrap();
+    let back_sidecar = back.sidecar_with(&[], "backend", &with_identity).unwrap();
+    let plain_sidecar = plain
         .sidecar_with(&[], "plain", &["--controller", url.as_str()])
         .unwrap();
     let locked_sidecar = locked.sidecar_with(&[], "locked", &with_identity).unwrap();
@@ -214,6 +214,52 @@ fn marker_stays_encrypted(mode: Mode) {
         assert_eq!(c["tls"], true, "{c}");
         assert_eq!(c["peer_identity"], FRONT_ID, "{c}");
     }
+    // The series say the same (`tls`): both sides of the edges to `back` (HTTP
+    // and TCP), the unmeshed client's plaintext, and the edge to `plain`.
+    let count = |sidecar: &weft_e2e::Sidecar, name: &str, labels: &[(&str, &str)]| {
+        sidecar.metric(name, labels).unwrap()
+    };
+    let (requests, opened) = (
+        "weft_http_requests_total",
+        "weft_tcp_connections_opened_total",
+    );
+    let out = |service, tls| {
+        [
+            ("direction", "outbound"),
+            ("destination_service", service),
+            ("tls", tls),
+        ]
+    };
+    let inbound = |tls| [("direction", "inbound"), ("tls", tls)];
+    for service in ["backend", "backend6"] {
+        assert_eq!(
+            count(&front_sidecar, requests, &out(service, "true")),
+            1.0,
+            "{service}"
+        );
+        // The HTTP connection and the nc one.
+        assert_eq!(
+            count(&front_sidecar, opened, &out(service, "true")),
+            2.0,
+            "{service}"
+        );
+        assert_eq!(
+            count(&front_sidecar, opened, &out(service, "false")),
+            0.0,
+            "{service}"
+        );
+    }
+    assert_eq!(count(&back_sidecar, requests, &inbound("true")), 2.0);
+    assert_eq!(
+        count(&back_sidecar, requests, &inbound("false")),
+        1.0,
+        "outside's"
+    );
+    assert!(count(&back_sidecar, opened, &inbound("true")) >= 4.0);
+    assert_eq!(count(&front_sidecar, requests, &out("plain", "false")), 1.0);
+    assert_eq!(count(&plain_sidecar, requests, &inbound("false")), 1.0);
+    assert_eq!(count(&plain_sidecar, requests, &inbound("true")), 0.0);
+
     // Outbound opaque at `front`: mutual TLS to `back`'s identity.
     let opaque: Vec<Value> = connections(&front)
         .into_iter()

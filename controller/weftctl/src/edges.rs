@@ -23,6 +23,10 @@ pub struct EdgeTotals {
     /// Requests answered with a 5xx (by the app or by the proxy).
     pub failures: f64,
     pub connections: f64,
+    /// Requests and connections whose hop between sidecars was mutual TLS
+    /// (`tls="true"`).
+    pub secured_requests: f64,
+    pub secured_connections: f64,
     /// Latency histogram: upper bound (seconds) → cumulative count.
     pub buckets: BTreeMap<Bound, f64>,
 }
@@ -76,9 +80,13 @@ pub fn totals(pages: &[Vec<Sample>]) -> BTreeMap<Edge, EdgeTotals> {
     for s in pages.iter().flatten() {
         let Some(edge) = edge_of(s) else { continue };
         let t = out.entry(edge).or_default();
+        let secured = label(s, "tls") == Some("true");
         match s.name.as_str() {
             REQUESTS => {
                 t.requests += s.value;
+                if secured {
+                    t.secured_requests += s.value;
+                }
                 if label(s, "status_code").is_some_and(|c| c.starts_with('5')) {
                     t.failures += s.value;
                 }
@@ -94,7 +102,12 @@ pub fn totals(pages: &[Vec<Sample>]) -> BTreeMap<Edge, EdgeTotals> {
                 };
                 *t.buckets.entry(Bound(le)).or_default() += s.value;
             }
-            CONNECTIONS => t.connections += s.value,
+            CONNECTIONS => {
+                t.connections += s.value;
+                if secured {
+                    t.secured_connections += s.value;
+                }
+            }
             _ => {}
         }
     }
@@ -110,6 +123,9 @@ pub struct EdgeStats {
     pub p50_s: Option<f64>,
     pub p99_s: Option<f64>,
     pub connections_per_s: f64,
+    /// Share of the requests (of the connections, on an edge without HTTP) that
+    /// went under mutual TLS; `None` without either.
+    pub mtls: Option<f64>,
 }
 
 /// The stats of every edge seen in `after`, over `seconds` since `before`.
@@ -127,6 +143,14 @@ pub fn stats(
             let delta = |a: f64, b: f64| (a - b).max(0.0);
             let requests = delta(now.requests, then.requests);
             let failures = delta(now.failures, then.failures);
+            let connections = delta(now.connections, then.connections);
+            let mtls = if requests > 0.0 {
+                Some(delta(now.secured_requests, then.secured_requests) / requests)
+            } else if connections > 0.0 {
+                Some(delta(now.secured_connections, then.secured_connections) / connections)
+            } else {
+                None
+            };
             let buckets: Vec<(f64, f64)> = now
                 .buckets
                 .iter()
@@ -143,7 +167,8 @@ pub fn stats(
                 success: (requests > 0.0).then(|| 1.0 - failures / requests),
                 p50_s: quantile(0.5, &buckets),
                 p99_s: quantile(0.99, &buckets),
-                connections_per_s: per_s(delta(now.connections, then.connections)),
+                connections_per_s: per_s(connections),
+                mtls,
             };
             (edge.clone(), stats)
         })
@@ -222,8 +247,8 @@ mod tests {
     }
 
     const FRONTEND: &str = r#"
-weft_http_requests_total{destination_service="backend",direction="outbound",method="GET",source_service="frontend",status_code="200"} 90
-weft_http_requests_total{destination_service="backend",direction="outbound",method="GET",source_service="frontend",status_code="503"} 10
+weft_http_requests_total{destination_service="backend",direction="outbound",method="GET",source_service="frontend",status_code="200",tls="true"} 90
+weft_http_requests_total{destination_service="backend",direction="outbound",method="GET",source_service="frontend",status_code="503",tls="false"} 10
 weft_http_request_duration_seconds_bucket{destination_service="backend",direction="outbound",source_service="frontend",status_code="200",le="0.005"} 50
 weft_http_request_duration_seconds_bucket{destination_service="backend",direction="outbound",source_service="frontend",status_code="200",le="0.01"} 90
 weft_http_request_duration_seconds_bucket{destination_service="backend",direction="outbound",source_service="frontend",status_code="200",le="+Inf"} 90
@@ -274,6 +299,7 @@ weft_tcp_connections_opened_total{destination_service="backend",direction="inbou
         assert_eq!(s.requests_per_s, 10.0);
         assert_eq!(s.success, Some(0.9));
         assert_eq!(s.connections_per_s, 0.4);
+        assert_eq!(s.mtls, Some(0.9), "90 of 100 requests under mutual TLS");
         // 60 of 100 new requests are <= 5 ms: the median is inside that bucket.
         let p50 = s.p50_s.unwrap();
         assert!((p50 - 0.005 * 50.0 / 60.0).abs() < 1e-9, "{p50}");
@@ -282,8 +308,8 @@ weft_tcp_connections_opened_total{destination_service="backend",direction="inbou
         // Nothing new: no rate, no success rate, no latency.
         let idle = &stats(&after, &after, 10.0)[&("frontend".to_owned(), "backend".to_owned())];
         assert_eq!(
-            (idle.requests_per_s, idle.success, idle.p50_s),
-            (0.0, None, None)
+            (idle.requests_per_s, idle.success, idle.p50_s, idle.mtls),
+            (0.0, None, None, None)
         );
     }
 

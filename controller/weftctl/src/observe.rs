@@ -46,8 +46,8 @@ fn clear_screen() {
     }
 }
 
-/// Per service edge: request rate, success rate, p50/p99 latency and connection
-/// rate over each `interval`; `once` prints one sample and returns.
+/// Per service edge: request rate, success rate, p50/p99 latency, connection
+/// rate and the share under mutual TLS over each `interval`; `once` prints one sample and returns.
 pub fn top(state_dir: &Path, interval: Duration, once: bool) -> Result<()> {
     let mesh = state::require(state_dir)?;
     let mut before = edges::totals(&scrape(&mesh));
@@ -83,6 +83,8 @@ fn top_table(stats: &BTreeMap<Edge, EdgeStats>) -> String {
                 ms(s.p50_s),
                 ms(s.p99_s),
                 format!("{:.1}", s.connections_per_s),
+                s.mtls
+                    .map_or("-".to_owned(), |r| format!("{:.0}%", r * 100.0)),
             ]
         })
         .collect();
@@ -95,6 +97,7 @@ fn top_table(stats: &BTreeMap<Edge, EdgeStats>) -> String {
             "P50",
             "P99",
             "CONN/S",
+            "MTLS",
         ],
         &rows,
     )
@@ -159,11 +162,14 @@ mod tests {
                 p50_s: Some(0.0012),
                 p99_s: None,
                 connections_per_s: 0.0,
+                mtls: Some(1.0),
             },
         );
         let t = top_table(&stats);
         let row = t.lines().nth(1).unwrap_or_default();
-        for cell in ["frontend", "backend", "12.3", "99.5%", "1.2ms", "-", "0.0"] {
+        for cell in [
+            "frontend", "backend", "12.3", "99.5%", "1.2ms", "-", "0.0", "100%",
+        ] {
             assert!(row.contains(cell), "{cell:?} in {row:?}");
         }
     }

@@ -199,6 +199,14 @@ impl<C> Balancer<C> {
         !self.meshed.is_empty()
     }
 
+    /// Whether every endpoint is a sidecar discovery names an identity for: all
+    /// are dialled under mutual TLS (while this proxy holds a certificate).
+    pub fn all_identified(&self) -> bool {
+        self.meshed.len() == self.endpoints.len()
+            && !self.meshed.is_empty()
+            && self.meshed.iter().all(|(_, id)| id.is_some())
+    }
+
     /// Whether a weft sidecar serves `endpoint`, so that its own error answers can be
     /// trusted. Consulted on failures only.
     pub fn is_meshed(&self, endpoint: &Endpoint<C>) -> bool {

@@ -147,8 +147,13 @@ fn serve_routed(
         let direction = routing.direction();
         let source = routing.source_service(&shared.own_service);
         let destination = routing.destination_service(&shared.own_service);
-        let labels = Arc::new(TcpLabels::new(direction, &source, &destination));
         let peer = tls_peer(&client);
+        let labels = Arc::new(TcpLabels::new(
+            direction,
+            &source,
+            &destination,
+            secured(&shared, &routing, &client),
+        ));
         // A caller the service does not authorize reaches nothing: nothing is
         // dialled, its HTTP requests are answered 403 and its TCP reset (through
         // the tunnel: told so, and its sidecar resets).
@@ -258,9 +263,13 @@ fn serve_routed(
                             source: &source,
                             destination: &destination,
                         };
-                        let ctx = shared
-                            .l7
-                            .conn_ctx(version, dest, edge, observer.bytes.clone());
+                        let ctx = shared.l7.conn_ctx(
+                            version,
+                            dest,
+                            edge,
+                            observer.bytes.clone(),
+                            client.is_tls(),
+                        );
                         let stop = shared.stop.subscribe();
                         let observer = Arc::new(observer);
                         let end =
@@ -362,6 +371,20 @@ async fn answer_then_relay(
             ConnEnd::Refused(reason)
         }
         Ok(_) => opaque(client, &[], dialed, routing, conn, observer).await,
+    }
+}
+
+/// The `tls` label of a connection's series: inbound, whether the peer's
+/// connection is mutual TLS; outbound, whether its service's endpoints are all
+/// dialled under mutual TLS (exact for opaque TCP but for a service whose
+/// endpoints are partly meshed; HTTP requests carry their own).
+fn secured(shared: &Shared, routing: &Routing, client: &Stream) -> bool {
+    match routing {
+        Routing::Local { .. } => client.is_tls(),
+        Routing::Service { balancer, .. } => {
+            balancer.all_identified() && shared.connector.holds_certificate()
+        }
+        Routing::Passthrough(_) => false,
     }
 }
 

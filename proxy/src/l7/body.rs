@@ -25,6 +25,8 @@ pub struct Completion {
     pub started: Instant,
     /// The HTTP/1 connection the response came on, returned when it ends cleanly.
     pub lease: Option<Lease>,
+    /// The request's hop between sidecars was mutual TLS (the `tls` label).
+    pub tls: bool,
 }
 
 /// A response body: streamed from upstream, or made by the proxy.
@@ -66,6 +68,7 @@ impl ProxyBody {
             c.method,
             c.status,
             c.started.elapsed(),
+            c.tls,
         );
         if let (true, Some(lease)) = (clean_end, c.lease) {
             lease.release();

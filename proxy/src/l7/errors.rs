@@ -83,6 +83,7 @@ pub fn respond(
             status: status.as_u16(),
             started,
             lease: None,
+            tls: ctx.client_tls,
         },
     );
     let mut resp = Response::new(body);

@@ -101,7 +101,7 @@ pub async fn forward(
     let timeout = policy.timeout;
     let deadline = started + timeout;
     let sent = send(&ctx, upstream, &policy, req, upgrade, deadline);
-    let (mut resp, lease) = match tokio::time::timeout(timeout, sent).await {
+    let (mut resp, lease, upstream_tls) = match tokio::time::timeout(timeout, sent).await {
         Err(_) => {
             return Ok(errors::respond(
                 &ctx,
@@ -144,6 +144,7 @@ pub async fn forward(
         // version (hyper still answers an HTTP/1.0 client in HTTP/1.0).
         *resp.version_mut() = Version::HTTP_11;
     }
+    let tls = ctx.client_tls || upstream_tls;
     let completion = Completion {
         status: resp.status().as_u16(),
         ctx,
@@ -151,11 +152,14 @@ pub async fn forward(
         started,
         // An upgraded connection is a tunnel now, not a pooled connection.
         lease: if upgraded { None } else { lease },
+        tls,
     };
     Ok(resp.map(|body| ProxyBody::upstream(body, completion)))
 }
 
-type Sent = (Response<Incoming>, Option<Lease>);
+/// The response head, the HTTP/1 connection it came on, and whether that
+/// connection is mutual TLS (the request's `tls` label).
+type Sent = (Response<Incoming>, Option<Lease>, bool);
 
 /// Where one request goes: a service's balancer as discovery says now, or a fixed
 /// target's pool.
@@ -190,6 +194,7 @@ async fn send(
                     &ctx.common.connector,
                 )
                 .await
+                .map(|(resp, lease)| (resp, lease, pool.secured()))
                 .map_err(|e| e.reason);
         }
     };
@@ -287,10 +292,10 @@ async fn send(
                                 discard(resp, lease);
                                 (req, why)
                             }
-                            None => return Ok((resp, lease)),
+                            None => return Ok((resp, lease, pick.endpoint.conns.secured())),
                         }
                     }
-                    _ => return Ok((resp, lease)),
+                    _ => return Ok((resp, lease, pick.endpoint.conns.secured())),
                 }
             }
             Err(SendError {

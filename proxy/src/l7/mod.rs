@@ -78,6 +78,8 @@ pub struct ConnCtx {
     pub labels: Arc<RequestLabels>,
     /// The connection's `/connections` counters (`requests` is counted here).
     pub counters: Arc<ByteCounters>,
+    /// The client is a peer sidecar under mutual TLS (inbound).
+    pub client_tls: bool,
     /// Shared by every HTTP connection of the proxy.
     pub common: Arc<L7Common>,
     /// Upgraded (tunnelled) requests still running; the connection ends after them.
@@ -209,6 +211,7 @@ impl L7 {
         dest: Dest,
         edge: Edge<'_>,
         counters: Arc<ByteCounters>,
+        client_tls: bool,
     ) -> Arc<ConnCtx> {
         let target = match dest {
             Dest::Service(follow) => Target::Balanced(follow),
@@ -220,6 +223,7 @@ impl L7 {
             target,
             labels: self.labels(&edge),
             counters,
+            client_tls,
             common: self.common.clone(),
             tunnels: Mutex::new(Vec::new()),
         })

@@ -26,6 +26,7 @@
 //! own in [`InboundPools`], outside any balancer.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,10 @@ pub struct EndpointPool {
     /// Idle connections and when each was returned.
     h1_idle: Mutex<Vec<(H1, Instant)>>,
     h2: Mutex<Option<H2>>,
+    /// Whether the last connection made was mutual TLS: the `tls` label of the
+    /// requests it carries. Pooled connections keep the security they were made
+    /// with, so this is exact but while a peer gains or loses an identity.
+    secured: AtomicBool,
 }
 
 /// The balancer keeps a pool per endpoint (made empty; dialled on first request).
@@ -144,11 +149,17 @@ impl Lease {
 }
 
 impl EndpointPool {
+    /// Whether its connections are mutual TLS (see the field).
+    pub fn secured(&self) -> bool {
+        self.secured.load(Ordering::Relaxed)
+    }
+
     pub fn new(addr: EndpointAddr) -> Self {
         EndpointPool {
             addr,
             h1_idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            secured: AtomicBool::new(false),
         }
     }
 
@@ -308,6 +319,7 @@ impl EndpointPool {
             .await?
             .secure(connector.tls_for(peer()))
             .await?;
+        self.secured.store(stream.is_tls(), Ordering::Relaxed);
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -348,6 +360,7 @@ impl EndpointPool {
             .await?
             .secure(connector.tls_for(peer()))
             .await?;
+        self.secured.store(stream.is_tls(), Ordering::Relaxed);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))

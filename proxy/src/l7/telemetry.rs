@@ -16,6 +16,7 @@ use opentelemetry::KeyValue;
 
 use crate::addr::Direction;
 use crate::error::ErrorReason;
+use crate::metrics::tls_label;
 
 /// Bucket bounds (seconds) of the request duration histogram: 0.5 ms to 30 s, dense
 /// where a sidecar's latency lives.
@@ -80,13 +81,15 @@ impl RequestLabels {
         }
     }
 
-    /// A finished request: `status` is what the client got.
+    /// A finished request: `status` is what the client got, `tls` whether its hop
+    /// between sidecars was mutual TLS.
     pub fn record(
         &self,
         instruments: &HttpInstruments,
         method: &'static str,
         status: u16,
         elapsed: Duration,
+        tls: bool,
     ) {
         if !instruments.enabled {
             return;
@@ -97,12 +100,13 @@ impl RequestLabels {
             self.source.clone(),
             self.destination.clone(),
             status,
+            tls_label(tls),
         ];
         instruments.duration.record(elapsed.as_secs_f64(), &edge);
-        let [d, s, t, c] = edge;
+        let [d, s, t, c, tls] = edge;
         instruments
             .requests
-            .add(1, &[d, s, t, KeyValue::new("method", method), c]);
+            .add(1, &[d, s, t, KeyValue::new("method", method), c, tls]);
     }
 
     /// A request is sent again after its attempt failed for `reason` (the words of

@@ -209,6 +209,12 @@ impl Connector {
         self
     }
 
+    /// Whether this proxy holds a valid certificate (so dials the peers discovery
+    /// names an identity for under mutual TLS).
+    pub fn holds_certificate(&self) -> bool {
+        self.tls.current().is_some()
+    }
+
     /// The TLS configuration that dials a peer sidecar holding `identity`: `None`
     /// (plaintext) for a peer discovery names no identity for, or while this proxy
     /// holds no valid certificate of its own.
