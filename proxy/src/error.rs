@@ -58,6 +58,9 @@ pub enum ErrorReason {
     /// The caller may not reach this port of the service (its authorization
     /// entries allow no such identity): 403 per HTTP request, a reset for TCP.
     Unauthorized,
+    /// This proxy runs `--identity` but holds no valid certificate (none issued
+    /// yet, or it expired): it does not dial a peer that expects mutual TLS.
+    NoCertificate,
 }
 
 impl ErrorReason {
@@ -84,6 +87,7 @@ impl ErrorReason {
             ErrorReason::TlsHandshake => "tls_handshake",
             ErrorReason::PlaintextRefused => "plaintext_refused",
             ErrorReason::Unauthorized => "unauthorized",
+            ErrorReason::NoCertificate => "no_certificate",
         }
     }
 }

@@ -52,6 +52,18 @@ pub struct IdentityStatus {
 }
 
 impl IdentityStatus {
+    /// The status of a proxy that runs `--identity` (`required`), or not.
+    pub fn new(required: bool) -> Self {
+        IdentityStatus {
+            tls: Arc::new(if required {
+                MeshTls::required()
+            } else {
+                MeshTls::default()
+            }),
+            ..IdentityStatus::default()
+        }
+    }
+
     /// The certificate in force, if one was issued.
     pub fn current(&self) -> Option<Arc<Certificate>> {
         self.current

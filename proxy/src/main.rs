@@ -36,7 +36,8 @@ struct Args {
     controller_token_file: Option<std::path::PathBuf>,
     /// Keep a workload certificate: a key made here, signed by the controller's CA
     /// (its --ca-dir) for this pod's identity, renewed at 70% of its lifetime;
-    /// shown on the admin /identity (groundwork for mutual TLS: not used yet).
+    /// shown on the admin /identity; with it, this sidecar takes and makes mutual
+    /// TLS with its peers (ARCHITECTURE.md, Mutual TLS).
     #[arg(long, env = "WEFT_IDENTITY", requires = "controller")]
     identity: bool,
     /// A discovery update that would leave more services than this is rejected

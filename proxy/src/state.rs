@@ -71,7 +71,9 @@ impl Shared {
         if config.discovery.is_some() {
             metrics.observe_discovery(discovery.clone());
         }
-        let identity = Arc::new(crate::identity::IdentityStatus::default());
+        let identity = Arc::new(crate::identity::IdentityStatus::new(
+            config.discovery.as_ref().is_some_and(|d| d.identity),
+        ));
         let connector = Connector::new(config.tunnel_port)
             .with_liveness(config.liveness())
             .with_tls(identity.tls().clone());

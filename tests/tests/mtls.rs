@@ -666,16 +666,21 @@ fn renewals_under_load_fail_no_request_and_change_the_certificate() {
 
 /// A proxy whose certificate (10 s) expires while the controller is away reports
 /// not ready, and recovers when the controller (its CA persisted in `--ca-dir`)
-/// returns: the new certificate chains to the same root. iptables only.
+/// returns: the new certificate chains to the same root. Meanwhile a client
+/// sidecar without a valid certificate fails closed: a new connection to the
+/// meshed `back` is reset and counted `no_certificate`, never sent in plaintext
+/// (pooled HTTP connections keep the security they were made with). iptables only.
 #[test]
 fn a_certificate_expired_while_the_controller_was_away_is_not_ready_until_it_returns() {
     let mesh = Mesh::new().unwrap();
     let back = Mode::Iptables.add_pod(&mesh, "back").unwrap();
+    let front = Mode::Iptables.add_pod(&mesh, "front").unwrap();
+    front.add_route("10.96.0.0/16").unwrap();
     let file = mesh.run_dir().join("mesh.yaml");
     std::fs::write(
         &file,
         format!(
-            "services:\n  backend:\n    vip: 10.96.0.10\n    ports: [{{ port: 80, target_port: 8080 }}]\n    endpoints: [{}]\n",
+            "services:\n  backend:\n    vip: 10.96.0.10\n    ports: [{{ port: 80, target_port: 8080 }}, {{ port: 90, target_port: 9000, protocol: tcp }}]\n    endpoints: [{}]\n",
             back.ipv4()
         ),
     )
@@ -684,16 +689,19 @@ fn a_certificate_expired_while_the_controller_was_away_is_not_ready_until_it_ret
     let ca_arg = ca.to_string_lossy().into_owned();
     let args = ["--ca-dir", ca_arg.as_str(), "--cert-lifetime", "10s"];
     let controller = Controller::start(&mesh, &file, &args).unwrap();
-    let _sidecar = back
-        .sidecar_with(
-            &[],
-            "backend",
-            &["--controller", controller.url(), "--identity"],
-        )
-        .unwrap();
+    let with_identity = ["--controller", controller.url(), "--identity"];
+    let back_sidecar = back.sidecar_with(&[], "backend", &with_identity).unwrap();
+    let front_sidecar = front.sidecar_with(&[], "frontend", &with_identity).unwrap();
+    let _server = app(&back, "echo", &tool("tcpkit.py"), &["serve-echo", "9000"]);
+    wait_for_identities(&front, &[back.ipv4().into()], BACK_ID);
     let root = std::fs::read_to_string(ca.join("ca.pem")).unwrap();
     let ready = || back.http_get(METRICS, "/ready/proxy").unwrap();
     assert_eq!(ready().0, 200, "{:?}", ready());
+    let echo = || {
+        let script = "printf %s hello | nc -N -w 10 10.96.0.10 90; true";
+        front.run_ok(["sh", "-c", script], None, SECS(20)).unwrap()
+    };
+    assert_eq!(echo(), "hello");
 
     controller.proc().signal(Signal::SIGKILL).unwrap();
     controller.proc().wait_timeout(SECS(5)).expect("killed");
@@ -701,6 +709,20 @@ fn a_certificate_expired_while_the_controller_was_away_is_not_ready_until_it_ret
         .unwrap_or_else(|e| panic!("still ready with the controller away ({e}): {:?}", ready()));
     let (_, why) = ready();
     assert!(why.contains("no valid workload certificate"), "{why}");
+    let front_ready = || front.http_get(METRICS, "/ready/proxy").unwrap().0;
+    wait_until(SECS(20), MS(100), || front_ready() == 503).unwrap();
+    assert_eq!(echo(), "", "served without a certificate");
+    let no_certificate = front_sidecar
+        .metric("weft_proxy_errors_total", &[("reason", "no_certificate")])
+        .unwrap();
+    assert_eq!(no_certificate, 1.0);
+    let plaintext = back_sidecar
+        .metric(
+            "weft_tcp_connections_opened_total",
+            &[("direction", "inbound"), ("tls", "false")],
+        )
+        .unwrap();
+    assert_eq!(plaintext, 0.0, "a connection reached back in plaintext");
 
     let _controller = Controller::start(&mesh, &file, &args).unwrap();
     wait_until(SECS(60), MS(200), || ready().0 == 200)
@@ -711,4 +733,6 @@ fn a_certificate_expired_while_the_controller_was_away_is_not_ready_until_it_ret
         Some(root.as_str()),
         "the CA's root changed across the restart"
     );
+    wait_until(SECS(60), MS(200), || front_ready() == 200).unwrap();
+    assert_eq!(echo(), "hello", "served again");
 }

@@ -32,9 +32,10 @@ pub static X_WEFT_ERROR: HeaderName = HeaderName::from_static("x-weft-error");
 /// The status a proxy-made error is answered with.
 pub fn status_of(reason: ErrorReason) -> StatusCode {
     match reason {
-        ErrorReason::NoEndpoints | ErrorReason::Overload | ErrorReason::AllEjected => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ErrorReason::NoEndpoints
+        | ErrorReason::Overload
+        | ErrorReason::AllEjected
+        | ErrorReason::NoCertificate => StatusCode::SERVICE_UNAVAILABLE,
         ErrorReason::ClientBody => StatusCode::BAD_REQUEST,
         ErrorReason::Unauthorized => StatusCode::FORBIDDEN,
         ErrorReason::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,

@@ -303,6 +303,12 @@ async fn send(
                 unsent,
                 refused,
             }) => {
+                if reason == ErrorReason::NoCertificate {
+                    // This proxy cannot dial any meshed endpoint: no fault of this
+                    // one, and none other would take the request.
+                    attempt.abandon();
+                    return Err(reason);
+                }
                 if reason == ErrorReason::ConnectRefused {
                     attempt.finish_unreachable();
                 } else {
@@ -427,6 +433,12 @@ impl Attempt<'_> {
         self.balancer.end(self.endpoint);
         self.balancer
             .observe_unreachable(self.endpoint, self.probe, self.started.elapsed());
+    }
+
+    /// Nothing was tried: no verdict on the endpoint.
+    fn abandon(mut self) {
+        self.done = true;
+        self.balancer.end(self.endpoint);
     }
 }
 

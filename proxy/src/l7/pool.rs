@@ -314,10 +314,13 @@ impl EndpointPool {
         timeout: Duration,
         peer: PeerIdentity<'_>,
     ) -> Result<H1, ErrorReason> {
+        // Asked first: without a certificate, a peer that expects mutual TLS is
+        // not dialled at all.
+        let tls = connector.tls_for(peer())?;
         let Upstream { stream, own } = connector
             .connect(self.addr, timeout)
             .await?
-            .secure(connector.tls_for(peer()))
+            .secure(tls)
             .await?;
         self.secured.store(stream.is_tls(), Ordering::Relaxed);
         let (sender, conn) = http1::Builder::new()
@@ -355,10 +358,13 @@ impl EndpointPool {
         timeout: Duration,
         peer: PeerIdentity<'_>,
     ) -> Result<H2, ErrorReason> {
+        // Asked first: without a certificate, a peer that expects mutual TLS is
+        // not dialled at all.
+        let tls = connector.tls_for(peer())?;
         let Upstream { stream, own } = connector
             .connect(self.addr, timeout)
             .await?
-            .secure(connector.tls_for(peer()))
+            .secure(tls)
             .await?;
         self.secured.store(stream.is_tls(), Ordering::Relaxed);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())

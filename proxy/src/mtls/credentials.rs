@@ -139,9 +139,25 @@ impl Credentials {
 #[derive(Debug, Default)]
 pub struct MeshTls {
     current: RwLock<Option<Arc<Credentials>>>,
+    /// The proxy runs `--identity`: without valid credentials it dials no peer
+    /// that expects mutual TLS (rather than dial it in plaintext).
+    required: bool,
 }
 
 impl MeshTls {
+    /// Credentials of a proxy that runs `--identity` (see the field).
+    pub fn required() -> Self {
+        MeshTls {
+            current: RwLock::new(None),
+            required: true,
+        }
+    }
+
+    /// Whether the proxy runs `--identity`.
+    pub fn is_required(&self) -> bool {
+        self.required
+    }
+
     /// Puts `credentials` in force.
     pub fn install(&self, credentials: Credentials) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(credentials));

@@ -137,7 +137,7 @@ impl Failure {
     /// refused connect, and any tunnel failure (ARCHITECTURE.md, Data-plane
     /// defaults): a tunnel peer that does not answer in time is as useless.
     fn unreachable(self) -> bool {
-        if self.refused_by_policy() {
+        if self.says_nothing_of_the_endpoint() {
             return false;
         }
         match self.via {
@@ -146,11 +146,15 @@ impl Failure {
         }
     }
 
-    /// The peer's sidecar does not let this caller in: the endpoint is up (no
-    /// failure to its breaker), and another of the service's, under the same
-    /// authorization, would say the same (no retry).
-    fn refused_by_policy(self) -> bool {
-        self.reason == ErrorReason::Unauthorized
+    /// The peer's sidecar does not let this caller in (the endpoint is up, and
+    /// another of the service's, under the same authorization, would say the
+    /// same), or this proxy has no certificate to dial it with: no failure to the
+    /// endpoint's breaker, no retry.
+    fn says_nothing_of_the_endpoint(self) -> bool {
+        matches!(
+            self.reason,
+            ErrorReason::Unauthorized | ErrorReason::NoCertificate
+        )
     }
 
     /// The `reason` label of `weft_tcp_connect_retries_total` when another endpoint
@@ -216,18 +220,29 @@ impl Connector {
     }
 
     /// The TLS configuration that dials a peer sidecar holding `identity`: `None`
-    /// (plaintext) for a peer discovery names no identity for, or while this proxy
-    /// holds no valid certificate of its own.
-    pub fn tls_for(&self, identity: Option<&Arc<str>>) -> Option<Arc<ClientConfig>> {
-        let identity = identity?;
-        let credentials = self.tls.current()?;
-        match credentials.client_config(identity) {
-            Ok(config) => Some(config),
-            Err(e) => {
-                tracing::warn!(%identity, error = %e, "no TLS configuration for the peer: plaintext");
-                None
-            }
-        }
+    /// (plaintext) for a peer discovery names no identity for, or from a proxy
+    /// without `--identity`. Fails closed, never plaintext to a peer that expects
+    /// mutual TLS: `no_certificate` while this proxy (with `--identity`) holds no
+    /// valid certificate, `tls_handshake` when no configuration can be made for
+    /// the identity.
+    pub fn tls_for(
+        &self,
+        identity: Option<&Arc<str>>,
+    ) -> Result<Option<Arc<ClientConfig>>, ErrorReason> {
+        let Some(identity) = identity else {
+            return Ok(None);
+        };
+        let Some(credentials) = self.tls.current() else {
+            return if self.tls.is_required() {
+                Err(ErrorReason::NoCertificate)
+            } else {
+                Ok(None)
+            };
+        };
+        credentials.client_config(identity).map(Some).map_err(|e| {
+            tracing::warn!(%identity, error = %e, "no TLS configuration for the peer");
+            ErrorReason::TlsHandshake
+        })
     }
 
     /// The same connector, setting `liveness` on every upstream socket.
@@ -316,16 +331,22 @@ impl Connector {
             };
             balancer.start(pick.endpoint);
             let meshed = self.tunnel.is_some() && balancer.is_meshed(pick.endpoint);
-            let tls = meshed
+            let upstream = match meshed
                 .then(|| self.tls_for(balancer.identity(pick.endpoint)))
-                .flatten();
-            let upstream = self.connect_endpoint(endpoint, meshed, tls, timeout).await;
+                .transpose()
+            {
+                Ok(tls) => {
+                    self.connect_endpoint(endpoint, meshed, tls.flatten(), timeout)
+                        .await
+                }
+                Err(reason) => Err(Failure::direct(reason)),
+            };
             attempt.finish(&upstream);
             match upstream {
                 Err(failure)
                     if left > 0
                         && balancer.endpoints().len() > 1
-                        && !failure.refused_by_policy() =>
+                        && !failure.says_nothing_of_the_endpoint() =>
                 {
                     if !balancer.budget.withdraw() {
                         return Dialed {
@@ -489,7 +510,7 @@ impl<C> ConnectAttempt<'_, C> {
                 self.balancer
                     .observe_unreachable(self.endpoint, self.probe, latency)
             }
-            Err(failure) if failure.refused_by_policy() => {
+            Err(failure) if failure.says_nothing_of_the_endpoint() => {
                 self.balancer
                     .observe(self.endpoint, self.probe, true, latency)
             }
