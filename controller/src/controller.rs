@@ -28,6 +28,7 @@ use crate::registry::{Caps, Registry};
 use crate::source::{Contribution, DynSource, FileSource, DEFAULT_POLL_INTERVAL};
 use crate::state::State;
 use crate::webhook::Webhook;
+use crate::xds::AdsService;
 
 /// What the controller is started with.
 #[derive(Debug, Clone)]
@@ -303,6 +304,7 @@ impl Controller {
                     .with_identities(ca.as_ref().map(|(_, c)| c.trust_domain.clone()))
                     .into_server(),
             )
+            .add_service(AdsService::new(state.clone(), auth.clone()).into_server())
             .add_optional_service(ca.map(|(ca, config)| {
                 CertificateService::new(ca, auth.clone(), &config).into_server()
             }))

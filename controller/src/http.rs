@@ -6,7 +6,7 @@
 //! | `GET /v1/services/{service}` | one service the same way |
 //! | `PUT /v1/services/{service}/endpoints/{address}` | registers an endpoint; optional JSON body `{"port": 8080, "weight": 1, "labels": {"zone": "a"}}`; `201` new, `200` updated or unchanged |
 //! | `DELETE /v1/services/{service}/endpoints/{address}` | deregisters it; `204`, or `404` when it is not registered |
-//! | `GET /v1/status` | epoch and version, sources and their errors (file:line), conflicts, subscribers (proxies that applied a snapshot), each proxy's sent and applied versions, lag and last rejection (`proxies`), the API credentials in force (`auth`) |
+//! | `GET /v1/status` | epoch and version, sources and their errors (file:line), conflicts, subscribers (proxies that applied a snapshot), each proxy's sent and applied versions, lag and last rejection (`proxies`), the API credentials in force (`auth`), the ADS streams of proxyless gRPC clients: open, pushes, ACKs and NACKs per type, the last NACK (`xds`) |
 //! | `GET /metrics` | Prometheus |
 //! | `GET /ready`, `/live` | `200` once serving |
 //!
@@ -158,6 +158,7 @@ pub fn route(api: &Api, path: &str) -> Response<Body> {
             let mut status = serde_json::to_value(state.status()).unwrap_or_default();
             status["auth"] = json!(api.auth.status());
             status["proxies"] = json!(state.proxies().view(state.snapshot().version));
+            status["xds"] = json!(state.xds().view());
             ok_json(&status)
         }
         "/metrics" => respond(

@@ -13,6 +13,8 @@
 //! - [`state`]: the served mesh and version, diffs between meshes, status.
 //! - [`proxies`]: the subscribed proxies, what each was sent and applied (Acks).
 //! - [`grpc`]: the `Discovery` service (full snapshot, then incremental updates).
+//! - [`xds`]: Envoy's Aggregated Discovery Service (xDS v3) beside it, for
+//!   proxyless gRPC clients.
 //! - [`http`]: `/v1/services` (and registration under it), `/v1/status`, `/metrics`,
 //!   `/ready`, `/live`.
 //! - [`inject`]: which pods get the sidecar, and the JSONPatch that adds it.
@@ -47,6 +49,7 @@ pub mod registry;
 pub mod source;
 pub mod state;
 pub mod webhook;
+pub mod xds;
 
 pub use controller::{Controller, Keepalive, Options};
 pub use error::ConfigError;

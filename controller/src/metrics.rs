@@ -17,6 +17,9 @@
 //! | `weft_controller_endpoints_checked` (under active health checks) | `service` |
 //! | `weft_controller_endpoints_withdrawn` (failing their health checks) | `service` |
 //! | `weft_controller_api_denied_total` (API calls refused; nothing changed) | `api` = `http` or `grpc`; `reason` = `missing_credential`, `bad_credential`, `out_of_scope`, `rate_limited`, `endpoint_cap`, `registration_cap`, `watch_cap` |
+//! | `weft_controller_xds_streams` (ADS streams open: proxyless gRPC clients) | |
+//! | `weft_controller_xds_pushes_total` (ADS responses sent) | `type` = `listener`, `cluster`, `endpoints` |
+//! | `weft_controller_xds_acks_total` (ADS clients' answers to them) | `type`; `result` = `applied` or `rejected` |
 //! | `weft_controller_runtime_tasks` (tasks alive in the controller's tokio runtime: a connection, a Watch each hold some; a count that grows with nothing connected is a leak) | |
 //!
 //! Every instrument is observable: it is read from [`State`] at scrape time. The
@@ -67,6 +70,7 @@ impl Metrics {
         .map_err(|e| MetricsError::Exporter(e.to_string()))?;
         let meter = exporter.meter("weft-controller");
         register(&meter, &state, &health);
+        register_xds(&meter, &state);
         register_auth(&meter, auth);
         register_runtime(&meter);
         Ok(Metrics { exporter })
@@ -195,6 +199,38 @@ fn register(meter: &opentelemetry::metrics::Meter, state: &Arc<State>, health: &
                     .filter(|((svc, _), e)| svc == name && e.status == Status::Unhealthy)
                     .count();
                 o.observe(count(n), &[KeyValue::new("service", name.to_string())]);
+            }
+        })
+        .build();
+}
+
+/// The ADS streams' series, read from [`crate::xds::Stats`].
+fn register_xds(meter: &opentelemetry::metrics::Meter, state: &Arc<State>) {
+    let s = state.clone();
+    let _ = meter
+        .u64_observable_gauge("weft_controller_xds_streams")
+        .with_description("ADS (xDS v3) streams open: proxyless gRPC clients")
+        .with_callback(move |o| o.observe(s.xds().streams(), &[]))
+        .build();
+    let s = state.clone();
+    let _ = meter
+        .u64_observable_counter("weft_controller_xds_pushes")
+        .with_description("ADS responses sent, by resource type")
+        .with_callback(move |o| {
+            for (kind, pushes, _, _) in s.xds().counts() {
+                o.observe(pushes, &[KeyValue::new("type", kind.label())]);
+            }
+        })
+        .build();
+    let s = state.clone();
+    let _ = meter
+        .u64_observable_counter("weft_controller_xds_acks")
+        .with_description("ADS clients' answers to responses: applied (ACK) or rejected (NACK)")
+        .with_callback(move |o| {
+            for (kind, _, acks, nacks) in s.xds().counts() {
+                let t = KeyValue::new("type", kind.label());
+                o.observe(acks, &[t.clone(), KeyValue::new("result", "applied")]);
+                o.observe(nacks, &[t, KeyValue::new("result", "rejected")]);
             }
         })
         .build();

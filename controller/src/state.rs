@@ -154,6 +154,8 @@ pub struct State {
     closing: watch::Sender<bool>,
     status: Mutex<Status>,
     proxies: Arc<Proxies>,
+    /// What the ADS streams (proxyless gRPC clients) did.
+    xds: Arc<crate::xds::Stats>,
     epoch: u64,
     pushes: AtomicU64,
     /// Subscribed proxies per pod address (a pod's proxy may hold two streams for a
@@ -210,6 +212,7 @@ impl State {
                 epoch,
             }),
             proxies: Arc::default(),
+            xds: Arc::default(),
             epoch,
             pushes: AtomicU64::new(0),
             sidecars: Mutex::new(HashMap::new()),
@@ -457,6 +460,11 @@ impl State {
     /// The subscribed proxies: what each was sent and applied.
     pub fn proxies(&self) -> &Arc<Proxies> {
         &self.proxies
+    }
+
+    /// What the ADS streams did (see [`crate::xds`]).
+    pub fn xds(&self) -> &Arc<crate::xds::Stats> {
+        &self.xds
     }
 
     /// This controller's epoch: its start, ms since the Unix epoch.

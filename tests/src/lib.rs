@@ -21,6 +21,8 @@
 //! - [`fakekube`]: [`FakeKube`](fakekube::FakeKube) — a fake Kubernetes API server
 //!   in a mesh's node namespace (recorded lists, watch events the test drives) for
 //!   the controller's Kubernetes source.
+//! - [`pyenv`]: a venv with grpcio from PyPI (`target/e2e-venv`), for tests whose
+//!   apps are gRPC's Python implementation (the proxyless xDS client).
 //! - [`receipt`]: which failed opaque TCP connections of a fault suite's load had
 //!   been established to an app (from the client's sidecar's `/connections`).
 //! - re-exported from `weft-localmesh`: [`mesh`], [`pod`], [`process`], [`netns`],
@@ -30,6 +32,7 @@
 pub mod dialer;
 pub mod fakekube;
 pub mod mode;
+pub mod pyenv;
 pub mod receipt;
 pub mod weftctl;
 

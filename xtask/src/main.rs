@@ -104,6 +104,7 @@ fn run(mut cmd: Command) -> anyhow::Result<()> {
 fn test(tier1_only: bool, test_args: &[String]) -> anyhow::Result<()> {
     if !tier1_only {
         system::ensure(system::TIER2_TOOLS)?;
+        system::ensure_python(system::TIER2_PYTHON_MODULES)?;
         // eBPF mode's tier-2 tests need the programs embedded: install the
         // toolchain (skipping what is present) and refuse to build without it.
         ebpf::setup()?;

@@ -35,6 +35,11 @@ pub const TIER2_TOOLS: &[Tool] = &[
     tool("openssl", "openssl"),
 ];
 
+/// Python modules the tier-2 tests need from Debian (`program` is the module):
+/// `ensurepip` makes the venv into which the xDS test installs grpcio from PyPI
+/// (`weft_e2e::pyenv`); Debian ships it apart from python3.
+pub const TIER2_PYTHON_MODULES: &[Tool] = &[tool("ensurepip", "python3-venv")];
+
 /// What `cargo xtask bench` runs besides weft: namespaces and capture, the proxies it
 /// compares weft with, iperf3, `taskset` for pinning, and what building oha (the
 /// HTTP load generator, from crates.io: see `bench::load`) needs. Debian's
@@ -85,11 +90,33 @@ pub fn is_root() -> bool {
 /// Makes sure every tool is present: installs missing packages with apt on Debian as
 /// root, and otherwise fails naming exactly what is missing.
 pub fn ensure(tools: &[Tool]) -> anyhow::Result<()> {
-    let mut missing: Vec<&str> = tools
+    let missing: Vec<&str> = tools
         .iter()
         .filter(|t| !on_path(t.program))
         .map(|t| t.package)
         .collect();
+    install(missing)
+}
+
+/// Makes sure the system python3 can import every module of `modules` (a
+/// [`Tool`] whose `program` is the module), installing packages as [`ensure`] does.
+pub fn ensure_python(modules: &[Tool]) -> anyhow::Result<()> {
+    let missing = modules
+        .iter()
+        .filter(|m| {
+            !Command::new("/usr/bin/python3")
+                .args(["-c", &format!("import {}", m.program)])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|m| m.package)
+        .collect();
+    install(missing)
+}
+
+/// Installs `missing` packages with apt on Debian as root; otherwise fails naming them.
+fn install(mut missing: Vec<&str>) -> anyhow::Result<()> {
     missing.sort_unstable();
     missing.dedup();
     if missing.is_empty() {
