@@ -296,19 +296,22 @@ impl Controller {
         ));
 
         let closed = state.closed();
-        let grpc_server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(keepalive.interval)
-            .http2_keepalive_timeout(Some(keepalive.timeout))
-            .add_service(
-                DiscoveryService::new(state.clone(), auth.clone())
-                    .with_identities(ca.as_ref().map(|(_, c)| c.trust_domain.clone()))
-                    .into_server(),
-            )
-            .add_service(AdsService::new(state.clone(), auth.clone()).into_server())
-            .add_optional_service(ca.map(|(ca, config)| {
-                CertificateService::new(ca, auth.clone(), &config).into_server()
-            }))
-            .serve_with_incoming_shutdown(incoming(grpc, keepalive), closed);
+        let grpc_server =
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(keepalive.interval)
+                .http2_keepalive_timeout(Some(keepalive.timeout))
+                .add_service(
+                    DiscoveryService::new(state.clone(), auth.clone())
+                        .with_identities(ca.as_ref().map(|(ca, c)| {
+                            (c.trust_domain.clone(), Arc::from(ca.trust_bundle_pem()))
+                        }))
+                        .into_server(),
+                )
+                .add_service(AdsService::new(state.clone(), auth.clone()).into_server())
+                .add_optional_service(ca.map(|(ca, config)| {
+                    CertificateService::new(ca, auth.clone(), &config).into_server()
+                }))
+                .serve_with_incoming_shutdown(incoming(grpc, keepalive), closed);
         let api = Api {
             state: state.clone(),
             metrics,

@@ -34,6 +34,8 @@ pub struct DiscoveryService {
     /// With a CA: the trust domain in which subscribing sidecars are named (their
     /// SPIFFE IDs become their endpoints' `identity`).
     trust_domain: Option<String>,
+    /// With a CA: the trust bundle every snapshot carries.
+    trust_bundle: Option<Arc<str>>,
 }
 
 /// Updates already made, by (from, to) version: subscribers that need the same one
@@ -77,6 +79,11 @@ fn messages(update: &pb::MeshUpdate, in_parts: bool) -> Vec<pb::MeshUpdate> {
             version: update.version,
             epoch: update.epoch,
             more: i < last,
+            trust_bundle_pem: if i == 0 {
+                update.trust_bundle_pem.clone()
+            } else {
+                String::new()
+            },
         })
         .collect()
 }
@@ -128,13 +135,15 @@ impl DiscoveryService {
             auth,
             updates: Arc::default(),
             trust_domain: None,
+            trust_bundle: None,
         }
     }
 
     /// Names each subscribing sidecar's endpoints with the SPIFFE ID its credential
-    /// entitles it to in `trust_domain` (the controller's CA's).
-    pub fn with_identities(mut self, trust_domain: Option<String>) -> Self {
-        self.trust_domain = trust_domain;
+    /// entitles it to in `trust_domain` (the controller's CA's), and sends
+    /// `trust_bundle` with every snapshot.
+    pub fn with_identities(mut self, ca: Option<(String, Arc<str>)>) -> Self {
+        (self.trust_domain, self.trust_bundle) = ca.unzip();
         self
     }
 
@@ -195,6 +204,7 @@ impl DiscoveryService {
         let closed = self.state.closed();
         let state = self.state.clone();
         let cache = self.updates.clone();
+        let trust_bundle = self.trust_bundle.clone();
         let epoch = state.epoch();
         let in_parts = acks.is_some();
         tracing::info!(service = %req.service, proxy_id = %req.proxy_id, ?peer, %caller, acknowledging = acks.is_some(), "proxy subscribed");
@@ -204,7 +214,9 @@ impl DiscoveryService {
             tokio::pin!(closed);
             let mut acks = acks;
             let mut sent = updates.borrow_and_update().clone();
-            let snapshot = cache.get_or_make(0, sent.version, || full_snapshot(&sent, epoch));
+            let snapshot = cache.get_or_make(0, sent.version, || {
+                full_snapshot(&sent, epoch, trust_bundle.as_deref())
+            });
             if !send(&tx, &snapshot, in_parts).await {
                 return;
             }
@@ -245,6 +257,8 @@ impl DiscoveryService {
                         version: current.version,
                         epoch,
                         more: false,
+                        // Only snapshots carry it: it changes with the controller.
+                        trust_bundle_pem: String::new(),
                     }
                 });
                 if !update.services.is_empty() || !update.removed.is_empty() {
@@ -404,8 +418,9 @@ fn policy_to_proto(p: &crate::model::Policy) -> pb::Policy {
     }
 }
 
-fn full_snapshot(snap: &Snapshot, epoch: u64) -> pb::MeshUpdate {
+fn full_snapshot(snap: &Snapshot, epoch: u64, trust_bundle: Option<&str>) -> pb::MeshUpdate {
     pb::MeshUpdate {
+        trust_bundle_pem: trust_bundle.unwrap_or_default().to_owned(),
         epoch,
         full_snapshot: true,
         services: snap
@@ -526,6 +541,7 @@ mod tests {
             version: 7,
             epoch: 9,
             more: false,
+            trust_bundle_pem: "BUNDLE".into(),
         }
     }
 
@@ -560,6 +576,11 @@ mod tests {
         assert_eq!(names, want);
         assert_eq!(parts[0].removed, ["gone"]);
         assert!(parts[1].removed.is_empty());
+        assert_eq!(
+            parts[0].trust_bundle_pem, "BUNDLE",
+            "the first part carries it"
+        );
+        assert!(parts[1].trust_bundle_pem.is_empty());
         // Small: one message.
         assert_eq!(messages(&update(3), true).len(), 1);
     }

@@ -21,6 +21,7 @@ use weft_api::discovery::{
 use weft_api::DiscoveryClient;
 
 use crate::authz::{Authorization, Source};
+use crate::identity::IdentityStatus;
 use crate::policy::{Defaults, Policy};
 use crate::routes::{Applied, MtlsMode, PortProtocol, Routes, ServicePort, ServiceSpec};
 
@@ -156,24 +157,32 @@ impl StatusReport {
     }
 }
 
+/// What discovery keeps up to date.
+#[derive(Debug)]
+pub struct Targets {
+    pub routes: Arc<Routes>,
+    /// Turns true with the first snapshot.
+    pub synced: Arc<AtomicBool>,
+    pub status: Arc<DiscoveryStatus>,
+    /// Takes the trust bundle a snapshot carries.
+    pub identity: Arc<IdentityStatus>,
+}
+
 /// Runs forever: subscribe, apply updates, and on any failure wait (doubling from
 /// 100 ms up to 5 s) and subscribe again. `synced` turns true with the first
 /// snapshot and stays true (the last known state keeps serving).
 pub async fn run(
     config: DiscoveryConfig,
-    routes: Arc<Routes>,
-    synced: Arc<AtomicBool>,
-    status: Arc<DiscoveryStatus>,
+    targets: Targets,
     defaults: Defaults,
     draining: Arc<AtomicBool>,
 ) {
+    let status = targets.status.clone();
     let mut backoff = BACKOFF_MIN;
     loop {
         let result = watch_once(
             &config,
-            &routes,
-            &synced,
-            &status,
+            &targets,
             &mut backoff,
             defaults,
             draining.load(Ordering::SeqCst),
@@ -263,13 +272,17 @@ pub(crate) fn controller_endpoint(url: &str) -> Result<tonic::transport::Endpoin
 
 async fn watch_once(
     config: &DiscoveryConfig,
-    routes: &Routes,
-    synced: &AtomicBool,
-    status: &DiscoveryStatus,
+    targets: &Targets,
     backoff: &mut Duration,
     defaults: Defaults,
     draining: bool,
 ) -> Result<(), tonic::Status> {
+    let Targets {
+        routes,
+        synced,
+        status,
+        identity,
+    } = targets;
     let watch = WatchRequest {
         service: config.service.clone(),
         proxy_id: config.proxy_id.clone(),
@@ -311,7 +324,11 @@ async fn watch_once(
         };
         let answer = match overflow {
             Some(why) => Err(why),
-            None => apply(routes, &update, defaults, config.max_services),
+            // The bundle first: an update whose bundle cannot be read changes
+            // nothing.
+            None => identity
+                .trust(&update.trust_bundle_pem)
+                .and_then(|()| apply(routes, &update, defaults, config.max_services)),
         };
         *backoff = BACKOFF_MIN;
         let error = match answer {
@@ -638,6 +655,7 @@ mod tests {
             version: 4,
             epoch: 1,
             more,
+            trust_bundle_pem: String::new(),
         }
     }
 

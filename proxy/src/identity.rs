@@ -72,6 +72,27 @@ impl IdentityStatus {
             .clone()
     }
 
+    /// Trusts `bundle_pem` (discovery's; empty: none sent, nothing changes) from
+    /// the next handshake, and shows it on `/identity`. An error (a bundle that
+    /// cannot be read) changes nothing.
+    pub fn trust(&self, bundle_pem: &str) -> Result<(), String> {
+        if bundle_pem.is_empty() {
+            return Ok(());
+        }
+        let changed = self
+            .tls
+            .trust(bundle_pem)
+            .map_err(|e| format!("trust bundle: {e}"))?;
+        if changed {
+            tracing::info!("trust bundle changed (discovery)");
+            let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(cert) = current.as_mut() {
+                Arc::make_mut(cert).trust_bundle_pem = bundle_pem.to_owned();
+            }
+        }
+        Ok(())
+    }
+
     /// The certificate as TLS configurations, swapped at each renewal.
     pub fn tls(&self) -> &Arc<MeshTls> {
         &self.tls

@@ -145,9 +145,12 @@ impl BoundProxy {
         let discovery_task = self.shared.config.discovery.clone().map(|config| {
             tokio::spawn(crate::discovery::run(
                 config,
-                self.shared.routes.clone(),
-                self.shared.synced.clone(),
-                self.shared.discovery.clone(),
+                crate::discovery::Targets {
+                    routes: self.shared.routes.clone(),
+                    synced: self.shared.synced.clone(),
+                    status: self.shared.discovery.clone(),
+                    identity: self.shared.identity.clone(),
+                },
                 self.shared.config.policy_defaults(),
                 self.shared.draining.clone(),
             ))

@@ -94,6 +94,7 @@ fn backend(endpoint: &str, port: u16, version: u64) -> MeshUpdate {
     MeshUpdate {
         epoch: 1,
         more: false,
+        trust_bundle_pem: String::new(),
         full_snapshot: true,
         services: vec![Service {
             name: "backend".into(),

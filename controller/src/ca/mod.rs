@@ -10,6 +10,11 @@
 //! registry (temporary file, fsync, rename, fsync of the directory), so a crash
 //! leaves the old file or the new one. A key without its root gets a new root for
 //! the same key; a root without its key is refused (nothing could sign for it).
+//!
+//! The trust bundle is the root, plus the CA certificates of `trust-anchors.pem`
+//! in the same directory when it exists (read at start): how a CA is rotated
+//! without a failed handshake (ARCHITECTURE.md, The mesh CA). Proxies get it with
+//! each certificate and with every discovery snapshot.
 
 mod service;
 mod spiffe;
@@ -27,10 +32,39 @@ use rcgen::{
 pub use service::{identity_of, CaConfig, CertificateService};
 pub use spiffe::{check_name, check_trust_domain, SpiffeError, SpiffeId};
 
+/// The PEM blocks of `pem`, each a CA certificate (at least one).
+fn ca_certificates(pem: &str) -> Result<Vec<&str>, String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut blocks = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let end = rest[start..]
+            .find(END)
+            .ok_or("a certificate without its END line")?
+            + start
+            + END.len();
+        let block = &rest[start..end];
+        let params = CertificateParams::from_ca_cert_pem(block)
+            .map_err(|e| format!("certificate {}: {e}", blocks.len() + 1))?;
+        if params.is_ca == IsCa::NoCa {
+            return Err(format!("certificate {}: not a CA", blocks.len() + 1));
+        }
+        blocks.push(block);
+        rest = &rest[end..];
+    }
+    if blocks.is_empty() {
+        return Err("no certificate".to_owned());
+    }
+    Ok(blocks)
+}
+
 /// The CA's private key, PEM (PKCS#8), mode 0600.
 const KEY_FILE: &str = "ca.key";
 /// The CA's self-signed root, PEM: the mesh's trust bundle.
 const ROOT_FILE: &str = "ca.pem";
+/// Further roots the mesh trusts, PEM (optional): the next CA's, or the last
+/// one's, during a rotation.
+const ANCHORS_FILE: &str = "trust-anchors.pem";
 /// How long a root made here is valid.
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Issued certificates start this much in the past, for clocks a little behind.
@@ -77,6 +111,8 @@ pub struct Ca {
     /// to the stored root).
     issuer: Certificate,
     root_pem: String,
+    /// The root, then the extra anchors.
+    bundle_pem: String,
 }
 
 impl std::fmt::Debug for Ca {
@@ -138,11 +174,34 @@ impl Ca {
         if issuer.params().is_ca == IsCa::NoCa {
             return Err(stored(&root_path, "not a CA certificate".to_owned()));
         }
+        let anchors_path = dir.join(ANCHORS_FILE);
+        let bundle_pem = match std::fs::read_to_string(&anchors_path) {
+            Ok(pem) => {
+                let anchors = ca_certificates(&pem).map_err(|e| stored(&anchors_path, e))?;
+                let mut bundle = root_pem.clone();
+                for anchor in anchors.into_iter().filter(|a| *a != root_pem.trim_end()) {
+                    if !bundle.ends_with('\n') {
+                        bundle.push('\n');
+                    }
+                    bundle.push_str(anchor);
+                    bundle.push('\n');
+                }
+                bundle
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => root_pem.clone(),
+            Err(e) => return Err(io(&anchors_path)(e)),
+        };
         Ok(Ca {
             key,
             issuer,
             root_pem,
+            bundle_pem,
         })
+    }
+
+    /// What peers trust, PEM: the root and the extra anchors.
+    pub fn trust_bundle_pem(&self) -> &str {
+        &self.bundle_pem
     }
 
     /// The root, PEM: what peers trust.

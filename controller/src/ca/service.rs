@@ -122,7 +122,7 @@ impl weft_api::Certificates for CertificateService {
         Ok(Response::new(pb::CertifyResponse {
             spiffe_id: id.to_string(),
             cert_pem: issued.cert_pem,
-            trust_bundle_pem: self.ca.root_pem().to_owned(),
+            trust_bundle_pem: self.ca.trust_bundle_pem().to_owned(),
             not_after_unix_seconds: not_after,
         }))
     }

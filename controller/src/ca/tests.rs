@@ -208,3 +208,28 @@ fn bad_requests_are_refused() {
         ));
     }
 }
+
+#[test]
+fn trust_anchors_join_the_bundle_and_a_bad_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (this, next) = (dir.path().join("this"), dir.path().join("next"));
+    let ca = Ca::load_or_create(&this, TD).unwrap();
+    assert_eq!(ca.trust_bundle_pem(), ca.root_pem(), "the root alone");
+    let other = Ca::load_or_create(&next, TD).unwrap();
+    // The next CA's root, and this one's again (a copy of the bundle): once each.
+    std::fs::write(
+        this.join(ANCHORS_FILE),
+        format!("{}{}", other.root_pem(), ca.root_pem()),
+    )
+    .unwrap();
+    let ca = Ca::load_or_create(&this, TD).unwrap();
+    let bundle = ca.trust_bundle_pem();
+    assert!(bundle.starts_with(ca.root_pem()), "{bundle}");
+    assert!(bundle.contains(other.root_pem().trim_end()), "{bundle}");
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "{bundle}");
+    for bad in ["no pem here", "-----BEGIN CERTIFICATE-----\nAAAA\n"] {
+        std::fs::write(this.join(ANCHORS_FILE), bad).unwrap();
+        let e = Ca::load_or_create(&this, TD).unwrap_err().to_string();
+        assert!(e.contains(ANCHORS_FILE), "{e}");
+    }
+}

@@ -35,6 +35,8 @@ pub struct Credentials {
     server: Arc<ServerConfig>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    /// The trust bundle as it came, to tell a new one from it.
+    bundle_pem: Arc<str>,
     roots: Arc<[TrustAnchor<'static>]>,
     provider: Arc<CryptoProvider>,
     /// Client configurations by the identity they demand of the server, made on
@@ -59,6 +61,34 @@ impl Credentials {
         if chain.is_empty() {
             return Err(MtlsError::Certificate("no certificate in the PEM".into()));
         }
+        let key = PrivateKeyDer::try_from(key_der).map_err(|e| MtlsError::Key(e.to_owned()))?;
+        Credentials::build(spiffe_id, chain, key, bundle_pem, not_after)
+    }
+
+    /// The same certificate and key trusting `bundle_pem` instead (a bundle that
+    /// discovery brought: the mesh's trust anchors changed, a CA rotation).
+    pub fn with_bundle(&self, bundle_pem: &str) -> Result<Credentials, MtlsError> {
+        Credentials::build(
+            &self.spiffe_id,
+            self.chain.clone(),
+            self.key.clone_key(),
+            bundle_pem,
+            self.not_after,
+        )
+    }
+
+    /// Whether `bundle_pem` is the bundle these credentials trust.
+    pub fn trusts(&self, bundle_pem: &str) -> bool {
+        *self.bundle_pem == *bundle_pem
+    }
+
+    fn build(
+        spiffe_id: &str,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        bundle_pem: &str,
+        not_after: SystemTime,
+    ) -> Result<Credentials, MtlsError> {
         let mut store = RootCertStore::empty();
         for der in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
             let der = der.map_err(|e| MtlsError::Bundle(e.to_string()))?;
@@ -69,7 +99,6 @@ impl Credentials {
         if store.is_empty() {
             return Err(MtlsError::Bundle("no certificate in the PEM".into()));
         }
-        let key = PrivateKeyDer::try_from(key_der).map_err(|e| MtlsError::Key(e.to_owned()))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots: Arc<[TrustAnchor<'static>]> = store.roots.clone().into();
         let verifier =
@@ -87,6 +116,7 @@ impl Credentials {
             server: Arc::new(server),
             chain,
             key,
+            bundle_pem: Arc::from(bundle_pem),
             roots,
             provider,
             clients: Mutex::new(HashMap::new()),
@@ -161,6 +191,21 @@ impl MeshTls {
     /// Puts `credentials` in force.
     pub fn install(&self, credentials: Credentials) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(credentials));
+    }
+
+    /// Trusts `bundle_pem` from now on (discovery brought it): the credentials in
+    /// force are remade with it, when it differs. New handshakes use it;
+    /// connections up keep theirs. Nothing changes when it cannot be read.
+    pub fn trust(&self, bundle_pem: &str) -> Result<bool, MtlsError> {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let Some(credentials) = current.as_ref() else {
+            return Ok(false);
+        };
+        if credentials.trusts(bundle_pem) {
+            return Ok(false);
+        }
+        *current = Some(Arc::new(credentials.with_bundle(bundle_pem)?));
+        Ok(true)
     }
 
     /// The credentials in force: none before the first certificate, or once the

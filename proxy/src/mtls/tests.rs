@@ -327,3 +327,26 @@ async fn a_relay_between_tls_and_plaintext_carries_bytes_and_half_closes() {
     assert_eq!(counts.0.load(Ordering::Relaxed), 100_003);
     assert_eq!(counts.1.load(Ordering::Relaxed), 100_003);
 }
+
+/// A CA rotation: `a` (old CA) and `b` (new CA) refuse each other until a bundle
+/// that holds both roots reaches them (as discovery brings it); a bad bundle
+/// changes nothing.
+#[tokio::test]
+async fn a_new_bundle_trusts_the_next_ca_from_the_next_handshake() {
+    let (old, new) = (Ca::new(), Ca::new());
+    let (a, b) = (MeshTls::required(), MeshTls::required());
+    a.install(old.issue(A, &old));
+    b.install(new.issue(B, &new));
+    let now = |t: &MeshTls| t.current().expect("in force");
+    let out = handshake(&now(&a), B, &now(&b)).await;
+    assert!(out.client.is_err(), "{out:?}");
+    let both = format!("{}{}", old.bundle(), new.bundle());
+    assert!(a.trust("not a bundle").is_err());
+    assert!(a.trust(&both).expect("read"), "changed");
+    assert!(!a.trust(&both).expect("read"), "the same again: unchanged");
+    assert!(b.trust(&both).expect("read"));
+    let out = handshake(&now(&a), B, &now(&b)).await;
+    assert_eq!(out.client, Ok(Some(B.to_owned())), "{out:?}");
+    assert_eq!(out.server, Ok(Some(A.to_owned())), "{out:?}");
+    assert_eq!(now(&a).spiffe_id().as_ref(), A, "the same certificate");
+}
