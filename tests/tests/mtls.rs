@@ -736,3 +736,223 @@ fn a_certificate_expired_while_the_controller_was_away_is_not_ready_until_it_ret
     wait_until(SECS(60), MS(200), || front_ready() == 200).unwrap();
     assert_eq!(echo(), "hello", "served again");
 }
+
+/// A CA rotated in three restarts of the controller while a keep-alive HTTP load
+/// (100 requests a second for 30 s) and a stream of new opaque TCP connections (each a new
+/// mutual TLS handshake through the tunnel) run through `front` and `back`: no
+/// request and no connection fails.
+///
+/// 1. The old CA (`ca-a`) trusts the new one's root too (`trust-anchors.pem`):
+///    every snapshot brings both roots to the proxies, which keep their
+///    certificates.
+/// 2. The new CA (`ca-b`, trusting the old root) takes over: the proxies renew
+///    into certificates from it, each trusted by a peer still holding an old one.
+/// 3. The new CA alone: the bundle is its root only.
+///
+/// Capture mode plays no part: iptables only.
+#[test]
+fn the_ca_rotates_without_a_failed_request_or_connection() {
+    let mesh = Mesh::new().unwrap();
+    let front = Mode::Iptables.add_pod(&mesh, "front").unwrap();
+    let back = Mode::Iptables.add_pod(&mesh, "back").unwrap();
+    let file = mesh.run_dir().join("mesh.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  frontend:\n    vip: 10.96.0.2\n    ports: [{{ port: 80 }}]\n    endpoints: [{}]\n  backend:\n    vip: 10.96.0.10\n    ports:\n      - {{ port: 80, target_port: 8080 }}\n      - {{ port: 90, target_port: 9000, protocol: tcp }}\n    endpoints: [{}]\n",
+            front.ipv4(),
+            back.ipv4()
+        ),
+    )
+    .unwrap();
+    let (ca_a, ca_b) = (mesh.run_dir().join("ca-a"), mesh.run_dir().join("ca-b"));
+    let new_ca = make_ca(&front, &ca_b);
+    let args = |dir: &std::path::Path| {
+        vec![
+            "--ca-dir".to_owned(),
+            dir.to_string_lossy().into_owned(),
+            "--cert-lifetime".to_owned(),
+            "10s".to_owned(),
+        ]
+    };
+    let start = |dir: &std::path::Path| {
+        let args = args(dir);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Controller::start(&mesh, &file, &args).unwrap()
+    };
+    let mut controller = start(&ca_a);
+    let old_ca = std::fs::read_to_string(ca_a.join("ca.pem")).unwrap();
+    front.add_route("10.96.0.0/16").unwrap();
+    let with_identity = ["--controller", controller.url(), "--identity"];
+    let _front_sidecar = front.sidecar_with(&[], "frontend", &with_identity).unwrap();
+    let _back_sidecar = back.sidecar_with(&[], "backend", &with_identity).unwrap();
+    let _apps = [
+        app(
+            &back,
+            "http",
+            &tool("httpkit.py"),
+            &["serve", "8080", "back"],
+        ),
+        app(&back, "echo", &tool("tcpkit.py"), &["serve-echo", "9000"]),
+    ];
+    for pod in [&front, &back] {
+        wait_for_certificate(pod);
+    }
+    wait_for_identities(&front, &[back.ipv4().into()], BACK_ID);
+
+    let load = front
+        .spawn(
+            ProcSpec::new([
+                python3().to_string_lossy().as_ref(),
+                &tool("httpkit.py"),
+                "load",
+                "http://10.96.0.10/",
+                "100",
+                "30",
+                "4",
+            ])
+            .name("load"),
+        )
+        .unwrap();
+    // New connections all along: 20 at a time, each echoing one record.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let bursts = std::thread::scope(|s| {
+        let connections = s.spawn(|| {
+            let mut totals = (0u64, 0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = front
+                    .run_ok(
+                        [
+                            python3().to_string_lossy().as_ref(),
+                            &tool("tcpkit.py"),
+                            "burst",
+                            "10.96.0.10",
+                            "90",
+                            "20",
+                            "1",
+                        ],
+                        None,
+                        SECS(30),
+                    )
+                    .unwrap();
+                let field = |name: &str| -> u64 {
+                    out.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name)?.parse().ok())
+                        .unwrap_or_else(|| panic!("{name} in {out:?}"))
+                };
+                totals.0 += field("ok=");
+                totals.1 += field("bad=");
+                totals.2 += field("errors=");
+                std::thread::sleep(MS(300));
+            }
+            totals
+        });
+        let restart = |controller: &mut Controller, dir: &std::path::Path| {
+            controller.proc().signal(Signal::SIGTERM).unwrap();
+            controller.proc().wait_timeout(SECS(10)).expect("stopped");
+            *controller = start(dir);
+        };
+        let bundle = |pod: &ModePod| -> String {
+            admin_json(pod, "/identity")["certificate"]["trust_bundle_pem"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let issued_by = |pod: &ModePod, root: &str| -> bool {
+            let cert = admin_json(pod, "/identity")["certificate"]["cert_pem"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            verifies(&front, &cert, root)
+        };
+        std::thread::sleep(SECS(3));
+        // 1. Both roots, from the old CA.
+        std::fs::write(ca_a.join("trust-anchors.pem"), &new_ca).unwrap();
+        restart(&mut controller, &ca_a);
+        for pod in [&front, &back] {
+            wait_until(SECS(20), MS(100), || {
+                let b = bundle(pod);
+                b.contains(new_ca.trim_end()) && b.contains(old_ca.trim_end())
+            })
+            .unwrap_or_else(|e| panic!("{}: no new root ({e}): {}", pod.name(), bundle(pod)));
+        }
+        std::thread::sleep(SECS(3));
+        // 2. The new CA, trusting the old root.
+        std::fs::write(ca_b.join("trust-anchors.pem"), &old_ca).unwrap();
+        restart(&mut controller, &ca_b);
+        for pod in [&front, &back] {
+            wait_until(SECS(30), MS(200), || issued_by(pod, &new_ca))
+                .unwrap_or_else(|e| panic!("{}: no certificate from the new CA ({e})", pod.name()));
+        }
+        std::thread::sleep(SECS(3));
+        // 3. The new CA alone.
+        std::fs::remove_file(ca_b.join("trust-anchors.pem")).unwrap();
+        restart(&mut controller, &ca_b);
+        for pod in [&front, &back] {
+            wait_until(SECS(20), MS(100), || {
+                !bundle(pod).contains(old_ca.trim_end())
+            })
+            .unwrap_or_else(|e| panic!("{}: the old root stays ({e})", pod.name()));
+        }
+        std::thread::sleep(SECS(3));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        connections.join().unwrap()
+    });
+    // Open loop, but a client on a busy machine may fall behind: time to catch up.
+    load.wait_timeout(SECS(120))
+        .unwrap_or_else(|| panic!("the load did not end: {}", load.logs()));
+    let result: Value = serde_json::from_str(load.logs().lines().last().unwrap()).unwrap();
+    println!("rotation: HTTP load {result}; new connections ok/bad/errors {bursts:?}");
+    assert_eq!(result["errors"], 0, "{result}");
+    assert_eq!(result["statuses"]["200"], result["sent"], "{result}");
+    assert_eq!(
+        (bursts.1, bursts.2),
+        (0, 0),
+        "connections failed: {bursts:?}"
+    );
+    assert!(
+        bursts.0 >= 100,
+        "too few connections to show anything: {bursts:?}"
+    );
+}
+
+/// Makes a CA in `dir` as an operator would with openssl (an EC P-256 key,
+/// PKCS#8, and a self-signed CA root) and returns its root, PEM.
+fn make_ca(pod: &ModePod, dir: &std::path::Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let d = dir.to_str().unwrap();
+    let script = format!(
+        "set -e; openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {d}/ca.key; \
+         openssl req -x509 -new -key {d}/ca.key -days 2 -subj /O=weft/CN=next-ca \
+         -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+         -out {d}/ca.pem; chmod 600 {d}/ca.key"
+    );
+    pod.run_ok(["sh", "-c", &script], None, SECS(20)).unwrap();
+    std::fs::read_to_string(dir.join("ca.pem")).unwrap()
+}
+
+/// Whether `cert_pem` chains to `root_pem` (`openssl verify`).
+fn verifies(pod: &ModePod, cert_pem: &str, root_pem: &str) -> bool {
+    if cert_pem.is_empty() {
+        return false;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, root) = (dir.path().join("cert.pem"), dir.path().join("root.pem"));
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&root, root_pem).unwrap();
+    pod.run(
+        [
+            "openssl",
+            "verify",
+            "-partial_chain",
+            "-CAfile",
+            root.to_str().unwrap(),
+            cert.to_str().unwrap(),
+        ],
+        None,
+        SECS(20),
+    )
+    .unwrap()
+    .status
+    .success()
+}
