@@ -38,8 +38,9 @@
 //!   service's ports: the pod is not ready while its app does not answer);
 //!   ports 15020 (metrics, health) and 15008 (the tunnel peer sidecars dial);
 //!   resource requests; environment `WEFT_SERVICE`, `WEFT_CONTROLLER`,
-//!   `WEFT_PROXY_ID` (the pod's name), `WEFT_CONTROLLER_TOKEN_FILE`, which
-//!   weft-proxy reads as its flags.
+//!   `WEFT_PROXY_ID` (the pod's name), `WEFT_CONTROLLER_TOKEN_FILE`, and
+//!   `WEFT_IDENTITY` when the controller has a CA (mutual TLS), which weft-proxy
+//!   reads as its flags.
 //! - the volume `weft-token`: the pod's ServiceAccount token projected for the
 //!   controller's audience (`--token-audience`, one hour, renewed by the kubelet),
 //!   mounted read-only in the proxy at [`TOKEN_DIR`]: the proxy's credential for
@@ -122,6 +123,9 @@ pub struct InjectConfig {
     /// The audience the proxies' projected tokens are issued for (the controller's
     /// `--token-audience`).
     pub token_audience: String,
+    /// The controller has a CA: the proxies keep a workload certificate and take
+    /// part in mutual TLS (`WEFT_IDENTITY`).
+    pub identity: bool,
 }
 
 impl Default for InjectConfig {
@@ -131,6 +135,7 @@ impl Default for InjectConfig {
             controller_url: "http://weft-controller.weft-system.svc:15010".to_owned(),
             pull_policy: "IfNotPresent".to_owned(),
             token_audience: crate::auth::review::DEFAULT_AUDIENCE.to_owned(),
+            identity: false,
         }
     }
 }
@@ -240,7 +245,7 @@ pub fn decide(pod: &Value, namespace: &str, via: Via, config: &InjectConfig) -> 
             "limits": { "cpu": "100m", "memory": "64Mi" },
         },
     });
-    let proxy = json!({
+    let mut proxy = json!({
         "name": PROXY_NAME,
         "image": config.image,
         "imagePullPolicy": config.pull_policy,
@@ -285,6 +290,11 @@ pub fn decide(pod: &Value, namespace: &str, via: Via, config: &InjectConfig) -> 
             "limits": { "memory": "256Mi" },
         },
     });
+    if config.identity {
+        if let Some(env) = proxy["env"].as_array_mut() {
+            env.push(json!({ "name": "WEFT_IDENTITY", "value": "true" }));
+        }
+    }
     let mut ops = Vec::new();
     if pod
         .pointer("/spec/initContainers")
@@ -488,6 +498,19 @@ mod tests {
             .expect("flag");
         assert_eq!(args[i + 1], "8081,9000");
         assert_eq!(ops[0]["value"]["env"][0]["value"], "web.shop");
+        let has_identity = |ops: &[Value]| {
+            ops[0]["value"]["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .any(|e| e["name"] == "WEFT_IDENTITY" && e["value"] == "true")
+        };
+        assert!(!has_identity(&ops), "no CA: no mutual TLS");
+        let with_ca = InjectConfig {
+            identity: true,
+            ..InjectConfig::default()
+        };
+        assert!(has_identity(&patch(decide(&p, "shop", Via::Pod, &with_ca))));
         // The probe that holds the app container back needs neither the app (it
         // starts after) nor the controller; readiness includes the app.
         let probe = |kind: &str| ops[0]["value"][kind]["httpGet"]["path"].clone();

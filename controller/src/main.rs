@@ -209,6 +209,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         if args.api_auth == AuthMode::Off {
             tracing::warn!("--api-auth off: anyone who reaches the controller may change the mesh");
         }
+        let with_ca = args.ca_dir.is_some();
         let options = Options {
             auth: AuthConfig {
                 required: args.api_auth == AuthMode::Required,
@@ -256,6 +257,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 controller_url: args.inject_controller,
                 pull_policy: args.inject_pull_policy,
                 token_audience: args.token_audience,
+                identity: with_ca,
             };
             let webhook = Webhook::from_pem_files(cert, key, inject)?;
             let listener = TcpListener::bind(addr)

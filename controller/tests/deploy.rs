@@ -214,7 +214,13 @@ fn the_deployment_runs_flags_the_controller_accepts() {
             .unwrap_or_else(|| panic!("no --{name}"))
             .to_owned()
     };
-    for f in ["config", "state-dir", "webhook-cert", "webhook-key"] {
+    for f in [
+        "config",
+        "state-dir",
+        "ca-dir",
+        "webhook-cert",
+        "webhook-key",
+    ] {
         let path = flag(f);
         assert!(
             mounts.iter().any(|m| path.starts_with(m.as_str())),

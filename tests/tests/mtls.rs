@@ -944,9 +944,11 @@ fn verifies(pod: &ModePod, cert_pem: &str, root_pem: &str) -> bool {
         [
             "openssl",
             "verify",
-            "-partial_chain",
             "-CAfile",
             root.to_str().unwrap(),
+            // The chain's other certificates (an intermediate) as candidates.
+            "-untrusted",
+            cert.to_str().unwrap(),
             cert.to_str().unwrap(),
         ],
         None,
@@ -955,4 +957,78 @@ fn verifies(pod: &ModePod, cert_pem: &str, root_pem: &str) -> bool {
     .unwrap()
     .status
     .success()
+}
+
+/// The CA as cert-manager leaves it in a mounted Secret (`tls.crt`, `tls.key`,
+/// `ca.crt`), here an intermediate under a root made with openssl: the
+/// sidecars' certificates come with the intermediate, and `front` reaches `back`
+/// under mutual TLS, each trusting the root alone. iptables only.
+#[test]
+fn a_ca_from_a_tls_secret_signs_with_its_intermediate() {
+    let mesh = Mesh::new().unwrap();
+    let front = Mode::Iptables.add_pod(&mesh, "front").unwrap();
+    let back = Mode::Iptables.add_pod(&mesh, "back").unwrap();
+    let file = mesh.run_dir().join("mesh.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  backend:\n    vip: 10.96.0.10\n    ports: [{{ port: 80, target_port: 8080 }}]\n    endpoints: [{}]\n",
+            back.ipv4()
+        ),
+    )
+    .unwrap();
+    let secret = mesh.run_dir().join("mesh-ca-secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    let d = secret.to_str().unwrap();
+    // A root, and the CA under it; the Secret's files as cert-manager names them.
+    let script = format!(
+        "set -e; cd {d}; \
+         openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out root.key; \
+         openssl req -x509 -new -key root.key -days 2 -subj /O=weft/CN=root \
+         -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign -out ca.crt; \
+         openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out tls.key; \
+         openssl req -new -key tls.key -subj /O=weft/CN=mesh-ca -out ca.csr; \
+         printf 'basicConstraints=critical,CA:TRUE,pathlen:0\\nkeyUsage=critical,keyCertSign,cRLSign\\n' > ext; \
+         openssl x509 -req -in ca.csr -CA ca.crt -CAkey root.key -CAcreateserial -days 2 -extfile ext -out tls.crt; \
+         rm root.key ca.csr ext ca.srl"
+    );
+    front.run_ok(["sh", "-c", &script], None, SECS(20)).unwrap();
+    let root = std::fs::read_to_string(secret.join("ca.crt")).unwrap();
+    let controller = Controller::start(&mesh, &file, &["--ca-dir", d]).unwrap();
+    front.add_route("10.96.0.0/16").unwrap();
+    let with_identity = ["--controller", controller.url(), "--identity"];
+    let front_sidecar = front.sidecar_with(&[], "frontend", &with_identity).unwrap();
+    let _back_sidecar = back.sidecar_with(&[], "backend", &with_identity).unwrap();
+    let _app = app(
+        &back,
+        "http",
+        &tool("httpkit.py"),
+        &["serve", "8080", "back"],
+    );
+    for pod in [&front, &back] {
+        wait_for_certificate(pod);
+        let cert = &admin_json(pod, "/identity")["certificate"];
+        assert_eq!(cert["trust_bundle_pem"].as_str(), Some(root.as_str()));
+        let chain = cert["cert_pem"].as_str().unwrap();
+        assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "{chain}");
+        assert!(verifies(pod, chain, &root), "{chain}");
+    }
+    wait_for_identities(&front, &[back.ipv4().into()], BACK_ID);
+    assert_eq!(curl_post(&front, "http://10.96.0.10/", "hello"), "back");
+    let secured = front_sidecar
+        .metric(
+            "weft_http_requests_total",
+            &[("destination_service", "backend"), ("tls", "true")],
+        )
+        .unwrap();
+    assert_eq!(secured, 1.0);
+    let files: Vec<String> = std::fs::read_dir(&secret)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        files.len(),
+        3,
+        "the controller wrote into the Secret: {files:?}"
+    );
 }

@@ -32,6 +32,41 @@ use rcgen::{
 pub use service::{identity_of, CaConfig, CertificateService};
 pub use spiffe::{check_name, check_trust_domain, SpiffeError, SpiffeId};
 
+/// A Kubernetes TLS Secret's certificate (cert-manager's layout).
+const TLS_CERT: &str = "tls.crt";
+/// Its key.
+const TLS_KEY: &str = "tls.key";
+/// Its issuer's CA.
+const TLS_CA: &str = "ca.crt";
+
+/// The trust bundle: `anchors`, then the CA certificates of `dir`'s
+/// [`ANCHORS_FILE`] (when it exists) that are not among them.
+fn bundle_with_anchors(dir: &Path, anchors: &[&str]) -> Result<String, CaError> {
+    let path = dir.join(ANCHORS_FILE);
+    let extra = match std::fs::read_to_string(&path) {
+        Ok(pem) => pem,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(CaError::Io { path, source }),
+    };
+    let extra = if extra.is_empty() {
+        Vec::new()
+    } else {
+        ca_certificates(&extra).map_err(|reason| CaError::Stored {
+            path: path.clone(),
+            reason,
+        })?
+    };
+    let mut bundle = String::new();
+    for anchor in anchors.iter().copied().chain(extra) {
+        let anchor = anchor.trim_end();
+        if !bundle.contains(anchor) {
+            bundle.push_str(anchor);
+            bundle.push('\n');
+        }
+    }
+    Ok(bundle)
+}
+
 /// The PEM blocks of `pem`, each a CA certificate (at least one).
 fn ca_certificates(pem: &str) -> Result<Vec<&str>, String> {
     const END: &str = "-----END CERTIFICATE-----";
@@ -98,7 +133,8 @@ pub enum CaError {
 /// A signed workload certificate.
 #[derive(Debug, Clone)]
 pub struct Issued {
-    /// The certificate, PEM (the root is not repeated: it is the trust bundle).
+    /// The certificate, PEM, then the CA's own below the trust anchors, if any
+    /// (the root is not repeated: it is the trust bundle).
     pub cert_pem: String,
     pub not_after: SystemTime,
 }
@@ -113,6 +149,10 @@ pub struct Ca {
     root_pem: String,
     /// The root, then the extra anchors.
     bundle_pem: String,
+    /// What follows a leaf in the chain it is given: the CA's own certificate and
+    /// its issuers' below the trust anchors, for a CA that is not itself one (an
+    /// intermediate, as cert-manager may issue); empty for a root.
+    chain_pem: String,
 }
 
 impl std::fmt::Debug for Ca {
@@ -126,6 +166,9 @@ impl Ca {
     /// neither (and `dir` itself, mode 0700, if missing); the root's subject names
     /// `trust_domain`.
     pub fn load_or_create(dir: &Path, trust_domain: &str) -> Result<Ca, CaError> {
+        if dir.join(TLS_KEY).exists() {
+            return Ca::load_tls_secret(dir);
+        }
         let (key_path, root_path) = (dir.join(KEY_FILE), dir.join(ROOT_FILE));
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -174,28 +217,65 @@ impl Ca {
         if issuer.params().is_ca == IsCa::NoCa {
             return Err(stored(&root_path, "not a CA certificate".to_owned()));
         }
-        let anchors_path = dir.join(ANCHORS_FILE);
-        let bundle_pem = match std::fs::read_to_string(&anchors_path) {
-            Ok(pem) => {
-                let anchors = ca_certificates(&pem).map_err(|e| stored(&anchors_path, e))?;
-                let mut bundle = root_pem.clone();
-                for anchor in anchors.into_iter().filter(|a| *a != root_pem.trim_end()) {
-                    if !bundle.ends_with('\n') {
-                        bundle.push('\n');
-                    }
-                    bundle.push_str(anchor);
-                    bundle.push('\n');
-                }
-                bundle
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => root_pem.clone(),
-            Err(e) => return Err(io(&anchors_path)(e)),
-        };
+        let bundle_pem = bundle_with_anchors(dir, &[root_pem.trim_end()])?;
         Ok(Ca {
             key,
             issuer,
             root_pem,
             bundle_pem,
+            chain_pem: String::new(),
+        })
+    }
+
+    /// Loads a CA from `dir` in the layout of a Kubernetes TLS Secret mounted as a
+    /// volume, as cert-manager writes one (`tls.crt`, `tls.key` in PKCS#8,
+    /// `ca.crt`), never writing into it: `tls.crt` is the CA's certificate (and
+    /// the chain above it), `ca.crt` the anchor the mesh trusts (the CA itself when
+    /// self-signed; `tls.crt`'s last certificate without it).
+    fn load_tls_secret(dir: &Path) -> Result<Ca, CaError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| CaError::Io { path, source })
+        };
+        let stored = |name: &str, reason: String| CaError::Stored {
+            path: dir.join(name),
+            reason,
+        };
+        let key_pem = read(TLS_KEY)?;
+        if key_pem.contains("BEGIN EC PRIVATE KEY") || key_pem.contains("BEGIN RSA PRIVATE KEY") {
+            return Err(stored(
+                TLS_KEY,
+                "a PKCS#1/SEC1 key: issue the CA with `privateKey: {encoding: PKCS8}`".to_owned(),
+            ));
+        }
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| stored(TLS_KEY, e.to_string()))?;
+        let cert_pem = read(TLS_CERT)?;
+        let chain = ca_certificates(&cert_pem).map_err(|e| stored(TLS_CERT, e))?;
+        let own = chain[0].to_owned();
+        let issuer = CertificateParams::from_ca_cert_pem(&own)
+            .and_then(|params| params.self_signed(&key))
+            .map_err(|e| stored(TLS_CERT, format!("does not match {TLS_KEY}: {e}")))?;
+        let anchors_pem = match read(TLS_CA) {
+            Ok(pem) => pem,
+            Err(CaError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                chain[chain.len() - 1].to_owned()
+            }
+            Err(e) => return Err(e),
+        };
+        let anchors = ca_certificates(&anchors_pem).map_err(|e| stored(TLS_CA, e))?;
+        // Below the anchors: the CA's certificate and the issuers between it and
+        // them go with every leaf.
+        let chain_pem: String = chain
+            .iter()
+            .take_while(|c| !anchors.contains(c))
+            .map(|c| format!("{c}\n"))
+            .collect();
+        Ok(Ca {
+            key,
+            issuer,
+            root_pem: format!("{own}\n"),
+            bundle_pem: bundle_with_anchors(dir, &anchors)?,
+            chain_pem,
         })
     }
 
@@ -258,7 +338,7 @@ impl Ca {
             .signed_by(&self.issuer, &self.key)
             .map_err(|e| CaError::Sign(e.to_string()))?;
         Ok(Issued {
-            cert_pem: cert.pem(),
+            cert_pem: format!("{}{}", cert.pem(), self.chain_pem),
             not_after,
         })
     }

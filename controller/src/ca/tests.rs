@@ -233,3 +233,103 @@ fn trust_anchors_join_the_bundle_and_a_bad_file_is_refused() {
         assert!(e.contains(ANCHORS_FILE), "{e}");
     }
 }
+
+/// A CA certificate with `key`, signed by `issuer` (self-signed without one).
+fn ca_cert(name: &str, key: &KeyPair, issuer: Option<(&Certificate, &KeyPair)>) -> Certificate {
+    let mut params = CertificateParams::new(Vec::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    match issuer {
+        None => params.self_signed(key).unwrap(),
+        Some((cert, ikey)) => params.signed_by(key, cert, ikey).unwrap(),
+    }
+}
+
+/// Whether rustls (webpki) takes `chain_pem` (leaf first) as a client
+/// certificate under the roots of `bundle_pem`.
+fn chains_to(chain_pem: &str, bundle_pem: &str) -> bool {
+    use rustls::pki_types::pem::PemObject as _;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    let now = UnixTime::since_unix_epoch(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap(),
+    );
+    verifier
+        .verify_client_cert(&chain[0], &chain[1..], now)
+        .is_ok()
+}
+
+#[test]
+fn a_mounted_tls_secret_is_the_ca_self_signed_or_intermediate() {
+    let id = SpiffeId::local(TD, "a").unwrap();
+    let root_key = KeyPair::generate().unwrap();
+    let root = ca_cert("root", &root_key, None);
+    let issue = |dir: &Path| {
+        let ca = Ca::load_or_create(dir, TD).unwrap();
+        let (_, csr_pem) = csr(&[]);
+        let issued = ca
+            .issue(&csr_pem, &id, DEFAULT_LIFETIME, SystemTime::now())
+            .unwrap();
+        (ca, issued.cert_pem)
+    };
+
+    // cert-manager's self-signed CA: tls.crt is the root, as is ca.crt.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tls.crt"), root.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), root_key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), root.pem()).unwrap();
+    let (ca, leaf) = issue(dir.path());
+    assert_eq!(ca.trust_bundle_pem(), root.pem());
+    assert_eq!(
+        leaf.matches("BEGIN CERTIFICATE").count(),
+        1,
+        "a root: the leaf alone"
+    );
+    assert!(chains_to(&leaf, ca.trust_bundle_pem()));
+    let written: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(written.len(), 3, "nothing written into the mount");
+
+    // An intermediate issued by a CA Issuer: the leaf goes with it, ca.crt is
+    // the anchor.
+    let key = KeyPair::generate().unwrap();
+    let intermediate = ca_cert("intermediate", &key, Some((&root, &root_key)));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tls.crt"), intermediate.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), root.pem()).unwrap();
+    let (ca, chain) = issue(dir.path());
+    assert_eq!(ca.trust_bundle_pem(), root.pem());
+    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "{chain}");
+    assert!(chains_to(&chain, ca.trust_bundle_pem()));
+    let leaf_only = chain
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap();
+    assert!(
+        !chains_to(leaf_only, ca.trust_bundle_pem()),
+        "needs the intermediate"
+    );
+
+    // A PKCS#1/SEC1 key is refused, saying how to issue it.
+    std::fs::write(
+        dir.path().join("tls.key"),
+        "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let e = Ca::load_or_create(dir.path(), TD).unwrap_err().to_string();
+    assert!(e.contains("PKCS8"), "{e}");
+}
