@@ -2,15 +2,16 @@
 //! (`_iptables`, `_ebpf`), IPv4 and IPv6.
 //!
 //! A controller with a CA; `front` and `back` run sidecars with `--identity`, so
-//! discovery names `back`'s addresses with its SPIFFE ID; `plain`'s sidecar holds
-//! no certificate (no identity in discovery: the control). While `tcpdump` records
-//! the node's bridge, `front`'s unmodified clients send a marker through the mesh:
+//! discovery names `back`'s addresses with its SPIFFE ID. The controls: `clear`'s
+//! sidecar holds a certificate too, but its service is `mtls: disabled`;
+//! `plain`'s holds none (no identity in discovery). While `tcpdump` records the
+//! node's bridge, `front`'s unmodified clients send a marker through the mesh:
 //! HTTP (curl, a POST body) to `back` through an IPv4 and an IPv6 VIP, opaque TCP
-//! (nc, through the tunnel) the same, and HTTP to `plain`.
+//! (nc, through the tunnel) the same, and HTTP to `clear` and `plain`.
 //!
 //! - The capture holds no byte of the marker sent to `back`, and its handshakes
-//!   are TLS 1.3 with weft's ALPN; the marker sent to `plain` is there in clear
-//!   (so the check can fail).
+//!   are TLS 1.3 with weft's ALPN; the markers sent to `clear` and `plain` are
+//!   there in clear (so the check can fail).
 //! - Every request was answered, by the application behind the sidecar.
 //! - `mtls: strict` (`locked`): `front` is served, a pod without a sidecar is
 //!   refused (reset) and counted as `plaintext_refused`; the same client is
@@ -59,6 +60,7 @@ fn marker_stays_encrypted(mode: Mode) {
     let front = mode.add_pod(&mesh, "front").unwrap();
     let back = mode.add_pod(&mesh, "back").unwrap();
     let plain = mode.add_pod(&mesh, "plain").unwrap();
+    let clear = mode.add_pod(&mesh, "clear").unwrap();
     let locked = mode.add_pod(&mesh, "locked").unwrap();
     // No sidecar at all: an unmeshed client.
     let outside = mode.add_pod(&mesh, "outside").unwrap();
@@ -71,11 +73,13 @@ fn marker_stays_encrypted(mode: Mode) {
              \x20 backend:\n    vip: 10.96.0.10\n    ports:\n      - {{ port: 80, target_port: 8080 }}\n      - {{ port: 90, target_port: 9000, protocol: tcp }}\n    endpoints: [{b4}]\n\
              \x20 backend6:\n    vip: fd00:96::10\n    ports:\n      - {{ port: 80, target_port: 8080 }}\n      - {{ port: 90, target_port: 9000, protocol: tcp }}\n    endpoints: [\"{b6}\"]\n\
              \x20 plain:\n    vip: 10.96.0.12\n    ports: [{{ port: 80, target_port: 8080 }}]\n    endpoints: [{p4}]\n\
+             \x20 clear:\n    vip: 10.96.0.14\n    ports: [{{ port: 80, target_port: 8080 }}]\n    endpoints: [{c4}]\n    mtls: disabled\n\
              \x20 locked:\n    vip: 10.96.0.13\n    ports: [{{ port: 80, target_port: 8080 }}]\n    endpoints: [{l4}]\n    mtls: strict\n",
             f4 = front.ipv4(),
             b4 = back.ipv4(),
             b6 = back.ipv6(),
             p4 = plain.ipv4(),
+            c4 = clear.ipv4(),
             l4 = locked.ipv4(),
         ),
     )
@@ -93,6 +97,7 @@ fn marker_stays_encrypted(mode: Mode) {
         .sidecar_with(&[], "plain", &["--controller", url.as_str()])
         .unwrap();
     let locked_sidecar = locked.sidecar_with(&[], "locked", &with_identity).unwrap();
+    let clear_sidecar = clear.sidecar_with(&[], "clear", &with_identity).unwrap();
     let _servers = [
         app(
             &back,
@@ -113,15 +118,21 @@ fn marker_stays_encrypted(mode: Mode) {
             &tool("httpkit.py"),
             &["serve", "8080", "locked"],
         ),
+        app(
+            &clear,
+            "http",
+            &tool("httpkit.py"),
+            &["serve", "8080", "clear"],
+        ),
     ];
-    for pod in [&front, &back, &locked] {
+    for pod in [&front, &back, &locked, &clear] {
         wait_for_certificate(pod);
     }
     wait_for_identities(&front, &[back.ipv4().into(), back.ipv6().into()], BACK_ID);
     wait_for_identities(&front, &[locked.ipv4().into()], LOCKED_ID);
 
     let marker = format!("weft-secret-{}", mesh.prefix());
-    let clear = format!("weft-clear-{}", mesh.prefix());
+    let in_clear = format!("weft-clear-{}", mesh.prefix());
     let capture = Capture::start(&mesh);
     for vip in ["10.96.0.10", "[fd00:96::10]"] {
         let body = curl_post(&front, &format!("http://{vip}/"), &marker);
@@ -131,7 +142,9 @@ fn marker_stays_encrypted(mode: Mode) {
         let echoed = nc(&front, vip, 90, &marker);
         assert_eq!(echoed, marker, "{vip}");
     }
-    assert_eq!(curl_post(&front, "http://10.96.0.12/", &clear), "plain");
+    assert_eq!(curl_post(&front, "http://10.96.0.12/", &in_clear), "plain");
+    let disabled = format!("weft-disabled-{}", mesh.prefix());
+    assert_eq!(curl_post(&front, "http://10.96.0.14/", &disabled), "clear");
     let pcap = capture.stop();
 
     println!(
@@ -145,8 +158,12 @@ fn marker_stays_encrypted(mode: Mode) {
         "the marker crossed the bridge in clear"
     );
     assert!(
-        count(&pcap, clear.as_bytes()) > 0,
+        count(&pcap, in_clear.as_bytes()) > 0,
         "the control's marker is not in the capture: the capture saw nothing"
+    );
+    assert!(
+        count(&pcap, disabled.as_bytes()) > 0,
+        "the marker sent to the `mtls: disabled` service is not in clear"
     );
     // Two HTTP connections (IPv4, IPv6), two tunnels: four handshakes at least.
     assert!(
@@ -259,6 +276,8 @@ fn marker_stays_encrypted(mode: Mode) {
     assert_eq!(count(&front_sidecar, requests, &out("plain", "false")), 1.0);
     assert_eq!(count(&plain_sidecar, requests, &inbound("false")), 1.0);
     assert_eq!(count(&plain_sidecar, requests, &inbound("true")), 0.0);
+    assert_eq!(count(&front_sidecar, requests, &out("clear", "false")), 1.0);
+    assert_eq!(count(&clear_sidecar, requests, &inbound("false")), 1.0);
 
     // Outbound opaque at `front`: mutual TLS to `back`'s identity.
     let opaque: Vec<Value> = connections(&front)
