@@ -86,15 +86,41 @@ fn backend(endpoints: &[&str], target_port: u16, protocol: PortProtocol) -> Serv
     }
 }
 
-/// An HTTP/1.1 server on `ip:port` (0: any port): answers `GET /status/N` with
+/// An HTTP/1.1 server on `ip` (any port): answers `GET /status/N` with
 /// status N, anything else with 200; the body names the server and echoes the
 /// request's Host. Returns the port and a count of accepted connections.
-async fn h1_server(ip: &str, port: u16) -> (u16, Arc<AtomicUsize>) {
-    let l = TcpListener::bind((ip.parse::<IpAddr>().unwrap(), port))
+async fn h1_server(ip: &str) -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 0))
         .await
         .unwrap();
+    h1_server_on(l)
+}
+
+/// Listeners on one port on each of `ips` (any port free on the first). A port
+/// free on the first address may be taken on another (by a concurrent test's
+/// socket): then another one is tried.
+async fn listeners_on_one_port(ips: &[&str]) -> Vec<TcpListener> {
+    'port: for _ in 0..100 {
+        let first = TcpListener::bind((ips[0].parse::<IpAddr>().unwrap(), 0))
+            .await
+            .unwrap();
+        let port = first.local_addr().unwrap().port();
+        let mut all = vec![first];
+        for ip in &ips[1..] {
+            match TcpListener::bind((ip.parse::<IpAddr>().unwrap(), port)).await {
+                Ok(l) => all.push(l),
+                Err(_) => continue 'port,
+            }
+        }
+        return all;
+    }
+    panic!("no port free on all of {ips:?}");
+}
+
+/// [`h1_server`] on a bound listener.
+fn h1_server_on(l: TcpListener) -> (u16, Arc<AtomicUsize>) {
     let port = l.local_addr().unwrap().port();
-    let me: Arc<str> = Arc::from(ip);
+    let me: Arc<str> = Arc::from(l.local_addr().unwrap().ip().to_string());
     let accepted = Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();
     tokio::spawn(async move {
@@ -173,9 +199,10 @@ fn requests(text: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 #[tokio::test]
 async fn thirty_requests_on_one_connection_land_ten_per_endpoint() {
-    let (port, a1) = h1_server("127.0.0.1", 0).await;
-    let (_, a2) = h1_server("127.0.0.2", port).await;
-    let (_, a3) = h1_server("127.0.0.3", port).await;
+    let mut listeners = listeners_on_one_port(&["127.0.0.1", "127.0.0.2", "127.0.0.3"]).await;
+    let (_, a3) = h1_server_on(listeners.pop().unwrap());
+    let (_, a2) = h1_server_on(listeners.pop().unwrap());
+    let (port, a1) = h1_server_on(listeners.pop().unwrap());
     let p = proxy(
         VIP.parse().unwrap(),
         Some(backend(
@@ -259,7 +286,7 @@ async fn thirty_requests_on_one_connection_land_ten_per_endpoint() {
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_dropped_and_bodies_pass() {
-    let (port, _) = h1_server("127.0.0.1", 0).await;
+    let (port, _) = h1_server("127.0.0.1").await;
     let p = proxy(
         VIP.parse().unwrap(),
         Some(backend(&["127.0.0.1"], port, PortProtocol::Http)),
@@ -446,7 +473,7 @@ async fn opaque_bytes_on_a_detected_port_pass_byte_identical() {
 
 #[tokio::test]
 async fn bad_requests_get_400_and_431_and_the_proxy_keeps_serving() {
-    let (port, _) = h1_server("127.0.0.1", 0).await;
+    let (port, _) = h1_server("127.0.0.1").await;
     let p = proxy(
         VIP.parse().unwrap(),
         Some(backend(&["127.0.0.1"], port, PortProtocol::Http)),
@@ -526,7 +553,7 @@ async fn unreachable_endpoint_is_502_and_no_endpoints_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_counts_per_status_match_what_clients_saw_both_directions() {
-    let (port, _) = h1_server("127.0.0.1", 0).await;
+    let (port, _) = h1_server("127.0.0.1").await;
     let app: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
     let out = proxy(
         VIP.parse().unwrap(),
@@ -643,7 +670,7 @@ async fn websocket_style_upgrade_becomes_a_tunnel() {
 
 #[tokio::test]
 async fn an_http10_client_is_answered_in_http10_and_closed() {
-    let (port, _) = h1_server("127.0.0.1", 0).await;
+    let (port, _) = h1_server("127.0.0.1").await;
     let p = proxy(
         VIP.parse().unwrap(),
         Some(backend(&["127.0.0.1"], port, PortProtocol::Auto)),
@@ -700,21 +727,17 @@ async fn a_hung_endpoint_is_504_after_the_request_timeout() {
 
 /// An HTTP/1.1 server on `ip:port` that answers every request with 503 and counts
 /// them by method.
-async fn always_503(ip: &str, port: u16) -> Arc<std::sync::Mutex<BTreeMap<String, u32>>> {
-    always(ip, port, StatusCode::SERVICE_UNAVAILABLE, None).await
+fn always_503(l: TcpListener) -> Arc<std::sync::Mutex<BTreeMap<String, u32>>> {
+    always(l, StatusCode::SERVICE_UNAVAILABLE, None)
 }
 
 /// An HTTP/1.1 server on `ip:port` that answers every request with `status` (and
 /// `header`, if any) and counts them by method.
-async fn always(
-    ip: &str,
-    port: u16,
+fn always(
+    l: TcpListener,
     status: StatusCode,
     header: Option<(&'static str, &'static str)>,
 ) -> Arc<std::sync::Mutex<BTreeMap<String, u32>>> {
-    let l = TcpListener::bind((ip.parse::<IpAddr>().unwrap(), port))
-        .await
-        .unwrap();
     let seen = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
     let counts = seen.clone();
     tokio::spawn(async move {
@@ -751,8 +774,9 @@ async fn always(
 
 #[tokio::test]
 async fn a_503_is_retried_elsewhere_for_a_get_never_for_a_post() {
-    let (port, _) = h1_server("127.0.0.2", 0).await;
-    let bad = always_503("127.0.0.1", port).await;
+    let mut listeners = listeners_on_one_port(&["127.0.0.2", "127.0.0.1"]).await;
+    let bad = always_503(listeners.pop().unwrap());
+    let (port, _) = h1_server_on(listeners.pop().unwrap());
     let mut spec = backend(&["127.0.0.1", "127.0.0.2"], port, PortProtocol::Http);
     spec.policy.circuit_breaker.consecutive_failures = 1000;
     let p = proxy(VIP.parse().unwrap(), Some(spec)).await;
@@ -800,14 +824,13 @@ async fn four_requests_with_a_failing_peer(
     method: &str,
     why: &'static str,
 ) -> (BTreeMap<u16, u32>, u32, String) {
-    let (port, _) = h1_server("127.0.0.2", 0).await;
+    let mut listeners = listeners_on_one_port(&["127.0.0.2", "127.0.0.1"]).await;
     let dead = always(
-        "127.0.0.1",
-        port,
+        listeners.pop().unwrap(),
         StatusCode::BAD_GATEWAY,
         Some(("x-weft-error", why)),
-    )
-    .await;
+    );
+    let (port, _) = h1_server_on(listeners.pop().unwrap());
     let mut spec = backend(&["127.0.0.1", "127.0.0.2"], port, PortProtocol::Http);
     spec.meshed = meshed.iter().map(|a| a.parse().unwrap()).collect();
     let p = proxy(VIP.parse().unwrap(), Some(spec)).await;
@@ -874,17 +897,13 @@ async fn a_meshed_peer_whose_app_reset_has_a_get_retried_not_a_post() {
 #[tokio::test]
 async fn an_apps_own_x_weft_error_does_not_leave_its_pod() {
     // Inbound: only the sidecar may say why a request failed; peers trust it.
-    let port = {
-        let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        free.local_addr().unwrap().port()
-    };
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
     let _app = always(
-        "127.0.0.1",
-        port,
+        l,
         StatusCode::BAD_GATEWAY,
         Some(("x-weft-error", "connect_refused")),
-    )
-    .await;
+    );
     let p = proxy(SocketAddr::from(([127, 0, 0, 1], port)), None).await;
     let mut c = h1_client(p.inbound).await;
     let (status, headers, _) = get(&mut c, "/").await;
@@ -1028,7 +1047,7 @@ async fn read_response(s: &mut TcpStream) -> (String, String) {
 /// gets its 408 after the header timeout.
 #[tokio::test]
 async fn an_idle_connection_handed_back_by_hyper_serves_on_and_keeps_its_limits() {
-    let (port, accepted) = h1_server("127.0.0.1", 0).await;
+    let (port, accepted) = h1_server("127.0.0.1").await;
     let header_timeout = Duration::from_secs(1);
     let idle = weft_proxy::l7::head_wait::IDLE_PROBE * 2;
     let p = proxy_with(
