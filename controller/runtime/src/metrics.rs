@@ -7,30 +7,81 @@
 //! no unit suffixes added to names (`_total` is still added to counters), no
 //! `otel_scope_*` labels, the OpenTelemetry resource as `target_info`. Every
 //! pipeline carries the standard `process_*` series ([`crate::process_metrics`]).
+//!
+//! With OTLP settings ([`crate::otlp`]) the same meter provider gets a second
+//! reader, a periodic OTLP push: both read the same instruments, so the pushed
+//! counts are the scraped ones. Without them the pipeline is the Prometheus reader
+//! alone, as before.
 
 use opentelemetry::metrics::{Meter, MeterProvider as _};
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::Resource;
 use prometheus::{Encoder as _, TextEncoder};
 
+use crate::otlp::{OtlpSettings, OtlpWorker};
+
 /// Errors building the pipeline.
 #[derive(Debug, thiserror::Error)]
-#[error("building the Prometheus exporter: {0}")]
+#[error("building the metrics exporter: {0}")]
 pub struct ExporterError(String);
 
-/// A meter provider exporting to a Prometheus registry. Keep it alive as long as
-/// the metrics are served: dropping the provider stops collection, and observable
-/// instruments' callbacks live in it.
+/// The resource every weft binary describes itself with: `service.name` (the
+/// binary), `service.namespace` and `k8s.pod.name` (plus `service.instance.id`)
+/// when known, and `extra`; the standard `OTEL_RESOURCE_ATTRIBUTES` and
+/// `OTEL_SERVICE_NAME` override them. Prometheus shows it as `target_info`, OTLP
+/// sends it with every export.
+pub fn resource(
+    service_name: &str,
+    namespace: Option<&str>,
+    pod: Option<&str>,
+    extra: impl IntoIterator<Item = KeyValue>,
+) -> Resource {
+    use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector};
+    let mut attributes = vec![KeyValue::new("service.name", service_name.to_string())];
+    if let Some(ns) = namespace.filter(|s| !s.is_empty()) {
+        attributes.push(KeyValue::new("service.namespace", ns.to_string()));
+    }
+    if let Some(pod) = pod.filter(|s| !s.is_empty()) {
+        attributes.push(KeyValue::new("k8s.pod.name", pod.to_string()));
+        attributes.push(KeyValue::new("service.instance.id", pod.to_string()));
+    }
+    attributes.extend(extra);
+    let builder = Resource::builder_empty()
+        .with_attributes(attributes)
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_detector(Box::new(EnvResourceDetector::new()));
+    match std::env::var("OTEL_SERVICE_NAME") {
+        Ok(name) if !name.is_empty() => builder.with_service_name(name),
+        _ => builder,
+    }
+    .build()
+}
+
+/// A meter provider exporting to a Prometheus registry (and, with OTLP settings,
+/// pushing over OTLP too). Keep it alive as long as the metrics are served:
+/// dropping the provider stops collection, and observable instruments' callbacks
+/// live in it.
 #[derive(Debug)]
 pub struct Exporter {
     registry: prometheus::Registry,
+    // Dropped before the OTLP thread (fields drop in order): shutting the provider
+    // down makes a last push, which needs that thread.
     provider: SdkMeterProvider,
+    _otlp: Option<OtlpWorker>,
 }
 
 impl Exporter {
     /// Builds the pipeline for `resource` (its service name becomes `target_info`'s
     /// `service_name`) and registers the process instruments on it.
     pub fn new(resource: Resource) -> Result<Self, ExporterError> {
+        Exporter::with_otlp(resource, None)
+    }
+
+    /// [`Exporter::new`], also pushing over OTLP with `otlp` when given (a reader
+    /// on the same provider, its own thread: see [`crate::otlp`]). With `None`
+    /// nothing more is built or started than by [`Exporter::new`].
+    pub fn with_otlp(resource: Resource, otlp: Option<&OtlpSettings>) -> Result<Self, ExporterError> {
         let registry = prometheus::Registry::new();
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
@@ -38,12 +89,23 @@ impl Exporter {
             .scope_info_enabled(false)
             .build()
             .map_err(|e| ExporterError(e.to_string()))?;
-        let provider = SdkMeterProvider::builder()
+        let mut builder = SdkMeterProvider::builder()
             .with_reader(exporter)
-            .with_resource(resource)
-            .build();
+            .with_resource(resource);
+        let mut worker = None;
+        if let Some(settings) = otlp {
+            let (w, reader) =
+                OtlpWorker::start(settings).map_err(|e| ExporterError(e.to_string()))?;
+            builder = builder.with_reader(reader);
+            worker = Some(w);
+        }
+        let provider = builder.build();
         crate::process_metrics::register(&provider.meter("weft-runtime"));
-        Ok(Exporter { registry, provider })
+        Ok(Exporter {
+            registry,
+            provider,
+            _otlp: worker,
+        })
     }
 
     /// A meter of this pipeline (the name is not exported: scope labels are off).
