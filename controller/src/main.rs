@@ -15,10 +15,10 @@ use weft_controller::auth::AuthConfig;
 use weft_controller::ca::CaConfig;
 use weft_controller::health::{Defaults, Scope};
 use weft_controller::inject::InjectConfig;
+use weft_controller::metrics::Telemetry;
 use weft_controller::registry::Caps;
 use weft_controller::webhook::Webhook;
 use weft_controller::{Controller, Keepalive, Options};
-use weft_controller::metrics::Telemetry;
 use weft_runtime::signals::shutdown_signal;
 
 /// weft's control plane: serves the mesh file's services, and endpoints registered
@@ -29,11 +29,12 @@ struct Args {
     #[command(flatten)]
     otlp: weft_runtime::otlp::OtlpArgs,
     /// The controller's pod name: `k8s.pod.name` in the metrics' resource (OTLP,
-    /// and /metrics' target_info).
-    #[arg(long, env = "WEFT_POD_NAME")]
+    /// and /metrics' target_info) [default: none, the attribute is left out].
+    #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
-    /// The controller's namespace: `service.namespace` in the metrics' resource.
-    #[arg(long, env = "WEFT_POD_NAMESPACE")]
+    /// The controller's namespace: `service.namespace` in the metrics' resource
+    /// [default: `default`].
+    #[arg(long, env = "POD_NAMESPACE")]
     pod_namespace: Option<String>,
     /// The YAML mesh file (watched and reloaded on change).
     #[arg(long, env = "WEFT_CONFIG")]

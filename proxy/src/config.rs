@@ -87,7 +87,10 @@ pub struct ProxyConfig {
     pub namespace: Option<String>,
     /// Also push metrics over OTLP (ARCHITECTURE.md, Metrics); `None`: no
     /// exporter and nothing running for it.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "otlp_target")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "otlp_target"
+    )]
     pub otlp: Option<OtlpSettings>,
 }
 

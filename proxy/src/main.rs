@@ -25,13 +25,17 @@ struct Args {
     /// proxy forwards every connection to its original destination (passthrough).
     #[arg(long, env = "WEFT_CONTROLLER")]
     controller: Option<String>,
-    /// An id for the controller's logs (e.g. the pod name); also the pod's name
-    /// in the metrics' resource (`k8s.pod.name`).
+    /// An id for the controller's logs (e.g. the pod name).
     #[arg(long, env = "WEFT_PROXY_ID", default_value = "")]
     proxy_id: String,
-    /// The pod's namespace: `service.namespace` in the metrics' resource (OTLP, and
-    /// /metrics' target_info).
-    #[arg(long, env = "WEFT_POD_NAMESPACE")]
+    /// The pod's name: `k8s.pod.name` in the metrics' resource (OTLP, and /metrics'
+    /// target_info) [default: --proxy-id, which the local mesh sets to the pod's
+    /// name].
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// The pod's namespace: `service.namespace` in the metrics' resource
+    /// [default: `default`].
+    #[arg(long, env = "POD_NAMESPACE")]
     pod_namespace: Option<String>,
     #[command(flatten)]
     otlp: weft_runtime::otlp::OtlpArgs,
@@ -145,7 +149,10 @@ impl Args {
         config.max_connections = self.max_connections;
         config.closed_history = self.closed_history;
         config.otlp = self.otlp.resolve()?;
-        config.pod = Some(self.proxy_id.clone()).filter(|p| !p.is_empty());
+        config.pod = self
+            .pod_name
+            .filter(|p| !p.is_empty())
+            .or_else(|| Some(self.proxy_id.clone()).filter(|p| !p.is_empty()));
         config.namespace = self.pod_namespace.filter(|n| !n.is_empty());
         config.discovery = self.controller.map(|controller| DiscoveryConfig {
             controller,

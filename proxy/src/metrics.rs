@@ -81,7 +81,7 @@ pub enum MetricsError {
 
 impl Metrics {
     /// Builds the SDK pipeline (Prometheus only); `service` becomes the resource's
-    /// `weft_service`. With `enabled` false the traffic series are never recorded.
+    /// `weft.service` (`weft_service` in target_info). With `enabled` false the traffic series are never recorded.
     pub fn new(service: &str, enabled: bool) -> Result<Self, MetricsError> {
         Metrics::with_resource(service, enabled, None, None, None)
     }
@@ -99,7 +99,7 @@ impl Metrics {
             "weft-proxy",
             namespace,
             pod,
-            [KeyValue::new("weft_service", service.to_string())],
+            [KeyValue::new("weft.service", service.to_string())],
         );
         let exporter = Exporter::with_otlp(resource, otlp)
             .map_err(|e| MetricsError::Exporter(e.to_string()))?;

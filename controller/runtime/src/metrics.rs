@@ -26,11 +26,17 @@ use crate::otlp::{OtlpSettings, OtlpWorker};
 #[error("building the metrics exporter: {0}")]
 pub struct ExporterError(String);
 
+/// `service.namespace` when no Kubernetes namespace is given (the local mesh):
+/// the name Kubernetes gives a namespace nobody chose.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
 /// The resource every weft binary describes itself with: `service.name` (the
-/// binary), `service.namespace` and `k8s.pod.name` (plus `service.instance.id`)
-/// when known, and `extra`; the standard `OTEL_RESOURCE_ATTRIBUTES` and
-/// `OTEL_SERVICE_NAME` override them. Prometheus shows it as `target_info`, OTLP
-/// sends it with every export.
+/// binary), `service.namespace` (`namespace`, else [`DEFAULT_NAMESPACE`]),
+/// `k8s.pod.name` and `service.instance.id` (the pod, when known; with a
+/// namespace also `k8s.namespace.name`), and `extra`; the standard
+/// `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME` override them. Prometheus
+/// shows it as `target_info` (dots become underscores), OTLP sends it with every
+/// export.
 pub fn resource(
     service_name: &str,
     namespace: Option<&str>,
@@ -39,8 +45,13 @@ pub fn resource(
 ) -> Resource {
     use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector};
     let mut attributes = vec![KeyValue::new("service.name", service_name.to_string())];
-    if let Some(ns) = namespace.filter(|s| !s.is_empty()) {
-        attributes.push(KeyValue::new("service.namespace", ns.to_string()));
+    let namespace = namespace.filter(|s| !s.is_empty());
+    attributes.push(KeyValue::new(
+        "service.namespace",
+        namespace.unwrap_or(DEFAULT_NAMESPACE).to_string(),
+    ));
+    if let Some(ns) = namespace {
+        attributes.push(KeyValue::new("k8s.namespace.name", ns.to_string()));
     }
     if let Some(pod) = pod.filter(|s| !s.is_empty()) {
         attributes.push(KeyValue::new("k8s.pod.name", pod.to_string()));
@@ -81,7 +92,10 @@ impl Exporter {
     /// [`Exporter::new`], also pushing over OTLP with `otlp` when given (a reader
     /// on the same provider, its own thread: see [`crate::otlp`]). With `None`
     /// nothing more is built or started than by [`Exporter::new`].
-    pub fn with_otlp(resource: Resource, otlp: Option<&OtlpSettings>) -> Result<Self, ExporterError> {
+    pub fn with_otlp(
+        resource: Resource,
+        otlp: Option<&OtlpSettings>,
+    ) -> Result<Self, ExporterError> {
         let registry = prometheus::Registry::new();
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
@@ -138,5 +152,37 @@ mod tests {
         assert!(text.contains("weft_things_total{kind=\"a\"} 3\n"), "{text}");
         assert!(text.contains("service_name=\"weft-test\""), "{text}");
         assert!(!text.contains("otel_scope"), "{text}");
+    }
+
+    #[test]
+    fn the_resource_names_the_pod_and_defaults_the_namespace() {
+        let extra = [KeyValue::new("weft.service", "web")];
+        let exporter = Exporter::new(resource("weft-proxy", None, Some("web-0"), extra)).unwrap();
+        let text = String::from_utf8(exporter.render()).unwrap();
+        let info = text
+            .lines()
+            .find(|l| l.starts_with("target_info{"))
+            .unwrap_or_else(|| panic!("no target_info in {text}"));
+        for want in [
+            "service_name=\"weft-proxy\"",
+            "service_namespace=\"default\"",
+            "k8s_pod_name=\"web-0\"",
+            "service_instance_id=\"web-0\"",
+            // Dots become underscores: the label weft's dashboards could read.
+            "weft_service=\"web\"",
+        ] {
+            assert!(info.contains(want), "{want} missing from {info}");
+        }
+        assert!(!info.contains("k8s_namespace_name"), "{info}");
+
+        let exporter =
+            Exporter::new(resource("weft-controller", Some("weft-system"), None, [])).unwrap();
+        let text = String::from_utf8(exporter.render()).unwrap();
+        assert!(text.contains("service_namespace=\"weft-system\""), "{text}");
+        assert!(
+            text.contains("k8s_namespace_name=\"weft-system\""),
+            "{text}"
+        );
+        assert!(!text.contains("k8s_pod_name"), "{text}");
     }
 }

@@ -161,9 +161,9 @@ impl OtlpArgs {
             }
         };
         let interval = match (self.otlp_interval, env("OTEL_METRIC_EXPORT_INTERVAL")) {
-            (Some(d), _) => Some(d).filter(|d| !d.is_zero()).ok_or_else(|| {
-                "--otlp-interval: must be more than 0".to_string()
-            }),
+            (Some(d), _) => Some(d)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| "--otlp-interval: must be more than 0".to_string()),
             (None, Some(ms)) => millis(&ms, "OTEL_METRIC_EXPORT_INTERVAL"),
             (None, None) => Ok(DEFAULT_INTERVAL),
         }
@@ -250,6 +250,9 @@ impl opentelemetry_sdk::runtime::Runtime for WorkerRuntime {
         drop(self.0.spawn(future));
     }
 
+    // Not an `async fn`: that future would borrow `self`, and the trait wants a
+    // 'static one.
+    #[allow(clippy::manual_async_fn)]
     fn delay(&self, duration: Duration) -> impl std::future::Future<Output = ()> + Send + 'static {
         // Created on first poll, so on the worker's runtime (its timer).
         async move { tokio::time::sleep(duration).await }
@@ -364,7 +367,11 @@ mod tests {
         assert_eq!(resolve(&OtlpArgs::default(), &[]).unwrap(), None);
         // A protocol alone exports nothing.
         assert_eq!(
-            resolve(&OtlpArgs::default(), &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).unwrap(),
+            resolve(
+                &OtlpArgs::default(),
+                &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]
+            )
+            .unwrap(),
             None
         );
     }
@@ -381,7 +388,10 @@ mod tests {
         let s = resolve(&flags(Some("http://c:4317"), Some("grpc")), &[])
             .unwrap()
             .unwrap();
-        assert_eq!((s.endpoint.as_str(), s.protocol), ("http://c:4317", Protocol::Grpc));
+        assert_eq!(
+            (s.endpoint.as_str(), s.protocol),
+            ("http://c:4317", Protocol::Grpc)
+        );
     }
 
     #[test]
@@ -402,7 +412,10 @@ mod tests {
             &OtlpArgs::default(),
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318"),
-                ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:9999/custom"),
+                (
+                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                    "http://m:9999/custom",
+                ),
             ],
         )
         .unwrap()
@@ -419,7 +432,10 @@ mod tests {
 
     #[test]
     fn standard_switches_turn_environment_export_off_but_not_the_flag() {
-        for off in [("OTEL_SDK_DISABLED", "true"), ("OTEL_METRICS_EXPORTER", "none")] {
+        for off in [
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+        ] {
             let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318"), off];
             assert_eq!(resolve(&OtlpArgs::default(), &env).unwrap(), None);
             assert!(resolve(&flags(Some("http://f:1"), None), &env)
