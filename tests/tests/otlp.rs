@@ -21,7 +21,8 @@
 //! `weft_http_requests_total`, that every export came over the protocol asked for
 //! with the resource attributes the binaries set, and that the controller's
 //! series arrive under `service.name` `weft-controller` carrying the header
-//! `OTEL_EXPORTER_OTLP_HEADERS` named.
+//! `OTEL_EXPORTER_OTLP_HEADERS` named. A third sidecar (`quiet`), given no
+//! endpoint, sends nothing and runs no OTLP thread, where the others run one.
 //!
 //! Both capture modes (`_iptables` / `_ebpf`): the exporter's connections are the
 //! proxy's own (uid 1337), which capture must leave alone in either mode.
@@ -51,6 +52,9 @@ const HEADER: (&str, &str) = ("x-weft-test", "otlp-e2e");
 /// The controller's pod, as a Deployment's downward API would name it.
 const CONTROLLER_POD: &str = "weft-controller-7d4b9c-x2x9q";
 const CONTROLLER_NAMESPACE: &str = "weft-system";
+/// The controller's `weft_controller_subscribed_proxies` once every sidecar
+/// (front, back, quiet) watches it.
+const SUBSCRIBED: f64 = 3.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Protocol {
@@ -184,6 +188,9 @@ fn export_counts(protocol: Protocol, mode: Mode) -> Result<()> {
     front.pod().add_route("10.96.0.0/16")?;
     let sf = front.sidecar_with(&[], "frontend", &proxy_args)?;
     let sb = back.sidecar_with(&[], "backend", &proxy_args)?;
+    // A sidecar told nothing about OTLP: it must push nothing and run nothing for it.
+    let quiet = mode.add_pod(&mesh, "quiet")?;
+    let sq = quiet.sidecar_with(&[], "quiet", &["--controller", controller.url()])?;
 
     // The traffic: 30 requests, each on a new connection. No two 500s in a row
     // (no circuit breaking), no status a proxy retries: one request each.
@@ -270,6 +277,16 @@ fn export_counts(protocol: Protocol, mode: Mode) -> Result<()> {
         assert_eq!(attrs["service.instance.id"], pod, "{attrs}");
     }
 
+    // No endpoint, no cost: the quiet sidecar sent nothing and has no OTLP
+    // thread; the others have theirs.
+    assert!(
+        last_resource(&lines, "weft-proxy", "quiet").is_none(),
+        "an export from a sidecar without an OTLP endpoint"
+    );
+    assert_eq!(otlp_threads(sq.proxy().pid()), 0, "quiet's proxy");
+    assert_eq!(otlp_threads(sf.proxy().pid()), 1, "front's proxy");
+    assert_eq!(otlp_threads(controller.proc().pid()), 1, "the controller");
+
     // The controller's series arrive too, from its environment alone, with the
     // header it was told to send; a gauge it exports equals its /metrics.
     let mut subscribed = None;
@@ -277,7 +294,7 @@ fn export_counts(protocol: Protocol, mode: Mode) -> Result<()> {
         subscribed = read_exports(&exports).ok().and_then(|lines| {
             last_value(&lines, "weft-controller", CONTROLLER_POD, "weft_controller_subscribed_proxies")
         });
-        subscribed == Some(2.0)
+        subscribed == Some(SUBSCRIBED)
     })
     .unwrap_or_else(|e| {
         panic!(
@@ -304,7 +321,7 @@ fn export_counts(protocol: Protocol, mode: Mode) -> Result<()> {
     assert_eq!(code, 200);
     assert_eq!(
         prom_text::value(&page, "weft_controller_subscribed_proxies", &[]),
-        Some(2.0)
+        Some(SUBSCRIBED)
     );
     eprintln!(
         "otlp ({}, {}): {} exports received, {} from the controller (service.name weft-controller, header {}={})",
@@ -316,6 +333,15 @@ fn export_counts(protocol: Protocol, mode: Mode) -> Result<()> {
         HEADER.1
     );
     Ok(())
+}
+
+/// Threads of process `pid` named `weft-otlp` (the OTLP exporter's).
+fn otlp_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "weft-otlp")
+        .count()
 }
 
 fn read_exports(path: &Path) -> Result<Vec<Value>> {
