@@ -22,7 +22,7 @@ use crate::health::{self, Checker, HealthTable};
 use crate::http::Api;
 use crate::kubernetes::KubernetesSource;
 use crate::merge::{merge, Catalog};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Telemetry};
 use crate::model::SourceKind;
 use crate::registry::{Caps, Registry};
 use crate::source::{Contribution, DynSource, FileSource, DEFAULT_POLL_INTERVAL};
@@ -116,6 +116,7 @@ pub struct Controller {
     auth: Arc<Auth>,
     ca: Option<(Arc<Ca>, CaConfig)>,
     keepalive: Keepalive,
+    telemetry: Telemetry,
 }
 
 impl Controller {
@@ -211,6 +212,7 @@ impl Controller {
             auth: Arc::new(Auth::new(&AuthConfig::off())?),
             ca: None,
             keepalive: Keepalive::default(),
+            telemetry: Telemetry::default(),
         })
     }
 
@@ -230,6 +232,13 @@ impl Controller {
     /// [`Keepalive::default`]).
     pub fn with_keepalive(mut self, keepalive: Keepalive) -> Self {
         self.keepalive = keepalive;
+        self
+    }
+
+    /// Describes the controller's metrics with `telemetry` (its pod and namespace)
+    /// and pushes them over OTLP too when it says so.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
         self
     }
 
@@ -264,9 +273,12 @@ impl Controller {
             auth,
             ca,
             keepalive,
+            telemetry,
         } = self;
-        let metrics =
-            Arc::new(Metrics::new(state.clone(), health.clone(), auth.clone()).context("metrics")?);
+        let metrics = Arc::new(
+            Metrics::with_telemetry(state.clone(), health.clone(), auth.clone(), &telemetry)
+                .context("metrics")?,
+        );
         let token_file = tokio::spawn(auth.clone().follow_token_file(state.closed()));
         let grpc_addr: SocketAddr = grpc.local_addr().context("gRPC listener address")?;
         let http_addr: SocketAddr = http.local_addr().context("HTTP listener address")?;

@@ -38,9 +38,10 @@
 //!   service's ports: the pod is not ready while its app does not answer);
 //!   ports 15020 (metrics, health) and 15008 (the tunnel peer sidecars dial);
 //!   resource requests; environment `WEFT_SERVICE`, `WEFT_CONTROLLER`,
-//!   `WEFT_PROXY_ID` (the pod's name), `WEFT_CONTROLLER_TOKEN_FILE`, and
-//!   `WEFT_IDENTITY` when the controller has a CA (mutual TLS), which weft-proxy
-//!   reads as its flags.
+//!   `WEFT_PROXY_ID` (the pod's name), `WEFT_CONTROLLER_TOKEN_FILE`, `POD_NAME`
+//!   and `POD_NAMESPACE` (the metrics' resource: `k8s.pod.name`,
+//!   `service.namespace`), and `WEFT_IDENTITY` when the controller has a CA
+//!   (mutual TLS), which weft-proxy reads as its flags.
 //! - the volume `weft-token`: the pod's ServiceAccount token projected for the
 //!   controller's audience (`--token-audience`, one hour, renewed by the kubelet),
 //!   mounted read-only in the proxy at [`TOKEN_DIR`]: the proxy's credential for
@@ -256,6 +257,9 @@ pub fn decide(pod: &Value, namespace: &str, via: Via, config: &InjectConfig) -> 
             { "name": "WEFT_CONTROLLER", "value": config.controller_url },
             { "name": "WEFT_PROXY_ID", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
             { "name": "WEFT_CONTROLLER_TOKEN_FILE", "value": format!("{TOKEN_DIR}/token") },
+            // The metrics' resource (k8s.pod.name, service.namespace), OTLP's too.
+            { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+            { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
         ],
         "volumeMounts": [
             { "name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true },

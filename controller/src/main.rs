@@ -15,6 +15,7 @@ use weft_controller::auth::AuthConfig;
 use weft_controller::ca::CaConfig;
 use weft_controller::health::{Defaults, Scope};
 use weft_controller::inject::InjectConfig;
+use weft_controller::metrics::Telemetry;
 use weft_controller::registry::Caps;
 use weft_controller::webhook::Webhook;
 use weft_controller::{Controller, Keepalive, Options};
@@ -25,6 +26,16 @@ use weft_runtime::signals::shutdown_signal;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    #[command(flatten)]
+    otlp: weft_runtime::otlp::OtlpArgs,
+    /// The controller's pod name: `k8s.pod.name` in the metrics' resource (OTLP,
+    /// and /metrics' target_info) [default: none, the attribute is left out].
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// The controller's namespace: `service.namespace` in the metrics' resource
+    /// [default: `default`].
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
     /// The YAML mesh file (watched and reloaded on change).
     #[arg(long, env = "WEFT_CONFIG")]
     config: PathBuf,
@@ -199,6 +210,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("building the runtime")?;
+    let telemetry = Telemetry {
+        pod: args.pod_name.clone().filter(|p| !p.is_empty()),
+        namespace: args.pod_namespace.clone().filter(|n| !n.is_empty()),
+        otlp: args.otlp.resolve()?,
+    };
     runtime.block_on(async move {
         if args.health_timeout.is_zero() || args.health_timeout > args.health_interval {
             anyhow::bail!("--health-timeout must be more than 0 and at most --health-interval");
@@ -248,7 +264,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 sidecar_health_port: args.sidecar_health_port,
             },
         };
-        let mut controller = Controller::load(&options).await?;
+        let mut controller = Controller::load(&options).await?.with_telemetry(telemetry);
         if let (Some(addr), Some(cert), Some(key)) =
             (args.webhook_listen, &args.webhook_cert, &args.webhook_key)
         {

@@ -33,8 +33,8 @@
 use std::sync::Arc;
 
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::Resource;
 use weft_runtime::metrics::Exporter;
+use weft_runtime::otlp::OtlpSettings;
 
 use crate::auth::Auth;
 use crate::health::{HealthTable, Status};
@@ -43,7 +43,7 @@ use crate::state::State;
 /// Errors building the metrics pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("building the Prometheus exporter: {0}")]
+    #[error("building the metrics pipeline: {0}")]
     Exporter(String),
 }
 
@@ -54,6 +54,16 @@ pub struct Metrics {
     exporter: Exporter,
 }
 
+/// How the controller describes its metrics (`k8s.pod.name`, `service.namespace`
+/// beside `service.name` `weft-controller`), and where it pushes them over OTLP
+/// (`None`: nowhere, nothing runs for it).
+#[derive(Debug, Clone, Default)]
+pub struct Telemetry {
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub otlp: Option<OtlpSettings>,
+}
+
 impl Metrics {
     /// Builds the pipeline and the instruments observing `state`, `health` and
     /// `auth`.
@@ -62,12 +72,24 @@ impl Metrics {
         health: Arc<HealthTable>,
         auth: Arc<Auth>,
     ) -> Result<Self, MetricsError> {
-        let exporter = Exporter::new(
-            Resource::builder()
-                .with_service_name("weft-controller")
-                .build(),
-        )
-        .map_err(|e| MetricsError::Exporter(e.to_string()))?;
+        Metrics::with_telemetry(state, health, auth, &Telemetry::default())
+    }
+
+    /// [`Metrics::new`] described by, and pushed over OTLP as, `telemetry` says.
+    pub fn with_telemetry(
+        state: Arc<State>,
+        health: Arc<HealthTable>,
+        auth: Arc<Auth>,
+        telemetry: &Telemetry,
+    ) -> Result<Self, MetricsError> {
+        let resource = weft_runtime::metrics::resource(
+            "weft-controller",
+            telemetry.namespace.as_deref(),
+            telemetry.pod.as_deref(),
+            [],
+        );
+        let exporter = Exporter::with_otlp(resource, telemetry.otlp.as_ref())
+            .map_err(|e| MetricsError::Exporter(e.to_string()))?;
         let meter = exporter.meter("weft-controller");
         register(&meter, &state, &health);
         register_xds(&meter, &state);

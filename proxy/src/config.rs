@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use serde::Serialize;
+use weft_runtime::otlp::OtlpSettings;
 
 use crate::discovery::DiscoveryConfig;
 
@@ -78,6 +79,32 @@ pub struct ProxyConfig {
         serialize_with = "controller_url"
     )]
     pub discovery: Option<DiscoveryConfig>,
+    /// The pod this proxy serves (`k8s.pod.name` of its telemetry resource).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The pod's namespace (`service.namespace` of its telemetry resource).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Also push metrics over OTLP (ARCHITECTURE.md, Metrics); `None`: no
+    /// exporter and nothing running for it.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "otlp_target"
+    )]
+    pub otlp: Option<OtlpSettings>,
+}
+
+/// `/config` shows where metrics are pushed, how and how often.
+fn otlp_target<S: serde::Serializer>(o: &Option<OtlpSettings>, s: S) -> Result<S::Ok, S::Error> {
+    match o {
+        Some(o) => serde_json::json!({
+            "endpoint": o.endpoint,
+            "protocol": o.protocol.as_str(),
+            "interval_ms": u64::try_from(o.interval.as_millis()).unwrap_or(u64::MAX),
+        })
+        .serialize(s),
+        None => s.serialize_none(),
+    }
 }
 
 fn controller_url<S: serde::Serializer>(
@@ -129,6 +156,9 @@ impl ProxyConfig {
             max_connections: 100_000,
             closed_history: 100,
             discovery: None,
+            pod: None,
+            namespace: None,
+            otlp: None,
         }
     }
 }

@@ -28,6 +28,17 @@ struct Args {
     /// An id for the controller's logs (e.g. the pod name).
     #[arg(long, env = "WEFT_PROXY_ID", default_value = "")]
     proxy_id: String,
+    /// The pod's name: `k8s.pod.name` in the metrics' resource (OTLP, and /metrics'
+    /// target_info) [default: --proxy-id, which the local mesh sets to the pod's
+    /// name].
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// The pod's namespace: `service.namespace` in the metrics' resource
+    /// [default: `default`].
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    #[command(flatten)]
+    otlp: weft_runtime::otlp::OtlpArgs,
     /// A file holding this proxy's credential for the controller (a bearer token:
     /// one of the controller's --api-tokens, or on Kubernetes the pod's projected
     /// ServiceAccount token). Read again on every (re)connect, so a rotated token
@@ -119,7 +130,7 @@ struct Args {
 }
 
 impl Args {
-    fn into_config(self) -> ProxyConfig {
+    fn into_config(self) -> anyhow::Result<ProxyConfig> {
         let mut config =
             ProxyConfig::with_ports(self.outbound_port, self.inbound_port, self.tunnel_port);
         config.service = self.service;
@@ -137,6 +148,12 @@ impl Args {
         config.traffic_metrics = !self.no_traffic_metrics;
         config.max_connections = self.max_connections;
         config.closed_history = self.closed_history;
+        config.otlp = self.otlp.resolve()?;
+        config.pod = self
+            .pod_name
+            .filter(|p| !p.is_empty())
+            .or_else(|| Some(self.proxy_id.clone()).filter(|p| !p.is_empty()));
+        config.namespace = self.pod_namespace.filter(|n| !n.is_empty());
         config.discovery = self.controller.map(|controller| DiscoveryConfig {
             controller,
             service: config.service.clone(),
@@ -145,7 +162,7 @@ impl Args {
             max_services: self.max_services,
             identity: self.identity,
         });
-        config
+        Ok(config)
     }
 }
 
@@ -167,7 +184,7 @@ fn main() -> anyhow::Result<()> {
             .build(),
     }
     .context("building the runtime")?;
-    let config = args.into_config();
+    let config = args.into_config()?;
     runtime.block_on(async move {
         let proxy = BoundProxy::bind(config, Arc::new(KernelOrigDst)).await?;
         tracing::info!(

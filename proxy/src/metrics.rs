@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use opentelemetry::metrics::{Counter, Meter, UpDownCounter};
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::Resource;
 use weft_runtime::metrics::Exporter;
+use weft_runtime::otlp::OtlpSettings;
 
 use crate::addr::Direction;
 use crate::discovery::DiscoveryStatus;
@@ -75,20 +75,34 @@ pub fn tls_label(tls: bool) -> KeyValue {
 /// Errors building the metrics pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("building the Prometheus exporter: {0}")]
+    #[error("building the metrics pipeline: {0}")]
     Exporter(String),
 }
 
 impl Metrics {
-    /// Builds the SDK pipeline; `service` becomes the `target_info` service name.
-    /// With `enabled` false the traffic series are never recorded.
+    /// Builds the SDK pipeline (Prometheus only); `service` becomes the resource's
+    /// `weft.service` (`weft_service` in target_info). With `enabled` false the traffic series are never recorded.
     pub fn new(service: &str, enabled: bool) -> Result<Self, MetricsError> {
-        let resource = Resource::builder()
-            .with_service_name("weft-proxy")
-            .with_attribute(KeyValue::new("weft_service", service.to_string()))
-            .build();
-        let exporter =
-            Exporter::new(resource).map_err(|e| MetricsError::Exporter(e.to_string()))?;
+        Metrics::with_resource(service, enabled, None, None, None)
+    }
+
+    /// [`Metrics::new`] with the pod's namespace and name in the resource
+    /// (`service.namespace`, `k8s.pod.name`), pushing over OTLP too with `otlp`.
+    pub fn with_resource(
+        service: &str,
+        enabled: bool,
+        namespace: Option<&str>,
+        pod: Option<&str>,
+        otlp: Option<&OtlpSettings>,
+    ) -> Result<Self, MetricsError> {
+        let resource = weft_runtime::metrics::resource(
+            "weft-proxy",
+            namespace,
+            pod,
+            [KeyValue::new("weft.service", service.to_string())],
+        );
+        let exporter = Exporter::with_otlp(resource, otlp)
+            .map_err(|e| MetricsError::Exporter(e.to_string()))?;
         let meter = exporter.meter("weft-proxy");
         let errors = meter
             .u64_counter("weft_proxy_errors")

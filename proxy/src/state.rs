@@ -66,7 +66,13 @@ impl Shared {
         orig_dst: Arc<dyn OrigDstSource>,
         own_ports: Vec<u16>,
     ) -> Result<Self, MetricsError> {
-        let metrics = Metrics::new(&config.service, config.traffic_metrics)?;
+        let metrics = Metrics::with_resource(
+            &config.service,
+            config.traffic_metrics,
+            config.namespace.as_deref(),
+            config.pod.as_deref(),
+            config.otlp.as_ref(),
+        )?;
         let discovery = Arc::new(DiscoveryStatus::default());
         if config.discovery.is_some() {
             metrics.observe_discovery(discovery.clone());

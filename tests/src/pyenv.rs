@@ -1,6 +1,7 @@
-//! A Python virtual environment with grpcio from PyPI, for the tests whose apps are
-//! gRPC's own Python implementation (the xDS test's proxyless client and its
-//! replicas). Made once under the target directory (`target/e2e-venv`) from the
+//! A Python virtual environment with grpcio and opentelemetry-proto from PyPI, for
+//! the tests whose apps are gRPC's own Python implementation (the xDS test's
+//! proxyless client and its replicas) and the OTLP test's receiver
+//! (`tools/otlpkit.py`: the OTLP protobuf types and gRPC service). Made once under the target directory (`target/e2e-venv`) from the
 //! system python3 and reused by later runs; a lock file keeps two test processes
 //! from making it at once. Without `python3 -m venv` (Debian's python3-venv, which
 //! `cargo xtask test` installs) or PyPI, it fails loudly: a tier-2 test never skips.
@@ -13,6 +14,22 @@ use anyhow::{bail, Context as _, Result};
 
 /// The grpcio the tests run: pinned, so that a run is the same on every machine.
 pub const GRPCIO: &str = "grpcio==1.85.3";
+
+/// The OTLP receiver's packages, pinned likewise: the OTLP protobuf types and
+/// gRPC stubs (opentelemetry-proto 1.45.2 needs protobuf 5 or later; 7.36.2 is
+/// the one pip picks with it).
+pub const OTLP: &[&str] = &["opentelemetry-proto==1.45.2", "protobuf==7.36.2"];
+
+/// Everything the venv holds, one venv for all the tests.
+fn packages() -> Vec<&'static str> {
+    let mut all = vec![GRPCIO];
+    all.extend_from_slice(OTLP);
+    all
+}
+
+/// What a venv made with [`packages`] can import.
+const IMPORTS: &str =
+    "import grpc; from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc";
 
 /// The venv's directory: `target/e2e-venv` (the test executable is
 /// `target/<profile>/deps/<test>`).
@@ -27,19 +44,32 @@ fn venv_dir() -> Result<PathBuf> {
 
 /// The venv's python with grpcio importable, making the venv first if needed.
 pub fn grpc_python() -> Result<PathBuf> {
+    python()
+}
+
+/// The venv's python with opentelemetry-proto (and grpcio) importable, making the
+/// venv first if needed.
+pub fn otlp_python() -> Result<PathBuf> {
+    python()
+}
+
+/// The venv's python with every one of [`packages`] importable.
+fn python() -> Result<PathBuf> {
+    let packages = packages();
+    let wanted = packages.join(" ");
     let dir = venv_dir()?;
     let python = dir.join("bin/python3");
-    let stamp = dir.join(".grpcio");
+    let stamp = dir.join(".packages");
     let lock_path = dir.with_extension("lock");
     let lock =
         File::create(&lock_path).with_context(|| format!("create {}", lock_path.display()))?;
     let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
         .context("lock the venv")?;
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == GRPCIO) && imports_grpc(&python) {
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) && imports_all(&python) {
         return Ok(python);
     }
-    eprintln!("pyenv: making {} with {GRPCIO}", dir.display());
+    eprintln!("pyenv: making {} with {wanted}", dir.display());
     let _ = std::fs::remove_dir_all(&dir);
     run(Command::new(crate::python3())
         .arg("-m")
@@ -48,27 +78,28 @@ pub fn grpc_python() -> Result<PathBuf> {
     .context(
         "python3 -m venv (on Debian: apt-get install python3-venv, or run `cargo xtask test`)",
     )?;
-    run(Command::new(dir.join("bin/pip")).args([
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--only-binary=:all:",
-        GRPCIO,
-    ]))
-    .context("pip install grpcio from PyPI")?;
-    if !imports_grpc(&python) {
+    run(Command::new(dir.join("bin/pip"))
+        .args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+        ])
+        .args(&packages))
+    .with_context(|| format!("pip install {wanted} from PyPI"))?;
+    if !imports_all(&python) {
         bail!(
-            "grpcio installed in {} but `import grpc` fails",
+            "{wanted} installed in {} but `{IMPORTS}` fails",
             dir.display()
         );
     }
-    std::fs::write(&stamp, GRPCIO).context("write the venv's stamp")?;
+    std::fs::write(&stamp, &wanted).context("write the venv's stamp")?;
     Ok(python)
 }
 
-fn imports_grpc(python: &Path) -> bool {
+fn imports_all(python: &Path) -> bool {
     Command::new(python)
-        .args(["-c", "import grpc"])
+        .args(["-c", IMPORTS])
         .output()
         .is_ok_and(|o| o.status.success())
 }

@@ -15,7 +15,10 @@
 //! - [`http`]: the one HTTP/1 serve loop behind every admin, metrics and API
 //!   listener, over plain TCP or any acceptor (the webhook's TLS), with a
 //!   path-to-response router or a whole-request handler; small response helpers.
-//! - [`metrics`]: the OpenTelemetry-to-Prometheus exporter set-up and rendering.
+//! - [`metrics`]: the OpenTelemetry-to-Prometheus exporter set-up and rendering,
+//!   and the resource every binary describes itself with.
+//! - [`otlp`]: the optional OTLP push beside it (`--otlp-endpoint`, the standard
+//!   `OTEL_EXPORTER_OTLP_*` variables), on a thread of its own.
 //! - [`process_metrics`]: RSS, CPU, fds and threads from `/proc/self`.
 //! - [`memory`]: handing the allocator's free pages back once a wave (of
 //!   connections, of tasks) has receded.
@@ -26,6 +29,7 @@ pub mod http;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod otlp;
 pub mod process_metrics;
 pub mod prom_text;
 pub mod signals;

@@ -1,0 +1,468 @@
+//! OTLP metrics export, beside the Prometheus endpoint (ARCHITECTURE.md, Metrics).
+//!
+//! With an endpoint (`--otlp-endpoint`, or the standard `OTEL_EXPORTER_OTLP_*`
+//! variables), [`crate::metrics::Exporter`] adds a second reader to its meter
+//! provider: every `interval` it collects the same instruments the Prometheus
+//! exporter reads and pushes them to an OpenTelemetry collector over gRPC or
+//! HTTP/protobuf (`opentelemetry-otlp`). Without one nothing of this runs: no
+//! exporter, no thread, no task.
+//!
+//! Where it runs: on a thread of its own (`weft-otlp`) with a current-thread tokio
+//! runtime. The proxy's data path is one current-thread runtime; the SDK's default
+//! `PeriodicReader` would start a thread of its own anyway and block on each export
+//! there, while the tonic channel and the hyper client need a tokio runtime for
+//! their I/O, which would then be the proxy's. Here one thread holds all of it:
+//! the SDK's async-runtime reader is spawned on this runtime, the exporter is built
+//! inside it (tonic's channel worker and hyper's connections land there), so
+//! collecting, encoding and sending never take the data path's thread, and a slow
+//! or unreachable collector delays nothing but the next export.
+//!
+//! Configuration, most specific first (the standard variables are the OpenTelemetry
+//! SDK's):
+//!
+//! - endpoint: `--otlp-endpoint` (a base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT`:
+//!   HTTP/protobuf sends to `<URL>/v1/metrics`), else
+//!   `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` (the URL as it is), else
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT`; none: no export. Without the flag,
+//!   `OTEL_SDK_DISABLED=true` or `OTEL_METRICS_EXPORTER=none` turn it off.
+//! - protocol: `--otlp-protocol`, else `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`, else
+//!   `OTEL_EXPORTER_OTLP_PROTOCOL`, else `http/protobuf` (the specification's
+//!   default); `grpc` or `http/protobuf`.
+//! - interval: `--otlp-interval`, else `OTEL_METRIC_EXPORT_INTERVAL` (ms), else 60 s;
+//!   an export's deadline `OTEL_METRIC_EXPORT_TIMEOUT` (ms), else 10 s.
+//! - headers, the exporter's timeout, temporality: the crate reads
+//!   `OTEL_EXPORTER_OTLP_[METRICS_]HEADERS`, `..._TIMEOUT` and
+//!   `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` (cumulative by default).
+//! - plaintext only (`http://`): no TLS stack is linked for it.
+
+use std::fmt;
+use std::time::Duration;
+
+use opentelemetry_otlp::{MetricExporter, WithExportConfig as _};
+use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl Protocol {
+    /// The name the flag and `OTEL_EXPORTER_OTLP_PROTOCOL` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+
+    fn parse(s: &str, from: &str) -> Result<Protocol, OtlpError> {
+        match s.trim() {
+            "grpc" => Ok(Protocol::Grpc),
+            "http/protobuf" => Ok(Protocol::HttpProtobuf),
+            other => Err(OtlpError(format!(
+                "{from}: unsupported OTLP protocol {other:?} (grpc or http/protobuf)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A bad OTLP setting (named), or an exporter that could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct OtlpError(String);
+
+/// The OTLP flags, the same for weft-proxy and weft-controller.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OtlpArgs {
+    /// Also push metrics over OTLP to this collector (e.g. http://collector:4317
+    /// with --otlp-protocol grpc, http://collector:4318 with http/protobuf, which
+    /// sends to <URL>/v1/metrics). Without it (and without the standard
+    /// OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_METRICS_ENDPOINT) nothing is
+    /// pushed and nothing runs for it. /metrics serves the same instruments either
+    /// way. Plain http:// only.
+    #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// grpc or http/protobuf [default: OTEL_EXPORTER_OTLP_METRICS_PROTOCOL, then
+    /// OTEL_EXPORTER_OTLP_PROTOCOL, then http/protobuf].
+    #[arg(long, env = "WEFT_OTLP_PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// How often metrics are pushed (e.g. 10s) [default: OTEL_METRIC_EXPORT_INTERVAL
+    /// in milliseconds, then 60s].
+    #[arg(long, env = "WEFT_OTLP_INTERVAL", value_parser = humantime::parse_duration)]
+    pub otlp_interval: Option<Duration>,
+}
+
+/// What to push where, resolved from the flags and the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpSettings {
+    /// The URL requests go to: for HTTP/protobuf the full path (`.../v1/metrics`).
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub interval: Duration,
+    /// An export's deadline (collect, encode, send).
+    pub timeout: Duration,
+}
+
+/// The specification's defaults.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const METRICS_PATH: &str = "/v1/metrics";
+
+impl OtlpArgs {
+    /// The settings from these flags and the process environment; `None`: no
+    /// export.
+    pub fn resolve(&self) -> Result<Option<OtlpSettings>, OtlpError> {
+        self.resolve_with(|name| std::env::var(name).ok())
+    }
+
+    /// [`OtlpArgs::resolve`] with the environment read through `env` (tests).
+    pub fn resolve_with(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<OtlpSettings>, OtlpError> {
+        let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let mut errors = Vec::new();
+        let protocol = match (
+            &self.otlp_protocol,
+            env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"),
+            env("OTEL_EXPORTER_OTLP_PROTOCOL"),
+        ) {
+            (Some(p), _, _) => Protocol::parse(p, "--otlp-protocol"),
+            (None, Some(p), _) => Protocol::parse(&p, "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"),
+            (None, None, Some(p)) => Protocol::parse(&p, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+            (None, None, None) => Ok(Protocol::HttpProtobuf),
+        }
+        .unwrap_or_else(|e| {
+            errors.push(e.0);
+            Protocol::HttpProtobuf
+        });
+        // (URL, where it came from, whether it is a base the signal path is added to)
+        let endpoint = match &self.otlp_endpoint {
+            Some(url) => Some((url.clone(), "--otlp-endpoint", true)),
+            None => {
+                let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim() == "true")
+                    || env("OTEL_METRICS_EXPORTER").is_some_and(|v| v.trim() == "none");
+                if disabled {
+                    None
+                } else if let Some(url) = env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
+                    Some((url, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", false))
+                } else {
+                    env("OTEL_EXPORTER_OTLP_ENDPOINT")
+                        .map(|url| (url, "OTEL_EXPORTER_OTLP_ENDPOINT", true))
+                }
+            }
+        };
+        let interval = match (self.otlp_interval, env("OTEL_METRIC_EXPORT_INTERVAL")) {
+            (Some(d), _) => Some(d)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| "--otlp-interval: must be more than 0".to_string()),
+            (None, Some(ms)) => millis(&ms, "OTEL_METRIC_EXPORT_INTERVAL"),
+            (None, None) => Ok(DEFAULT_INTERVAL),
+        }
+        .unwrap_or_else(|e| {
+            errors.push(e);
+            DEFAULT_INTERVAL
+        });
+        let timeout = env("OTEL_METRIC_EXPORT_TIMEOUT")
+            .map(|ms| millis(&ms, "OTEL_METRIC_EXPORT_TIMEOUT"))
+            .unwrap_or(Ok(DEFAULT_TIMEOUT))
+            .unwrap_or_else(|e| {
+                errors.push(e);
+                DEFAULT_TIMEOUT
+            });
+        let endpoint = endpoint.and_then(|(url, from, base)| {
+            check_url(&url, from)
+                .map_err(|e| errors.push(e))
+                .ok()
+                .map(|()| match protocol {
+                    Protocol::HttpProtobuf if base => {
+                        format!("{}{METRICS_PATH}", url.trim_end_matches('/'))
+                    }
+                    _ => url,
+                })
+        });
+        if !errors.is_empty() {
+            return Err(OtlpError(errors.join("; ")));
+        }
+        Ok(endpoint.map(|endpoint| OtlpSettings {
+            endpoint,
+            protocol,
+            interval,
+            timeout,
+        }))
+    }
+}
+
+fn millis(v: &str, from: &str) -> Result<Duration, String> {
+    match v.trim().parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+        _ => Err(format!(
+            "{from}: {v:?} is not a number of milliseconds above 0"
+        )),
+    }
+}
+
+/// An `http://host[:port][/path]` URL.
+fn check_url(url: &str, from: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{from}: {url:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") if uri.host().is_some() => Ok(()),
+        Some("https") => Err(format!(
+            "{from}: {url:?}: https is not supported (no TLS stack is linked for OTLP); \
+             send to a collector over plain http, e.g. a node-local agent"
+        )),
+        _ => Err(format!("{from}: {url:?} is not an http://host[:port] URL")),
+    }
+}
+
+/// The OTLP thread: a current-thread runtime the reader and the exporter run on,
+/// until dropped.
+pub(crate) struct OtlpWorker {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl fmt::Debug for OtlpWorker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtlpWorker").finish_non_exhaustive()
+    }
+}
+
+/// The SDK's async-runtime reader spawned on the worker's runtime.
+#[derive(Debug, Clone)]
+struct WorkerRuntime(tokio::runtime::Handle);
+
+impl opentelemetry_sdk::runtime::Runtime for WorkerRuntime {
+    fn spawn<F>(&self, future: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        drop(self.0.spawn(future));
+    }
+
+    // Not an `async fn`: that future would borrow `self`, and the trait wants a
+    // 'static one.
+    #[allow(clippy::manual_async_fn)]
+    fn delay(&self, duration: Duration) -> impl std::future::Future<Output = ()> + Send + 'static {
+        // Created on first poll, so on the worker's runtime (its timer).
+        async move { tokio::time::sleep(duration).await }
+    }
+}
+
+impl OtlpWorker {
+    /// Starts the thread and builds, inside its runtime, the exporter and the
+    /// periodic reader for `settings`; the reader starts when it is registered
+    /// with a meter provider.
+    pub(crate) fn start(
+        settings: &OtlpSettings,
+    ) -> Result<(OtlpWorker, PeriodicReader<MetricExporter>), OtlpError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| OtlpError(format!("building the OTLP runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // Built before the thread runs, with its runtime entered: tonic's channel
+        // spawns its worker onto the current runtime.
+        let exporter = {
+            let _entered = handle.enter();
+            build_exporter(settings)?
+        };
+        let reader = PeriodicReader::builder(exporter, WorkerRuntime(handle))
+            .with_interval(settings.interval)
+            .with_timeout(settings.timeout)
+            .build();
+        let thread = std::thread::Builder::new()
+            .name("weft-otlp".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                // Cuts what is left (a send still waiting on a dead collector).
+                runtime.shutdown_timeout(Duration::from_millis(100));
+            })
+            .map_err(|e| OtlpError(format!("starting the OTLP thread: {e}")))?;
+        tracing::info!(
+            endpoint = %settings.endpoint,
+            protocol = %settings.protocol,
+            interval = ?settings.interval,
+            "pushing metrics over OTLP"
+        );
+        Ok((
+            OtlpWorker {
+                stop: Some(stop),
+                thread: Some(thread),
+            },
+            reader,
+        ))
+    }
+}
+
+impl Drop for OtlpWorker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn build_exporter(settings: &OtlpSettings) -> Result<MetricExporter, OtlpError> {
+    let built = match settings.protocol {
+        Protocol::Grpc => MetricExporter::builder()
+            .with_tonic()
+            .with_protocol(opentelemetry_otlp::Protocol::Grpc)
+            .with_endpoint(settings.endpoint.clone())
+            .build(),
+        Protocol::HttpProtobuf => MetricExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(settings.endpoint.clone())
+            .build(),
+    };
+    built.map_err(|e| {
+        OtlpError(format!(
+            "building the OTLP {} exporter for {}: {e}",
+            settings.protocol, settings.endpoint
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::collections::HashMap;
+
+    fn resolve(args: &OtlpArgs, env: &[(&str, &str)]) -> Result<Option<OtlpSettings>, OtlpError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        args.resolve_with(|k| env.get(k).cloned())
+    }
+
+    fn flags(endpoint: Option<&str>, protocol: Option<&str>) -> OtlpArgs {
+        OtlpArgs {
+            otlp_endpoint: endpoint.map(str::to_string),
+            otlp_protocol: protocol.map(str::to_string),
+            otlp_interval: None,
+        }
+    }
+
+    #[test]
+    fn nothing_configured_means_no_export() {
+        assert_eq!(resolve(&OtlpArgs::default(), &[]).unwrap(), None);
+        // A protocol alone exports nothing.
+        assert_eq!(
+            resolve(
+                &OtlpArgs::default(),
+                &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]
+            )
+            .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn the_flag_is_a_base_url_as_the_standard_variable() {
+        let s = resolve(&flags(Some("http://c:4318/"), None), &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.endpoint, "http://c:4318/v1/metrics");
+        assert_eq!(s.protocol, Protocol::HttpProtobuf);
+        assert_eq!(s.interval, Duration::from_secs(60));
+        assert_eq!(s.timeout, Duration::from_secs(10));
+        let s = resolve(&flags(Some("http://c:4317"), Some("grpc")), &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (s.endpoint.as_str(), s.protocol),
+            ("http://c:4317", Protocol::Grpc)
+        );
+    }
+
+    #[test]
+    fn standard_variables_are_honoured_and_flags_win() {
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1500"),
+            ("OTEL_METRIC_EXPORT_TIMEOUT", "700"),
+        ];
+        let s = resolve(&OtlpArgs::default(), &env).unwrap().unwrap();
+        assert_eq!(s.endpoint, "http://base:4318");
+        assert_eq!(s.protocol, Protocol::Grpc);
+        assert_eq!(s.interval, Duration::from_millis(1500));
+        assert_eq!(s.timeout, Duration::from_millis(700));
+        let s = resolve(
+            &OtlpArgs::default(),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318"),
+                (
+                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                    "http://m:9999/custom",
+                ),
+            ],
+        )
+        .unwrap()
+        .unwrap();
+        // The per-signal URL is taken as it is.
+        assert_eq!(s.endpoint, "http://m:9999/custom");
+        let mut args = flags(Some("http://flag:4317"), Some("http/protobuf"));
+        args.otlp_interval = Some(Duration::from_secs(2));
+        let s = resolve(&args, &env).unwrap().unwrap();
+        assert_eq!(s.endpoint, "http://flag:4317/v1/metrics");
+        assert_eq!(s.protocol, Protocol::HttpProtobuf);
+        assert_eq!(s.interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn standard_switches_turn_environment_export_off_but_not_the_flag() {
+        for off in [
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+        ] {
+            let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318"), off];
+            assert_eq!(resolve(&OtlpArgs::default(), &env).unwrap(), None);
+            assert!(resolve(&flags(Some("http://f:1"), None), &env)
+                .unwrap()
+                .is_some());
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_named_together() {
+        let mut args = flags(Some("https://c:4317"), Some("http/json"));
+        args.otlp_interval = Some(Duration::ZERO);
+        let e = resolve(&args, &[("OTEL_METRIC_EXPORT_TIMEOUT", "soon")])
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "--otlp-protocol",
+            "http/json",
+            "--otlp-interval",
+            "OTEL_METRIC_EXPORT_TIMEOUT",
+            "https is not supported",
+        ] {
+            assert!(e.contains(want), "{want:?} missing from {e}");
+        }
+        let e = resolve(&flags(Some("collector:4317"), None), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an http://host[:port] URL"), "{e}");
+    }
+}
