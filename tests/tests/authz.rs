@@ -15,15 +15,16 @@
 //!   `other` in, without a restart.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+mod secure;
+
 use std::time::Duration;
 
+use secure::{admin_json, app, connections, nc, wait_for_identities};
 use serde_json::Value;
-use weft_e2e::{python3, tool, wait_until, Controller, Mesh, Mode, ModePod, PodProc, ProcSpec};
+use weft_e2e::{tool, wait_until, Controller, Mesh, Mode, ModePod};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
-const ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
 const FRONT_ID: &str = "spiffe://weft.local/ns/local/sa/frontend";
 const BACK_ID: &str = "spiffe://weft.local/ns/local/sa/backend";
 
@@ -106,9 +107,9 @@ fn only_authorized_callers(mode: Mode) {
     ];
     // Every sidecar knows the others by identity: `back`'s resolves `frontend`'s,
     // the clients dial `back` under mutual TLS.
-    wait_for_identity(&back, front.ipv4().into(), FRONT_ID);
-    wait_for_identity(&front, back.ipv4().into(), BACK_ID);
-    wait_for_identity(&other, back.ipv4().into(), BACK_ID);
+    wait_for_identities(&back, &[front.ipv4().into()], FRONT_ID);
+    wait_for_identities(&front, &[back.ipv4().into()], BACK_ID);
+    wait_for_identities(&other, &[back.ipv4().into()], BACK_ID);
 
     let line = format!("weft-authz-{}", mesh.prefix());
     // Allowed: by service (HTTP) and by identity (TCP, through the tunnel).
@@ -186,16 +187,6 @@ fn only_authorized_callers(mode: Mode) {
     );
 }
 
-/// Starts `python3 SCRIPT ARGS` in `pod` and waits until it listens.
-fn app(pod: &ModePod, name: &str, script: &str, args: &[&str]) -> PodProc {
-    let mut argv = vec![python3().to_string_lossy().into_owned(), script.to_owned()];
-    argv.extend(args.iter().map(|a| a.to_string()));
-    let proc = pod.spawn(ProcSpec::new(&argv).name(name)).unwrap();
-    wait_until(SECS(10), MS(20), || proc.logs().contains("listening"))
-        .unwrap_or_else(|e| panic!("{name} in {}: {e}: {}", pod.name(), proc.logs()));
-    proc
-}
-
 /// A GET from `pod`: the status, `x-weft-error` and the body.
 fn http(pod: &ModePod, url: &str) -> (u16, Option<String>, String) {
     let out = pod
@@ -219,47 +210,4 @@ fn http(pod: &ModePod, url: &str) -> (u16, Option<String>, String) {
             .then(|| value.trim().to_owned())
     });
     (status, error, body.trim().to_owned())
-}
-
-/// Sends `line` over a new TCP connection and reads what comes back until the
-/// server closes or resets (`nc -N`: the write side is shut after the line); a
-/// reset is no error here, only what was read counts.
-fn nc(pod: &ModePod, host: &str, port: u16, line: &str) -> String {
-    let script = format!("printf %s '{line}' | nc -N -w 10 {host} {port}; true");
-    pod.run_ok(["sh", "-c", &script], None, SECS(20))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-fn admin_json(pod: &ModePod, path: &str) -> Value {
-    let (code, body) = pod.http_get(ADMIN, path).unwrap();
-    assert_eq!(code, 200, "{path}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// Waits until `pod`'s sidecar knows `ip` by identity `id`.
-fn wait_for_identity(pod: &ModePod, ip: IpAddr, id: &str) {
-    wait_until(SECS(10), MS(50), || {
-        admin_json(pod, "/routes")["services"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|s| s["identities"][ip.to_string()].as_str() == Some(id))
-    })
-    .unwrap_or_else(|e| {
-        panic!(
-            "{}: {ip} not known as {id} ({e}): {:#}",
-            pod.name(),
-            admin_json(pod, "/routes")
-        )
-    });
-}
-
-/// `/connections` of a pod's sidecar, live and closed rows together.
-fn connections(pod: &ModePod) -> Vec<Value> {
-    admin_json(pod, "/connections")["connections"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
 }

@@ -26,16 +26,18 @@
 //! controller is away makes the proxy not ready until the controller returns.
 #![allow(clippy::unwrap_used)]
 
+mod secure;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use secure::{admin_json, app, connections, nc, wait_for_identities};
 use serde_json::Value;
 use weft_e2e::{python3, tool, wait_until, Controller, Mesh, Mode, ModePod, PodProc, ProcSpec};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
-const ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
 /// The sidecar's metrics and health listener (`/ready/proxy`).
 const METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15020);
 const FRONT_ID: &str = "spiffe://weft.local/ns/local/sa/frontend";
@@ -344,16 +346,6 @@ fn count(hay: &[u8], needle: &[u8]) -> usize {
     hay.windows(needle.len()).filter(|w| *w == needle).count()
 }
 
-/// Starts `python3 SCRIPT ARGS` in `pod` and waits until it listens.
-fn app(pod: &ModePod, name: &str, script: &str, args: &[&str]) -> PodProc {
-    let mut argv = vec![python3().to_string_lossy().into_owned(), script.to_owned()];
-    argv.extend(args.iter().map(|a| a.to_string()));
-    let proc = pod.spawn(ProcSpec::new(&argv).name(name)).unwrap();
-    wait_until(SECS(10), MS(20), || proc.logs().contains("listening"))
-        .unwrap_or_else(|e| panic!("{name} in {}: {e}: {}", pod.name(), proc.logs()));
-    proc
-}
-
 fn curl_post(pod: &ModePod, url: &str, body: &str) -> String {
     pod.run_ok(
         [
@@ -373,22 +365,6 @@ fn curl_post(pod: &ModePod, url: &str, body: &str) -> String {
     .to_owned()
 }
 
-/// Sends `line` over a new TCP connection and reads what comes back until the
-/// server closes (`nc -N`: the write side is shut after the line).
-fn nc(pod: &ModePod, host: &str, port: u16, line: &str) -> String {
-    let script = format!("printf %s '{line}' | nc -N -w 10 {host} {port}");
-    pod.run_ok(["sh", "-c", &script], None, SECS(20))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-fn admin_json(pod: &ModePod, path: &str) -> Value {
-    let (code, body) = pod.http_get(ADMIN, path).unwrap();
-    assert_eq!(code, 200, "{path}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 fn wait_for_certificate(pod: &ModePod) {
     wait_until(SECS(10), MS(50), || {
         !admin_json(pod, "/identity")["certificate"].is_null()
@@ -400,29 +376,6 @@ fn wait_for_certificate(pod: &ModePod) {
             admin_json(pod, "/identity")
         )
     });
-}
-
-/// Waits until `pod`'s sidecar knows every address in `ips` by identity `id`.
-fn wait_for_identities(pod: &ModePod, ips: &[IpAddr], id: &str) {
-    wait_until(SECS(10), MS(50), || {
-        let routes = admin_json(pod, "/routes");
-        ips.iter().all(|ip| {
-            routes["services"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|s| s["identities"][ip.to_string()].as_str() == Some(id))
-        })
-    })
-    .unwrap_or_else(|e| panic!("no identities ({e}): {:#}", admin_json(pod, "/routes")));
-}
-
-/// `/connections` of a pod's sidecar, live and closed rows together.
-fn connections(pod: &ModePod) -> Vec<Value> {
-    admin_json(pod, "/connections")["connections"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
 }
 
 /// `openssl s_client` as a peer sidecar would be, against a pod's application port
