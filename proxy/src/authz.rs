@@ -3,12 +3,16 @@
 //! pod's service's `authorization` entries in discovery say. A port no entry covers
 //! takes every caller; a covered port takes only those its entries allow, and
 //! never a caller without an identity (plaintext, or a peer without a
-//! certificate). The verdict is the connection's: taken once, when it is known
-//! where it goes, against the route table of that moment.
+//! certificate). An opaque connection's verdict is taken once, when it is known
+//! where it goes; an HTTP connection's again at each request ([`Caller`]), so an
+//! edit of the entries applies to the requests of connections already open.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::routes::{RouteTable, ServiceSpec};
+use crate::routes::{RouteTable, Routes, ServiceSpec};
 
 /// The callers allowed on one port of a service (or on every port).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -79,6 +83,55 @@ pub fn authorizes(table: &RouteTable, service: &str, target_port: u16, peer: Opt
         }
     }
     !covered
+}
+
+/// The caller of an inbound HTTP connection, asked about at each request: the
+/// verdict is kept with the route table generation it was taken at, so a request
+/// pays one atomic load unless discovery changed something since.
+#[derive(Debug)]
+pub struct Caller {
+    routes: Arc<Routes>,
+    service: Arc<str>,
+    target_port: u16,
+    /// Its verified identity; `None` without mutual TLS.
+    peer: Option<Arc<str>>,
+    /// `generation << 1 | allowed`, of the last verdict (`u64::MAX`: none yet).
+    verdict: AtomicU64,
+}
+
+impl Caller {
+    pub fn new(
+        routes: Arc<Routes>,
+        service: Arc<str>,
+        target_port: u16,
+        peer: Option<Arc<str>>,
+    ) -> Caller {
+        Caller {
+            routes,
+            service,
+            target_port,
+            peer,
+            verdict: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Whether the service lets this caller in now.
+    pub fn allowed(&self) -> bool {
+        let generation = self.routes.generation();
+        let last = self.verdict.load(Ordering::Relaxed);
+        if last != u64::MAX && last >> 1 == generation {
+            return last & 1 == 1;
+        }
+        let allowed = authorizes(
+            &self.routes.load(),
+            &self.service,
+            self.target_port,
+            self.peer.as_deref(),
+        );
+        self.verdict
+            .store(generation << 1 | u64::from(allowed), Ordering::Relaxed);
+        allowed
+    }
 }
 
 /// Whether `entry` applies to a connection to `target_port` of `spec`'s endpoint.

@@ -11,8 +11,10 @@
 //!   `outside` in plaintext. `back`'s sidecar counts each as `unauthorized` and
 //!   never dials its application for them; `other`'s counts its refused TCP
 //!   connection too.
-//! - An edit of the file that allows the namespace `local` on the HTTP port lets
-//!   `other` in, without a restart.
+//! - The verdict on HTTP is asked at each request: an edit that leaves `frontend`
+//!   without its endpoint (so its identity unnamed) refuses `front`'s next
+//!   request on the connection it already has; one that allows the namespace
+//!   `local` on the HTTP port lets `other` in, without a restart.
 #![allow(clippy::unwrap_used)]
 
 mod secure;
@@ -38,21 +40,36 @@ fn only_authorized_callers_reach_the_service_ebpf() {
     only_authorized_callers(Mode::Ebpf);
 }
 
+/// The mesh file's versions.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Edit {
+    AsWritten,
+    /// `frontend` without its endpoint: no identity is `frontend`'s any more.
+    FrontendGone,
+    /// Port 80 also allows the namespace `local`.
+    NamespaceToo,
+}
+
 /// The mesh file: `backend`'s port 80 for the service `frontend` (and, with
 /// `namespace_too`, for the namespace `local`), its port 90 for `frontend`'s
 /// identity.
-fn mesh_file(front: &ModePod, other: &ModePod, back: &ModePod, namespace_too: bool) -> String {
-    let namespace = if namespace_too {
+fn mesh_file(front: &ModePod, other: &ModePod, back: &ModePod, edit: Edit) -> String {
+    let namespace = if edit == Edit::NamespaceToo {
         "\n          - namespace: local"
     } else {
         ""
+    };
+    let frontend = if edit == Edit::FrontendGone {
+        String::new()
+    } else {
+        front.ipv4().to_string()
     };
     format!(
         "services:
   frontend:
     vip: 10.96.0.2
     ports: [{{ port: 80 }}]
-    endpoints: [{f}]
+    endpoints: [{frontend}]
   other:
     vip: 10.96.0.3
     ports: [{{ port: 80 }}]
@@ -71,7 +88,6 @@ fn mesh_file(front: &ModePod, other: &ModePod, back: &ModePod, namespace_too: bo
         allow:
           - identity: {FRONT_ID}
 ",
-        f = front.ipv4(),
         o = other.ipv4(),
         b = back.ipv4(),
     )
@@ -84,7 +100,7 @@ fn only_authorized_callers(mode: Mode) {
     let back = mode.add_pod(&mesh, "back").unwrap();
     let outside = mode.add_pod(&mesh, "outside").unwrap();
     let file = mesh.run_dir().join("mesh.yaml");
-    std::fs::write(&file, mesh_file(&front, &other, &back, false)).unwrap();
+    std::fs::write(&file, mesh_file(&front, &other, &back, Edit::AsWritten)).unwrap();
     let ca = mesh.run_dir().join("ca");
     let ca = ca.to_string_lossy().into_owned();
     let controller = Controller::start(&mesh, &file, &["--ca-dir", &ca]).unwrap();
@@ -172,12 +188,39 @@ fn only_authorized_callers(mode: Mode) {
         }
     }
 
+    // The verdict is asked at each HTTP request: `frontend` without its endpoint
+    // (so without an identity to allow), `front`'s next request on the
+    // connection it already has to `back` is refused.
+    let front_conns = || {
+        connections(&back)
+            .into_iter()
+            .filter(|c| {
+                c["protocol"] == "http1"
+                    && c["source"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with(&format!("{}:", front.ipv4())))
+            })
+            .count()
+    };
+    let before = front_conns();
+    std::fs::write(&file, mesh_file(&front, &other, &back, Edit::FrontendGone)).unwrap();
+    wait_until(SECS(10), MS(100), || {
+        http(&front, "http://10.96.0.10/").0 == 403
+    })
+    .unwrap_or_else(|e| panic!("front still served after the edit: {e}"));
+    assert_eq!(
+        front_conns(),
+        before,
+        "the refusal came on the same connection"
+    );
+
     // The namespace `local` allowed on port 80: `other` is let in, live.
-    std::fs::write(&file, mesh_file(&front, &other, &back, true)).unwrap();
+    std::fs::write(&file, mesh_file(&front, &other, &back, Edit::NamespaceToo)).unwrap();
     wait_until(SECS(10), MS(100), || {
         http(&other, "http://10.96.0.10/").0 == 200
     })
     .unwrap_or_else(|e| panic!("other still refused after the edit: {e}"));
+    assert_eq!(http(&front, "http://10.96.0.10/").0, 200, "front again");
     // Its TCP port still names `frontend`'s identity alone.
     assert_eq!(nc(&other, "10.96.0.10", 90, &line), "");
     assert_eq!(

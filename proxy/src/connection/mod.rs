@@ -155,9 +155,11 @@ fn serve_routed(
             secured(&shared, &routing, &client),
         ));
         // A caller the service does not authorize reaches nothing: nothing is
-        // dialled, its HTTP requests are answered 403 and its TCP reset (through
-        // the tunnel: told so, and its sidecar resets).
+        // dialled, its TCP is reset (through the tunnel: told so, and its sidecar
+        // resets), and its HTTP requests are answered 403 (asked again at each
+        // one, below).
         let refused = refusal(&shared, &routing, peer.as_deref());
+        let identity = peer.clone().filter(|id| !id.is_empty());
         let mut conn = shared.conns.open(ConnInfo {
             direction,
             client: client_addr,
@@ -180,7 +182,7 @@ fn serve_routed(
             labels: labels.clone(),
             bytes: conn.bytes().clone(),
         };
-        let dial = || async {
+        let dial_unless_refused = || async {
             match refused {
                 Some(reason) => Dialed {
                     endpoint: None,
@@ -191,7 +193,7 @@ fn serve_routed(
         };
         let end = match routing.detection() {
             None => {
-                let dialed = Box::pin(dial()).await;
+                let dialed = Box::pin(dial_unless_refused()).await;
                 match entry {
                     Entry::Tunnelled => {
                         Box::pin(answer_then_relay(
@@ -213,7 +215,7 @@ fn serve_routed(
                     &mut client,
                     detection,
                     routing.speculate_after(),
-                    dial,
+                    dial_unless_refused,
                 ));
                 let sniffed = sniffed.await;
                 routing.learn(&sniffed);
@@ -236,27 +238,34 @@ fn serve_routed(
                         version, prefix, ..
                     } => {
                         conn.set_protocol(version.as_str());
-                        let dest = match (&routing, refused) {
-                            (_, Some(reason)) => Dest::Refused(reason),
-                            (
-                                Routing::Service {
-                                    balancer,
-                                    generation,
-                                    orig_dst,
-                                    ..
-                                },
-                                None,
-                            ) => Dest::Service(Follow::new(
+                        let dest = match &routing {
+                            Routing::Service {
+                                balancer,
+                                generation,
+                                orig_dst,
+                                ..
+                            } => Dest::Service(Follow::new(
                                 shared.routes.clone(),
                                 shared.balancers.clone(),
                                 *orig_dst,
                                 *generation,
                                 balancer.clone(),
                             )),
-                            (
-                                Routing::Passthrough(addr) | Routing::Local { app: addr, .. },
-                                None,
-                            ) => Dest::Address(*addr),
+                            Routing::Passthrough(addr) | Routing::Local { app: addr, .. } => {
+                                Dest::Address(*addr)
+                            }
+                        };
+                        // Inbound, the service's authorization is asked at each
+                        // request (a refused caller's requests are answered 403,
+                        // and the application is dialled for none of them).
+                        let caller = match &routing {
+                            Routing::Local { app, .. } => Some(crate::authz::Caller::new(
+                                shared.routes.clone(),
+                                shared.own_service.clone(),
+                                app.0.port(),
+                                identity,
+                            )),
+                            _ => None,
                         };
                         let edge = Edge {
                             direction,
@@ -269,6 +278,7 @@ fn serve_routed(
                             edge,
                             observer.bytes.clone(),
                             client.is_tls(),
+                            caller,
                         );
                         let stop = shared.stop.subscribe();
                         let observer = Arc::new(observer);

@@ -75,6 +75,17 @@ pub async fn forward(
         // Upstream connections are HTTP/1.1 keep-alive whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
     }
+    // Inbound: the service's authorization as it is now (the connection may be
+    // older than the last edit).
+    if ctx.caller.as_ref().is_some_and(|c| !c.allowed()) {
+        return Ok(errors::respond(
+            &ctx,
+            ErrorReason::Unauthorized,
+            form,
+            method,
+            started,
+        ));
+    }
     // The service's balancer as discovery says now (the connection may be older).
     let balancer;
     let (upstream, policy) = match &ctx.target {
@@ -94,9 +105,6 @@ pub async fn forward(
             (Upstream::Balanced(&balancer), balancer.policy)
         }
         Target::Fixed(pool) => (Upstream::Fixed(pool), ctx.common.policy),
-        Target::Refused(reason) => {
-            return Ok(errors::respond(&ctx, *reason, form, method, started));
-        }
     };
     let timeout = policy.timeout;
     let deadline = started + timeout;

@@ -37,10 +37,10 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::addr::{Direction, EndpointAddr};
+use crate::authz::Caller;
 use crate::balance::{Balancer, Endpoint};
 use crate::conntable::ByteCounters;
 pub use crate::detect::HttpVersion;
-use crate::error::ErrorReason;
 use crate::policy::{Defaults, Policy};
 use crate::tcp::connect::Connector;
 use pool::{EndpointPool, InboundPools};
@@ -63,9 +63,6 @@ pub enum Target {
     Balanced(ServiceFollow),
     /// One address (inbound: the local application).
     Fixed(Arc<EndpointPool>),
-    /// None: every request is answered with this error (inbound: a caller the
-    /// service's authorization refuses).
-    Refused(ErrorReason),
 }
 
 /// What every request of one HTTP connection shares. Kept small: an idle HTTP/1
@@ -80,6 +77,9 @@ pub struct ConnCtx {
     pub counters: Arc<ByteCounters>,
     /// The client is a peer sidecar under mutual TLS (inbound).
     pub client_tls: bool,
+    /// Inbound: who the client is, asked about at each request (the service's
+    /// authorization).
+    pub caller: Option<Box<Caller>>,
     /// Shared by every HTTP connection of the proxy.
     pub common: Arc<L7Common>,
     /// Upgraded (tunnelled) requests still running; the connection ends after them.
@@ -144,8 +144,6 @@ pub enum Dest {
     Service(ServiceFollow),
     /// One address (inbound: the local application on the original port).
     Address(EndpointAddr),
-    /// Nowhere: each request is refused with this reason.
-    Refused(ErrorReason),
 }
 
 impl L7 {
@@ -212,11 +210,11 @@ impl L7 {
         edge: Edge<'_>,
         counters: Arc<ByteCounters>,
         client_tls: bool,
+        caller: Option<Caller>,
     ) -> Arc<ConnCtx> {
         let target = match dest {
             Dest::Service(follow) => Target::Balanced(follow),
             Dest::Address(addr) => Target::Fixed(self.inbound.get(addr)),
-            Dest::Refused(reason) => Target::Refused(reason),
         };
         Arc::new(ConnCtx {
             version,
@@ -224,6 +222,7 @@ impl L7 {
             labels: self.labels(&edge),
             counters,
             client_tls,
+            caller: caller.map(Box::new),
             common: self.common.clone(),
             tunnels: Mutex::new(Vec::new()),
         })
