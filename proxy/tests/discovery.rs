@@ -201,7 +201,8 @@ fn endpoints_of(doc: &serde_json::Value, vip_port: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn follows_the_controller_and_survives_its_absence() {
-    let port = named_server("127.0.0.1", 0).await;
+    let port = common::port_free_on(&["127.0.0.1", "127.0.0.2"]);
+    named_server("127.0.0.1", port).await;
     named_server("127.0.0.2", port).await;
     let ctl_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ctl_addr = ctl_listener.local_addr().unwrap();

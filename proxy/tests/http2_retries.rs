@@ -224,7 +224,8 @@ async fn a_peer_whose_app_is_down_is_left_for_another(
     status: StatusCode,
     headers: &'static [(&'static str, &'static str)],
 ) {
-    let (port, good) = h2_upstream("127.0.0.2", 0, StatusCode::OK, &[]).await;
+    let port = common::port_free_on(&["127.0.0.1", "127.0.0.2"]);
+    let (_, good) = h2_upstream("127.0.0.2", port, StatusCode::OK, &[]).await;
     let (_, dead) = h2_upstream("127.0.0.1", port, status, headers).await;
     let (outbound, metrics) = proxy(&["127.0.0.1", "127.0.0.2"], &["127.0.0.1"], port).await;
     let mut c = h2_client(outbound).await;

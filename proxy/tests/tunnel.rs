@@ -22,16 +22,6 @@ use common::{eventually, http_get, loopback_config};
 
 const VIP: &str = "10.96.0.10:80";
 
-/// A port the kernel has just handed out on 127.0.0.1 (so very likely free on
-/// every 127.0.0.x).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A server proxy of `backend` whose tunnel listens on `ip:tunnel_port`: (metrics,
 /// admin).
 async fn server_proxy(ip: &str, tunnel_port: u16) -> (SocketAddr, SocketAddr) {
@@ -116,7 +106,7 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test]
 async fn a_dead_apps_refusal_sends_the_connection_to_another_endpoint() {
     let app_port = app(b"").await;
-    let tunnel_port = free_port();
+    let tunnel_port = common::port_free_on(&["127.0.0.2", "127.0.0.3"]);
     let (dead_metrics, _) = server_proxy("127.0.0.2", tunnel_port).await;
     let (live_metrics, live_admin) = server_proxy("127.0.0.3", tunnel_port).await;
     let (outbound, client_metrics) = client_proxy(tunnel_port, app_port, PortProtocol::Tcp).await;
@@ -205,7 +195,7 @@ async fn a_dead_apps_refusal_sends_the_connection_to_another_endpoint() {
 #[tokio::test]
 async fn a_banner_comes_through_the_tunnel_to_a_silent_client() {
     let app_port = app(b"220 ready\r\n").await;
-    let tunnel_port = free_port();
+    let tunnel_port = common::port_free_on(&["127.0.0.2", "127.0.0.3"]);
     server_proxy("127.0.0.2", tunnel_port).await;
     server_proxy("127.0.0.3", tunnel_port).await;
     // `auto`: the client says nothing, so the upstream is dialled speculatively and
@@ -226,7 +216,7 @@ async fn a_banner_comes_through_the_tunnel_to_a_silent_client() {
 
 #[tokio::test]
 async fn garbage_on_the_tunnel_port_is_closed_and_counted() {
-    let tunnel_port = free_port();
+    let tunnel_port = common::port_free_on(&["127.0.0.2", "127.0.0.3"]);
     let (metrics_addr, _) = server_proxy("127.0.0.2", tunnel_port).await;
     let mut c = TcpStream::connect(("127.0.0.2", tunnel_port))
         .await

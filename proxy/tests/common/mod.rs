@@ -65,3 +65,22 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// A port free on every one of `ips` (loopback addresses) right now: taken on all
+/// at once, then let go for the caller to bind. A port free on one address may be
+/// taken on another (a concurrent test's socket): then another one is tried.
+pub fn port_free_on(ips: &[&str]) -> u16 {
+    'port: for _ in 0..100 {
+        let first = std::net::TcpListener::bind((ips[0], 0)).expect("bind");
+        let port = first.local_addr().expect("addr").port();
+        let mut held = vec![first];
+        for ip in &ips[1..] {
+            match std::net::TcpListener::bind((*ip, port)) {
+                Ok(l) => held.push(l),
+                Err(_) => continue 'port,
+            }
+        }
+        return port;
+    }
+    panic!("no port free on all of {ips:?}");
+}
