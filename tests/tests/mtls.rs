@@ -389,14 +389,7 @@ fn openssl_with_a_mesh_certificate_is_served_and_without_one_is_refused() {
     let back = Mode::Iptables.add_pod(&mesh, "back").unwrap();
     let outside = Mode::Iptables.add_pod(&mesh, "outside").unwrap();
     let file = mesh.run_dir().join("mesh.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "services:\n  backend:\n    vip: 10.96.0.10\n    ports: [{{ port: 80, target_port: 8080 }}]\n    endpoints: [{}]\n",
-            back.ipv4()
-        ),
-    )
-    .unwrap();
+    backend_mesh_file(&file, &back, "");
     let dir = mesh.run_dir().to_owned();
     let ca = dir.join("ca");
     let ca_arg = ca.to_string_lossy().into_owned();
@@ -649,14 +642,11 @@ fn a_certificate_expired_while_the_controller_was_away_is_not_ready_until_it_ret
     let front = Mode::Iptables.add_pod(&mesh, "front").unwrap();
     front.add_route("10.96.0.0/16").unwrap();
     let file = mesh.run_dir().join("mesh.yaml");
-    std::fs::write(
+    backend_mesh_file(
         &file,
-        format!(
-            "services:\n  backend:\n    vip: 10.96.0.10\n    ports: [{{ port: 80, target_port: 8080 }}, {{ port: 90, target_port: 9000, protocol: tcp }}]\n    endpoints: [{}]\n",
-            back.ipv4()
-        ),
-    )
-    .unwrap();
+        &back,
+        ", { port: 90, target_port: 9000, protocol: tcp }",
+    );
     let ca = mesh.run_dir().join("ca");
     let ca_arg = ca.to_string_lossy().into_owned();
     let args = ["--ca-dir", ca_arg.as_str(), "--cert-lifetime", "10s"];
@@ -888,6 +878,19 @@ fn the_ca_rotates_without_a_failed_request_or_connection() {
     );
 }
 
+/// Writes a mesh file of `backend` alone (VIP 10.96.0.10), `back`'s pod its
+/// endpoint, on port 80 (to 8080) and `more_ports` (`, { port: ... }`).
+fn backend_mesh_file(file: &std::path::Path, back: &ModePod, more_ports: &str) {
+    std::fs::write(
+        file,
+        format!(
+            "services:\n  backend:\n    vip: 10.96.0.10\n    ports: [{{ port: 80, target_port: 8080 }}{more_ports}]\n    endpoints: [{}]\n",
+            back.ipv4()
+        ),
+    )
+    .unwrap();
+}
+
 /// Makes a CA in `dir` as an operator would with openssl (an EC P-256 key,
 /// PKCS#8, and a self-signed CA root) and returns its root, PEM.
 fn make_ca(pod: &ModePod, dir: &std::path::Path) -> String {
@@ -941,14 +944,7 @@ fn a_ca_from_a_tls_secret_signs_with_its_intermediate() {
     let front = Mode::Iptables.add_pod(&mesh, "front").unwrap();
     let back = Mode::Iptables.add_pod(&mesh, "back").unwrap();
     let file = mesh.run_dir().join("mesh.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "services:\n  backend:\n    vip: 10.96.0.10\n    ports: [{{ port: 80, target_port: 8080 }}]\n    endpoints: [{}]\n",
-            back.ipv4()
-        ),
-    )
-    .unwrap();
+    backend_mesh_file(&file, &back, "");
     let secret = mesh.run_dir().join("mesh-ca-secret");
     std::fs::create_dir_all(&secret).unwrap();
     let d = secret.to_str().unwrap();

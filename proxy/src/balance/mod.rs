@@ -115,6 +115,9 @@ pub struct Balancer<C> {
     ejections: Ejections,
     /// Whether the route's servers were last seen to speak first.
     server_first: AtomicBool,
+    /// Every endpoint is a sidecar discovery names an identity for (asked per
+    /// connection, for its `tls` label: worked out once).
+    all_identified: bool,
 }
 
 /// Where a route's ejections are counted: `weft_endpoint_ejections_total`, labelled
@@ -165,9 +168,13 @@ impl<C> Balancer<C> {
         policy: Policy,
         ejections: Ejections,
     ) -> Self {
+        let all_identified = meshed.len() == endpoints.len()
+            && !meshed.is_empty()
+            && meshed.iter().all(|(_, id)| id.is_some());
         Balancer {
             endpoints,
             meshed,
+            all_identified,
             next: AtomicUsize::new(0),
             budget: RetryBudget::new(policy.retries.budget_percent, policy.retries.min_per_second),
             policy,
@@ -202,9 +209,7 @@ impl<C> Balancer<C> {
     /// Whether every endpoint is a sidecar discovery names an identity for: all
     /// are dialled under mutual TLS (while this proxy holds a certificate).
     pub fn all_identified(&self) -> bool {
-        self.meshed.len() == self.endpoints.len()
-            && !self.meshed.is_empty()
-            && self.meshed.iter().all(|(_, id)| id.is_some())
+        self.all_identified
     }
 
     /// Whether a weft sidecar serves `endpoint`, so that its own error answers can be

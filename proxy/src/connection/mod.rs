@@ -154,12 +154,24 @@ fn serve_routed(
             &destination,
             secured(&shared, &routing, &client),
         ));
-        // A caller the service does not authorize reaches nothing: nothing is
-        // dialled, its TCP is reset (through the tunnel: told so, and its sidecar
-        // resets), and its HTTP requests are answered 403 (asked again at each
-        // one, below).
-        let refused = refusal(&shared, &routing, peer.as_deref());
-        let identity = peer.clone().filter(|id| !id.is_empty());
+        // Inbound, who the caller is to the pod's service's authorization. One it
+        // does not let in reaches nothing: nothing is dialled, its TCP is reset
+        // (through the tunnel: told so, and its sidecar resets), and its HTTP
+        // requests are answered 403 (the same `Caller` asked again at each one,
+        // its verdict kept until discovery changes something).
+        let caller = match &routing {
+            Routing::Local { app, .. } => Some(crate::authz::Caller::new(
+                shared.routes.clone(),
+                shared.own_service.clone(),
+                app.0.port(),
+                peer.clone().filter(|id| !id.is_empty()),
+            )),
+            _ => None,
+        };
+        let refused = caller
+            .as_ref()
+            .is_some_and(|c| !c.allowed())
+            .then_some(ErrorReason::Unauthorized);
         let mut conn = shared.conns.open(ConnInfo {
             direction,
             client: client_addr,
@@ -254,18 +266,6 @@ fn serve_routed(
                             Routing::Passthrough(addr) | Routing::Local { app: addr, .. } => {
                                 Dest::Address(*addr)
                             }
-                        };
-                        // Inbound, the service's authorization is asked at each
-                        // request (a refused caller's requests are answered 403,
-                        // and the application is dialled for none of them).
-                        let caller = match &routing {
-                            Routing::Local { app, .. } => Some(crate::authz::Caller::new(
-                                shared.routes.clone(),
-                                shared.own_service.clone(),
-                                app.0.port(),
-                                identity,
-                            )),
-                            _ => None,
                         };
                         let edge = Edge {
                             direction,
@@ -396,23 +396,6 @@ fn secured(shared: &Shared, routing: &Routing, client: &Stream) -> bool {
         }
         Routing::Passthrough(_) => false,
     }
-}
-
-/// `Some(Unauthorized)` when a caller known as `peer` (its mutual TLS identity,
-/// [`tls_peer`]) may not reach the local application `routing` leads to: the pod's
-/// service allows no such caller on that port. Never for outbound traffic.
-fn refusal(shared: &Shared, routing: &Routing, peer: Option<&str>) -> Option<ErrorReason> {
-    let Routing::Local { app, .. } = routing else {
-        return None;
-    };
-    let peer = peer.filter(|id| !id.is_empty());
-    let allowed = crate::authz::authorizes(
-        &shared.routes.load(),
-        &shared.own_service,
-        app.0.port(),
-        peer,
-    );
-    (!allowed).then_some(ErrorReason::Unauthorized)
 }
 
 /// The peer sidecar's identity for `/connections`, when `stream` is under mutual
