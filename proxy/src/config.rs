@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use serde::Serialize;
-use weft_runtime::otlp::OtlpSettings;
+use weft_runtime::otlp::{Destination, OtlpSettings};
 
 use crate::discovery::DiscoveryConfig;
 
@@ -92,6 +92,25 @@ pub struct ProxyConfig {
         serialize_with = "otlp_target"
     )]
     pub otlp: Option<OtlpSettings>,
+    /// Make a span per HTTP request and push them over OTLP (ARCHITECTURE.md,
+    /// Traces); `None`: no spans, `traceparent` passes untouched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traces: Option<TraceConfig>,
+}
+
+/// Where request spans go, and how many requests that come without a sampling
+/// decision are sampled.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceConfig {
+    #[serde(serialize_with = "destination")]
+    pub destination: Destination,
+    /// 0 to 1 (`--trace-sample-ratio`).
+    pub sample_ratio: f64,
+}
+
+/// `/config` shows where spans are pushed and how.
+fn destination<S: serde::Serializer>(d: &Destination, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::json!({ "endpoint": d.endpoint, "protocol": d.protocol.as_str() }).serialize(s)
 }
 
 /// `/config` shows where metrics are pushed, how and how often.
@@ -159,6 +178,7 @@ impl ProxyConfig {
             pod: None,
             namespace: None,
             otlp: None,
+            traces: None,
         }
     }
 }

@@ -39,6 +39,12 @@ struct Args {
     pod_namespace: Option<String>,
     #[command(flatten)]
     otlp: weft_runtime::otlp::OtlpArgs,
+    /// With an OTLP endpoint, the share (0 to 1) of HTTP requests arriving without
+    /// a sampling decision (no `traceparent`) that get spans; a request whose
+    /// `traceparent` says sampled always does, one that says not sampled never
+    /// [default: OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, then 0.01].
+    #[arg(long, env = "WEFT_TRACE_SAMPLE_RATIO")]
+    trace_sample_ratio: Option<f64>,
     /// A file holding this proxy's credential for the controller (a bearer token:
     /// one of the controller's --api-tokens, or on Kubernetes the pod's projected
     /// ServiceAccount token). Read again on every (re)connect, so a rotated token
@@ -149,6 +155,15 @@ impl Args {
         config.max_connections = self.max_connections;
         config.closed_history = self.closed_history;
         config.otlp = self.otlp.resolve()?;
+        if let Some(destination) = self.otlp.resolve_traces()? {
+            let sample_ratio = weft_runtime::traces::sample_ratio(self.trace_sample_ratio, |k| {
+                std::env::var(k).ok()
+            })?;
+            config.traces = Some(weft_proxy::config::TraceConfig {
+                destination,
+                sample_ratio,
+            });
+        }
         config.pod = self
             .pod_name
             .filter(|p| !p.is_empty())

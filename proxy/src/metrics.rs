@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use opentelemetry::metrics::{Counter, Meter, UpDownCounter};
 use opentelemetry::KeyValue;
+use opentelemetry_sdk::Resource;
 use weft_runtime::metrics::Exporter;
 use weft_runtime::otlp::OtlpSettings;
 
@@ -79,6 +80,17 @@ pub enum MetricsError {
     Exporter(String),
 }
 
+/// The proxy's telemetry resource, its metrics' and its spans': `service.name`
+/// `weft-proxy`, the pod, and `weft.service`, its mesh service.
+pub fn resource(service: &str, namespace: Option<&str>, pod: Option<&str>) -> Resource {
+    weft_runtime::metrics::resource(
+        "weft-proxy",
+        namespace,
+        pod,
+        [KeyValue::new("weft.service", service.to_string())],
+    )
+}
+
 impl Metrics {
     /// Builds the SDK pipeline (Prometheus only); `service` becomes the resource's
     /// `weft.service` (`weft_service` in target_info). With `enabled` false the traffic series are never recorded.
@@ -95,12 +107,7 @@ impl Metrics {
         pod: Option<&str>,
         otlp: Option<&OtlpSettings>,
     ) -> Result<Self, MetricsError> {
-        let resource = weft_runtime::metrics::resource(
-            "weft-proxy",
-            namespace,
-            pod,
-            [KeyValue::new("weft.service", service.to_string())],
-        );
+        let resource = resource(service, namespace, pod);
         let exporter = Exporter::with_otlp(resource, otlp)
             .map_err(|e| MetricsError::Exporter(e.to_string()))?;
         let meter = exporter.meter("weft-proxy");

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio::sync::{watch, Semaphore};
+use weft_runtime::traces::TraceExport;
 
 use crate::config::ProxyConfig;
 use crate::conntable::ConnTable;
@@ -25,6 +26,9 @@ use crate::tcp::relay::RelayLimits;
 pub struct Shared {
     pub config: ProxyConfig,
     pub metrics: Metrics,
+    /// The request spans' export, with one configured: held for the L7 path's
+    /// tracer, which sends to it; dropped with the proxy, it sends the last spans.
+    _trace_export: Option<TraceExport>,
     pub conns: Arc<ConnTable>,
     pub orig_dst: Arc<dyn OrigDstSource>,
     /// Services and endpoints from discovery; empty (all passthrough) without one.
@@ -88,6 +92,24 @@ impl Shared {
             metrics.errors_counter().clone(),
             metrics.traffic_enabled(),
         );
+        let traces = match &config.traces {
+            Some(t) => Some(
+                TraceExport::start(
+                    &t.destination,
+                    crate::metrics::resource(
+                        &config.service,
+                        config.namespace.as_deref(),
+                        config.pod.as_deref(),
+                    ),
+                    t.sample_ratio,
+                )
+                .map_err(|e| MetricsError::Exporter(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let tracing = traces
+            .as_ref()
+            .map(|t| crate::l7::trace::Tracing::new(t.tracer("weft-proxy")));
         let draining = Arc::new(AtomicBool::new(false));
         let l7 = L7::new(
             draining.clone(),
@@ -95,6 +117,7 @@ impl Shared {
             instruments,
             config.policy_defaults(),
             config.header_read_timeout,
+            tracing,
         );
         let balancers = Arc::new(Registry::counting_ejections(metrics.ejections_counter()));
         Ok(Shared {
@@ -103,6 +126,7 @@ impl Shared {
             permits: Arc::new(Semaphore::new(config.max_connections as usize)),
             synced: Arc::new(AtomicBool::new(config.discovery.is_none())),
             metrics,
+            _trace_export: traces,
             orig_dst,
             routes: Arc::new(Routes::default()),
             connector,

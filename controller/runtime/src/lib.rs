@@ -33,3 +33,4 @@ pub mod otlp;
 pub mod process_metrics;
 pub mod prom_text;
 pub mod signals;
+pub mod traces;

@@ -109,7 +109,7 @@ impl Exporter {
         let mut worker = None;
         if let Some(settings) = otlp {
             let (w, reader) =
-                OtlpWorker::start(settings).map_err(|e| ExporterError(e.to_string()))?;
+                OtlpWorker::start_metrics(settings).map_err(|e| ExporterError(e.to_string()))?;
             builder = builder.with_reader(reader);
             worker = Some(w);
         }

@@ -1,4 +1,6 @@
-//! OTLP metrics export, beside the Prometheus endpoint (ARCHITECTURE.md, Metrics).
+//! OTLP metrics export, beside the Prometheus endpoint (ARCHITECTURE.md, Metrics),
+//! and what the trace export ([`crate::traces`]) shares with it: the flags, where
+//! each signal goes ([`OtlpArgs::resolve_traces`]), the export thread.
 //!
 //! With an endpoint (`--otlp-endpoint`, or the standard `OTEL_EXPORTER_OTLP_*`
 //! variables), [`crate::metrics::Exporter`] adds a second reader to its meter
@@ -34,6 +36,8 @@
 //!   `OTEL_EXPORTER_OTLP_[METRICS_]HEADERS`, `..._TIMEOUT` and
 //!   `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` (cumulative by default).
 //! - plaintext only (`http://`): no TLS stack is linked for it.
+//! - traces: the same, with `TRACES` for `METRICS` in the variables' names
+//!   (`OTEL_TRACES_EXPORTER=none` turns them off) and `/v1/traces` as the path.
 
 use std::fmt;
 use std::time::Duration;
@@ -77,7 +81,7 @@ impl fmt::Display for Protocol {
 /// A bad OTLP setting (named), or an exporter that could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct OtlpError(String);
+pub struct OtlpError(pub(crate) String);
 
 /// The OTLP flags, the same for weft-proxy and weft-controller.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -115,12 +119,66 @@ pub struct OtlpSettings {
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const METRICS_PATH: &str = "/v1/metrics";
+const TRACES_PATH: &str = "/v1/traces";
+
+/// Where one signal's exports go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// The URL requests go to: for HTTP/protobuf the full path (`.../v1/traces`).
+    pub endpoint: String,
+    pub protocol: Protocol,
+}
+
+/// The OTLP signals weft sends; each has its own standard variables
+/// (`OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`, `..._PROTOCOL`, `OTEL_<SIGNAL>_EXPORTER`)
+/// and its own HTTP path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Metrics,
+    Traces,
+}
+
+impl Signal {
+    fn upper(self) -> &'static str {
+        match self {
+            Signal::Metrics => "METRICS",
+            Signal::Traces => "TRACES",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Signal::Metrics => METRICS_PATH,
+            Signal::Traces => TRACES_PATH,
+        }
+    }
+}
 
 impl OtlpArgs {
-    /// The settings from these flags and the process environment; `None`: no
-    /// export.
+    /// The metrics settings from these flags and the process environment; `None`:
+    /// no export.
     pub fn resolve(&self) -> Result<Option<OtlpSettings>, OtlpError> {
         self.resolve_with(|name| std::env::var(name).ok())
+    }
+
+    /// Where traces go, from these flags and the process environment; `None`: no
+    /// export (weft-proxy then makes no spans at all).
+    pub fn resolve_traces(&self) -> Result<Option<Destination>, OtlpError> {
+        self.resolve_traces_with(|name| std::env::var(name).ok())
+    }
+
+    /// [`OtlpArgs::resolve_traces`] with the environment read through `env` (tests).
+    pub fn resolve_traces_with(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Destination>, OtlpError> {
+        let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let mut errors = Vec::new();
+        let destination = self.destination(Signal::Traces, &env, &mut errors);
+        if !errors.is_empty() {
+            return Err(OtlpError(errors.join("; ")));
+        }
+        Ok(destination)
     }
 
     /// [`OtlpArgs::resolve`] with the environment read through `env` (tests).
@@ -130,36 +188,7 @@ impl OtlpArgs {
     ) -> Result<Option<OtlpSettings>, OtlpError> {
         let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
         let mut errors = Vec::new();
-        let protocol = match (
-            &self.otlp_protocol,
-            env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"),
-            env("OTEL_EXPORTER_OTLP_PROTOCOL"),
-        ) {
-            (Some(p), _, _) => Protocol::parse(p, "--otlp-protocol"),
-            (None, Some(p), _) => Protocol::parse(&p, "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"),
-            (None, None, Some(p)) => Protocol::parse(&p, "OTEL_EXPORTER_OTLP_PROTOCOL"),
-            (None, None, None) => Ok(Protocol::HttpProtobuf),
-        }
-        .unwrap_or_else(|e| {
-            errors.push(e.0);
-            Protocol::HttpProtobuf
-        });
-        // (URL, where it came from, whether it is a base the signal path is added to)
-        let endpoint = match &self.otlp_endpoint {
-            Some(url) => Some((url.clone(), "--otlp-endpoint", true)),
-            None => {
-                let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim() == "true")
-                    || env("OTEL_METRICS_EXPORTER").is_some_and(|v| v.trim() == "none");
-                if disabled {
-                    None
-                } else if let Some(url) = env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
-                    Some((url, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", false))
-                } else {
-                    env("OTEL_EXPORTER_OTLP_ENDPOINT")
-                        .map(|url| (url, "OTEL_EXPORTER_OTLP_ENDPOINT", true))
-                }
-            }
-        };
+        let destination = self.destination(Signal::Metrics, &env, &mut errors);
         let interval = match (self.otlp_interval, env("OTEL_METRIC_EXPORT_INTERVAL")) {
             (Some(d), _) => Some(d)
                 .filter(|d| !d.is_zero())
@@ -178,26 +207,68 @@ impl OtlpArgs {
                 errors.push(e);
                 DEFAULT_TIMEOUT
             });
-        let endpoint = endpoint.and_then(|(url, from, base)| {
-            check_url(&url, from)
-                .map_err(|e| errors.push(e))
-                .ok()
-                .map(|()| match protocol {
-                    Protocol::HttpProtobuf if base => {
-                        format!("{}{METRICS_PATH}", url.trim_end_matches('/'))
-                    }
-                    _ => url,
-                })
-        });
         if !errors.is_empty() {
             return Err(OtlpError(errors.join("; ")));
         }
-        Ok(endpoint.map(|endpoint| OtlpSettings {
-            endpoint,
-            protocol,
+        Ok(destination.map(|d| OtlpSettings {
+            endpoint: d.endpoint,
+            protocol: d.protocol,
             interval,
             timeout,
         }))
+    }
+
+    /// The endpoint and protocol of `signal`, most specific first; what is wrong
+    /// goes to `errors`, named.
+    fn destination(
+        &self,
+        signal: Signal,
+        env: &impl Fn(&str) -> Option<String>,
+        errors: &mut Vec<String>,
+    ) -> Option<Destination> {
+        let upper = signal.upper();
+        let signal_protocol = format!("OTEL_EXPORTER_OTLP_{upper}_PROTOCOL");
+        let protocol = match (
+            &self.otlp_protocol,
+            env(&signal_protocol),
+            env("OTEL_EXPORTER_OTLP_PROTOCOL"),
+        ) {
+            (Some(p), _, _) => Protocol::parse(p, "--otlp-protocol"),
+            (None, Some(p), _) => Protocol::parse(&p, &signal_protocol),
+            (None, None, Some(p)) => Protocol::parse(&p, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+            (None, None, None) => Ok(Protocol::HttpProtobuf),
+        }
+        .unwrap_or_else(|e| {
+            errors.push(e.0);
+            Protocol::HttpProtobuf
+        });
+        // (URL, where it came from, whether it is a base the signal path is added to)
+        let signal_endpoint = format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT");
+        let endpoint = match &self.otlp_endpoint {
+            Some(url) => Some((url.clone(), "--otlp-endpoint".to_string(), true)),
+            None => {
+                let exporter = format!("OTEL_{upper}_EXPORTER");
+                let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim() == "true")
+                    || env(&exporter).is_some_and(|v| v.trim() == "none");
+                if disabled {
+                    None
+                } else if let Some(url) = env(&signal_endpoint) {
+                    Some((url, signal_endpoint, false))
+                } else {
+                    env("OTEL_EXPORTER_OTLP_ENDPOINT")
+                        .map(|url| (url, "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), true))
+                }
+            }
+        };
+        let (url, from, base) = endpoint?;
+        check_url(&url, &from).map_err(|e| errors.push(e)).ok()?;
+        let endpoint = match protocol {
+            Protocol::HttpProtobuf if base => {
+                format!("{}{}", url.trim_end_matches('/'), signal.path())
+            }
+            _ => url,
+        };
+        Some(Destination { endpoint, protocol })
     }
 }
 
@@ -225,8 +296,8 @@ fn check_url(url: &str, from: &str) -> Result<(), String> {
     }
 }
 
-/// The OTLP thread: a current-thread runtime the reader and the exporter run on,
-/// until dropped.
+/// An OTLP thread: a current-thread runtime an exporter and what drives it (the
+/// metrics reader, the span processor) run on, until dropped.
 pub(crate) struct OtlpWorker {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -238,9 +309,10 @@ impl fmt::Debug for OtlpWorker {
     }
 }
 
-/// The SDK's async-runtime reader spawned on the worker's runtime.
+/// The SDK's async-runtime reader and span processor, spawned on a worker's
+/// runtime.
 #[derive(Debug, Clone)]
-struct WorkerRuntime(tokio::runtime::Handle);
+pub(crate) struct WorkerRuntime(tokio::runtime::Handle);
 
 impl opentelemetry_sdk::runtime::Runtime for WorkerRuntime {
     fn spawn<F>(&self, future: F)
@@ -259,31 +331,44 @@ impl opentelemetry_sdk::runtime::Runtime for WorkerRuntime {
     }
 }
 
+/// The span processor's queue: a bounded tokio channel (spans are offered with
+/// `try_send` from the data path and dropped when it is full).
+impl opentelemetry_sdk::runtime::RuntimeChannel for WorkerRuntime {
+    type Receiver<T: fmt::Debug + Send> = tokio_stream::wrappers::ReceiverStream<T>;
+    type Sender<T: fmt::Debug + Send> = tokio::sync::mpsc::Sender<T>;
+
+    fn batch_message_channel<T: fmt::Debug + Send>(
+        &self,
+        capacity: usize,
+    ) -> (Self::Sender<T>, Self::Receiver<T>) {
+        let (sender, receiver) = tokio::sync::mpsc::channel(capacity);
+        (
+            sender,
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )
+    }
+}
+
 impl OtlpWorker {
-    /// Starts the thread and builds, inside its runtime, the exporter and the
-    /// periodic reader for `settings`; the reader starts when it is registered
-    /// with a meter provider.
-    pub(crate) fn start(
-        settings: &OtlpSettings,
-    ) -> Result<(OtlpWorker, PeriodicReader<MetricExporter>), OtlpError> {
+    /// Starts a thread named `name` and calls `build` inside its runtime (tonic's
+    /// channel spawns its worker onto the current runtime), with the runtime to
+    /// hand the SDK's reader or processor; what `build` makes runs on that thread.
+    pub(crate) fn start<T>(
+        name: &str,
+        build: impl FnOnce(WorkerRuntime) -> Result<T, OtlpError>,
+    ) -> Result<(OtlpWorker, T), OtlpError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| OtlpError(format!("building the OTLP runtime: {e}")))?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        // Built before the thread runs, with its runtime entered: tonic's channel
-        // spawns its worker onto the current runtime.
-        let exporter = {
+        let built = {
             let _entered = handle.enter();
-            build_exporter(settings)?
+            build(WorkerRuntime(handle.clone()))?
         };
-        let reader = PeriodicReader::builder(exporter, WorkerRuntime(handle))
-            .with_interval(settings.interval)
-            .with_timeout(settings.timeout)
-            .build();
         let thread = std::thread::Builder::new()
-            .name("weft-otlp".into())
+            .name(name.into())
             .spawn(move || {
                 runtime.block_on(async {
                     let _ = stopped.await;
@@ -292,19 +377,34 @@ impl OtlpWorker {
                 runtime.shutdown_timeout(Duration::from_millis(100));
             })
             .map_err(|e| OtlpError(format!("starting the OTLP thread: {e}")))?;
+        Ok((
+            OtlpWorker {
+                stop: Some(stop),
+                thread: Some(thread),
+            },
+            built,
+        ))
+    }
+
+    /// The metrics worker (`weft-otlp`): the exporter and the periodic reader for
+    /// `settings`; the reader starts when it is registered with a meter provider.
+    pub(crate) fn start_metrics(
+        settings: &OtlpSettings,
+    ) -> Result<(OtlpWorker, PeriodicReader<MetricExporter>), OtlpError> {
+        let started = OtlpWorker::start("weft-otlp", |runtime| {
+            let exporter = build_exporter(settings)?;
+            Ok(PeriodicReader::builder(exporter, runtime)
+                .with_interval(settings.interval)
+                .with_timeout(settings.timeout)
+                .build())
+        })?;
         tracing::info!(
             endpoint = %settings.endpoint,
             protocol = %settings.protocol,
             interval = ?settings.interval,
             "pushing metrics over OTLP"
         );
-        Ok((
-            OtlpWorker {
-                stop: Some(stop),
-                thread: Some(thread),
-            },
-            reader,
-        ))
+        Ok(started)
     }
 }
 
@@ -442,6 +542,45 @@ mod tests {
                 .unwrap()
                 .is_some());
         }
+    }
+
+    #[test]
+    fn traces_go_where_metrics_go_unless_their_own_variables_say_otherwise() {
+        let traces = |args: &OtlpArgs, env: &[(&str, &str)]| {
+            let env: HashMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            args.resolve_traces_with(|k| env.get(k).cloned())
+        };
+        assert_eq!(traces(&OtlpArgs::default(), &[]).unwrap(), None);
+        let d = traces(&flags(Some("http://c:4318"), None), &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.endpoint, "http://c:4318/v1/traces");
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+        ];
+        let d = traces(&OtlpArgs::default(), &env).unwrap().unwrap();
+        assert_eq!(
+            (d.endpoint.as_str(), d.protocol),
+            ("http://t:4317", Protocol::Grpc)
+        );
+        // Metrics read the metrics' variables only.
+        let m = resolve(&OtlpArgs::default(), &env).unwrap().unwrap();
+        assert_eq!(
+            (m.endpoint.as_str(), m.protocol),
+            ("http://base:4318/v1/metrics", Protocol::HttpProtobuf)
+        );
+        // `OTEL_TRACES_EXPORTER=none` turns traces off, metrics stay.
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ];
+        assert_eq!(traces(&OtlpArgs::default(), &env).unwrap(), None);
+        assert!(resolve(&OtlpArgs::default(), &env).unwrap().is_some());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::pool::Lease;
+use super::trace::RequestSpan;
 use super::ConnCtx;
 
 /// What is recorded when the response ends.
@@ -27,6 +28,8 @@ pub struct Completion {
     pub lease: Option<Lease>,
     /// The request's hop between sidecars was mutual TLS (the `tls` label).
     pub tls: bool,
+    /// The request's span, when it is sampled.
+    pub span: Option<RequestSpan>,
 }
 
 /// A response body: streamed from upstream, or made by the proxy.
@@ -70,6 +73,9 @@ impl ProxyBody {
             c.started.elapsed(),
             c.tls,
         );
+        if let Some(span) = c.span {
+            span.end(c.status, clean_end);
+        }
         if let (true, Some(lease)) = (clean_end, c.lease) {
             lease.release();
         }

@@ -23,6 +23,7 @@ use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
 use super::body::{Completion, ProxyBody};
+use super::trace::RequestSpan;
 use super::ConnCtx;
 use crate::error::ErrorReason;
 
@@ -70,8 +71,12 @@ pub fn respond(
     form: ErrorForm,
     method: &'static str,
     started: Instant,
+    mut span: Option<RequestSpan>,
 ) -> Response<ProxyBody> {
     ctx.labels.error(&ctx.common.instruments, reason);
+    if let Some(span) = span.as_mut() {
+        span.weft_error(reason.as_str());
+    }
     let (status, body) = match form {
         ErrorForm::Http => (status_of(reason), reason.as_str().as_bytes()),
         ErrorForm::Grpc => (StatusCode::OK, &b""[..]),
@@ -85,6 +90,7 @@ pub fn respond(
             started,
             lease: None,
             tls: ctx.client_tls,
+            span,
         },
     );
     let mut resp = Response::new(body);

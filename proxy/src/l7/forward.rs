@@ -51,6 +51,7 @@ use super::body::{Completion, ProxyBody};
 use super::pool::{EndpointPool, Lease, SendError, SendOpts};
 use super::request_body::{Replay, RequestBody, MAX_REPLAY_BODY};
 use super::telemetry::method_label;
+use super::trace::SpanStart;
 use super::{errors, headers, ConnCtx, HttpEndpoint, HttpVersion, ServiceBalancer, Target};
 use crate::error::ErrorReason;
 use crate::policy::Policy;
@@ -75,6 +76,17 @@ pub async fn forward(
         // Upstream connections are HTTP/1.1 keep-alive whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
     }
+    let mut span = ctx.common.tracing.as_ref().and_then(|tracing| {
+        tracing.start(
+            &mut req,
+            SpanStart {
+                direction: ctx.labels.direction_kind,
+                method,
+                version: ctx.version,
+                destination: &ctx.labels.destination_name,
+            },
+        )
+    });
     // Inbound: the service's authorization as it is now (the connection may be
     // older than the last edit).
     if ctx.caller.as_ref().is_some_and(|c| !c.allowed()) {
@@ -84,6 +96,7 @@ pub async fn forward(
             form,
             method,
             started,
+            span,
         ));
     }
     // The service's balancer as discovery says now (the connection may be older).
@@ -99,6 +112,7 @@ pub async fn forward(
                         form,
                         method,
                         started,
+                        span,
                     ))
                 }
             };
@@ -108,8 +122,13 @@ pub async fn forward(
     };
     let timeout = policy.timeout;
     let deadline = started + timeout;
-    let sent = send(&ctx, upstream, &policy, req, upgrade, deadline);
-    let (mut resp, lease, upstream_tls) = match tokio::time::timeout(timeout, sent).await {
+    let mut tried = Tried::default();
+    let sent = send(&ctx, upstream, &policy, req, upgrade, deadline, &mut tried);
+    let sent = tokio::time::timeout(timeout, sent).await;
+    if let Some(span) = span.as_mut() {
+        span.sent(tried.endpoint, tried.resends);
+    }
+    let (mut resp, lease, upstream_tls) = match sent {
         Err(_) => {
             return Ok(errors::respond(
                 &ctx,
@@ -117,9 +136,10 @@ pub async fn forward(
                 form,
                 method,
                 started,
+                span,
             ));
         }
-        Ok(Err(reason)) => return Ok(errors::respond(&ctx, reason, form, method, started)),
+        Ok(Err(reason)) => return Ok(errors::respond(&ctx, reason, form, method, started, span)),
         Ok(Ok(r)) => r,
     };
     if let Target::Fixed(_) = ctx.target {
@@ -127,6 +147,11 @@ pub async fn forward(
         // sidecar may say why it failed a request, since peers trust the header
         // from a meshed endpoint.
         resp.headers_mut().remove(&errors::X_WEFT_ERROR);
+    } else if let (Some(span), Some(reason)) =
+        (span.as_mut(), resp.headers().get(&errors::X_WEFT_ERROR))
+    {
+        // The peer sidecar's own answer: why it failed the request.
+        span.weft_error(&String::from_utf8_lossy(reason.as_bytes()));
     }
     let upgraded = match downstream_upgrade {
         Some(down) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -161,8 +186,17 @@ pub async fn forward(
         // An upgraded connection is a tunnel now, not a pooled connection.
         lease: if upgraded { None } else { lease },
         tls,
+        span,
     };
     Ok(resp.map(|body| ProxyBody::upstream(body, completion)))
+}
+
+/// Where a request went: the endpoint of its last attempt, and how many times it
+/// was sent again (its span's attributes).
+#[derive(Debug, Default)]
+struct Tried {
+    endpoint: Option<std::net::SocketAddr>,
+    resends: u32,
 }
 
 /// The response head, the HTTP/1 connection it came on, and whether that
@@ -185,6 +219,7 @@ async fn send(
     req: Request<Incoming>,
     upgrade: bool,
     deadline: Instant,
+    tried: &mut Tried,
 ) -> Result<Sent, ErrorReason> {
     let opts = SendOpts {
         version: ctx.version,
@@ -194,6 +229,7 @@ async fn send(
     let balancer = match upstream {
         Upstream::Balanced(b) => b,
         Upstream::Fixed(pool) => {
+            tried.endpoint = Some(pool.addr().0);
             return pool
                 .send(
                     req.map(RequestBody::Stream),
@@ -239,6 +275,7 @@ async fn send(
     let mut last: Option<&Arc<HttpEndpoint>> = None;
     loop {
         let pick = balancer.pick(last)?;
+        tried.endpoint = Some(pick.endpoint.addr().0);
         let attempt = Attempt {
             balancer,
             endpoint: pick.endpoint,
@@ -357,6 +394,7 @@ async fn send(
         };
         tracing::debug!(endpoint = %pick.endpoint.addr(), left, why, "retrying");
         ctx.labels.retry(&ctx.common.instruments, why);
+        tried.resends += 1;
         left -= 1;
         req = again;
         last = Some(pick.endpoint);

@@ -16,7 +16,8 @@
 //!   balancer keeps per endpoint for HTTP), and the inbound pools.
 //! - [`body`]: the response body (streaming, metrics on completion, pool return);
 //!   [`request_body`]: the request body (streamed, with a bounded copy kept as it
-//!   streams for retries); [`telemetry`]: the `weft_http_*` instruments and labels.
+//!   streams for retries); [`telemetry`]: the `weft_http_*` instruments and labels;
+//!   [`trace`]: request spans and `traceparent`.
 
 pub mod body;
 pub mod errors;
@@ -28,6 +29,7 @@ pub mod pool;
 pub mod request_body;
 pub mod serve;
 pub mod telemetry;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -98,6 +100,8 @@ pub struct L7Common {
     pub header_read_timeout: Duration,
     /// The proxy is draining: HTTP/1 responses carry `Connection: close`.
     pub draining: Arc<AtomicBool>,
+    /// Request spans, with a trace export configured.
+    pub tracing: Option<trace::Tracing>,
 }
 
 impl ConnCtx {
@@ -162,6 +166,7 @@ impl L7 {
         instruments: HttpInstruments,
         defaults: Defaults,
         header_read_timeout: Duration,
+        tracing: Option<trace::Tracing>,
     ) -> Self {
         let mut policy = Policy::defaults(defaults);
         // One local application: nothing else to try.
@@ -174,6 +179,7 @@ impl L7 {
                 policy,
                 header_read_timeout,
                 draining,
+                tracing,
             }),
             labels: Mutex::new(HashMap::new()),
         }

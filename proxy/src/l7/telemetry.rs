@@ -67,6 +67,10 @@ impl HttpInstruments {
 /// The labels one connection's requests share.
 #[derive(Debug)]
 pub struct RequestLabels {
+    /// Which side of the pod the requests cross (the kind of their spans).
+    pub direction_kind: Direction,
+    /// The destination service's name (`peer.service` of client spans).
+    pub destination_name: Arc<str>,
     direction: KeyValue,
     source: KeyValue,
     destination: KeyValue,
@@ -75,6 +79,8 @@ pub struct RequestLabels {
 impl RequestLabels {
     pub fn new(direction: Direction, source: &Arc<str>, destination: &Arc<str>) -> Self {
         RequestLabels {
+            direction_kind: direction,
+            destination_name: destination.clone(),
             direction: KeyValue::new("direction", direction.as_str()),
             source: KeyValue::new("source_service", source.clone()),
             destination: KeyValue::new("destination_service", destination.clone()),

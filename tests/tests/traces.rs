@@ -1,0 +1,356 @@
+//! Tier 2: request spans over OTLP (ARCHITECTURE.md, Traces), received by a real
+//! OTLP receiver (`tools/otlpkit.py`: PyPI's opentelemetry-proto with grpcio and a
+//! plain `http.server`, in a pod of its own).
+//!
+//! The mesh: a client pod `client` without a sidecar (curl), `front` (service
+//! `frontend`, sidecar, `statusd.py relay`: an app that calls another service and
+//! passes on the W3C trace headers) and `back` (service `backend`, sidecar,
+//! `statusd.py serve`). `front`'s sidecar samples none of the requests that come
+//! without a decision (`--trace-sample-ratio 0`), `back`'s all of them (`1`), so
+//! the requests below tell joining, propagation and both ratios apart:
+//!
+//! 1. `traceparent` sampled (T1) to front, relayed to the backend: one trace T1 of
+//!    three spans — front's server span (child of the client's span), front's
+//!    client span (its child), back's server span (the client span's child) —
+//!    with the HTTP attributes, the endpoint picked and `peer.service`.
+//! 2. `traceparent` not sampled (T2): no span anywhere.
+//! 3. no `traceparent`, to front: front decides "not sampled" and says so
+//!    downstream, so back (ratio 1) keeps that decision: no span.
+//! 4. `traceparent` sampled (T4) to front, relayed to a service without
+//!    endpoints: front's client span carries `weft.error: no_endpoints` and the 503,
+//!    its server span the 503 the relay answered.
+//! 5. no `traceparent`, straight to back: back starts a trace of its own (ratio 1),
+//!    one root server span.
+//!
+//! Exactly those 3 + 2 + 1 spans arrive, each from the sidecar expected (the
+//! resource's `k8s.pod.name`). Unsampled requests go first: a proxy's span queue is
+//! FIFO, so once the sampled ones have arrived a stray span would have too.
+//!
+//! One test per OTLP transport, in a different capture mode each (the exporter's
+//! connections are the proxy's own, uid 1337, which capture leaves alone).
+//!
+//! Network safety: everything stays on the mesh's bridge between namespaces the
+//! test made; the client makes five requests; the receiver exits by itself after
+//! 120 s; the mesh removes every namespace and process when dropped.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+use weft_e2e::{pyenv, python3, tool, wait_until, Controller, Mesh, Mode, ProcSpec};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+const OTLP_GRPC: u16 = 4317;
+const OTLP_HTTP: u16 = 4318;
+const BACKEND_VIP: &str = "10.96.0.10";
+/// A service with no endpoints.
+const GHOST_VIP: &str = "10.96.0.30";
+/// The client's own span ids, as its `traceparent` names them.
+const T1: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const T2: &str = "0af7651916cd43dd8448eb211c80319c";
+const T4: &str = "5c2e8d3a9f0b4e7c8d1a2b3c4d5e6f70";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+#[test]
+fn request_spans_join_propagate_and_sample_over_otlp_grpc_iptables() -> Result<()> {
+    spans("grpc", OTLP_GRPC, Mode::Iptables)
+}
+
+#[test]
+fn request_spans_join_propagate_and_sample_over_otlp_http_ebpf() -> Result<()> {
+    spans("http/protobuf", OTLP_HTTP, Mode::Ebpf)
+}
+
+/// A span as the receiver wrote it, with the pod whose sidecar sent it.
+#[derive(Debug, Clone)]
+struct Received {
+    pod: String,
+    span: Value,
+}
+
+impl Received {
+    fn id(&self) -> &str {
+        self.span["span_id"].as_str().unwrap()
+    }
+    fn parent(&self) -> &str {
+        self.span["parent_span_id"].as_str().unwrap()
+    }
+    fn attr(&self, key: &str) -> &Value {
+        &self.span["attributes"][key]
+    }
+}
+
+fn spans(protocol: &str, port: u16, mode: Mode) -> Result<()> {
+    let otlp_python = pyenv::otlp_python()?.to_string_lossy().into_owned();
+    let py = python3().to_string_lossy().into_owned();
+    let statusd = tool("statusd.py");
+    let mesh = Mesh::new()?;
+    let front = mode.add_pod(&mesh, "front")?;
+    let back = mode.add_pod(&mesh, "back")?;
+    let client = mesh.add_pod("client")?;
+    let receiver_pod = mesh.add_pod("otlp")?;
+
+    let exports = mesh.run_dir().join("otlp-exports.jsonl");
+    let receiver = receiver_pod.spawn(
+        ProcSpec::new([
+            otlp_python.as_str(),
+            tool("otlpkit.py").as_str(),
+            "serve",
+            "--grpc-port",
+            &OTLP_GRPC.to_string(),
+            "--http-port",
+            &OTLP_HTTP.to_string(),
+            "--out",
+            &exports.to_string_lossy(),
+            "--duration",
+            "120",
+        ])
+        .name("otlpkit"),
+    )?;
+    mesh.node()
+        .wait_listening(SocketAddr::new(receiver_pod.ipv4().into(), port), SECS(20))
+        .with_context(|| format!("the receiver never listened:\n{}", receiver.logs()))?;
+    let endpoint = format!("http://{}:{port}", receiver_pod.ipv4());
+
+    let _backend =
+        back.spawn(ProcSpec::new([py.as_str(), &statusd, "serve", "8080"]).name("statusd"))?;
+    let _relay =
+        front.spawn(ProcSpec::new([py.as_str(), &statusd, "relay", "8080"]).name("relay"))?;
+    for pod in [&front, &back] {
+        pod.pod()
+            .wait_listening("127.0.0.1:8080".parse()?, SECS(10))?;
+    }
+    let file = mesh.run_dir().join("mesh.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  backend:\n    vip: {BACKEND_VIP}\n    ports: [{{ port: 80, target_port: 8080, protocol: http }}]\n    endpoints: [{}]\n  frontend:\n    vip: 10.96.0.20\n    ports: [{{ port: 80, target_port: 8080, protocol: http }}]\n    endpoints: [{}]\n  ghost:\n    vip: {GHOST_VIP}\n    ports: [{{ port: 80, protocol: http }}]\n    endpoints: []\n",
+            back.pod().ipv4(),
+            front.pod().ipv4(),
+        ),
+    )?;
+    let controller = Controller::start(&mesh, &file, &[])?;
+    let args = |ratio: &'static str| {
+        [
+            "--controller",
+            controller.url(),
+            "--otlp-endpoint",
+            endpoint.as_str(),
+            "--otlp-protocol",
+            protocol,
+            "--trace-sample-ratio",
+            ratio,
+        ]
+        .map(str::to_owned)
+    };
+    front.pod().add_route("10.96.0.0/16")?;
+    let front_args = args("0");
+    let back_args = args("1");
+    let _sf = front.sidecar_with(&[], "frontend", &front_args.each_ref().map(String::as_str))?;
+    let _sb = back.sidecar_with(&[], "backend", &back_args.each_ref().map(String::as_str))?;
+
+    let front_url = |path: &str| format!("http://{}:8080{path}", front.pod().ipv4());
+    let get = |url: &str, traceparent: Option<String>| -> Result<String> {
+        let mut argv = vec![
+            "curl".to_owned(),
+            "-sS".into(),
+            "--max-time".into(),
+            "10".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code}".into(),
+        ];
+        if let Some(tp) = traceparent {
+            argv.extend(["-H".into(), format!("traceparent: {tp}")]);
+        }
+        argv.push(url.to_owned());
+        client.run_ok(argv, None, SECS(20))
+    };
+    let relayed = format!("/call/{BACKEND_VIP}/status/200");
+    // Unsampled first (see the module docs).
+    assert_eq!(
+        get(
+            &front_url(&relayed),
+            Some(format!("00-{T2}-{CLIENT_SPAN}-00"))
+        )?,
+        "200"
+    );
+    assert_eq!(get(&front_url(&relayed), None)?, "200");
+    assert_eq!(
+        get(
+            &front_url(&relayed),
+            Some(format!("00-{T1}-{CLIENT_SPAN}-01"))
+        )?,
+        "200"
+    );
+    assert_eq!(
+        get(
+            &front_url(&format!("/call/{GHOST_VIP}/x")),
+            Some(format!("00-{T4}-{CLIENT_SPAN}-01"))
+        )?,
+        "503"
+    );
+    assert_eq!(
+        get(
+            &format!("http://{}:8080/status/200", back.pod().ipv4()),
+            None
+        )?,
+        "200"
+    );
+
+    // Exported in batches every 5 s (OTEL_BSP_SCHEDULE_DELAY's default).
+    let mut got = Vec::new();
+    wait_until(SECS(30), Duration::from_millis(250), || {
+        got = received(&exports, protocol);
+        got.len() >= 6
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: spans received {got:#?}\nreceiver:\n{}",
+            receiver.logs()
+        )
+    });
+    for s in &got {
+        eprintln!(
+            "traces ({protocol}, {}): {} {} {} trace {} span {} parent {:?} {}",
+            mode.name(),
+            s.pod,
+            s.span["kind"],
+            s.span["name"],
+            s.span["trace_id"],
+            s.id(),
+            s.parent(),
+            s.span["attributes"]
+        );
+    }
+    assert_eq!(
+        got.len(),
+        6,
+        "exactly the sampled requests' spans: {got:#?}"
+    );
+    let of = |trace: &str| -> Vec<&Received> {
+        got.iter().filter(|s| s.span["trace_id"] == trace).collect()
+    };
+    let find = |spans: &[&Received], pod: &str, kind: &str| -> Received {
+        let found: Vec<_> = spans
+            .iter()
+            .filter(|s| s.pod == pod && s.span["kind"] == kind)
+            .collect();
+        assert_eq!(found.len(), 1, "one {kind} span from {pod}: {spans:#?}");
+        (*found[0]).clone()
+    };
+
+    // 1: one trace across both sidecars, parented hop by hop.
+    let t1 = of(T1);
+    assert_eq!(t1.len(), 3, "{t1:#?}");
+    let fs = find(&t1, "front", "server");
+    let fc = find(&t1, "front", "client");
+    let bs = find(&t1, "back", "server");
+    assert_eq!(
+        fs.parent(),
+        CLIENT_SPAN,
+        "front's server span joins the client's"
+    );
+    assert_eq!(
+        fc.parent(),
+        fs.id(),
+        "the app passed front's server span on"
+    );
+    assert_eq!(
+        bs.parent(),
+        fc.id(),
+        "back's server span is front's client span's child"
+    );
+    for s in [&fs, &fc, &bs] {
+        assert_eq!(s.span["name"], "GET");
+        assert_eq!(s.attr("http.request.method"), "GET");
+        assert_eq!(s.attr("http.response.status_code"), 200);
+        assert_eq!(s.span["status"], "unset");
+        assert!(s.attr("weft.error").is_null(), "{s:?}");
+    }
+    assert_eq!(fs.attr("url.path"), relayed.as_str());
+    assert_eq!(fs.attr("server.port"), 8080);
+    assert!(
+        fs.attr("network.peer.address").is_null(),
+        "a server span's peer is its client, not the app: {fs:?}"
+    );
+    assert_eq!(fc.attr("peer.service"), "backend");
+    assert_eq!(fc.attr("server.address"), BACKEND_VIP);
+    assert_eq!(
+        fc.attr("url.full").as_str(),
+        Some(format!("http://{BACKEND_VIP}/status/200").as_str())
+    );
+    assert_eq!(
+        fc.attr("network.peer.address").as_str(),
+        Some(back.pod().ipv4().to_string().as_str()),
+        "the endpoint picked"
+    );
+    assert_eq!(fc.attr("network.peer.port"), 8080);
+    assert!(fc.attr("http.request.resend_count").is_null(), "no retry");
+    assert_eq!(bs.attr("url.path"), "/status/200");
+
+    // 2 and 3: nothing (checked by the count); 4: the proxy's own 503, named.
+    assert!(of(T2).is_empty());
+    let t4 = of(T4);
+    assert_eq!(t4.len(), 2, "{t4:#?}");
+    let fs4 = find(&t4, "front", "server");
+    let fc4 = find(&t4, "front", "client");
+    assert_eq!(fc4.parent(), fs4.id());
+    assert_eq!(fc4.attr("weft.error"), "no_endpoints");
+    assert_eq!(fc4.attr("error.type"), "no_endpoints");
+    assert_eq!(fc4.attr("http.response.status_code"), 503);
+    assert_eq!(fc4.attr("peer.service"), "ghost");
+    assert_eq!(fc4.span["status"], "error");
+    assert_eq!(fs4.attr("http.response.status_code"), 503);
+    assert_eq!(fs4.attr("error.type"), "503");
+    assert_eq!(fs4.span["status"], "error");
+
+    // 5: back's own trace, a root span.
+    let own: Vec<&Received> = got
+        .iter()
+        .filter(|s| ![T1, T2, T4].contains(&s.span["trace_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(own.len(), 1, "{own:#?}");
+    assert_eq!(own[0].pod, "back");
+    assert_eq!(own[0].span["kind"], "server");
+    assert_eq!(own[0].parent(), "", "a root span");
+    eprintln!(
+        "traces ({protocol}, {}): 6 spans in 3 traces as expected; the unsampled requests made none",
+        mode.name()
+    );
+    Ok(())
+}
+
+/// The spans received so far over `protocol`, with the pod that sent each.
+fn received(exports: &Path, protocol: &str) -> Vec<Received> {
+    let transport = if protocol == "grpc" { "grpc" } else { "http" };
+    let text = std::fs::read_to_string(exports).unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue; // a line being written
+        };
+        if v["signal"] != "traces" {
+            continue;
+        }
+        assert_eq!(v["transport"], transport, "spans over another transport");
+        for r in v["resources"].as_array().into_iter().flatten() {
+            let pod = r["attributes"]["k8s.pod.name"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned();
+            assert_eq!(r["attributes"]["service.name"], "weft-proxy", "{r}");
+            for span in r["spans"].as_array().into_iter().flatten() {
+                out.push(Received {
+                    pod: pod.clone(),
+                    span: span.clone(),
+                });
+            }
+        }
+    }
+    out
+}
