@@ -79,7 +79,7 @@ pub struct Exporter {
     // Dropped before the OTLP thread (fields drop in order): shutting the provider
     // down makes a last push, which needs that thread.
     provider: SdkMeterProvider,
-    _otlp: Option<OtlpWorker>,
+    otlp: Option<OtlpWorker>,
 }
 
 impl Exporter {
@@ -118,7 +118,7 @@ impl Exporter {
         Ok(Exporter {
             registry,
             provider,
-            _otlp: worker,
+            otlp: worker,
         })
     }
 
@@ -137,10 +137,49 @@ impl Exporter {
     }
 }
 
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        // With an OTLP push, the provider's shutdown makes a last push: bounded, so
+        // a dead collector does not hold the process's exit. (Without one it is
+        // the Prometheus reader's, which waits on nothing.)
+        if self.otlp.is_some() {
+            let provider = self.provider.clone();
+            crate::otlp::shutdown_within_wait("metrics", move || provider.shutdown());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A collector that takes connections (the kernel's backlog) and never
+    /// answers: the last push would wait the export's own 10 s timeout for it.
+    #[test]
+    fn a_collector_that_never_answers_does_not_hold_the_exit() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let settings = crate::otlp::OtlpSettings {
+            endpoint: format!("http://{}/v1/metrics", silent.local_addr().unwrap()),
+            protocol: crate::otlp::Protocol::HttpProtobuf,
+            interval: std::time::Duration::from_secs(60),
+            timeout: std::time::Duration::from_secs(10),
+        };
+        let exporter =
+            Exporter::with_otlp(Resource::builder_empty().build(), Some(&settings)).unwrap();
+        exporter
+            .meter("test")
+            .u64_counter("weft_things")
+            .build()
+            .add(1, &[]);
+        let stopping = std::time::Instant::now();
+        drop(exporter);
+        let took = stopping.elapsed();
+        assert!(
+            took < crate::otlp::LAST_EXPORT_WAIT + std::time::Duration::from_secs(3),
+            "stopping took {took:?} with a silent collector"
+        );
+    }
 
     #[test]
     fn renders_counters_and_target_info() {

@@ -408,6 +408,40 @@ impl OtlpWorker {
     }
 }
 
+/// How long a process that stops waits for its last OTLP export (metrics or
+/// spans): a collector that is down or slow must not hold a pod's termination.
+pub(crate) const LAST_EXPORT_WAIT: Duration = Duration::from_secs(2);
+
+/// Runs `shutdown` (a provider's: it makes the last export, waiting on the
+/// worker's thread for as long as the exporter's own timeout) for at most
+/// [`LAST_EXPORT_WAIT`]; past it the worker's drop cuts the export that is still
+/// going. The SDK's async-runtime reader and processor ignore the timeout their
+/// `shutdown_with_timeout` is given, hence the thread.
+pub(crate) fn shutdown_within_wait<E: fmt::Display>(
+    what: &'static str,
+    shutdown: impl FnOnce() -> Result<(), E> + Send + 'static,
+) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("weft-otlp-stop".into())
+        .spawn(move || {
+            let _ = done.send(shutdown().map_err(|e| e.to_string()));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, what, "could not stop the OTLP export");
+        return;
+    }
+    match finished.recv_timeout(LAST_EXPORT_WAIT) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, what, "stopping the OTLP export"),
+        Err(_) => tracing::warn!(
+            what,
+            wait = ?LAST_EXPORT_WAIT,
+            "the collector did not take the last export in time; cut"
+        ),
+    }
+}
+
 impl Drop for OtlpWorker {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

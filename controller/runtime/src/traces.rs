@@ -12,7 +12,6 @@
 //! without one.
 
 use std::fmt;
-use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{SpanExporter, WithExportConfig as _};
@@ -20,7 +19,7 @@ use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProces
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 
-use crate::otlp::{Destination, OtlpError, OtlpWorker, Protocol};
+use crate::otlp::{shutdown_within_wait, Destination, OtlpError, OtlpWorker, Protocol};
 
 /// The share of requests without a sampling decision that are sampled when
 /// nothing says otherwise: Istio's default (1%), since a sidecar sees every
@@ -69,11 +68,9 @@ pub fn sample_ratio(
     }
 }
 
-/// How long stopping waits for the last batch to go out.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
-
 /// A running trace export; spans of its tracers are pushed until it is dropped
-/// (which sends what is queued, waiting at most [`SHUTDOWN_WAIT`]).
+/// (which sends what is queued, waiting at most
+/// [`LAST_EXPORT_WAIT`](crate::otlp::LAST_EXPORT_WAIT)).
 pub struct TraceExport {
     // Dropped before the worker (fields drop in order): shutting the provider down
     // makes a last export, which needs the worker's thread.
@@ -126,9 +123,8 @@ impl TraceExport {
 
 impl Drop for TraceExport {
     fn drop(&mut self) {
-        if let Err(e) = self.provider.shutdown_with_timeout(SHUTDOWN_WAIT) {
-            tracing::debug!(error = %e, "stopping the trace export");
-        }
+        let provider = self.provider.clone();
+        shutdown_within_wait("spans", move || provider.shutdown());
     }
 }
 
@@ -157,6 +153,8 @@ fn build_exporter(destination: &Destination) -> Result<SpanExporter, OtlpError> 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use opentelemetry::trace::{Span as _, Tracer as _};
+    use std::time::{Duration, Instant};
 
     fn ratio(flag: Option<f64>, env: &[(&str, &str)]) -> Result<f64, OtlpError> {
         sample_ratio(flag, |k| {
@@ -207,5 +205,27 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("OTEL_TRACES_SAMPLER_ARG"), "{e}");
+    }
+
+    /// A collector that takes connections (the kernel's backlog) and never
+    /// answers: the exporter would wait its own 10 s timeout for it.
+    #[test]
+    fn a_collector_that_never_answers_does_not_hold_the_exit() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let destination = Destination {
+            endpoint: format!("http://{}/v1/traces", silent.local_addr().unwrap()),
+            protocol: Protocol::HttpProtobuf,
+        };
+        let export =
+            TraceExport::start(&destination, Resource::builder_empty().build(), 1.0).unwrap();
+        let tracer = export.tracer("test");
+        tracer.start("request").end();
+        let stopping = Instant::now();
+        drop(export);
+        let took = stopping.elapsed();
+        assert!(
+            took < crate::otlp::LAST_EXPORT_WAIT + Duration::from_secs(3),
+            "stopping took {took:?} with a silent collector"
+        );
     }
 }
