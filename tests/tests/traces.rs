@@ -26,6 +26,9 @@
 //! resource's `k8s.pod.name`). Unsampled requests go first: a proxy's span queue is
 //! FIFO, so once the sampled ones have arrived a stray span would have too.
 //!
+//! The sidecars hold certificates from the mesh CA, so front's hop to back is
+//! mutual TLS and back's server span names its caller (`weft.peer.identity`).
+//!
 //! One test per OTLP transport, in a different capture mode each (the exporter's
 //! connections are the proxy's own, uid 1337, which capture leaves alone).
 //!
@@ -33,6 +36,10 @@
 //! test made; the client makes five requests; the receiver exits by itself after
 //! 120 s; the mesh removes every namespace and process when dropped.
 #![allow(clippy::unwrap_used)]
+
+// Only its `wait_for_identities` is used here.
+#[allow(dead_code)]
+mod secure;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -53,6 +60,8 @@ const T1: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const T2: &str = "0af7651916cd43dd8448eb211c80319c";
 const T4: &str = "5c2e8d3a9f0b4e7c8d1a2b3c4d5e6f70";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+const FRONT_ID: &str = "spiffe://weft.local/ns/local/sa/frontend";
+const BACK_ID: &str = "spiffe://weft.local/ns/local/sa/backend";
 
 #[test]
 fn request_spans_join_propagate_and_sample_over_otlp_grpc_iptables() -> Result<()> {
@@ -132,9 +141,13 @@ fn spans(protocol: &str, port: u16, mode: Mode) -> Result<()> {
             front.pod().ipv4(),
         ),
     )?;
-    let controller = Controller::start(&mesh, &file, &[])?;
+    // With the mesh CA: the hop between the sidecars is mutual TLS, and back's
+    // server spans name the caller's identity.
+    let ca = mesh.run_dir().join("ca").to_string_lossy().into_owned();
+    let controller = Controller::start(&mesh, &file, &["--ca-dir", &ca])?;
     let args = |ratio: &'static str| {
         [
+            "--identity",
             "--controller",
             controller.url(),
             "--otlp-endpoint",
@@ -151,6 +164,8 @@ fn spans(protocol: &str, port: u16, mode: Mode) -> Result<()> {
     let back_args = args("1");
     let _sf = front.sidecar_with(&[], "frontend", &front_args.each_ref().map(String::as_str))?;
     let _sb = back.sidecar_with(&[], "backend", &back_args.each_ref().map(String::as_str))?;
+    // front dials back under mutual TLS once it knows back's identity.
+    secure::wait_for_identities(&front, &[back.pod().ipv4().into()], BACK_ID);
 
     let front_url = |path: &str| format!("http://{}:8080{path}", front.pod().ipv4());
     let get = |url: &str, traceparent: Option<String>| -> Result<String> {
@@ -292,6 +307,15 @@ fn spans(protocol: &str, port: u16, mode: Mode) -> Result<()> {
     assert_eq!(fc.attr("network.peer.port"), 8080);
     assert!(fc.attr("http.request.resend_count").is_null(), "no retry");
     assert_eq!(bs.attr("url.path"), "/status/200");
+    assert_eq!(
+        bs.attr("weft.peer.identity"),
+        FRONT_ID,
+        "the caller, under mTLS"
+    );
+    assert!(
+        fs.attr("weft.peer.identity").is_null(),
+        "the client has no sidecar"
+    );
 
     // 2 and 3: nothing (checked by the count); 4: the proxy's own 503, named.
     assert!(of(T2).is_empty());

@@ -84,6 +84,7 @@ pub async fn forward(
                 method,
                 version: ctx.version,
                 destination: &ctx.labels.destination_name,
+                peer_identity: ctx.caller.as_ref().and_then(|c| c.peer()),
             },
         )
     });

@@ -18,7 +18,8 @@
 //! `network.protocol.version`, `error.type` on a failure; on client spans also
 //! `network.peer.address` / `network.peer.port` (the endpoint picked) and
 //! `http.request.resend_count` (the proxy's retries); plus `peer.service` (the
-//! destination service, client spans) and `weft.error`: the `x-weft-error` reason
+//! destination service, client spans), `weft.peer.identity` (the caller's SPIFFE
+//! ID under mutual TLS, server spans) and `weft.error`: the `x-weft-error` reason
 //! of a response a sidecar made itself.
 
 use std::net::SocketAddr;
@@ -51,6 +52,8 @@ pub struct SpanStart<'a> {
     pub version: HttpVersion,
     /// The destination service (`peer.service` of a client span).
     pub destination: &'a str,
+    /// The caller's verified identity, under mutual TLS (server spans).
+    pub peer_identity: Option<&'a str>,
 }
 
 /// The recording span of one sampled request, ended when its response is done.
@@ -204,6 +207,9 @@ fn common_attributes<B>(req: &Request<B>, start: &SpanStart<'_>) -> Vec<KeyValue
 fn server_attributes<B>(req: &Request<B>, start: &SpanStart<'_>) -> Vec<KeyValue> {
     let mut attributes = common_attributes(req, start);
     attributes.push(KeyValue::new("url.path", req.uri().path().to_owned()));
+    if let Some(id) = start.peer_identity {
+        attributes.push(KeyValue::new("weft.peer.identity", id.to_owned()));
+    }
     attributes
 }
 

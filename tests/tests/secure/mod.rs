@@ -1,4 +1,5 @@
-//! What the mesh-security suites share (`mtls.rs`, `authz.rs`): apps started in a
+//! What the mesh-security suites share (`mtls.rs`, `authz.rs`; `traces.rs` waits
+//! for identities with it): apps started in a
 //! pod, a one-line TCP exchange, and reading a sidecar's admin page (its
 //! certificate, the identities it knows, its connections).
 
