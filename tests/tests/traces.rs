@@ -21,8 +21,14 @@
 //!    its server span the 503 the relay answered.
 //! 5. no `traceparent`, straight to back: back starts a trace of its own (ratio 1),
 //!    one root server span.
+//! 6. a gRPC call from a pod `caller` (sidecar, ratio 1; `h2kit grpc-load`) to
+//!    back's gRPC server (`h2kit serve`): caller's client span and back's server
+//!    span, both with `rpc.grpc.status_code` 0 from the trailers.
+//! 7. a gRPC call from `caller` to the service without endpoints: caller's sidecar
+//!    answers trailers-only UNAVAILABLE, its client span says 14, `no_endpoints`
+//!    and error, over HTTP status 200.
 //!
-//! Exactly those 3 + 2 + 1 spans arrive, each from the sidecar expected (the
+//! Exactly those 3 + 2 + 1 + 2 + 1 spans arrive, each from the sidecar expected (the
 //! resource's `k8s.pod.name`). Unsampled requests go first: a proxy's span queue is
 //! FIFO, so once the sampled ones have arrived a stray span would have too.
 //!
@@ -55,6 +61,10 @@ const OTLP_HTTP: u16 = 4318;
 const BACKEND_VIP: &str = "10.96.0.10";
 /// A service with no endpoints.
 const GHOST_VIP: &str = "10.96.0.30";
+/// The gRPC port of backend and ghost.
+const GRPC_PORT: u16 = 82;
+/// The h2kit tool binary (`src/bin/h2kit`), built with the tests.
+const H2KIT: &str = env!("CARGO_BIN_EXE_h2kit");
 /// The client's own span ids, as its `traceparent` names them.
 const T1: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const T2: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -100,6 +110,7 @@ fn spans(protocol: &str, port: u16, mode: Mode) -> Result<()> {
     let front = mode.add_pod(&mesh, "front")?;
     let back = mode.add_pod(&mesh, "back")?;
     let client = mesh.add_pod("client")?;
+    let caller = mode.add_pod(&mesh, "caller")?;
     let receiver_pod = mesh.add_pod("otlp")?;
 
     let exports = mesh.run_dir().join("otlp-exports.jsonl");
@@ -128,15 +139,27 @@ fn spans(protocol: &str, port: u16, mode: Mode) -> Result<()> {
         back.spawn(ProcSpec::new([py.as_str(), &statusd, "serve", "8080"]).name("statusd"))?;
     let _relay =
         front.spawn(ProcSpec::new([py.as_str(), &statusd, "relay", "8080"]).name("relay"))?;
-    for pod in [&front, &back] {
+    let grpc_log = mesh.run_dir().join("grpc-received.log");
+    let _grpc_server = back.spawn(
+        ProcSpec::new([
+            H2KIT,
+            "serve",
+            "8081",
+            "8082",
+            "back",
+            &grpc_log.to_string_lossy(),
+        ])
+        .name("h2kit"),
+    )?;
+    for (pod, port) in [(&front, 8080), (&back, 8080), (&back, 8082)] {
         pod.pod()
-            .wait_listening("127.0.0.1:8080".parse()?, SECS(10))?;
+            .wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), SECS(10))?;
     }
     let file = mesh.run_dir().join("mesh.yaml");
     std::fs::write(
         &file,
         format!(
-            "services:\n  backend:\n    vip: {BACKEND_VIP}\n    ports: [{{ port: 80, target_port: 8080, protocol: http }}]\n    endpoints: [{}]\n  frontend:\n    vip: 10.96.0.20\n    ports: [{{ port: 80, target_port: 8080, protocol: http }}]\n    endpoints: [{}]\n  ghost:\n    vip: {GHOST_VIP}\n    ports: [{{ port: 80, protocol: http }}]\n    endpoints: []\n",
+            "services:\n  backend:\n    vip: {BACKEND_VIP}\n    ports: [{{ port: 80, target_port: 8080, protocol: http }}, {{ port: {GRPC_PORT}, target_port: 8082, protocol: http }}]\n    endpoints: [{}]\n  frontend:\n    vip: 10.96.0.20\n    ports: [{{ port: 80, target_port: 8080, protocol: http }}]\n    endpoints: [{}]\n  ghost:\n    vip: {GHOST_VIP}\n    ports: [{{ port: 80, protocol: http }}, {{ port: {GRPC_PORT}, protocol: http }}]\n    endpoints: []\n",
             back.pod().ipv4(),
             front.pod().ipv4(),
         ),
@@ -160,12 +183,16 @@ fn spans(protocol: &str, port: u16, mode: Mode) -> Result<()> {
         .map(str::to_owned)
     };
     front.pod().add_route("10.96.0.0/16")?;
+    caller.pod().add_route("10.96.0.0/16")?;
     let front_args = args("0");
     let back_args = args("1");
     let _sf = front.sidecar_with(&[], "frontend", &front_args.each_ref().map(String::as_str))?;
     let _sb = back.sidecar_with(&[], "backend", &back_args.each_ref().map(String::as_str))?;
+    let _sc = caller.sidecar_with(&[], "caller", &back_args.each_ref().map(String::as_str))?;
     // front dials back under mutual TLS once it knows back's identity.
-    secure::wait_for_identities(&front, &[back.pod().ipv4().into()], BACK_ID);
+    for pod in [&front, &caller] {
+        secure::wait_for_identities(pod, &[back.pod().ipv4().into()], BACK_ID);
+    }
 
     let front_url = |path: &str| format!("http://{}:8080{path}", front.pod().ipv4());
     let get = |url: &str, traceparent: Option<String>| -> Result<String> {
@@ -217,11 +244,41 @@ fn spans(protocol: &str, port: u16, mode: Mode) -> Result<()> {
         "200"
     );
 
+    // 6 and 7: one gRPC call each (1 call/s for 1 s).
+    let grpc = |vip: &str| -> Result<Value> {
+        let out = caller.run(
+            [
+                H2KIT,
+                "grpc-load",
+                &format!("http://{vip}:{GRPC_PORT}"),
+                "1",
+                "1",
+                "1",
+            ],
+            None,
+            SECS(30),
+        )?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.trim()).with_context(|| format!("grpc-load said {stdout:?}"))
+    };
+    let ok = grpc(BACKEND_VIP)?;
+    assert_eq!(
+        (ok["sent"].as_u64(), ok["succeeded"].as_u64()),
+        (Some(1), Some(1)),
+        "{ok}"
+    );
+    let unavailable = grpc(GHOST_VIP)?;
+    assert_eq!(
+        (unavailable["sent"].as_u64(), unavailable["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{unavailable}"
+    );
+
     // Exported in batches every 5 s (OTEL_BSP_SCHEDULE_DELAY's default).
     let mut got = Vec::new();
     wait_until(SECS(30), Duration::from_millis(250), || {
         got = received(&exports, protocol);
-        got.len() >= 6
+        got.len() >= 9
     })
     .unwrap_or_else(|e| {
         panic!(
@@ -244,7 +301,7 @@ fn spans(protocol: &str, port: u16, mode: Mode) -> Result<()> {
     }
     assert_eq!(
         got.len(),
-        6,
+        9,
         "exactly the sampled requests' spans: {got:#?}"
     );
     let of = |trace: &str| -> Vec<&Received> {
@@ -337,13 +394,49 @@ fn spans(protocol: &str, port: u16, mode: Mode) -> Result<()> {
     let own: Vec<&Received> = got
         .iter()
         .filter(|s| ![T1, T2, T4].contains(&s.span["trace_id"].as_str().unwrap()))
+        .filter(|s| s.attr("rpc.system").is_null())
         .collect();
     assert_eq!(own.len(), 1, "{own:#?}");
     assert_eq!(own[0].pod, "back");
     assert_eq!(own[0].span["kind"], "server");
     assert_eq!(own[0].parent(), "", "a root span");
+
+    // 6 and 7: gRPC, the status from the trailers (or the trailers-only head).
+    let calls: Vec<&Received> = got
+        .iter()
+        .filter(|s| s.attr("rpc.system") == "grpc")
+        .collect();
+    assert_eq!(calls.len(), 3, "{calls:#?}");
+    let cc = calls
+        .iter()
+        .find(|s| s.pod == "caller" && s.attr("peer.service") == "backend")
+        .expect("caller's client span to backend");
+    let sc = calls
+        .iter()
+        .find(|s| s.pod == "back")
+        .expect("back's server span of the call");
+    assert_eq!(sc.parent(), cc.id());
+    assert_eq!(sc.span["trace_id"], cc.span["trace_id"]);
+    for s in [cc, sc] {
+        assert_eq!(s.span["name"], "POST");
+        assert_eq!(s.attr("rpc.grpc.status_code"), 0, "{s:?}");
+        assert_eq!(s.attr("http.response.status_code"), 200);
+        assert_eq!(s.span["status"], "unset");
+    }
+    assert_eq!(
+        sc.attr("weft.peer.identity"),
+        "spiffe://weft.local/ns/local/sa/caller"
+    );
+    let cu = calls
+        .iter()
+        .find(|s| s.pod == "caller" && s.attr("peer.service") == "ghost")
+        .expect("caller's client span to ghost");
+    assert_eq!(cu.attr("rpc.grpc.status_code"), 14, "UNAVAILABLE: {cu:?}");
+    assert_eq!(cu.attr("weft.error"), "no_endpoints");
+    assert_eq!(cu.attr("http.response.status_code"), 200);
+    assert_eq!(cu.span["status"], "error");
     eprintln!(
-        "traces ({protocol}, {}): 6 spans in 3 traces as expected; the unsampled requests made none",
+        "traces ({protocol}, {}): 9 spans in 5 traces as expected; the unsampled requests made none",
         mode.name()
     );
     Ok(())

@@ -98,6 +98,12 @@ impl Body for ProxyBody {
                     Poll::Ready(None)
                 }
                 Some(Ok(frame)) => {
+                    if let (Some(span), Some(trailers)) = (
+                        this.completion.as_mut().and_then(|c| c.span.as_mut()),
+                        frame.trailers_ref(),
+                    ) {
+                        span.grpc_trailers(trailers);
+                    }
                     if body.is_end_stream() {
                         this.complete(true);
                     }

@@ -45,13 +45,14 @@ pub fn status_of(reason: ErrorReason) -> StatusCode {
     }
 }
 
-/// The `grpc-status` a gRPC call gets for a proxy-made error.
-fn grpc_status_of(reason: ErrorReason) -> &'static str {
+/// The `grpc-status` a gRPC call gets for a proxy-made error: the code, and as
+/// the header spells it.
+fn grpc_status_of(reason: ErrorReason) -> (i64, &'static str) {
     match status_of(reason) {
-        StatusCode::GATEWAY_TIMEOUT => "4",
-        StatusCode::BAD_REQUEST => "13",
-        StatusCode::FORBIDDEN => "7",
-        _ => "14",
+        StatusCode::GATEWAY_TIMEOUT => (4, "4"),
+        StatusCode::BAD_REQUEST => (13, "13"),
+        StatusCode::FORBIDDEN => (7, "7"),
+        _ => (14, "14"),
     }
 }
 
@@ -76,6 +77,9 @@ pub fn respond(
     ctx.labels.error(&ctx.common.instruments, reason);
     if let Some(span) = span.as_mut() {
         span.weft_error(reason.as_str());
+        if form == ErrorForm::Grpc {
+            span.grpc_status(grpc_status_of(reason).0);
+        }
     }
     let (status, body) = match form {
         ErrorForm::Http => (status_of(reason), reason.as_str().as_bytes()),
@@ -108,7 +112,7 @@ pub fn respond(
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
             headers.insert(
                 GRPC_STATUS.clone(),
-                HeaderValue::from_static(grpc_status_of(reason)),
+                HeaderValue::from_static(grpc_status_of(reason).1),
             );
             headers.insert(
                 GRPC_MESSAGE.clone(),

@@ -154,6 +154,10 @@ pub async fn forward(
         // The peer sidecar's own answer: why it failed the request.
         span.weft_error(&String::from_utf8_lossy(reason.as_bytes()));
     }
+    if let (Some(span), errors::ErrorForm::Grpc) = (span.as_mut(), form) {
+        // A trailers-only answer has its status in the head.
+        span.grpc_trailers(resp.headers());
+    }
     let upgraded = match downstream_upgrade {
         Some(down) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             tunnel(&ctx, down, hyper::upgrade::on(&mut resp));

@@ -20,7 +20,9 @@
 //! `http.request.resend_count` (the proxy's retries); plus `peer.service` (the
 //! destination service, client spans), `weft.peer.identity` (the caller's SPIFFE
 //! ID under mutual TLS, server spans) and `weft.error`: the `x-weft-error` reason
-//! of a response a sidecar made itself.
+//! of a response a sidecar made itself. A gRPC call adds `rpc.system` and
+//! `rpc.grpc.status_code` (from its trailers), its status deciding the error as
+//! the RPC conventions say.
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
@@ -65,6 +67,8 @@ pub struct RequestSpan {
     client: bool,
     /// `error.type` is set already.
     error_type: bool,
+    /// A gRPC call's status code, once its trailers (or trailers-only head) said.
+    grpc_status: Option<i64>,
 }
 
 impl Tracing {
@@ -114,6 +118,7 @@ impl Tracing {
             span: Box::new(span),
             client,
             error_type: false,
+            grpc_status: None,
         })
     }
 }
@@ -149,6 +154,26 @@ impl RequestSpan {
         self.error_type = true;
     }
 
+    /// A gRPC call's status, from its trailers or a trailers-only head (`headers`
+    /// without `grpc-status`: nothing to say yet).
+    pub fn grpc_trailers(&mut self, headers: &HeaderMap) {
+        let code = headers
+            .get(GRPC_STATUS)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok());
+        if let Some(code) = code {
+            self.grpc_status(code);
+        }
+    }
+
+    /// A gRPC call's status code.
+    pub fn grpc_status(&mut self, code: i64) {
+        self.grpc_status = Some(code);
+        self.span.set_attribute(KeyValue::new("rpc.system", "grpc"));
+        self.span
+            .set_attribute(KeyValue::new("rpc.grpc.status_code", code));
+    }
+
     /// Ends the span with the status the client got (`clean`: the response ended
     /// normally); 5xx is an error on both sides, 4xx on the client's.
     pub fn end(mut self, status: u16, clean: bool) {
@@ -168,8 +193,28 @@ impl RequestSpan {
             self.span.set_status(Status::error(""));
             self.span
                 .set_attribute(KeyValue::new("error.type", "response_incomplete"));
+        } else if let Some(code) = self.grpc_status.filter(|c| grpc_failed(*c, self.client)) {
+            self.span.set_status(Status::error(""));
+            if !self.error_type {
+                self.span
+                    .set_attribute(KeyValue::new("error.type", code.to_string()));
+            }
         }
         self.span.end_with_timestamp(SystemTime::now());
+    }
+}
+
+const GRPC_STATUS: &str = "grpc-status";
+
+/// Whether a gRPC status code is a failure of the span (the semantic
+/// conventions: any non-OK code on a client span; on a server span only those
+/// that say the server failed — UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED,
+/// INTERNAL, UNAVAILABLE, DATA_LOSS).
+fn grpc_failed(code: i64, client: bool) -> bool {
+    if client {
+        code != 0
+    } else {
+        matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
     }
 }
 
@@ -279,6 +324,14 @@ mod tests {
             b = b.header(HOST, h);
         }
         b.body(()).unwrap()
+    }
+
+    #[test]
+    fn grpc_codes_fail_a_client_span_always_a_server_span_when_the_server_failed() {
+        assert!(!grpc_failed(0, true) && !grpc_failed(0, false));
+        assert!(grpc_failed(5, true), "NOT_FOUND, seen by the caller");
+        assert!(!grpc_failed(5, false), "NOT_FOUND is the caller's problem");
+        assert!(grpc_failed(14, false) && grpc_failed(14, true));
     }
 
     #[test]
