@@ -40,8 +40,12 @@
 //!   resource requests; environment `WEFT_SERVICE`, `WEFT_CONTROLLER`,
 //!   `WEFT_PROXY_ID` (the pod's name), `WEFT_CONTROLLER_TOKEN_FILE`, `POD_NAME`
 //!   and `POD_NAMESPACE` (the metrics' resource: `k8s.pod.name`,
-//!   `service.namespace`), and `WEFT_IDENTITY` when the controller has a CA
-//!   (mutual TLS), which weft-proxy reads as its flags.
+//!   `service.namespace`), `WEFT_IDENTITY` when the controller has a CA
+//!   (mutual TLS), and with an OTLP collector (the controller's
+//!   `--inject-otlp-endpoint`, or the pod's `weft.dev/otlp-endpoint`, `none` for
+//!   none) `WEFT_OTLP_ENDPOINT`, `WEFT_OTLP_PROTOCOL` and `WEFT_TRACE_SAMPLE_RATIO`
+//!   (`--inject-trace-sample-ratio`, or the pod's `weft.dev/trace-sample-ratio`),
+//!   which weft-proxy reads as its flags.
 //! - the volume `weft-token`: the pod's ServiceAccount token projected for the
 //!   controller's audience (`--token-audience`, one hour, renewed by the kubelet),
 //!   mounted read-only in the proxy at [`TOKEN_DIR`]: the proxy's credential for
@@ -60,6 +64,12 @@ pub const STATUS_KEY: &str = "weft.dev/status";
 /// Names the pod's service (default: label `app.kubernetes.io/name`, then `app`, then
 /// the pod's name less its generated suffix).
 pub const SERVICE_KEY: &str = "weft.dev/service";
+/// A pod's own OTLP collector for its sidecar (`none`: no export), over the
+/// controller's `--inject-otlp-endpoint`.
+pub const OTLP_ENDPOINT_KEY: &str = "weft.dev/otlp-endpoint";
+/// A pod's own share of sampled requests (0 to 1), over the controller's
+/// `--inject-trace-sample-ratio`.
+pub const TRACE_SAMPLE_RATIO_KEY: &str = "weft.dev/trace-sample-ratio";
 /// The names of the containers added.
 pub const INIT_NAME: &str = "weft-init";
 pub const PROXY_NAME: &str = "weft-proxy";
@@ -113,7 +123,7 @@ pub enum Via {
 }
 
 /// What is injected: images, the controller's address, resources.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InjectConfig {
     /// The image holding weft-init and weft-proxy.
     pub image: String,
@@ -127,6 +137,21 @@ pub struct InjectConfig {
     /// The controller has a CA: the proxies keep a workload certificate and take
     /// part in mutual TLS (`WEFT_IDENTITY`).
     pub identity: bool,
+    /// Where the sidecars push metrics and request spans over OTLP, mesh-wide.
+    pub telemetry: SidecarTelemetry,
+}
+
+/// The sidecars' OTLP export, as the controller's `--inject-otlp-*` flags set it
+/// for every injected pod; a pod's annotations [`OTLP_ENDPOINT_KEY`] and
+/// [`TRACE_SAMPLE_RATIO_KEY`] override it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SidecarTelemetry {
+    /// `http://collector:4317`-style; `None`: no export.
+    pub otlp_endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`; `None`: weft-proxy's default.
+    pub otlp_protocol: Option<String>,
+    /// `None`: weft-proxy's default (1%).
+    pub trace_sample_ratio: Option<f64>,
 }
 
 impl Default for InjectConfig {
@@ -137,6 +162,7 @@ impl Default for InjectConfig {
             pull_policy: "IfNotPresent".to_owned(),
             token_audience: crate::auth::review::DEFAULT_AUDIENCE.to_owned(),
             identity: false,
+            telemetry: SidecarTelemetry::default(),
         }
     }
 }
@@ -168,6 +194,42 @@ fn names(pod: &Value, list: &str) -> Vec<String> {
         .flatten()
         .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_owned))
         .collect()
+}
+
+/// The proxy's OTLP environment for `pod`: the mesh-wide settings, with the pod's
+/// annotations over them (checked: a bad value denies the pod with the reason).
+fn telemetry_env(pod: &Value, mesh: &SidecarTelemetry) -> Result<Vec<Value>, String> {
+    let endpoint = match meta(pod, "annotations", OTLP_ENDPOINT_KEY).map(str::trim) {
+        Some("none") => None,
+        Some(url) => {
+            weft_runtime::otlp::check_url(url, OTLP_ENDPOINT_KEY)?;
+            Some(url.to_owned())
+        }
+        None => mesh.otlp_endpoint.clone(),
+    };
+    let ratio = match meta(pod, "annotations", TRACE_SAMPLE_RATIO_KEY).map(str::trim) {
+        Some(r) => Some(
+            r.parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| {
+                    format!("{TRACE_SAMPLE_RATIO_KEY}: {r:?} is not a ratio from 0 to 1")
+                })?,
+        ),
+        None => mesh.trace_sample_ratio,
+    };
+    let Some(endpoint) = endpoint else {
+        // No export: nothing to sample for either.
+        return Ok(Vec::new());
+    };
+    let mut env = vec![json!({ "name": "WEFT_OTLP_ENDPOINT", "value": endpoint })];
+    if let Some(protocol) = &mesh.otlp_protocol {
+        env.push(json!({ "name": "WEFT_OTLP_PROTOCOL", "value": protocol }));
+    }
+    if let Some(ratio) = ratio {
+        env.push(json!({ "name": "WEFT_TRACE_SAMPLE_RATIO", "value": ratio.to_string() }));
+    }
+    Ok(env)
 }
 
 /// Whether `pod` is injected already.
@@ -227,6 +289,10 @@ pub fn decide(pod: &Value, namespace: &str, via: Via, config: &InjectConfig) -> 
             Err(e) => return Decision::Deny(format!("{annotation}: {e}")),
         }
     }
+    let telemetry_env = match telemetry_env(pod, &config.telemetry) {
+        Ok(env) => env,
+        Err(e) => return Decision::Deny(e),
+    };
     let service = service_name(pod, namespace);
     let init = json!({
         "name": INIT_NAME,
@@ -294,10 +360,11 @@ pub fn decide(pod: &Value, namespace: &str, via: Via, config: &InjectConfig) -> 
             "limits": { "memory": "256Mi" },
         },
     });
-    if config.identity {
-        if let Some(env) = proxy["env"].as_array_mut() {
+    if let Some(env) = proxy["env"].as_array_mut() {
+        if config.identity {
             env.push(json!({ "name": "WEFT_IDENTITY", "value": "true" }));
         }
+        env.extend(telemetry_env);
     }
     let mut ops = Vec::new();
     if pod
@@ -572,6 +639,93 @@ mod tests {
             check_list("10.0.0.0/8, fd00::/8,1.2.3.4", Kind::Cidrs).as_deref(),
             Ok("10.0.0.0/8,fd00::/8,1.2.3.4")
         );
+    }
+
+    /// The proxy's environment value `name`, if set.
+    fn env_of(ops: &[Value], name: &str) -> Option<String> {
+        // The proxy is added alone, or in a new initContainers list.
+        let proxy = ops
+            .iter()
+            .flat_map(|op| match &op["value"] {
+                Value::Array(list) => list.iter().collect(),
+                one => vec![one],
+            })
+            .find(|c| c["name"] == PROXY_NAME)
+            .expect("the proxy container");
+        proxy["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str().map(str::to_owned))
+    }
+
+    #[test]
+    fn the_mesh_wide_otlp_settings_reach_every_sidecar_and_a_pod_may_override_them() {
+        let mesh = InjectConfig {
+            telemetry: SidecarTelemetry {
+                otlp_endpoint: Some("http://collector.obs:4317".to_owned()),
+                otlp_protocol: Some("grpc".to_owned()),
+                trace_sample_ratio: Some(0.05),
+            },
+            ..InjectConfig::default()
+        };
+        let plain = pod(json!({ INJECT_KEY: "enabled" }), json!({}));
+        let ops = patch(decide(&plain, "shop", Via::Pod, &mesh));
+        assert_eq!(
+            env_of(&ops, "WEFT_OTLP_ENDPOINT").as_deref(),
+            Some("http://collector.obs:4317")
+        );
+        assert_eq!(env_of(&ops, "WEFT_OTLP_PROTOCOL").as_deref(), Some("grpc"));
+        assert_eq!(
+            env_of(&ops, "WEFT_TRACE_SAMPLE_RATIO").as_deref(),
+            Some("0.05")
+        );
+        // Without settings, nothing: weft-proxy exports nothing.
+        let ops = patch(decide(&plain, "shop", Via::Pod, &InjectConfig::default()));
+        assert_eq!(env_of(&ops, "WEFT_OTLP_ENDPOINT"), None);
+        assert_eq!(env_of(&ops, "WEFT_TRACE_SAMPLE_RATIO"), None);
+        // A pod's own ratio and collector; `none` opts out.
+        let own = pod(
+            json!({
+                INJECT_KEY: "enabled",
+                TRACE_SAMPLE_RATIO_KEY: "1",
+                OTLP_ENDPOINT_KEY: "http://agent.local:4317",
+            }),
+            json!({}),
+        );
+        let ops = patch(decide(&own, "shop", Via::Pod, &mesh));
+        assert_eq!(
+            env_of(&ops, "WEFT_TRACE_SAMPLE_RATIO").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            env_of(&ops, "WEFT_OTLP_ENDPOINT").as_deref(),
+            Some("http://agent.local:4317")
+        );
+        let out = pod(
+            json!({ INJECT_KEY: "enabled", OTLP_ENDPOINT_KEY: "none" }),
+            json!({}),
+        );
+        let ops = patch(decide(&out, "shop", Via::Pod, &mesh));
+        assert_eq!(env_of(&ops, "WEFT_OTLP_ENDPOINT"), None);
+        assert_eq!(env_of(&ops, "WEFT_TRACE_SAMPLE_RATIO"), None);
+    }
+
+    #[test]
+    fn bad_telemetry_annotations_deny_the_pod() {
+        for (k, v) in [
+            (TRACE_SAMPLE_RATIO_KEY, "2"),
+            (TRACE_SAMPLE_RATIO_KEY, "some"),
+            (OTLP_ENDPOINT_KEY, "https://collector:4317"),
+            (OTLP_ENDPOINT_KEY, "collector:4317"),
+        ] {
+            let p = pod(json!({ INJECT_KEY: "enabled", k: v }), json!({}));
+            match decide(&p, "ns", Via::Pod, &InjectConfig::default()) {
+                Decision::Deny(reason) => assert!(reason.starts_with(k), "{reason}"),
+                other => panic!("{k}={v}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -96,6 +96,28 @@ struct Args {
     /// imagePullPolicy of the injected containers.
     #[arg(long, env = "WEFT_INJECT_PULL_POLICY", default_value = "IfNotPresent")]
     inject_pull_policy: String,
+    /// The OTLP collector injected sidecars push metrics and request spans to
+    /// (http://host:port; a pod's weft.dev/otlp-endpoint annotation overrides it,
+    /// `none` opts out). Without it sidecars export nothing over OTLP.
+    #[arg(long, env = "WEFT_INJECT_OTLP_ENDPOINT")]
+    inject_otlp_endpoint: Option<String>,
+    /// grpc or http/protobuf, for --inject-otlp-endpoint [default: weft-proxy's,
+    /// http/protobuf].
+    #[arg(
+        long,
+        env = "WEFT_INJECT_OTLP_PROTOCOL",
+        requires = "inject_otlp_endpoint"
+    )]
+    inject_otlp_protocol: Option<String>,
+    /// The share (0 to 1) of requests without a sampling decision that injected
+    /// sidecars trace (a pod's weft.dev/trace-sample-ratio overrides it)
+    /// [default: weft-proxy's, 0.01].
+    #[arg(
+        long,
+        env = "WEFT_INJECT_TRACE_SAMPLE_RATIO",
+        requires = "inject_otlp_endpoint"
+    )]
+    inject_trace_sample_ratio: Option<f64>,
     /// Bearer tokens API callers may present, with the services each may register
     /// into (YAML; followed on change). See ARCHITECTURE.md, Who may call what.
     #[arg(long, env = "WEFT_API_TOKENS")]
@@ -274,6 +296,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 pull_policy: args.inject_pull_policy,
                 token_audience: args.token_audience,
                 identity: with_ca,
+                telemetry: sidecar_telemetry(
+                    args.inject_otlp_endpoint,
+                    args.inject_otlp_protocol,
+                    args.inject_trace_sample_ratio,
+                )?,
             };
             let webhook = Webhook::from_pem_files(cert, key, inject)?;
             let listener = TcpListener::bind(addr)
@@ -288,5 +315,28 @@ fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", args.http_listen))?;
         controller.serve(grpc, http, shutdown_signal()).await
+    })
+}
+
+/// The `--inject-otlp-*` flags, checked as weft-proxy would check them: a bad one
+/// stops the controller rather than every injected sidecar.
+fn sidecar_telemetry(
+    endpoint: Option<String>,
+    protocol: Option<String>,
+    ratio: Option<f64>,
+) -> anyhow::Result<weft_controller::inject::SidecarTelemetry> {
+    if let Some(url) = &endpoint {
+        weft_runtime::otlp::check_url(url, "--inject-otlp-endpoint").map_err(anyhow::Error::msg)?;
+    }
+    if let Some(p) = &protocol {
+        weft_runtime::otlp::Protocol::parse(p, "--inject-otlp-protocol")?;
+    }
+    if let Some(r) = ratio.filter(|r| !(0.0..=1.0).contains(r)) {
+        anyhow::bail!("--inject-trace-sample-ratio: {r} is not a ratio from 0 to 1");
+    }
+    Ok(weft_controller::inject::SidecarTelemetry {
+        otlp_endpoint: endpoint,
+        otlp_protocol: protocol,
+        trace_sample_ratio: ratio,
     })
 }

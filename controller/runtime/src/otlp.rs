@@ -61,7 +61,8 @@ impl Protocol {
         }
     }
 
-    fn parse(s: &str, from: &str) -> Result<Protocol, OtlpError> {
+    /// `s` as a protocol name; an error names `from`, where it was read.
+    pub fn parse(s: &str, from: &str) -> Result<Protocol, OtlpError> {
         match s.trim() {
             "grpc" => Ok(Protocol::Grpc),
             "http/protobuf" => Ok(Protocol::HttpProtobuf),
@@ -281,8 +282,9 @@ fn millis(v: &str, from: &str) -> Result<Duration, String> {
     }
 }
 
-/// An `http://host[:port][/path]` URL.
-fn check_url(url: &str, from: &str) -> Result<(), String> {
+/// An `http://host[:port][/path]` URL (the only kind OTLP is sent to); an error
+/// names `from`, where it was read.
+pub fn check_url(url: &str, from: &str) -> Result<(), String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("{from}: {url:?} is not a URL: {e}"))?;
