@@ -83,7 +83,7 @@ function drawTopology(data) {
   const box = document.getElementById("topology");
   const services = new Map(data.services.map((s) => [s.name, s]));
   const names = [...services.keys()];
-  const W = 230, H = 64, GAPX = 210, GAPY = 40, PAD = 20;
+  const W = 270, H = 64, GAPX = 200, GAPY = 40, PAD = 20;
   const columns = layout(names, data.edges);
   const pos = new Map();
   const rows = Math.max(1, ...columns.map((c) => c.length));
@@ -92,8 +92,10 @@ function drawTopology(data) {
     pos.set(n, { x: PAD + i * (W + GAPX), y: PAD + offset + j * (H + GAPY) });
   }));
   const width = PAD * 2 + columns.length * W + Math.max(0, columns.length - 1) * GAPX;
-  const height = PAD * 2 + rows * H + (rows - 1) * GAPY + 40;
-  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "service topology" });
+  const height = PAD * 2 + rows * H + (rows - 1) * GAPY;
+  // Drawn at its natural size (text stays the size of the page's), shrunk only
+  // when wider than the window.
+  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": "service topology" });
   root.append(svg("defs", {},
     ...["ok", "degraded", "failing", "idle"].map((k) => svg("marker", {
       id: "arrow-" + k, viewBox: "0 0 10 10", refX: "9", refY: "5", markerWidth: "7", markerHeight: "7", orient: "auto-start-reverse",
@@ -150,6 +152,7 @@ function sparkline(kind, label, values, t, fmt, fixedMax) {
   });
   const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", "aria-label": label + " over time" },
     svg("polyline", { points: pts.join(" ") }));
+  if (pts.length === 0) chart.append(svg("text", { x: 6, y: 22, class: "sub" }, "no requests yet"));
   const last = nums.length ? nums[nums.length - 1] : null;
   return el("div", { class: "spark " + kind, "data-signal": kind },
     el("span", {}, label), chart, el("span", { class: "value" }, last === null ? "–" : fmt(last)));
