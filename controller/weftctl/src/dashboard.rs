@@ -30,9 +30,12 @@ pub fn describe(mesh: &MeshState) -> String {
         "The mesh page: {url}\n\
          (the token in it is read-only). It is served in the node namespace {ns}, which has\n\
          no route to this machine's network: open it from there, e.g.\n  \
-         sudo ip netns exec {ns} chromium --headless --no-sandbox --window-size=1280,1700 --screenshot=mesh.png '{url}'\n  \
-         sudo ip netns exec {ns} sudo -u \"$USER\" chromium '{url}'   (a desktop session's user)\n",
-        ns = mesh.node_netns
+         sudo ip netns exec {ns} chromium --headless --no-sandbox --window-size=1280,1700 --screenshot=mesh.png '{url}'\n\
+         and its data (what `weftctl dashboard` summarizes):\n  \
+         sudo ip netns exec {ns} curl -s -H 'Authorization: Bearer {token}' http://{addr}/ui/api/mesh\n",
+        ns = mesh.node_netns,
+        addr = mesh.controller_http,
+        token = weft_localmesh::credentials::viewer_token(&mesh.run_dir).unwrap_or_default(),
     )
 }
 

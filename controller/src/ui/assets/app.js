@@ -73,7 +73,8 @@ function layout(names, edges) {
 }
 
 function edgeClass(e) {
-  if (e.success === null || e.success === undefined) return e.requests > 0 || e.connections > 0 ? "idle" : "idle";
+  // No request lately (or an edge without HTTP): nothing to judge.
+  if (e.success === null || e.success === undefined) return "idle";
   if (e.success >= 0.99) return "ok";
   if (e.success >= 0.95) return "degraded";
   return "failing";
