@@ -68,11 +68,12 @@ time.sleep(90)\n";
     (child, port)
 }
 
-/// `LOAD` requests from frontend-0 to the backend service, 50 ms apart; each
+/// `LOAD` requests from frontend-0 to the backend service, 200 ms apart (so the
+/// page draws a few rounds of it); each
 /// must be answered 200.
 fn bounded_load(up: &Up) {
     let script = format!(
-        "for i in $(seq 1 {LOAD}); do curl -s -o /dev/null -w '%{{http_code}}\\n' --max-time 5 http://backend/; sleep 0.05; done"
+        "for i in $(seq 1 {LOAD}); do curl -s -o /dev/null -w '%{{http_code}}\\n' --max-time 5 http://backend/; sleep 0.2; done"
     );
     let out = up.weftctl_ok(&["exec", "frontend-0", "--", "sh", "-c", &script]);
     let codes: Vec<&str> = out.lines().collect();
@@ -182,10 +183,27 @@ fn the_mesh_page_shows_the_demo_mesh_in_a_browser(mode: &str) {
     let last = renders
         .last()
         .unwrap_or_else(|| panic!("no render: {report}"));
-    assert!(
-        report["satisfied"].as_bool().unwrap(),
-        "the page never showed it all; last render:\n{last:#}"
-    );
+    if !report["satisfied"].as_bool().unwrap() {
+        let metrics = up.weftctl_ok(&[
+            "exec",
+            "frontend-0",
+            "--",
+            "curl",
+            "-s",
+            "http://127.0.0.1:15020/metrics",
+        ]);
+        let requests: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("weft_http_requests_total")
+                    || l.starts_with("weft_tcp_connections_opened_total")
+            })
+            .collect();
+        panic!(
+            "the page never showed it all; frontend-0's counters:\n{}\nlast render:\n{last:#}",
+            requests.join("\n")
+        );
+    }
     // The count: never above the clients', and equal from the first round
     // gathered after the load (the render that satisfied the script).
     for r in renders {

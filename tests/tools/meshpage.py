@@ -26,6 +26,7 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -93,6 +94,50 @@ def screenshot(driver, path):
         f.write(base64.b64decode(shot["data"]))
 
 
+def watch(driver, args):
+    """Opens the page, records its renders until satisfied or timed out, saves
+    the screenshots; the report."""
+    renders = []
+    done = False
+    driver.get(args.url)
+    deadline = time.monotonic() + args.timeout
+    last = None
+    while time.monotonic() < deadline:
+        render = driver.execute_script(READ_PAGE)
+        if render["refreshed_at"] != last:
+            last = render["refreshed_at"]
+            render["seen_at_ms"] = int(time.time() * 1000)
+            renders.append(render)
+            if satisfied(render, args):
+                done = True
+                break
+        time.sleep(0.2)
+    screenshot(driver, os.path.join(args.out, "mesh-page.png"))
+    driver.find_element(By.ID, "topology").screenshot(os.path.join(args.out, "topology.png"))
+    driver.find_element(By.ID, "pods-section").screenshot(os.path.join(args.out, "pods.png"))
+    # Every request our page's document made (the browser's own start page,
+    # chrome://new-tab-page, loads its own things meanwhile: not the page's).
+    page = urllib.parse.urlsplit(args.url)
+    requested = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") != "Network.requestWillBeSent":
+            continue
+        document = urllib.parse.urlsplit(message["params"].get("documentURL", ""))
+        if (document.scheme, document.netloc, document.path) == (page.scheme, page.netloc, page.path):
+            requested.append(message["params"]["request"]["url"])
+    return {
+        "satisfied": done,
+        "renders": renders,
+        "requested": requested,
+        "resources": driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+        ),
+        "console_errors": [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"],
+        "location": driver.current_url,
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
@@ -126,55 +171,15 @@ def main():
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
-    renders = []
-    done = False
     try:
-        driver.get(args.url)
-        deadline = time.monotonic() + args.timeout
-        last = None
-        while time.monotonic() < deadline:
-            render = driver.execute_script(READ_PAGE)
-            if render["refreshed_at"] != last:
-                last = render["refreshed_at"]
-                render["seen_at_ms"] = int(time.time() * 1000)
-                renders.append(render)
-                if satisfied(render, args):
-                    done = True
-                    break
-            time.sleep(0.2)
-        screenshot(driver, os.path.join(args.out, "mesh-page.png"))
-        driver.find_element(By.ID, "topology").screenshot(os.path.join(args.out, "topology.png"))
-        driver.find_element(By.ID, "pods-section").screenshot(os.path.join(args.out, "pods.png"))
-        # Every request our page's document made (the browser's own start page,
-        # chrome://new-tab-page, loads its own things meanwhile: not the page's).
-        page = urllib.parse.urlsplit(args.url)
-        requested = []
-        for entry in driver.get_log("performance"):
-            message = json.loads(entry["message"])["message"]
-            if message.get("method") != "Network.requestWillBeSent":
-                continue
-            document = urllib.parse.urlsplit(message["params"].get("documentURL", ""))
-            if (document.scheme, document.netloc, document.path) == (page.scheme, page.netloc, page.path):
-                requested.append(message["params"]["request"]["url"])
-        resources = driver.execute_script(
-            "return performance.getEntriesByType('resource').map(e => e.name)"
-        )
-        console = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
-        location = driver.current_url
+        driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
+        try:
+            report = watch(driver, args)
+        finally:
+            driver.quit()
     finally:
-        driver.quit()
-    json.dump(
-        {
-            "satisfied": done,
-            "renders": renders,
-            "requested": requested,
-            "resources": resources,
-            "console_errors": console,
-            "location": location,
-        },
-        sys.stdout,
-    )
+        shutil.rmtree(profile, ignore_errors=True)
+    json.dump(report, sys.stdout)
     print()
 
 
