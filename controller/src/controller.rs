@@ -27,6 +27,7 @@ use crate::model::SourceKind;
 use crate::registry::{Caps, Registry};
 use crate::source::{Contribution, DynSource, FileSource, DEFAULT_POLL_INTERVAL};
 use crate::state::State;
+use crate::ui::Ui;
 use crate::webhook::Webhook;
 use crate::xds::AdsService;
 
@@ -54,6 +55,8 @@ pub struct Options {
     pub ca: Option<CaConfig>,
     /// How the discovery server notices subscribers that vanished.
     pub keepalive: Keepalive,
+    /// How the mesh page reads the proxies.
+    pub ui: crate::ui::Settings,
 }
 
 /// How the discovery (gRPC) server notices a peer that vanished without closing
@@ -97,6 +100,7 @@ impl Options {
             caps: Caps::default(),
             ca: None,
             keepalive: Keepalive::default(),
+            ui: crate::ui::Settings::default(),
         }
     }
 }
@@ -117,6 +121,7 @@ pub struct Controller {
     ca: Option<(Arc<Ca>, CaConfig)>,
     keepalive: Keepalive,
     telemetry: Telemetry,
+    ui: crate::ui::Settings,
 }
 
 impl Controller {
@@ -170,7 +175,8 @@ impl Controller {
         Ok(controller
             .with_auth(auth)
             .with_ca(ca)
-            .with_keepalive(options.keepalive))
+            .with_keepalive(options.keepalive)
+            .with_ui(options.ui.clone()))
     }
 
     /// Takes the first state from each of `sources` (in priority order: the first
@@ -213,6 +219,7 @@ impl Controller {
             ca: None,
             keepalive: Keepalive::default(),
             telemetry: Telemetry::default(),
+            ui: crate::ui::Settings::default(),
         })
     }
 
@@ -232,6 +239,13 @@ impl Controller {
     /// [`Keepalive::default`]).
     pub fn with_keepalive(mut self, keepalive: Keepalive) -> Self {
         self.keepalive = keepalive;
+        self
+    }
+
+    /// Reads the proxies for the mesh page as `ui` says (by default
+    /// [`crate::ui::Settings::default`]).
+    pub fn with_ui(mut self, ui: crate::ui::Settings) -> Self {
+        self.ui = ui;
         self
     }
 
@@ -274,6 +288,7 @@ impl Controller {
             ca,
             keepalive,
             telemetry,
+            ui,
         } = self;
         let metrics = Arc::new(
             Metrics::with_telemetry(state.clone(), health.clone(), auth.clone(), &telemetry)
@@ -324,12 +339,16 @@ impl Controller {
                     CertificateService::new(ca, auth.clone(), &config).into_server()
                 }))
                 .serve_with_incoming_shutdown(incoming(grpc, keepalive), closed);
+        let ui = Arc::new(Ui::new(state.clone(), ui));
+        // Ends by itself when the state closes.
+        let gatherer = tokio::spawn(ui.gatherer().run());
         let api = Api {
             state: state.clone(),
             metrics,
             registry,
             health,
             auth,
+            ui,
         };
         let http_server = crate::http::serve(http, api, state.closed());
         let grpc_task = tokio::spawn(grpc_server);
@@ -355,6 +374,7 @@ impl Controller {
         reclaim.abort();
         state.close();
         token_file.abort();
+        gatherer.abort();
         let grpc_result = grpc_task.await.context("gRPC server task")?;
         http_task.await.context("HTTP server task")?;
         if let Some(task) = webhook_task {

@@ -7,10 +7,12 @@
 //! | `PUT /v1/services/{service}/endpoints/{address}` | registers an endpoint; optional JSON body `{"port": 8080, "weight": 1, "labels": {"zone": "a"}}`; `201` new, `200` updated or unchanged |
 //! | `DELETE /v1/services/{service}/endpoints/{address}` | deregisters it; `204`, or `404` when it is not registered |
 //! | `GET /v1/status` | epoch and version, sources and their errors (file:line), conflicts, subscribers (proxies that applied a snapshot), each proxy's sent and applied versions, lag and last rejection (`proxies`), the API credentials in force (`auth`), the ADS streams of proxyless gRPC clients: open, pushes, ACKs and NACKs per type, the last NACK (`xds`) |
+//! | `GET /ui/api/mesh` | the mesh page's data ([`crate::ui`]): services, edges and their golden signals, pods' sidecars and connections, recent bad configurations |
+//! | `GET /ui/`, `/ui/app.js`, `/ui/style.css` | the mesh page's assets (no data: open) |
 //! | `GET /metrics` | Prometheus |
 //! | `GET /ready`, `/live` | `200` once serving |
 //!
-//! Everything but `/metrics`, `/ready` and `/live` needs `Authorization: Bearer
+//! Everything but `/metrics`, `/ready`, `/live` and the page's assets needs `Authorization: Bearer
 //! TOKEN`, and writes a token scoped to the service ([`crate::auth`]): `401` without
 //! a valid credential, `403` out of scope, `429` (with `Retry-After`) over the
 //! caller's write rate, `409` over a registry cap (`--max-registrations`,
@@ -44,6 +46,7 @@ use crate::metrics::Metrics;
 use crate::model::{Name, Registration};
 use crate::registry::{PutOutcome, Registry, RegistryError};
 use crate::state::State;
+use crate::ui::Ui;
 /// The body type of every response served here.
 pub use weft_runtime::http::Body;
 use weft_runtime::http::{respond, RemoteAddr};
@@ -61,6 +64,8 @@ pub struct Api {
     pub health: Arc<HealthTable>,
     /// Who may call what.
     pub auth: Arc<Auth>,
+    /// The mesh page and its data.
+    pub ui: Arc<Ui>,
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -170,7 +175,10 @@ pub fn route(api: &Api, path: &str) -> Response<Body> {
         "/ready" | "/live" => text(StatusCode::OK, "ok\n"),
         _ => match path.strip_prefix("/v1/services/") {
             Some(rest) if !rest.contains('/') => one_service(api, rest),
-            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+            _ => api
+                .ui
+                .route(path)
+                .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
         },
     }
 }
@@ -437,9 +445,10 @@ fn no_registry() -> Response<Body> {
     )
 }
 
-/// Paths anyone may read: probes and scrapers.
+/// Paths anyone may read: probes, scrapers and the mesh page's assets (which
+/// hold no data; its data API wants a token).
 fn is_open(path: &str) -> bool {
-    matches!(path, "/metrics" | "/ready" | "/live")
+    matches!(path, "/metrics" | "/ready" | "/live") || Ui::is_asset(path)
 }
 
 /// Answers one request.

@@ -16,7 +16,7 @@
 //! - [`xds`]: Envoy's Aggregated Discovery Service (xDS v3) beside it, for
 //!   proxyless gRPC clients.
 //! - [`http`]: `/v1/services` (and registration under it), `/v1/status`, `/metrics`,
-//!   `/ready`, `/live`.
+//!   `/ready`, `/live`, and the mesh page under `/ui`.
 //! - [`inject`]: which pods get the sidecar, and the JSONPatch that adds it.
 //! - [`webhook`]: the mutating admission webhook serving [`inject`] over TLS.
 //! - [`metrics`]: the `weft_controller_*` series, observed from the state.
@@ -25,12 +25,17 @@
 //! - [`ca`]: the mesh CA (`--ca-dir`): its key and root, workload certificates
 //!   (SPIFFE IDs) signed from the proxies' CSRs, served as the `Certificates` gRPC
 //!   service.
+//! - [`edges`]: the service topology and per-edge golden signals from the
+//!   proxies' Prometheus pages (shared with weftctl's `top` and `graph`).
+//! - [`ui`]: the mesh page (`/ui`) and the data it shows, gathered from the
+//!   subscribed proxies.
 //! - [`controller`]: ties them together.
 
 pub mod annotations;
 pub mod auth;
 pub mod ca;
 pub mod controller;
+pub mod edges;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -48,6 +53,7 @@ pub mod proxies;
 pub mod registry;
 pub mod source;
 pub mod state;
+pub mod ui;
 pub mod webhook;
 pub mod xds;
 

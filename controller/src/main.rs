@@ -17,6 +17,7 @@ use weft_controller::health::{Defaults, Scope};
 use weft_controller::inject::InjectConfig;
 use weft_controller::metrics::Telemetry;
 use weft_controller::registry::Caps;
+use weft_controller::ui::Settings as UiSettings;
 use weft_controller::webhook::Webhook;
 use weft_controller::{Controller, Keepalive, Options};
 use weft_runtime::signals::shutdown_signal;
@@ -166,6 +167,18 @@ struct Args {
     /// Registered endpoints one service takes.
     #[arg(long, env = "WEFT_MAX_ENDPOINTS_PER_SERVICE", default_value_t = Caps::default().per_service)]
     max_endpoints_per_service: usize,
+    /// The mesh page (`/ui/`): the proxies' metrics port, where it reads their
+    /// `/metrics` and `/ready` at each subscribed proxy's address.
+    #[arg(long, env = "WEFT_UI_PROXY_METRICS_PORT", default_value_t = UiSettings::default().metrics_port)]
+    ui_proxy_metrics_port: u16,
+    /// The mesh page: the proxies' admin port, where it reads their
+    /// `/connections` (only where the proxies' --admin-listen is reachable from
+    /// the controller, as in the local mesh; else the page says so).
+    #[arg(long, env = "WEFT_UI_PROXY_ADMIN_PORT", default_value_t = UiSettings::default().admin_port)]
+    ui_proxy_admin_port: u16,
+    /// The mesh page: how often the proxies are read (its resolution).
+    #[arg(long, env = "WEFT_UI_INTERVAL", default_value = "2s", value_parser = interval)]
+    ui_interval: Duration,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -268,6 +281,14 @@ fn run(args: Args) -> anyhow::Result<()> {
                 trust_domain: args.trust_domain.clone(),
                 lifetime: args.cert_lifetime,
             }),
+            ui: UiSettings {
+                metrics_port: args.ui_proxy_metrics_port,
+                admin_port: args.ui_proxy_admin_port,
+                interval: args.ui_interval,
+                // A round's reads end before the next round starts.
+                timeout: args.ui_interval.min(UiSettings::default().timeout),
+                ..UiSettings::default()
+            },
             keepalive: Keepalive {
                 interval: (!args.grpc_keepalive_interval.is_zero())
                     .then_some(args.grpc_keepalive_interval),

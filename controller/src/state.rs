@@ -3,7 +3,7 @@
 //! exported as metrics). Subscribers follow the current snapshot through a
 //! `tokio::sync::watch` channel.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -166,7 +166,13 @@ pub struct State {
     draining: Mutex<BTreeSet<IpAddr>>,
     /// Wakes the merge loop when `draining` changed.
     drain_changed: Notify,
+    /// The last [`RECENT_ERRORS`] bad configurations, oldest first (the mesh
+    /// page's "bad edits"; `/v1/status` keeps only the current and the last one).
+    recent_errors: Mutex<VecDeque<TimedError>>,
 }
+
+/// How many bad configurations [`State::recent_errors`] keeps.
+pub const RECENT_ERRORS: usize = 20;
 
 fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
@@ -218,6 +224,7 @@ impl State {
             sidecars: Mutex::new(HashMap::new()),
             draining: Mutex::new(BTreeSet::new()),
             drain_changed: Notify::new(),
+            recent_errors: Mutex::new(VecDeque::with_capacity(RECENT_ERRORS)),
         }
     }
 
@@ -429,7 +436,19 @@ impl State {
             s.current_error = Some(timed.clone());
         }
         status.current_error = status.sources.iter().find_map(|s| s.current_error.clone());
-        status.last_error = Some(timed);
+        status.last_error = Some(timed.clone());
+        drop(status);
+        let mut recent = self.recent_errors.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_ERRORS {
+            recent.pop_front();
+        }
+        recent.push_back(timed);
+    }
+
+    /// The last [`RECENT_ERRORS`] bad configurations any source gave, oldest first.
+    pub fn recent_errors(&self) -> Vec<TimedError> {
+        let recent = self.recent_errors.lock().unwrap_or_else(|e| e.into_inner());
+        recent.iter().cloned().collect()
     }
 
     /// The merged catalog behind the served mesh (every endpoint, before health
@@ -591,6 +610,21 @@ mod tests {
     }
 
     #[test]
+    fn recent_errors_are_bounded_oldest_out_first() {
+        let state = State::new(vec!["file m".into()], mesh(BASE));
+        for i in 0..=RECENT_ERRORS {
+            state.record_error(0, ConfigError::new("m", format!("bad {i}")));
+        }
+        let recent = state.recent_errors();
+        assert_eq!(recent.len(), RECENT_ERRORS, "bounded");
+        assert_eq!(recent[0].display, "m: bad 1", "the oldest went first");
+        assert_eq!(
+            recent[RECENT_ERRORS - 1].display,
+            format!("m: bad {RECENT_ERRORS}")
+        );
+    }
+
+    #[test]
     fn versions_errors_and_subscribers() {
         let state = Arc::new(State::new(
             vec!["file m".into(), "other".into()],
@@ -618,6 +652,12 @@ mod tests {
             "the other source is still bad"
         );
         state.record_good(1);
+        let recent: Vec<String> = state
+            .recent_errors()
+            .into_iter()
+            .map(|e| e.display)
+            .collect();
+        assert_eq!(recent, ["o: worse", "m: bad"], "kept after they were fixed");
         let s = state.status();
         assert!(s.current_error.is_none());
         assert!(s.last_error.is_some());

@@ -47,6 +47,22 @@ pub fn tool(name: &str) -> String {
         .to_string_lossy()
         .into_owned()
 }
+/// A test's own directory for what it leaves to look at (screenshots):
+/// `target/test-output/<name>`, made empty (the test executable is
+/// `target/<profile>/deps/<test>`).
+pub fn output_dir(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    let exe = std::env::current_exe().context("current_exe")?;
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .context("the test executable is not under target/<profile>/deps")?;
+    let dir = target.join("test-output").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
+
 pub use weft_localmesh::{
     bins, cgroup, cmd, controller, http, logs, mesh, naming, netns, pod, process, sidecar, wait,
 };

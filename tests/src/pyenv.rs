@@ -1,7 +1,8 @@
-//! A Python virtual environment with grpcio and opentelemetry-proto from PyPI, for
-//! the tests whose apps are gRPC's own Python implementation (the xDS test's
-//! proxyless client and its replicas) and the OTLP test's receiver
-//! (`tools/otlpkit.py`: the OTLP protobuf types and gRPC service). Made once under the target directory (`target/e2e-venv`) from the
+//! A Python virtual environment with grpcio, opentelemetry-proto and Selenium from
+//! PyPI, for the tests whose apps are gRPC's own Python implementation (the xDS
+//! test's proxyless client and its replicas), the OTLP test's receiver
+//! (`tools/otlpkit.py`: the OTLP protobuf types and gRPC service) and the mesh
+//! page's browser driver (`tools/meshpage.py`, Debian's Chromium and chromedriver). Made once under the target directory (`target/e2e-venv`) from the
 //! system python3 and reused by later runs; a lock file keeps two test processes
 //! from making it at once. Without `python3 -m venv` (Debian's python3-venv, which
 //! `cargo xtask test` installs) or PyPI, it fails loudly: a tier-2 test never skips.
@@ -20,16 +21,21 @@ pub const GRPCIO: &str = "grpcio==1.85.3";
 /// the one pip picks with it).
 pub const OTLP: &[&str] = &["opentelemetry-proto==1.45.2", "protobuf==7.36.2"];
 
+/// Selenium's Python bindings, pinned likewise (4.50.0: the newest whose
+/// dependencies resolve from the PyPI mirror here; it drives Debian's
+/// chromedriver, given by path, so Selenium Manager downloads nothing).
+pub const SELENIUM: &str = "selenium==4.50.0";
+
 /// Everything the venv holds, one venv for all the tests.
 fn packages() -> Vec<&'static str> {
     let mut all = vec![GRPCIO];
     all.extend_from_slice(OTLP);
+    all.push(SELENIUM);
     all
 }
 
 /// What a venv made with [`packages`] can import.
-const IMPORTS: &str =
-    "import grpc; from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc";
+const IMPORTS: &str = "import grpc; from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc; from selenium import webdriver";
 
 /// The venv's directory: `target/e2e-venv` (the test executable is
 /// `target/<profile>/deps/<test>`).
@@ -50,6 +56,11 @@ pub fn grpc_python() -> Result<PathBuf> {
 /// The venv's python with opentelemetry-proto (and grpcio) importable, making the
 /// venv first if needed.
 pub fn otlp_python() -> Result<PathBuf> {
+    python()
+}
+
+/// The venv's python with Selenium importable, making the venv first if needed.
+pub fn selenium_python() -> Result<PathBuf> {
     python()
 }
 

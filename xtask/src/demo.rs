@@ -3,7 +3,8 @@
 //! Runs `weftctl up` (a frontend and three backend replicas, each a pod with its
 //! sidecar), sends requests from the frontend pod to `http://backend/`, prints
 //! which replica served each one, the frontend proxy's connections and a metrics
-//! summary, tears the mesh down and checks that nothing is left: no namespace,
+//! summary and the controller's mesh page's view (`weftctl dashboard`: the
+//! frontend -> backend edge with its count), tears the mesh down and checks that nothing is left: no namespace,
 //! host interface or weft iptables rule, and none of the mesh's processes.
 //! `--mode ebpf` runs the mesh in eBPF mode (`weftctl up --mode ebpf`) and also
 //! shows each pod's kernel counters, then checks that no cgroup of the mesh, eBPF
@@ -209,7 +210,34 @@ fn drive(bin_dir: &Path, state_dir: &Path) -> Result<()> {
         )?;
         print!("{}", indent(&summary(&metrics)));
     }
-    Ok(())
+    mesh_page(bin_dir, state_dir)
+}
+
+/// How long the mesh page's data may take to show the demo's requests: the
+/// controller reads the proxies every 2 s.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `weftctl dashboard`: the mesh page's address and its data API's view, polled
+/// until the frontend -> backend edge counts the demo's requests.
+fn mesh_page(bin_dir: &Path, state_dir: &Path) -> Result<()> {
+    println!(
+        "\ndemo: weftctl dashboard (the controller's mesh page and its data, GET /ui/api/mesh)"
+    );
+    let want = format!("frontend -> backend: {REQUESTS} requests");
+    let deadline = Instant::now() + PAGE_TIMEOUT;
+    loop {
+        let out = output(weftctl(bin_dir, state_dir).arg("dashboard"))?;
+        if let Some(edge) = out.lines().find(|l| l.contains(&want)) {
+            print!("{}", indent(&out));
+            println!("  the page shows the edge: {}", edge.trim());
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            print!("{}", indent(&out));
+            bail!("the mesh page's data did not show `{want}` within {PAGE_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// The weft series that carry a service edge, without comments.

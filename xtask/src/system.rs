@@ -33,6 +33,10 @@ pub const TIER2_TOOLS: &[Tool] = &[
     // The mTLS tests: a capture on the node's bridge, and a handshake by hand.
     tool("tcpdump", "tcpdump"),
     tool("openssl", "openssl"),
+    // The mesh page in a real browser (tests/tests/mesh_page.rs): Debian's
+    // headless Chromium and the chromedriver Selenium drives it through.
+    tool("chromium", "chromium"),
+    tool("chromedriver", "chromium-driver"),
 ];
 
 /// Python modules the tier-2 tests need from Debian (`program` is the module):

@@ -1,7 +1,8 @@
 //! The local mesh's API credentials: the controller's token file
 //! (`<run dir>/credentials/api-tokens.yaml`, given to it as `--api-tokens`), an
-//! operator token for `weftctl` and the tests, and a token per sidecar, scoped to
-//! its pod's service and readable only by the proxy's user.
+//! operator token for `weftctl` and the tests, a read-only viewer token (it may
+//! register nowhere: the mesh page's), and a token per sidecar, scoped to its
+//! pod's service and readable only by the proxy's user.
 //!
 //! Tokens are 32 random bytes as hex. Issuing one rewrites the token file (a new
 //! file renamed over the old); the controller accepts a new token on its first use.
@@ -17,6 +18,10 @@ use anyhow::{Context as _, Result};
 /// The operator's token name.
 pub const OPERATOR: &str = "operator";
 
+/// The read-only token's name: valid for every read, registers into nothing
+/// (what `weftctl up` puts in the mesh page's address).
+pub const VIEWER: &str = "viewer";
+
 /// The credentials directory of a mesh whose run directory is `run_dir`.
 pub fn dir(run_dir: &Path) -> PathBuf {
     run_dir.join("credentials")
@@ -30,6 +35,14 @@ pub fn operator_token_file(run_dir: &Path) -> PathBuf {
 /// The operator's token of the mesh at `run_dir`.
 pub fn operator_token(run_dir: &Path) -> Result<String> {
     let path = operator_token_file(run_dir);
+    let token =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    Ok(token.trim().to_owned())
+}
+
+/// The read-only viewer's token of the mesh at `run_dir`.
+pub fn viewer_token(run_dir: &Path) -> Result<String> {
+    let path = dir(run_dir).join(format!("{VIEWER}.token"));
     let token =
         std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     Ok(token.trim().to_owned())
@@ -56,8 +69,8 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Makes `<run dir>/credentials/` with the token file and the operator's token
-    /// (may register into every service).
+    /// Makes `<run dir>/credentials/` with the token file, the operator's token
+    /// (may register into every service) and the viewer's (into none).
     pub fn create(run_dir: &Path) -> Result<Credentials> {
         let dir = dir(run_dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -69,6 +82,7 @@ impl Credentials {
             issued: Mutex::new(BTreeMap::new()),
         };
         creds.issue(OPERATOR, &["*"], None)?;
+        creds.issue(VIEWER, &[], None)?;
         Ok(creds)
     }
 

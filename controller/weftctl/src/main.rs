@@ -10,11 +10,14 @@
 //! - `weftctl exec POD -- CMD` runs a command inside a pod ([`exec`]).
 //! - `weftctl top`, `weftctl graph`, `weftctl conns POD --watch`: live views from
 //!   every proxy's metrics and connections ([`observe`], [`edges`]).
+//! - `weftctl dashboard`: the controller's mesh page, where it is and what it
+//!   shows now ([`dashboard`]).
 //!
 //! The commands find the running mesh through a state file ([`state`]). Pods,
 //! processes in them and sidecars come from weft-localmesh — one
 //! implementation for the local mesh and the tier-2 tests.
 
+mod dashboard;
 mod down;
 mod edges;
 mod exec;
@@ -89,6 +92,8 @@ enum Command {
         #[arg(long)]
         svg: Option<PathBuf>,
     },
+    /// The mesh page: its address, how to open it, and what it shows now.
+    Dashboard,
     /// Run a command inside a pod (its network namespace, its /etc/hosts).
     Exec {
         /// The pod, e.g. `frontend-0`.
@@ -132,6 +137,7 @@ fn main() -> ExitCode {
             observe::top(&dir, interval, once).map(|()| ExitCode::SUCCESS)
         }
         Command::Graph { svg } => observe::graph(&dir, svg.as_deref()).map(|()| ExitCode::SUCCESS),
+        Command::Dashboard => dashboard::run(&dir).map(|()| ExitCode::SUCCESS),
         Command::Exec { pod, command } => exec::run(&dir, &pod, &command),
     };
     match result {

@@ -34,6 +34,8 @@ use weft_runtime::signals;
 
 /// How often the loop checks the file, the processes and the signals.
 const TICK: Duration = Duration::from_millis(200);
+/// The sidecars' admin address in the local mesh (see [`LocalMesh::bring_up`]).
+const ADMIN_LISTEN: &str = "0.0.0.0:15000";
 /// How long a workload gets to listen on its service's target ports.
 const WORKLOAD_LISTEN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -207,7 +209,11 @@ impl LocalMesh {
         self.start_controller()?;
         let url = format!("http://{}:{GRPC_PORT}", self.mesh.node().ipv4());
         for (pod, plan) in self.pods.clone().iter().zip(plans) {
-            let proxy_args = ["--controller", url.as_str()];
+            // Admin on the pod's addresses too, not only its loopback: the
+            // controller, in the node, reads each sidecar's /connections for the
+            // mesh page (ARCHITECTURE.md, The mesh page). The proxy's ports stay
+            // out of capture, so this reaches the proxy itself.
+            let proxy_args = ["--controller", url.as_str(), "--admin-listen", ADMIN_LISTEN];
             let sidecar = match self.cgroup_of(pod) {
                 None => Sidecar::start_with(pod, &[], &plan.service, &proxy_args),
                 Some(cg) => Sidecar::start_ebpf_with(pod, cg, &[], &plan.service, &proxy_args),
@@ -333,8 +339,9 @@ impl LocalMesh {
         let _ = write!(
             out,
             "weft local mesh {} is up ({} mode): {} pods, {} services (file {}; logs in {})\n\n{}\n{}\n\
-             Try:\n{example}  weftctl status\n  weftctl conns POD\n\
+             Try:\n{example}  weftctl status\n  weftctl conns POD\n  weftctl dashboard\n\
              The controller's API wants a token: the operator's is in {}\n\
+             {}\
              Edits to the file apply at once. Ctrl-C tears the mesh down.\n\
              weft: mesh ready\n",
             self.mesh.prefix(),
@@ -346,6 +353,7 @@ impl LocalMesh {
             table::render(&["POD", "SERVICE", "IPV4", "IPV6"], &pods),
             table::render(&["SERVICE", "VIP", "PORTS", "ENDPOINTS"], &services),
             weft_localmesh::credentials::operator_token_file(&self.state.run_dir).display(),
+            crate::dashboard::describe(&self.state),
         );
         let _ = out.flush();
     }
@@ -373,6 +381,7 @@ impl LocalMesh {
             Ok(m) => m,
             Err(e) => {
                 eprintln!("weftctl: {e}\nweftctl: keeping the last good configuration");
+                self.pass_bad_edit();
                 return None;
             }
         };
@@ -401,6 +410,20 @@ impl LocalMesh {
                 eprintln!("weftctl: applying {}: {e:#}", self.file.display());
                 None
             }
+        }
+    }
+
+    /// Hands a file that does not parse to the controller as it is: the
+    /// controller's parser (the same as weftctl's) refuses it with the same line,
+    /// keeps serving the last good mesh, and lists the edit on its mesh page.
+    /// Lines match the user's file because the file is copied verbatim; the next
+    /// good edit is rendered over it as usual.
+    fn pass_bad_edit(&self) {
+        let copied = std::fs::read(&self.file)
+            .with_context(|| format!("read {}", self.file.display()))
+            .and_then(|bytes| write_atomically(&self.controller_file, &bytes));
+        if let Err(e) = copied {
+            eprintln!("weftctl: showing the bad edit to the controller: {e:#}");
         }
     }
 
