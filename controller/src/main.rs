@@ -179,6 +179,11 @@ struct Args {
     /// The mesh page: how often the proxies are read (its resolution).
     #[arg(long, env = "WEFT_UI_INTERVAL", default_value = "2s", value_parser = interval)]
     ui_interval: Duration,
+    /// The mesh page: read the proxies even while nobody has the page open (by
+    /// default they are read only within 10 minutes of the page's data being
+    /// asked for, so a closed page costs the proxies nothing).
+    #[arg(long, env = "WEFT_UI_ALWAYS_GATHER")]
+    ui_always_gather: bool,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -287,6 +292,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 interval: args.ui_interval,
                 // A round's reads end before the next round starts.
                 timeout: args.ui_interval.min(UiSettings::default().timeout),
+                always: args.ui_always_gather,
                 ..UiSettings::default()
             },
             keepalive: Keepalive {

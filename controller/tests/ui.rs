@@ -4,9 +4,12 @@
 //! gathering: a discovery subscriber at 127.0.0.1 is read on the ports the
 //! controller is told (a stand-in proxy serving `/metrics` and `/ready`), its edge
 //! counted from its metrics page, its readiness and the reason given, and its
-//! unreachable admin port said so rather than hidden.
+//! unreachable admin port said so rather than hidden. Nobody looking, nobody is
+//! read: the proxies are read only once the page's data is asked for.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -115,12 +118,18 @@ async fn the_page_is_open_its_data_wants_a_token_and_lists_bad_edits() {
 /// A stand-in for a proxy's metrics port: `/metrics` with one edge, `/ready`
 /// refusing with a reason.
 async fn stand_in_proxy(listener: TcpListener) {
+    stand_in_proxy_counting(listener, Arc::default()).await;
+}
+
+/// [`stand_in_proxy`], counting the requests it gets in `hits`.
+async fn stand_in_proxy_counting(listener: TcpListener, hits: Arc<AtomicUsize>) {
     const METRICS: &str = "weft_http_requests_total{destination_service=\"backend\",direction=\"outbound\",method=\"GET\",source_service=\"frontend\",status_code=\"200\"} 90\n\
 weft_http_requests_total{destination_service=\"backend\",direction=\"outbound\",method=\"GET\",source_service=\"frontend\",status_code=\"503\"} 10\n";
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             return;
         };
+        hits.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut len = 0;
@@ -196,7 +205,16 @@ async fn each_subscribed_proxy_is_read_at_its_address() {
         let counted = data["edges"]
             .as_array()
             .is_some_and(|e| e.iter().any(|e| e["requests"] == 100.0));
-        if counted && data["pods"].as_array().is_some_and(|p| !p.is_empty()) {
+        // Signals need two rounds (a rate is a difference).
+        let drawn = data["services"].as_array().is_some_and(|services| {
+            services.iter().any(|s| {
+                s["name"] == "backend"
+                    && s["signals"]["t_ms"]
+                        .as_array()
+                        .is_some_and(|t| !t.is_empty())
+            })
+        });
+        if counted && drawn && data["pods"].as_array().is_some_and(|p| !p.is_empty()) {
             break data;
         }
         assert!(
@@ -232,6 +250,60 @@ async fn each_subscribed_proxy_is_read_at_its_address() {
             .is_some_and(|t| !t.is_empty()),
         "{backend}"
     );
+    drop(stream);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxies_are_read_only_once_someone_looks() {
+    let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let metrics_port = proxy.local_addr().expect("addr").port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(stand_in_proxy_counting(proxy, hits.clone()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("mesh.yaml"), MESH).expect("write mesh");
+    let c = start_in(dir, |o| Options {
+        ui: Settings {
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(100),
+            metrics_port,
+            admin_port: metrics_port,
+            ..Settings::default()
+        },
+        ..o
+    })
+    .await;
+    let mut client = DiscoveryClient::connect(format!("http://{}", c.grpc))
+        .await
+        .expect("connect grpc");
+    let mut stream = client
+        .watch(WatchRequest {
+            service: "frontend".into(),
+            proxy_id: "frontend-0".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    stream
+        .message()
+        .await
+        .expect("snapshot")
+        .expect("a message");
+    // Ten rounds' time with the page closed: not one read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hits.load(Ordering::Relaxed), 0, "read with nobody looking");
+    // Opened: read at once, and again each round.
+    let _ = mesh_data(c.http, None).await;
+    let deadline = tokio::time::Instant::now() + IN_TIME;
+    while hits.load(Ordering::Relaxed) < 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} reads once the page was opened",
+            hits.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(stream);
     c.stop().await;
 }

@@ -7,6 +7,13 @@
 //!
 //! Which proxies: the discovery streams of [`crate::proxies`], by the address
 //! each stream comes from — the pod's address (ARCHITECTURE.md, The mesh page).
+//!
+//! When: only while someone looks. Reading every proxy every 2 s is a steady
+//! load on the controller and the proxies that nobody needs while the page is
+//! closed, so rounds run while the page's data was asked for within the last
+//! `window` (a first ask after a quiet spell starts a round at once), or always
+//! with `always` (the local mesh, whose page should show its traffic from the
+//! start).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -40,6 +47,8 @@ pub struct Settings {
     pub max_proxies: usize,
     /// Per pod, at most this many connections are kept (live first).
     pub max_connections: usize,
+    /// Gather even while nobody looks at the page.
+    pub always: bool,
 }
 
 impl Default for Settings {
@@ -52,6 +61,7 @@ impl Default for Settings {
             admin_port: 15000,
             max_proxies: 200,
             max_connections: 100,
+            always: false,
         }
     }
 }
@@ -114,6 +124,10 @@ pub struct Gatherer {
     settings: Settings,
     state: Arc<State>,
     gathered: Mutex<Gathered>,
+    /// When the page's data was last asked for.
+    viewed: Mutex<Option<Instant>>,
+    /// Wakes the loop for a round when the page is opened after a quiet spell.
+    opened: tokio::sync::Notify,
 }
 
 fn unix_ms() -> u64 {
@@ -128,6 +142,8 @@ impl Gatherer {
             settings,
             state,
             gathered: Mutex::default(),
+            viewed: Mutex::new(None),
+            opened: tokio::sync::Notify::new(),
         }
     }
 
@@ -145,7 +161,28 @@ impl Gatherer {
         (g.rounds.iter().cloned().collect(), g.pods.clone())
     }
 
-    /// A round every interval until the controller closes.
+    /// The page's data is being asked for: rounds run for `window` from now (at
+    /// once, when they had stopped).
+    pub fn viewed(&self) {
+        let was_active = self.active();
+        *self.viewed.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        if !was_active {
+            self.opened.notify_one();
+        }
+    }
+
+    /// Whether rounds run now (see the module docs).
+    pub fn active(&self) -> bool {
+        self.settings.always
+            || self
+                .viewed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|at| at.elapsed() < self.settings.window)
+    }
+
+    /// A round every interval while [`Gatherer::active`], until the controller
+    /// closes.
     pub async fn run(self: Arc<Self>) {
         let mut closed = std::pin::pin!(self.state.closed());
         let mut tick = tokio::time::interval(self.settings.interval);
@@ -153,7 +190,15 @@ impl Gatherer {
         loop {
             tokio::select! {
                 () = &mut closed => return,
-                _ = tick.tick() => self.round().await,
+                _ = tick.tick() => {
+                    if self.active() {
+                        self.round().await;
+                    }
+                }
+                () = self.opened.notified() => {
+                    self.round().await;
+                    tick.reset();
+                }
             }
         }
     }

@@ -74,6 +74,7 @@ impl Ui {
             "/ui/app.js" => ("text/javascript; charset=utf-8", APP_JS),
             "/ui/style.css" => ("text/css; charset=utf-8", STYLE_CSS),
             "/ui/api/mesh" => {
+                self.gatherer.viewed();
                 let body = view::mesh(&self.state, &self.gatherer).to_string();
                 let mut r = respond(StatusCode::OK, "application/json", body);
                 r.headers_mut().insert(

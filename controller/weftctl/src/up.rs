@@ -287,6 +287,9 @@ impl LocalMesh {
                 &http,
                 "--state-dir",
                 &registry,
+                // The page shows the demo's traffic from the start, whenever it is
+                // opened.
+                "--ui-always-gather",
             ],
         )?;
         self.watched
