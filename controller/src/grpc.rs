@@ -6,6 +6,10 @@
 //! subscriber is never dropped and never sent stale intermediate states: it gets one
 //! update that brings it from what it has to what is current.
 //!
+//! Subscribers that need the same update (all of them, after an edit) share it
+//! encoded: it is made, split and encoded once ([`UpdateCache`]), and each stream
+//! sends the same bytes ([`EncodedMeshUpdate`]) instead of a copy of its own.
+//!
 //! Both calls need a credential (`authorization: Bearer TOKEN` metadata, see
 //! [`crate::auth`]): without one a caller gets `UNAUTHENTICATED` and no topology;
 //! one caller's open Watches are capped (`RESOURCE_EXHAUSTED`).
@@ -19,6 +23,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use weft_api::discovery as pb;
+use weft_api::encoded::server::discovery_server as server;
+use weft_api::encoded::EncodedMeshUpdate;
 
 use crate::auth::{Api, Auth, Caller, Denial};
 use crate::model::{Name, Protocol, Service};
@@ -38,16 +44,47 @@ pub struct DiscoveryService {
     trust_bundle: Option<Arc<str>>,
 }
 
-/// Updates already made, by (from, to) version: subscribers that need the same one
-/// (all of them, after an edit) share one diff and one conversion instead of making
-/// their own.
+/// Updates already made, by (from, to) version and form: subscribers that need the
+/// same one (all of them, after an edit; every new one, for a snapshot) share one
+/// diff, one conversion and one encoding instead of making their own. A 100-service
+/// edit to 200 proxies used to make 200 copies and 200 encodings of it, all alive at
+/// once.
 #[derive(Debug, Default)]
 struct UpdateCache {
-    recent: std::sync::Mutex<std::collections::VecDeque<(VersionStep, Arc<pb::MeshUpdate>)>>,
+    recent: std::sync::Mutex<std::collections::VecDeque<(UpdateKey, Arc<Prepared>)>>,
 }
 
-/// An update's (from, to) versions; a snapshot's is (0, to).
-type VersionStep = (u64, u64);
+/// An update's (from, to) versions (a snapshot's is (0, to)), and whether it goes
+/// in parts (`Subscribe`) or whole (`Watch`).
+type UpdateKey = (u64, u64, bool);
+
+/// An update ready to send: its messages encoded, shared by every stream sending it.
+#[derive(Debug)]
+struct Prepared {
+    /// The messages, in order: one, or a snapshot's parts.
+    messages: Vec<EncodedMeshUpdate>,
+    /// Services it upserts and names it removes (nothing to send when both are 0).
+    upserted: usize,
+    removed: usize,
+}
+
+impl Prepared {
+    /// `update` as it is sent, whole or (`in_parts`) in parts.
+    fn new(update: &pb::MeshUpdate, in_parts: bool) -> Self {
+        Prepared {
+            messages: messages(update, in_parts)
+                .iter()
+                .map(EncodedMeshUpdate::new)
+                .collect(),
+            upserted: update.services.len(),
+            removed: update.removed.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.upserted == 0 && self.removed == 0
+    }
+}
 
 /// Updates kept: a few versions' worth (subscribers that lag further make theirs).
 const CACHED_UPDATES: usize = 8;
@@ -88,14 +125,11 @@ fn messages(update: &pb::MeshUpdate, in_parts: bool) -> Vec<pb::MeshUpdate> {
         .collect()
 }
 
-/// Sends `update` on `tx` (in parts when `in_parts`); `false` when the stream is gone.
-async fn send(
-    tx: &mpsc::Sender<Result<pb::MeshUpdate, Status>>,
-    update: &pb::MeshUpdate,
-    in_parts: bool,
-) -> bool {
-    for message in messages(update, in_parts) {
-        if tx.send(Ok(message)).await.is_err() {
+/// Sends `update`'s messages on `tx`; `false` when the stream is gone. Each is a
+/// reference to the shared encoding, not a copy.
+async fn send(tx: &mpsc::Sender<Result<EncodedMeshUpdate, Status>>, update: &Prepared) -> bool {
+    for message in &update.messages {
+        if tx.send(Ok(message.clone())).await.is_err() {
             return false;
         }
     }
@@ -103,25 +137,26 @@ async fn send(
 }
 
 impl UpdateCache {
-    /// The update from `from` to `to`, made by `make` unless already made.
+    /// The update from `from` to `to` (in parts when `in_parts`), made by `make`
+    /// and prepared unless already done.
     fn get_or_make(
         &self,
-        from: u64,
-        to: u64,
+        (from, to, in_parts): UpdateKey,
         make: impl FnOnce() -> pb::MeshUpdate,
-    ) -> Arc<pb::MeshUpdate> {
+    ) -> Arc<Prepared> {
+        let key = (from, to, in_parts);
         let lock = || self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, u)) = lock().iter().find(|(k, _)| *k == (from, to)) {
+        if let Some((_, u)) = lock().iter().find(|(k, _)| *k == key) {
             return u.clone();
         }
         // Made outside the lock; two subscribers may both make it, once.
-        let made = Arc::new(make());
+        let made = Arc::new(Prepared::new(&make(), in_parts));
         let mut recent = lock();
-        if !recent.iter().any(|(k, _)| *k == (from, to)) {
+        if !recent.iter().any(|(k, _)| *k == key) {
             if recent.len() == CACHED_UPDATES {
                 recent.pop_front();
             }
-            recent.push_back(((from, to), made.clone()));
+            recent.push_back((key, made.clone()));
         }
         made
     }
@@ -214,10 +249,10 @@ impl DiscoveryService {
             tokio::pin!(closed);
             let mut acks = acks;
             let mut sent = updates.borrow_and_update().clone();
-            let snapshot = cache.get_or_make(0, sent.version, || {
+            let snapshot = cache.get_or_make((0, sent.version, in_parts), || {
                 full_snapshot(&sent, epoch, trust_bundle.as_deref())
             });
-            if !send(&tx, &snapshot, in_parts).await {
+            if !send(&tx, &snapshot).await {
                 return;
             }
             proxy.sent(sent.version);
@@ -244,7 +279,7 @@ impl DiscoveryService {
                     }
                 }
                 let current = updates.borrow_and_update().clone();
-                let update = cache.get_or_make(sent.version, current.version, || {
+                let update = cache.get_or_make((sent.version, current.version, in_parts), || {
                     let delta = diff_snapshots(&sent, &current);
                     pb::MeshUpdate {
                         full_snapshot: false,
@@ -261,15 +296,15 @@ impl DiscoveryService {
                         trust_bundle_pem: String::new(),
                     }
                 });
-                if !update.services.is_empty() || !update.removed.is_empty() {
+                if !update.is_empty() {
                     tracing::debug!(
                         service = %req.service,
                         version = current.version,
-                        upserted = update.services.len(),
-                        removed = update.removed.len(),
+                        upserted = update.upserted,
+                        removed = update.removed,
                         "sending update"
                     );
-                    if !send(&tx, &update, in_parts).await {
+                    if !send(&tx, &update).await {
                         break;
                     }
                     proxy.sent(current.version);
@@ -287,8 +322,8 @@ impl DiscoveryService {
     }
 
     /// The tonic server for this service.
-    pub fn into_server(self) -> weft_api::DiscoveryServer<Self> {
-        weft_api::DiscoveryServer::new(self)
+    pub fn into_server(self) -> server::DiscoveryServer<Self> {
+        server::DiscoveryServer::new(self)
     }
 }
 
@@ -435,7 +470,7 @@ fn full_snapshot(snap: &Snapshot, epoch: u64, trust_bundle: Option<&str>) -> pb:
     }
 }
 
-type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::MeshUpdate, Status>> + Send>>;
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<EncodedMeshUpdate, Status>> + Send>>;
 
 /// The addresses a caller at `peer` may drain: its own only; one on the
 /// controller's host (loopback) names them (`named`).
@@ -469,7 +504,7 @@ async fn next_ack(
 }
 
 #[tonic::async_trait]
-impl weft_api::Discovery for DiscoveryService {
+impl server::Discovery for DiscoveryService {
     type WatchStream = UpdateStream;
 
     async fn watch(
@@ -583,5 +618,47 @@ mod tests {
         assert!(parts[1].trust_bundle_pem.is_empty());
         // Small: one message.
         assert_eq!(messages(&update(3), true).len(), 1);
+    }
+
+    #[test]
+    fn a_prepared_update_sends_the_encoding_of_each_message() {
+        use prost::Message as _;
+        let u = update(SNAPSHOT_PART + 1);
+        for in_parts in [false, true] {
+            let prepared = Prepared::new(&u, in_parts);
+            let sent: Vec<pb::MeshUpdate> = prepared
+                .messages
+                .iter()
+                .map(|m| pb::MeshUpdate::decode(m.as_bytes().clone()).unwrap())
+                .collect();
+            assert_eq!(sent, messages(&u, in_parts), "in parts: {in_parts}");
+            assert_eq!(
+                (prepared.upserted, prepared.removed),
+                (SNAPSHOT_PART + 1, 1)
+            );
+        }
+        assert!(Prepared::new(&pb::MeshUpdate::default(), true).is_empty());
+    }
+
+    #[test]
+    fn subscribers_share_one_prepared_update_per_step_and_form() {
+        let cache = UpdateCache::default();
+        let mut made = 0;
+        let mut get = |key| {
+            cache.get_or_make(key, || {
+                made += 1;
+                update(1)
+            })
+        };
+        let a = get((1, 2, true));
+        let b = get((1, 2, true));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(
+            a.messages[0].as_bytes().as_ptr(),
+            b.messages[0].as_bytes().as_ptr(),
+            "the same bytes"
+        );
+        get((1, 2, false));
+        assert_eq!(made, 2, "whole and in parts are made apart, each once");
     }
 }

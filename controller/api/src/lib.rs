@@ -7,7 +7,9 @@
 //! [`discovery::MeshUpdate`] is a full snapshot, later ones upsert changed services
 //! and name removed ones, and the proxy answers each with an [`discovery::Ack`]
 //! (`watch` is the same without Acks). The controller implements
-//! [`discovery::discovery_server::Discovery`].
+//! [`encoded::server::discovery_server::Discovery`]: the same service, sending each
+//! update encoded once for all its streams ([`encoded::EncodedMeshUpdate`]); the
+//! plain [`discovery::discovery_server`] serves test doubles.
 //!
 //! The identity API (`weft.identity.v1`, `proto/identity.proto`): a proxy sends a
 //! CSR for a key it keeps to [`identity::certificates_client::CertificatesClient::certify`]
@@ -26,6 +28,8 @@ pub mod discovery {
 
 pub use discovery::discovery_client::DiscoveryClient;
 pub use discovery::discovery_server::{Discovery, DiscoveryServer};
+
+pub mod encoded;
 
 /// Messages, client and server of `weft.identity.v1`.
 #[allow(

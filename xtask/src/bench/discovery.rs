@@ -21,7 +21,10 @@
 //! Output: p50 / p99 / max over every proxy × round sample, split into
 //! file → controller (the controller's polling and parsing, from `last_reload` on its
 //! `/v1/status`) and controller → proxy (push and apply), and the RSS of the controller
-//! and of one proxy after the rounds.
+//! and of one proxy after the rounds. The controller's RSS right after the rounds
+//! depends on whether its allocator trim has come yet, so its peaks (VmHWM) are
+//! reported too: over the initial sync, and over the edit rounds (the mark is reset
+//! between the two through `/proc/PID/clear_refs`).
 //!
 //! Bounds and clean-up: an overall timeout (`--timeout`, from after the build). The
 //! namespace, processes and files go when the [`Mesh`] drops: on success, on error, on
@@ -505,10 +508,18 @@ struct Report {
     /// MiB between runs of the same command).
     controller_rest_rss_kib: Option<u64>,
     proxy_rss_kib: Option<u64>,
+    /// The controller's peak RSS while the proxies subscribed and took their
+    /// snapshots, and over the edit rounds after that.
+    controller_peak_sync_kib: Option<u64>,
+    controller_peak_edits_kib: Option<u64>,
     /// The controller's CPU time (user + system) per 1-service edit round, and for
     /// the wide one: parsing, merging, diffing and pushing to every proxy.
     controller_cpu_ms_per_edit: Option<f64>,
     controller_cpu_ms_wide: Option<f64>,
+    /// The same for all the proxies together (decoding, applying, acknowledging):
+    /// on a machine of few cores, what bounds how fast the last proxy can apply.
+    proxies_cpu_ms_per_edit: Option<f64>,
+    proxies_cpu_ms_wide: Option<f64>,
 }
 
 fn run(mesh: &Mesh, bins: &Bins, opts: &Options, seed: u64, deadline: &Deadline) -> Result<Report> {
@@ -543,20 +554,26 @@ fn run(mesh: &Mesh, bins: &Bins, opts: &Options, seed: u64, deadline: &Deadline)
         poll_interval: opts.poll_interval,
         deadline,
     };
+    let controller_peak_sync_kib = peak_rss_kib(bench.controller.pid());
+    reset_peak_rss(bench.controller.pid());
     let cpu_before = cpu_ms(bench.controller.pid());
+    let proxies_before = proxies_cpu_ms(&bench.proxies);
     let mut single = Samples::default();
     for _ in 0..opts.rounds {
         single.add(&bench.round(1)?);
     }
     let single_cpu = cpu_ms(bench.controller.pid());
+    let proxies_single = proxies_cpu_ms(&bench.proxies);
     let mut wide = Samples::default();
     wide.add(&bench.round(WIDE_EDIT)?);
     let wide_cpu = cpu_ms(bench.controller.pid());
+    let proxies_wide = proxies_cpu_ms(&bench.proxies);
     let per = |a: Option<u64>, b: Option<u64>, n: usize| {
         Some((b?.saturating_sub(a?)) as f64 / n.max(1) as f64)
     };
 
     let controller_rss_kib = rss_kib(bench.controller.pid());
+    let controller_peak_edits_kib = peak_rss_kib(bench.controller.pid());
     std::thread::sleep(AT_REST);
     Ok(Report {
         controller_rest_rss_kib: rss_kib(bench.controller.pid()),
@@ -567,7 +584,11 @@ fn run(mesh: &Mesh, bins: &Bins, opts: &Options, seed: u64, deadline: &Deadline)
         controller_rss_kib,
         controller_cpu_ms_per_edit: per(cpu_before, single_cpu, opts.rounds),
         controller_cpu_ms_wide: per(single_cpu, wide_cpu, 1),
+        proxies_cpu_ms_per_edit: per(proxies_before, proxies_single, opts.rounds),
+        proxies_cpu_ms_wide: per(proxies_single, proxies_wide, 1),
         proxy_rss_kib: bench.proxies.first().and_then(|p| rss_kib(p.proc.pid())),
+        controller_peak_sync_kib,
+        controller_peak_edits_kib,
     })
 }
 
@@ -576,10 +597,28 @@ const AT_REST: Duration = Duration::from_secs(5);
 
 /// VmRSS of `pid`, in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// VmHWM of `pid` (its peak RSS since start or the last [`reset_peak_rss`]), in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Starts `pid`'s VmHWM again from its current RSS (proc(5), clear_refs: 5). Only
+/// the bench's own controller process is written to.
+fn reset_peak_rss(pid: u32) {
+    if let Err(e) = std::fs::write(format!("/proc/{pid}/clear_refs"), "5") {
+        eprintln!("bench-discovery: could not reset the controller's peak RSS: {e}");
+    }
+}
+
+/// A `/proc/PID/status` field given in kB.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -593,6 +632,19 @@ fn cpu_ms(pid: u32) -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) * 10)
+}
+
+/// CPU time all `proxies` have used together, in ms: from /proc/PID/schedstat (time
+/// on a CPU, in ns), since summing 200 processes' 10 ms clock ticks adds up their
+/// rounding.
+fn proxies_cpu_ms(proxies: &[Proxy]) -> Option<u64> {
+    let mut ns = 0;
+    for proxy in proxies {
+        let pid = proxy.proc.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns / 1_000_000)
 }
 
 /// Nearest-rank percentile `p` (0-100) of sorted `v`.
@@ -649,11 +701,22 @@ impl Report {
             mib(self.controller_rest_rss_kib),
             mib(self.proxy_rss_kib)
         );
+        println!(
+            "weft-controller peak RSS (VmHWM): {} over the initial sync, {} over the edit rounds",
+            mib(self.controller_peak_sync_kib),
+            mib(self.controller_peak_edits_kib)
+        );
         let ms = |v: Option<f64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v:.0} ms"));
         println!(
             "controller CPU: {} per 1-service edit, {} for the {WIDE_EDIT}-service edit",
             ms(self.controller_cpu_ms_per_edit),
             ms(self.controller_cpu_ms_wide)
+        );
+        println!(
+            "proxies' CPU, all {} together: {} per 1-service edit, {} for the {WIDE_EDIT}-service edit",
+            opts.proxies,
+            ms(self.proxies_cpu_ms_per_edit),
+            ms(self.proxies_cpu_ms_wide)
         );
         println!(
             "rerun: cargo xtask bench-discovery --rounds {} --proxies {} --poll-interval {poll} --seed {seed}",
