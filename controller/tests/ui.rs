@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
-use weft_api::discovery::WatchRequest;
+use weft_api::discovery::{MeshUpdate, WatchRequest};
 use weft_api::DiscoveryClient;
 use weft_controller::auth::AuthConfig;
 use weft_controller::ui::Settings;
@@ -158,6 +158,29 @@ weft_http_requests_total{destination_service=\"backend\",direction=\"outbound\",
     }
 }
 
+/// A discovery subscriber as a proxy `frontend-0` would be (at 127.0.0.1), past
+/// its snapshot; the stream keeps it subscribed.
+async fn subscribe_as_frontend_0(grpc: SocketAddr) -> tonic::Streaming<MeshUpdate> {
+    let mut client = DiscoveryClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect grpc");
+    let mut stream = client
+        .watch(WatchRequest {
+            service: "frontend".into(),
+            proxy_id: "frontend-0".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    stream
+        .message()
+        .await
+        .expect("snapshot")
+        .expect("a message");
+    stream
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_subscribed_proxy_is_read_at_its_address() {
     let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -181,23 +204,7 @@ async fn each_subscribed_proxy_is_read_at_its_address() {
         ..o
     })
     .await;
-    let mut client = DiscoveryClient::connect(format!("http://{}", c.grpc))
-        .await
-        .expect("connect grpc");
-    let mut stream = client
-        .watch(WatchRequest {
-            service: "frontend".into(),
-            proxy_id: "frontend-0".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    stream
-        .message()
-        .await
-        .expect("snapshot")
-        .expect("a message");
+    let stream = subscribe_as_frontend_0(c.grpc).await;
 
     let deadline = tokio::time::Instant::now() + IN_TIME;
     let data = loop {
@@ -273,23 +280,7 @@ async fn the_proxies_are_read_only_once_someone_looks() {
         ..o
     })
     .await;
-    let mut client = DiscoveryClient::connect(format!("http://{}", c.grpc))
-        .await
-        .expect("connect grpc");
-    let mut stream = client
-        .watch(WatchRequest {
-            service: "frontend".into(),
-            proxy_id: "frontend-0".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    stream
-        .message()
-        .await
-        .expect("snapshot")
-        .expect("a message");
+    let stream = subscribe_as_frontend_0(c.grpc).await;
     // Ten rounds' time with the page closed: not one read.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(hits.load(Ordering::Relaxed), 0, "read with nobody looking");

@@ -32,6 +32,7 @@
 pub mod dialer;
 pub mod fakekube;
 pub mod mode;
+pub mod otlp_receiver;
 pub mod pyenv;
 pub mod receipt;
 pub mod weftctl;

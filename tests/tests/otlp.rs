@@ -34,19 +34,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
-use weft_e2e::{pyenv, python3, tool, wait_until, Controller, Mesh, Mode, ProcSpec, Sidecar};
+use weft_e2e::otlp_receiver::OtlpReceiver;
+use weft_e2e::{python3, tool, wait_until, Controller, Mesh, Mode, ProcSpec, Sidecar};
 use weft_runtime::prom_text;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
-/// The receiver's ports: OTLP's own (gRPC, HTTP).
-const OTLP_GRPC: u16 = 4317;
-const OTLP_HTTP: u16 = 4318;
 /// The header the controller is told to send (`OTEL_EXPORTER_OTLP_HEADERS`).
 const HEADER: (&str, &str) = ("x-weft-test", "otlp-e2e");
 /// The controller's pod, as a Deployment's downward API would name it.
@@ -76,13 +73,6 @@ impl Protocol {
         match self {
             Protocol::Grpc => "grpc",
             Protocol::HttpProtobuf => "http",
-        }
-    }
-
-    fn port(self) -> u16 {
-        match self {
-            Protocol::Grpc => OTLP_GRPC,
-            Protocol::HttpProtobuf => OTLP_HTTP,
         }
     }
 }
@@ -115,7 +105,6 @@ fn statusd() -> String {
 type Counts = BTreeMap<(String, String), u64>;
 
 fn export_counts(protocol: Protocol, mode: Mode) -> Result<()> {
-    let otlp_python = pyenv::otlp_python()?.to_string_lossy().into_owned();
     let py = python3().to_string_lossy().into_owned();
     let mesh = Mesh::new()?;
     let front = mode.add_pod(&mesh, "front")?;
@@ -123,29 +112,9 @@ fn export_counts(protocol: Protocol, mode: Mode) -> Result<()> {
     let receiver_pod = mesh.add_pod("otlp")?;
 
     // The receiver, in its own pod.
-    let exports = mesh.run_dir().join("otlp-exports.jsonl");
-    let receiver = receiver_pod.spawn(
-        ProcSpec::new([
-            otlp_python.as_str(),
-            tool("otlpkit.py").as_str(),
-            "serve",
-            "--grpc-port",
-            &OTLP_GRPC.to_string(),
-            "--http-port",
-            &OTLP_HTTP.to_string(),
-            "--out",
-            &exports.to_string_lossy(),
-            "--duration",
-            "120",
-        ])
-        .name("otlpkit"),
-    )?;
-    for port in [OTLP_GRPC, OTLP_HTTP] {
-        mesh.node()
-            .wait_listening(SocketAddr::new(receiver_pod.ipv4().into(), port), SECS(20))
-            .with_context(|| format!("the receiver never listened:\n{}", receiver.logs()))?;
-    }
-    let endpoint = format!("http://{}:{}", receiver_pod.ipv4(), protocol.port());
+    let receiver = OtlpReceiver::start(&mesh, &receiver_pod)?;
+    let exports = receiver.exports.clone();
+    let endpoint = receiver.endpoint(protocol.flag());
 
     // The server app, then the controller and the sidecars.
     let _server =
@@ -244,7 +213,7 @@ fn export_counts(protocol: Protocol, mode: Mode) -> Result<()> {
     .unwrap_or_else(|e| {
         panic!(
             "{e}: the receiver's last counts {received:?}, the client's {client:?}\nreceiver log:\n{}\nfront's proxy:\n{}",
-            receiver.logs(),
+            receiver.proc.logs(),
             weft_e2e::logs::tail(&sf.proxy().logs(), 30)
         )
     });

@@ -53,11 +53,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use serde_json::Value;
-use weft_e2e::{pyenv, python3, tool, wait_until, Controller, Mesh, Mode, ProcSpec};
+use weft_e2e::otlp_receiver::OtlpReceiver;
+use weft_e2e::{python3, tool, wait_until, Controller, Mesh, Mode, ProcSpec};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
-const OTLP_GRPC: u16 = 4317;
-const OTLP_HTTP: u16 = 4318;
 const BACKEND_VIP: &str = "10.96.0.10";
 /// A service with no endpoints.
 const GHOST_VIP: &str = "10.96.0.30";
@@ -75,12 +74,12 @@ const BACK_ID: &str = "spiffe://weft.local/ns/local/sa/backend";
 
 #[test]
 fn request_spans_join_propagate_and_sample_over_otlp_grpc_iptables() -> Result<()> {
-    spans("grpc", OTLP_GRPC, Mode::Iptables)
+    spans("grpc", Mode::Iptables)
 }
 
 #[test]
 fn request_spans_join_propagate_and_sample_over_otlp_http_ebpf() -> Result<()> {
-    spans("http/protobuf", OTLP_HTTP, Mode::Ebpf)
+    spans("http/protobuf", Mode::Ebpf)
 }
 
 /// A span as the receiver wrote it, with the pod whose sidecar sent it.
@@ -102,8 +101,7 @@ impl Received {
     }
 }
 
-fn spans(protocol: &str, port: u16, mode: Mode) -> Result<()> {
-    let otlp_python = pyenv::otlp_python()?.to_string_lossy().into_owned();
+fn spans(protocol: &str, mode: Mode) -> Result<()> {
     let py = python3().to_string_lossy().into_owned();
     let statusd = tool("statusd.py");
     let mesh = Mesh::new()?;
@@ -113,27 +111,9 @@ fn spans(protocol: &str, port: u16, mode: Mode) -> Result<()> {
     let caller = mode.add_pod(&mesh, "caller")?;
     let receiver_pod = mesh.add_pod("otlp")?;
 
-    let exports = mesh.run_dir().join("otlp-exports.jsonl");
-    let receiver = receiver_pod.spawn(
-        ProcSpec::new([
-            otlp_python.as_str(),
-            tool("otlpkit.py").as_str(),
-            "serve",
-            "--grpc-port",
-            &OTLP_GRPC.to_string(),
-            "--http-port",
-            &OTLP_HTTP.to_string(),
-            "--out",
-            &exports.to_string_lossy(),
-            "--duration",
-            "120",
-        ])
-        .name("otlpkit"),
-    )?;
-    mesh.node()
-        .wait_listening(SocketAddr::new(receiver_pod.ipv4().into(), port), SECS(20))
-        .with_context(|| format!("the receiver never listened:\n{}", receiver.logs()))?;
-    let endpoint = format!("http://{}:{port}", receiver_pod.ipv4());
+    let receiver = OtlpReceiver::start(&mesh, &receiver_pod)?;
+    let exports = receiver.exports.clone();
+    let endpoint = receiver.endpoint(protocol);
 
     let _backend =
         back.spawn(ProcSpec::new([py.as_str(), &statusd, "serve", "8080"]).name("statusd"))?;
@@ -283,7 +263,7 @@ fn spans(protocol: &str, port: u16, mode: Mode) -> Result<()> {
     .unwrap_or_else(|e| {
         panic!(
             "{e}: spans received {got:#?}\nreceiver:\n{}",
-            receiver.logs()
+            receiver.proc.logs()
         )
     });
     for s in &got {
