@@ -6,8 +6,8 @@
 //! printed, from inside the mesh's node namespace, and watches the page redraw.
 //!
 //! It must show the three backend replicas, the frontend -> backend edge with
-//! exactly the clients' request count once one round of the controller's
-//! gathering has passed after the load ended (and never more), the long-lived
+//! exactly the clients' request count within a refresh of the first round of the
+//! controller's gathering after the load ended (and never more), the long-lived
 //! client's connection (by its port) in frontend-0's pod view, and the bad edit
 //! with its line. It fails if the page requested anything from outside the
 //! controller's origin. Screenshots go to `target/test-output/mesh_page/<mode>/`.
@@ -204,26 +204,39 @@ fn the_mesh_page_shows_the_demo_mesh_in_a_browser(mode: &str) {
             requests.join("\n")
         );
     }
-    // The count: never above the clients', and equal from the first round
-    // gathered after the load (the render that satisfied the script).
+    // The count: never above the clients', equal within a refresh of the first
+    // round gathered after the load, and equal from then on. (One refresh of
+    // slack: a proxy whose read misses a round's deadline is summed with its
+    // previous page for that round, ARCHITECTURE.md, The mesh page.)
     for r in renders {
         if let Some(n) = r["edge_requests"].as_u64() {
             assert!(n <= clients_count as u64, "{n} > {clients_count}: {r:#}");
         }
     }
-    let settled = renders
+    let settled_after = load_ended + ROUND.as_millis() as u64;
+    let round_of = |r: &Value| {
+        r["refreshed_at"]
+            .as_str()
+            .and_then(|t| t.parse::<u64>().ok())
+    };
+    let after: Vec<&Value> = renders
         .iter()
-        .find(|r| {
-            r["refreshed_at"]
-                .as_str()
-                .and_then(|t| t.parse::<u64>().ok())
-                .is_some_and(|t| t >= load_ended + ROUND.as_millis() as u64)
-        })
-        .unwrap();
-    assert_eq!(
-        settled["edge_requests"].as_u64(),
-        Some(clients_count as u64),
-        "the first round gathered after the load: {settled:#}"
+        .filter(|r| round_of(r).is_some_and(|t| t >= settled_after))
+        .collect();
+    let first_equal = after
+        .iter()
+        .position(|r| r["edge_requests"].as_u64() == Some(clients_count as u64))
+        .unwrap_or_else(|| panic!("never {clients_count} after the load: {after:#?}"));
+    let first_round = round_of(after[0]).unwrap();
+    assert!(
+        round_of(after[first_equal]).unwrap() <= first_round + ROUND.as_millis() as u64,
+        "the count caught up later than a refresh after the first round gathered after the load: {after:#?}"
+    );
+    assert!(
+        after[first_equal..]
+            .iter()
+            .all(|r| r["edge_requests"].as_u64() == Some(clients_count as u64)),
+        "the count moved after it equalled the clients': {after:#?}"
     );
     // The three replicas, in the graph and in the pod view, their sidecars ready.
     assert_eq!(last["backend_endpoints"], 3, "{last:#}");
