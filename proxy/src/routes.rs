@@ -167,6 +167,10 @@ pub struct RouteTable {
     services: HashMap<Arc<str>, Arc<ServiceEntry>>,
     by_vip_port: HashMap<SocketAddr, Arc<ServiceRoute>>,
     by_endpoint_ip: HashMap<IpAddr, Arc<str>>,
+    /// How many times the services list each address (endpoints and withheld):
+    /// an address a changed service let go of is searched for among the others
+    /// only when some still list it, which is rare (see [`RouteTable::patch`]).
+    endpoint_holders: HashMap<IpAddr, u32>,
 }
 
 impl RouteTable {
@@ -202,6 +206,7 @@ impl RouteTable {
             services: self.services.clone(),
             by_vip_port: self.by_vip_port.clone(),
             by_endpoint_ip: self.by_endpoint_ip.clone(),
+            endpoint_holders: self.endpoint_holders.clone(),
         };
         table.patch(upserted, removed);
         table
@@ -254,6 +259,9 @@ impl RouteTable {
         for entry in entries {
             match self.services.insert(entry.name.clone(), entry.clone()) {
                 Some(old) if Arc::ptr_eq(&old, &entry) => continue,
+                // A service named twice in this update: the first entry was never
+                // indexed, nothing of it to take out.
+                Some(old) if added.iter().any(|a| Arc::ptr_eq(a, &old)) => {}
                 Some(old) => gone.push(old),
                 None => {}
             }
@@ -273,6 +281,7 @@ impl RouteTable {
             }
             for ip in old.spec.endpoints.iter().chain(&old.spec.withheld) {
                 let key = ip.to_canonical();
+                self.let_go(key);
                 if self.by_endpoint_ip.get(&key) == Some(&old.name) {
                     self.by_endpoint_ip.remove(&key);
                     vacated_ips.push(key);
@@ -310,8 +319,13 @@ impl RouteTable {
             }
         }
         let serves = |ips: &[IpAddr], key: IpAddr| ips.iter().any(|ip| ip.to_canonical() == key);
+        // Only an address some service still lists can have another owner: the
+        // usual vacated address (an endpoint gone) is listed by none, and costs no
+        // search (it was a pass over every service's endpoints per update, the
+        // first of what an update cost every proxy, issue 17's profile).
         let mut unserved: HashSet<IpAddr> = vacated_ips
             .into_iter()
+            .filter(|key| self.endpoint_holders.contains_key(key))
             .filter(|key| match self.by_endpoint_ip.get(key) {
                 Some(name) => !self
                     .services
@@ -359,6 +373,7 @@ impl RouteTable {
         let mut table = RouteTable {
             by_vip_port: HashMap::with_capacity(ports),
             by_endpoint_ip: HashMap::with_capacity(addresses),
+            endpoint_holders: HashMap::with_capacity(addresses),
             services: HashMap::new(),
         };
         let entries: Vec<Arc<ServiceEntry>> = services.values().cloned().collect();
@@ -380,12 +395,25 @@ impl RouteTable {
                 self.by_endpoint_ip
                     .insert(ip.to_canonical(), e.name.clone());
             }
+            for ip in e.spec.endpoints.iter().chain(&e.spec.withheld) {
+                *self.endpoint_holders.entry(ip.to_canonical()).or_insert(0) += 1;
+            }
         }
         for e in entries {
             for ip in &e.spec.withheld {
                 self.by_endpoint_ip
                     .entry(ip.to_canonical())
                     .or_insert_with(|| e.name.clone());
+            }
+        }
+    }
+
+    /// One listing of address `key` is gone (a changed or removed service's).
+    fn let_go(&mut self, key: IpAddr) {
+        if let Some(n) = self.endpoint_holders.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.endpoint_holders.remove(&key);
             }
         }
     }
@@ -738,14 +766,17 @@ mod tests {
                 "{ip} -> {name}, owners {owners:?}"
             );
         }
+        let mut holders: HashMap<IpAddr, u32> = HashMap::new();
         for e in &entries {
             for ip in e.spec.endpoints.iter().chain(&e.spec.withheld) {
                 assert!(
                     t.by_endpoint_ip.contains_key(&ip.to_canonical()),
                     "{ip} indexed"
                 );
+                *holders.entry(ip.to_canonical()).or_insert(0) += 1;
             }
         }
+        assert_eq!(t.endpoint_holders, holders, "every listing counted, once");
     }
 
     #[test]
