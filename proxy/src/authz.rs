@@ -115,12 +115,12 @@ impl Caller {
         }
     }
 
-    /// Whether the service lets this caller in now.
     /// The caller's verified identity (SPIFFE ID); `None` without mutual TLS.
     pub fn peer(&self) -> Option<&str> {
         self.peer.as_deref()
     }
 
+    /// Whether the service lets this caller in now.
     pub fn allowed(&self) -> bool {
         let generation = self.routes.generation();
         let last = self.verdict.load(Ordering::Relaxed);
