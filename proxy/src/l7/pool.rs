@@ -218,16 +218,20 @@ impl EndpointPool {
             let is_pooled = pooled.is_some();
             let mut sender = match pooled {
                 Some(s) => s,
-                None => match self.connect_h1(connector, opts.connect_timeout, peer).await {
-                    Ok(s) => s,
-                    Err(reason) => {
-                        return Err(SendError {
-                            reason,
-                            unsent: Some(req),
-                            refused: false,
-                        })
+                // Boxed: dialling (and a TLS handshake) is the rare path; inline, its
+                // state would make every request's future larger, copied as it moves.
+                None => {
+                    match Box::pin(self.connect_h1(connector, opts.connect_timeout, peer)).await {
+                        Ok(s) => s,
+                        Err(reason) => {
+                            return Err(SendError {
+                                reason,
+                                unsent: Some(req),
+                                refused: false,
+                            })
+                        }
                     }
-                },
+                }
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -263,16 +267,20 @@ impl EndpointPool {
             let is_pooled = shared.is_some();
             let mut sender = match shared {
                 Some(s) => s,
-                None => match self.connect_h2(connector, opts.connect_timeout, peer).await {
-                    Ok(s) => s,
-                    Err(reason) => {
-                        return Err(SendError {
-                            reason,
-                            unsent: Some(req),
-                            refused: false,
-                        })
+                // Boxed: dialling (and a TLS handshake) is the rare path; inline, its
+                // state would make every request's future larger, copied as it moves.
+                None => {
+                    match Box::pin(self.connect_h2(connector, opts.connect_timeout, peer)).await {
+                        Ok(s) => s,
+                        Err(reason) => {
+                            return Err(SendError {
+                                reason,
+                                unsent: Some(req),
+                                refused: false,
+                            })
+                        }
                     }
-                },
+                }
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
