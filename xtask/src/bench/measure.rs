@@ -10,6 +10,9 @@ use anyhow::{bail, Context as _, Result};
 pub struct ProcUsage {
     /// User + system CPU time so far, all threads.
     pub cpu_ms: f64,
+    /// Of `cpu_ms`, user time; the rest is the kernel's on the process's behalf
+    /// (system calls, and the network stack's work done in them).
+    pub user_ms: f64,
     /// Resident memory now (VmRSS, summed).
     pub rss_mb: f64,
     /// Peak resident memory since start (VmHWM, summed).
@@ -25,8 +28,9 @@ impl ProcUsage {
         let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) }.max(1) as f64;
         for pid in weft_localmesh::process::group_members(pgid as i32) {
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                if let Some(ticks) = cpu_ticks(&stat) {
-                    u.cpu_ms += ticks as f64 * 1000.0 / hz;
+                if let Some((user, system)) = cpu_ticks(&stat) {
+                    u.cpu_ms += (user + system) as f64 * 1000.0 / hz;
+                    u.user_ms += user as f64 * 1000.0 / hz;
                 }
             }
             if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
@@ -38,14 +42,14 @@ impl ProcUsage {
     }
 }
 
-/// utime + stime from a `/proc/<pid>/stat` line (fields 14 and 15).
-fn cpu_ticks(stat: &str) -> Option<u64> {
+/// (utime, stime) from a `/proc/<pid>/stat` line (fields 14 and 15).
+fn cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After "pid (comm)": state is field 3, so utime (14) is index 11 here.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// A `Key:   123 kB` line of `/proc/<pid>/status`, in KiB.
@@ -177,6 +181,6 @@ mod tests {
     #[test]
     fn reads_cpu_ticks() {
         let stat = "42 (weft proxy) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
-        assert_eq!(cpu_ticks(stat), Some(300));
+        assert_eq!(cpu_ticks(stat), Some((250, 50)));
     }
 }

@@ -48,6 +48,9 @@ pub struct Row {
     pub cpu_ms_per_1k: Option<f64>,
     pub cpu_ms_per_1k_client_proxy: Option<f64>,
     pub cpu_ms_per_1k_server_proxy: Option<f64>,
+    /// Of `cpu_ms_per_1k`, user space (mean of the two hops); the rest is the
+    /// kernel's: system calls and the network stack's work done in them.
+    pub cpu_user_ms_per_1k: Option<f64>,
     /// Peak RSS of the larger proxy (VmHWM); for `idle`, RSS while the connections
     /// are open.
     pub rss_mb: Option<f64>,
@@ -93,6 +96,7 @@ impl Row {
             cpu_ms_per_1k: None,
             cpu_ms_per_1k_client_proxy: None,
             cpu_ms_per_1k_server_proxy: None,
+            cpu_user_ms_per_1k: None,
             rss_mb: None,
             rss_mb_client_proxy: None,
             rss_mb_server_proxy: None,
@@ -188,6 +192,7 @@ pub fn medians(samples: &[Row]) -> Vec<Row> {
                 cpu_ms_per_1k: m(|r| r.cpu_ms_per_1k),
                 cpu_ms_per_1k_client_proxy: m(|r| r.cpu_ms_per_1k_client_proxy),
                 cpu_ms_per_1k_server_proxy: m(|r| r.cpu_ms_per_1k_server_proxy),
+                cpu_user_ms_per_1k: m(|r| r.cpu_user_ms_per_1k),
                 rss_mb: m(|r| r.rss_mb),
                 rss_mb_client_proxy: m(|r| r.rss_mb_client_proxy),
                 rss_mb_server_proxy: m(|r| r.rss_mb_server_proxy),
@@ -380,10 +385,13 @@ pub fn markdown(rows: &[Row], plan: &Plan, took: Duration) -> String {
     let _ = writeln!(s, "\n## Cost of the proxies (per proxy)\n");
     let _ = writeln!(
         s,
-        "| setup | CPU ms / 1k req, HTTP/1.1 max (client, server) | CPU ms / 1k req, h2c max | CPU ms / GB, TCP | peak RSS MB | RSS MB, idle → {} idle conns (client, server) | idle conns answering again |",
+        "| setup | CPU ms / 1k req, HTTP/1.1 max (client, server) | of which user / kernel | CPU ms / 1k req, h2c max | CPU ms / GB, TCP | peak RSS MB | RSS MB, idle → {} idle conns (client, server) | idle conns answering again |",
         plan.idle_conns
     );
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        s,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for n in names.iter().filter(|n| n.as_str() != "direct") {
         let h1 = find(rows, n, "http1", "max");
         let h2 = find(rows, n, "h2", "max");
@@ -396,10 +404,15 @@ pub fn markdown(rows: &[Row], plan: &Plan, took: Duration) -> String {
             .reduce(f64::max);
         let _ = writeln!(
             s,
-            "| {n} | {} ({}, {}) | {} | {} | {} | {} → {} ({}, {}) | {} |",
+            "| {n} | {} ({}, {}) | {} / {} | {} | {} | {} | {} → {} ({}, {}) | {} |",
             f(h1.and_then(|r| r.cpu_ms_per_1k), 1),
             f(h1.and_then(|r| r.cpu_ms_per_1k_client_proxy), 1),
             f(h1.and_then(|r| r.cpu_ms_per_1k_server_proxy), 1),
+            f(h1.and_then(|r| r.cpu_user_ms_per_1k), 1),
+            f(
+                h1.and_then(|r| Some(r.cpu_ms_per_1k? - r.cpu_user_ms_per_1k?)),
+                1
+            ),
             f(h2.and_then(|r| r.cpu_ms_per_1k), 1),
             f(tcp.and_then(|r| r.cpu_ms_per_gb), 0),
             f(peak, 1),
@@ -439,7 +452,9 @@ pub fn markdown(rows: &[Row], plan: &Plan, took: Duration) -> String {
         "\nnginx proxies HTTP/1.1 upstream only: its h2c rows are h2c from the client to \
          the client-side nginx, HTTP/1.1 keep-alive beyond. weft and haproxy keep h2c on \
          every hop. CPU is user + system time from /proc over the run, divided by the \
-         requests; RSS is VmRSS/VmHWM (nginx: master + worker). Idle connections: \
+         requests; its kernel part is the system calls and the network stack's work \
+         done in them, which any user-space proxy pays per request whatever its own \
+         code costs. RSS is VmRSS/VmHWM (nginx: master + worker). Idle connections: \
          {} keep-alive HTTP/1.1 connections, one request each ({}).\n\n\
          ![throughput](throughput.png)\n\n![latency](latency.png)",
         plan.idle_conns,

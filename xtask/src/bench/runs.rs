@@ -248,6 +248,8 @@ fn http_run(
         row.cpu_ms_per_1k_client_proxy = Some(c);
         row.cpu_ms_per_1k_server_proxy = Some(s);
         row.cpu_ms_per_1k = Some((c + s) / 2.0);
+        let user = (u1.0.user_ms - u0.0.user_ms) + (u1.1.user_ms - u0.1.user_ms);
+        row.cpu_user_ms_per_1k = Some(user / 2.0 / res.responses.max(1) as f64 * 1000.0);
         row.rss_mb = Some(u1.0.peak_rss_mb.max(u1.1.peak_rss_mb));
     }
     Ok(row)
