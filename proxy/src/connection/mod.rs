@@ -59,28 +59,34 @@ pub fn serve(
         // and the permit must be held until the connection ends (the drain waits
         // for it).
         let _permit = permit;
-        let orig_dst = match destination::recover(&shared, &client, client_addr) {
-            Ok(o) => o,
-            Err(reason) => {
-                tracing::debug!(%client_addr, %direction, reason = reason.as_str(), "refused");
-                shared.metrics.error(direction, UNKNOWN_SERVICE, reason);
-                relay::reset(&client);
+        // In a block that ends before the connection is served: its locals (moved
+        // into `serve_routed`) would otherwise keep their room in the task for the
+        // connection's whole life.
+        let routed = {
+            let orig_dst = match destination::recover(&shared, &client, client_addr) {
+                Ok(o) => o,
+                Err(reason) => {
+                    tracing::debug!(%client_addr, %direction, reason = reason.as_str(), "refused");
+                    shared.metrics.error(direction, UNKNOWN_SERVICE, reason);
+                    relay::reset(&client);
+                    return;
+                }
+            };
+            let routing = Routing::of(&shared, direction, client_addr, orig_dst);
+            let Some(client) = Box::pin(secure::take_inbound(&shared, client, &routing)).await
+            else {
                 return;
-            }
+            };
+            serve_routed(
+                shared,
+                client,
+                client_addr,
+                orig_dst,
+                routing,
+                Entry::Captured,
+            )
         };
-        let routing = Routing::of(&shared, direction, client_addr, orig_dst);
-        let Some(client) = Box::pin(secure::take_inbound(&shared, client, &routing)).await else {
-            return;
-        };
-        serve_routed(
-            shared,
-            client,
-            client_addr,
-            orig_dst,
-            routing,
-            Entry::Captured,
-        )
-        .await;
+        routed.await;
     }
 }
 
@@ -145,169 +151,194 @@ fn serve_routed(
     // connection pays.
     async move {
         let direction = routing.direction();
-        let source = routing.source_service(&shared.own_service);
         let destination = routing.destination_service(&shared.own_service);
-        let peer = tls_peer(&client);
-        let labels = Arc::new(TcpLabels::new(
-            direction,
-            &source,
-            &destination,
-            secured(&shared, &routing, &client),
-        ));
-        // Inbound, who the caller is to the pod's service's authorization. One it
-        // does not let in reaches nothing: nothing is dialled, its TCP is reset
-        // (through the tunnel: told so, and its sidecar resets), and its HTTP
-        // requests are answered 403 (the same `Caller` asked again at each one,
-        // its verdict kept until discovery changes something).
-        let caller = match &routing {
-            Routing::Local { app, .. } => Some(crate::authz::Caller::new(
-                shared.routes.clone(),
-                shared.own_service.clone(),
-                app.0.port(),
-                peer.clone().filter(|id| !id.is_empty()),
-            )),
-            _ => None,
-        };
-        let refused = caller
-            .as_ref()
-            .is_some_and(|c| !c.allowed())
-            .then_some(ErrorReason::Unauthorized);
-        let mut conn = shared.conns.open(ConnInfo {
-            direction,
-            client: client_addr,
-            orig_dst,
-            service: destination.clone(),
-            // A refused caller reaches no endpoint.
-            endpoint: routing.fixed_endpoint().filter(|_| refused.is_none()),
-            protocol: if routing.detection().is_some() {
-                "detecting"
-            } else {
-                "tcp"
-            },
-            tls_peer: peer,
-        });
-        shared.metrics.tcp_opened(&labels);
-        let observer = ConnObserver {
-            direction,
-            destination: destination.clone(),
-            shared: shared.clone(),
-            labels: labels.clone(),
-            bytes: conn.bytes().clone(),
-        };
-        let dial_unless_refused = || async {
-            match refused {
-                Some(reason) => Dialed {
-                    endpoint: None,
-                    upstream: Err(reason),
+        // Everything up to the HTTP server in a future of its own, boxed and gone
+        // once an HTTP connection is served: the task of a connection is as large
+        // as its largest state, and what detection, dialling and the opaque relay
+        // hold (the detection's result, the caller, the observer) would otherwise
+        // be carried by every idle keep-alive connection.
+        let (labels, mut conn, step) = Box::pin(async {
+            let source = routing.source_service(&shared.own_service);
+            let peer = tls_peer(&client);
+            let labels = Arc::new(TcpLabels::new(
+                direction,
+                &source,
+                &destination,
+                secured(&shared, &routing, &client),
+            ));
+            // Inbound, who the caller is to the pod's service's authorization. One it
+            // does not let in reaches nothing: nothing is dialled, its TCP is reset
+            // (through the tunnel: told so, and its sidecar resets), and its HTTP
+            // requests are answered 403 (the same `Caller` asked again at each one,
+            // its verdict kept until discovery changes something).
+            let caller = match &routing {
+                Routing::Local { app, .. } => Some(crate::authz::Caller::new(
+                    shared.routes.clone(),
+                    shared.own_service.clone(),
+                    app.0.port(),
+                    peer.clone().filter(|id| !id.is_empty()),
+                )),
+                _ => None,
+            };
+            let refused = caller
+                .as_ref()
+                .is_some_and(|c| !c.allowed())
+                .then_some(ErrorReason::Unauthorized);
+            let conn = shared.conns.open(ConnInfo {
+                direction,
+                client: client_addr,
+                orig_dst,
+                service: destination.clone(),
+                // A refused caller reaches no endpoint.
+                endpoint: routing.fixed_endpoint().filter(|_| refused.is_none()),
+                protocol: if routing.detection().is_some() {
+                    "detecting"
+                } else {
+                    "tcp"
                 },
-                None => dial(&shared, &routing).await,
-            }
-        };
-        let end = match routing.detection() {
-            None => {
-                let dialed = Box::pin(dial_unless_refused()).await;
-                match entry {
-                    Entry::Tunnelled => {
-                        Box::pin(answer_then_relay(
-                            &mut client,
-                            dialed,
-                            &routing,
-                            &conn,
-                            &observer,
-                        ))
-                        .await
-                    }
-                    Entry::Captured => {
-                        Box::pin(opaque(&mut client, &[], dialed, &routing, &conn, &observer)).await
-                    }
+                tls_peer: peer,
+            });
+            shared.metrics.tcp_opened(&labels);
+            let observer = ConnObserver {
+                direction,
+                destination: destination.clone(),
+                shared: shared.clone(),
+                labels: labels.clone(),
+                bytes: conn.bytes().clone(),
+            };
+            let dial_unless_refused = || async {
+                match refused {
+                    Some(reason) => Dialed {
+                        endpoint: None,
+                        upstream: Err(reason),
+                    },
+                    None => dial(&shared, &routing).await,
                 }
-            }
-            Some(detection) => {
-                let sniffed = Box::pin(detect::sniff(
-                    &mut client,
-                    detection,
-                    routing.speculate_after(),
-                    dial_unless_refused,
-                ));
-                let sniffed = sniffed.await;
-                routing.learn(&sniffed);
-                match sniffed {
-                    Sniffed::Opaque {
-                        prefix, upstream, ..
-                    } => {
-                        conn.set_protocol("tcp");
-                        Box::pin(opaque(
-                            &mut client,
-                            &prefix,
-                            upstream,
-                            &routing,
-                            &conn,
-                            &observer,
-                        ))
-                        .await
-                    }
-                    Sniffed::Http {
-                        version, prefix, ..
-                    } => {
-                        conn.set_protocol(version.as_str());
-                        let dest = match &routing {
-                            Routing::Service {
-                                balancer,
-                                generation,
-                                orig_dst,
-                                ..
-                            } => Dest::Service(Follow::new(
-                                shared.routes.clone(),
-                                shared.balancers.clone(),
-                                *orig_dst,
-                                *generation,
-                                balancer.clone(),
-                            )),
-                            Routing::Passthrough(addr) | Routing::Local { app: addr, .. } => {
-                                Dest::Address(*addr)
+            };
+            let step = match routing.detection() {
+                None => {
+                    let dialed = Box::pin(dial_unless_refused()).await;
+                    Step::Ended(match entry {
+                        Entry::Tunnelled => {
+                            Box::pin(answer_then_relay(
+                                &mut client,
+                                dialed,
+                                &routing,
+                                &conn,
+                                &observer,
+                            ))
+                            .await
+                        }
+                        Entry::Captured => {
+                            Box::pin(opaque(&mut client, &[], dialed, &routing, &conn, &observer))
+                                .await
+                        }
+                    })
+                }
+                Some(detection) => {
+                    let sniffed = Box::pin(detect::sniff(
+                        &mut client,
+                        detection,
+                        routing.speculate_after(),
+                        dial_unless_refused,
+                    ));
+                    let sniffed = sniffed.await;
+                    routing.learn(&sniffed);
+                    match sniffed {
+                        Sniffed::Opaque {
+                            prefix, upstream, ..
+                        } => {
+                            conn.set_protocol("tcp");
+                            Step::Ended(
+                                Box::pin(opaque(
+                                    &mut client,
+                                    &prefix,
+                                    upstream,
+                                    &routing,
+                                    &conn,
+                                    &observer,
+                                ))
+                                .await,
+                            )
+                        }
+                        Sniffed::Http {
+                            version, prefix, ..
+                        } => {
+                            conn.set_protocol(version.as_str());
+                            let dest = match &routing {
+                                Routing::Service {
+                                    balancer,
+                                    generation,
+                                    orig_dst,
+                                    ..
+                                } => Dest::Service(Follow::new(
+                                    shared.routes.clone(),
+                                    shared.balancers.clone(),
+                                    *orig_dst,
+                                    *generation,
+                                    balancer.clone(),
+                                )),
+                                Routing::Passthrough(addr) | Routing::Local { app: addr, .. } => {
+                                    Dest::Address(*addr)
+                                }
+                            };
+                            let edge = Edge {
+                                direction,
+                                source: &source,
+                                destination: &destination,
+                            };
+                            let ctx = shared.l7.conn_ctx(
+                                version,
+                                dest,
+                                edge,
+                                observer.bytes.clone(),
+                                client.is_tls(),
+                                caller,
+                            );
+                            let stop = shared.stop.subscribe();
+                            let observer = Arc::new(observer);
+                            Step::Http(Box::pin(crate::l7::serve::serve(
+                                client, prefix, ctx, observer, stop,
+                            )))
+                        }
+                        Sniffed::ClientFailed { error, upstream } => {
+                            if let Some(Ok(up)) = upstream.as_ref().map(|u| &u.upstream) {
+                                relay::reset(up.stream.tcp());
                             }
-                        };
-                        let edge = Edge {
-                            direction,
-                            source: &source,
-                            destination: &destination,
-                        };
-                        let ctx = shared.l7.conn_ctx(
-                            version,
-                            dest,
-                            edge,
-                            observer.bytes.clone(),
-                            client.is_tls(),
-                            caller,
-                        );
-                        let stop = shared.stop.subscribe();
-                        let observer = Arc::new(observer);
-                        let end =
-                            Box::pin(crate::l7::serve::serve(client, prefix, ctx, observer, stop))
-                                .await;
-                        // A client cut off mid-head: counted like the proxy's other errors.
-                        if let Some(reason) = end.http_error() {
-                            shared.metrics.error(direction, &destination, reason);
-                        }
-                        end
-                    }
-                    Sniffed::ClientFailed { error, upstream } => {
-                        if let Some(Ok(up)) = upstream.as_ref().map(|u| &u.upstream) {
-                            relay::reset(up.stream.tcp());
-                        }
-                        relay::reset(client.tcp());
-                        ConnEnd::Failed {
-                            side: Side::Client,
-                            error,
+                            relay::reset(client.tcp());
+                            Step::Ended(ConnEnd::Failed {
+                                side: Side::Client,
+                                error,
+                            })
                         }
                     }
                 }
+            };
+            (labels, conn, step)
+        })
+        .await;
+        let end = match step {
+            Step::Ended(end) => end,
+            Step::Http(serving) => {
+                let end = serving.await;
+                // A client cut off mid-head: counted like the proxy's other errors.
+                if let Some(reason) = end.http_error() {
+                    shared.metrics.error(direction, &destination, reason);
+                }
+                end
             }
         };
         tracing::debug!(id = conn.id(), %client_addr, %orig_dst, %direction, end = %end, "closed");
         conn.set_end(end);
         shared.metrics.tcp_closed(&labels);
     }
+}
+
+/// Where a connection is once its path is known: ended (an opaque relay, a failed
+/// detection), or an HTTP connection to serve.
+enum Step<H> {
+    Ended(ConnEnd),
+    Http(std::pin::Pin<Box<H>>),
 }
 
 /// Relays an opaque connection to what was dialled for it (after `prefix`, what
