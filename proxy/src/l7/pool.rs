@@ -118,6 +118,17 @@ pub struct SendError {
     pub refused: bool,
 }
 
+impl SendError {
+    /// `req` could not be sent at all (no connection could be made).
+    fn never_sent(reason: ErrorReason, req: Request<RequestBody>) -> Self {
+        SendError {
+            reason,
+            unsent: Some(req),
+            refused: false,
+        }
+    }
+}
+
 /// How to reach the endpoint for one request.
 #[derive(Clone, Copy, Debug)]
 pub struct SendOpts {
@@ -223,13 +234,7 @@ impl EndpointPool {
                 None => {
                     match Box::pin(self.connect_h1(connector, opts.connect_timeout, peer)).await {
                         Ok(s) => s,
-                        Err(reason) => {
-                            return Err(SendError {
-                                reason,
-                                unsent: Some(req),
-                                refused: false,
-                            })
-                        }
+                        Err(reason) => return Err(SendError::never_sent(reason, req)),
                     }
                 }
             };
@@ -267,18 +272,11 @@ impl EndpointPool {
             let is_pooled = shared.is_some();
             let mut sender = match shared {
                 Some(s) => s,
-                // Boxed: dialling (and a TLS handshake) is the rare path; inline, its
-                // state would make every request's future larger, copied as it moves.
+                // Boxed, as in `send_h1`.
                 None => {
                     match Box::pin(self.connect_h2(connector, opts.connect_timeout, peer)).await {
                         Ok(s) => s,
-                        Err(reason) => {
-                            return Err(SendError {
-                                reason,
-                                unsent: Some(req),
-                                refused: false,
-                            })
-                        }
+                        Err(reason) => return Err(SendError::never_sent(reason, req)),
                     }
                 }
             };

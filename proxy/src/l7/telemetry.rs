@@ -214,14 +214,20 @@ mod tests {
     use crate::metrics::Metrics;
     use weft_runtime::prom_text::value;
 
+    /// A proxy's metrics (traffic series on or off) and the edge client → backend.
+    fn edge(enabled: bool) -> (Metrics, HttpInstruments, RequestLabels) {
+        let metrics = Metrics::new("client", enabled).expect("metrics");
+        let instruments =
+            HttpInstruments::new(&metrics.meter(), metrics.errors_counter().clone(), enabled);
+        let labels = RequestLabels::new(Direction::Outbound, &"client".into(), &"backend".into());
+        (metrics, instruments, labels)
+    }
+
     /// Bound handles and the unbound path past [`MAX_BOUND_PER_EDGE`] count in the
     /// same series, each request once.
     #[test]
     fn requests_are_counted_once_each_bound_or_not() {
-        let metrics = Metrics::new("client", true).expect("metrics");
-        let instruments =
-            HttpInstruments::new(&metrics.meter(), metrics.errors_counter().clone(), true);
-        let labels = RequestLabels::new(Direction::Outbound, &"client".into(), &"backend".into());
+        let (metrics, instruments, labels) = edge(true);
         let ms = Duration::from_millis(3);
         // More combinations than are bound, each recorded three times (bound ones:
         // once while binding, twice through the handles).
@@ -264,10 +270,7 @@ mod tests {
 
     #[test]
     fn nothing_is_recorded_when_traffic_metrics_are_off() {
-        let metrics = Metrics::new("client", false).expect("metrics");
-        let instruments =
-            HttpInstruments::new(&metrics.meter(), metrics.errors_counter().clone(), false);
-        let labels = RequestLabels::new(Direction::Outbound, &"client".into(), &"backend".into());
+        let (metrics, instruments, labels) = edge(false);
         labels.record(&instruments, "GET", 200, Duration::from_millis(1), false);
         let text = String::from_utf8(metrics.render()).expect("utf-8");
         assert_eq!(value(&text, "weft_http_requests_total", &[]), None);

@@ -240,16 +240,14 @@ fn http_run(
         "requests",
     );
     if let (Some(u0), Some(u1)) = (use0, use1) {
-        let per_1k = |a: &ProcUsage, b: &ProcUsage| {
-            (b.cpu_ms - a.cpu_ms) / res.responses.max(1) as f64 * 1000.0
-        };
-        let c = per_1k(&u0.0, &u1.0);
-        let s = per_1k(&u0.1, &u1.1);
+        let per_1k = |ms: f64| ms / res.responses.max(1) as f64 * 1000.0;
+        let c = per_1k(u1.0.cpu_ms - u0.0.cpu_ms);
+        let s = per_1k(u1.1.cpu_ms - u0.1.cpu_ms);
         row.cpu_ms_per_1k_client_proxy = Some(c);
         row.cpu_ms_per_1k_server_proxy = Some(s);
         row.cpu_ms_per_1k = Some((c + s) / 2.0);
         let user = (u1.0.user_ms - u0.0.user_ms) + (u1.1.user_ms - u0.1.user_ms);
-        row.cpu_user_ms_per_1k = Some(user / 2.0 / res.responses.max(1) as f64 * 1000.0);
+        row.cpu_user_ms_per_1k = Some(per_1k(user / 2.0));
         row.rss_mb = Some(u1.0.peak_rss_mb.max(u1.1.peak_rss_mb));
     }
     Ok(row)
