@@ -28,7 +28,7 @@ use crate::conntable::{ByteCounters, ConnGuard, ConnInfo};
 use crate::detect::{self, Sniffed};
 use crate::error::{ConnEnd, ErrorReason, Side};
 use crate::l7::{Dest, Edge};
-use crate::metrics::TcpLabels;
+use crate::metrics::TcpSeries;
 use crate::state::Shared;
 use crate::tcp::connect::Dialed;
 use crate::tcp::relay::{self, RelayObserver};
@@ -157,15 +157,15 @@ fn serve_routed(
         // as its largest state, and what detection, dialling and the opaque relay
         // hold (the detection's result, the caller, the observer) would otherwise
         // be carried by every idle keep-alive connection.
-        let (labels, mut conn, step) = Box::pin(async {
+        let (tcp_series, mut conn, step) = Box::pin(async {
             let source = routing.source_service(&shared.own_service);
             let peer = tls_peer(&client);
-            let labels = Arc::new(TcpLabels::new(
+            let tcp_series = shared.metrics.tcp_series(
                 direction,
                 &source,
                 &destination,
                 secured(&shared, &routing, &client),
-            ));
+            );
             // Inbound, who the caller is to the pod's service's authorization. One it
             // does not let in reaches nothing: nothing is dialled, its TCP is reset
             // (through the tunnel: told so, and its sidecar resets), and its HTTP
@@ -198,12 +198,12 @@ fn serve_routed(
                 },
                 tls_peer: peer,
             });
-            shared.metrics.tcp_opened(&labels);
+            tcp_series.opened();
             let observer = ConnObserver {
                 direction,
                 destination: destination.clone(),
                 shared: shared.clone(),
-                labels: labels.clone(),
+                tcp_series: tcp_series.clone(),
                 bytes: conn.bytes().clone(),
             };
             let dial_unless_refused = || async {
@@ -314,7 +314,7 @@ fn serve_routed(
                     }
                 }
             };
-            (labels, conn, step)
+            (tcp_series, conn, step)
         })
         .await;
         let end = match step {
@@ -330,7 +330,7 @@ fn serve_routed(
         };
         tracing::debug!(id = conn.id(), %client_addr, %orig_dst, %direction, end = %end, "closed");
         conn.set_end(end);
-        shared.metrics.tcp_closed(&labels);
+        tcp_series.closed();
     }
 }
 
@@ -466,17 +466,17 @@ struct ConnObserver {
     /// The `destination_service` label, for the errors counted on the way.
     destination: Arc<str>,
     shared: Arc<Shared>,
-    labels: Arc<TcpLabels>,
+    tcp_series: Arc<TcpSeries>,
     bytes: Arc<ByteCounters>,
 }
 
 impl RelayObserver for ConnObserver {
     fn relayed_from_client(&self, n: u64) {
         self.bytes.from_client.fetch_add(n, Ordering::Relaxed);
-        self.shared.metrics.tcp_received(&self.labels, n);
+        self.tcp_series.received(n);
     }
     fn relayed_to_client(&self, n: u64) {
         self.bytes.to_client.fetch_add(n, Ordering::Relaxed);
-        self.shared.metrics.tcp_sent(&self.labels, n);
+        self.tcp_series.sent(n);
     }
 }
