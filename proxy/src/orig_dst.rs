@@ -16,9 +16,9 @@ use crate::addr::OrigDstAddr;
 /// Where a captured connection was originally headed.
 pub trait OrigDstSource: Send + Sync + 'static {
     /// Returns the original destination of `conn`, an accepted connection whose
-    /// own (local) address is `local` (the caller has it already: one
-    /// `getsockname` per connection, not two).
-    fn orig_dst(&self, conn: &TcpStream, local: SocketAddr) -> io::Result<OrigDstAddr>;
+    /// peer is `peer` (the caller has it from accept; it tells the socket's address
+    /// family without a system call).
+    fn orig_dst(&self, conn: &TcpStream, peer: SocketAddr) -> io::Result<OrigDstAddr>;
 }
 
 /// The kernel's answer: `SO_ORIGINAL_DST` for IPv4 sockets, `IP6T_SO_ORIGINAL_DST` for
@@ -27,8 +27,8 @@ pub trait OrigDstSource: Send + Sync + 'static {
 pub struct KernelOrigDst;
 
 impl OrigDstSource for KernelOrigDst {
-    fn orig_dst(&self, conn: &TcpStream, local: SocketAddr) -> io::Result<OrigDstAddr> {
-        let addr = match local {
+    fn orig_dst(&self, conn: &TcpStream, peer: SocketAddr) -> io::Result<OrigDstAddr> {
+        let addr = match peer {
             SocketAddr::V4(_) => {
                 let raw = getsockopt(conn, sockopt::OriginalDst).map_err(io::Error::from)?;
                 SocketAddr::V4(SocketAddrV4::new(
@@ -55,7 +55,7 @@ impl OrigDstSource for KernelOrigDst {
 pub struct FixedOrigDst(pub SocketAddr);
 
 impl OrigDstSource for FixedOrigDst {
-    fn orig_dst(&self, _conn: &TcpStream, _local: SocketAddr) -> io::Result<OrigDstAddr> {
+    fn orig_dst(&self, _conn: &TcpStream, _peer: SocketAddr) -> io::Result<OrigDstAddr> {
         Ok(OrigDstAddr(self.0))
     }
 }

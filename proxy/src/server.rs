@@ -326,6 +326,9 @@ async fn accept_loop(
         Arrival::Captured(direction) => direction,
         Arrival::Tunnel => Direction::Inbound,
     };
+    // Every connection of this listener arrives on its port; one whose original
+    // destination has another was redirected (connection::destination).
+    let listen_port = listener.local_addr().ok().map(|a| a.port());
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -353,7 +356,12 @@ async fn accept_loop(
         let (shared, peer) = (shared.clone(), ClientAddr(peer));
         match arrival {
             Arrival::Captured(direction) => tokio::spawn(crate::connection::serve(
-                shared, direction, stream, peer, permit,
+                shared,
+                direction,
+                stream,
+                peer,
+                listen_port,
+                permit,
             )),
             Arrival::Tunnel => tokio::spawn(crate::connection::serve_tunnelled(
                 shared, stream, peer, permit,

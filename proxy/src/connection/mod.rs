@@ -36,8 +36,9 @@ use crate::tcp::stream::Stream;
 use crate::tunnel;
 use route::{Routing, UNKNOWN_SERVICE};
 
-/// Serves one accepted connection to its end; `_permit` counts it as in service
-/// until then.
+/// Serves one accepted connection to its end; `listen_port`: the port of the
+/// listener that accepted it, when known; `_permit` counts it as in service until
+/// then.
 ///
 /// Each path's future is boxed: the task of a connection is as large as the
 /// largest state of this function, and an idle HTTP connection (the most common
@@ -48,6 +49,7 @@ pub fn serve(
     direction: Direction,
     client: TcpStream,
     client_addr: ClientAddr,
+    listen_port: Option<u16>,
     permit: OwnedSemaphorePermit,
 ) -> impl std::future::Future<Output = ()> {
     // An async block, not an async fn: its captures are used in place, where an
@@ -63,7 +65,7 @@ pub fn serve(
         // into `serve_routed`) would otherwise keep their room in the task for the
         // connection's whole life.
         let routed = {
-            let orig_dst = match destination::recover(&shared, &client, client_addr) {
+            let orig_dst = match destination::recover(&shared, &client, client_addr, listen_port) {
                 Ok(o) => o,
                 Err(reason) => {
                     tracing::debug!(%client_addr, %direction, reason = reason.as_str(), "refused");
@@ -73,8 +75,15 @@ pub fn serve(
                 }
             };
             let routing = Routing::of(&shared, direction, client_addr, orig_dst);
-            let Some(client) = Box::pin(secure::take_inbound(&shared, client, &routing)).await
-            else {
+            // Only an inbound connection may open with a peer's handshake: the
+            // boxed future (one allocation) is made for those alone.
+            let client = match routing {
+                Routing::Local { .. } => {
+                    Box::pin(secure::take_inbound(&shared, client, &routing)).await
+                }
+                _ => Some(Stream::Plain(client)),
+            };
+            let Some(client) = client else {
                 return;
             };
             serve_routed(
