@@ -184,7 +184,8 @@ struct Args {
     /// asked for, so a closed page costs the proxies nothing).
     #[arg(long, env = "WEFT_UI_ALWAYS_GATHER")]
     ui_always_gather: bool,
-    /// Log filter (tracing EnvFilter syntax).
+    /// Log filter: `target=level` directives and a default level, e.g. info or
+    /// info,weft_controller=debug.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
 }

@@ -130,7 +130,8 @@ struct Args {
     /// Worker threads of the data-path runtime (1: a current-thread runtime).
     #[arg(long, env = "WEFT_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     workers: u16,
-    /// Log filter (tracing's EnvFilter syntax), e.g. info or weft_proxy=debug.
+    /// Log filter: `target=level` directives and a default level, e.g. info or
+    /// info,weft_proxy=debug.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
 }
