@@ -4,7 +4,7 @@
 //! The filter is a comma-separated list of `target=level` directives and at most one
 //! bare level, the default (`info,weft_proxy=debug`): tracing-subscriber's `Targets`,
 //! the static part of `EnvFilter`'s syntax. `EnvFilter`'s span and field directives
-//! are left out on purpose: they pull in a regex engine, about 0.3 MB of code that
+//! are left out on purpose: they pull in a regex engine, about 0.44 MB of code that
 //! every sidecar would map for a feature its logs never used.
 
 use tracing_subscriber::filter::{ParseError, Targets};
