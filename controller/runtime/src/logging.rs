@@ -12,7 +12,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// Parses a `--log` filter (see the module docs); an empty one logs nothing.
-pub fn parse_filter(filter: &str) -> Result<Targets, ParseError> {
+fn parse_filter(filter: &str) -> Result<Targets, ParseError> {
     filter.parse()
 }
 

@@ -75,8 +75,8 @@ pub fn serve(
                 }
             };
             let routing = Routing::of(&shared, direction, client_addr, orig_dst);
-            // Only an inbound connection may open with a peer's handshake: the
-            // boxed future (one allocation) is made for those alone.
+            // Only a connection to this pod's application may open with a peer's
+            // handshake: the boxed future (one allocation) is made for those alone.
             let client = match routing {
                 Routing::Local { .. } => {
                     Box::pin(secure::take_inbound(&shared, client, &routing)).await

@@ -18,15 +18,15 @@ use crate::tcp::relay;
 use crate::tcp::stream::Stream;
 use crate::tunnel;
 
-/// An inbound connection that opens with a peer sidecar's handshake (a ClientHello
-/// offering weft's ALPN), while this proxy holds a certificate, is taken under
-/// mutual TLS; anything else stays as it came, unless the pod's service is in
-/// `mtls: strict`. `None`: the connection was refused or its handshake failed
+/// An inbound connection to this pod's application (`Routing::Local`, the only
+/// kind a peer sidecar's mutual TLS can arrive as; the caller keeps every other one
+/// plain without calling this): one that opens with a peer sidecar's handshake (a
+/// ClientHello offering weft's ALPN), while this proxy holds a certificate, is
+/// taken under mutual TLS; anything else stays as it came, unless the pod's service
+/// is in `mtls: strict`. `None`: the connection was refused or its handshake failed
 /// (counted, and the socket reset).
 pub async fn take_inbound(shared: &Shared, client: TcpStream, routing: &Routing) -> Option<Stream> {
-    let Routing::Local { .. } = routing else {
-        return Some(Stream::Plain(client));
-    };
+    debug_assert!(matches!(routing, Routing::Local { .. }));
     let credentials = shared.identity.tls().current();
     let hello = match &credentials {
         Some(_) => handshake::peek_hello(&client, routing.speculate_after())
