@@ -51,7 +51,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     build.args(["build", "--workspace", "--bins"]);
     run(build)?;
 
-    let bin_dir = workspace_root().join("target").join("debug");
+    let bin_dir = crate::bin_dir("debug");
     // A state directory of its own: a mesh the user runs with `weftctl up` is
     // not this demo's business.
     let state_dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 /// The path of the weft binary `name` (e.g. `weft-proxy`): in `$WEFT_BIN_DIR` if
 /// set, else in the target directory of this test executable
-/// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`).
+/// (`target/<triple>/<profile>/deps/<test>` → `target/<triple>/<profile>/<name>`).
 ///
 /// # Panics
 /// If the binary is not there: tier-2 tests fail loudly, they never skip.

@@ -100,21 +100,7 @@ struct Bins {
 }
 
 fn build_release() -> Result<Bins> {
-    let mut build = crate::cargo();
-    build.args([
-        "build",
-        "--release",
-        "-p",
-        "weft-controller",
-        "-p",
-        "weft-proxy",
-        "--bins",
-    ]);
-    crate::run(build)?;
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join("target"))
-        .join("release");
+    let dir = crate::build_release_as_shipped()?;
     Ok(Bins {
         controller: dir.join("weft-controller"),
         proxy: dir.join("weft-proxy"),

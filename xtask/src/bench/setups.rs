@@ -119,16 +119,10 @@ pub struct Bins {
 }
 
 impl Bins {
-    /// Builds weft's binaries in release (`-p` only) and makes sure oha is installed.
+    /// Builds weft's binaries in release, as the images do, and makes sure oha is
+    /// installed.
     pub fn build() -> Result<Bins> {
-        let mut build = crate::cargo();
-        build.args(["build", "--release"]);
-        for p in ["weft-proxy", "weft-init", "weft-controller"] {
-            build.args(["-p", p]);
-        }
-        build.arg("--bins");
-        crate::run(build)?;
-        let dir = super::target_dir().join("release");
+        let dir = crate::build_release_as_shipped()?;
         Ok(Bins {
             proxy: dir.join("weft-proxy"),
             init: dir.join("weft-init"),
@@ -490,9 +484,11 @@ impl Bench {
             let args = self.init_args(kind, side, false)?;
             self.weft_init(side, &args)
                 .with_context(|| format!("weft-init {}", args.join(" ")))?;
-            // WEFT_BENCH_PROXY_WRAP (e.g. "heaptrack -o /tmp/hp/{side}"): a profiler
-            // to run the proxies under, `{side}` replaced by client or server. Their
-            // RSS and CPU rows then measure the profiler too.
+            // WEFT_BENCH_PROXY_WRAP (e.g. "perf record -g -o /tmp/hp/{side}.perf --"):
+            // a profiler to run the proxies under, `{side}` replaced by client or
+            // server (heaptrack needs glibc linked dynamically: `RUSTFLAGS=`, see
+            // ARCHITECTURE.md, Benchmark method). Their RSS and CPU rows then measure the
+            // profiler too.
             let mut argv: Vec<String> = std::env::var("WEFT_BENCH_PROXY_WRAP")
                 .map(|w| {
                     w.split_whitespace()

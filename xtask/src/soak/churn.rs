@@ -40,7 +40,7 @@ enum Mode {
 
 impl Mode {
     fn of_cycle(i: u32) -> Mode {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             Mode::Iptables
         } else {
             Mode::Ebpf
