@@ -8,7 +8,7 @@ COPY . .
 # Under target/<host triple>/release (see .cargo/config.toml): copied to /out.
 RUN cargo build --release --locked -p weft-controller --bin weft-controller \
     && mkdir /out \
-    && cp target/"$(rustc -vV | sed -n 's/^host: //p')"/release/weft-controller /out/
+    && cp target/"$(rustc --print host-tuple)"/release/weft-controller /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \

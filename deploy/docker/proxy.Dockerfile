@@ -12,8 +12,8 @@ COPY . .
 # target/<host triple>/release: copied to /out so the next stage needs no triple.
 RUN cargo build --release --locked -p weft-proxy -p weft-init --bins \
     && mkdir /out \
-    && cp target/"$(rustc -vV | sed -n 's/^host: //p')"/release/weft-proxy \
-          target/"$(rustc -vV | sed -n 's/^host: //p')"/release/weft-init /out/
+    && cp target/"$(rustc --print host-tuple)"/release/weft-proxy \
+          target/"$(rustc --print host-tuple)"/release/weft-init /out/
 
 FROM debian:bookworm-slim
 # weft-init drives iptables (nft and legacy back ends, ip6tables too).

@@ -6,7 +6,7 @@
 # Usage: bash tests/tools/l4-numbers.sh   (after cargo build --release --bins)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bin=target/$(rustc -vV | sed -n 's/^host: //p')/release
+bin=target/$(rustc --print host-tuple)/release
 kit=tests/tools/tcpkit.py
 py=/usr/bin/python3
 p="wfm$(printf '%04x' $((RANDOM)))"

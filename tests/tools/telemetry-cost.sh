@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
-weftctl=$root/target/$(rustc -vV | sed -n 's/^host: //p')/release/weftctl
+weftctl=$root/target/$(rustc --print host-tuple)/release/weftctl
 oha=$root/target/bench-tools/bin/oha
 [ -x "$weftctl" ] || { echo "build first: cargo build --release --bins" >&2; exit 1; }
 [ -x "$oha" ] || { echo "oha missing: cargo xtask bench --quick --setups direct installs it" >&2; exit 1; }
