@@ -2,6 +2,12 @@
 //! field"), each as weft's value, the bar it must clear and PASS / MISS, computed
 //! from the medians of a run. A goal whose rows this run did not measure (a subset
 //! of setups or `--loads`) says so instead of passing or failing.
+//!
+//! Beside them, [`cpu_split_markdown`]: the CPU goals split into kernel and user
+//! time. A proxy's kernel time per request (its system calls, and the TCP/IP work
+//! done in them) is a floor no work in its own code goes below; the table says how
+//! that floor alone compares with the reference proxy's whole cost, and how the
+//! user-space part (the part weft's code decides) compares with the reference's.
 
 use serde::Serialize;
 
@@ -205,6 +211,54 @@ pub fn goals(rows: &[Row]) -> Vec<Goal> {
     out
 }
 
+/// One CPU row of [`cpu_split_markdown`]: the load, the reference proxy, and the
+/// bar of the goal it bears on (at most this × the reference's total).
+const CPU_SPLITS: [(&str, &str, &str, &str, f64); 3] = [
+    ("HTTP/1.1 max, per 1k req", "http1", "max", "nginx", 0.85),
+    ("h2c max, per 1k req", "h2", "max", "haproxy", 1.0),
+    // Goal 4 is connections per second; on these CPU-bound hosts that is the
+    // CPU each new connection costs.
+    ("new connections, per 1k", "http1", "conn", "nginx", 1.0),
+];
+
+/// The CPU goals split into kernel and user time (see the module docs), per weft
+/// setup: weft's kernel time alone × the reference's total (a floor: the goal's
+/// ratio cannot go below it), and weft's user time × the reference's.
+pub fn cpu_split_markdown(rows: &[Row]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::from(
+        "\n## CPU per proxy: kernel and user (ms)\n\n\
+         The kernel's part is the system calls and the TCP/IP work done in them: \
+         the floor of a proxy's cost, whatever its own code does.\n\n\
+         | load | setup | kernel | user | reference | its kernel | its user | \
+         weft's kernel alone × reference's total | bar | weft's user × reference's user |\n\
+         | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let split = |setup: &str, protocol: &str, load: &str| {
+        let r = row(rows, setup, protocol, load)?;
+        let (total, user) = (r.cpu_ms_per_1k?, r.cpu_user_ms_per_1k?);
+        Some((total - user, user))
+    };
+    for (name, protocol, load, reference, bar) in CPU_SPLITS {
+        let Some((ref_kernel, ref_user)) = split(reference, protocol, load) else {
+            continue;
+        };
+        for setup in WEFT {
+            let Some((kernel, user)) = split(setup, protocol, load) else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "| {name} | {setup} | {kernel:.1} | {user:.1} | {reference} | {ref_kernel:.1} | \
+                 {ref_user:.1} | {:.2} | ≤ {bar:.2} | {:.2} |",
+                kernel / (ref_kernel + ref_user),
+                user / ref_user,
+            );
+        }
+    }
+    s
+}
+
 /// The goals as a markdown table.
 pub fn markdown(goals: &[Goal]) -> String {
     use std::fmt::Write as _;
@@ -233,4 +287,39 @@ pub fn markdown(goals: &[Goal]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn cpu_row(setup: &str, total: f64, user: f64) -> Row {
+        let mut r = Row::new(setup, "http1", "max", 0);
+        r.cpu_ms_per_1k = Some(total);
+        r.cpu_user_ms_per_1k = Some(user);
+        r
+    }
+
+    #[test]
+    fn the_kernel_floor_is_weft_kernel_time_over_the_reference_total() {
+        let rows = [
+            cpu_row("weft-iptables", 26.0, 8.0),
+            cpu_row("nginx", 22.5, 4.5),
+        ];
+        let md = cpu_split_markdown(&rows);
+        // kernel 18.0 of nginx's 22.5 = 0.80; user 8.0 of 4.5 = 1.78.
+        let line = md.lines().find(|l| l.contains("weft-iptables")).unwrap();
+        assert_eq!(
+            line,
+            "| HTTP/1.1 max, per 1k req | weft-iptables | 18.0 | 8.0 | nginx | 18.0 | 4.5 | 0.80 | ≤ 0.85 | 1.78 |"
+        );
+        // Nothing measured for h2c or new connections: no rows for them.
+        assert_eq!(
+            md.lines()
+                .filter(|l| l.starts_with("| h2c") || l.starts_with("| new"))
+                .count(),
+            0
+        );
+    }
 }

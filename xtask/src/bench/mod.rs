@@ -263,7 +263,9 @@ pub fn bench(opts: &Options) -> Result<()> {
         serde_json::to_string_pretty(&goals)? + "\n",
     )
     .context("write goals.json")?;
-    let md = report::markdown(&medians, &plan, started.elapsed()) + &goals::markdown(&goals);
+    let md = report::markdown(&medians, &plan, started.elapsed())
+        + &goals::markdown(&goals)
+        + &goals::cpu_split_markdown(&medians);
     std::fs::write(out_dir.join("report.md"), &md).context("write report.md")?;
     plots::draw(&out_dir, &medians).context("drawing the plots")?;
     println!("{md}");
