@@ -5,9 +5,11 @@
 //!
 //! Beside them, [`cpu_split_markdown`]: the CPU goals split into kernel and user
 //! time. A proxy's kernel time per request (its system calls, and the TCP/IP work
-//! done in them) is a floor no work in its own code goes below; the table says how
-//! that floor alone compares with the reference proxy's whole cost, and how the
-//! user-space part (the part weft's code decides) compares with the reference's.
+//! done in them) is a floor that work in user space does not lower: only fewer or
+//! cheaper system calls per request would (weft already reads and writes each
+//! HTTP/1.1 message once). The table says how that floor alone compares with the
+//! reference proxy's whole cost, and how the user-space part compares with the
+//! reference's.
 
 use serde::Serialize;
 
@@ -222,14 +224,16 @@ const CPU_SPLITS: [(&str, &str, &str, &str, f64); 3] = [
 ];
 
 /// The CPU goals split into kernel and user time (see the module docs), per weft
-/// setup: weft's kernel time alone × the reference's total (a floor: the goal's
-/// ratio cannot go below it), and weft's user time × the reference's.
+/// setup: weft's kernel time alone × the reference's total (a floor: with the same
+/// system calls, the goal's ratio cannot go below it), and weft's user time × the
+/// reference's.
 pub fn cpu_split_markdown(rows: &[Row]) -> String {
     use std::fmt::Write as _;
     let mut s = String::from(
         "\n## CPU per proxy: kernel and user (ms)\n\n\
          The kernel's part is the system calls and the TCP/IP work done in them: \
-         the floor of a proxy's cost, whatever its own code does.\n\n\
+         the floor of a proxy's cost, however little its user-space code does, \
+         as long as it makes the same system calls.\n\n\
          | load | setup | kernel | user | reference | its kernel | its user | \
          weft's kernel alone × reference's total | bar | weft's user × reference's user |\n\
          | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n",
